@@ -1,0 +1,453 @@
+//! The KVM backend: one vCPU, no in-kernel irqchip, so the board's PIC, PIT and UART serve
+//! it exactly as they serve the emulated CPU. Port and MMIO exits go to the board's buses;
+//! interrupts are injected with KVM_INTERRUPT when the vCPU can take them (asking for an
+//! interrupt-window exit otherwise); HLT sleeps in the board until the next device event;
+//! a POSIX timer signal kicks KVM_RUN out at the next device deadline.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, CpuId, Msrs,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+
+use gantry_devices::signals::SystemEvent;
+
+use super::{CpuStop, ExitStats};
+use crate::board::{Board, BoardEvent};
+use crate::boot::{EntryState, Segment};
+use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
+use crate::memory::GuestMemory;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("/dev/kvm is not usable: {0}")]
+    Open(String),
+    #[error("KVM refused to set up the VM: {what}: {err}")]
+    Setup { what: &'static str, err: String },
+    #[error("KVM stopped with {reason} at RIP {rip:#x}; this host's KVM cannot run this guest (try --accel jit)")]
+    Exit { reason: String, rip: u64 },
+}
+
+fn setup(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
+    move |e| KvmError::Setup {
+        what,
+        err: e.to_string(),
+    }
+}
+
+/// `_IOW(KVMIO, 0x86, struct kvm_interrupt)`; kvm-ioctls has no wrapper for it.
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_AE86;
+const MSR_IA32_APICBASE: u32 = 0x1B;
+
+// CPUID.1 bits for devices this board does not have.
+const CPUID1_EDX_APIC: u32 = 1 << 9;
+const CPUID1_ECX_X2APIC: u32 = 1 << 21;
+const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+pub struct KvmCpu {
+    // Declared first so it is dropped first: its signal handler writes into the vCPU's
+    // kvm_run mapping, which must outlive the timer.
+    timer: KickTimer,
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    _kvm: Kvm,
+    pub stats: ExitStats,
+}
+
+/// Can this host open /dev/kvm and make a VM? (The `auto` accelerator's test.)
+pub fn probe() -> Result<(), KvmError> {
+    let kvm = Kvm::new().map_err(|e| KvmError::Open(e.to_string()))?;
+    kvm.create_vm()
+        .map_err(|e| KvmError::Open(format!("cannot create a VM: {e}")))?;
+    Ok(())
+}
+
+impl KvmCpu {
+    pub fn new(mem: &GuestMemory) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(|e| KvmError::Open(e.to_string()))?;
+        let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP)
+            .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.set_tss_address(KVM_TSS as usize)
+            .map_err(setup("KVM_SET_TSS_ADDR"))?;
+        let readonly_ok = kvm.check_extension(Cap::ReadonlyMem);
+        for (slot, r) in mem.regions().iter().enumerate() {
+            let flags = if r.is_rom() && readonly_ok {
+                KVM_MEM_READONLY
+            } else {
+                0
+            };
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags,
+                guest_phys_addr: r.gpa,
+                memory_size: r.len,
+                userspace_addr: mem.host_address(r) as u64,
+            };
+            // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps
+            // alive for as long as this VM (the Machine owns both and drops the CPU first).
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        let vcpu = vm.create_vcpu(0).map_err(setup("KVM_CREATE_VCPU"))?;
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
+        filter_cpuid(&mut cpuid);
+        vcpu.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
+        let fpu = kvm_fpu {
+            fcw: 0x37F,
+            mxcsr: 0x1F80,
+            ..Default::default()
+        };
+        vcpu.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))?;
+        let timer = KickTimer::new().map_err(|e| KvmError::Setup {
+            what: "timer signal",
+            err: e.to_string(),
+        })?;
+        // KVM derives CPUID.1:EDX.APIC from the APIC base MSR's enable bit; there is no
+        // local APIC on this board, so disable it there too.
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_APICBASE,
+            data: 0,
+            ..Default::default()
+        }])
+        .map_err(|e| KvmError::Setup {
+            what: "MSR list",
+            err: format!("{e:?}"),
+        })?;
+        vcpu.set_msrs(&msrs).map_err(setup("KVM_SET_MSRS"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
+        Ok(Self {
+            timer,
+            vcpu,
+            _vm: vm,
+            _kvm: kvm,
+            stats: ExitStats::default(),
+        })
+    }
+
+    pub fn set_entry_state(&mut self, s: &EntryState) -> Result<(), KvmError> {
+        let mut sregs = self.vcpu.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
+        sregs.cs = kvm_seg(&s.cs);
+        sregs.ds = kvm_seg(&s.ds);
+        sregs.es = kvm_seg(&s.es);
+        sregs.fs = kvm_seg(&s.fs);
+        sregs.gs = kvm_seg(&s.gs);
+        sregs.ss = kvm_seg(&s.ss);
+        sregs.tr = kvm_seg(&s.tr);
+        sregs.ldt = kvm_seg(&s.ldt);
+        sregs.gdt.base = s.gdt.base;
+        sregs.gdt.limit = s.gdt.limit;
+        sregs.idt.base = s.idt.base;
+        sregs.idt.limit = s.idt.limit;
+        sregs.cr0 = s.cr0;
+        sregs.cr3 = s.cr3;
+        sregs.cr4 = s.cr4;
+        sregs.efer = s.efer;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(setup("KVM_SET_SREGS"))?;
+        let g = &s.gpr;
+        let regs = kvm_bindings::kvm_regs {
+            rax: g[0],
+            rcx: g[1],
+            rdx: g[2],
+            rbx: g[3],
+            rsp: g[4],
+            rbp: g[5],
+            rsi: g[6],
+            rdi: g[7],
+            r8: g[8],
+            r9: g[9],
+            r10: g[10],
+            r11: g[11],
+            r12: g[12],
+            r13: g[13],
+            r14: g[14],
+            r15: g[15],
+            rip: s.rip,
+            rflags: s.rflags,
+        };
+        self.vcpu.set_regs(&regs).map_err(setup("KVM_SET_REGS"))
+    }
+
+    fn rip(&self) -> u64 {
+        self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn exit_error(&self, reason: impl Into<String>) -> KvmError {
+        KvmError::Exit {
+            reason: reason.into(),
+            rip: self.rip(),
+        }
+    }
+
+    /// Injects a pending PIC interrupt if the vCPU can take one now, else asks KVM for an
+    /// exit as soon as it can.
+    fn inject_interrupts(&mut self, board: &mut Board) -> Result<(), KvmError> {
+        let pending = board.interrupt_pending();
+        let run = self.vcpu.get_kvm_run();
+        if pending && run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
+            let vector = board.acknowledge_interrupt() as u32;
+            // SAFETY: KVM_INTERRUPT reads one u32 (struct kvm_interrupt) from the pointer,
+            // which is valid for the call; the fd is this VM's vCPU.
+            let r = unsafe { libc::ioctl(self.vcpu.as_raw_fd(), KVM_INTERRUPT, &vector) };
+            if r < 0 {
+                return Err(self.exit_error(format!(
+                    "KVM_INTERRUPT refused: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            self.stats.injected += 1;
+            let still = board.interrupt_pending();
+            self.vcpu.get_kvm_run().request_interrupt_window = still as u8;
+        } else {
+            run.request_interrupt_window = pending as u8;
+        }
+        Ok(())
+    }
+
+    /// Runs until the board asks to stop, the CPU shuts down, or KVM fails.
+    pub fn run(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
+        self.timer.attach(self.vcpu.get_kvm_run());
+        let stop = self.run_loop(board);
+        self.timer.arm(None);
+        stop
+    }
+
+    fn run_loop(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
+        loop {
+            board.service();
+            if let Some(ev) = board.take_event() {
+                return Ok(CpuStop::Board(ev));
+            }
+            self.inject_interrupts(board)?;
+            let now = board.clock().now_ns();
+            self.timer
+                .arm(board.next_deadline().map(|d| d.saturating_sub(now).max(1)));
+            let next = match self.vcpu.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.stats.io += 1;
+                    board.pio_read(port, data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.stats.io += 1;
+                    board.pio_write(port, data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.stats.mmio += 1;
+                    board.mmio_read(addr, data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.stats.mmio += 1;
+                    board.mmio_write(addr, data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::Hlt) => Next::Halt,
+                Ok(VcpuExit::IrqWindowOpen) => {
+                    self.stats.irq_window += 1;
+                    Next::Continue
+                }
+                Ok(VcpuExit::Intr) => {
+                    self.stats.interrupted += 1;
+                    Next::Continue
+                }
+                Ok(VcpuExit::Shutdown) => Next::Shutdown,
+                Ok(VcpuExit::SystemEvent(kind, _)) => Next::SystemEvent(kind),
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    Next::Fail(format!("entry failure (hardware reason {reason:#x})"))
+                }
+                Ok(VcpuExit::InternalError) => Next::InternalError,
+                Ok(other) => {
+                    self.stats.other += 1;
+                    Next::Fail(format!("unexpected exit {other:?}"))
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.stats.interrupted += 1;
+                    Next::Continue
+                }
+                Err(e) => Next::Fail(format!("KVM_RUN failed: {e}")),
+            };
+            self.vcpu.set_kvm_immediate_exit(0);
+            match next {
+                Next::Continue => {}
+                Next::Halt => {
+                    self.stats.hlt += 1;
+                    if !self.halt(board) {
+                        return Ok(CpuStop::HaltedForever { rip: self.rip() });
+                    }
+                }
+                Next::Shutdown => return Ok(CpuStop::TripleFault { rip: self.rip() }),
+                Next::SystemEvent(kind) => {
+                    let event = if kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET {
+                        SystemEvent::Reset { source: "KVM" }
+                    } else {
+                        SystemEvent::PowerOff
+                    };
+                    return Ok(CpuStop::Board(BoardEvent::System(event)));
+                }
+                Next::InternalError => {
+                    // SAFETY: `internal` is the union member KVM fills for
+                    // KVM_EXIT_INTERNAL_ERROR, the exit being handled.
+                    let suberror =
+                        unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let what = match suberror {
+                        1 => "an instruction KVM could not emulate",
+                        2 => "a simultaneous exception",
+                        3 => "an unexpected exit during event delivery",
+                        _ => "an internal error",
+                    };
+                    return Err(self.exit_error(format!(
+                        "{what} (KVM_EXIT_INTERNAL_ERROR, suberror {suberror})"
+                    )));
+                }
+                Next::Fail(reason) => return Err(self.exit_error(reason)),
+            }
+        }
+    }
+
+    /// HLT: sleeps in the board until something could wake the CPU. Returns false if
+    /// nothing ever can: IF is clear (only an NMI would wake it, and this board raises
+    /// none), or no timer, input or request is left. Bochs stops there too.
+    fn halt(&mut self, board: &mut Board) -> bool {
+        board.service();
+        if board.event_pending() {
+            return true;
+        }
+        if self.vcpu.get_kvm_run().if_flag == 0 {
+            return false;
+        }
+        if board.interrupt_pending() {
+            return true;
+        }
+        self.timer.arm(None);
+        board.wait_for_event()
+    }
+}
+
+fn kvm_seg(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present as u8,
+        dpl: s.dpl,
+        db: s.db as u8,
+        s: s.s as u8,
+        l: s.l as u8,
+        g: s.g as u8,
+        avl: s.avl as u8,
+        unusable: (!s.present) as u8,
+        padding: 0,
+    }
+}
+
+/// Gantry's board has no local APIC: do not advertise one.
+fn filter_cpuid(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.edx &= !CPUID1_EDX_APIC;
+            e.ecx &= !(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE);
+        }
+    }
+}
+
+/// What to do after an exit, once the exit's borrow of the vCPU has ended.
+enum Next {
+    Continue,
+    Halt,
+    Shutdown,
+    SystemEvent(u32),
+    InternalError,
+    Fail(String),
+}
+
+/// The `immediate_exit` byte of the running vCPU, for the signal handler.
+static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn kick_handler(_: libc::c_int) {
+    let p = IMMEDIATE_EXIT.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: `p` points into the vCPU's kvm_run mapping, which stays mapped while the
+        // KickTimer that published it is alive; a volatile byte store is signal-safe. It
+        // closes the race where the signal lands just before KVM_RUN is entered.
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+/// A POSIX timer that signals this thread at the next device deadline, so KVM_RUN returns
+/// (EINTR) and the board can raise the interrupt.
+struct KickTimer {
+    id: libc::timer_t,
+}
+
+impl KickTimer {
+    fn new() -> std::io::Result<Self> {
+        let sig = libc::SIGRTMIN();
+        // SAFETY: installs a handler that only does an atomic load and a volatile store;
+        // SA_RESTART is left out so KVM_RUN returns EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = kick_handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: sigevent is plain data; the timer targets this thread (SIGEV_THREAD_ID),
+        // the one that runs the vCPU.
+        let id = unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = sig;
+            sev.sigev_notify_thread_id = libc::gettid();
+            let mut id: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            id
+        };
+        Ok(Self { id })
+    }
+
+    fn attach(&self, run: &mut kvm_bindings::kvm_run) {
+        IMMEDIATE_EXIT.store(&mut run.immediate_exit, Ordering::Release);
+    }
+
+    /// Fires once after `delay_ns` (None disarms).
+    fn arm(&self, delay_ns: Option<u64>) {
+        let ns = delay_ns.unwrap_or(0);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `id` is a timer we created; `spec` lives for the call.
+        unsafe {
+            libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut());
+        }
+    }
+}
+
+impl Drop for KickTimer {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: deletes the timer this struct created, once.
+        unsafe {
+            libc::timer_delete(self.id);
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Accelerators: what executes guest instructions. KVM today; the emulated CPU (interpreter,
+//! then the Cranelift JIT) plugs in beside it and drives the same [`crate::board::Board`].
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod kvm;
+
+use std::fmt;
+
+/// Why a run of the CPU stopped for good (resets are handled by the machine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuStop {
+    /// A board event (power-off, debug exit, reset request, quit).
+    Board(crate::board::BoardEvent),
+    /// The CPU shut down (triple fault).
+    TripleFault { rip: u64 },
+    /// HLT with interrupts disabled and nothing that could wake it.
+    HaltedForever { rip: u64 },
+}
+
+/// Counters every accelerator keeps for `--stats`.
+#[derive(Default, Debug, Clone)]
+pub struct ExitStats {
+    pub io: u64,
+    pub mmio: u64,
+    pub hlt: u64,
+    pub irq_window: u64,
+    pub interrupted: u64,
+    pub injected: u64,
+    pub other: u64,
+}
+
+impl fmt::Display for ExitStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "exits: io {} mmio {} hlt {} irq-window {} timer-kick {} other {}",
+            self.io, self.mmio, self.hlt, self.irq_window, self.interrupted, self.other
+        )?;
+        write!(f, "interrupts injected: {}", self.injected)
+    }
+}

@@ -1,0 +1,377 @@
+//! The PC board: the port and MMIO buses with the devices wired to them, the IRQ wires into
+//! the PIC, the timer queue, and the host console. Accelerators (KVM now, the emulated CPU
+//! next) drive it through port/MMIO accesses, interrupt acknowledge and [`Board::service`].
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use gantry_devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
+use gantry_devices::bus::{Bus, BusDevice, BusError, SharedDevice};
+use gantry_devices::clock::Clock;
+use gantry_devices::debug_ports::{DebugCon, DebugExit, PostCodes};
+use gantry_devices::i8042::I8042;
+use gantry_devices::irq::IrqWires;
+use gantry_devices::pci::PciHost;
+use gantry_devices::pic::{PicPair, PicPort, PicPortKind};
+use gantry_devices::pit::{Pit, PORT61_OFFSET};
+use gantry_devices::rtc::Rtc;
+use gantry_devices::signals::{SystemEvent, SystemSignals};
+use gantry_devices::system_control::SystemControlA;
+use gantry_devices::uart::Uart;
+use gantry_devices::Timed;
+
+use crate::console::{ConsoleInput, HostConsole, Wait};
+use crate::layout::*;
+
+pub const COM1_BASE: u16 = 0x3F8;
+pub const COM1_IRQ: u8 = 4;
+pub const DEBUG_EXIT_PORT: u16 = 0xF4;
+
+/// Where COM1's output goes.
+pub enum SerialSink {
+    Stdout,
+    File(std::fs::File),
+    None,
+}
+
+impl SerialSink {
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            SerialSink::Stdout => SerialSink::Stdout,
+            SerialSink::File(f) => SerialSink::File(f.try_clone()?),
+            SerialSink::None => SerialSink::None,
+        })
+    }
+}
+
+pub struct BoardConfig {
+    pub ram_size: u64,
+    pub serial: SerialSink,
+    pub debugcon_port: Option<u16>,
+}
+
+/// Why the board wants the run to end (or the machine to reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoardEvent {
+    System(SystemEvent),
+    /// The user pressed Ctrl-A x.
+    Quit,
+}
+
+#[derive(Default)]
+struct PortStats {
+    reads: u64,
+    writes: u64,
+}
+
+pub struct Board {
+    pio: Bus,
+    mmio: Bus,
+    pic: Rc<RefCell<PicPair>>,
+    pit: Rc<RefCell<Pit>>,
+    rtc: Rc<RefCell<Rtc>>,
+    uart: Rc<RefCell<Uart>>,
+    post: Rc<RefCell<PostCodes>>,
+    wires: Rc<IrqWires>,
+    signals: Rc<SystemSignals>,
+    clock: Rc<dyn Clock>,
+    console: HostConsole,
+    pending_input: std::collections::VecDeque<u8>,
+    quit: bool,
+    unknown_ports: BTreeMap<u16, PortStats>,
+    unknown_mmio: u64,
+}
+
+impl Board {
+    pub fn new(
+        cfg: BoardConfig,
+        clock: Rc<dyn Clock>,
+        console: HostConsole,
+    ) -> Result<Self, BusError> {
+        let wires = IrqWires::new();
+        let signals = Rc::new(SystemSignals::default());
+        let pic = Rc::new(RefCell::new(PicPair::new(wires.clone())));
+        let pit = Rc::new(RefCell::new(Pit::new(clock.clone(), wires.line(0))));
+        let rtc = Rc::new(RefCell::new(Rtc::new(clock.clone(), wires.line(8))));
+        let out: Box<dyn Write> = match cfg.serial {
+            SerialSink::Stdout => Box::new(std::io::stdout()),
+            SerialSink::File(f) => Box::new(std::io::BufWriter::new(f)),
+            SerialSink::None => Box::new(std::io::sink()),
+        };
+        let uart = Rc::new(RefCell::new(Uart::new(wires.line(COM1_IRQ), out)));
+        let post = Rc::new(RefCell::new(PostCodes::default()));
+
+        let mut pio = Bus::new();
+        let port = |kind| Rc::new(RefCell::new(PicPort::new(pic.clone(), kind)));
+        pio.insert(0x20, 2, port(PicPortKind::Master))?;
+        pio.insert(0xA0, 2, port(PicPortKind::Slave))?;
+        pio.insert(0x4D0, 2, port(PicPortKind::Elcr))?;
+        pio.insert(0x40, 4, pit.clone())?;
+        pio.insert_at(0x61, 1, pit.clone(), PORT61_OFFSET)?;
+        pio.insert(0x70, 2, rtc.clone())?;
+        pio.insert(COM1_BASE as u64, 8, uart.clone())?;
+        let kbd = Rc::new(RefCell::new(I8042::new(
+            wires.line(1),
+            wires.line(12),
+            signals.clone(),
+        )));
+        pio.insert_at(0x60, 1, kbd.clone(), 0)?;
+        pio.insert_at(0x64, 1, kbd, 4)?;
+        pio.insert(0x80, 1, post.clone())?;
+        pio.insert(
+            0x92,
+            1,
+            Rc::new(RefCell::new(SystemControlA::new(signals.clone()))),
+        )?;
+        pio.insert(
+            0xCF8,
+            8,
+            Rc::new(RefCell::new(PciHost::new(signals.clone()))),
+        )?;
+        pio.insert(
+            PM_BASE as u64,
+            PM_LEN as u64,
+            Rc::new(RefCell::new(AcpiPm::new(clock.clone(), signals.clone()))),
+        )?;
+        pio.insert(
+            DEBUG_EXIT_PORT as u64,
+            4,
+            Rc::new(RefCell::new(DebugExit::new(signals.clone()))),
+        )?;
+        if let Some(p) = cfg.debugcon_port {
+            let con: SharedDevice =
+                Rc::new(RefCell::new(DebugCon::new(Box::new(std::io::stderr()))));
+            pio.insert(p as u64, 1, con)?;
+        }
+
+        let mut board = Self {
+            pio,
+            mmio: Bus::new(),
+            pic,
+            pit,
+            rtc,
+            uart,
+            post,
+            wires,
+            signals,
+            clock,
+            console,
+            pending_input: Default::default(),
+            quit: false,
+            unknown_ports: BTreeMap::new(),
+            unknown_mmio: 0,
+        };
+        board.set_cmos_memory(cfg.ram_size);
+        Ok(board)
+    }
+
+    /// The memory-size bytes BIOSes and loaders read from CMOS.
+    fn set_cmos_memory(&mut self, ram: u64) {
+        let mut rtc = self.rtc.borrow_mut();
+        let kib = |v: u64| v.min(0xFFFF) as u16;
+        rtc.set_cmos(0x15, (640u16 & 0xFF) as u8);
+        rtc.set_cmos(0x16, (640u16 >> 8) as u8);
+        let low_end = ram.min(LOW_RAM_MAX);
+        let ext_kib = kib(low_end.saturating_sub(HIGH_MEMORY_START) / 1024);
+        for base in [0x17u8, 0x30] {
+            rtc.set_cmos(base, ext_kib as u8);
+            rtc.set_cmos(base + 1, (ext_kib >> 8) as u8);
+        }
+        let above_16m = (low_end.saturating_sub(16 << 20) / 65536).min(0xFFFF) as u16;
+        rtc.set_cmos(0x34, above_16m as u8);
+        rtc.set_cmos(0x35, (above_16m >> 8) as u8);
+        let above_4g = ram.saturating_sub(LOW_RAM_MAX) / 65536;
+        rtc.set_cmos(0x5B, above_4g as u8);
+        rtc.set_cmos(0x5C, (above_4g >> 8) as u8);
+        rtc.set_cmos(0x5D, (above_4g >> 16) as u8);
+        rtc.set_cmos(0x5F, 0); // CPUs - 1
+        rtc.set_cmos(0x14, 0x06); // equipment: FPU, VGA/EGA
+    }
+
+    /// Gives back the host console (kept across guest resets).
+    pub fn into_console(self) -> HostConsole {
+        self.console
+    }
+
+    pub fn clock(&self) -> &Rc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        if !self.pio.read(port as u64, data) {
+            self.unknown_ports.entry(port).or_default().reads += 1;
+        }
+    }
+
+    pub fn pio_write(&mut self, port: u16, data: &[u8]) {
+        if !self.pio.write(port as u64, data) {
+            self.unknown_ports.entry(port).or_default().writes += 1;
+        }
+    }
+
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        if !self.mmio.read(addr, data) {
+            self.unknown_mmio += 1;
+        }
+    }
+
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            self.unknown_mmio += 1;
+        }
+    }
+
+    pub fn add_mmio(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Rc<RefCell<dyn BusDevice>>,
+    ) -> Result<(), BusError> {
+        self.mmio.insert(base, len, dev)
+    }
+
+    /// The PIC's INT output.
+    pub fn interrupt_pending(&mut self) -> bool {
+        self.pic.borrow_mut().has_interrupt()
+    }
+
+    /// The INTA cycle: the vector the CPU takes.
+    pub fn acknowledge_interrupt(&mut self) -> u8 {
+        self.pic.borrow_mut().acknowledge()
+    }
+
+    /// True if a wire rose since the PIC last looked (cheap check for run loops).
+    pub fn irq_news(&self) -> bool {
+        self.wires.has_news()
+    }
+
+    fn timed(&self) -> [Rc<RefCell<dyn Timed>>; 2] {
+        [self.pit.clone(), self.rtc.clone()]
+    }
+
+    /// The earliest device deadline on the timer queue.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timed()
+            .iter()
+            .filter_map(|d| d.borrow().next_deadline())
+            .min()
+    }
+
+    /// Runs due timers and moves console input into the UART. Call after every exit.
+    pub fn service(&mut self) {
+        let now = self.clock.now_ns();
+        for d in self.timed() {
+            let due = d.borrow().next_deadline().is_some_and(|t| t <= now);
+            if due {
+                d.borrow_mut().on_timer(now);
+            }
+        }
+        while let Some(i) = self.console.try_input() {
+            self.take_input(i);
+        }
+        self.feed_uart();
+    }
+
+    fn take_input(&mut self, input: ConsoleInput) {
+        match input {
+            ConsoleInput::Byte(b) => self.pending_input.push_back(b),
+            ConsoleInput::Break => self.uart.borrow_mut().receive_break(),
+            ConsoleInput::Quit => self.quit = true,
+        }
+    }
+
+    fn feed_uart(&mut self) {
+        if self.pending_input.is_empty() {
+            return;
+        }
+        let mut uart = self.uart.borrow_mut();
+        for _ in 0..uart.rx_room() {
+            match self.pending_input.pop_front() {
+                Some(b) => uart.receive(b),
+                None => break,
+            }
+        }
+    }
+
+    /// The CPU is halted: sleep until the next timer deadline or console input. Returns
+    /// false if nothing can ever wake it (no deadline, no input, no pending interrupt).
+    pub fn wait_for_event(&mut self) -> bool {
+        self.uart.borrow_mut().flush();
+        let deadline = self.next_deadline();
+        let now = self.clock.now_ns();
+        let timeout = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now)));
+        match self.console.wait(timeout) {
+            Wait::Input(i) => self.take_input(i),
+            Wait::Timeout => {}
+            Wait::Closed => match timeout {
+                Some(t) => std::thread::sleep(t),
+                None => {
+                    self.service();
+                    return self.interrupt_pending() || self.event_pending();
+                }
+            },
+        }
+        self.service();
+        true
+    }
+
+    pub fn event_pending(&self) -> bool {
+        self.quit || self.signals.pending()
+    }
+
+    /// A reset, power-off, debug exit or quit request, if one is pending.
+    pub fn take_event(&mut self) -> Option<BoardEvent> {
+        if std::mem::take(&mut self.quit) {
+            return Some(BoardEvent::Quit);
+        }
+        self.signals.take().map(BoardEvent::System)
+    }
+
+    pub fn a20(&self) -> bool {
+        self.signals.a20()
+    }
+
+    pub fn flush(&mut self) {
+        self.uart.borrow_mut().flush();
+    }
+
+    /// Device-side lines for `--stats`.
+    pub fn stats(&self, out: &mut String) {
+        let pic = self.pic.borrow().stats();
+        let post = self.post.borrow();
+        let _ = writeln!(
+            out,
+            "interrupts acknowledged: {} (spurious {})",
+            pic.acknowledged, pic.spurious
+        );
+        let _ = writeln!(out, "serial bytes out: {}", self.uart.borrow().bytes_out());
+        let codes: Vec<String> = post.recent().iter().map(|c| format!("{c:02x}")).collect();
+        let _ = writeln!(
+            out,
+            "POST codes (port 0x80): {} writes, last: [{}]",
+            post.writes(),
+            codes.join(" ")
+        );
+        let mut unknown: Vec<String> = self
+            .unknown_ports
+            .iter()
+            .map(|(p, s)| format!("{p:#06x} (r{} w{})", s.reads, s.writes))
+            .collect();
+        if unknown.len() > 24 {
+            let more = unknown.len() - 24;
+            unknown.truncate(24);
+            unknown.push(format!("... {more} more"));
+        }
+        let _ = writeln!(
+            out,
+            "unassigned ports: {} [{}]",
+            self.unknown_ports.len(),
+            unknown.join(", ")
+        );
+        let _ = writeln!(out, "unassigned MMIO accesses: {}", self.unknown_mmio);
+    }
+}

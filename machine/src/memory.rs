@@ -1,0 +1,278 @@
+//! Guest physical memory: one anonymous mapping for RAM and one for the firmware ROM,
+//! arranged into the PC's regions. Everything that touches guest memory from the host side
+//! (loaders, the KVM slot table, later the softmmu) goes through [`GuestMemory`].
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::layout::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot allocate {size} bytes of guest RAM: {source}")]
+    Allocate { size: u64, source: std::io::Error },
+    #[error("guest range {gpa:#x}+{len:#x} is not RAM")]
+    NotRam { gpa: u64, len: u64 },
+    #[error("guest range {gpa:#x}+{len:#x} is not backed by memory")]
+    Unbacked { gpa: u64, len: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// Offset into the RAM mapping.
+    Ram(u64),
+    /// Offset into the ROM mapping; guest writes are discarded.
+    Rom(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub gpa: u64,
+    pub len: u64,
+    pub backing: Backing,
+}
+
+impl Region {
+    pub fn end(&self) -> u64 {
+        self.gpa + self.len
+    }
+    pub fn is_rom(&self) -> bool {
+        matches!(self.backing, Backing::Rom(_))
+    }
+}
+
+pub struct GuestMemory {
+    ram: MmapMut,
+    rom: Option<MmapMut>,
+    ram_size: u64,
+    regions: Vec<Region>,
+}
+
+impl GuestMemory {
+    /// RAM of `ram_size` bytes laid out as on a PC (conventional memory, the legacy hole,
+    /// extended memory up to [`LOW_RAM_MAX`], the rest above 4 GiB) and, if given, a firmware
+    /// image mapped to end at 4 GiB with its last 128 KiB mirrored below 1 MiB.
+    pub fn new(ram_size: u64, firmware: Option<&[u8]>) -> Result<Self, MemoryError> {
+        let ram = MmapOptions::new()
+            .len(ram_size as usize)
+            .map_anon()
+            .map_err(|source| MemoryError::Allocate {
+                size: ram_size,
+                source,
+            })?;
+        let rom = match firmware {
+            Some(image) => {
+                let mut m = MmapOptions::new()
+                    .len(image.len())
+                    .map_anon()
+                    .map_err(|source| MemoryError::Allocate {
+                        size: image.len() as u64,
+                        source,
+                    })?;
+                m.copy_from_slice(image);
+                Some(m)
+            }
+            None => None,
+        };
+        let mut regions = Vec::new();
+        let conventional = ram_size.min(CONVENTIONAL_END);
+        regions.push(Region {
+            gpa: 0,
+            len: conventional,
+            backing: Backing::Ram(0),
+        });
+        // Without firmware, the BIOS area 0xE0000-0xFFFFF is RAM, where loaders put the
+        // tables a BIOS would provide (ACPI).
+        let rom_len = rom.as_ref().map_or(0, |r| r.len() as u64);
+        let mirror = rom_len.min(ISA_ROM_WINDOW);
+        if ram_size > ISA_ROM_END {
+            if mirror == 0 {
+                regions.push(Region {
+                    gpa: ISA_ROM_END - ISA_ROM_WINDOW,
+                    len: ISA_ROM_WINDOW,
+                    backing: Backing::Ram(ISA_ROM_END - ISA_ROM_WINDOW),
+                });
+            }
+            let low_end = ram_size.min(LOW_RAM_MAX);
+            regions.push(Region {
+                gpa: HIGH_MEMORY_START,
+                len: low_end - HIGH_MEMORY_START,
+                backing: Backing::Ram(HIGH_MEMORY_START),
+            });
+            if ram_size > LOW_RAM_MAX {
+                regions.push(Region {
+                    gpa: FOUR_GIB,
+                    len: ram_size - LOW_RAM_MAX,
+                    backing: Backing::Ram(LOW_RAM_MAX),
+                });
+            }
+        }
+        if mirror > 0 {
+            regions.push(Region {
+                gpa: ISA_ROM_END - mirror,
+                len: mirror,
+                backing: Backing::Rom(rom_len - mirror),
+            });
+            regions.push(Region {
+                gpa: FOUR_GIB - rom_len,
+                len: rom_len,
+                backing: Backing::Rom(0),
+            });
+        }
+        regions.sort_by_key(|r| r.gpa);
+        Ok(Self {
+            ram,
+            rom,
+            ram_size,
+            regions,
+        })
+    }
+
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// End of RAM below 4 GiB.
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram_size.min(LOW_RAM_MAX)
+    }
+
+    /// RAM above 4 GiB, in bytes.
+    pub fn high_ram_size(&self) -> u64 {
+        self.ram_size.saturating_sub(LOW_RAM_MAX)
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    pub fn region_at(&self, gpa: u64) -> Option<&Region> {
+        let i = self.regions.partition_point(|r| r.gpa <= gpa);
+        let r = self.regions.get(i.checked_sub(1)?)?;
+        (gpa < r.end()).then_some(r)
+    }
+
+    /// Host address of a region's first byte, for registering it with an accelerator.
+    pub fn host_address(&self, region: &Region) -> *mut u8 {
+        match (region.backing, &self.rom) {
+            (Backing::Ram(off), _) => self.ram.as_ptr().wrapping_add(off as usize) as *mut u8,
+            (Backing::Rom(off), Some(rom)) => rom.as_ptr().wrapping_add(off as usize) as *mut u8,
+            (Backing::Rom(_), None) => std::ptr::null_mut(),
+        }
+    }
+
+    /// Offset into the RAM mapping of `[gpa, gpa+len)` if it lies within one RAM region.
+    fn ram_offset(&self, gpa: u64, len: u64) -> Option<usize> {
+        let r = self.region_at(gpa)?;
+        let end = gpa.checked_add(len)?;
+        match r.backing {
+            Backing::Ram(off) if end <= r.end() => Some((off + gpa - r.gpa) as usize),
+            _ => None,
+        }
+    }
+
+    /// Copies host data into guest RAM (loaders). ROM and holes are refused.
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let len = data.len() as u64;
+        let off = self
+            .ram_offset(gpa, len)
+            .ok_or(MemoryError::NotRam { gpa, len })?;
+        self.ram[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Fills guest RAM with zeros.
+    pub fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        let off = self
+            .ram_offset(gpa, len)
+            .ok_or(MemoryError::NotRam { gpa, len })?;
+        self.ram[off..off + len as usize].fill(0);
+        Ok(())
+    }
+
+    /// Reads guest memory (RAM or ROM) into `buf`, within one region.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let len = buf.len() as u64;
+        let unbacked = MemoryError::Unbacked { gpa, len };
+        let r = self
+            .region_at(gpa)
+            .ok_or(MemoryError::Unbacked { gpa, len })?;
+        if gpa.checked_add(len).is_none_or(|e| e > r.end()) {
+            return Err(unbacked);
+        }
+        let within = (gpa - r.gpa) as usize;
+        let src: &[u8] = match (r.backing, &self.rom) {
+            (Backing::Ram(off), _) => &self.ram[off as usize + within..],
+            (Backing::Rom(off), Some(rom)) => &rom[off as usize + within..],
+            (Backing::Rom(_), None) => return Err(unbacked),
+        };
+        buf.copy_from_slice(&src[..buf.len()]);
+        Ok(())
+    }
+
+    pub fn read_u32(&self, gpa: u64) -> Result<u32, MemoryError> {
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write_u64(&mut self, gpa: u64, v: u64) -> Result<(), MemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pc_layout_with_firmware() {
+        let rom: Vec<u8> = (0..0x4_0000u32).map(|i| (i >> 12) as u8).collect();
+        let m = GuestMemory::new(64 << 20, Some(&rom)).unwrap();
+        let r: Vec<(u64, u64, bool)> = m
+            .regions()
+            .iter()
+            .map(|r| (r.gpa, r.len, r.is_rom()))
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                (0, 0xA_0000, false),
+                (0xE_0000, 0x2_0000, true),
+                (0x10_0000, (64 << 20) - 0x10_0000, false),
+                (0xFFFC_0000, 0x4_0000, true),
+            ]
+        );
+        // The mirror shows the ROM's last 128 KiB.
+        let mut b = [0u8; 1];
+        m.read(0xE_0000, &mut b).unwrap();
+        assert_eq!(b[0], 0x20);
+        m.read(0xFFFF_FFFF, &mut b).unwrap();
+        assert_eq!(b[0], 0x3F);
+        assert!(m.read(0xA_0000, &mut b).is_err(), "legacy hole");
+    }
+
+    #[test]
+    fn large_memory_moves_above_4g_and_writes_are_checked() {
+        let mut m = GuestMemory::new(LOW_RAM_MAX + (64 << 20), None).unwrap();
+        assert_eq!(m.low_ram_end(), LOW_RAM_MAX);
+        assert_eq!(m.high_ram_size(), 64 << 20);
+        let last = m.regions().last().copied().unwrap();
+        assert_eq!((last.gpa, last.len), (FOUR_GIB, 64 << 20));
+        m.write(FOUR_GIB + 8, &[1, 2, 3]).unwrap();
+        let mut b = [0u8; 3];
+        m.read(FOUR_GIB + 8, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3]);
+        assert!(
+            m.write(LOW_RAM_MAX - 1, &[0, 0]).is_err(),
+            "crosses into the hole"
+        );
+        assert!(m.write(0x9_FFFF, &[0, 0]).is_err());
+        m.write(0xF_0000, &[1]).unwrap(); // BIOS area is RAM without firmware
+    }
+}

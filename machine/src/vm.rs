@@ -1,0 +1,315 @@
+//! A Machine: memory + board + loaded guest + accelerator, and the run loop that restarts
+//! the guest on reset.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Instant;
+
+use gantry_devices::clock::{Clock, HostClock};
+use gantry_devices::signals::SystemEvent;
+
+use crate::accel::CpuStop;
+use crate::board::{Board, BoardConfig, BoardEvent, SerialSink};
+use crate::boot::{self, EntryState, KernelImage, LoadError};
+use crate::console::HostConsole;
+use crate::layout::FIRMWARE_MAX;
+use crate::memory::{GuestMemory, MemoryError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccelKind {
+    Kvm,
+    Interp,
+    Jit,
+}
+
+impl AccelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccelKind::Kvm => "kvm",
+            AccelKind::Interp => "interp",
+            AccelKind::Jit => "jit",
+        }
+    }
+}
+
+pub enum BootSource {
+    /// A raw ROM image mapped at the top of 4 GiB; the CPU starts at F000:FFF0.
+    Firmware { name: String, image: Vec<u8> },
+    Kernel {
+        name: String,
+        image: Vec<u8>,
+        initrd: Option<(String, Vec<u8>)>,
+        cmdline: String,
+    },
+}
+
+pub struct MachineConfig {
+    pub ram_size: u64,
+    pub boot: BootSource,
+    pub accel: AccelKind,
+    pub serial: SerialSink,
+    pub console_input: bool,
+    pub debugcon_port: Option<u16>,
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("{0}")]
+    Memory(#[from] MemoryError),
+    #[error("kernel {name}: {source}")]
+    Kernel { name: String, source: LoadError },
+    #[error("initrd {name}: {source}")]
+    Initrd { name: String, source: LoadError },
+    #[error("firmware {name}: {why}")]
+    Firmware { name: String, why: String },
+    #[error(
+        "--accel {0}: the emulated CPU is not built yet; use --accel kvm on a host with /dev/kvm"
+    )]
+    AccelNotBuilt(&'static str),
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[error("{0}")]
+    Kvm(#[from] crate::accel::kvm::KvmError),
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    #[error("--accel kvm needs an x86-64 Linux host")]
+    KvmUnavailable,
+    #[error("device setup: {0}")]
+    Bus(#[from] gantry_devices::bus::BusError),
+    #[error("serial output: {0}")]
+    Serial(std::io::Error),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    PowerOff,
+    DebugExit(u32),
+    Quit,
+    /// The guest reset (or triple-faulted) and `--no-reboot` was given.
+    Reset {
+        cause: String,
+    },
+    HaltedForever {
+        rip: u64,
+    },
+}
+
+impl RunOutcome {
+    /// The process exit status: 0 for power-off and quit, `(V << 1) | 1` for the debug-exit
+    /// port (as QEMU's isa-debug-exit), 3 for a guest that stopped itself otherwise.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            RunOutcome::PowerOff | RunOutcome::Quit => 0,
+            RunOutcome::DebugExit(v) => ((v << 1) | 1) as i32 & 0xFF,
+            RunOutcome::Reset { .. } | RunOutcome::HaltedForever { .. } => 3,
+        }
+    }
+
+    /// One line for the user, where the outcome needs one.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            RunOutcome::Reset { cause } => {
+                Some(format!("guest reset ({cause}) and --no-reboot is set"))
+            }
+            RunOutcome::HaltedForever { rip } => Some(format!(
+                "guest halted with interrupts disabled and nothing to wake it (HLT at RIP {rip:#x})"
+            )),
+            _ => None,
+        }
+    }
+}
+
+pub struct Machine {
+    pub memory: GuestMemory,
+    pub board: Board,
+    pub entry: EntryState,
+    pub format: &'static str,
+    firmware_size: u64,
+}
+
+impl Machine {
+    /// Builds memory, board and loads the guest (no accelerator yet).
+    pub fn new(
+        cfg: &MachineConfig,
+        clock: Rc<dyn Clock>,
+        console: HostConsole,
+    ) -> Result<Self, MachineError> {
+        let (memory, entry, format, firmware_size) = match &cfg.boot {
+            BootSource::Firmware { name, image } => {
+                check_firmware(name, image)?;
+                let mem = GuestMemory::new(cfg.ram_size, Some(image))?;
+                (
+                    mem,
+                    EntryState::reset(),
+                    "firmware (reset vector)",
+                    image.len() as u64,
+                )
+            }
+            BootSource::Kernel {
+                name,
+                image,
+                initrd,
+                cmdline,
+            } => {
+                let mut mem = GuestMemory::new(cfg.ram_size, None)?;
+                if let Some((iname, data)) = initrd {
+                    if data.is_empty() {
+                        return Err(MachineError::Initrd {
+                            name: iname.clone(),
+                            source: LoadError::Empty,
+                        });
+                    }
+                }
+                let img = KernelImage {
+                    kernel: image,
+                    initrd: initrd.as_ref().map(|(_, d)| d.as_slice()),
+                    cmdline,
+                };
+                let loaded = boot::load_kernel(&mut mem, &img).map_err(|e| match (&e, initrd) {
+                    (LoadError::TooBig(m), Some((iname, _)))
+                        if m.starts_with("initrd") || m.starts_with("module") =>
+                    {
+                        MachineError::Initrd {
+                            name: iname.clone(),
+                            source: e,
+                        }
+                    }
+                    _ => MachineError::Kernel {
+                        name: name.clone(),
+                        source: e,
+                    },
+                })?;
+                (mem, loaded.entry, loaded.format, 0)
+            }
+        };
+        let serial = cfg.serial.try_clone().map_err(MachineError::Serial)?;
+        let board = Board::new(
+            BoardConfig {
+                ram_size: cfg.ram_size,
+                serial,
+                debugcon_port: cfg.debugcon_port,
+            },
+            clock,
+            console,
+        )?;
+        Ok(Self {
+            memory,
+            board,
+            entry,
+            format,
+            firmware_size,
+        })
+    }
+
+    pub fn firmware_size(&self) -> u64 {
+        self.firmware_size
+    }
+}
+
+fn check_firmware(name: &str, image: &[u8]) -> Result<(), MachineError> {
+    let len = image.len() as u64;
+    let why = if len == 0 {
+        Some("is empty".to_string())
+    } else if len % 0x1_0000 != 0 {
+        Some(format!("size {len} is not a multiple of 64 KiB"))
+    } else if len > FIRMWARE_MAX {
+        Some(format!("size {len} is larger than 16 MiB"))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(MachineError::Firmware {
+            name: name.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Statistics of a whole run, for `--stats`.
+#[derive(Default)]
+pub struct RunReport {
+    pub text: String,
+}
+
+/// Builds the machine and runs the guest until it stops for good, restarting it on reset
+/// unless `no_reboot`. Returns the outcome and a `--stats` report.
+pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> {
+    let started = Instant::now();
+    let mut console = if cfg.console_input {
+        HostConsole::stdio()
+    } else {
+        HostConsole::none()
+    };
+    let mut report = RunReport::default();
+    let mut resets = 0u64;
+    loop {
+        let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
+        let mut machine = Machine::new(&cfg, clock, console)?;
+        let (stop, accel_stats) = run_accel(&cfg, &mut machine)?;
+        machine.board.flush();
+        let outcome = match stop {
+            CpuStop::Board(BoardEvent::Quit) => RunOutcome::Quit,
+            CpuStop::Board(BoardEvent::System(SystemEvent::PowerOff)) => RunOutcome::PowerOff,
+            CpuStop::Board(BoardEvent::System(SystemEvent::DebugExit(v))) => {
+                RunOutcome::DebugExit(v)
+            }
+            CpuStop::Board(BoardEvent::System(SystemEvent::Reset { source })) => {
+                RunOutcome::Reset {
+                    cause: format!("reset requested through {source}"),
+                }
+            }
+            CpuStop::TripleFault { rip } => RunOutcome::Reset {
+                cause: format!("triple fault at RIP {rip:#x}"),
+            },
+            CpuStop::HaltedForever { rip } => RunOutcome::HaltedForever { rip },
+        };
+        let mut text = String::new();
+        let _ = writeln!(text, "boot: {}", machine.format);
+        let _ = writeln!(text, "accelerator: {}", cfg.accel.name());
+        let _ = writeln!(text, "{accel_stats}");
+        machine.board.stats(&mut text);
+        let _ = writeln!(text, "guest resets: {resets}");
+        let _ = writeln!(text, "run time: {:.3} s", started.elapsed().as_secs_f64());
+        report.text = text;
+        console = machine.board.into_console();
+        match outcome {
+            RunOutcome::Reset { .. } if !cfg.no_reboot => {
+                resets += 1;
+                continue;
+            }
+            o => return Ok((o, report)),
+        }
+    }
+}
+
+fn run_accel(
+    cfg: &MachineConfig,
+    machine: &mut Machine,
+) -> Result<(CpuStop, String), MachineError> {
+    match cfg.accel {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        AccelKind::Kvm => {
+            let mut cpu = crate::accel::kvm::KvmCpu::new(&machine.memory)?;
+            cpu.set_entry_state(&machine.entry)?;
+            let stop = cpu.run(&mut machine.board)?;
+            Ok((stop, cpu.stats.to_string()))
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        AccelKind::Kvm => Err(MachineError::KvmUnavailable),
+        AccelKind::Interp => Err(MachineError::AccelNotBuilt("interp")),
+        AccelKind::Jit => Err(MachineError::AccelNotBuilt("jit")),
+    }
+}
+
+/// Is KVM usable on this host? (`--accel auto`.)
+pub fn kvm_usable() -> Result<(), String> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        crate::accel::kvm::probe().map_err(|e| e.to_string())
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        Err("KVM needs an x86-64 Linux host".into())
+    }
+}

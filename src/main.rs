@@ -1,0 +1,249 @@
+//! `gantry`: parse the command line, build a machine, run it. Everything else lives in the
+//! workspace crates; errors become one line on stderr and exit status 2.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gantry_machine::board::SerialSink;
+use gantry_machine::vm::{self, AccelKind, BootSource, MachineConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "A full-system x86 PC emulator",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// `gantry` with no subcommand: `run` with its defaults (the embedded demo guest).
+#[derive(Parser)]
+struct RunOnly {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest: a kernel (bzImage, multiboot, ELF with PVH note) or a firmware ROM.
+    /// With neither, the embedded demo guest.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Accel {
+    /// KVM when /dev/kvm is usable, else the emulated CPU.
+    Auto,
+    Kvm,
+    Jit,
+    Interp,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel image: Linux bzImage, multiboot kernel, or ELF vmlinux with a PVH note.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux initrd, PVH module, or multiboot module 0).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "", requires = "kernel")]
+    append: String,
+    /// Guest RAM, with an optional K, M or G suffix (bytes without one).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    mem: u64,
+    /// Raw firmware ROM mapped below 4 GiB and at 0xE0000 (the CPU starts at F000:FFF0).
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    bios: Option<PathBuf>,
+    /// Which CPU runs the guest.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    accel: Accel,
+    /// Where COM1 goes: stdio, file:PATH, or none.
+    #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio", value_parser = parse_serial)]
+    serial: SerialArg,
+    /// Send bytes written to this I/O port to stderr (like QEMU's isa-debugcon; 0xE9 is usual).
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    debugcon: Option<u16>,
+    /// On a guest reset or triple fault, stop (exit status 3) instead of rebooting.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Print counters (exits, interrupts, POST codes, unassigned ports) when the run ends.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Clone, Debug)]
+enum SerialArg {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+const MIN_MEM: u64 = 2 << 20;
+const MAX_MEM: u64 = 1 << 40;
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 256M, 1G, 65536)"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .filter(|b| *b <= MAX_MEM)
+        .ok_or_else(|| format!("'{s}' is more than 1 TiB"))?;
+    if bytes < MIN_MEM {
+        return Err(format!("'{s}' is too small: at least 2M"));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("'{s}' is not a multiple of 4 KiB"));
+    }
+    Ok(bytes)
+}
+
+fn parse_serial(s: &str) -> Result<SerialArg, String> {
+    match s {
+        "stdio" => Ok(SerialArg::Stdio),
+        "none" => Ok(SerialArg::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialArg::File(PathBuf::from(p))),
+            _ => Err(format!("'{s}' is not stdio, file:PATH or none")),
+        },
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse::<u32>(),
+    };
+    match v {
+        Ok(p) if p <= 0xFFFF => Ok(p as u16),
+        _ => Err(format!("'{s}' is not an I/O port (0 to 0xffff)")),
+    }
+}
+
+fn read_file(role: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ if path.is_dir() => "is a directory".to_string(),
+            _ => e.to_string(),
+        };
+        format!("{role} {}: {why}", path.display())
+    })
+}
+
+fn choose_accel(a: Accel) -> Result<AccelKind, String> {
+    Ok(match a {
+        Accel::Kvm => AccelKind::Kvm,
+        Accel::Jit => AccelKind::Jit,
+        Accel::Interp => AccelKind::Interp,
+        Accel::Auto => match vm::kvm_usable() {
+            Ok(()) => AccelKind::Kvm,
+            Err(why) => {
+                return Err(format!(
+                    "--accel auto: KVM is not usable ({why}) and the emulated CPU is not built yet"
+                ))
+            }
+        },
+    })
+}
+
+fn run(args: RunArgs) -> Result<i32, String> {
+    let boot = if let Some(k) = &args.kernel {
+        let image = read_file("kernel", k)?;
+        let initrd = match &args.initrd {
+            Some(p) => Some((p.display().to_string(), read_file("initrd", p)?)),
+            None => None,
+        };
+        BootSource::Kernel {
+            name: k.display().to_string(),
+            image,
+            initrd,
+            cmdline: args.append.clone(),
+        }
+    } else if let Some(b) = &args.bios {
+        BootSource::Firmware {
+            name: b.display().to_string(),
+            image: read_file("firmware", b)?,
+        }
+    } else {
+        BootSource::Firmware {
+            name: "embedded demo guest".into(),
+            image: gantry_roms::DEMO.to_vec(),
+        }
+    };
+    let serial = match &args.serial {
+        SerialArg::Stdio => SerialSink::Stdout,
+        SerialArg::None => SerialSink::None,
+        SerialArg::File(p) => SerialSink::File(
+            std::fs::File::create(p).map_err(|e| format!("--serial file:{}: {e}", p.display()))?,
+        ),
+    };
+    let console_input = matches!(args.serial, SerialArg::Stdio);
+    let cfg = MachineConfig {
+        ram_size: args.mem,
+        boot,
+        accel: choose_accel(args.accel)?,
+        serial,
+        console_input,
+        debugcon_port: args.debugcon,
+        no_reboot: args.no_reboot,
+    };
+    let (outcome, report) = vm::run(cfg).map_err(|e| e.to_string())?;
+    if let Some(m) = outcome.message() {
+        eprintln!("gantry: {m}");
+    }
+    if args.stats {
+        eprint!("{}", report.text);
+    }
+    Ok(outcome.exit_status())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's own message, reduced to its first line.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("gantry: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let args = match cli.command {
+        Some(Command::Run(a)) => a,
+        None => RunOnly::parse_from(["gantry"]).args,
+    };
+    match run(args) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(msg) => {
+            eprintln!("gantry: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
