@@ -88,23 +88,26 @@ const MIN_MEM: u64 = 2 << 20;
 const MAX_MEM: u64 = 1 << 40;
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
-            };
-            (&s[..i], shift)
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let not_a_size = || format!("'{s}' is not a size (examples: 256M, 1G, 65536)");
+    if digits.is_empty() {
+        return Err(not_a_size());
+    }
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown size suffix '{suffix}' (use K, M or G)"
+            ))
         }
-        _ => (s, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (examples: 256M, 1G, 65536)"))?;
+    let n: u64 = digits.parse().map_err(|_| not_a_size())?;
     let bytes = n
         .checked_mul(1 << shift)
         .filter(|b| *b <= MAX_MEM)
@@ -228,10 +231,15 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's own message, reduced to its first line.
+            // clap's own message, folded to one line (the usage block is left out).
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("gantry: {}", line.trim_start_matches("error: "));
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            eprintln!("gantry: {}", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

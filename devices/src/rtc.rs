@@ -101,6 +101,13 @@ fn from_bcd(v: u8) -> u32 {
     (v >> 4) as u32 * 10 + (v & 0xF) as u32
 }
 
+/// What survives a reset of the machine: the battery-backed RAM and the time the guest set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CmosState {
+    pub ram: [u8; 128],
+    pub offset_ns: i128,
+}
+
 pub struct Rtc {
     ram: [u8; 128],
     index: u8,
@@ -144,6 +151,25 @@ impl Rtc {
 
     pub fn cmos(&self, index: u8) -> u8 {
         self.ram.get(index as usize).copied().unwrap_or(0xFF)
+    }
+
+    /// The battery-backed state, to carry over a machine reset.
+    pub fn save(&self) -> CmosState {
+        CmosState {
+            ram: self.ram,
+            offset_ns: self.offset_ns,
+        }
+    }
+
+    /// Restores battery-backed state saved before a reset. Register C (pending flags) and
+    /// D (valid RAM) come back as after power-up.
+    pub fn restore(&mut self, state: &CmosState) {
+        self.ram = state.ram;
+        self.ram[REG_C as usize] = 0;
+        self.ram[REG_D as usize] = 0x80;
+        self.offset_ns = state.offset_ns;
+        self.c_flags = 0;
+        self.flags_since = self.guest_ns();
     }
 
     pub fn nmi_masked(&self) -> bool {
@@ -520,6 +546,21 @@ mod tests {
         r.on_timer(2 * NS);
         assert!(irq.is_high());
         assert_eq!(rd(&mut r, REG_C), C_IRQF | C_PF | C_AF | C_UF);
+    }
+
+    #[test]
+    fn state_survives_a_reset() {
+        let (mut r, clock, _) = rig();
+        wr(&mut r, 0x50, 0x5A);
+        wr(&mut r, REG_B, B_SET | B_24H);
+        wr(&mut r, REG_HOURS, 0x07);
+        wr(&mut r, REG_B, B_24H);
+        let saved = r.save();
+        let wires = IrqWires::new();
+        let mut fresh = Rtc::new(clock.clone(), wires.line(8));
+        fresh.restore(&saved);
+        assert_eq!(rd(&mut fresh, 0x50), 0x5A);
+        assert_eq!(rd(&mut fresh, REG_HOURS), 0x07);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use gantry_devices::irq::IrqWires;
 use gantry_devices::pci::PciHost;
 use gantry_devices::pic::{PicPair, PicPort, PicPortKind};
 use gantry_devices::pit::{Pit, PORT61_OFFSET};
-use gantry_devices::rtc::Rtc;
+use gantry_devices::rtc::{CmosState, Rtc};
 use gantry_devices::signals::{SystemEvent, SystemSignals};
 use gantry_devices::system_control::SystemControlA;
 use gantry_devices::uart::Uart;
@@ -52,6 +52,8 @@ pub struct BoardConfig {
     pub ram_size: u64,
     pub serial: SerialSink,
     pub debugcon_port: Option<u16>,
+    /// CMOS contents from before a reset (battery-backed on a real PC).
+    pub cmos: Option<CmosState>,
 }
 
 /// Why the board wants the run to end (or the machine to reset).
@@ -97,6 +99,9 @@ impl Board {
         let pic = Rc::new(RefCell::new(PicPair::new(wires.clone())));
         let pit = Rc::new(RefCell::new(Pit::new(clock.clone(), wires.line(0))));
         let rtc = Rc::new(RefCell::new(Rtc::new(clock.clone(), wires.line(8))));
+        if let Some(state) = &cfg.cmos {
+            rtc.borrow_mut().restore(state);
+        }
         let out: Box<dyn Write> = match cfg.serial {
             SerialSink::Stdout => Box::new(std::io::stdout()),
             SerialSink::File(f) => Box::new(std::io::BufWriter::new(f)),
@@ -190,6 +195,11 @@ impl Board {
         rtc.set_cmos(0x5D, (above_4g >> 16) as u8);
         rtc.set_cmos(0x5F, 0); // CPUs - 1
         rtc.set_cmos(0x14, 0x06); // equipment: FPU, VGA/EGA
+    }
+
+    /// The CMOS state to carry across a reset.
+    pub fn save_cmos(&self) -> CmosState {
+        self.rtc.borrow().save()
     }
 
     /// Gives back the host console (kept across guest resets).

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use gantry_devices::clock::{Clock, HostClock};
+use gantry_devices::rtc::CmosState;
 use gantry_devices::signals::SystemEvent;
 
 use crate::accel::CpuStop;
@@ -133,6 +134,7 @@ impl Machine {
         cfg: &MachineConfig,
         clock: Rc<dyn Clock>,
         console: HostConsole,
+        cmos: Option<CmosState>,
     ) -> Result<Self, MachineError> {
         let (memory, entry, format, firmware_size) = match &cfg.boot {
             BootSource::Firmware { name, image } => {
@@ -188,6 +190,7 @@ impl Machine {
                 ram_size: cfg.ram_size,
                 serial,
                 debugcon_port: cfg.debugcon_port,
+                cmos,
             },
             clock,
             console,
@@ -243,9 +246,10 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
     };
     let mut report = RunReport::default();
     let mut resets = 0u64;
+    let mut cmos = None;
     loop {
         let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-        let mut machine = Machine::new(&cfg, clock, console)?;
+        let mut machine = Machine::new(&cfg, clock, console, cmos.take())?;
         let (stop, accel_stats) = run_accel(&cfg, &mut machine)?;
         machine.board.flush();
         let outcome = match stop {
@@ -272,6 +276,7 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
         let _ = writeln!(text, "guest resets: {resets}");
         let _ = writeln!(text, "run time: {:.3} s", started.elapsed().as_secs_f64());
         report.text = text;
+        cmos = Some(machine.board.save_cmos());
         console = machine.board.into_console();
         match outcome {
             RunOutcome::Reset { .. } if !cfg.no_reboot => {

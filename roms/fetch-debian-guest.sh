@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Fetches Debian's stock x86-64 kernel (the package linux-image-amd64 depends on) and
+# busybox-static with `apt-get download`, and builds an initramfs around busybox whose
+# /init prints marker lines, runs gantry_cmd from the kernel command line, and powers off.
+#
+# Output (reused when present): roms/guests/{vmlinuz,initramfs.cpio.gz,VERSIONS}.
+# Usage: roms/fetch-debian-guest.sh [--force]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out="$here/guests"
+if [[ "${1:-}" != "--force" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz" ]]; then
+    echo "debian guest: reusing $out ($(tr '\n' ' ' < "$out/VERSIONS"))"
+    exit 0
+fi
+for tool in apt-get apt-cache dpkg-deb python3; do
+    command -v "$tool" >/dev/null || { echo "fetch-debian-guest: needs $tool (a Debian system)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+kernel_pkg() {
+    apt-cache depends linux-image-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1
+}
+pkg=$(kernel_pkg)
+if [[ -z "$pkg" ]] || ! apt-get download "$pkg" busybox-static >/dev/null 2>&1; then
+    echo "debian guest: refreshing package lists (apt-get update)"
+    apt-get update -qq >/dev/null
+    pkg=$(kernel_pkg)
+    [[ -n "$pkg" ]] || { echo "fetch-debian-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
+    apt-get download "$pkg" busybox-static >/dev/null
+fi
+
+mkdir -p k b
+dpkg-deb -x "$pkg"_*.deb k
+dpkg-deb -x busybox-static_*.deb b
+vmlinuz=$(ls k/boot/vmlinuz-* | head -n 1)
+[[ -s b/bin/busybox ]] || { echo "fetch-debian-guest: busybox-static has no /bin/busybox" >&2; exit 1; }
+
+mkdir -p "$out"
+python3 "$here/initramfs/mkcpio.py" "$out/initramfs.cpio.gz.tmp" \
+    dir dev node dev/console 5 1 node dev/null 1 3 \
+    dir bin file bin/busybox b/bin/busybox 755 link bin/sh busybox \
+    dir proc dir sys dir tmp dir etc \
+    file init "$here/initramfs/init" 755
+cp "$vmlinuz" "$out/vmlinuz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+{
+    echo "kernel=$pkg $(dpkg-deb -f "$pkg"_*.deb Version)"
+    echo "busybox=$(dpkg-deb -f busybox-static_*.deb Version)"
+} > "$out/VERSIONS"
+echo "debian guest: $(tr '\n' ' ' < "$out/VERSIONS")-> $out"

@@ -1,0 +1,163 @@
+//! Helpers for whole-program tests: run the `gantry` binary with a deadline, decide whether
+//! KVM tests can run here, and build small multiboot test kernels with iced-x86's code
+//! assembler.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iced_x86::code_asm::*;
+
+pub struct Run {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+impl Run {
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
+}
+
+/// Runs `gantry ARGS` with `stdin` as its input; kills it after `timeout`.
+pub fn gantry(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gantry");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait().ok().and_then(|s| s.code());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
+        timed_out,
+    }
+}
+
+/// True if KVM tests should run. Skips (with a line saying why) only where the host has
+/// no /dev/kvm at all; a /dev/kvm that exists but cannot make a VM is a failure, so that
+/// CI never silently skips on a machine that has KVM.
+pub fn kvm_available(test: &str) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP {test}: this host has no /dev/kvm");
+        return false;
+    }
+    if let Err(why) = gantry_machine::vm::kvm_usable() {
+        panic!("{test}: /dev/kvm exists but is not usable: {why}");
+    }
+    true
+}
+
+/// A scratch directory for one test's files.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gantry-test-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+pub const MB_LOAD: u32 = 0x10_0000;
+const MB_HEADER_LEN: u32 = 32;
+pub const COM1: u32 = 0x3F8;
+
+/// A multiboot kernel with the address fields (flag 16): a 32-byte header at 1 MiB, code
+/// right after it. `body` emits 32-bit code that runs with EAX/EBX as multiboot left them.
+pub fn multiboot_kernel(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let flags: u32 = 1 << 1 | 1 << 16;
+    let magic: u32 = 0x1BAD_B002;
+    let entry = MB_LOAD + MB_HEADER_LEN;
+    let mut img = Vec::new();
+    for v in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic.wrapping_add(flags)),
+        MB_LOAD, // header_addr
+        MB_LOAD, // load_addr
+        0,       // load_end_addr: the whole file
+        0,       // bss_end_addr: none
+        entry,
+    ] {
+        img.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    body(&mut a).expect("assemble test kernel");
+    img.extend(a.assemble(entry as u64).expect("assemble test kernel"));
+    img
+}
+
+/// Writes `text` to COM1 byte by byte (Gantry's UART transmits at once).
+pub fn print(a: &mut CodeAssembler, text: &str) -> Result<(), IcedError> {
+    a.mov(dx, COM1)?;
+    for b in text.bytes() {
+        a.mov(al, b as u32)?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+/// Prints the NUL-terminated string at ESI. Clobbers EAX, EDX, ESI.
+pub fn print_esi(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.mov(dx, COM1)?;
+    a.set_label(&mut next)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(done)?;
+    a.out(dx, al)?;
+    a.jmp(next)?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
+/// Ends the run through the isa-debug-exit port: exit status (code << 1) | 1.
+pub fn debug_exit(a: &mut CodeAssembler, code: u32) -> Result<(), IcedError> {
+    a.mov(dx, 0xF4)?;
+    a.mov(eax, code)?;
+    a.out(dx, eax)?;
+    a.cli()?;
+    a.hlt()
+}
+
+pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, data).expect("write test file");
+    p.to_string_lossy().into_owned()
+}
