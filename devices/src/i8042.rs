@@ -129,14 +129,10 @@ impl I8042 {
             0xD4 => self.pending = Pending::AuxDevice,
             0xDD => self.signals.set_a20(false),
             0xDF => self.signals.set_a20(true),
-            0xF0..=0xFF => {
-                // Pulse output port bits whose mask bit is clear; bit 0 is reset.
-                if cmd & 0x01 == 0 {
-                    self.signals.raise(SystemEvent::Reset {
-                        source: "i8042 pulse 0xFE",
-                    });
-                }
-            }
+            // Pulse output port bits whose mask bit is clear; bit 0 is the CPU reset line.
+            0xF0..=0xFF if cmd & 0x01 == 0 => self.signals.raise(SystemEvent::Reset {
+                source: "i8042 pulse 0xFE",
+            }),
             _ => {}
         }
         self.update_irq();

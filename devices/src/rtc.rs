@@ -95,7 +95,7 @@ impl DateTime {
 }
 
 fn to_bcd(v: u32) -> u8 {
-    ((v / 10 % 10) << 4 | v % 10) as u8
+    (((v / 10 % 10) << 4) | (v % 10)) as u8
 }
 fn from_bcd(v: u8) -> u32 {
     (v >> 4) as u32 * 10 + (v & 0xF) as u32

@@ -61,6 +61,8 @@ pub struct Uart {
     irq: IrqLine,
     out: Box<dyn Write>,
     bytes_out: u64,
+    /// Bytes written to `out` since the last flush.
+    unflushed: bool,
 }
 
 impl Uart {
@@ -82,6 +84,7 @@ impl Uart {
             irq,
             out,
             bytes_out: 0,
+            unflushed: false,
         }
     }
 
@@ -122,8 +125,12 @@ impl Uart {
         self.receive(0);
     }
 
+    /// Pushes transmitted bytes to the host. The board calls this after each exit that
+    /// produced output, so a prompt without a newline shows while the guest polls.
     pub fn flush(&mut self) {
-        let _ = self.out.flush();
+        if std::mem::take(&mut self.unflushed) {
+            let _ = self.out.flush();
+        }
     }
 
     fn interrupt_id(&self) -> u8 {
@@ -165,9 +172,7 @@ impl Uart {
             // A console that went away must not stop the guest; the byte is lost as on a
             // disconnected line.
             let _ = self.out.write_all(&[byte]);
-            if byte == b'\n' {
-                let _ = self.out.flush();
-            }
+            self.unflushed = true;
             self.bytes_out += 1;
         }
         self.lsr |= LSR_THRE | LSR_TEMT;

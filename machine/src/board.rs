@@ -197,6 +197,11 @@ impl Board {
         rtc.set_cmos(0x14, 0x06); // equipment: FPU, VGA/EGA
     }
 
+    /// See [`HostConsole::set_waker`].
+    pub fn set_console_waker(&self, waker: Option<crate::console::Waker>) {
+        self.console.set_waker(waker);
+    }
+
     /// The CMOS state to carry across a reset.
     pub fn save_cmos(&self) -> CmosState {
         self.rtc.borrow().save()
@@ -284,6 +289,7 @@ impl Board {
             self.take_input(i);
         }
         self.feed_uart();
+        self.uart.borrow_mut().flush();
     }
 
     fn take_input(&mut self, input: ConsoleInput) {

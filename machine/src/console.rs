@@ -4,7 +4,12 @@
 
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Called by the console thread after it queues input, so a CPU that is running guest
+/// code (KVM_RUN) comes out to take it.
+pub type Waker = Box<dyn Fn() + Send>;
 
 const CTRL_A: u8 = 0x01;
 
@@ -24,6 +29,7 @@ pub enum Wait {
 
 pub struct HostConsole {
     rx: Option<Receiver<ConsoleInput>>,
+    waker: Arc<Mutex<Option<Waker>>>,
     _raw: Option<RawTerminal>,
 }
 
@@ -65,6 +71,8 @@ impl HostConsole {
     pub fn stdio() -> Self {
         let raw = RawTerminal::enter();
         let (tx, rx) = mpsc::channel();
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let thread_waker = waker.clone();
         let spawned = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
@@ -84,11 +92,17 @@ impl HostConsole {
                             }
                         }
                     }
+                    if let Ok(w) = thread_waker.lock() {
+                        if let Some(wake) = w.as_ref() {
+                            wake();
+                        }
+                    }
                 }
             });
         // Without a reader thread the guest simply gets no input.
         Self {
             rx: spawned.ok().map(|_| rx),
+            waker,
             _raw: raw,
         }
     }
@@ -97,7 +111,15 @@ impl HostConsole {
     pub fn none() -> Self {
         Self {
             rx: None,
+            waker: Arc::new(Mutex::new(None)),
             _raw: None,
+        }
+    }
+
+    /// Sets (or with None, clears) what the console thread calls after queueing input.
+    pub fn set_waker(&self, waker: Option<Waker>) {
+        if let Ok(mut w) = self.waker.lock() {
+            *w = waker;
         }
     }
 
@@ -178,8 +200,8 @@ mod tests {
     #[test]
     fn escape_keys() {
         let mut p = EscapeParser::default();
-        let mut helped = 0;
-        let mut feed = |p: &mut EscapeParser, b| p.feed(b, &mut || helped += 1);
+        let helped = std::cell::Cell::new(0);
+        let feed = |p: &mut EscapeParser, b| p.feed(b, &mut || helped.set(helped.get() + 1));
         assert_eq!(feed(&mut p, b'a'), Some(ConsoleInput::Byte(b'a')));
         assert_eq!(feed(&mut p, CTRL_A), None);
         assert_eq!(feed(&mut p, CTRL_A), Some(ConsoleInput::Byte(CTRL_A)));
@@ -188,7 +210,6 @@ mod tests {
         assert_eq!(feed(&mut p, CTRL_A), None);
         assert_eq!(feed(&mut p, b'x'), Some(ConsoleInput::Quit));
         assert_eq!(feed(&mut p, b'x'), Some(ConsoleInput::Byte(b'x')));
-        drop(feed);
-        assert_eq!(helped, 1);
+        assert_eq!(helped.get(), 1);
     }
 }

@@ -214,7 +214,20 @@ impl KvmCpu {
     /// Runs until the board asks to stop, the CPU shuts down, or KVM fails.
     pub fn run(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
         self.timer.attach(self.vcpu.get_kvm_run());
+        // Console input kicks the vCPU out of KVM_RUN with the timer's signal, so that
+        // Ctrl-A x works even while the guest spins without exits.
+        // SAFETY: pthread_self has no preconditions.
+        let this_thread = unsafe { libc::pthread_self() } as usize;
+        board.set_console_waker(Some(Box::new(move || {
+            // SAFETY: the main thread runs the vCPU and outlives the console thread's use of
+            // this waker, which `run` clears before returning; the signal's handler is
+            // async-signal-safe.
+            unsafe {
+                libc::pthread_kill(this_thread as libc::pthread_t, libc::SIGRTMIN());
+            }
+        })));
         let stop = self.run_loop(board);
+        board.set_console_waker(None);
         self.timer.arm(None);
         stop
     }

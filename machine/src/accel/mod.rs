@@ -33,7 +33,7 @@ impl fmt::Display for ExitStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "exits: io {} mmio {} hlt {} irq-window {} timer-kick {} other {}",
+            "exits: io {} mmio {} hlt {} irq-window {} kicked (timer or console) {} other {}",
             self.io, self.mmio, self.hlt, self.irq_window, self.interrupted, self.other
         )?;
         write!(f, "interrupts injected: {}", self.injected)
