@@ -34,7 +34,7 @@ fn io(c: &mut Criterion) {
         })
     });
     c.bench_function("uart_thr_write", |bench| {
-        bench.iter(|| b.pio_write(black_box(0x3F8), &[b'x']))
+        bench.iter(|| b.pio_write(black_box(0x3F8), b"x"))
     });
     // Program PIT channel 0 as Linux does, then time latch + two reads.
     b.pio_write(0x43, &[0x34]);
