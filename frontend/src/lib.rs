@@ -1,5 +1,11 @@
-//! The x86 architecture for Gantry: `CpuState`, decoding with iced-x86, basic-block
-//! discovery and lifting x86 into Gantry's IR, the one place where x86 semantics live.
-//!
-//! Empty until the CPU issue: nothing here runs yet. The KVM backend (in `gantry-machine`)
-//! needs none of it; its entry state is described by `gantry_machine::boot::EntryState`.
+//! The x86 architecture for Gantry: the CPU state layout ([`state`]), lazy flags
+//! ([`flags`]), the IR ([`ir`]) and the lifter that turns x86 (decoded by iced-x86) into it
+//! ([`lift`]). This crate is the one place where x86 instruction semantics are written; it
+//! never calls into the machine.
+
+pub mod flags;
+pub mod ir;
+pub mod lift;
+pub mod state;
+
+pub use iced_x86;

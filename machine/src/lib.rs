@@ -9,6 +9,7 @@ pub mod accel;
 pub mod board;
 pub mod boot;
 pub mod console;
+pub mod cpu;
 pub mod e820;
 pub mod layout;
 pub mod memory;

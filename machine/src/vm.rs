@@ -302,7 +302,14 @@ fn run_accel(
         }
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
         AccelKind::Kvm => Err(MachineError::KvmUnavailable),
-        AccelKind::Interp => Err(MachineError::AccelNotBuilt("interp")),
+        AccelKind::Interp => {
+            let started = Instant::now();
+            let mut cpu = crate::cpu::EmuCpu::new(&machine.entry, cfg.ram_size);
+            let stop = cpu.run(&mut machine.memory, &mut machine.board);
+            let mut text = String::new();
+            cpu.report(&mut text, started.elapsed().as_secs_f64());
+            Ok((stop, text.trim_end().to_string()))
+        }
         AccelKind::Jit => Err(MachineError::AccelNotBuilt("jit")),
     }
 }

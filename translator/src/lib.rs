@@ -1,5 +1,57 @@
-//! Executing Gantry's IR: the interpreter (cold tier) and the Cranelift JIT (hot tier), the
-//! code cache, block linking and invalidation.
-//!
-//! Empty until the CPU issue: no guest instruction is executed by Gantry itself yet
-//! (`--accel interp` and `--accel jit` say so and exit 2).
+//! Executing Gantry's IR. Tier 0 is the interpreter ([`interp`]); the Cranelift JIT (tier
+//! 1) comes next and will execute the same blocks through the same [`Host`] interface.
+
+pub mod interp;
+
+use gantry_frontend::ir::Helper;
+use gantry_frontend::state::CpuState;
+
+/// An exception raised by guest code: vector and error code. (CR2 is already written by
+/// the memory system when the vector is #PF.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+}
+
+impl Exception {
+    pub const fn new(vector: u8) -> Self {
+        Self {
+            vector,
+            error_code: None,
+        }
+    }
+    pub const fn with_code(vector: u8, code: u32) -> Self {
+        Self {
+            vector,
+            error_code: Some(code),
+        }
+    }
+}
+
+/// What executing IR needs from the machine: guest memory by linear address (through the
+/// softmmu) and the helper table.
+pub trait Host {
+    fn load(&mut self, cpu: &mut CpuState, addr: u64, bytes: u8) -> Result<u64, Exception>;
+    fn store(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        bytes: u8,
+        value: u64,
+    ) -> Result<(), Exception>;
+    fn helper(&mut self, cpu: &mut CpuState, h: Helper, args: &[u64]) -> Result<u64, Exception>;
+}
+
+/// How a block's execution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockEnd {
+    /// RIP holds the next instruction.
+    Next,
+    /// The block asked the run loop to look again (mode or IF may have changed).
+    Sync,
+    /// HLT executed; RIP is past it.
+    Halt,
+    /// An exception at the instruction whose address RIP now holds.
+    Fault(Exception),
+}

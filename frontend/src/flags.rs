@@ -1,0 +1,311 @@
+//! Lazy arithmetic flags. A flag-setting instruction records its operation and operands in
+//! [`crate::state::LazyFlags`]; CF, PF, AF, ZF, SF and OF are computed from them only where
+//! they are read (Jcc, SETcc, PUSHF, ...). The operand conventions follow QEMU's cc_op:
+//!
+//! | op         | dst           | src                     | aux      |
+//! |------------|---------------|-------------------------|----------|
+//! | Add/Sub    | result        | second operand          | -        |
+//! | Adc/Sbb    | result        | second operand          | carry in |
+//! | Logic      | result        | -                       | -        |
+//! | Inc/Dec    | result        | CF before               | -        |
+//! | Shl        | result        | operand << (count - 1)  | -        |
+//! | Shr/Sar    | result        | operand >> (count - 1)  | operand  |
+//! | Mul/Imul   | low half      | 1 if CF = OF = 1        | -        |
+//! | Eflags     | -             | -                       | -        |
+//!
+//! With `Eflags`, the flags are in RFLAGS itself.
+
+use crate::state::{CpuState, AF, ARITH_FLAGS, CF, OF, PF, SF, ZF};
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CcKind {
+    Eflags = 0,
+    Add,
+    Adc,
+    Sub,
+    Sbb,
+    Logic,
+    Inc,
+    Dec,
+    Shl,
+    Shr,
+    Sar,
+    Mul,
+}
+
+const KINDS: [CcKind; 12] = [
+    CcKind::Eflags,
+    CcKind::Add,
+    CcKind::Adc,
+    CcKind::Sub,
+    CcKind::Sbb,
+    CcKind::Logic,
+    CcKind::Inc,
+    CcKind::Dec,
+    CcKind::Shl,
+    CcKind::Shr,
+    CcKind::Sar,
+    CcKind::Mul,
+];
+
+/// Operation and operand size (bytes) packed into the `cc.op` word: kind << 4 | size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CcOp {
+    pub kind: CcKind,
+    pub size: u8,
+}
+
+impl CcOp {
+    pub const EFLAGS: CcOp = CcOp {
+        kind: CcKind::Eflags,
+        size: 8,
+    };
+
+    pub fn new(kind: CcKind, size: u8) -> Self {
+        Self { kind, size }
+    }
+    pub fn encode(self) -> u32 {
+        (self.kind as u32) << 4 | self.size as u32
+    }
+    pub fn decode(v: u32) -> Self {
+        let kind = KINDS
+            .get((v >> 4) as usize)
+            .copied()
+            .unwrap_or(CcKind::Eflags);
+        let size = match v & 0xF {
+            s @ (1 | 2 | 4 | 8) => s as u8,
+            _ => 8,
+        };
+        Self { kind, size }
+    }
+}
+
+fn mask(size: u8) -> u64 {
+    if size >= 8 {
+        !0
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
+}
+
+fn sign(size: u8) -> u64 {
+    1u64 << (size * 8 - 1)
+}
+
+fn parity(v: u64) -> u64 {
+    if (v as u8).count_ones() % 2 == 0 {
+        PF
+    } else {
+        0
+    }
+}
+
+/// ZF, SF and PF of a result.
+fn zsp(dst: u64, size: u8) -> u64 {
+    let d = dst & mask(size);
+    let mut f = parity(d);
+    if d == 0 {
+        f |= ZF;
+    }
+    if d & sign(size) != 0 {
+        f |= SF;
+    }
+    f
+}
+
+/// The six arithmetic flags (as RFLAGS bits) described by a lazy state.
+pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
+    let m = mask(op.size);
+    let s = sign(op.size);
+    let d = dst & m;
+    let src = src & m;
+    match op.kind {
+        CcKind::Eflags => rflags & ARITH_FLAGS,
+        CcKind::Add | CcKind::Adc => {
+            let cin = (op.kind == CcKind::Adc && aux & 1 != 0) as u64;
+            let a = d.wrapping_sub(src).wrapping_sub(cin) & m;
+            let cf = if cin != 0 { d <= a } else { d < a };
+            let of = (a ^ d) & (src ^ d) & s != 0;
+            zsp(d, op.size)
+                | if cf { CF } else { 0 }
+                | if of { OF } else { 0 }
+                | ((a ^ src ^ d) & 0x10) as u64 * (AF / 0x10)
+        }
+        CcKind::Sub | CcKind::Sbb => {
+            let bin = (op.kind == CcKind::Sbb && aux & 1 != 0) as u64;
+            let a = d.wrapping_add(src).wrapping_add(bin) & m;
+            let cf = if bin != 0 { a <= src } else { a < src };
+            let of = (a ^ src) & (a ^ d) & s != 0;
+            zsp(d, op.size)
+                | if cf { CF } else { 0 }
+                | if of { OF } else { 0 }
+                | ((a ^ src ^ d) & 0x10) as u64 * (AF / 0x10)
+        }
+        CcKind::Logic => zsp(d, op.size),
+        CcKind::Inc => {
+            let a = d.wrapping_sub(1) & m;
+            zsp(d, op.size)
+                | (aux_cf(src))
+                | if d == s { OF } else { 0 }
+                | ((a ^ 1 ^ d) & 0x10) * (AF / 0x10)
+        }
+        CcKind::Dec => {
+            let a = d.wrapping_add(1) & m;
+            zsp(d, op.size)
+                | (aux_cf(src))
+                | if d == s - 1 { OF } else { 0 }
+                | ((a ^ 1 ^ d) & 0x10) * (AF / 0x10)
+        }
+        CcKind::Shl => {
+            let cf = src & s != 0;
+            let of = cf != (d & s != 0);
+            zsp(d, op.size) | if cf { CF } else { 0 } | if of { OF } else { 0 }
+        }
+        CcKind::Shr => {
+            // OF is the operand's top bit (defined for 1-bit shifts).
+            let of = aux & m & s != 0;
+            zsp(d, op.size) | (src & 1) * CF | if of { OF } else { 0 }
+        }
+        CcKind::Sar => zsp(d, op.size) | (src & 1) * CF,
+        CcKind::Mul => {
+            let co = if src != 0 { CF | OF } else { 0 };
+            zsp(d, op.size) | co
+        }
+    }
+}
+
+fn aux_cf(old_cf: u64) -> u64 {
+    if old_cf & 1 != 0 {
+        CF
+    } else {
+        0
+    }
+}
+
+/// RFLAGS with the arithmetic flags brought up to date.
+pub fn rflags(st: &CpuState) -> u64 {
+    let op = CcOp::decode(st.cc.op);
+    if op.kind == CcKind::Eflags {
+        return st.rflags;
+    }
+    (st.rflags & !ARITH_FLAGS) | compute(op, st.cc.dst, st.cc.src, st.cc.aux, st.rflags)
+}
+
+/// Writes RFLAGS wholesale and makes it the flags' home (`cc.op = Eflags`).
+pub fn set_rflags(st: &mut CpuState, value: u64) {
+    st.rflags = value | 0x2;
+    st.cc.op = CcOp::EFLAGS.encode();
+}
+
+/// The x86 condition codes, in the encoding of Jcc/SETcc/CMOVcc's low nibble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    O = 0,
+    No,
+    B,
+    Ae,
+    E,
+    Ne,
+    Be,
+    A,
+    S,
+    Ns,
+    P,
+    Np,
+    L,
+    Ge,
+    Le,
+    G,
+}
+
+impl Cond {
+    pub fn from_nibble(n: u8) -> Cond {
+        use Cond::*;
+        [O, No, B, Ae, E, Ne, Be, A, S, Ns, P, Np, L, Ge, Le, G][(n & 15) as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        [
+            "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+        ][self as usize]
+    }
+
+    /// Whether the condition holds for these RFLAGS.
+    pub fn holds(self, f: u64) -> bool {
+        let cf = f & CF != 0;
+        let zf = f & ZF != 0;
+        let sf = f & SF != 0;
+        let of = f & OF != 0;
+        let pf = f & PF != 0;
+        let base = match self as u8 >> 1 {
+            0 => of,
+            1 => cf,
+            2 => zf,
+            3 => cf || zf,
+            4 => sf,
+            5 => pf,
+            6 => sf != of,
+            _ => zf || sf != of,
+        };
+        base != (self as u8 & 1 != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(kind: CcKind, size: u8, dst: u64, src: u64, aux: u64) -> u64 {
+        compute(CcOp::new(kind, size), dst, src, aux, 0)
+    }
+
+    #[test]
+    fn add_flags() {
+        // 0x7F + 1 = 0x80: OF, SF, AF
+        assert_eq!(f(CcKind::Add, 1, 0x80, 1, 0), OF | SF | AF);
+        // 0xFF + 1 = 0x00: CF, ZF, PF, AF
+        assert_eq!(f(CcKind::Add, 1, 0x00, 1, 0), CF | ZF | PF | AF);
+        // adc 0xFF + 0 + 1 = 0: CF
+        assert_eq!(f(CcKind::Adc, 1, 0x00, 0, 1) & CF, CF);
+        assert_eq!(f(CcKind::Add, 8, 0, 1, 0) & (CF | ZF), CF | ZF);
+    }
+
+    #[test]
+    fn sub_flags() {
+        // 0 - 1 = 0xFFFF: CF, SF, PF, AF
+        assert_eq!(f(CcKind::Sub, 2, 0xFFFF, 1, 0), CF | SF | PF | AF);
+        // 0x80 - 1 = 0x7F: OF, AF
+        assert_eq!(f(CcKind::Sub, 1, 0x7F, 1, 0), OF | AF);
+        // sbb 5 - 5 - 1 = -1: CF
+        assert_eq!(f(CcKind::Sbb, 4, 0xFFFF_FFFF, 5, 1) & CF, CF);
+        // cmp equal
+        assert_eq!(f(CcKind::Sub, 4, 0, 7, 0), ZF | PF);
+    }
+
+    #[test]
+    fn inc_dec_keep_cf() {
+        assert_eq!(f(CcKind::Inc, 1, 0x80, 1, 0), OF | SF | AF | CF);
+        assert_eq!(f(CcKind::Dec, 1, 0x7F, 0, 0), OF | AF);
+    }
+
+    #[test]
+    fn conditions() {
+        assert!(Cond::L.holds(SF));
+        assert!(!Cond::L.holds(SF | OF));
+        assert!(Cond::Be.holds(ZF));
+        assert!(Cond::A.holds(0));
+        assert!(Cond::Np.holds(0));
+        assert_eq!(Cond::from_nibble(0x4), Cond::E);
+    }
+
+    #[test]
+    fn op_encoding_round_trips() {
+        for k in KINDS {
+            for s in [1u8, 2, 4, 8] {
+                let op = CcOp::new(k, s);
+                assert_eq!(CcOp::decode(op.encode()), op);
+            }
+        }
+    }
+}

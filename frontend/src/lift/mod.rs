@@ -1,0 +1,220 @@
+//! The lifter: x86 instructions (decoded by iced-x86) into Gantry's IR, one basic block at
+//! a time. This is the one place where x86 semantics are written down; the interpreter and
+//! the JIT only execute what it produces.
+
+mod alu;
+mod builder;
+mod control;
+mod operands;
+mod string;
+mod system;
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+
+pub use builder::Builder;
+
+use crate::ir::*;
+
+/// What the translation of a block depends on besides the bytes: the code-segment mode.
+/// (The machine's block cache keys on these together with the physical address.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mode {
+    /// Default operand/address size: 16, 32 or 64.
+    pub code_bits: u32,
+    /// Stack width (SS.B, or 64 in 64-bit mode).
+    pub stack_bits: u32,
+    pub mode64: bool,
+}
+
+/// An x86 exception raised while translating (a fault fetching code, or #UD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchFault {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    /// CR2 for a page fault.
+    pub address: u64,
+}
+
+/// Supplies code bytes by linear address.
+pub trait CodeSource {
+    /// Copies the bytes from `linear` up to the end of its page (at most `buf.len()`) into
+    /// `buf`, returning how many; faults as an instruction fetch there would.
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault>;
+}
+
+pub const MAX_BLOCK_INSNS: u32 = 64;
+const PAGE: u64 = 4096;
+
+pub(crate) struct Lift<'a> {
+    pub b: &'a mut Builder,
+    pub ins: &'a Instruction,
+    pub mode: Mode,
+    /// Set when an operand was not of a kind the lowering expected; the instruction is
+    /// then replaced by the #UD path instead of being lifted wrongly (the lifter must not
+    /// panic on anything a guest can encode).
+    pub failed: bool,
+}
+
+/// How the instruction left the block.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Fall through to the next instruction.
+    Next,
+    /// A terminator was emitted.
+    End,
+}
+
+/// Translates the block starting at `start` (an offset in CS, i.e. RIP), fetching from
+/// linear `cs_base + rip`. Code fetch faults on the first instruction are returned; later
+/// ones end the block before the instruction, which then faults as the first of its own
+/// block.
+pub fn translate(
+    src: &mut dyn CodeSource,
+    start: u64,
+    cs_base: u64,
+    mode: Mode,
+) -> Result<Block, FetchFault> {
+    let mut b = Builder::default();
+    let mut rip = start;
+    let mut count = 0u32;
+    let ip_mask = ip_mask(mode);
+    let linear = |ip: u64| {
+        let l = cs_base.wrapping_add(ip);
+        if mode.mode64 {
+            l
+        } else {
+            l & 0xFFFF_FFFF
+        }
+    };
+    let start_page = linear(start) / PAGE;
+    loop {
+        let ins = match decode_at(src, rip, linear(rip), mode) {
+            Ok(i) => i,
+            Err(f) if count == 0 => return Err(f),
+            Err(_) => {
+                b.push(Inst::Exit {
+                    next: rip,
+                    why: ExitWhy::Continue,
+                });
+                break;
+            }
+        };
+        let Some(ins) = ins else {
+            // Undecodable: #UD at this instruction (as a one-instruction tail).
+            b.push(Inst::Mark { rip, len: 1 });
+            b.push(Inst::Raise { vector: 6 });
+            count += 1;
+            break;
+        };
+        b.push(Inst::Mark {
+            rip,
+            len: ins.len() as u8,
+        });
+        count += 1;
+        let flow = lift_one(&mut b, &ins, mode);
+        let last_byte = linear(rip + ins.len() as u64 - 1);
+        rip = ins.next_ip() & ip_mask;
+        if flow == Flow::End {
+            break;
+        }
+        let crosses = linear(rip) / PAGE != start_page || last_byte / PAGE != start_page;
+        if count >= MAX_BLOCK_INSNS || crosses {
+            b.push(Inst::Exit {
+                next: rip,
+                why: ExitWhy::Continue,
+            });
+            break;
+        }
+    }
+    Ok(Block {
+        start,
+        len: (rip.wrapping_sub(start)) as u32,
+        guest_insns: count,
+        insts: b.insts,
+        vals: b.vals,
+    })
+}
+
+fn ip_mask(mode: Mode) -> u64 {
+    match mode.code_bits {
+        64 => !0,
+        32 => 0xFFFF_FFFF,
+        _ => 0xFFFF,
+    }
+}
+
+/// Decodes one instruction at IP `rip`, whose bytes are at `linear`. Returns None for
+/// invalid encodings.
+fn decode_at(
+    src: &mut dyn CodeSource,
+    rip: u64,
+    linear: u64,
+    mode: Mode,
+) -> Result<Option<Instruction>, FetchFault> {
+    let mut buf = [0u8; 15];
+    let n = src.fetch(linear, &mut buf)?;
+    let mut have = n;
+    loop {
+        let mut dec = Decoder::with_ip(mode.code_bits, &buf[..have], rip, DecoderOptions::NONE);
+        let ins = dec.decode();
+        match dec.last_error() {
+            DecoderError::None => return Ok(Some(ins)),
+            DecoderError::NoMoreBytes if have < 15 => {
+                // The instruction continues on the next page.
+                let more = src.fetch(linear + have as u64, &mut buf[have..])?;
+                if more == 0 {
+                    return Ok(None);
+                }
+                have += more;
+            }
+            _ => return Ok(None),
+        }
+    }
+}
+
+fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
+    let start = b.insts.len();
+    let mut l = Lift {
+        b,
+        ins,
+        mode,
+        failed: false,
+    };
+    let flow = l
+        .alu()
+        .or_else(|| l.control())
+        .or_else(|| l.string())
+        .or_else(|| l.system());
+    match flow {
+        Some(f) if !l.failed => f,
+        _ => {
+            l.b.insts.truncate(start);
+            l.unimplemented()
+        }
+    }
+}
+
+impl Lift<'_> {
+    /// The next instruction's address (for pushes of return addresses and the like).
+    pub fn next_ip(&self) -> u64 {
+        self.ins.next_ip() & ip_mask(self.mode)
+    }
+
+    /// #UD, counted and logged by the machine's helper.
+    pub fn unimplemented(&mut self) -> Flow {
+        let code = self.ins.code() as u64;
+        self.b.call_k(Helper::Unimplemented, &[code], None);
+        self.b.push(Inst::Raise { vector: 6 });
+        Flow::End
+    }
+
+    /// Ends the block after this instruction so the run loop looks again (mode, IF, ...).
+    pub fn exit_sync(&mut self) -> Flow {
+        let next = self.next_ip();
+        self.b.push(Inst::Exit {
+            next,
+            why: ExitWhy::Sync,
+        });
+        Flow::End
+    }
+}

@@ -1,0 +1,175 @@
+//! String instructions (MOVS, STOS, LODS, CMPS, SCAS, INS, OUTS) with REP/REPE/REPNE.
+//!
+//! A REP instruction does one element per execution of its block and jumps back to itself
+//! while the count lasts, so it is interruptible and restartable at every element, as on
+//! hardware. (Doing runs of elements at once is a later optimisation.)
+
+use iced_x86::{Mnemonic as M, OpKind, Register};
+
+use super::operands::seg_index;
+use super::{Flow, Lift};
+use crate::flags::{CcKind, CcOp, Cond};
+use crate::ir::*;
+use crate::state::{DF, ES};
+
+fn addr_regs(bits: u32) -> (Register, Register, Register) {
+    match bits {
+        16 => (Register::SI, Register::DI, Register::CX),
+        32 => (Register::ESI, Register::EDI, Register::ECX),
+        _ => (Register::RSI, Register::RDI, Register::RCX),
+    }
+}
+
+impl Lift<'_> {
+    pub(super) fn string(&mut self) -> Option<Flow> {
+        let i = self.ins;
+        let kinds = [
+            i.op0_kind(),
+            if i.op_count() > 1 {
+                i.op1_kind()
+            } else {
+                OpKind::Register
+            },
+        ];
+        let bits = kinds.iter().find_map(|k| match k {
+            OpKind::MemorySegSI | OpKind::MemoryESDI => Some(16),
+            OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(32),
+            OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(64),
+            _ => None,
+        })?;
+        let m = i.mnemonic();
+        let kind = match m {
+            M::Movsb | M::Movsw | M::Movsd | M::Movsq => M::Movsb,
+            M::Stosb | M::Stosw | M::Stosd | M::Stosq => M::Stosb,
+            M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => M::Lodsb,
+            M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => M::Cmpsb,
+            M::Scasb | M::Scasw | M::Scasd | M::Scasq => M::Scasb,
+            M::Insb | M::Insw | M::Insd => M::Insb,
+            M::Outsb | M::Outsw | M::Outsd => M::Outsb,
+            _ => return None,
+        };
+        let ety = Ty::from_bytes(i.memory_size().size() as u32);
+        let aty = Ty::from_bytes(bits / 8);
+        let (rsi, rdi, rcx) = addr_regs(bits);
+        let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
+        let this = i.ip();
+        let next = self.next_ip();
+
+        let mut count = None;
+        if rep {
+            let c = self.read_gpr(rcx);
+            let zero = self.b.cmp_imm(CmpOp::Eq, c, 0);
+            self.b.push(Inst::ExitIf { cond: zero, next });
+            count = Some(c);
+        }
+
+        let f = self.b.rflags();
+        let df = self.b.bin_imm(BinOp::And, f, DF);
+        let down = self.b.cmp_imm(CmpOp::Ne, df, 0);
+        let plus = self.b.konst(aty, ety.bytes() as u64);
+        let minus = self.b.konst(aty, (ety.bytes() as u64).wrapping_neg());
+        let step = self.b.select(down, minus, plus);
+        let src_seg = seg_index(i.memory_segment());
+        let acc = match ety {
+            Ty::I8 => Register::AL,
+            Ty::I16 => Register::AX,
+            Ty::I32 => Register::EAX,
+            Ty::I64 => Register::RAX,
+        };
+
+        let (si, di) = (self.read_gpr(rsi), self.read_gpr(rdi));
+        let src = self.linear(src_seg, si);
+        let dst = self.linear(ES, di);
+        let (mut adv_si, mut adv_di) = (false, false);
+        let mut compare: Option<(Val, Val)> = None;
+        match kind {
+            M::Movsb => {
+                let v = self.b.load(ety, src);
+                self.b.store(dst, v);
+                adv_si = true;
+                adv_di = true;
+            }
+            M::Stosb => {
+                let v = self.read_gpr(acc);
+                self.b.store(dst, v);
+                adv_di = true;
+            }
+            M::Lodsb => {
+                let v = self.b.load(ety, src);
+                self.write_gpr(acc, v);
+                adv_si = true;
+            }
+            M::Cmpsb => {
+                let a = self.b.load(ety, src);
+                let c = self.b.load(ety, dst);
+                compare = Some((a, c));
+                adv_si = true;
+                adv_di = true;
+            }
+            M::Scasb => {
+                let a = self.read_gpr(acc);
+                let c = self.b.load(ety, dst);
+                compare = Some((a, c));
+                adv_di = true;
+            }
+            M::Insb => {
+                let dx = self.read_gpr(Register::DX);
+                let port = self.b.zext(Ty::I64, dx);
+                let size = self.b.konst(Ty::I64, ety.bytes() as u64);
+                self.b.call(Helper::IoPermission, &[port, size], None);
+                let v = self
+                    .b
+                    .call(Helper::In(ety.bytes()), &[port], Some(Ty::I64))
+                    .expect("value");
+                let v = self.b.trunc(ety, v);
+                self.b.store(dst, v);
+                adv_di = true;
+            }
+            _ => {
+                let dx = self.read_gpr(Register::DX);
+                let port = self.b.zext(Ty::I64, dx);
+                let size = self.b.konst(Ty::I64, ety.bytes() as u64);
+                self.b.call(Helper::IoPermission, &[port, size], None);
+                let v = self.b.load(ety, src);
+                let v = self.b.zext(Ty::I64, v);
+                self.b.call(Helper::Out(ety.bytes()), &[port, v], None);
+                adv_si = true;
+            }
+        }
+        if adv_si {
+            let n = self.b.bin(BinOp::Add, si, step);
+            self.write_gpr(rsi, n);
+        }
+        if adv_di {
+            let n = self.b.bin(BinOp::Add, di, step);
+            self.write_gpr(rdi, n);
+        }
+        if let Some((a, c)) = compare {
+            let r = self.b.bin(BinOp::Sub, a, c);
+            let z = self.b.konst(ety, 0);
+            self.b
+                .set_flags(CcOp::new(CcKind::Sub, ety.bytes()), r, c, z);
+        }
+        let Some(c) = count else {
+            return Some(Flow::Next);
+        };
+        let c = self.b.bin_imm(BinOp::Sub, c, 1);
+        self.write_gpr(rcx, c);
+        let mut more = self.b.cmp_imm(CmpOp::Ne, c, 0);
+        if compare.is_some() {
+            let cond = if i.has_repne_prefix() {
+                Cond::Ne
+            } else {
+                Cond::E
+            };
+            let t = self.b.test(cond);
+            more = self.b.bin(BinOp::And, more, t);
+        }
+        self.b.push(Inst::Branch {
+            cond: more,
+            taken: this,
+            not_taken: next,
+        });
+        Some(Flow::End)
+    }
+}

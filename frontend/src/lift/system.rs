@@ -1,0 +1,303 @@
+//! System instructions: port I/O, interrupt flag, HLT, CPUID, MSRs, the TSC, descriptor
+//! tables, control and debug registers, fast system calls, the x87/SSE state instructions
+//! the Linux kernel uses while booting, and the no-operation forms. Most go through helpers
+//! (privilege checks and machine state live there).
+
+use iced_x86::{Mnemonic as M, OpKind, Register};
+
+use super::{Flow, Lift};
+use crate::flags::Cond;
+use crate::ir::*;
+
+impl Lift<'_> {
+    pub(super) fn system(&mut self) -> Option<Flow> {
+        let m = self.ins.mnemonic();
+        let next = self.next_ip();
+        Some(match m {
+            M::In | M::Out => {
+                let (port_op, data_op) = if m == M::In { (1, 0) } else { (0, 1) };
+                let data_reg = self.ins.op_register(data_op);
+                let bytes = data_reg.size() as u64;
+                let port = match self.ins.op_kind(port_op) {
+                    OpKind::Register => {
+                        let dx = self.read_gpr(Register::DX);
+                        self.b.zext(Ty::I64, dx)
+                    }
+                    _ => self.b.konst(Ty::I64, self.ins.immediate8() as u64),
+                };
+                let size = self.b.konst(Ty::I64, bytes);
+                self.b.call(Helper::IoPermission, &[port, size], None);
+                if m == M::In {
+                    let v = self
+                        .b
+                        .call(Helper::In(bytes as u8), &[port], Some(Ty::I64))
+                        .expect("value");
+                    self.write_gpr(data_reg, v);
+                } else {
+                    let v = self.read_gpr(data_reg);
+                    let v = self.b.zext(Ty::I64, v);
+                    self.b.call(Helper::Out(bytes as u8), &[port, v], None);
+                }
+                Flow::Next
+            }
+            M::Cli => {
+                self.b.call(Helper::Cli, &[], None);
+                Flow::Next
+            }
+            M::Sti => {
+                // STI's interrupt shadow and a possibly pending interrupt: back to the loop.
+                self.b.call(Helper::Sti, &[], None);
+                self.exit_sync()
+            }
+            M::Hlt => {
+                self.b.call(Helper::Hlt, &[], None);
+                self.b.push(Inst::Exit {
+                    next,
+                    why: ExitWhy::Halt,
+                });
+                Flow::End
+            }
+            M::Cpuid => {
+                self.b.call(Helper::Cpuid, &[], None);
+                Flow::Next
+            }
+            M::Rdmsr => {
+                self.b.call(Helper::Rdmsr, &[], None);
+                Flow::Next
+            }
+            M::Wrmsr => {
+                self.b.call(Helper::Wrmsr, &[], None);
+                self.exit_sync()
+            }
+            M::Rdtsc => {
+                self.b.call(Helper::Rdtsc, &[], None);
+                Flow::Next
+            }
+            M::Rdtscp => {
+                self.b.call(Helper::Rdtscp, &[], None);
+                Flow::Next
+            }
+            M::Lgdt | M::Lidt | M::Sgdt | M::Sidt => {
+                let n = format!("{:?}", self.ins.code());
+                let bytes = if n.ends_with("_16") {
+                    2
+                } else if n.contains("1664") {
+                    8
+                } else {
+                    4
+                };
+                let a = self.mem_address();
+                let nb = self.b.konst(Ty::I64, bytes);
+                let h = match m {
+                    M::Lgdt => Helper::Lgdt,
+                    M::Lidt => Helper::Lidt,
+                    M::Sgdt => Helper::Sgdt,
+                    _ => Helper::Sidt,
+                };
+                self.b.call(h, &[a, nb], None);
+                Flow::Next
+            }
+            M::Lldt | M::Ltr | M::Lmsw => {
+                let v = self.read_op(0, Ty::I16);
+                let v = self.b.zext(Ty::I64, v);
+                let h = match m {
+                    M::Lldt => Helper::Lldt,
+                    M::Ltr => Helper::Ltr,
+                    _ => Helper::Lmsw,
+                };
+                self.b.call(h, &[v], None);
+                if m == M::Lmsw {
+                    return Some(self.exit_sync());
+                }
+                Flow::Next
+            }
+            M::Sldt | M::Str | M::Smsw => {
+                let h = match m {
+                    M::Sldt => Helper::Sldt,
+                    M::Str => Helper::Str,
+                    _ => Helper::Smsw,
+                };
+                let v = self.b.call(h, &[], Some(Ty::I64)).expect("value");
+                let ty = if self.ins.op0_kind() == OpKind::Memory {
+                    Ty::I16
+                } else {
+                    self.op_ty(0)
+                };
+                let v = self.b.trunc(ty, v);
+                let p = self.place(0);
+                self.write_place(p, v);
+                Flow::Next
+            }
+            M::Clts => {
+                self.b.call(Helper::Clts, &[], None);
+                Flow::Next
+            }
+            M::Mov => {
+                let (r0, r1) = (self.ins.op0_register(), self.ins.op1_register());
+                if r0.is_cr() || r0.is_dr() {
+                    let v = self.read_gpr(r1);
+                    let v = self.b.zext(Ty::I64, v);
+                    let h = if r0.is_cr() {
+                        Helper::MovToCr((r0 as u32 - Register::CR0 as u32) as u8)
+                    } else {
+                        Helper::MovToDr((r0 as u32 - Register::DR0 as u32) as u8)
+                    };
+                    self.b.call(h, &[v], None);
+                    return Some(self.exit_sync());
+                }
+                if r1.is_cr() || r1.is_dr() {
+                    let h = if r1.is_cr() {
+                        Helper::MovFromCr((r1 as u32 - Register::CR0 as u32) as u8)
+                    } else {
+                        Helper::MovFromDr((r1 as u32 - Register::DR0 as u32) as u8)
+                    };
+                    let v = self.b.call(h, &[], Some(Ty::I64)).expect("value");
+                    self.write_gpr(r0, v);
+                    return Some(Flow::Next);
+                }
+                return None;
+            }
+            M::Invlpg => {
+                let a = self.mem_address();
+                self.b.call(Helper::Invlpg, &[a], None);
+                Flow::Next
+            }
+            M::Wbinvd | M::Invd => {
+                self.b.call(Helper::Wbinvd, &[], None);
+                Flow::Next
+            }
+            M::Syscall | M::Sysret | M::Sysretq | M::Sysenter | M::Sysexit | M::Sysexitq => {
+                let h = match m {
+                    M::Syscall => Helper::Syscall,
+                    M::Sysret | M::Sysretq => Helper::Sysret,
+                    M::Sysenter => Helper::Sysenter,
+                    _ => Helper::Sysexit,
+                };
+                let bytes = if matches!(m, M::Sysretq | M::Sysexitq) {
+                    8
+                } else {
+                    4
+                };
+                self.b.call_k(h, &[next, bytes], None);
+                let t = self.b.get(Loc::Rip);
+                self.b.push(Inst::Jump { target: t });
+                Flow::End
+            }
+            M::Swapgs => {
+                self.b.call(Helper::Swapgs, &[], None);
+                Flow::Next
+            }
+            M::Lar | M::Lsl | M::Verr | M::Verw => {
+                let which = match m {
+                    M::Lar => 0,
+                    M::Lsl => 1,
+                    M::Verr => 2,
+                    _ => 3,
+                };
+                let n = if matches!(m, M::Verr | M::Verw) { 0 } else { 1 };
+                let sel = self.read_op(n, Ty::I16);
+                let sel = self.b.zext(Ty::I64, sel);
+                let v = self
+                    .b
+                    .call(Helper::DescriptorCheck(which), &[sel], Some(Ty::I64))
+                    .expect("value");
+                if n == 1 {
+                    let zf = self.b.test(Cond::E);
+                    let ty = self.op_ty(0);
+                    let old = self.read_gpr(self.ins.op0_register());
+                    let nv = self.b.resize(v, ty);
+                    let out = self.b.select(zf, nv, old);
+                    self.write_gpr(self.ins.op0_register(), out);
+                }
+                Flow::Next
+            }
+            M::Arpl => {
+                let p = self.place(0);
+                let d = self.read_place(p, Ty::I16);
+                let s = self.read_gpr(self.ins.op1_register());
+                let drpl = self.b.bin_imm(BinOp::And, d, 3);
+                let srpl = self.b.bin_imm(BinOp::And, s, 3);
+                let lower = self.b.cmp(CmpOp::Ult, drpl, srpl);
+                let cleared = self.b.bin_imm(BinOp::And, d, !3);
+                let raised = self.b.bin(BinOp::Or, cleared, srpl);
+                let nd = self.b.select(lower, raised, d);
+                self.write_place(p, nd);
+                self.update_flags(crate::state::ZF, &[(crate::state::ZF, lower)]);
+                Flow::Next
+            }
+            M::Bound => {
+                let ty = self.op_ty(0);
+                let idx = self.read_gpr(self.ins.op0_register());
+                let a = self.mem_address();
+                let lo = self.b.load(ty, a);
+                let ha = self.b.bin_imm(BinOp::Add, a, ty.bytes() as u64);
+                let hi = self.b.load(ty, ha);
+                let below = self.b.cmp(CmpOp::Slt, idx, lo);
+                let above = self.b.cmp(CmpOp::Slt, hi, idx);
+                let out = self.b.bin(BinOp::Or, below, above);
+                self.b.trap_if(out, 5, None);
+                Flow::Next
+            }
+            M::Fninit => {
+                self.b.call(Helper::Fninit, &[], None);
+                Flow::Next
+            }
+            // No x87 arithmetic yet, so no x87 exception is ever pending: FNCLEX has nothing
+            // to clear and WAIT nothing to report.
+            M::Fnclex | M::Wait => Flow::Next,
+            M::Fnstsw => {
+                let v = self
+                    .b
+                    .call(Helper::Fnstsw, &[], Some(Ty::I64))
+                    .expect("value");
+                let v = self.b.trunc(Ty::I16, v);
+                let p = self.place(0);
+                self.write_place(p, v);
+                Flow::Next
+            }
+            M::Fnstcw
+            | M::Fldcw
+            | M::Fxsave
+            | M::Fxrstor
+            | M::Fxsave64
+            | M::Fxrstor64
+            | M::Ldmxcsr
+            | M::Stmxcsr => {
+                let a = self.mem_address();
+                let h = match m {
+                    M::Fnstcw => Helper::Fnstcw,
+                    M::Fldcw => Helper::Fldcw,
+                    M::Fxsave | M::Fxsave64 => Helper::Fxsave,
+                    M::Fxrstor | M::Fxrstor64 => Helper::Fxrstor,
+                    M::Ldmxcsr => Helper::Ldmxcsr,
+                    _ => Helper::Stmxcsr,
+                };
+                self.b.call(h, &[a], None);
+                Flow::Next
+            }
+            M::Xgetbv => {
+                self.b.call(Helper::Xgetbv, &[], None);
+                Flow::Next
+            }
+            M::Nop
+            | M::Pause
+            | M::Lfence
+            | M::Mfence
+            | M::Sfence
+            | M::Clflush
+            | M::Clflushopt
+            | M::Prefetchnta
+            | M::Prefetcht0
+            | M::Prefetcht1
+            | M::Prefetcht2
+            | M::Prefetchw
+            | M::Endbr32
+            | M::Endbr64 => Flow::Next,
+            M::Ud0 | M::Ud1 | M::Ud2 => {
+                self.b.push(Inst::Raise { vector: 6 });
+                Flow::End
+            }
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,364 @@
+//! The architectural state of one x86 CPU, laid out `#[repr(C)]` so that generated code can
+//! address fields by offset (`std::mem::offset_of!`, never hand-written numbers).
+
+use std::mem::offset_of;
+
+/// Segment register indices, in x86 encoding order (the `sreg` field of ModRM).
+pub const ES: usize = 0;
+pub const CS: usize = 1;
+pub const SS: usize = 2;
+pub const DS: usize = 3;
+pub const FS: usize = 4;
+pub const GS: usize = 5;
+
+pub const RAX: usize = 0;
+pub const RCX: usize = 1;
+pub const RDX: usize = 2;
+pub const RBX: usize = 3;
+pub const RSP: usize = 4;
+pub const RBP: usize = 5;
+pub const RSI: usize = 6;
+pub const RDI: usize = 7;
+
+// RFLAGS bits.
+pub const CF: u64 = 1 << 0;
+pub const PF: u64 = 1 << 2;
+pub const AF: u64 = 1 << 4;
+pub const ZF: u64 = 1 << 6;
+pub const SF: u64 = 1 << 7;
+pub const TF: u64 = 1 << 8;
+pub const IF: u64 = 1 << 9;
+pub const DF: u64 = 1 << 10;
+pub const OF: u64 = 1 << 11;
+pub const IOPL: u64 = 3 << 12;
+pub const NT: u64 = 1 << 14;
+pub const RF: u64 = 1 << 16;
+pub const VM: u64 = 1 << 17;
+pub const AC: u64 = 1 << 18;
+pub const VIF: u64 = 1 << 19;
+pub const VIP: u64 = 1 << 20;
+pub const ID: u64 = 1 << 21;
+/// The six arithmetic flags, kept lazily (see [`crate::flags`]).
+pub const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
+
+pub const CR0_PE: u64 = 1 << 0;
+pub const CR0_MP: u64 = 1 << 1;
+pub const CR0_EM: u64 = 1 << 2;
+pub const CR0_TS: u64 = 1 << 3;
+pub const CR0_ET: u64 = 1 << 4;
+pub const CR0_NE: u64 = 1 << 5;
+pub const CR0_WP: u64 = 1 << 16;
+pub const CR0_AM: u64 = 1 << 18;
+pub const CR0_NW: u64 = 1 << 29;
+pub const CR0_CD: u64 = 1 << 30;
+pub const CR0_PG: u64 = 1 << 31;
+pub const CR4_VME: u64 = 1 << 0;
+pub const CR4_PVI: u64 = 1 << 1;
+pub const CR4_TSD: u64 = 1 << 2;
+pub const CR4_DE: u64 = 1 << 3;
+pub const CR4_PSE: u64 = 1 << 4;
+pub const CR4_PAE: u64 = 1 << 5;
+pub const CR4_MCE: u64 = 1 << 6;
+pub const CR4_PGE: u64 = 1 << 7;
+pub const CR4_PCE: u64 = 1 << 8;
+pub const CR4_OSFXSR: u64 = 1 << 9;
+pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+pub const CR4_UMIP: u64 = 1 << 11;
+pub const CR4_FSGSBASE: u64 = 1 << 16;
+pub const CR4_OSXSAVE: u64 = 1 << 18;
+pub const EFER_SCE: u64 = 1 << 0;
+pub const EFER_LME: u64 = 1 << 8;
+pub const EFER_LMA: u64 = 1 << 10;
+pub const EFER_NXE: u64 = 1 << 11;
+
+/// Access-rights bits of a segment cache, in the layout of VMX's "access rights" field:
+/// type (3:0), S (4), DPL (6:5), P (7), AVL (12), L (13), D/B (14), G (15).
+pub mod attr {
+    pub const TYPE: u16 = 0x000F;
+    pub const S: u16 = 1 << 4;
+    pub const DPL_SHIFT: u16 = 5;
+    pub const P: u16 = 1 << 7;
+    pub const AVL: u16 = 1 << 12;
+    pub const L: u16 = 1 << 13;
+    pub const DB: u16 = 1 << 14;
+    pub const G: u16 = 1 << 15;
+    /// Code segment (type bit 3 with S set).
+    pub const CODE: u16 = 1 << 3;
+}
+
+/// A segment register with its hidden descriptor cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    /// Byte-granular limit (already scaled when G is set).
+    pub limit: u32,
+    pub selector: u16,
+    pub attr: u16,
+}
+
+impl Segment {
+    pub fn dpl(&self) -> u8 {
+        ((self.attr >> attr::DPL_SHIFT) & 3) as u8
+    }
+    pub fn present(&self) -> bool {
+        self.attr & attr::P != 0
+    }
+    pub fn db(&self) -> bool {
+        self.attr & attr::DB != 0
+    }
+    pub fn long(&self) -> bool {
+        self.attr & attr::L != 0
+    }
+    /// A real-mode (or VM86) segment: base = selector * 16, 64 KiB, read/write data.
+    pub fn real(selector: u16, attr_code: bool) -> Self {
+        Self {
+            base: (selector as u64) << 4,
+            limit: 0xFFFF,
+            selector,
+            attr: attr::P | attr::S | if attr_code { 0xB } else { 0x3 },
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u32,
+}
+
+/// The MSRs the modes and the boot of common guests need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Msrs {
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub kernel_gs_base: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+    pub pat: u64,
+    pub tsc_aux: u64,
+    pub misc_enable: u64,
+    pub apic_base: u64,
+    pub mtrr_def_type: u64,
+    pub mtrr_fixed: [u64; 11],
+    pub mtrr_var: [u64; 16],
+}
+
+/// x87/MMX/SSE state in the FXSAVE layout (Intel SDM vol. 1, table 10-2).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FxState {
+    pub bytes: [u8; 512],
+}
+
+impl Default for FxState {
+    fn default() -> Self {
+        let mut bytes = [0u8; 512];
+        // FCW = 0x037F after FNINIT; MXCSR = 0x1F80 at reset.
+        bytes[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        bytes[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        Self { bytes }
+    }
+}
+
+/// Lazy arithmetic flags, as QEMU's cc_op/cc_src/cc_dst: the last flag-setting operation and
+/// its operands; flags are computed only where read (see [`crate::flags`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LazyFlags {
+    /// A [`crate::flags::CcOp`] as u32.
+    pub op: u32,
+    pub dst: u64,
+    pub src: u64,
+    pub aux: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuState {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    /// RFLAGS; while `cc.op` is not `Eflags`, its arithmetic flags are stale and the lazy
+    /// state holds the truth.
+    pub rflags: u64,
+    pub cc: LazyFlags,
+    pub seg: [Segment; 6],
+    pub ldtr: Segment,
+    pub tr: Segment,
+    pub gdtr: DescriptorTable,
+    pub idtr: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub xcr0: u64,
+    pub dr: [u64; 8],
+    pub msr: Msrs,
+    /// Added to the time base to give the TSC (WRMSR/TSC writes move it).
+    pub tsc_offset: u64,
+    pub fx: FxState,
+    /// Address mask for the A20 gate (bit 20 cleared while the gate is off).
+    pub a20_mask: u64,
+    /// HLT executed; cleared by an interrupt.
+    pub halted: bool,
+    /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
+    pub interrupt_shadow: bool,
+}
+
+impl Default for CpuState {
+    fn default() -> Self {
+        Self::reset()
+    }
+}
+
+impl CpuState {
+    /// The state after RESET (Intel SDM vol. 3, table 9-1).
+    pub fn reset() -> Self {
+        let mut seg = [Segment::real(0, false); 6];
+        seg[CS] = Segment {
+            base: 0xFFFF_0000,
+            limit: 0xFFFF,
+            selector: 0xF000,
+            attr: attr::P | attr::S | 0xB,
+        };
+        let mut gpr = [0u64; 16];
+        gpr[RDX] = 0x600;
+        Self {
+            gpr,
+            rip: 0xFFF0,
+            rflags: 0x2,
+            cc: LazyFlags::default(),
+            seg,
+            ldtr: Segment {
+                limit: 0xFFFF,
+                attr: attr::P | 0x2,
+                ..Default::default()
+            },
+            tr: Segment {
+                limit: 0xFFFF,
+                attr: attr::P | 0x3,
+                ..Default::default()
+            },
+            gdtr: DescriptorTable {
+                base: 0,
+                limit: 0xFFFF,
+            },
+            idtr: DescriptorTable {
+                base: 0,
+                limit: 0xFFFF,
+            },
+            cr0: CR0_ET | CR0_CD | CR0_NW,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            cr8: 0,
+            efer: 0,
+            xcr0: 1,
+            dr: [0, 0, 0, 0, 0, 0, 0xFFFF_0FF0, 0x400],
+            msr: Msrs {
+                pat: 0x0007_0406_0007_0406,
+                apic_base: 0,
+                misc_enable: 1, // fast strings
+                ..Default::default()
+            },
+            tsc_offset: 0,
+            fx: FxState::default(),
+            a20_mask: !0,
+            halted: false,
+            interrupt_shadow: false,
+        }
+    }
+
+    /// Current privilege level: CS.DPL in protected mode (SS.DPL is equal outside of
+    /// conforming-segment transitions), 0 in real mode, 3 in virtual-8086 mode.
+    pub fn cpl(&self) -> u8 {
+        if self.cr0 & CR0_PE == 0 {
+            0
+        } else if self.rflags & VM != 0 {
+            3
+        } else {
+            self.seg[SS].dpl()
+        }
+    }
+
+    pub fn protected(&self) -> bool {
+        self.cr0 & CR0_PE != 0
+    }
+    pub fn long_mode(&self) -> bool {
+        self.efer & EFER_LMA != 0
+    }
+    /// 64-bit mode: long mode with CS.L.
+    pub fn mode64(&self) -> bool {
+        self.long_mode() && self.seg[CS].long()
+    }
+    pub fn v86(&self) -> bool {
+        self.protected() && self.rflags & VM != 0
+    }
+    /// Default operand/address size of the code segment in bits: 16, 32 or 64.
+    pub fn code_bits(&self) -> u32 {
+        if self.mode64() {
+            64
+        } else if self.protected() && !self.v86() && self.seg[CS].db() {
+            32
+        } else {
+            16
+        }
+    }
+    /// Stack pointer width in bits (SS.B), 64 in 64-bit mode.
+    pub fn stack_bits(&self) -> u32 {
+        if self.mode64() {
+            64
+        } else if self.protected() && !self.v86() && self.seg[SS].db() {
+            32
+        } else {
+            16
+        }
+    }
+}
+
+/// Offsets of CpuState fields for generated code and the IR's state locations.
+pub mod off {
+    use super::*;
+    pub const GPR: usize = offset_of!(CpuState, gpr);
+    pub const RIP: usize = offset_of!(CpuState, rip);
+    pub const RFLAGS: usize = offset_of!(CpuState, rflags);
+    pub const CC_OP: usize = offset_of!(CpuState, cc) + offset_of!(LazyFlags, op);
+    pub const CC_DST: usize = offset_of!(CpuState, cc) + offset_of!(LazyFlags, dst);
+    pub const CC_SRC: usize = offset_of!(CpuState, cc) + offset_of!(LazyFlags, src);
+    pub const CC_AUX: usize = offset_of!(CpuState, cc) + offset_of!(LazyFlags, aux);
+    pub const SEG: usize = offset_of!(CpuState, seg);
+    pub const SEG_SIZE: usize = std::mem::size_of::<Segment>();
+    pub const SEG_BASE: usize = offset_of!(Segment, base);
+    pub const SEG_SELECTOR: usize = offset_of!(Segment, selector);
+
+    pub const fn gpr(i: usize) -> usize {
+        GPR + i * 8
+    }
+    pub const fn seg_base(s: usize) -> usize {
+        SEG + s * SEG_SIZE + SEG_BASE
+    }
+    pub const fn seg_selector(s: usize) -> usize {
+        SEG + s * SEG_SIZE + SEG_SELECTOR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_state_is_real_mode_at_the_reset_vector() {
+        let s = CpuState::reset();
+        assert_eq!(s.seg[CS].base + s.rip, 0xFFFF_FFF0);
+        assert_eq!(s.code_bits(), 16);
+        assert_eq!(s.cpl(), 0);
+        assert_eq!(off::gpr(RSP), off::GPR + 32);
+    }
+}

@@ -1,0 +1,122 @@
+//! The emulated CPU's view of the machine while it runs: memory by linear address through
+//! the softmmu (also for helpers and interrupt delivery), and the board.
+
+use gantry_frontend::state::CpuState;
+use gantry_translator::Exception;
+
+use super::mmu::{Access, Mmu, Privilege};
+use crate::board::Board;
+use crate::memory::GuestMemory;
+
+pub struct Ctx<'a> {
+    pub mmu: &'a mut Mmu,
+    pub mem: &'a mut GuestMemory,
+    pub board: &'a mut Board,
+    /// Physical pages whose translations a store invalidated (the caller drops them).
+    pub dirty_code: &'a mut Vec<u64>,
+    pub stats: &'a mut super::CpuStats,
+}
+
+impl Ctx<'_> {
+    /// Reads `bytes` (1-8) at a linear address; an access that crosses a page is split, and
+    /// both pages are translated before anything is read.
+    pub fn read(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        access: Access,
+        privilege: Privilege,
+    ) -> Result<u64, Exception> {
+        let off = linear & 0xFFF;
+        if off + bytes as u64 <= 0x1000 {
+            let p = self
+                .mmu
+                .translate(cpu, self.mem, linear, access, privilege)?;
+            return Ok(self.mmu.phys_read(self.mem, self.board, p, bytes));
+        }
+        let first = (0x1000 - off) as u8;
+        let p1 = self
+            .mmu
+            .translate(cpu, self.mem, linear, access, privilege)?;
+        let p2 = self
+            .mmu
+            .translate(cpu, self.mem, linear + first as u64, access, privilege)?;
+        let mut v = 0u64;
+        for i in 0..bytes {
+            let p = if i < first {
+                p1 + i as u64
+            } else {
+                p2 + (i - first) as u64
+            };
+            v |= self.mmu.phys_read(self.mem, self.board, p, 1) << (8 * i);
+        }
+        Ok(v)
+    }
+
+    pub fn write(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        value: u64,
+        privilege: Privilege,
+    ) -> Result<(), Exception> {
+        let off = linear & 0xFFF;
+        if off + bytes as u64 <= 0x1000 {
+            let p = self
+                .mmu
+                .translate(cpu, self.mem, linear, Access::Write, privilege)?;
+            if self.mmu.phys_write(self.mem, self.board, p, bytes, value) {
+                self.dirty_code.push(p >> 12);
+            }
+            return Ok(());
+        }
+        let first = (0x1000 - off) as u8;
+        let p1 = self
+            .mmu
+            .translate(cpu, self.mem, linear, Access::Write, privilege)?;
+        let p2 = self.mmu.translate(
+            cpu,
+            self.mem,
+            linear + first as u64,
+            Access::Write,
+            privilege,
+        )?;
+        for i in 0..bytes {
+            let p = if i < first {
+                p1 + i as u64
+            } else {
+                p2 + (i - first) as u64
+            };
+            if self
+                .mmu
+                .phys_write(self.mem, self.board, p, 1, value >> (8 * i))
+            {
+                self.dirty_code.push(p >> 12);
+            }
+        }
+        Ok(())
+    }
+
+    /// Supervisor-level accesses the CPU makes itself (descriptor tables, TSS, stacks of
+    /// interrupt delivery at CPL 0).
+    pub fn sys_read(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+    ) -> Result<u64, Exception> {
+        self.read(cpu, linear, bytes, Access::Read, Privilege::Supervisor)
+    }
+
+    pub fn sys_write(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        v: u64,
+    ) -> Result<(), Exception> {
+        self.write(cpu, linear, bytes, v, Privilege::Supervisor)
+    }
+}

@@ -1,0 +1,325 @@
+//! The softmmu: linear -> physical translation (page walks for no paging, 32-bit 2-level
+//! with 4 MiB pages, PAE, and 4-level long mode with 2 MiB and 1 GiB pages), a TLB per
+//! access kind and privilege, and physical access to RAM, ROM and MMIO.
+
+use gantry_frontend::state::*;
+use gantry_translator::Exception;
+
+use crate::board::Board;
+use crate::memory::{Backing, GuestMemory};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read = 0,
+    Write = 1,
+    Exec = 2,
+}
+
+/// Who is asking: the guest at its CPL, or the CPU itself (descriptor tables, TSS, the
+/// interrupt stack frame), which is a supervisor access whatever the CPL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    User,
+    Supervisor,
+}
+
+const TLB_SIZE: usize = 256;
+const PAGE_SHIFT: u32 = 12;
+const PAGE_MASK: u64 = 0xFFF;
+
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    /// Virtual page number, or u64::MAX when empty.
+    vpn: u64,
+    /// Physical page base.
+    phys: u64,
+    global: bool,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    vpn: u64::MAX,
+    phys: 0,
+    global: false,
+};
+
+/// Counters for `--stats`.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct MmuStats {
+    pub tlb_misses: u64,
+    pub page_faults: u64,
+    pub tlb_flushes: u64,
+    pub mmio_accesses: u64,
+    pub smc_invalidations: u64,
+}
+
+pub struct Mmu {
+    /// [access kind][user?][index]
+    tlb: Box<[[[TlbEntry; TLB_SIZE]; 2]; 3]>,
+    /// Per RAM page: holds translated code (writes must invalidate it).
+    pub code_pages: Vec<bool>,
+    pub stats: MmuStats,
+}
+
+/// The result of a page walk.
+struct Walk {
+    phys: u64,
+    global: bool,
+}
+
+impl Mmu {
+    pub fn new(ram_size: u64) -> Self {
+        Self {
+            tlb: Box::new([[[EMPTY; TLB_SIZE]; 2]; 3]),
+            code_pages: vec![false; (ram_size >> PAGE_SHIFT) as usize + 1],
+            stats: MmuStats::default(),
+        }
+    }
+
+    /// Drops all entries (or all but global ones).
+    pub fn flush(&mut self, keep_global: bool) {
+        self.stats.tlb_flushes += 1;
+        for kind in self.tlb.iter_mut() {
+            for user in kind.iter_mut() {
+                for e in user.iter_mut() {
+                    if !(keep_global && e.global) {
+                        *e = EMPTY;
+                    }
+                }
+            }
+        }
+    }
+
+    /// INVLPG: drops the page from every TLB, global or not.
+    pub fn flush_page(&mut self, linear: u64) {
+        let vpn = linear >> PAGE_SHIFT;
+        let i = (vpn as usize) % TLB_SIZE;
+        for kind in self.tlb.iter_mut() {
+            for user in kind.iter_mut() {
+                if user[i].vpn == vpn {
+                    user[i] = EMPTY;
+                }
+            }
+        }
+    }
+
+    /// Translates a linear address for an access, walking the page tables on a TLB miss.
+    /// Page faults set CR2 and return #PF with its error code.
+    pub fn translate(
+        &mut self,
+        cpu: &mut CpuState,
+        mem: &mut GuestMemory,
+        linear: u64,
+        access: Access,
+        privilege: Privilege,
+    ) -> Result<u64, Exception> {
+        if cpu.cr0 & CR0_PG == 0 {
+            let a = if cpu.long_mode() {
+                linear
+            } else {
+                linear & 0xFFFF_FFFF
+            };
+            return Ok(a & cpu.a20_mask);
+        }
+        let user = privilege == Privilege::User && cpu.cpl() == 3;
+        let vpn = linear >> PAGE_SHIFT;
+        let i = (vpn as usize) % TLB_SIZE;
+        let e = self.tlb[access as usize][user as usize][i];
+        if e.vpn == vpn {
+            return Ok(e.phys | (linear & PAGE_MASK));
+        }
+        self.stats.tlb_misses += 1;
+        let w = self.walk(cpu, mem, linear, access, user)?;
+        let phys_page = w.phys & !PAGE_MASK & cpu.a20_mask;
+        self.tlb[access as usize][user as usize][i] = TlbEntry {
+            vpn,
+            phys: phys_page,
+            global: w.global,
+        };
+        Ok(phys_page | (linear & PAGE_MASK))
+    }
+
+    fn walk(
+        &mut self,
+        cpu: &mut CpuState,
+        mem: &mut GuestMemory,
+        linear: u64,
+        access: Access,
+        user: bool,
+    ) -> Result<Walk, Exception> {
+        let nxe = cpu.efer & EFER_NXE != 0;
+        let wp = cpu.cr0 & CR0_WP != 0;
+        let write = access == Access::Write;
+        let fetch = access == Access::Exec;
+        // Permissions accumulate over the levels.
+        let mut writable = true;
+        let mut user_ok = true;
+        let mut exec_ok = true;
+        let a20 = cpu.a20_mask;
+        let fault = |cpu: &mut CpuState, present: bool, rsvd: bool| {
+            cpu.cr2 = linear;
+            let code = present as u32
+                | (write as u32) << 1
+                | (user as u32) << 2
+                | (rsvd as u32) << 3
+                | ((fetch && (nxe || cpu.cr4 & CR4_PAE != 0)) as u32) << 4;
+            Exception::with_code(14, code)
+        };
+        let mut entries: Vec<(u64, u64, bool)> = Vec::with_capacity(4); // (addr, value, 8-byte)
+        let (phys, global) = if cpu.cr4 & CR4_PAE == 0 {
+            // 32-bit paging.
+            let pde_addr = ((cpu.cr3 & 0xFFFF_F000) + ((linear >> 22) & 0x3FF) * 4) & a20;
+            let pde = read_u32(mem, pde_addr) as u64;
+            if pde & 1 == 0 {
+                self.stats.page_faults += 1;
+                return Err(fault(cpu, false, false));
+            }
+            entries.push((pde_addr, pde, false));
+            writable &= pde & 2 != 0;
+            user_ok &= pde & 4 != 0;
+            if pde & 0x80 != 0 && cpu.cr4 & CR4_PSE != 0 {
+                let base = (pde & 0xFFC0_0000) | ((pde >> 13) & 0xFF) << 32;
+                (base | (linear & 0x3F_FFFF), pde & 0x100 != 0)
+            } else {
+                let pte_addr = ((pde & 0xFFFF_F000) + ((linear >> 12) & 0x3FF) * 4) & a20;
+                let pte = read_u32(mem, pte_addr) as u64;
+                if pte & 1 == 0 {
+                    self.stats.page_faults += 1;
+                    return Err(fault(cpu, false, false));
+                }
+                entries.push((pte_addr, pte, false));
+                writable &= pte & 2 != 0;
+                user_ok &= pte & 4 != 0;
+                ((pte & 0xFFFF_F000) | (linear & PAGE_MASK), pte & 0x100 != 0)
+            }
+        } else {
+            let addr_mask = 0x000F_FFFF_FFFF_F000u64;
+            let (mut table, levels): (u64, &[u32]) = if cpu.long_mode() {
+                (cpu.cr3 & addr_mask, &[39, 30, 21, 12])
+            } else {
+                // PAE: the PDPTE selects a page directory; its permission bits are reserved.
+                let pdpte_addr = ((cpu.cr3 & 0xFFFF_FFE0) + ((linear >> 30) & 3) * 8) & a20;
+                let pdpte = read_u64(mem, pdpte_addr);
+                if pdpte & 1 == 0 {
+                    self.stats.page_faults += 1;
+                    return Err(fault(cpu, false, false));
+                }
+                (pdpte & addr_mask, &[21, 12])
+            };
+            let mut result = None;
+            for (n, shift) in levels.iter().enumerate() {
+                let e_addr = (table + ((linear >> shift) & 0x1FF) * 8) & a20;
+                let e = read_u64(mem, e_addr);
+                if e & 1 == 0 {
+                    self.stats.page_faults += 1;
+                    return Err(fault(cpu, false, false));
+                }
+                if e >> 63 != 0 && !nxe {
+                    self.stats.page_faults += 1;
+                    return Err(fault(cpu, true, true));
+                }
+                entries.push((e_addr, e, true));
+                writable &= e & 2 != 0;
+                user_ok &= e & 4 != 0;
+                exec_ok &= !(nxe && e >> 63 != 0);
+                let last = n == levels.len() - 1;
+                let large = !last && e & 0x80 != 0 && (*shift == 21 || *shift == 30);
+                if last || large {
+                    let page_mask = (1u64 << shift) - 1;
+                    let base = e & addr_mask & !page_mask;
+                    result = Some((base | (linear & page_mask), e & 0x100 != 0));
+                    break;
+                }
+                table = e & addr_mask;
+            }
+            match result {
+                Some(r) => r,
+                None => {
+                    self.stats.page_faults += 1;
+                    return Err(fault(cpu, false, false));
+                }
+            }
+        };
+        // Permission checks (Intel SDM vol. 3, 4.6).
+        let denied =
+            (user && !user_ok) || (write && !writable && (user || wp)) || (fetch && !exec_ok);
+        if denied {
+            self.stats.page_faults += 1;
+            return Err(fault(cpu, true, false));
+        }
+        // Accessed bits on every level, dirty on the leaf (the last entry) for writes.
+        let leaf = entries.len() - 1;
+        for (n, (addr, value, wide)) in entries.iter().enumerate() {
+            let mut nv = value | 0x20;
+            if n == leaf && write {
+                nv |= 0x40;
+            }
+            if nv != *value {
+                if *wide {
+                    write_u64(mem, *addr, nv);
+                } else {
+                    write_u32(mem, *addr, nv as u32);
+                }
+            }
+        }
+        Ok(Walk {
+            phys,
+            global: global && cpu.cr4 & CR4_PGE != 0,
+        })
+    }
+
+    /// Reads `bytes` (1-8) at a physical address: RAM, ROM or the MMIO bus.
+    pub fn phys_read(&mut self, mem: &GuestMemory, board: &mut Board, phys: u64, bytes: u8) -> u64 {
+        let mut buf = [0u8; 8];
+        let n = bytes as usize;
+        if mem.read(phys, &mut buf[..n]).is_err() {
+            self.stats.mmio_accesses += 1;
+            board.mmio_read(phys, &mut buf[..n]);
+        }
+        u64::from_le_bytes(buf)
+    }
+
+    /// Writes at a physical address. ROM ignores writes; MMIO goes to the bus. Returns true
+    /// if the page held translated code (the caller invalidates it).
+    pub fn phys_write(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        phys: u64,
+        bytes: u8,
+        value: u64,
+    ) -> bool {
+        let data = value.to_le_bytes();
+        let n = bytes as usize;
+        match mem.region_at(phys).map(|r| r.backing) {
+            Some(Backing::Ram(_)) => {
+                if mem.write(phys, &data[..n]).is_err() {
+                    // Crosses out of RAM: byte by byte.
+                    for (i, b) in data[..n].iter().enumerate() {
+                        let _ = mem.write(phys + i as u64, &[*b]);
+                    }
+                }
+                let page = (phys >> PAGE_SHIFT) as usize;
+                self.code_pages.get(page).copied().unwrap_or(false)
+            }
+            Some(Backing::Rom(_)) => false,
+            None => {
+                self.stats.mmio_accesses += 1;
+                board.mmio_write(phys, &data[..n]);
+                false
+            }
+        }
+    }
+}
+
+fn read_u32(mem: &GuestMemory, a: u64) -> u32 {
+    mem.read_u32(a).unwrap_or(0)
+}
+fn read_u64(mem: &GuestMemory, a: u64) -> u64 {
+    mem.read_u64(a).unwrap_or(0)
+}
+fn write_u32(mem: &mut GuestMemory, a: u64, v: u32) {
+    let _ = mem.write(a, &v.to_le_bytes());
+}
+fn write_u64(mem: &mut GuestMemory, a: u64, v: u64) {
+    let _ = mem.write(a, &v.to_le_bytes());
+}

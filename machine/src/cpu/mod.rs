@@ -1,0 +1,417 @@
+//! Gantry's emulated CPU: the run loop that looks up (or lifts) the block at CS:RIP, runs
+//! it in the IR interpreter against the softmmu and the board, takes interrupts at block
+//! boundaries, and delivers exceptions.
+
+mod access;
+pub mod cpuid;
+mod helpers;
+pub mod interrupts;
+pub mod mmu;
+pub mod segments;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use gantry_frontend::flags;
+use gantry_frontend::ir::Block;
+use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
+use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF};
+use gantry_translator::interp::Interp;
+use gantry_translator::{BlockEnd, Exception};
+
+use crate::accel::CpuStop;
+use crate::board::Board;
+use crate::boot::{EntryState, Segment};
+use crate::memory::GuestMemory;
+use access::Ctx;
+use interrupts::{deliver, raise, Delivery, Source};
+use mmu::{Access, Mmu, Privilege};
+
+/// Counters for `--stats`.
+#[derive(Default, Debug, Clone)]
+pub struct CpuStats {
+    pub blocks_translated: u64,
+    pub blocks_run: u64,
+    pub exceptions: u64,
+    pub interrupts: u64,
+    pub io: u64,
+    pub unknown_msrs: u64,
+    pub unsupported_gates: u64,
+    pub invalidated_blocks: u64,
+    /// #UD raised for instructions Gantry does not implement, by iced-x86 code name.
+    pub unimplemented: BTreeMap<String, u64>,
+}
+
+impl CpuStats {
+    /// Counts an unimplemented instruction; the first of each kind is logged.
+    pub fn count_unimplemented_at(&mut self, name: &str, rip: u64) {
+        let n = self.unimplemented.entry(name.to_string()).or_insert(0);
+        if *n == 0 {
+            eprintln!("gantry: unimplemented instruction {name} at RIP {rip:#x}: #UD");
+        }
+        *n += 1;
+    }
+
+    pub fn count_unimplemented(&mut self, name: &str) {
+        self.count_unimplemented_at(name, 0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BlockKey {
+    phys: u64,
+    rip: u64,
+    mode: Mode,
+}
+
+pub struct EmuCpu {
+    pub state: CpuState,
+    mmu: Mmu,
+    cache: HashMap<BlockKey, Rc<Block>>,
+    page_blocks: HashMap<u64, Vec<BlockKey>>,
+    interp: Interp,
+    dirty_code: Vec<u64>,
+    pub stats: CpuStats,
+}
+
+fn attr_of(s: &Segment) -> u16 {
+    (s.type_ as u16 & 0xF)
+        | (s.s as u16) << 4
+        | ((s.dpl as u16) & 3) << 5
+        | (s.present as u16) << 7
+        | (s.avl as u16) << 12
+        | (s.l as u16) << 13
+        | (s.db as u16) << 14
+        | (s.g as u16) << 15
+}
+
+fn seg_of(s: &Segment) -> StSegment {
+    StSegment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        attr: attr_of(s),
+    }
+}
+
+/// The architectural state a loader's entry state describes.
+pub fn state_from_entry(e: &EntryState) -> CpuState {
+    let mut c = CpuState::reset();
+    c.gpr = e.gpr;
+    c.rip = e.rip;
+    flags::set_rflags(&mut c, e.rflags);
+    for (i, s) in [&e.es, &e.cs, &e.ss, &e.ds, &e.fs, &e.gs]
+        .iter()
+        .enumerate()
+    {
+        c.seg[i] = seg_of(s);
+    }
+    c.tr = seg_of(&e.tr);
+    c.ldtr = seg_of(&e.ldt);
+    c.gdtr = st::DescriptorTable {
+        base: e.gdt.base,
+        limit: e.gdt.limit as u32,
+    };
+    c.idtr = st::DescriptorTable {
+        base: e.idt.base,
+        limit: e.idt.limit as u32,
+    };
+    c.cr0 = e.cr0;
+    c.cr3 = e.cr3;
+    c.cr4 = e.cr4;
+    c.efer = e.efer;
+    c
+}
+
+/// Code bytes for the lifter, fetched through the MMU as instruction fetches.
+struct Fetcher<'a, 'b> {
+    ctx: &'a mut Ctx<'b>,
+    cpu: &'a mut CpuState,
+    pages: Vec<u64>,
+}
+
+impl CodeSource for Fetcher<'_, '_> {
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
+        let phys = self
+            .ctx
+            .mmu
+            .translate(
+                self.cpu,
+                self.ctx.mem,
+                linear,
+                Access::Exec,
+                Privilege::User,
+            )
+            .map_err(|e| FetchFault {
+                vector: e.vector,
+                error_code: e.error_code,
+                address: linear,
+            })?;
+        let n = buf.len().min((0x1000 - (linear & 0xFFF)) as usize);
+        if self.ctx.mem.read(phys, &mut buf[..n]).is_err() {
+            // Code in MMIO space (or a hole): byte by byte through the bus.
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = self
+                    .ctx
+                    .mmu
+                    .phys_read(self.ctx.mem, self.ctx.board, phys + i as u64, 1)
+                    as u8;
+            }
+        }
+        self.pages.push(phys >> 12);
+        Ok(n)
+    }
+}
+
+/// How many blocks run between board services (timers, console) while the CPU is busy.
+const SERVICE_INTERVAL: u32 = 32;
+
+impl EmuCpu {
+    pub fn new(entry: &EntryState, ram_size: u64) -> Self {
+        Self {
+            state: state_from_entry(entry),
+            mmu: Mmu::new(ram_size),
+            cache: HashMap::new(),
+            page_blocks: HashMap::new(),
+            interp: Interp::new(),
+            dirty_code: Vec::new(),
+            stats: CpuStats::default(),
+        }
+    }
+
+    pub fn instructions(&self) -> u64 {
+        self.interp.insns
+    }
+
+    fn mode(&self) -> Mode {
+        let c = &self.state;
+        Mode {
+            code_bits: c.code_bits(),
+            stack_bits: c.stack_bits(),
+            mode64: c.mode64(),
+        }
+    }
+
+    fn invalidate_dirty(&mut self) {
+        for page in std::mem::take(&mut self.dirty_code) {
+            if let Some(keys) = self.page_blocks.remove(&page) {
+                for k in keys {
+                    if self.cache.remove(&k).is_some() {
+                        self.stats.invalidated_blocks += 1;
+                    }
+                }
+            }
+            if let Some(b) = self.mmu.code_pages.get_mut(page as usize) {
+                *b = false;
+            }
+        }
+    }
+
+    /// Runs until the board asks to stop or the CPU shuts down.
+    pub fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> CpuStop {
+        let mut until_service = 0u32;
+        let mut clear_shadow = false;
+        loop {
+            if until_service == 0 || self.state.halted {
+                board.service();
+                until_service = SERVICE_INTERVAL;
+                if let Some(ev) = board.take_event() {
+                    return CpuStop::Board(ev);
+                }
+                let a20 = if board.a20() { !0u64 } else { !(1u64 << 20) };
+                if a20 != self.state.a20_mask {
+                    self.state.a20_mask = a20;
+                    self.mmu.flush(false);
+                }
+            }
+            until_service -= 1;
+
+            if clear_shadow {
+                self.state.interrupt_shadow = false;
+                clear_shadow = false;
+            }
+            let if_set = flags::rflags(&self.state) & IF != 0;
+            if if_set && !self.state.interrupt_shadow && board.interrupt_pending() {
+                let vector = board.acknowledge_interrupt();
+                self.stats.interrupts += 1;
+                let ret = self.state.rip;
+                let mut ctx = Ctx {
+                    mmu: &mut self.mmu,
+                    mem,
+                    board,
+                    dirty_code: &mut self.dirty_code,
+                    stats: &mut self.stats,
+                };
+                if let Err(e) = deliver(
+                    &mut self.state,
+                    &mut ctx,
+                    vector,
+                    None,
+                    Source::External,
+                    ret,
+                ) {
+                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                        return CpuStop::TripleFault {
+                            rip: self.state.rip,
+                        };
+                    }
+                }
+                self.invalidate_dirty();
+                continue;
+            }
+            if self.state.halted {
+                if !if_set {
+                    if board.event_pending() {
+                        continue;
+                    }
+                    return CpuStop::HaltedForever {
+                        rip: self.state.rip,
+                    };
+                }
+                if !board.wait_for_event() {
+                    return CpuStop::HaltedForever {
+                        rip: self.state.rip,
+                    };
+                }
+                continue;
+            }
+            if self.state.interrupt_shadow {
+                clear_shadow = true;
+            }
+
+            let block = match self.lookup(mem, board) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.stats.exceptions += 1;
+                    let ret = self.state.rip;
+                    let mut ctx = Ctx {
+                        mmu: &mut self.mmu,
+                        mem,
+                        board,
+                        dirty_code: &mut self.dirty_code,
+                        stats: &mut self.stats,
+                    };
+                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                        return CpuStop::TripleFault {
+                            rip: self.state.rip,
+                        };
+                    }
+                    continue;
+                }
+            };
+            self.stats.blocks_run += 1;
+            let mut ctx = Ctx {
+                mmu: &mut self.mmu,
+                mem,
+                board,
+                dirty_code: &mut self.dirty_code,
+                stats: &mut self.stats,
+            };
+            let end = self.interp.run(&block, &mut self.state, &mut ctx);
+            match end {
+                BlockEnd::Next | BlockEnd::Sync | BlockEnd::Halt => {}
+                BlockEnd::Fault(e) => {
+                    ctx.stats.exceptions += 1;
+                    let ret = self.state.rip;
+                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                        return CpuStop::TripleFault {
+                            rip: self.state.rip,
+                        };
+                    }
+                }
+            }
+            if !self.dirty_code.is_empty() {
+                self.invalidate_dirty();
+            }
+        }
+    }
+
+    /// The block at CS:RIP, lifted on first use.
+    fn lookup(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<Rc<Block>, Exception> {
+        let cs_base = self.state.seg[st::CS].base;
+        let rip = self.state.rip;
+        let linear = if self.state.mode64() {
+            rip
+        } else {
+            cs_base.wrapping_add(rip) & 0xFFFF_FFFF
+        };
+        let mode = self.mode();
+        let phys =
+            self.mmu
+                .translate(&mut self.state, mem, linear, Access::Exec, Privilege::User)?;
+        let key = BlockKey { phys, rip, mode };
+        if let Some(b) = self.cache.get(&key) {
+            return Ok(b.clone());
+        }
+        let mut ctx = Ctx {
+            mmu: &mut self.mmu,
+            mem,
+            board,
+            dirty_code: &mut self.dirty_code,
+            stats: &mut self.stats,
+        };
+        let mut fetch = Fetcher {
+            ctx: &mut ctx,
+            cpu: &mut self.state,
+            pages: Vec::new(),
+        };
+        let cs_for_fetch = if mode.mode64 { 0 } else { cs_base };
+        let block =
+            lift::translate(&mut fetch, rip, cs_for_fetch, mode).map_err(|f| Exception {
+                vector: f.vector,
+                error_code: f.error_code,
+            })?;
+        let mut pages = fetch.pages;
+        pages.sort_unstable();
+        pages.dedup();
+        for p in pages {
+            if let Some(b) = self.mmu.code_pages.get_mut(p as usize) {
+                *b = true;
+            }
+            self.page_blocks.entry(p).or_default().push(key);
+        }
+        self.stats.blocks_translated += 1;
+        let block = Rc::new(block);
+        self.cache.insert(key, block.clone());
+        Ok(block)
+    }
+
+    /// Lines for `--stats`.
+    pub fn report(&self, out: &mut String, seconds: f64) {
+        let s = &self.stats;
+        let insns = self.interp.insns;
+        let _ = writeln!(
+            out,
+            "guest instructions: {insns} ({:.1} MIPS over the run)",
+            insns as f64 / seconds.max(1e-9) / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "blocks: {} translated, {} run, {} invalidated by code writes",
+            s.blocks_translated, s.blocks_run, s.invalidated_blocks
+        );
+        let m = self.mmu.stats;
+        let _ = writeln!(
+            out,
+            "mmu: {} TLB misses, {} page faults, {} flushes, {} MMIO accesses",
+            m.tlb_misses, m.page_faults, m.tlb_flushes, m.mmio_accesses
+        );
+        let _ = writeln!(
+            out,
+            "exceptions: {}, interrupts taken: {}, port I/O: {}, unknown MSRs: {}, unsupported gates/task switches: {}",
+            s.exceptions, s.interrupts, s.io, s.unknown_msrs, s.unsupported_gates
+        );
+        let total: u64 = s.unimplemented.values().sum();
+        let list: Vec<String> = s
+            .unimplemented
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "unimplemented instructions (#UD): {total} [{}]",
+            list.join(", ")
+        );
+    }
+}

@@ -1,0 +1,585 @@
+//! Segment descriptors: loading segment registers in every mode, and the far transfers
+//! that change CS (JMP, CALL, RET, IRET). Error codes follow the SDM: the selector with
+//! its RPL cleared.
+
+use gantry_frontend::flags;
+use gantry_frontend::state::*;
+use gantry_translator::Exception;
+
+use super::access::Ctx;
+
+/// An 8-byte segment or gate descriptor (plus the high half of 16-byte system descriptors
+/// in long mode, where that applies).
+#[derive(Clone, Copy, Debug)]
+pub struct Descriptor {
+    pub raw: u64,
+}
+
+impl Descriptor {
+    pub fn base(&self) -> u64 {
+        ((self.raw >> 16) & 0xFF_FFFF) | ((self.raw >> 56) & 0xFF) << 24
+    }
+    pub fn limit(&self) -> u32 {
+        let l = ((self.raw & 0xFFFF) | ((self.raw >> 48) & 0xF) << 16) as u32;
+        if self.raw & (1 << 55) != 0 {
+            (l << 12) | 0xFFF
+        } else {
+            l
+        }
+    }
+    /// Access rights in [`attr`] layout.
+    pub fn attr(&self) -> u16 {
+        (((self.raw >> 40) & 0xFF) | ((self.raw >> 52) & 0xF) << 12) as u16
+    }
+    pub fn typ(&self) -> u8 {
+        ((self.raw >> 40) & 0xF) as u8
+    }
+    pub fn s(&self) -> bool {
+        self.raw & (1 << 44) != 0
+    }
+    pub fn dpl(&self) -> u8 {
+        ((self.raw >> 45) & 3) as u8
+    }
+    pub fn present(&self) -> bool {
+        self.raw & (1 << 47) != 0
+    }
+    pub fn is_code(&self) -> bool {
+        self.s() && self.typ() & 8 != 0
+    }
+    pub fn conforming(&self) -> bool {
+        self.is_code() && self.typ() & 4 != 0
+    }
+    pub fn readable(&self) -> bool {
+        !self.is_code() || self.typ() & 2 != 0
+    }
+    pub fn writable_data(&self) -> bool {
+        self.s() && self.typ() & 8 == 0 && self.typ() & 2 != 0
+    }
+    pub fn long(&self) -> bool {
+        self.raw & (1 << 53) != 0
+    }
+    pub fn segment(&self, selector: u16) -> Segment {
+        Segment {
+            base: self.base(),
+            limit: self.limit(),
+            selector,
+            attr: self.attr(),
+        }
+    }
+}
+
+pub fn gp(sel: u16) -> Exception {
+    Exception::with_code(13, (sel & 0xFFFC) as u32)
+}
+
+/// Reads the descriptor a selector names; returns its linear address too.
+pub fn fetch(cpu: &mut CpuState, ctx: &mut Ctx, sel: u16) -> Result<(u64, Descriptor), Exception> {
+    let (base, limit) = if sel & 4 != 0 {
+        if !cpu.ldtr.present() {
+            return Err(gp(sel));
+        }
+        (cpu.ldtr.base, cpu.ldtr.limit)
+    } else {
+        (cpu.gdtr.base, cpu.gdtr.limit)
+    };
+    let index = (sel & !7) as u64;
+    if index + 7 > limit as u64 {
+        return Err(gp(sel));
+    }
+    let addr = base.wrapping_add(index);
+    let raw = ctx.sys_read(cpu, addr, 8)?;
+    Ok((addr, Descriptor { raw }))
+}
+
+/// Sets the accessed bit of a code/data descriptor in memory, as the CPU does on load.
+fn mark_accessed(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    addr: u64,
+    d: &Descriptor,
+) -> Result<(), Exception> {
+    if d.s() && d.typ() & 1 == 0 {
+        ctx.sys_write(cpu, addr + 5, 1, (d.raw >> 40) | 1)?;
+    }
+    Ok(())
+}
+
+/// MOV/POP to a data segment register or SS (CS is loaded only by far transfers).
+pub fn load_segment(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    seg: usize,
+    sel: u16,
+) -> Result<(), Exception> {
+    if seg == CS {
+        return Err(Exception::new(6));
+    }
+    if cpu.v86() {
+        let mut s = Segment::real(sel, false);
+        s.attr |= 3 << attr::DPL_SHIFT;
+        cpu.seg[seg] = s;
+        return Ok(());
+    }
+    if !cpu.protected() {
+        // Real mode changes only selector and base: limit and attributes stay (so "unreal
+        // mode" works, as on hardware).
+        cpu.seg[seg].selector = sel;
+        cpu.seg[seg].base = (sel as u64) << 4;
+        return Ok(());
+    }
+    let cpl = cpu.cpl();
+    let rpl = (sel & 3) as u8;
+    if sel & !3 == 0 {
+        if seg == SS && !(cpu.mode64() && cpl != 3 && rpl == cpl) {
+            return Err(gp(0));
+        }
+        let keep_base = if cpu.mode64() { cpu.seg[seg].base } else { 0 };
+        cpu.seg[seg] = Segment {
+            base: if seg == FS || seg == GS { keep_base } else { 0 },
+            limit: 0,
+            selector: sel,
+            attr: if seg == SS {
+                (cpl as u16) << attr::DPL_SHIFT
+            } else {
+                0
+            },
+        };
+        return Ok(());
+    }
+    let (addr, d) = fetch(cpu, ctx, sel)?;
+    if seg == SS {
+        if rpl != cpl || d.dpl() != cpl || !d.writable_data() {
+            return Err(gp(sel));
+        }
+        if !d.present() {
+            return Err(Exception::with_code(12, (sel & 0xFFFC) as u32));
+        }
+    } else {
+        if !d.s() || !d.readable() {
+            return Err(gp(sel));
+        }
+        if !d.conforming() && d.dpl() < cpl.max(rpl) {
+            return Err(gp(sel));
+        }
+        if !d.present() {
+            return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
+        }
+    }
+    mark_accessed(cpu, ctx, addr, &d)?;
+    let mut s = d.segment(sel);
+    s.attr |= 1; // accessed
+    cpu.seg[seg] = s;
+    Ok(())
+}
+
+/// Installs a code segment at privilege `cpl` (RPL becomes CPL).
+fn set_cs(cpu: &mut CpuState, d: &Descriptor, sel: u16, cpl: u8) {
+    let mut s = d.segment((sel & !3) | cpl as u16);
+    s.attr |= 1;
+    cpu.seg[CS] = s;
+}
+
+/// Checks a code-segment target of JMP/CALL/RET at the same privilege.
+fn check_code_same_level(cpu: &CpuState, d: &Descriptor, sel: u16) -> Result<(), Exception> {
+    let cpl = cpu.cpl();
+    if !d.is_code() {
+        return Err(gp(sel));
+    }
+    let ok = if d.conforming() {
+        d.dpl() <= cpl
+    } else {
+        (sel & 3) as u8 <= cpl && d.dpl() == cpl
+    };
+    if !ok {
+        return Err(gp(sel));
+    }
+    if !d.present() {
+        return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
+    }
+    Ok(())
+}
+
+fn mask_ip(offset: u64, bytes: u64) -> u64 {
+    match bytes {
+        2 => offset & 0xFFFF,
+        4 => offset & 0xFFFF_FFFF,
+        _ => offset,
+    }
+}
+
+/// Pushes onto the current stack at its width (SS.B / 64-bit mode).
+pub fn push(cpu: &mut CpuState, ctx: &mut Ctx, value: u64, bytes: u8) -> Result<(), Exception> {
+    let sp_bits = cpu.stack_bits();
+    let sp = cpu.gpr[RSP].wrapping_sub(bytes as u64);
+    let sp = trunc_sp(sp, sp_bits);
+    let lin = stack_linear(cpu, sp);
+    ctx.write(cpu, lin, bytes, value, super::mmu::Privilege::User)?;
+    set_sp(cpu, sp, sp_bits);
+    Ok(())
+}
+
+pub fn pop(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u8) -> Result<u64, Exception> {
+    let sp_bits = cpu.stack_bits();
+    let sp = trunc_sp(cpu.gpr[RSP], sp_bits);
+    let lin = stack_linear(cpu, sp);
+    let v = ctx.read(
+        cpu,
+        lin,
+        bytes,
+        super::mmu::Access::Read,
+        super::mmu::Privilege::User,
+    )?;
+    set_sp(cpu, sp.wrapping_add(bytes as u64), sp_bits);
+    Ok(v)
+}
+
+fn trunc_sp(sp: u64, bits: u32) -> u64 {
+    match bits {
+        16 => sp & 0xFFFF,
+        32 => sp & 0xFFFF_FFFF,
+        _ => sp,
+    }
+}
+
+pub fn set_sp(cpu: &mut CpuState, sp: u64, bits: u32) {
+    cpu.gpr[RSP] = match bits {
+        16 => (cpu.gpr[RSP] & !0xFFFF) | (sp & 0xFFFF),
+        32 => sp & 0xFFFF_FFFF,
+        _ => sp,
+    };
+}
+
+fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
+    if cpu.mode64() {
+        sp
+    } else {
+        (cpu.seg[SS].base.wrapping_add(sp)) & 0xFFFF_FFFF
+    }
+}
+
+/// JMP far (args: selector, offset, operand bytes).
+pub fn far_jmp(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    sel: u16,
+    offset: u64,
+    bytes: u64,
+) -> Result<(), Exception> {
+    if !cpu.protected() || cpu.v86() {
+        cpu.seg[CS].selector = sel;
+        cpu.seg[CS].base = (sel as u64) << 4;
+        cpu.rip = mask_ip(offset, bytes);
+        return Ok(());
+    }
+    if sel & !3 == 0 {
+        return Err(gp(0));
+    }
+    let (addr, d) = fetch(cpu, ctx, sel)?;
+    if !d.s() {
+        // Call gates, task gates and TSS targets are not implemented.
+        return Err(unsupported_gate(ctx, sel));
+    }
+    check_code_same_level(cpu, &d, sel)?;
+    let ip = mask_ip(offset, bytes);
+    if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
+        return Err(gp(0));
+    }
+    mark_accessed(cpu, ctx, addr, &d)?;
+    let cpl = cpu.cpl();
+    set_cs(cpu, &d, sel, cpl);
+    cpu.rip = ip;
+    Ok(())
+}
+
+fn unsupported_gate(ctx: &mut Ctx, sel: u16) -> Exception {
+    ctx.stats.unsupported_gates += 1;
+    gp(sel)
+}
+
+/// CALL far (args: selector, offset, operand bytes, return address).
+pub fn far_call(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    sel: u16,
+    offset: u64,
+    bytes: u64,
+    next: u64,
+) -> Result<(), Exception> {
+    let b = bytes as u8;
+    if !cpu.protected() || cpu.v86() {
+        let old_cs = cpu.seg[CS].selector as u64;
+        let saved_sp = cpu.gpr[RSP];
+        let r = push(cpu, ctx, old_cs, b).and_then(|_| push(cpu, ctx, next, b));
+        if let Err(e) = r {
+            cpu.gpr[RSP] = saved_sp;
+            return Err(e);
+        }
+        cpu.seg[CS].selector = sel;
+        cpu.seg[CS].base = (sel as u64) << 4;
+        cpu.rip = mask_ip(offset, bytes);
+        return Ok(());
+    }
+    if sel & !3 == 0 {
+        return Err(gp(0));
+    }
+    let (addr, d) = fetch(cpu, ctx, sel)?;
+    if !d.s() {
+        return Err(unsupported_gate(ctx, sel));
+    }
+    check_code_same_level(cpu, &d, sel)?;
+    let ip = mask_ip(offset, bytes);
+    if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
+        return Err(gp(0));
+    }
+    let saved_sp = cpu.gpr[RSP];
+    let old_cs = cpu.seg[CS].selector as u64;
+    let r = push(cpu, ctx, old_cs, b).and_then(|_| push(cpu, ctx, next, b));
+    if let Err(e) = r {
+        cpu.gpr[RSP] = saved_sp;
+        return Err(e);
+    }
+    mark_accessed(cpu, ctx, addr, &d)?;
+    let cpl = cpu.cpl();
+    set_cs(cpu, &d, sel, cpl);
+    cpu.rip = ip;
+    Ok(())
+}
+
+/// After a return to an outer privilege level, data segments the new CPL may not use
+/// become null (SDM: RET, IRET).
+fn scrub_data_segments(cpu: &mut CpuState) {
+    let cpl = cpu.cpl();
+    for seg in [ES, DS, FS, GS] {
+        let s = cpu.seg[seg];
+        let code_conforming = s.attr & attr::CODE != 0 && s.attr & 4 != 0;
+        if s.present() && !code_conforming && s.dpl() < cpl {
+            cpu.seg[seg].selector = 0;
+            cpu.seg[seg].attr = 0;
+        }
+    }
+}
+
+/// RET far (args: operand bytes, bytes of parameters to release).
+pub fn far_ret(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    bytes: u64,
+    release: u64,
+) -> Result<(), Exception> {
+    let b = bytes as u8;
+    let saved_sp = cpu.gpr[RSP];
+    let restore = |cpu: &mut CpuState, e| {
+        cpu.gpr[RSP] = saved_sp;
+        Err(e)
+    };
+    let ip = match pop(cpu, ctx, b) {
+        Ok(v) => v,
+        Err(e) => return restore(cpu, e),
+    };
+    let sel = match pop(cpu, ctx, b) {
+        Ok(v) => v as u16,
+        Err(e) => return restore(cpu, e),
+    };
+    let sp_bits = cpu.stack_bits();
+    if !cpu.protected() || cpu.v86() {
+        cpu.seg[CS].selector = sel;
+        cpu.seg[CS].base = (sel as u64) << 4;
+        cpu.rip = mask_ip(ip, bytes);
+        set_sp(cpu, cpu.gpr[RSP].wrapping_add(release), sp_bits);
+        return Ok(());
+    }
+    if sel & !3 == 0 {
+        return restore(cpu, gp(0));
+    }
+    let (addr, d) = match fetch(cpu, ctx, sel) {
+        Ok(x) => x,
+        Err(e) => return restore(cpu, e),
+    };
+    let cpl = cpu.cpl();
+    let rpl = (sel & 3) as u8;
+    if !d.is_code()
+        || rpl < cpl
+        || (d.conforming() && d.dpl() > rpl)
+        || (!d.conforming() && d.dpl() != rpl)
+    {
+        return restore(cpu, gp(sel));
+    }
+    if !d.present() {
+        return restore(cpu, Exception::with_code(11, (sel & 0xFFFC) as u32));
+    }
+    set_sp(cpu, cpu.gpr[RSP].wrapping_add(release), sp_bits);
+    if rpl > cpl {
+        // Return to an outer level: the caller's SS:SP follow.
+        let new_sp = match pop(cpu, ctx, b) {
+            Ok(v) => v,
+            Err(e) => return restore(cpu, e),
+        };
+        let new_ss = match pop(cpu, ctx, b) {
+            Ok(v) => v as u16,
+            Err(e) => return restore(cpu, e),
+        };
+        if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
+            return restore(cpu, e);
+        }
+        let old_cs = cpu.seg[CS];
+        set_cs(cpu, &d, sel, rpl);
+        if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
+            cpu.seg[CS] = old_cs;
+            return restore(cpu, e);
+        }
+        cpu.gpr[RSP] = new_sp.wrapping_add(release);
+        scrub_data_segments(cpu);
+    } else {
+        if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
+            return restore(cpu, e);
+        }
+        set_cs(cpu, &d, sel, cpl);
+    }
+    cpu.rip = mask_ip(ip, bytes);
+    Ok(())
+}
+
+/// The RFLAGS bits IRET/POPF may change at this privilege (SDM: POPF, IRET).
+pub fn writable_flags(cpu: &CpuState, bytes: u64) -> u64 {
+    let cpl = cpu.cpl();
+    let iopl = ((flags::rflags(cpu) & IOPL) >> 12) as u8;
+    let mut mask = CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID;
+    if !cpu.protected() || cpl == 0 {
+        mask |= IOPL;
+    }
+    if !cpu.protected() || cpl <= iopl {
+        mask |= IF;
+    }
+    match bytes {
+        2 => mask & 0xFFFF,
+        _ => mask,
+    }
+}
+
+/// IRET in every mode but task returns (NT set in protected mode) and returns to VM86.
+pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
+    let b = bytes as u8;
+    let saved_sp = cpu.gpr[RSP];
+    let old_flags = flags::rflags(cpu);
+    if !cpu.protected() {
+        let ip = pop(cpu, ctx, b);
+        let cs = ip.and_then(|_| pop(cpu, ctx, b));
+        let fl = cs.and_then(|_| pop(cpu, ctx, b));
+        let (ip, cs, fl) = match (ip, cs, fl) {
+            (Ok(i), Ok(c), Ok(f)) => (i, c as u16, f),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                cpu.gpr[RSP] = saved_sp;
+                return Err(e);
+            }
+        };
+        cpu.seg[CS].selector = cs;
+        cpu.seg[CS].base = (cs as u64) << 4;
+        cpu.rip = mask_ip(ip, bytes);
+        let m = writable_flags(cpu, bytes);
+        flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
+        return Ok(());
+    }
+    if cpu.v86() {
+        let iopl = (old_flags & IOPL) >> 12;
+        if iopl < 3 {
+            return Err(gp(0));
+        }
+        let ip = pop(cpu, ctx, b);
+        let cs = ip.and_then(|_| pop(cpu, ctx, b));
+        let fl = cs.and_then(|_| pop(cpu, ctx, b));
+        let (ip, cs, fl) = match (ip, cs, fl) {
+            (Ok(i), Ok(c), Ok(f)) => (i, c as u16, f),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                cpu.gpr[RSP] = saved_sp;
+                return Err(e);
+            }
+        };
+        cpu.seg[CS] = Segment::real(cs, true);
+        cpu.seg[CS].attr |= 3 << attr::DPL_SHIFT;
+        cpu.rip = mask_ip(ip, bytes);
+        let m = (CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | IF)
+            & if bytes == 2 { 0xFFFF } else { !0 };
+        flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
+        return Ok(());
+    }
+    if old_flags & NT != 0 && !cpu.long_mode() {
+        ctx.stats.unsupported_gates += 1;
+        return Err(gp(0)); // task return: no task switching
+    }
+    let fail = |cpu: &mut CpuState, e| {
+        cpu.gpr[RSP] = saved_sp;
+        Err(e)
+    };
+    let ip = match pop(cpu, ctx, b) {
+        Ok(v) => v,
+        Err(e) => return fail(cpu, e),
+    };
+    let sel = match pop(cpu, ctx, b) {
+        Ok(v) => v as u16,
+        Err(e) => return fail(cpu, e),
+    };
+    let fl = match pop(cpu, ctx, b) {
+        Ok(v) => v,
+        Err(e) => return fail(cpu, e),
+    };
+    let cpl = cpu.cpl();
+    if fl & VM != 0 && cpl == 0 && !cpu.long_mode() {
+        ctx.stats.unsupported_gates += 1;
+        return fail(cpu, gp(0)); // return to virtual-8086 mode
+    }
+    if sel & !3 == 0 {
+        return fail(cpu, gp(0));
+    }
+    let (addr, d) = match fetch(cpu, ctx, sel) {
+        Ok(x) => x,
+        Err(e) => return fail(cpu, e),
+    };
+    let rpl = (sel & 3) as u8;
+    if !d.is_code()
+        || rpl < cpl
+        || (d.conforming() && d.dpl() > rpl)
+        || (!d.conforming() && d.dpl() != rpl)
+    {
+        return fail(cpu, gp(sel));
+    }
+    if !d.present() {
+        return fail(cpu, Exception::with_code(11, (sel & 0xFFFC) as u32));
+    }
+    let m = writable_flags(cpu, bytes);
+    let pops_stack = rpl > cpl || cpu.mode64();
+    let (new_sp, new_ss) = if pops_stack {
+        let sp = match pop(cpu, ctx, b) {
+            Ok(v) => v,
+            Err(e) => return fail(cpu, e),
+        };
+        let ss = match pop(cpu, ctx, b) {
+            Ok(v) => v as u16,
+            Err(e) => return fail(cpu, e),
+        };
+        (Some(sp), ss)
+    } else {
+        (None, 0)
+    };
+    if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
+        return fail(cpu, e);
+    }
+    let old_cs = cpu.seg[CS];
+    set_cs(cpu, &d, sel, rpl);
+    if let Some(sp) = new_sp {
+        if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
+            cpu.seg[CS] = old_cs;
+            return fail(cpu, e);
+        }
+        cpu.gpr[RSP] = if cpu.seg[SS].db() || cpu.mode64() {
+            sp
+        } else {
+            (cpu.gpr[RSP] & !0xFFFF) | (sp & 0xFFFF)
+        };
+    }
+    cpu.rip = mask_ip(ip, bytes);
+    flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
+    if rpl > cpl {
+        scrub_data_segments(cpu);
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The IR interpreter: tier 0. Values live in a per-block scratch array of u64 (each masked
+//! to its type); guest state is read and written in `CpuState` through the locations' own
+//! fields.
+
+use gantry_frontend::flags;
+use gantry_frontend::ir::*;
+use gantry_frontend::state::CpuState;
+
+use crate::{BlockEnd, Exception, Host};
+
+/// Reusable scratch space, so running a block does not allocate.
+#[derive(Default)]
+pub struct Interp {
+    vals: Vec<u64>,
+    args: Vec<u64>,
+    /// Guest instructions completed (for `--stats` and MIPS figures).
+    pub insns: u64,
+}
+
+fn get(cpu: &CpuState, loc: Loc) -> u64 {
+    match loc {
+        Loc::Gpr(r) => cpu.gpr[r as usize & 15],
+        Loc::Rip => cpu.rip,
+        Loc::Rflags => cpu.rflags,
+        Loc::CcOp => cpu.cc.op as u64,
+        Loc::CcDst => cpu.cc.dst,
+        Loc::CcSrc => cpu.cc.src,
+        Loc::CcAux => cpu.cc.aux,
+        Loc::SegBase(s) => cpu.seg[s as usize % 6].base,
+        Loc::SegSelector(s) => cpu.seg[s as usize % 6].selector as u64,
+    }
+}
+
+fn put(cpu: &mut CpuState, loc: Loc, v: u64) {
+    match loc {
+        Loc::Gpr(r) => cpu.gpr[r as usize & 15] = v,
+        Loc::Rip => cpu.rip = v,
+        Loc::Rflags => cpu.rflags = v | 0x2,
+        Loc::CcOp => cpu.cc.op = v as u32,
+        Loc::CcDst => cpu.cc.dst = v,
+        Loc::CcSrc => cpu.cc.src = v,
+        Loc::CcAux => cpu.cc.aux = v,
+        Loc::SegBase(s) => cpu.seg[s as usize % 6].base = v,
+        Loc::SegSelector(s) => cpu.seg[s as usize % 6].selector = v as u16,
+    }
+}
+
+fn sext(v: u64, ty: Ty) -> i64 {
+    let shift = 64 - ty.bits();
+    ((v << shift) as i64) >> shift
+}
+
+pub fn bin(op: BinOp, ty: Ty, a: u64, b: u64) -> u64 {
+    let bits = ty.bits();
+    let m = ty.mask();
+    let r = match op {
+        BinOp::Add => a.wrapping_add(b),
+        BinOp::Sub => a.wrapping_sub(b),
+        BinOp::And => a & b,
+        BinOp::Or => a | b,
+        BinOp::Xor => a ^ b,
+        BinOp::Shl => a.wrapping_shl(b as u32 % bits),
+        BinOp::Shr => (a & m).wrapping_shr(b as u32 % bits),
+        BinOp::Sar => (sext(a, ty) >> (b as u32 % bits)) as u64,
+        BinOp::Rol => {
+            let c = b as u32 % bits;
+            if c == 0 {
+                a
+            } else {
+                ((a & m) << c) | ((a & m) >> (bits - c))
+            }
+        }
+        BinOp::Ror => {
+            let c = b as u32 % bits;
+            if c == 0 {
+                a
+            } else {
+                ((a & m) >> c) | ((a & m) << (bits - c))
+            }
+        }
+        BinOp::Mul => a.wrapping_mul(b),
+        BinOp::MulHiU => (((a & m) as u128 * (b & m) as u128) >> bits) as u64,
+        BinOp::MulHiS => ((sext(a, ty) as i128 * sext(b, ty) as i128) >> bits) as u64,
+    };
+    r & m
+}
+
+pub fn un(op: UnOp, ty: Ty, a: u64) -> u64 {
+    let m = ty.mask();
+    let a = a & m;
+    let r = match op {
+        UnOp::Not => !a,
+        UnOp::Neg => a.wrapping_neg(),
+        UnOp::Bswap => match ty {
+            Ty::I64 => a.swap_bytes(),
+            Ty::I32 => (a as u32).swap_bytes() as u64,
+            // BSWAP of a 16-bit register is undefined; real CPUs give 0.
+            Ty::I16 => 0,
+            Ty::I8 => a,
+        },
+        UnOp::Popcnt => a.count_ones() as u64,
+        UnOp::Ctz => {
+            if a == 0 {
+                ty.bits() as u64
+            } else {
+                a.trailing_zeros() as u64
+            }
+        }
+        UnOp::Clz => (a.leading_zeros() - (64 - ty.bits())) as u64,
+    };
+    r & m
+}
+
+fn cmp(op: CmpOp, ty: Ty, a: u64, b: u64) -> bool {
+    let (a, b) = (a & ty.mask(), b & ty.mask());
+    match op {
+        CmpOp::Eq => a == b,
+        CmpOp::Ne => a != b,
+        CmpOp::Ult => a < b,
+        CmpOp::Ule => a <= b,
+        CmpOp::Slt => sext(a, ty) < sext(b, ty),
+        CmpOp::Sle => sext(a, ty) <= sext(b, ty),
+    }
+}
+
+impl Interp {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `block` once from its start. On a fault, RIP is the faulting instruction's and
+    /// the state is as it was before it (the lifter orders effects for that).
+    pub fn run(&mut self, block: &Block, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
+        self.vals.clear();
+        self.vals.resize(block.vals.len(), 0);
+        let mut cur_rip = block.start;
+        // Guest instructions begun (marks seen); all but the current one have completed.
+        let mut marks = 0u64;
+        macro_rules! v {
+            ($x:expr) => {
+                self.vals[$x.0 as usize]
+            };
+        }
+        macro_rules! fault {
+            ($e:expr) => {{
+                cpu.rip = cur_rip;
+                self.insns += marks.saturating_sub(1);
+                return BlockEnd::Fault($e);
+            }};
+        }
+        for inst in &block.insts {
+            match inst {
+                Inst::Mark { rip, .. } => {
+                    marks += 1;
+                    cur_rip = *rip;
+                }
+                Inst::Const { dst, value } => v!(dst) = *value,
+                Inst::Get { dst, loc } => v!(dst) = get(cpu, *loc) & loc.ty().mask(),
+                Inst::Put { loc, src } => put(cpu, *loc, v!(src)),
+                Inst::Bin { dst, op, a, b } => {
+                    v!(dst) = bin(*op, block.ty(*dst), v!(a), v!(b));
+                }
+                Inst::Un { dst, op, a } => v!(dst) = un(*op, block.ty(*dst), v!(a)),
+                Inst::Zext { dst, a } => v!(dst) = v!(a) & block.ty(*a).mask(),
+                Inst::Sext { dst, a } => {
+                    v!(dst) = sext(v!(a), block.ty(*a)) as u64 & block.ty(*dst).mask();
+                }
+                Inst::Trunc { dst, a } => v!(dst) = v!(a) & block.ty(*dst).mask(),
+                Inst::Cmp { dst, op, a, b } => {
+                    v!(dst) = cmp(*op, block.ty(*a), v!(a), v!(b)) as u64;
+                }
+                Inst::Select { dst, cond, a, b } => {
+                    v!(dst) = if v!(cond) & 1 != 0 { v!(a) } else { v!(b) };
+                }
+                Inst::Load { dst, addr } => {
+                    match host.load(cpu, v!(addr), block.ty(*dst).bytes()) {
+                        Ok(x) => v!(dst) = x & block.ty(*dst).mask(),
+                        Err(e) => fault!(e),
+                    }
+                }
+                Inst::Store { addr, src } => {
+                    let ty = block.ty(*src);
+                    if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), v!(src) & ty.mask()) {
+                        fault!(e);
+                    }
+                }
+                Inst::SetFlags { op, dst, src, aux } => {
+                    cpu.cc.op = op.encode();
+                    cpu.cc.dst = v!(dst);
+                    cpu.cc.src = v!(src);
+                    cpu.cc.aux = v!(aux);
+                }
+                Inst::GetFlags { dst } => v!(dst) = flags::rflags(cpu),
+                Inst::Test { dst, cond } => {
+                    v!(dst) = cond.holds(flags::rflags(cpu)) as u64;
+                }
+                Inst::Call { dst, helper, args } => {
+                    self.args.clear();
+                    for a in args {
+                        self.args.push(self.vals[a.0 as usize]);
+                    }
+                    // The helper sees RIP at the calling instruction.
+                    cpu.rip = cur_rip;
+                    let args = std::mem::take(&mut self.args);
+                    let r = host.helper(cpu, *helper, &args);
+                    self.args = args;
+                    match r {
+                        Ok(x) => {
+                            if let Some(d) = dst {
+                                v!(d) = x & block.ty(*d).mask();
+                            }
+                        }
+                        Err(e) => fault!(e),
+                    }
+                }
+                Inst::Raise { vector } => fault!(Exception::new(*vector)),
+                Inst::TrapIf {
+                    cond,
+                    vector,
+                    error,
+                } => {
+                    if v!(cond) & 1 != 0 {
+                        fault!(Exception {
+                            vector: *vector,
+                            error_code: *error,
+                        });
+                    }
+                }
+                Inst::ExitIf { cond, next } => {
+                    if v!(cond) & 1 != 0 {
+                        cpu.rip = *next;
+                        self.insns += marks;
+                        return BlockEnd::Next;
+                    }
+                }
+                Inst::Jump { target } => {
+                    cpu.rip = v!(target);
+                    self.insns += marks;
+                    return BlockEnd::Next;
+                }
+                Inst::Branch {
+                    cond,
+                    taken,
+                    not_taken,
+                } => {
+                    cpu.rip = if v!(cond) & 1 != 0 {
+                        *taken
+                    } else {
+                        *not_taken
+                    };
+                    self.insns += marks;
+                    return BlockEnd::Next;
+                }
+                Inst::Exit { next, why } => {
+                    cpu.rip = *next;
+                    self.insns += marks;
+                    return match why {
+                        ExitWhy::Continue => BlockEnd::Next,
+                        ExitWhy::Sync => BlockEnd::Sync,
+                        ExitWhy::Halt => BlockEnd::Halt,
+                    };
+                }
+            }
+        }
+        // A lifter bug (a block without a terminator) must not run off into the void.
+        cpu.rip = cur_rip;
+        BlockEnd::Fault(Exception::new(6))
+    }
+}
