@@ -216,10 +216,6 @@ fn bad_flags() {
 #[test]
 fn accelerators_not_built_yet_say_so() {
     fails_with(
-        &["run", "--accel", "interp"],
-        &["--accel interp", "not built yet"],
-    );
-    fails_with(
         &["run", "--accel", "jit"],
         &["--accel jit", "not built yet"],
     );
