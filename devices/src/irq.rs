@@ -12,6 +12,8 @@ pub const ISA_IRQS: usize = 16;
 pub struct IrqWires {
     level: Cell<u16>,
     rising: Cell<u16>,
+    /// Bumped on every change of any wire, so a controller can skip re-sampling.
+    generation: Cell<u64>,
 }
 
 impl IrqWires {
@@ -40,6 +42,11 @@ impl IrqWires {
     pub fn has_news(&self) -> bool {
         self.rising.get() != 0
     }
+
+    /// Changes whenever any wire's level changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
 }
 
 /// One wire, held by the device that drives it.
@@ -52,6 +59,9 @@ pub struct IrqLine {
 impl IrqLine {
     pub fn set_level(&self, high: bool) {
         let old = self.wires.level.get();
+        if (old & self.mask != 0) != high {
+            self.wires.generation.set(self.wires.generation.get() + 1);
+        }
         if high {
             if old & self.mask == 0 {
                 self.wires.rising.set(self.wires.rising.get() | self.mask);

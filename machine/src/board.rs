@@ -62,6 +62,8 @@ pub enum BoardEvent {
     System(SystemEvent),
     /// The user pressed Ctrl-A x.
     Quit,
+    /// SIGINT or SIGTERM arrived.
+    Signal(i32),
 }
 
 #[derive(Default)]
@@ -86,6 +88,11 @@ pub struct Board {
     quit: bool,
     unknown_ports: BTreeMap<u16, PortStats>,
     unknown_mmio: u64,
+    /// The PIC's INT output as last computed, valid while `int_valid`: it can change only
+    /// when a wire changes or the guest touches a port (the PIC's among them).
+    int_cached: bool,
+    int_valid: bool,
+    int_generation: u64,
 }
 
 impl Board {
@@ -169,6 +176,9 @@ impl Board {
             quit: false,
             unknown_ports: BTreeMap::new(),
             unknown_mmio: 0,
+            int_cached: false,
+            int_valid: false,
+            int_generation: 0,
         };
         board.set_cmos_memory(cfg.ram_size);
         Ok(board)
@@ -217,12 +227,14 @@ impl Board {
     }
 
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        self.int_valid = false;
         if !self.pio.read(port as u64, data) {
             self.unknown_ports.entry(port).or_default().reads += 1;
         }
     }
 
     pub fn pio_write(&mut self, port: u16, data: &[u8]) {
+        self.int_valid = false;
         if !self.pio.write(port as u64, data) {
             self.unknown_ports.entry(port).or_default().writes += 1;
         }
@@ -251,11 +263,18 @@ impl Board {
 
     /// The PIC's INT output.
     pub fn interrupt_pending(&mut self) -> bool {
-        self.pic.borrow_mut().has_interrupt()
+        let generation = self.wires.generation();
+        if !self.int_valid || generation != self.int_generation || self.wires.has_news() {
+            self.int_cached = self.pic.borrow_mut().has_interrupt();
+            self.int_generation = generation;
+            self.int_valid = true;
+        }
+        self.int_cached
     }
 
     /// The INTA cycle: the vector the CPU takes.
     pub fn acknowledge_interrupt(&mut self) -> u8 {
+        self.int_valid = false;
         self.pic.borrow_mut().acknowledge()
     }
 
@@ -336,13 +355,16 @@ impl Board {
     }
 
     pub fn event_pending(&self) -> bool {
-        self.quit || self.signals.pending()
+        self.quit || self.signals.pending() || crate::console::termination_signal().is_some()
     }
 
     /// A reset, power-off, debug exit or quit request, if one is pending.
     pub fn take_event(&mut self) -> Option<BoardEvent> {
         if std::mem::take(&mut self.quit) {
             return Some(BoardEvent::Quit);
+        }
+        if let Some(sig) = crate::console::termination_signal() {
+            return Some(BoardEvent::Signal(sig));
         }
         self.signals.take().map(BoardEvent::System)
     }

@@ -13,6 +13,36 @@ pub type Waker = Box<dyn Fn() + Send>;
 
 const CTRL_A: u8 = 0x01;
 
+/// The last SIGINT/SIGTERM received (0: none); the board turns it into a stop request.
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM end the run cleanly (statistics printed, terminal restored)
+/// instead of killing the process. In raw mode Ctrl-C reaches the guest as a byte, as in
+/// QEMU; the signals still arrive from `kill`.
+pub fn catch_termination_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The termination signal received, if any.
+pub fn termination_signal() -> Option<i32> {
+    match SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleInput {
     Byte(u8),

@@ -93,6 +93,8 @@ pub enum RunOutcome {
     HaltedForever {
         rip: u64,
     },
+    /// Ended by SIGINT/SIGTERM.
+    Signal(i32),
 }
 
 impl RunOutcome {
@@ -103,6 +105,7 @@ impl RunOutcome {
             RunOutcome::PowerOff | RunOutcome::Quit => 0,
             RunOutcome::DebugExit(v) => ((v << 1) | 1) as i32 & 0xFF,
             RunOutcome::Reset { .. } | RunOutcome::HaltedForever { .. } => 3,
+            RunOutcome::Signal(s) => 128 + s,
         }
     }
 
@@ -115,6 +118,7 @@ impl RunOutcome {
             RunOutcome::HaltedForever { rip } => Some(format!(
                 "guest halted with interrupts disabled and nothing to wake it (HLT at RIP {rip:#x})"
             )),
+            RunOutcome::Signal(s) => Some(format!("terminating on signal {s}")),
             _ => None,
         }
     }
@@ -239,6 +243,7 @@ pub struct RunReport {
 /// unless `no_reboot`. Returns the outcome and a `--stats` report.
 pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> {
     let started = Instant::now();
+    crate::console::catch_termination_signals();
     let mut console = if cfg.console_input {
         HostConsole::stdio()
     } else {
@@ -254,6 +259,7 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
         machine.board.flush();
         let outcome = match stop {
             CpuStop::Board(BoardEvent::Quit) => RunOutcome::Quit,
+            CpuStop::Board(BoardEvent::Signal(s)) => RunOutcome::Signal(s),
             CpuStop::Board(BoardEvent::System(SystemEvent::PowerOff)) => RunOutcome::PowerOff,
             CpuStop::Board(BoardEvent::System(SystemEvent::DebugExit(v))) => {
                 RunOutcome::DebugExit(v)

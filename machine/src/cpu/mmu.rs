@@ -58,6 +58,8 @@ pub struct Mmu {
     /// Per RAM page: holds translated code (writes must invalidate it).
     pub code_pages: Vec<bool>,
     pub stats: MmuStats,
+    /// Changes on every flush, so caches of translations (the CPU's jump cache) know.
+    pub generation: u64,
 }
 
 /// The result of a page walk.
@@ -72,12 +74,14 @@ impl Mmu {
             tlb: Box::new([[[EMPTY; TLB_SIZE]; 2]; 3]),
             code_pages: vec![false; (ram_size >> PAGE_SHIFT) as usize + 1],
             stats: MmuStats::default(),
+            generation: 0,
         }
     }
 
     /// Drops all entries (or all but global ones).
     pub fn flush(&mut self, keep_global: bool) {
         self.stats.tlb_flushes += 1;
+        self.generation += 1;
         for kind in self.tlb.iter_mut() {
             for user in kind.iter_mut() {
                 for e in user.iter_mut() {
@@ -91,6 +95,7 @@ impl Mmu {
 
     /// INVLPG: drops the page from every TLB, global or not.
     pub fn flush_page(&mut self, linear: u64) {
+        self.generation += 1;
         let vpn = linear >> PAGE_SHIFT;
         let i = (vpn as usize) % TLB_SIZE;
         for kind in self.tlb.iter_mut() {

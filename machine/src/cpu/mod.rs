@@ -65,9 +65,25 @@ struct BlockKey {
     mode: Mode,
 }
 
+/// A direct-mapped cache from (CS base, RIP, mode, CPL) to block, in front of the
+/// physical-address-keyed cache (QEMU's tb_jmp_cache): a hit skips the instruction-fetch
+/// translation and the hash lookup. Emptied whenever the TLB is flushed or code is
+/// invalidated, since either can change what a linear address runs.
+const JUMP_CACHE: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct JumpKey {
+    cs_base: u64,
+    rip: u64,
+    mode: Mode,
+    cpl: u8,
+}
+
 pub struct EmuCpu {
     pub state: CpuState,
     mmu: Mmu,
+    jump_cache: Vec<Option<(JumpKey, Rc<Block>)>>,
+    jump_generation: u64,
     cache: HashMap<BlockKey, Rc<Block>>,
     page_blocks: HashMap<u64, Vec<BlockKey>>,
     interp: Interp,
@@ -172,6 +188,8 @@ impl EmuCpu {
         Self {
             state: state_from_entry(entry),
             mmu: Mmu::new(ram_size),
+            jump_cache: vec![None; JUMP_CACHE],
+            jump_generation: 0,
             cache: HashMap::new(),
             page_blocks: HashMap::new(),
             interp: Interp::new(),
@@ -194,6 +212,7 @@ impl EmuCpu {
     }
 
     fn invalidate_dirty(&mut self) {
+        self.jump_cache.iter_mut().for_each(|e| *e = None);
         for page in std::mem::take(&mut self.dirty_code) {
             if let Some(keys) = self.page_blocks.remove(&page) {
                 for k in keys {
@@ -231,7 +250,8 @@ impl EmuCpu {
                 self.state.interrupt_shadow = false;
                 clear_shadow = false;
             }
-            let if_set = flags::rflags(&self.state) & IF != 0;
+            // IF is never lazy: RFLAGS holds it.
+            let if_set = self.state.rflags & IF != 0;
             if if_set && !self.state.interrupt_shadow && board.interrupt_pending() {
                 let vector = board.acknowledge_interrupt();
                 self.stats.interrupts += 1;
@@ -329,8 +349,36 @@ impl EmuCpu {
 
     /// The block at CS:RIP, lifted on first use.
     fn lookup(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<Rc<Block>, Exception> {
+        if self.jump_generation != self.mmu.generation {
+            self.jump_generation = self.mmu.generation;
+            self.jump_cache.iter_mut().for_each(|e| *e = None);
+        }
         let cs_base = self.state.seg[st::CS].base;
         let rip = self.state.rip;
+        let jkey = JumpKey {
+            cs_base,
+            rip,
+            mode: self.mode(),
+            cpl: self.state.cpl(),
+        };
+        let slot = (rip ^ (rip >> 12)) as usize % JUMP_CACHE;
+        if let Some((k, b)) = &self.jump_cache[slot] {
+            if *k == jkey {
+                return Ok(b.clone());
+            }
+        }
+        let b = self.lookup_slow(mem, board, cs_base, rip)?;
+        self.jump_cache[slot] = Some((jkey, b.clone()));
+        Ok(b)
+    }
+
+    fn lookup_slow(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        cs_base: u64,
+        rip: u64,
+    ) -> Result<Rc<Block>, Exception> {
         let linear = if self.state.mode64() {
             rip
         } else {

@@ -1,0 +1,166 @@
+//! Interpreter speed in guest MIPS on three loops (the CPU issue's goals: at least 150 MIPS
+//! on the integer loop), and decode+lift cost per guest instruction (goal: at most 150 ns).
+//!
+//! Each loop runs as a flat 32-bit multiboot-style guest on a real board, ending through
+//! the debug-exit port; criterion's throughput is in guest instructions.
+
+use std::hint::black_box;
+use std::rc::Rc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gantry_devices::clock::{Clock, HostClock};
+use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
+use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::boot::EntryState;
+use gantry_machine::console::HostConsole;
+use gantry_machine::cpu::EmuCpu;
+use gantry_machine::memory::GuestMemory;
+use iced_x86::code_asm::*;
+
+const ENTRY: u64 = 0x10_0000;
+const ITER: u32 = 200_000;
+
+fn board() -> Board {
+    let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
+    Board::new(
+        BoardConfig {
+            ram_size: 64 << 20,
+            serial: SerialSink::None,
+            debugcon_port: None,
+            cmos: None,
+        },
+        clock,
+        HostConsole::none(),
+    )
+    .expect("board")
+}
+
+/// Assembles `body` (32-bit) followed by an exit through port 0xF4.
+fn program(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    body(&mut a).expect("asm");
+    a.mov(dx, 0xF4u32).expect("asm");
+    a.out(dx, eax).expect("asm");
+    a.hlt().expect("asm");
+    a.assemble(ENTRY).expect("asm")
+}
+
+fn integer_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    a.mov(ecx, ITER)?;
+    a.xor(eax, eax)?;
+    a.set_label(&mut top)?;
+    a.add(eax, ecx)?;
+    a.xor(ebx, eax)?;
+    a.shl(ebx, 3)?;
+    a.sub(eax, ebx)?;
+    a.dec(ecx)?;
+    a.jnz(top)
+}
+
+fn memcpy_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    a.mov(ecx, ITER)?;
+    a.mov(esi, 0x20_0000)?;
+    a.mov(edi, 0x30_0000)?;
+    a.set_label(&mut top)?;
+    a.mov(eax, dword_ptr(esi))?;
+    a.mov(dword_ptr(edi), eax)?;
+    a.add(esi, 4)?;
+    a.add(edi, 4)?;
+    a.and(esi, 0x20_FFFF)?;
+    a.and(edi, 0x30_FFFF)?;
+    a.dec(ecx)?;
+    a.jnz(top)
+}
+
+fn call_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut func = a.create_label();
+    let mut done = a.create_label();
+    a.mov(esp, 0x8_0000)?;
+    a.mov(ecx, ITER)?;
+    a.set_label(&mut top)?;
+    a.call(func)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.jmp(done)?;
+    a.set_label(&mut func)?;
+    a.push(ebp)?;
+    a.mov(ebp, esp)?;
+    a.inc(eax)?;
+    a.pop(ebp)?;
+    a.ret()?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
+fn run_program(code: &[u8]) -> u64 {
+    let mut mem = GuestMemory::new(64 << 20, None).expect("memory");
+    mem.write(ENTRY, code).expect("load");
+    mem.write(0x500, &EntryState::protected_flat(0).gdt_image().iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>())
+        .expect("gdt");
+    let mut b = board();
+    let mut cpu = EmuCpu::new(&EntryState::protected_flat(ENTRY as u32), 64 << 20);
+    black_box(cpu.run(&mut mem, &mut b));
+    cpu.instructions()
+}
+
+fn loops(c: &mut Criterion) {
+    let mut g = c.benchmark_group("interp");
+    g.sample_size(10);
+    for (name, body) in [
+        ("integer_loop", integer_loop as fn(&mut CodeAssembler) -> Result<(), IcedError>),
+        ("memcpy_loop", memcpy_loop),
+        ("call_loop", call_loop),
+    ] {
+        let code = program(body);
+        let insns = run_program(&code);
+        g.throughput(Throughput::Elements(insns));
+        g.bench_function(name, |b| b.iter(|| run_program(&code)));
+    }
+    g.finish();
+}
+
+/// Code bytes from a buffer, as the lifter sees guest memory.
+struct Bytes<'a>(&'a [u8], u64);
+
+impl CodeSource for Bytes<'_> {
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
+        let off = (linear - self.1) as usize;
+        let n = buf.len().min(self.0.len().saturating_sub(off));
+        buf[..n].copy_from_slice(&self.0[off..off + n]);
+        Ok(n)
+    }
+}
+
+fn decode_lift(c: &mut Criterion) {
+    // A block of typical integer code: the integer loop's body, repeated.
+    let mut a = CodeAssembler::new(64).expect("asm");
+    for _ in 0..8 {
+        a.add(rax, rcx).expect("asm");
+        a.mov(rbx, qword_ptr(rsp + 8)).expect("asm");
+        a.lea(rdx, qword_ptr(rbx + rcx * 4 + 16)).expect("asm");
+        a.cmp(rdx, rax).expect("asm");
+        a.mov(qword_ptr(rdi), rdx).expect("asm");
+    }
+    a.ret().expect("asm");
+    let code = a.assemble(0x1000).expect("asm");
+    let mode = Mode {
+        code_bits: 64,
+        stack_bits: 64,
+        mode64: true,
+    };
+    let n = lift::translate(&mut Bytes(&code, 0x1000), 0x1000, 0, mode)
+        .expect("lift")
+        .guest_insns;
+    let mut g = c.benchmark_group("lifter");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("decode_and_lift_block", |b| {
+        b.iter(|| lift::translate(&mut Bytes(&code, 0x1000), 0x1000, 0, mode).expect("lift"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, loops, decode_lift);
+criterion_main!(benches);
