@@ -98,8 +98,15 @@ fn call_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
 fn run_program(code: &[u8]) -> u64 {
     let mut mem = GuestMemory::new(64 << 20, None).expect("memory");
     mem.write(ENTRY, code).expect("load");
-    mem.write(0x500, &EntryState::protected_flat(0).gdt_image().iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>())
-        .expect("gdt");
+    mem.write(
+        0x500,
+        &EntryState::protected_flat(0)
+            .gdt_image()
+            .iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .expect("gdt");
     let mut b = board();
     let mut cpu = EmuCpu::new(&EntryState::protected_flat(ENTRY as u32), 64 << 20);
     black_box(cpu.run(&mut mem, &mut b));
@@ -110,7 +117,10 @@ fn loops(c: &mut Criterion) {
     let mut g = c.benchmark_group("interp");
     g.sample_size(10);
     for (name, body) in [
-        ("integer_loop", integer_loop as fn(&mut CodeAssembler) -> Result<(), IcedError>),
+        (
+            "integer_loop",
+            integer_loop as fn(&mut CodeAssembler) -> Result<(), IcedError>,
+        ),
         ("memcpy_loop", memcpy_loop),
         ("call_loop", call_loop),
     ] {

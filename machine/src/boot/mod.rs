@@ -8,7 +8,7 @@ pub mod bzimage;
 pub mod entry;
 pub mod multiboot;
 pub mod pvh;
-mod tables;
+pub mod tables;
 
 pub use entry::{DescriptorTable, EntryState, Segment};
 

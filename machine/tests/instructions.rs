@@ -1,0 +1,588 @@
+//! Instruction semantics on the emulated CPU, per group, in the modes that change them.
+//! Expected values are worked out from the Intel SDM's definitions (cited per test).
+
+mod cpu_harness;
+
+use cpu_harness::*;
+use gantry_frontend::state::{AF, CF, DF, OF, PF, SF, ZF};
+use gantry_machine::accel::CpuStop;
+use iced_x86::code_asm::*;
+
+const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
+
+fn arith(d: &Done) -> u64 {
+    d.flags() & ARITH
+}
+
+#[test]
+fn add_sub_adc_sbb_flags() {
+    // ADD: 0x7FFFFFFF + 1 = 0x80000000: OF (signed overflow), SF, AF (carry out of bit 3),
+    // PF (low byte 0x00 has even parity). SDM: ADD "Flags Affected".
+    let d = run64(|a| {
+        a.mov(eax, 0x7FFF_FFFF)?;
+        a.add(eax, 1)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x8000_0000);
+    assert_eq!(arith(&d), OF | SF | AF | PF);
+    // SUB 0 - 1 in 8 bits: borrow (CF), SF, AF, PF (0xFF: 8 ones, even).
+    let d = run64(|a| {
+        a.mov(al, 0)?;
+        a.sub(al, 1)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 0xFF);
+    assert_eq!(arith(&d), CF | SF | AF | PF);
+    // ADC with CF=1: 0xFFFF + 0 + 1 = 0 (16-bit): CF, ZF, PF, AF.
+    let d = run64(|a| {
+        a.stc()?;
+        a.mov(ax, 0xFFFF)?;
+        a.adc(ax, 0)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFFFF, 0);
+    assert_eq!(arith(&d), CF | ZF | PF | AF);
+    // SBB with CF=1: 5 - 5 - 1 = -1 (64-bit): CF, SF, PF, AF.
+    let d = run64(|a| {
+        a.stc()?;
+        a.mov(rax, 5u64)?;
+        a.mov(rbx, 5u64)?;
+        a.sbb(rax, rbx)
+    });
+    assert_eq!(d.cpu.gpr[0], u64::MAX);
+    assert_eq!(arith(&d), CF | SF | PF | AF);
+    // CMP leaves the operand; signed less-than (SF != OF): -1 < 1.
+    let d = run64(|a| {
+        a.mov(rcx, u64::MAX)?;
+        a.cmp(rcx, 1)?;
+        a.setl(dl)?;
+        a.setb(bl) // unsigned: 0xFFFF... is not below 1
+    });
+    assert_eq!(d.cpu.gpr[1], u64::MAX);
+    assert_eq!(d.cpu.gpr[2] & 0xFF, 1);
+    assert_eq!(d.cpu.gpr[3] & 0xFF, 0);
+}
+
+#[test]
+fn partial_register_writes() {
+    // 32-bit writes zero bits 63:32; 8- and 16-bit writes keep the rest (SDM vol. 1, 3.4.1.1).
+    let d = run64(|a| {
+        a.mov(rax, 0x1111_2222_3333_4444u64)?;
+        a.mov(rbx, rax)?;
+        a.mov(rcx, rax)?;
+        a.mov(rdx, rax)?;
+        a.mov(eax, 0x55)?;
+        a.mov(bx, 0x66)?;
+        a.mov(cl, 0x77)?;
+        a.mov(dh, 0x88)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x55);
+    assert_eq!(d.cpu.gpr[3], 0x1111_2222_3333_0066);
+    assert_eq!(d.cpu.gpr[1], 0x1111_2222_3333_4477);
+    assert_eq!(d.cpu.gpr[2], 0x1111_2222_3333_8844);
+}
+
+#[test]
+fn inc_dec_neg_keep_or_set_carry() {
+    // INC/DEC leave CF alone (SDM: INC "CF flag is not affected").
+    let d = run64(|a| {
+        a.stc()?;
+        a.mov(al, 0x7F)?;
+        a.inc(al)
+    });
+    assert_eq!(arith(&d), CF | OF | SF | AF);
+    let d = run64(|a| {
+        a.clc()?;
+        a.mov(ecx, 1)?;
+        a.dec(ecx)
+    });
+    assert_eq!(arith(&d), ZF | PF);
+    // NEG: CF = (source != 0).
+    let d = run64(|a| {
+        a.mov(eax, 1)?;
+        a.neg(eax)
+    });
+    assert_eq!(d.cpu.gpr[0], 0xFFFF_FFFF);
+    assert_eq!(arith(&d) & (CF | SF | ZF), CF | SF);
+}
+
+#[test]
+fn shifts_with_count_zero_one_and_width() {
+    // SHL by 0 changes nothing, flags included (SDM: SAL/SAR/SHL/SHR "If the count is 0,
+    // the flags are not affected").
+    let d = run64(|a| {
+        a.mov(eax, 1)?;
+        a.cmp(eax, 2)?; // CF=1 SF=1
+        a.mov(ecx, 0)?; // MOV leaves the flags
+        a.shl(eax, cl)
+    });
+    assert_eq!(d.cpu.gpr[0], 1);
+    assert_eq!(arith(&d) & (CF | SF), CF | SF);
+    // SHL by 1: CF = bit shifted out, OF = CF XOR new MSB.
+    let d = run64(|a| {
+        a.mov(al, 0xC0)?;
+        a.shl(al, 1)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 0x80);
+    assert_eq!(arith(&d) & (CF | OF | SF), CF | SF);
+    // SHR by 1: OF = MSB of the original operand.
+    let d = run64(|a| {
+        a.mov(al, 0x81)?;
+        a.shr(al, 1)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 0x40);
+    assert_eq!(arith(&d) & (CF | OF), CF | OF);
+    // SAR keeps the sign; count masked to 5 bits for 32-bit operands (33 -> 1).
+    let d = run64(|a| {
+        a.mov(eax, 0x8000_0000u32)?;
+        a.mov(cl, 33)?;
+        a.sar(eax, cl)
+    });
+    assert_eq!(d.cpu.gpr[0], 0xC000_0000);
+    // An 8-bit shift by 9 (count < 32, above the width): everything shifted out.
+    let d = run64(|a| {
+        a.mov(bl, 0xFF)?;
+        a.mov(cl, 9)?;
+        a.shl(bl, cl)
+    });
+    assert_eq!(d.cpu.gpr[3] & 0xFF, 0);
+    // 64-bit counts are masked to 6 bits: shl rax, 65 = shl rax, 1.
+    let d = run64(|a| {
+        a.mov(rax, 3u64)?;
+        a.mov(cl, 65)?;
+        a.shl(rax, cl)
+    });
+    assert_eq!(d.cpu.gpr[0], 6);
+}
+
+#[test]
+fn rotates_through_and_around_carry() {
+    // ROL: CF = new LSB; OF (count 1) = MSB XOR CF.
+    let d = run64(|a| {
+        a.mov(al, 0x81)?;
+        a.rol(al, 1)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 0x03);
+    assert_eq!(arith(&d) & (CF | OF), CF | OF);
+    // ROR: CF = new MSB.
+    let d = run64(|a| {
+        a.mov(eax, 1)?;
+        a.ror(eax, 1)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x8000_0000);
+    assert_eq!(arith(&d) & CF, CF);
+    // RCL through CF=1: 0x80 -> 0x01 with CF = 1 (the old MSB).
+    let d = run64(|a| {
+        a.stc()?;
+        a.mov(al, 0x80)?;
+        a.rcl(al, 1)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 0x01);
+    assert_eq!(arith(&d) & CF, CF);
+    // RCR of a 64-bit value by 1 with CF=1: CF enters at the top.
+    let d = run64(|a| {
+        a.stc()?;
+        a.mov(rax, 2u64)?;
+        a.rcr(rax, 1)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x8000_0000_0000_0001);
+    assert_eq!(arith(&d) & CF, 0);
+    // RCL of 8 bits by 9 (mod 9 = 0): unchanged, CF unchanged.
+    let d = run64(|a| {
+        a.clc()?;
+        a.mov(bl, 0x5A)?;
+        a.mov(cl, 9)?;
+        a.rcl(bl, cl)
+    });
+    assert_eq!(d.cpu.gpr[3] & 0xFF, 0x5A);
+    assert_eq!(arith(&d) & CF, 0);
+}
+
+#[test]
+fn double_precision_shifts() {
+    let d = run64(|a| {
+        a.mov(eax, 0x1234_5678)?;
+        a.mov(edx, 0x9ABC_DEF0u32)?;
+        a.shld(eax, edx, 8)?;
+        a.mov(ebx, 0x1234_5678)?;
+        a.shrd(ebx, edx, 8)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x3456_789A);
+    assert_eq!(d.cpu.gpr[3], 0xF012_3456);
+}
+
+#[test]
+fn multiply_and_divide() {
+    // MUL r64: RDX:RAX; CF = OF = (RDX != 0).
+    let d = run64(|a| {
+        a.mov(rax, u64::MAX)?;
+        a.mov(rcx, 2u64)?;
+        a.mul(rcx)
+    });
+    assert_eq!((d.cpu.gpr[0], d.cpu.gpr[2]), (u64::MAX - 1, 1));
+    assert_eq!(arith(&d) & (CF | OF), CF | OF);
+    // IMUL r32, r/m32, imm: truncated, overflow flagged.
+    let d = run64(|a| {
+        a.mov(ecx, 0x4000_0000)?;
+        a.imul_3(eax, ecx, 4)
+    });
+    assert_eq!(d.cpu.gpr[0], 0);
+    assert_eq!(arith(&d) & (CF | OF), CF | OF);
+    // IMUL r/m8: AX = AL * src (signed): -2 * 3 = -6, fits: no overflow.
+    let d = run64(|a| {
+        a.mov(al, 0xFE)?;
+        a.mov(bl, 3)?;
+        a.imul(bl)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFFFF, 0xFFFA);
+    assert_eq!(arith(&d) & (CF | OF), 0);
+    // DIV r32: EDX:EAX / src.
+    let d = run64(|a| {
+        a.mov(edx, 1)?;
+        a.mov(eax, 0)?;
+        a.mov(ecx, 3)?;
+        a.div(ecx)
+    });
+    assert_eq!((d.cpu.gpr[0], d.cpu.gpr[2]), (0x5555_5555, 1));
+    // IDIV r8: AX / src: -7 / 2 = -3 rem -1.
+    let d = run64(|a| {
+        a.mov(ax, 0xFFF9u32)?;
+        a.mov(bl, 2)?;
+        a.idiv(bl)
+    });
+    assert_eq!(d.cpu.gpr[0] & 0xFFFF, 0xFFFD);
+    // Division by zero and quotient overflow raise #DE (vector 0).
+    let d = run64(|a| {
+        a.xor(ecx, ecx)?;
+        a.div(ecx)
+    });
+    assert_eq!(d.vector(), Some(0));
+    let d = run64(|a| {
+        a.mov(edx, 2)?;
+        a.mov(ecx, 2)?;
+        a.div(ecx)
+    });
+    assert_eq!(d.vector(), Some(0));
+    // #DE is a fault: the pushed RIP is the DIV itself.
+    let d = run64(|a| {
+        a.nop()?;
+        a.xor(ecx, ecx)?;
+        a.div(ecx)
+    });
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), CODE + 3);
+}
+
+#[test]
+fn bit_operations() {
+    // BT with a register offset into memory addresses a bit string (SDM: BT).
+    let d = run(
+        Mode::Long64,
+        |_, mem| mem.write(DATA, &[0, 0, 0, 0, 0x02, 0, 0, 0]).unwrap(),
+        |a| {
+            a.mov(rbx, DATA)?;
+            a.mov(ecx, 33)?;
+            a.bt(dword_ptr(rbx), ecx)?;
+            a.setc(al)?;
+            a.mov(ecx, 35)?;
+            a.bts(dword_ptr(rbx), ecx)
+        },
+    );
+    assert_eq!(d.cpu.gpr[0] & 0xFF, 1);
+    assert_eq!(d.bytes_at(DATA + 4, 1), [0x0A]);
+    let d = run64(|a| {
+        a.mov(eax, 0x0000_F000)?;
+        a.bsf(ecx, eax)?;
+        a.bsr(edx, eax)?;
+        a.popcnt(ebx, eax)?;
+        a.lzcnt(esi, eax)?;
+        a.tzcnt(edi, eax)
+    });
+    assert_eq!(
+        [
+            d.cpu.gpr[1],
+            d.cpu.gpr[2],
+            d.cpu.gpr[3],
+            d.cpu.gpr[6],
+            d.cpu.gpr[7]
+        ],
+        [12, 15, 4, 16, 12]
+    );
+    // BSF of 0 sets ZF and leaves the destination.
+    let d = run64(|a| {
+        a.mov(ecx, 77)?;
+        a.xor(eax, eax)?;
+        a.bsf(ecx, eax)
+    });
+    assert_eq!(d.cpu.gpr[1], 77);
+    assert_eq!(arith(&d) & ZF, ZF);
+}
+
+#[test]
+fn conditional_moves_and_sets() {
+    let d = run64(|a| {
+        a.mov(eax, 1)?;
+        a.mov(ebx, 2)?;
+        a.cmp(eax, ebx)?;
+        a.cmovl(ecx, ebx)?;
+        a.cmovg(edx, ebx)?;
+        a.setbe(sil)
+    });
+    assert_eq!(d.cpu.gpr[1], 2);
+    assert_eq!(d.cpu.gpr[2], 0);
+    assert_eq!(d.cpu.gpr[6] & 0xFF, 1);
+}
+
+#[test]
+fn exchange_and_compare() {
+    let d = run(
+        Mode::Long64,
+        |_, mem| mem.write_u64(DATA, 10).unwrap(),
+        |a| {
+            a.mov(rbx, DATA)?;
+            a.mov(eax, 10)?;
+            a.mov(ecx, 20)?;
+            a.cmpxchg(dword_ptr(rbx), ecx)?; // equal: [rbx] = 20, ZF
+            a.setz(dl)?;
+            a.mov(eax, 99)?;
+            a.cmpxchg(dword_ptr(rbx), ecx)?; // not equal: eax = 20
+            a.mov(esi, 5)?;
+            a.xadd(dword_ptr(rbx), esi) // [rbx] = 25, esi = 20
+        },
+    );
+    assert_eq!(d.cpu.gpr[2] & 0xFF, 1);
+    assert_eq!(d.cpu.gpr[0], 20);
+    assert_eq!(d.cpu.gpr[6], 20);
+    assert_eq!(d.u32_at(DATA), 25);
+    // CMPXCHG16B needs 16-byte alignment: #GP(0) otherwise.
+    let d = run64(|a| {
+        a.mov(rbx, DATA + 8)?;
+        a.cmpxchg16b(xmmword_ptr(rbx))
+    });
+    assert_eq!(d.vector(), Some(13));
+}
+
+#[test]
+fn string_instructions_with_rep() {
+    let d = run(
+        Mode::Long64,
+        |_, mem| mem.write(DATA, b"gantry-x86!").unwrap(),
+        |a| {
+            a.cld()?;
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x100)?;
+            a.mov(ecx, 11)?;
+            a.rep().movsb()?;
+            // STOSD backwards (DF=1) fills two dwords ending at the destination.
+            a.std()?;
+            a.mov(rdi, DATA + 0x204)?;
+            a.mov(eax, 0xAABB_CCDDu32)?;
+            a.mov(ecx, 2)?;
+            a.rep().stosd()?;
+            a.cld()?;
+            // REPNE SCASB finds '-' at index 6.
+            a.mov(rdi, DATA)?;
+            a.mov(al, b'-' as u32)?;
+            a.mov(ecx, 11)?;
+            a.repne().scasb()?;
+            a.mov(r8, rcx)?;
+            // REPE CMPSB stops at the first difference.
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x100)?;
+            a.mov(byte_ptr(DATA + 0x103), b'X' as u32)?;
+            a.mov(ecx, 11)?;
+            a.repe().cmpsb()?;
+            a.mov(r9, rcx)?;
+            // A zero count touches nothing (not even a non-canonical address).
+            a.xor(ecx, ecx)?;
+            a.mov(rsi, 0x8000_0000_0000_0000u64)?;
+            a.rep().movsb()
+        },
+    );
+    assert_eq!(d.bytes_at(DATA + 0x100, 11), b"ganXry-x86!");
+    assert_eq!(
+        d.bytes_at(DATA + 0x200, 8),
+        [0xDD, 0xCC, 0xBB, 0xAA, 0xDD, 0xCC, 0xBB, 0xAA]
+    );
+    assert_eq!(d.cpu.gpr[8], 11 - 7);
+    assert_eq!(d.cpu.gpr[9], 11 - 4);
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.rflags & DF, 0);
+}
+
+#[test]
+fn stack_calls_and_frames() {
+    let d = run64(|a| {
+        let mut f = a.create_label();
+        let mut after = a.create_label();
+        a.mov(rbp, 0x1234u64)?;
+        a.call(f)?;
+        a.jmp(after)?;
+        a.set_label(&mut f)?;
+        a.enter(16, 0)?;
+        a.mov(rax, rbp)?;
+        a.leave()?;
+        a.ret()?;
+        a.set_label(&mut after)?;
+        a.push(0x7F)?;
+        a.pop(rcx)
+    });
+    assert_eq!(d.cpu.gpr[4], STACK, "balanced");
+    assert_eq!(d.cpu.gpr[5], 0x1234, "LEAVE restored RBP");
+    assert_eq!(d.cpu.gpr[0], STACK - 16, "ENTER's frame pointer");
+    assert_eq!(d.cpu.gpr[1], 0x7F);
+}
+
+#[test]
+fn sixteen_bit_real_mode_addressing_and_wraparound() {
+    // [bx+si+disp] wraps at 64 KiB; DS:offset = DS*16 + offset.
+    let d = run(
+        Mode::Real16,
+        |cpu, mem| {
+            cpu.seg[3] = gantry_frontend::state::Segment::real(0x1000, false);
+            mem.write(0x1_0000 + 0x0010, &[0x34, 0x12]).unwrap();
+        },
+        |a| {
+            a.mov(bx, 0xFFF0u32)?;
+            a.mov(si, 0x0010)?;
+            a.mov(ax, word_ptr(bx + si + 0x10))?; // (0xFFF0+0x10+0x10) & 0xFFFF = 0x10
+            a.mov(cx, 0xFFFFu32)?;
+            a.inc(cx)?; // wraps to 0, ZF
+            a.setz(dl)
+        },
+    );
+    assert_eq!(d.cpu.gpr[0] & 0xFFFF, 0x1234);
+    assert_eq!(d.cpu.gpr[1] & 0xFFFF, 0);
+    assert_eq!(d.cpu.gpr[2] & 0xFF, 1);
+}
+
+#[test]
+fn real_mode_software_interrupt_through_the_ivt() {
+    // INT 3 pushes FLAGS, CS, IP and enters the handler from the IVT.
+    let d = run(Mode::Real16, |_, _| {}, |a| a.int3());
+    assert_eq!(d.vector(), Some(3));
+    let top = d.cpu.gpr[4] & 0xFFFF;
+    let ip = d.mem.read_u32(top).unwrap() & 0xFFFF;
+    assert_eq!(ip, 1, "return address after the 1-byte INT3");
+}
+
+#[test]
+fn thirty_two_bit_protected_mode() {
+    let d = run(
+        Mode::Protected32,
+        |_, _| {},
+        |a| {
+            a.mov(eax, 0xFFFF_FFFFu32)?;
+            a.add(eax, 2)?;
+            a.push(eax)?;
+            a.pop(ebx)?;
+            a.ud2()
+        },
+    );
+    assert_eq!(d.cpu.gpr[3], 1);
+    assert_eq!(d.vector(), Some(6));
+    // The #UD frame: EIP, CS, EFLAGS on the 32-bit stack.
+    let top = d.cpu.gpr[4];
+    assert_eq!(d.u32_at(top + 4), 0x10, "CS");
+    // MOV EAX, imm32 (5 bytes), ADD EAX, imm32 (the 5-byte 05 form), PUSH, POP: UD2 at +12.
+    assert_eq!(d.u32_at(top) as u64, CODE + 12, "EIP of UD2");
+}
+
+#[test]
+fn page_fault_error_codes_and_cr2() {
+    // Map DATA's 2 MiB region with 4 KiB pages, one not present, one read-only, then
+    // touch them with CR0.WP set (SDM vol. 3, 4.7: error code P, W/R, U/S bits).
+    let setup = |cpu: &mut gantry_frontend::state::CpuState,
+                 mem: &mut gantry_machine::memory::GuestMemory| {
+        let pt = 0x5_0000u64;
+        for i in 0..512u64 {
+            let mut e = (i << 12) | 0x3;
+            if i == 0x10 {
+                e = 0; // 0x10000 not present
+            }
+            if i == 0x11 {
+                e = (i << 12) | 0x1; // 0x11000 read-only
+            }
+            mem.write_u64(pt + i * 8, e).unwrap();
+        }
+        // PD entry 0 (first 2 MiB) -> this page table.
+        mem.write_u64(0xB000, pt | 0x3).unwrap();
+        cpu.cr0 |= 1 << 16; // WP
+    };
+    let d = run(Mode::Long64, setup, |a| a.mov(rax, qword_ptr(0x1_0008)));
+    assert_eq!(d.vector(), Some(14));
+    assert_eq!(d.cpu.cr2, 0x1_0008);
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0, "not present, read, supervisor");
+    let d = run(Mode::Long64, setup, |a| a.mov(dword_ptr(0x1_1004), eax));
+    assert_eq!(d.vector(), Some(14));
+    assert_eq!(d.cpu.cr2, 0x1_1004);
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x3, "present, write");
+    // Reads of the read-only page work and set the accessed bit.
+    let d = run(Mode::Long64, setup, |a| a.mov(eax, dword_ptr(0x1_1000)));
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.u64_at(0x5_0000 + 0x11 * 8) & 0x20, 0x20);
+}
+
+#[test]
+fn general_protection_and_invalid_opcode() {
+    // Loading a selector beyond the GDT limit: #GP(selector).
+    let d = run64(|a| {
+        a.mov(ax, 0x80)?;
+        a.mov(ds, ax)
+    });
+    assert_eq!(d.vector(), Some(13));
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x80);
+    // An unknown MSR: #GP(0).
+    let d = run64(|a| {
+        a.mov(ecx, 0x1234_5678)?;
+        a.rdmsr()
+    });
+    assert_eq!(d.vector(), Some(13));
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0);
+}
+
+#[test]
+fn triple_fault_without_an_idt() {
+    let d = run(Mode::Long64, |cpu, _| cpu.idtr.limit = 0, |a| a.int3());
+    assert!(
+        matches!(d.stop, CpuStop::TripleFault { .. }),
+        "{:?}",
+        d.stop
+    );
+}
+
+#[test]
+fn cpuid_reports_the_model() {
+    let d = run64(|a| {
+        a.xor(eax, eax)?;
+        a.cpuid()
+    });
+    let vendor: Vec<u8> = [d.cpu.gpr[3], d.cpu.gpr[2], d.cpu.gpr[1]]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(vendor, b"GenuineIntel");
+    let d = run64(|a| {
+        a.mov(eax, 0x8000_0001u32)?;
+        a.cpuid()
+    });
+    assert_ne!(d.cpu.gpr[2] & (1 << 29), 0, "long mode");
+}
+
+#[test]
+fn self_modifying_code_is_seen() {
+    // Write over an instruction that has already been translated and run it again.
+    let d = run64(|a| {
+        let mut target = a.create_label();
+        a.xor(ebx, ebx)?;
+        a.set_label(&mut target)?;
+        a.mov(eax, 1)?; // B8 01 00 00 00
+        a.inc(ebx)?;
+        a.cmp(ebx, 2)?;
+        let mut done = a.create_label();
+        a.je(done)?;
+        // Patch the immediate of `mov eax, 1` to 7, then jump back.
+        a.lea(rdx, ptr(target))?;
+        a.mov(byte_ptr(rdx + 1), 7)?;
+        a.jmp(target)?;
+        a.set_label(&mut done)?;
+        a.nop()
+    });
+    assert_eq!(d.cpu.gpr[0], 7);
+}
