@@ -183,6 +183,51 @@ fn aux_cf(old_cf: u64) -> u64 {
     }
 }
 
+/// Whether `cond` holds, computing only what it needs for the common lazy kinds (as
+/// QEMU's gen_prepare_cc), and all six flags otherwise.
+pub fn cond_holds(st: &CpuState, cond: Cond) -> bool {
+    let op = CcOp::decode(st.cc.op);
+    let m = mask(op.size);
+    let d = st.cc.dst & m;
+    let src = st.cc.src & m;
+    let neg = cond as u8 & 1 != 0;
+    let base = match (op.kind, cond as u8 >> 1) {
+        // ZF
+        (CcKind::Add | CcKind::Sub | CcKind::Logic | CcKind::Inc | CcKind::Dec, 2) => d == 0,
+        // SF
+        (CcKind::Add | CcKind::Sub | CcKind::Logic | CcKind::Inc | CcKind::Dec, 4) => {
+            d & sign(op.size) != 0
+        }
+        // CF, CF|ZF after SUB/CMP: unsigned compare of the operands.
+        (CcKind::Sub, 1) => d.wrapping_add(src) & m < src,
+        (CcKind::Sub, 3) => d.wrapping_add(src) & m <= src,
+        // Signed compares after SUB/CMP.
+        (CcKind::Sub, 6) | (CcKind::Sub, 7) => {
+            let a = sext(d.wrapping_add(src) & m, op.size);
+            let b = sext(src, op.size);
+            if cond as u8 >> 1 == 6 {
+                a < b
+            } else {
+                a <= b
+            }
+        }
+        // After logic ops CF = OF = 0.
+        (CcKind::Logic, 0 | 1) => false,
+        (CcKind::Logic, 3) => d == 0,
+        (CcKind::Logic, 6) => d & sign(op.size) != 0,
+        (CcKind::Logic, 7) => d == 0 || d & sign(op.size) != 0,
+        // INC/DEC keep CF in `src`.
+        (CcKind::Inc | CcKind::Dec, 1) => src & 1 != 0,
+        _ => return cond.holds(rflags(st)),
+    };
+    base != neg
+}
+
+fn sext(v: u64, size: u8) -> i64 {
+    let shift = 64 - size as u32 * 8;
+    ((v << shift) as i64) >> shift
+}
+
 /// RFLAGS with the arithmetic flags brought up to date.
 pub fn rflags(st: &CpuState) -> u64 {
     let op = CcOp::decode(st.cc.op);
@@ -297,6 +342,47 @@ mod tests {
         assert!(Cond::A.holds(0));
         assert!(Cond::Np.holds(0));
         assert_eq!(Cond::from_nibble(0x4), Cond::E);
+    }
+
+    #[test]
+    fn fast_conditions_agree_with_full_flags() {
+        // Every condition, for every kind and a spread of operands, against the full
+        // computation.
+        let vals = [
+            0u64,
+            1,
+            2,
+            0x7F,
+            0x80,
+            0xFF,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            u64::MAX,
+            0x1234_5678_9ABC_DEF0,
+        ];
+        for k in KINDS {
+            for size in [1u8, 2, 4, 8] {
+                for &d in &vals {
+                    for &src in &vals {
+                        let mut st = CpuState::reset();
+                        st.cc.op = CcOp::new(k, size).encode();
+                        st.cc.dst = d;
+                        st.cc.src = src;
+                        st.cc.aux = src & 1;
+                        st.rflags = 0x2 | (d & ARITH_FLAGS);
+                        let full = rflags(&st);
+                        for n in 0..16 {
+                            let c = Cond::from_nibble(n);
+                            assert_eq!(
+                                cond_holds(&st, c),
+                                c.holds(full),
+                                "{k:?} {size} {d:#x} {src:#x} {c:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Interp {
                 }
                 Inst::GetFlags { dst } => v!(dst) = flags::rflags(cpu),
                 Inst::Test { dst, cond } => {
-                    v!(dst) = cond.holds(flags::rflags(cpu)) as u64;
+                    v!(dst) = flags::cond_holds(cpu, *cond) as u64;
                 }
                 Inst::Call { dst, helper, args } => {
                     self.args.clear();

@@ -221,14 +221,22 @@ impl Lift<'_> {
                 let f = self.b.bin(BinOp::Or, f, keep);
                 self.put_eflags(f);
             }
-            M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => {
+            M::Cld | M::Std => {
+                // DF is not an arithmetic flag: change it in place, the lazy flags stay.
+                let f = self.b.get(Loc::Rflags);
+                let f = if m == M::Cld {
+                    self.b.bin_imm(BinOp::And, f, !DF)
+                } else {
+                    self.b.bin_imm(BinOp::Or, f, DF)
+                };
+                self.b.put(Loc::Rflags, f);
+            }
+            M::Clc | M::Stc | M::Cmc => {
                 let f = self.b.rflags();
                 let f = match m {
                     M::Clc => self.b.bin_imm(BinOp::And, f, !CF),
                     M::Stc => self.b.bin_imm(BinOp::Or, f, CF),
-                    M::Cmc => self.b.bin_imm(BinOp::Xor, f, CF),
-                    M::Cld => self.b.bin_imm(BinOp::And, f, !DF),
-                    _ => self.b.bin_imm(BinOp::Or, f, DF),
+                    _ => self.b.bin_imm(BinOp::Xor, f, CF),
                 };
                 self.put_eflags(f);
             }

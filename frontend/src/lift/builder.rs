@@ -3,15 +3,55 @@
 use crate::flags::{CcOp, Cond};
 use crate::ir::*;
 
-#[derive(Default)]
+/// Builds a block's IR, with three block-local simplifications that keep the op count (the
+/// interpreter's cost) down without changing what is written to the state:
+/// - constants are shared (SSA values never change);
+/// - a `get` of a location the block already read or wrote reuses that value, since nothing
+///   but IR and helpers changes the state, and every helper call forgets what is known;
+/// - `trunc` of a `zext` gives back the original value.
 pub struct Builder {
     pub insts: Vec<Inst>,
     pub vals: Vec<Ty>,
+    /// Small: a linear scan beats hashing for the few dozen constants of a block.
+    consts: Vec<(Ty, u64, Val)>,
+    /// Indexed by [`loc_index`].
+    known: [Option<Val>; LOCS],
+    /// For each value, the value it zero-extends (if it is a `zext`).
+    zext_of: Vec<Option<Val>>,
+}
+
+const LOCS: usize = 16 + 6 + 6 + 6;
+
+fn loc_index(l: Loc) -> usize {
+    match l {
+        Loc::Gpr(r) => r as usize & 15,
+        Loc::Rip => 16,
+        Loc::Rflags => 17,
+        Loc::CcOp => 18,
+        Loc::CcDst => 19,
+        Loc::CcSrc => 20,
+        Loc::CcAux => 21,
+        Loc::SegBase(s) => 22 + s as usize % 6,
+        Loc::SegSelector(s) => 28 + s as usize % 6,
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            insts: Vec::with_capacity(256),
+            vals: Vec::with_capacity(256),
+            consts: Vec::with_capacity(32),
+            known: [None; LOCS],
+            zext_of: Vec::with_capacity(256),
+        }
+    }
 }
 
 impl Builder {
     pub fn val(&mut self, ty: Ty) -> Val {
         self.vals.push(ty);
+        self.zext_of.push(None);
         Val(self.vals.len() as u32 - 1)
     }
     pub fn ty(&self, v: Val) -> Ty {
@@ -21,21 +61,40 @@ impl Builder {
         self.insts.push(i);
     }
     pub fn konst(&mut self, ty: Ty, value: u64) -> Val {
+        let value = value & ty.mask();
+        if let Some((_, _, v)) = self.consts.iter().find(|(t, c, _)| *t == ty && *c == value) {
+            return *v;
+        }
         let dst = self.val(ty);
-        self.push(Inst::Const {
-            dst,
-            value: value & ty.mask(),
-        });
+        self.push(Inst::Const { dst, value });
+        self.consts.push((ty, value, dst));
         dst
     }
     pub fn get(&mut self, loc: Loc) -> Val {
+        if let Some(v) = self.known[loc_index(loc)] {
+            return v;
+        }
         let dst = self.val(loc.ty());
         self.push(Inst::Get { dst, loc });
+        self.known[loc_index(loc)] = Some(dst);
         dst
     }
     pub fn put(&mut self, loc: Loc, src: Val) {
         let src = self.resize(src, loc.ty());
         self.push(Inst::Put { loc, src });
+        // RFLAGS is stored with bit 1 forced on; let a later get read it back.
+        self.known[loc_index(loc)] = if loc == Loc::Rflags { None } else { Some(src) };
+    }
+    /// Forgets every cached value (after discarding instructions that defined them).
+    pub fn reset_caches(&mut self) {
+        self.consts.clear();
+        self.known = [None; LOCS];
+        self.zext_of.iter_mut().for_each(|z| *z = None);
+    }
+
+    /// Forgets what is known of the state (after anything that may change it behind IR).
+    pub fn forget(&mut self) {
+        self.known = [None; LOCS];
     }
     pub fn bin(&mut self, op: BinOp, a: Val, b: Val) -> Val {
         let ty = self.ty(a);
@@ -60,6 +119,7 @@ impl Builder {
         }
         let dst = self.val(ty);
         self.push(Inst::Zext { dst, a });
+        self.zext_of[dst.0 as usize] = Some(a);
         dst
     }
     pub fn sext(&mut self, ty: Ty, a: Val) -> Val {
@@ -73,6 +133,11 @@ impl Builder {
     pub fn trunc(&mut self, ty: Ty, a: Val) -> Val {
         if self.ty(a) == ty {
             return a;
+        }
+        if let Some(orig) = self.zext_of[a.0 as usize] {
+            if self.ty(orig) == ty {
+                return orig;
+            }
         }
         let dst = self.val(ty);
         self.push(Inst::Trunc { dst, a });
@@ -114,6 +179,9 @@ impl Builder {
     }
     pub fn set_flags(&mut self, op: CcOp, dst: Val, src: Val, aux: Val) {
         self.push(Inst::SetFlags { op, dst, src, aux });
+        for l in [Loc::CcOp, Loc::CcDst, Loc::CcSrc, Loc::CcAux] {
+            self.known[loc_index(l)] = None;
+        }
     }
     pub fn rflags(&mut self) -> Val {
         let dst = self.val(Ty::I64);
@@ -132,6 +200,8 @@ impl Builder {
             helper,
             args: args.to_vec(),
         });
+        // Helpers may change any state.
+        self.forget();
         dst
     }
     pub fn trap_if(&mut self, cond: Val, vector: u8, error: Option<u32>) {

@@ -188,7 +188,10 @@ fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
     match flow {
         Some(f) if !l.failed => f,
         _ => {
+            // Drop the partial lowering; values it defined stay allocated but unused, and
+            // nothing it cached may be reused.
             l.b.insts.truncate(start);
+            l.b.reset_caches();
             l.unimplemented()
         }
     }

@@ -63,7 +63,8 @@ impl Lift<'_> {
             count = Some(c);
         }
 
-        let f = self.b.rflags();
+        // DF is never lazy: RFLAGS holds it.
+        let f = self.b.get(Loc::Rflags);
         let df = self.b.bin_imm(BinOp::And, f, DF);
         let down = self.b.cmp_imm(CmpOp::Ne, df, 0);
         let plus = self.b.konst(aty, ety.bytes() as u64);

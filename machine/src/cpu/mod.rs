@@ -429,6 +429,18 @@ impl EmuCpu {
     pub fn report(&self, out: &mut String, seconds: f64) {
         let s = &self.stats;
         let insns = self.interp.insns;
+        let c = &self.state;
+        let _ = writeln!(
+            out,
+            "cpu stopped at {:04x}:{:#x} ({}-bit code, CPL {}, CR0 {:#x}, CR3 {:#x}, EFER {:#x})",
+            c.seg[st::CS].selector,
+            c.rip,
+            c.code_bits(),
+            c.cpl(),
+            c.cr0,
+            c.cr3,
+            c.efer
+        );
         let _ = writeln!(
             out,
             "guest instructions: {insns} ({:.1} MIPS over the run)",
