@@ -120,7 +120,7 @@ fn multiboot_kernel_prints_and_exits_through_the_debug_port() {
     }
 }
 
-fn multiboot_kernel_prints_and_exits_through_the_debug_port_on(accel: &str) {
+fn multiboot_kernel_prints_and_exits_through_the_debug_port_on(_accel: &str) {
     let dir = scratch("multiboot");
     let kernel = write_file(&dir, "mb.bin", &handover_kernel());
     let module = write_file(&dir, "module.txt", b"GANTRY-MODULE\0");
@@ -384,7 +384,7 @@ fn debugcon_goes_to_stderr_and_unknown_ports_read_ones() {
     }
 }
 
-fn debugcon_goes_to_stderr_and_unknown_ports_read_ones_on(accel: &str) {
+fn debugcon_goes_to_stderr_and_unknown_ports_read_ones_on(_accel: &str) {
     // Reads an unassigned port; writes "ok" to debugcon if it read 0xFF.
     let kernel = multiboot_kernel(|a| {
         let mut bad = a.create_label();

@@ -130,7 +130,7 @@ pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
             zsp(d, op.size)
                 | if cf { CF } else { 0 }
                 | if of { OF } else { 0 }
-                | ((a ^ src ^ d) & 0x10) as u64 * (AF / 0x10)
+                | (((a ^ src ^ d) & 0x10) * (AF / 0x10))
         }
         CcKind::Sub | CcKind::Sbb => {
             let bin = (op.kind == CcKind::Sbb && aux & 1 != 0) as u64;
@@ -140,7 +140,7 @@ pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
             zsp(d, op.size)
                 | if cf { CF } else { 0 }
                 | if of { OF } else { 0 }
-                | ((a ^ src ^ d) & 0x10) as u64 * (AF / 0x10)
+                | (((a ^ src ^ d) & 0x10) * (AF / 0x10))
         }
         CcKind::Logic => zsp(d, op.size),
         CcKind::Inc => {
@@ -148,14 +148,14 @@ pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
             zsp(d, op.size)
                 | (aux_cf(src))
                 | if d == s { OF } else { 0 }
-                | ((a ^ 1 ^ d) & 0x10) * (AF / 0x10)
+                | (((a ^ 1 ^ d) & 0x10) * (AF / 0x10))
         }
         CcKind::Dec => {
             let a = d.wrapping_add(1) & m;
             zsp(d, op.size)
                 | (aux_cf(src))
                 | if d == s - 1 { OF } else { 0 }
-                | ((a ^ 1 ^ d) & 0x10) * (AF / 0x10)
+                | (((a ^ 1 ^ d) & 0x10) * (AF / 0x10))
         }
         CcKind::Shl => {
             let cf = src & s != 0;
@@ -165,9 +165,9 @@ pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
         CcKind::Shr => {
             // OF is the operand's top bit (defined for 1-bit shifts).
             let of = aux & m & s != 0;
-            zsp(d, op.size) | (src & 1) * CF | if of { OF } else { 0 }
+            zsp(d, op.size) | ((src & 1) * CF) | if of { OF } else { 0 }
         }
-        CcKind::Sar => zsp(d, op.size) | (src & 1) * CF,
+        CcKind::Sar => zsp(d, op.size) | ((src & 1) * CF),
         CcKind::Mul => {
             let co = if src != 0 { CF | OF } else { 0 };
             zsp(d, op.size) | co

@@ -648,7 +648,7 @@ impl Ctx<'_> {
         if tr.attr & 0x8 == 0 || tr.limit < 0x67 {
             return Err(gp0());
         }
-        let map = self.sys_read(cpu, tr.base + 0x66, 2)? as u64;
+        let map = self.sys_read(cpu, tr.base + 0x66, 2)?;
         let byte = map + port as u64 / 8;
         if byte + 1 > tr.limit as u64 {
             return Err(gp0());

@@ -251,7 +251,7 @@ fn deliver_long(
         return Err(Exception::with_code(13, (sel & 0xFFFC) as u32));
     }
     let offset = (lo & 0xFFFF) | ((lo >> 48) & 0xFFFF) << 16 | (hi & 0xFFFF_FFFF) << 32;
-    let ist = ((lo >> 32) & 7) as u64;
+    let ist = (lo >> 32) & 7;
     let cpl = cpu.cpl();
     let new_cpl = if !d.conforming() && d.dpl() < cpl {
         d.dpl()
