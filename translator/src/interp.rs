@@ -8,6 +8,48 @@ use gantry_frontend::state::CpuState;
 
 use crate::{BlockEnd, Exception, Host};
 
+/// A block made ready to interpret: constants pre-placed in the initial value table, and
+/// instruction marks moved to a side table consulted only on faults, so neither costs a
+/// dispatch when the block runs.
+#[derive(Debug)]
+pub struct Prepared {
+    pub block: Block,
+    ops: Vec<Inst>,
+    init: Vec<u64>,
+    /// (index in `ops` where the instruction starts, its RIP), in order.
+    marks: Vec<(u32, u64)>,
+}
+
+impl Prepared {
+    pub fn new(block: Block) -> Self {
+        let mut init = vec![0u64; block.vals.len()];
+        let mut ops = Vec::with_capacity(block.insts.len());
+        let mut marks = Vec::new();
+        for i in &block.insts {
+            match i {
+                Inst::Const { dst, value } => init[dst.0 as usize] = *value,
+                Inst::Mark { rip, .. } => marks.push((ops.len() as u32, *rip)),
+                other => ops.push(other.clone()),
+            }
+        }
+        Self {
+            block,
+            ops,
+            init,
+            marks,
+        }
+    }
+
+    /// The guest instruction an op belongs to: (instructions begun, its RIP).
+    fn locate(&self, op: usize) -> (u64, u64) {
+        let n = self.marks.partition_point(|(i, _)| *i as usize <= op);
+        let rip = n
+            .checked_sub(1)
+            .map_or(self.block.start, |k| self.marks[k].1);
+        (n as u64, rip)
+    }
+}
+
 /// Reusable scratch space, so running a block does not allocate.
 #[derive(Default)]
 pub struct Interp {
@@ -128,33 +170,35 @@ impl Interp {
         Self::default()
     }
 
-    /// Runs `block` once from its start. On a fault, RIP is the faulting instruction's and
+    /// Runs a block once from its start. On a fault, RIP is the faulting instruction's and
     /// the state is as it was before it (the lifter orders effects for that).
-    pub fn run(&mut self, block: &Block, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
+    pub fn run(&mut self, p: &Prepared, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
+        let block = &p.block;
         self.vals.clear();
-        self.vals.resize(block.vals.len(), 0);
-        let mut cur_rip = block.start;
-        // Guest instructions begun (marks seen); all but the current one have completed.
-        let mut marks = 0u64;
+        self.vals.extend_from_slice(&p.init);
         macro_rules! v {
             ($x:expr) => {
                 self.vals[$x.0 as usize]
             };
         }
+        // Ends the block at op `$at`: instructions begun so far complete (or, on a fault,
+        // all but the current one).
         macro_rules! fault {
-            ($e:expr) => {{
-                cpu.rip = cur_rip;
-                self.insns += marks.saturating_sub(1);
+            ($at:expr, $e:expr) => {{
+                let (begun, rip) = p.locate($at);
+                cpu.rip = rip;
+                self.insns += begun.saturating_sub(1);
                 return BlockEnd::Fault($e);
             }};
         }
-        for inst in &block.insts {
+        macro_rules! done {
+            ($at:expr) => {{
+                self.insns += p.locate($at).0;
+            }};
+        }
+        for (at, inst) in p.ops.iter().enumerate() {
             match inst {
-                Inst::Mark { rip, .. } => {
-                    marks += 1;
-                    cur_rip = *rip;
-                }
-                Inst::Const { dst, value } => v!(dst) = *value,
+                Inst::Mark { .. } | Inst::Const { .. } => {}
                 Inst::Get { dst, loc } => v!(dst) = get(cpu, *loc) & loc.ty().mask(),
                 Inst::Put { loc, src } => put(cpu, *loc, v!(src)),
                 Inst::Bin { dst, op, a, b } => {
@@ -175,13 +219,13 @@ impl Interp {
                 Inst::Load { dst, addr } => {
                     match host.load(cpu, v!(addr), block.ty(*dst).bytes()) {
                         Ok(x) => v!(dst) = x & block.ty(*dst).mask(),
-                        Err(e) => fault!(e),
+                        Err(e) => fault!(at, e),
                     }
                 }
                 Inst::Store { addr, src } => {
                     let ty = block.ty(*src);
                     if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), v!(src) & ty.mask()) {
-                        fault!(e);
+                        fault!(at, e);
                     }
                 }
                 Inst::SetFlags { op, dst, src, aux } => {
@@ -200,7 +244,7 @@ impl Interp {
                         self.args.push(self.vals[a.0 as usize]);
                     }
                     // The helper sees RIP at the calling instruction.
-                    cpu.rip = cur_rip;
+                    cpu.rip = p.locate(at).1;
                     let args = std::mem::take(&mut self.args);
                     let r = host.helper(cpu, *helper, &args);
                     self.args = args;
@@ -210,32 +254,35 @@ impl Interp {
                                 v!(d) = x & block.ty(*d).mask();
                             }
                         }
-                        Err(e) => fault!(e),
+                        Err(e) => fault!(at, e),
                     }
                 }
-                Inst::Raise { vector } => fault!(Exception::new(*vector)),
+                Inst::Raise { vector } => fault!(at, Exception::new(*vector)),
                 Inst::TrapIf {
                     cond,
                     vector,
                     error,
                 } => {
                     if v!(cond) & 1 != 0 {
-                        fault!(Exception {
-                            vector: *vector,
-                            error_code: *error,
-                        });
+                        fault!(
+                            at,
+                            Exception {
+                                vector: *vector,
+                                error_code: *error,
+                            }
+                        );
                     }
                 }
                 Inst::ExitIf { cond, next } => {
                     if v!(cond) & 1 != 0 {
                         cpu.rip = *next;
-                        self.insns += marks;
+                        done!(at);
                         return BlockEnd::Next;
                     }
                 }
                 Inst::Jump { target } => {
                     cpu.rip = v!(target);
-                    self.insns += marks;
+                    done!(at);
                     return BlockEnd::Next;
                 }
                 Inst::Branch {
@@ -248,12 +295,12 @@ impl Interp {
                     } else {
                         *not_taken
                     };
-                    self.insns += marks;
+                    done!(at);
                     return BlockEnd::Next;
                 }
                 Inst::Exit { next, why } => {
                     cpu.rip = *next;
-                    self.insns += marks;
+                    done!(at);
                     return match why {
                         ExitWhy::Continue => BlockEnd::Next,
                         ExitWhy::Sync => BlockEnd::Sync,
@@ -263,7 +310,7 @@ impl Interp {
             }
         }
         // A lifter bug (a block without a terminator) must not run off into the void.
-        cpu.rip = cur_rip;
+        cpu.rip = p.locate(p.ops.len()).1;
         BlockEnd::Fault(Exception::new(6))
     }
 }

@@ -14,10 +14,9 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use gantry_frontend::flags;
-use gantry_frontend::ir::Block;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF};
-use gantry_translator::interp::Interp;
+use gantry_translator::interp::{Interp, Prepared};
 use gantry_translator::{BlockEnd, Exception};
 
 use crate::accel::CpuStop;
@@ -82,9 +81,9 @@ struct JumpKey {
 pub struct EmuCpu {
     pub state: CpuState,
     mmu: Mmu,
-    jump_cache: Vec<Option<(JumpKey, Rc<Block>)>>,
+    jump_cache: Vec<Option<(JumpKey, Rc<Prepared>)>>,
     jump_generation: u64,
-    cache: HashMap<BlockKey, Rc<Block>>,
+    cache: HashMap<BlockKey, Rc<Prepared>>,
     page_blocks: HashMap<u64, Vec<BlockKey>>,
     interp: Interp,
     dirty_code: Vec<u64>,
@@ -348,7 +347,11 @@ impl EmuCpu {
     }
 
     /// The block at CS:RIP, lifted on first use.
-    fn lookup(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<Rc<Block>, Exception> {
+    fn lookup(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+    ) -> Result<Rc<Prepared>, Exception> {
         if self.jump_generation != self.mmu.generation {
             self.jump_generation = self.mmu.generation;
             self.jump_cache.iter_mut().for_each(|e| *e = None);
@@ -378,7 +381,7 @@ impl EmuCpu {
         board: &mut Board,
         cs_base: u64,
         rip: u64,
-    ) -> Result<Rc<Block>, Exception> {
+    ) -> Result<Rc<Prepared>, Exception> {
         let linear = if self.state.mode64() {
             rip
         } else {
@@ -420,7 +423,7 @@ impl EmuCpu {
             self.page_blocks.entry(p).or_default().push(key);
         }
         self.stats.blocks_translated += 1;
-        let block = Rc::new(block);
+        let block = Rc::new(Prepared::new(block));
         self.cache.insert(key, block.clone());
         Ok(block)
     }
