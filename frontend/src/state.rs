@@ -210,6 +210,11 @@ pub struct CpuState {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub interrupt_shadow: bool,
+    /// The current privilege level in protected mode. Kept explicitly (as QEMU's hflags
+    /// do) rather than derived from CS or SS: during a privilege change (IRET, far RET,
+    /// interrupt delivery) CS is loaded before SS, and checks on the new SS must see the
+    /// new CPL. Updated wherever CS is loaded.
+    pub cpl: u8,
 }
 
 impl Default for CpuState {
@@ -273,18 +278,19 @@ impl CpuState {
             a20_mask: !0,
             halted: false,
             interrupt_shadow: false,
+            cpl: 0,
         }
     }
 
-    /// Current privilege level: CS.DPL in protected mode (SS.DPL is equal outside of
-    /// conforming-segment transitions), 0 in real mode, 3 in virtual-8086 mode.
+    /// Current privilege level: 0 in real mode, 3 in virtual-8086 mode, else [`Self::cpl`]
+    /// the field.
     pub fn cpl(&self) -> u8 {
         if self.cr0 & CR0_PE == 0 {
             0
         } else if self.rflags & VM != 0 {
             3
         } else {
-            self.seg[SS].dpl()
+            self.cpl
         }
     }
 

@@ -586,3 +586,52 @@ fn self_modifying_code_is_seen() {
     });
     assert_eq!(d.cpu.gpr[0], 7);
 }
+
+#[test]
+fn iretq_to_ring3_and_back_through_the_tss() {
+    // GDT entries 4 and 5: user data (0x20) and 64-bit user code (0x28); a 64-bit TSS whose
+    // RSP0 is where the #GP frame from ring 3 must land.
+    const TSS: u64 = 0x7000;
+    const RSP0: u64 = 0x1_F800;
+    let setup = |cpu: &mut gantry_frontend::state::CpuState,
+                 mem: &mut gantry_machine::memory::GuestMemory| {
+        // Ring 3 may use the first 2 MiB: U/S at every level of the identity map.
+        for table in [0x9000u64, 0xA000, 0xB000] {
+            let e = mem.read_u64(table).unwrap();
+            mem.write_u64(table, e | 4).unwrap();
+        }
+        mem.write_u64(0x520, 0x00CF_F300_0000_FFFF).unwrap();
+        mem.write_u64(0x528, 0x00AF_FB00_0000_FFFF).unwrap();
+        cpu.gdtr.limit = 6 * 8 - 1;
+        mem.write_u64(TSS + 4, RSP0).unwrap();
+        cpu.tr = gantry_frontend::state::Segment {
+            base: TSS,
+            limit: 0x67,
+            selector: 0x30,
+            attr: 0x80 | 0xB,
+        };
+    };
+    let d = run(Mode::Long64, setup, |a| {
+        let mut user = a.create_label();
+        a.lea(rax, ptr(user))?;
+        a.push(0x23)?; // SS
+        a.push(0x6000)?; // RSP
+        a.push(0x2)?; // RFLAGS
+        a.push(0x2B)?; // CS
+        a.push(rax)?; // RIP
+        a.iretq()?;
+        a.set_label(&mut user)?;
+        a.hlt() // privileged: #GP(0) from CPL 3
+    });
+    assert_eq!(d.vector(), Some(13));
+    let frame = RSP0 - 48;
+    assert_eq!(
+        d.cpu.gpr[4], frame,
+        "RSP0 from the TSS, 16-byte aligned, six slots"
+    );
+    assert_eq!(d.u64_at(frame), 0, "error code");
+    assert_eq!(d.u64_at(frame + 16), 0x2B, "ring-3 CS");
+    assert_eq!(d.u64_at(frame + 32), 0x6000, "ring-3 RSP");
+    assert_eq!(d.u64_at(frame + 40), 0x23, "ring-3 SS");
+    assert_eq!(d.cpu.cpl, 0, "back in ring 0");
+}

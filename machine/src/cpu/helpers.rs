@@ -774,6 +774,7 @@ impl Ctx<'_> {
         } else {
             cpu.msr.cstar
         };
+        cpu.cpl = 0;
         cpu.seg[CS] = Segment {
             base: 0,
             limit: 0xFFFF_FFFF,
@@ -818,6 +819,7 @@ impl Ctx<'_> {
             attr: attr::P | attr::S | attr::DB | attr::G | (3 << attr::DPL_SHIFT) | 0x3,
         };
         cpu.rip = rip;
+        cpu.cpl = 3;
         flags::set_rflags(cpu, (cpu.gpr[11] & !(RF | VM)) | 2);
         Ok(())
     }

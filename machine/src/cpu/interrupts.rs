@@ -229,6 +229,7 @@ fn deliver_protected(
     let mut cs = d.segment((sel & !3) | new_cpl as u16);
     cs.attr |= 1;
     cpu.seg[CS] = cs;
+    cpu.cpl = new_cpl;
     cpu.rip = offset;
     let mut nf = fl & !(TF | NT | RF | VM);
     if gate_type & 1 == 0 {
@@ -298,6 +299,7 @@ fn deliver_long(
     let mut cs = d.segment((sel & !3) | new_cpl as u16);
     cs.attr |= 1;
     cpu.seg[CS] = cs;
+    cpu.cpl = new_cpl;
     cpu.rip = offset;
     let mut nf = fl & !(TF | NT | RF | VM);
     if (lo >> 40) & 1 == 0 {

@@ -132,6 +132,7 @@ pub fn state_from_entry(e: &EntryState) -> CpuState {
         base: e.idt.base,
         limit: e.idt.limit as u32,
     };
+    c.cpl = e.cs.selector as u8 & 3;
     c.cr0 = e.cr0;
     c.cr3 = e.cr3;
     c.cr4 = e.cr4;

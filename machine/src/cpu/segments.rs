@@ -177,6 +177,7 @@ fn set_cs(cpu: &mut CpuState, d: &Descriptor, sel: u16, cpl: u8) {
     let mut s = d.segment((sel & !3) | cpl as u16);
     s.attr |= 1;
     cpu.seg[CS] = s;
+    cpu.cpl = cpl;
 }
 
 /// Checks a code-segment target of JMP/CALL/RET at the same privilege.
@@ -421,10 +422,11 @@ pub fn far_ret(
         if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
             return restore(cpu, e);
         }
-        let old_cs = cpu.seg[CS];
+        let (old_cs, old_cpl) = (cpu.seg[CS], cpu.cpl);
         set_cs(cpu, &d, sel, rpl);
         if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
             cpu.seg[CS] = old_cs;
+            cpu.cpl = old_cpl;
             return restore(cpu, e);
         }
         cpu.gpr[RSP] = new_sp.wrapping_add(release);
@@ -563,11 +565,12 @@ pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excepti
     if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
         return fail(cpu, e);
     }
-    let old_cs = cpu.seg[CS];
+    let (old_cs, old_cpl) = (cpu.seg[CS], cpu.cpl);
     set_cs(cpu, &d, sel, rpl);
     if let Some(sp) = new_sp {
         if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
             cpu.seg[CS] = old_cs;
+            cpu.cpl = old_cpl;
             return fail(cpu, e);
         }
         cpu.gpr[RSP] = if cpu.seg[SS].db() || cpu.mode64() {
