@@ -635,3 +635,38 @@ fn iretq_to_ring3_and_back_through_the_tss() {
     assert_eq!(d.u64_at(frame + 40), 0x23, "ring-3 SS");
     assert_eq!(d.cpu.cpl, 0, "back in ring 0");
 }
+
+#[test]
+fn sysenter_and_sysexit_round_trip() {
+    // SYSENTER_CS = 0x10: ring 0 at 0x10/0x18; SYSEXIT (64-bit) to 0x30|3 / 0x38|3.
+    let d = run(
+        Mode::Long64,
+        |_, _| {},
+        |a| {
+            let mut kernel = a.create_label();
+            a.mov(ecx, 0x174)?;
+            a.mov(eax, 0x10)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+            a.mov(ecx, 0x176)?;
+            a.lea(rax, ptr(kernel))?;
+            a.mov(rdx, rax)?;
+            a.shr(rdx, 32)?;
+            a.wrmsr()?;
+            a.mov(ecx, 0x175)?;
+            a.mov(eax, 0x7000)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+            a.sysenter()?;
+            a.set_label(&mut kernel)?;
+            a.mov(rbx, rsp)?;
+            a.mov(r8, 0x1234u64)?;
+            a.nop()
+        },
+    );
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.gpr[3], 0x7000, "RSP from IA32_SYSENTER_ESP");
+    assert_eq!(d.cpu.seg[1].selector, 0x10);
+    assert_eq!(d.cpu.seg[2].selector, 0x18);
+    assert_eq!(d.cpu.gpr[8], 0x1234);
+}

@@ -267,14 +267,8 @@ impl Host for Ctx<'_> {
             }
             Helper::Syscall => self.syscall(cpu, arg(0)).map(|_| 0),
             Helper::Sysret => self.sysret(cpu, arg(1)).map(|_| 0),
-            Helper::Sysenter | Helper::Sysexit => {
-                self.stats.count_unimplemented(if h == Helper::Sysenter {
-                    "sysenter"
-                } else {
-                    "sysexit"
-                });
-                Err(UD)
-            }
+            Helper::Sysenter => self.sysenter(cpu).map(|_| 0),
+            Helper::Sysexit => self.sysexit(cpu, arg(1)).map(|_| 0),
             Helper::Swapgs => {
                 if !cpu.mode64() {
                     return Err(UD);
@@ -788,6 +782,65 @@ impl Ctx<'_> {
             attr: attr::P | attr::S | attr::DB | attr::G | 0x3,
         };
         flags::set_rflags(cpu, fl & !cpu.msr.sfmask & !RF);
+        Ok(())
+    }
+
+    /// SYSENTER: flat ring-0 CS/SS from IA32_SYSENTER_CS, RIP/RSP from the MSRs.
+    fn sysenter(&mut self, cpu: &mut CpuState) -> Result<(), Exception> {
+        let sel = (cpu.msr.sysenter_cs & 0xFFFC) as u16;
+        if !cpu.protected() || sel == 0 {
+            return Err(gp0());
+        }
+        let long = cpu.long_mode();
+        let fl = flags::rflags(cpu);
+        flags::set_rflags(cpu, fl & !(VM | IF | RF));
+        cpu.seg[CS] = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: sel,
+            attr: attr::P | attr::S | attr::G | if long { attr::L } else { attr::DB } | 0xB,
+        };
+        cpu.seg[SS] = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: sel + 8,
+            attr: attr::P | attr::S | attr::DB | attr::G | 0x3,
+        };
+        cpu.cpl = 0;
+        let mask = if long { !0 } else { 0xFFFF_FFFF };
+        cpu.gpr[RSP] = cpu.msr.sysenter_esp & mask;
+        cpu.rip = cpu.msr.sysenter_eip & mask;
+        Ok(())
+    }
+
+    /// SYSEXIT: back to ring 3 at RDX with RSP = RCX (64-bit with REX.W).
+    fn sysexit(&mut self, cpu: &mut CpuState, bytes: u64) -> Result<(), Exception> {
+        let base = (cpu.msr.sysenter_cs & 0xFFFC) as u16;
+        if !cpu.protected() || cpu.v86() || base == 0 || cpu.cpl() != 0 {
+            return Err(gp0());
+        }
+        let to64 = bytes == 8;
+        let (cs_off, ss_off, cs_attr) = if to64 {
+            (32, 40, attr::L)
+        } else {
+            (16, 24, attr::DB)
+        };
+        cpu.seg[CS] = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: (base + cs_off) | 3,
+            attr: attr::P | attr::S | attr::G | cs_attr | (3 << attr::DPL_SHIFT) | 0xB,
+        };
+        cpu.seg[SS] = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: (base + ss_off) | 3,
+            attr: attr::P | attr::S | attr::DB | attr::G | (3 << attr::DPL_SHIFT) | 0x3,
+        };
+        cpu.cpl = 3;
+        let mask = if to64 { !0 } else { 0xFFFF_FFFF };
+        cpu.rip = cpu.gpr[RDX] & mask;
+        cpu.gpr[RSP] = cpu.gpr[RCX] & mask;
         Ok(())
     }
 

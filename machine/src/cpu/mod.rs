@@ -51,10 +51,6 @@ impl CpuStats {
         }
         *n += 1;
     }
-
-    pub fn count_unimplemented(&mut self, name: &str) {
-        self.count_unimplemented_at(name, 0);
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
