@@ -670,3 +670,62 @@ fn sysenter_and_sysexit_round_trip() {
     assert_eq!(d.cpu.seg[2].selector, 0x18);
     assert_eq!(d.cpu.gpr[8], 0x1234);
 }
+
+/// 4 KiB page tables for the first 2 MiB, with `edit` applied to the PTEs.
+fn small_pages(
+    cpu: &mut gantry_frontend::state::CpuState,
+    mem: &mut gantry_machine::memory::GuestMemory,
+    edit: impl Fn(u64, u64) -> u64,
+) {
+    let pt = 0x5_0000u64;
+    for i in 0..512u64 {
+        mem.write_u64(pt + i * 8, edit(i, (i << 12) | 0x3)).unwrap();
+    }
+    mem.write_u64(0xB000, pt | 0x3).unwrap();
+    cpu.cr0 |= 1 << 16;
+}
+
+#[test]
+fn rep_string_faults_midway_and_can_resume() {
+    // REP STOSB from 0x10FF0 runs into the not-present page at 0x11000 after 16 bytes:
+    // the #PF leaves RCX/RDI at the element that faulted and RIP at the REP instruction.
+    let d = run(
+        Mode::Long64,
+        |cpu, mem| small_pages(cpu, mem, |i, e| if i == 0x11 { 0 } else { e }),
+        |a| {
+            a.mov(rdi, 0x1_0FF0u64)?;
+            a.mov(ecx, 64)?;
+            a.mov(al, 0xAB)?;
+            a.cld()?;
+            a.rep().stosb()
+        },
+    );
+    assert_eq!(d.vector(), Some(14));
+    assert_eq!(d.cpu.cr2, 0x1_1000);
+    assert_eq!(d.cpu.gpr[1], 64 - 16, "RCX counts the elements left");
+    assert_eq!(d.cpu.gpr[7], 0x1_1000, "RDI at the faulting element");
+    assert_eq!(d.bytes_at(0x1_0FF0, 16), vec![0xAB; 16]);
+    // Pushed RIP: the REP STOSB (after MOV RDI imm64 10, MOV ECX 5, MOV AL 2, CLD 1).
+    assert_eq!(d.u64_at(d.cpu.gpr[4] + 8), CODE + 18);
+}
+
+#[test]
+fn no_execute_page_faults_on_fetch() {
+    // With EFER.NXE, fetching from a page whose PTE has bit 63 set is a #PF with the
+    // I/D bit (error code 0x11: present, instruction fetch).
+    let d = run(
+        Mode::Long64,
+        |cpu, mem| {
+            small_pages(cpu, mem, |i, e| if i == 0x12 { e | 1 << 63 } else { e });
+            cpu.efer |= 1 << 11;
+            mem.write(0x1_2000, &[0x90, 0xF4]).unwrap();
+        },
+        |a| {
+            a.mov(eax, 0x1_2000)?;
+            a.jmp(rax)
+        },
+    );
+    assert_eq!(d.vector(), Some(14));
+    assert_eq!(d.cpu.cr2, 0x1_2000);
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x11);
+}
