@@ -40,15 +40,8 @@ pub const CR4_PAE: u64 = 1 << 5;
 pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 
-/// GPR indices in x86 encoding order.
-pub const RAX: usize = 0;
-pub const RCX: usize = 1;
-pub const RDX: usize = 2;
-pub const RBX: usize = 3;
-pub const RSP: usize = 4;
-pub const RBP: usize = 5;
-pub const RSI: usize = 6;
-pub const RDI: usize = 7;
+/// GPR indices in x86 encoding order (the frontend's, so `gpr` maps onto `CpuState`).
+pub use gantry_frontend::state::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 
 /// Selectors of the loader's GDT (Linux's boot protocol wants __BOOT_CS = 0x10 and
 /// __BOOT_DS = 0x18).

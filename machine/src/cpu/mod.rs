@@ -176,6 +176,20 @@ impl CodeSource for Fetcher<'_, '_> {
     }
 }
 
+/// The CPU's view of the machine for one step; a macro rather than a method so that the
+/// borrows of `self`'s fields stay disjoint from `self.state`.
+macro_rules! ctx {
+    ($cpu:expr, $mem:expr, $board:expr) => {
+        Ctx {
+            mmu: &mut $cpu.mmu,
+            mem: $mem,
+            board: $board,
+            dirty_code: &mut $cpu.dirty_code,
+            stats: &mut $cpu.stats,
+        }
+    };
+}
+
 /// How many blocks run between board services (timers, console) while the CPU is busy.
 const SERVICE_INTERVAL: u32 = 32;
 
@@ -252,13 +266,7 @@ impl EmuCpu {
                 let vector = board.acknowledge_interrupt();
                 self.stats.interrupts += 1;
                 let ret = self.state.rip;
-                let mut ctx = Ctx {
-                    mmu: &mut self.mmu,
-                    mem,
-                    board,
-                    dirty_code: &mut self.dirty_code,
-                    stats: &mut self.stats,
-                };
+                let mut ctx = ctx!(self, mem, board);
                 if let Err(e) = deliver(
                     &mut self.state,
                     &mut ctx,
@@ -301,13 +309,7 @@ impl EmuCpu {
                 Err(e) => {
                     self.stats.exceptions += 1;
                     let ret = self.state.rip;
-                    let mut ctx = Ctx {
-                        mmu: &mut self.mmu,
-                        mem,
-                        board,
-                        dirty_code: &mut self.dirty_code,
-                        stats: &mut self.stats,
-                    };
+                    let mut ctx = ctx!(self, mem, board);
                     if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
                         return CpuStop::TripleFault {
                             rip: self.state.rip,
@@ -317,13 +319,7 @@ impl EmuCpu {
                 }
             };
             self.stats.blocks_run += 1;
-            let mut ctx = Ctx {
-                mmu: &mut self.mmu,
-                mem,
-                board,
-                dirty_code: &mut self.dirty_code,
-                stats: &mut self.stats,
-            };
+            let mut ctx = ctx!(self, mem, board);
             let end = self.interp.run(&block, &mut self.state, &mut ctx);
             match end {
                 BlockEnd::Next | BlockEnd::Sync | BlockEnd::Halt => {}
@@ -392,13 +388,7 @@ impl EmuCpu {
         if let Some(b) = self.cache.get(&key) {
             return Ok(b.clone());
         }
-        let mut ctx = Ctx {
-            mmu: &mut self.mmu,
-            mem,
-            board,
-            dirty_code: &mut self.dirty_code,
-            stats: &mut self.stats,
-        };
+        let mut ctx = ctx!(self, mem, board);
         let mut fetch = Fetcher {
             ctx: &mut ctx,
             cpu: &mut self.state,

@@ -258,6 +258,59 @@ fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
     }
 }
 
+/// Resolves the target of a far JMP/CALL: in real and VM86 mode just the selector; in
+/// protected mode a code segment at the current privilege, checked. Returns the new RIP and,
+/// in protected mode, the descriptor and its address.
+fn far_target(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    sel: u16,
+    offset: u64,
+    bytes: u64,
+) -> Result<(u64, Option<(u64, Descriptor)>), Exception> {
+    let ip = mask_ip(offset, bytes);
+    if !cpu.protected() || cpu.v86() {
+        return Ok((ip, None));
+    }
+    if sel & !3 == 0 {
+        return Err(gp(0));
+    }
+    let (addr, d) = fetch(cpu, ctx, sel)?;
+    if !d.s() {
+        // Call gates, task gates and TSS targets are not implemented.
+        ctx.stats.unsupported_gates += 1;
+        return Err(gp(sel));
+    }
+    check_code_same_level(cpu, &d, sel)?;
+    if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
+        return Err(gp(0));
+    }
+    Ok((ip, Some((addr, d))))
+}
+
+/// Loads CS for a far JMP/CALL whose target `far_target` approved.
+fn enter_far_target(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    sel: u16,
+    ip: u64,
+    target: Option<(u64, Descriptor)>,
+) -> Result<(), Exception> {
+    match target {
+        None => {
+            cpu.seg[CS].selector = sel;
+            cpu.seg[CS].base = (sel as u64) << 4;
+        }
+        Some((addr, d)) => {
+            mark_accessed(cpu, ctx, addr, &d)?;
+            let cpl = cpu.cpl();
+            set_cs(cpu, &d, sel, cpl);
+        }
+    }
+    cpu.rip = ip;
+    Ok(())
+}
+
 /// JMP far (args: selector, offset, operand bytes).
 pub fn far_jmp(
     cpu: &mut CpuState,
@@ -266,35 +319,8 @@ pub fn far_jmp(
     offset: u64,
     bytes: u64,
 ) -> Result<(), Exception> {
-    if !cpu.protected() || cpu.v86() {
-        cpu.seg[CS].selector = sel;
-        cpu.seg[CS].base = (sel as u64) << 4;
-        cpu.rip = mask_ip(offset, bytes);
-        return Ok(());
-    }
-    if sel & !3 == 0 {
-        return Err(gp(0));
-    }
-    let (addr, d) = fetch(cpu, ctx, sel)?;
-    if !d.s() {
-        // Call gates, task gates and TSS targets are not implemented.
-        return Err(unsupported_gate(ctx, sel));
-    }
-    check_code_same_level(cpu, &d, sel)?;
-    let ip = mask_ip(offset, bytes);
-    if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
-        return Err(gp(0));
-    }
-    mark_accessed(cpu, ctx, addr, &d)?;
-    let cpl = cpu.cpl();
-    set_cs(cpu, &d, sel, cpl);
-    cpu.rip = ip;
-    Ok(())
-}
-
-fn unsupported_gate(ctx: &mut Ctx, sel: u16) -> Exception {
-    ctx.stats.unsupported_gates += 1;
-    gp(sel)
+    let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
+    enter_far_target(cpu, ctx, sel, ip, target)
 }
 
 /// CALL far (args: selector, offset, operand bytes, return address).
@@ -306,32 +332,8 @@ pub fn far_call(
     bytes: u64,
     next: u64,
 ) -> Result<(), Exception> {
+    let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
     let b = bytes as u8;
-    if !cpu.protected() || cpu.v86() {
-        let old_cs = cpu.seg[CS].selector as u64;
-        let saved_sp = cpu.gpr[RSP];
-        let r = push(cpu, ctx, old_cs, b).and_then(|_| push(cpu, ctx, next, b));
-        if let Err(e) = r {
-            cpu.gpr[RSP] = saved_sp;
-            return Err(e);
-        }
-        cpu.seg[CS].selector = sel;
-        cpu.seg[CS].base = (sel as u64) << 4;
-        cpu.rip = mask_ip(offset, bytes);
-        return Ok(());
-    }
-    if sel & !3 == 0 {
-        return Err(gp(0));
-    }
-    let (addr, d) = fetch(cpu, ctx, sel)?;
-    if !d.s() {
-        return Err(unsupported_gate(ctx, sel));
-    }
-    check_code_same_level(cpu, &d, sel)?;
-    let ip = mask_ip(offset, bytes);
-    if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
-        return Err(gp(0));
-    }
     let saved_sp = cpu.gpr[RSP];
     let old_cs = cpu.seg[CS].selector as u64;
     let r = push(cpu, ctx, old_cs, b).and_then(|_| push(cpu, ctx, next, b));
@@ -339,11 +341,7 @@ pub fn far_call(
         cpu.gpr[RSP] = saved_sp;
         return Err(e);
     }
-    mark_accessed(cpu, ctx, addr, &d)?;
-    let cpl = cpu.cpl();
-    set_cs(cpu, &d, sel, cpl);
-    cpu.rip = ip;
-    Ok(())
+    enter_far_target(cpu, ctx, sel, ip, target)
 }
 
 /// After a return to an outer privilege level, data segments the new CPL may not use
