@@ -244,7 +244,10 @@ pub enum Helper {
     Fnstcw,
     Fldcw,
     Xgetbv,
-    /// (count) for REP string ops done in bulk is a later optimisation; not yet.
+    /// An SSE/SSE2 instruction: (mnemonic number, destination operand, source operand,
+    /// memory address or general-register value, immediate, memory bytes); operands as
+    /// [`crate::lift::sse_operand`] encodes them. Semantics in [`crate::sse`].
+    Sse,
     /// Raises #UD for an instruction Gantry does not implement (and counts it).
     Unimplemented,
     /// Checks CPL/IOPL for IN/OUT/INS/OUTS: (port, size).

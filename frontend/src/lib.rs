@@ -6,6 +6,7 @@
 pub mod flags;
 pub mod ir;
 pub mod lift;
+pub mod sse;
 pub mod state;
 
 pub use iced_x86;

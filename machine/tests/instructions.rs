@@ -729,3 +729,88 @@ fn no_execute_page_faults_on_fetch() {
     assert_eq!(d.cpu.cr2, 0x1_2000);
     assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x11);
 }
+
+fn with_sse(cpu: &mut gantry_frontend::state::CpuState) {
+    cpu.cr4 |= 1 << 9; // OSFXSR
+}
+
+#[test]
+fn sse2_string_idioms() {
+    // strlen's core: compare 16 bytes with zero, take the byte mask, find the first bit.
+    let d = run(
+        Mode::Long64,
+        |cpu, mem| {
+            with_sse(cpu);
+            mem.write(DATA + 3, b"gantry!\0tail....").unwrap();
+        },
+        |a| {
+            a.mov(rsi, DATA + 3)?;
+            a.pxor(xmm0, xmm0)?;
+            a.movdqu(xmm1, xmmword_ptr(rsi))?;
+            a.pcmpeqb(xmm1, xmm0)?;
+            a.pmovmskb(eax, xmm1)?;
+            a.bsf(eax, eax)?;
+            // memset's core: broadcast a byte, store 16 aligned bytes.
+            a.mov(ecx, 0x5A)?;
+            a.movd(xmm2, ecx)?;
+            a.punpcklbw(xmm2, xmm2)?;
+            a.punpcklwd(xmm2, xmm2)?;
+            a.pshufd(xmm2, xmm2, 0)?;
+            a.mov(rdi, DATA + 0x40)?;
+            a.movdqa(xmmword_ptr(rdi), xmm2)?;
+            a.movq(rdx, xmm2)
+        },
+    );
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.gpr[0], 7, "index of the NUL");
+    assert_eq!(d.bytes_at(DATA + 0x40, 16), vec![0x5A; 16]);
+    assert_eq!(d.cpu.gpr[2], 0x5A5A_5A5A_5A5A_5A5A);
+}
+
+#[test]
+fn sse_alignment_and_availability() {
+    // MOVDQA to a misaligned address: #GP(0).
+    let d = run(
+        Mode::Long64,
+        |cpu, _| with_sse(cpu),
+        |a| {
+            a.mov(rdi, DATA + 8)?;
+            a.movdqa(xmmword_ptr(rdi), xmm0)
+        },
+    );
+    assert_eq!(d.vector(), Some(13));
+    // Without CR4.OSFXSR, SSE instructions are #UD.
+    let d = run64(|a| a.pxor(xmm0, xmm0));
+    assert_eq!(d.vector(), Some(6));
+    // With CR0.TS, #NM.
+    let d = run(
+        Mode::Long64,
+        |cpu, _| {
+            with_sse(cpu);
+            cpu.cr0 |= 1 << 3;
+        },
+        |a| a.pxor(xmm0, xmm0),
+    );
+    assert_eq!(d.vector(), Some(7));
+}
+
+#[test]
+fn scalar_double_arithmetic_and_compare() {
+    let d = run(
+        Mode::Long64,
+        |cpu, _| with_sse(cpu),
+        |a| {
+            a.mov(eax, 7)?;
+            a.mov(ecx, 2)?;
+            a.cvtsi2sd(xmm0, eax)?;
+            a.cvtsi2sd(xmm1, ecx)?;
+            a.divsd(xmm0, xmm1)?; // 3.5
+            a.cvttsd2si(edx, xmm0)?; // 3
+            a.comisd(xmm0, xmm1)?; // 3.5 > 2: ZF=PF=CF=0
+            a.seta(bl)
+        },
+    );
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.gpr[2], 3);
+    assert_eq!(d.cpu.gpr[3] & 0xFF, 1);
+}

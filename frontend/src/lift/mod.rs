@@ -6,8 +6,11 @@ mod alu;
 mod builder;
 mod control;
 mod operands;
+mod simd;
 mod string;
 mod system;
+
+pub use simd::{sse_operand, SseOperand};
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
@@ -184,6 +187,7 @@ fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
         .alu()
         .or_else(|| l.control())
         .or_else(|| l.string())
+        .or_else(|| l.simd())
         .or_else(|| l.system());
     match flow {
         Some(f) if !l.failed => f,

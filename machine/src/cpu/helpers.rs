@@ -5,6 +5,8 @@
 use gantry_frontend::flags;
 use gantry_frontend::iced_x86;
 use gantry_frontend::ir::Helper;
+use gantry_frontend::lift::{sse_operand, SseOperand};
+use gantry_frontend::sse;
 use gantry_frontend::state::*;
 use gantry_translator::{Exception, Host};
 
@@ -359,6 +361,7 @@ impl Host for Ctx<'_> {
                 set_reg32(cpu, RDX, (cpu.xcr0 >> 32) as u32);
                 Ok(0)
             }
+            Helper::Sse => self.sse(cpu, a),
             Helper::Unimplemented => {
                 let code = iced_x86::Code::values()
                     .nth(arg(0) as usize)
@@ -369,6 +372,32 @@ impl Host for Ctx<'_> {
             }
         }
     }
+}
+
+const XMM0: usize = 160;
+
+fn xmm(cpu: &CpuState, i: u8) -> sse::X {
+    let o = XMM0 + 16 * (i as usize & 15);
+    let mut x = [0u8; 16];
+    x.copy_from_slice(&cpu.fx.bytes[o..o + 16]);
+    x
+}
+
+fn set_xmm(cpu: &mut CpuState, i: u8, x: &sse::X) {
+    let o = XMM0 + 16 * (i as usize & 15);
+    cpu.fx.bytes[o..o + 16].copy_from_slice(x);
+}
+
+fn low(x: &sse::X, n: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b[..n.min(8)].copy_from_slice(&x[..n.min(8)]);
+    u64::from_le_bytes(b)
+}
+
+fn from_low(v: u64, n: usize) -> sse::X {
+    let mut x = [0u8; 16];
+    x[..n.min(8)].copy_from_slice(&v.to_le_bytes()[..n.min(8)]);
+    x
 }
 
 fn fx_get16(cpu: &CpuState, off: usize) -> u16 {
@@ -607,6 +636,201 @@ impl Ctx<'_> {
             }
             _ => Err(UD),
         }
+    }
+
+    fn read_x(&mut self, cpu: &mut CpuState, addr: u64, n: usize) -> Result<sse::X, Exception> {
+        let mut x = [0u8; 16];
+        let mut done = 0;
+        while done < n {
+            let chunk = (n - done).min(8);
+            let v = self.read(
+                cpu,
+                addr + done as u64,
+                chunk as u8,
+                Access::Read,
+                Privilege::User,
+            )?;
+            x[done..done + chunk].copy_from_slice(&v.to_le_bytes()[..chunk]);
+            done += chunk;
+        }
+        Ok(x)
+    }
+
+    fn write_x(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        x: &sse::X,
+        n: usize,
+    ) -> Result<(), Exception> {
+        let mut done = 0;
+        while done < n {
+            let chunk = (n - done).min(8);
+            let mut b = [0u8; 8];
+            b[..chunk].copy_from_slice(&x[done..done + chunk]);
+            self.write(
+                cpu,
+                addr + done as u64,
+                chunk as u8,
+                u64::from_le_bytes(b),
+                Privilege::User,
+            )?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// An SSE/SSE2 instruction (see `Helper::Sse` for the arguments).
+    fn sse(&mut self, cpu: &mut CpuState, a: &[u64]) -> Result<u64, Exception> {
+        use gantry_frontend::iced_x86::Mnemonic as M;
+        use SseOperand::*;
+        self.fpu_available(cpu, true)?;
+        let arg = |i: usize| a.get(i).copied().unwrap_or(0);
+        let m = sse::mnemonic(arg(0)).ok_or(UD)?;
+        let (dst, src) = (sse_operand(arg(1)), sse_operand(arg(2)));
+        let (value, imm, mem) = (arg(3), arg(4) as u8, (arg(5) as usize).min(16));
+        let memory = dst == Memory || src == Memory;
+        let unaligned_ok = matches!(m, M::Movdqu | M::Movups | M::Movupd);
+        if memory && value & 15 != 0 && (sse::needs_alignment(m) || (mem == 16 && !unaligned_ok)) {
+            return Err(gp0());
+        }
+        // The source operand as 128 bits (narrower sources in the low bytes).
+        let source = |ctx: &mut Self, cpu: &mut CpuState| -> Result<sse::X, Exception> {
+            match src {
+                Xmm(i) => Ok(xmm(cpu, i)),
+                Gpr(_, size) => Ok(from_low(value, size as usize)),
+                Memory => ctx.read_x(cpu, value, mem),
+                None => Ok([0; 16]),
+            }
+        };
+        let write_gpr = |cpu: &mut CpuState, i: u8, size: u8, v: u64| {
+            cpu.gpr[i as usize & 15] = if size >= 8 { v } else { v & 0xFFFF_FFFF };
+        };
+        match (m, dst) {
+            (M::Movd | M::Movq, Xmm(d)) => {
+                let n = match src {
+                    Gpr(_, size) => size as usize,
+                    Memory => mem,
+                    _ => 8,
+                };
+                let s = source(self, cpu)?;
+                set_xmm(cpu, d, &from_low(low(&s, n), n));
+            }
+            (M::Movd | M::Movq, Gpr(i, size)) => {
+                if let Xmm(s) = src {
+                    write_gpr(cpu, i, size, low(&xmm(cpu, s), size as usize));
+                }
+            }
+            (M::Movd | M::Movq | M::Movsd | M::Movss | M::Movlps | M::Movlpd, Memory) => {
+                if let Xmm(s) = src {
+                    let x = xmm(cpu, s);
+                    self.write_x(cpu, value, &x, mem)?;
+                }
+            }
+            (M::Movhps | M::Movhpd, Memory) => {
+                if let Xmm(s) = src {
+                    let x = xmm(cpu, s);
+                    let mut hi = [0u8; 16];
+                    hi[..8].copy_from_slice(&x[8..]);
+                    self.write_x(cpu, value, &hi, 8)?;
+                }
+            }
+            (
+                M::Movdqa
+                | M::Movdqu
+                | M::Movaps
+                | M::Movups
+                | M::Movapd
+                | M::Movupd
+                | M::Movntdq
+                | M::Movntps
+                | M::Movntpd,
+                Xmm(d),
+            ) => {
+                let s = source(self, cpu)?;
+                set_xmm(cpu, d, &s);
+            }
+            (
+                M::Movdqa
+                | M::Movdqu
+                | M::Movaps
+                | M::Movups
+                | M::Movapd
+                | M::Movupd
+                | M::Movntdq
+                | M::Movntps
+                | M::Movntpd,
+                Memory,
+            ) => {
+                if let Xmm(s) = src {
+                    let x = xmm(cpu, s);
+                    self.write_x(cpu, value, &x, 16)?;
+                }
+            }
+            (M::Movsd | M::Movss, Xmm(d)) => {
+                let n = if m == M::Movsd { 8 } else { 4 };
+                let s = source(self, cpu)?;
+                // From memory the rest is zeroed; between registers it is kept.
+                let mut r = if src == Memory {
+                    [0u8; 16]
+                } else {
+                    xmm(cpu, d)
+                };
+                r[..n].copy_from_slice(&s[..n]);
+                set_xmm(cpu, d, &r);
+            }
+            (M::Movhps | M::Movhpd | M::Movlps | M::Movlpd | M::Movhlps, Xmm(d)) => {
+                let s = source(self, cpu)?;
+                let mut r = xmm(cpu, d);
+                match m {
+                    M::Movhps | M::Movhpd => r[8..].copy_from_slice(&s[..8]),
+                    M::Movhlps => r[..8].copy_from_slice(&s[8..]),
+                    _ => r[..8].copy_from_slice(&s[..8]),
+                }
+                set_xmm(cpu, d, &r);
+            }
+            (M::Pmovmskb | M::Movmskps | M::Movmskpd, Gpr(i, size)) => {
+                let s = source(self, cpu)?;
+                write_gpr(cpu, i, size, sse::move_mask(m, &s));
+            }
+            (M::Comisd | M::Ucomisd, Xmm(d)) => {
+                let s = source(self, cpu)?;
+                let f = sse::compare_sd(&xmm(cpu, d), &s);
+                let old = flags::rflags(cpu);
+                flags::set_rflags(cpu, (old & !(CF | PF | AF | ZF | SF | OF)) | f);
+            }
+            (M::Cvtsi2sd, Xmm(d)) => {
+                let n = match src {
+                    Gpr(_, size) => size as usize,
+                    _ => mem,
+                };
+                let s = source(self, cpu)?;
+                let v = low(&s, n);
+                let int = if n == 8 {
+                    v as i64
+                } else {
+                    v as u32 as i32 as i64
+                };
+                let r = sse::set_low_f64(&xmm(cpu, d), int as f64);
+                set_xmm(cpu, d, &r);
+            }
+            (M::Cvttsd2si | M::Cvtsd2si, Gpr(i, size)) => {
+                let s = source(self, cpu)?;
+                let v = sse::f64_to_int(sse::low_f64(&s), size as u32 * 8, m == M::Cvttsd2si);
+                write_gpr(cpu, i, size, v);
+            }
+            (_, Xmm(d)) => {
+                let s = source(self, cpu)?;
+                let r = sse::binary(m, &xmm(cpu, d), &s, imm).ok_or(UD)?;
+                set_xmm(cpu, d, &r);
+            }
+            _ => {
+                self.stats
+                    .count_unimplemented_at(&format!("{m:?} (operand form)"), cpu.rip);
+                return Err(UD);
+            }
+        }
+        Ok(0)
     }
 
     fn umip(&self, cpu: &CpuState) -> Result<(), Exception> {

@@ -1,0 +1,94 @@
+//! SSE/SSE2 instructions: operands are described to the `Sse` helper (which moves them
+//! between XMM registers, general registers and memory); the operations themselves are in
+//! [`crate::sse`].
+
+use iced_x86::OpKind;
+
+use super::operands::gpr_index;
+use super::{Flow, Lift};
+use crate::ir::*;
+
+/// How an SSE instruction's operand is passed to the helper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseOperand {
+    None,
+    Xmm(u8),
+    /// A general register: index and size in bytes.
+    Gpr(u8, u8),
+    Memory,
+}
+
+/// Packs an operand description into a helper argument (and back).
+pub fn sse_operand(code: u64) -> SseOperand {
+    match code >> 16 {
+        1 => SseOperand::Xmm(code as u8 & 15),
+        2 => SseOperand::Gpr(code as u8 & 15, (code >> 8) as u8),
+        3 => SseOperand::Memory,
+        _ => SseOperand::None,
+    }
+}
+
+fn encode(op: SseOperand) -> u64 {
+    match op {
+        SseOperand::None => 0,
+        SseOperand::Xmm(i) => 1 << 16 | i as u64,
+        SseOperand::Gpr(i, size) => 2 << 16 | (size as u64) << 8 | i as u64,
+        SseOperand::Memory => 3 << 16,
+    }
+}
+
+impl Lift<'_> {
+    pub(super) fn simd(&mut self) -> Option<Flow> {
+        let i = self.ins;
+        let touches_xmm = (0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm());
+        if !touches_xmm {
+            return None;
+        }
+        let m = i.mnemonic();
+        if !crate::sse::supported(m) {
+            return Some(self.unimplemented());
+        }
+        let mut value = self.b.konst(Ty::I64, 0);
+        let mut imm = 0u64;
+        let mut ops = [SseOperand::None; 2];
+        for n in 0..i.op_count().min(3) {
+            let op = match i.op_kind(n) {
+                OpKind::Register if i.op_register(n).is_xmm() => SseOperand::Xmm(
+                    (i.op_register(n) as u32 - iced_x86::Register::XMM0 as u32) as u8,
+                ),
+                OpKind::Register => {
+                    let r = i.op_register(n);
+                    let (idx, _) = gpr_index(r)?;
+                    if n > 0 {
+                        let v = self.read_gpr(r);
+                        value = self.b.zext(Ty::I64, v);
+                    }
+                    SseOperand::Gpr(idx, r.size() as u8)
+                }
+                OpKind::Memory => {
+                    value = self.mem_address();
+                    SseOperand::Memory
+                }
+                _ => {
+                    imm = i.immediate(n) & 0xFF;
+                    SseOperand::None
+                }
+            };
+            if (n as usize) < 2 {
+                ops[n as usize] = op;
+            }
+        }
+        let mem_bytes = i.memory_size().size() as u64;
+        let args = [
+            self.b.konst(Ty::I64, m as u64),
+            self.b.konst(Ty::I64, encode(ops[0])),
+            self.b.konst(Ty::I64, encode(ops[1])),
+            value,
+            self.b.konst(Ty::I64, imm),
+            self.b.konst(Ty::I64, mem_bytes),
+        ];
+        self.b.call(Helper::Sse, &args, None);
+        Some(Flow::Next)
+    }
+}

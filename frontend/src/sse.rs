@@ -1,0 +1,405 @@
+//! SSE/SSE2 semantics on 128-bit values: the integer, logic and move operations of the
+//! SSE2 baseline (what a 64-bit C library's string and memory functions use) and the
+//! scalar double-precision arithmetic. Pure functions of their operands; the machine's
+//! helper moves operands between XMM registers, general registers and memory.
+//!
+//! Scalar arithmetic uses the host's IEEE-754 double operations, which round to nearest
+//! even: MXCSR's rounding control and exception flags are not modelled yet.
+
+use iced_x86::Mnemonic as M;
+
+pub type X = [u8; 16];
+
+fn lanes<const N: usize>(x: &X) -> [u64; N] {
+    let w = 16 / N;
+    let mut out = [0u64; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b[..w].copy_from_slice(&x[i * w..i * w + w]);
+        *o = u64::from_le_bytes(b);
+    }
+    out
+}
+
+fn pack<const N: usize>(v: [u64; N]) -> X {
+    let w = 16 / N;
+    let mut out = [0u8; 16];
+    for (i, l) in v.iter().enumerate() {
+        out[i * w..i * w + w].copy_from_slice(&l.to_le_bytes()[..w]);
+    }
+    out
+}
+
+fn map2<const N: usize>(a: &X, b: &X, f: impl Fn(u64, u64) -> u64) -> X {
+    let (x, y) = (lanes::<N>(a), lanes::<N>(b));
+    let mut r = [0u64; N];
+    for i in 0..N {
+        r[i] = f(x[i], y[i]);
+    }
+    pack(r)
+}
+
+fn sx(v: u64, bits: u32) -> i64 {
+    ((v << (64 - bits)) as i64) >> (64 - bits)
+}
+
+fn lane_mask(bits: u32) -> u64 {
+    if bits == 64 {
+        !0
+    } else {
+        (1 << bits) - 1
+    }
+}
+
+macro_rules! elementwise {
+    ($a:expr, $b:expr, $bits:expr, $f:expr) => {
+        match $bits {
+            8 => map2::<16>($a, $b, $f),
+            16 => map2::<8>($a, $b, $f),
+            32 => map2::<4>($a, $b, $f),
+            _ => map2::<2>($a, $b, $f),
+        }
+    };
+}
+
+fn unpack_low(a: &X, b: &X, w: usize) -> X {
+    let mut r = [0u8; 16];
+    for i in 0..(8 / w) {
+        r[2 * i * w..2 * i * w + w].copy_from_slice(&a[i * w..i * w + w]);
+        r[(2 * i + 1) * w..(2 * i + 2) * w].copy_from_slice(&b[i * w..i * w + w]);
+    }
+    r
+}
+
+fn unpack_high(a: &X, b: &X, w: usize) -> X {
+    let mut hi_a = [0u8; 16];
+    let mut hi_b = [0u8; 16];
+    hi_a[..8].copy_from_slice(&a[8..]);
+    hi_b[..8].copy_from_slice(&b[8..]);
+    unpack_low(&hi_a, &hi_b, w)
+}
+
+fn f64_of(x: &X) -> f64 {
+    f64::from_bits(lanes::<2>(x)[0])
+}
+
+fn with_low_f64(x: &X, v: f64) -> X {
+    let mut r = *x;
+    r[..8].copy_from_slice(&v.to_bits().to_le_bytes());
+    r
+}
+
+/// The SSE/SSE2 instructions Gantry implements (the rest raise #UD, counted).
+pub fn supported(m: M) -> bool {
+    binary(m, &[0; 16], &[0; 16], 0).is_some()
+        || matches!(
+            m,
+            M::Movdqa
+                | M::Movdqu
+                | M::Movaps
+                | M::Movups
+                | M::Movapd
+                | M::Movupd
+                | M::Movntdq
+                | M::Movntps
+                | M::Movntpd
+                | M::Movd
+                | M::Movq
+                | M::Movsd
+                | M::Movss
+                | M::Movhps
+                | M::Movlps
+                | M::Movhpd
+                | M::Movlpd
+                | M::Movhlps
+                | M::Pmovmskb
+                | M::Movmskps
+                | M::Movmskpd
+                | M::Comisd
+                | M::Ucomisd
+                | M::Cvtsi2sd
+                | M::Cvttsd2si
+                | M::Cvtsd2si
+        )
+}
+
+/// Movements that require a 16-byte aligned memory operand (#GP(0) otherwise).
+pub fn needs_alignment(m: M) -> bool {
+    matches!(
+        m,
+        M::Movdqa | M::Movaps | M::Movapd | M::Movntdq | M::Movntps | M::Movntpd
+    )
+}
+
+/// The mnemonic with this number (helpers receive mnemonics as numbers).
+pub fn mnemonic(n: u64) -> Option<M> {
+    static ALL: std::sync::OnceLock<Vec<M>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| M::values().collect())
+        .get(n as usize)
+        .copied()
+}
+
+/// A two-operand SSE operation `dst = op(dst, src)` with an immediate. Returns None for
+/// mnemonics this module does not implement.
+pub fn binary(m: M, dst: &X, src: &X, imm: u8) -> Option<X> {
+    let wrap = |bits: u32| lane_mask(bits);
+    Some(match m {
+        M::Pxor | M::Xorps | M::Xorpd => map2::<2>(dst, src, |a, b| a ^ b),
+        M::Por | M::Orps | M::Orpd => map2::<2>(dst, src, |a, b| a | b),
+        M::Pand | M::Andps | M::Andpd => map2::<2>(dst, src, |a, b| a & b),
+        M::Pandn | M::Andnps | M::Andnpd => map2::<2>(dst, src, |a, b| !a & b),
+        M::Paddb | M::Paddw | M::Paddd | M::Paddq | M::Psubb | M::Psubw | M::Psubd | M::Psubq => {
+            let bits = match m {
+                M::Paddb | M::Psubb => 8,
+                M::Paddw | M::Psubw => 16,
+                M::Paddd | M::Psubd => 32,
+                _ => 64,
+            };
+            let sub = matches!(m, M::Psubb | M::Psubw | M::Psubd | M::Psubq);
+            elementwise!(dst, src, bits, |a: u64, b: u64| {
+                (if sub {
+                    a.wrapping_sub(b)
+                } else {
+                    a.wrapping_add(b)
+                }) & wrap(bits)
+            })
+        }
+        M::Pcmpeqb | M::Pcmpeqw | M::Pcmpeqd => {
+            let bits = match m {
+                M::Pcmpeqb => 8,
+                M::Pcmpeqw => 16,
+                _ => 32,
+            };
+            elementwise!(dst, src, bits, |a: u64, b: u64| if a == b {
+                wrap(bits)
+            } else {
+                0
+            })
+        }
+        M::Pcmpgtb | M::Pcmpgtw | M::Pcmpgtd => {
+            let bits = match m {
+                M::Pcmpgtb => 8,
+                M::Pcmpgtw => 16,
+                _ => 32,
+            };
+            elementwise!(dst, src, bits, |a: u64, b: u64| {
+                if sx(a, bits) > sx(b, bits) {
+                    wrap(bits)
+                } else {
+                    0
+                }
+            })
+        }
+        M::Pminub => map2::<16>(dst, src, |a, b| a.min(b)),
+        M::Pmaxub => map2::<16>(dst, src, |a, b| a.max(b)),
+        M::Pminsw => map2::<8>(dst, src, |a, b| if sx(a, 16) < sx(b, 16) { a } else { b }),
+        M::Pmaxsw => map2::<8>(dst, src, |a, b| if sx(a, 16) > sx(b, 16) { a } else { b }),
+        M::Punpcklbw => unpack_low(dst, src, 1),
+        M::Punpcklwd => unpack_low(dst, src, 2),
+        M::Punpckldq | M::Unpcklps => unpack_low(dst, src, 4),
+        M::Punpcklqdq | M::Unpcklpd | M::Movlhps => unpack_low(dst, src, 8),
+        M::Punpckhbw => unpack_high(dst, src, 1),
+        M::Punpckhwd => unpack_high(dst, src, 2),
+        M::Punpckhdq | M::Unpckhps => unpack_high(dst, src, 4),
+        M::Punpckhqdq | M::Unpckhpd => unpack_high(dst, src, 8),
+        M::Pshufd => {
+            let s = lanes::<4>(src);
+            pack::<4>([0, 1, 2, 3].map(|i| s[((imm >> (2 * i)) & 3) as usize]))
+        }
+        M::Pshuflw | M::Pshufhw => {
+            let s = lanes::<8>(src);
+            let base = if m == M::Pshuflw { 0 } else { 4 };
+            let mut r = s;
+            for i in 0..4 {
+                r[base + i] = s[base + ((imm >> (2 * i)) & 3) as usize];
+            }
+            pack::<8>(r)
+        }
+        M::Shufps => {
+            let (d, s) = (lanes::<4>(dst), lanes::<4>(src));
+            pack::<4>([
+                d[(imm & 3) as usize],
+                d[((imm >> 2) & 3) as usize],
+                s[((imm >> 4) & 3) as usize],
+                s[((imm >> 6) & 3) as usize],
+            ])
+        }
+        M::Psrldq | M::Pslldq => {
+            let n = (imm as usize).min(16);
+            let mut r = [0u8; 16];
+            if m == M::Psrldq {
+                r[..16 - n].copy_from_slice(&dst[n..]);
+            } else {
+                r[n..].copy_from_slice(&dst[..16 - n]);
+            }
+            r
+        }
+        M::Psrlw | M::Psrld | M::Psrlq | M::Psllw | M::Pslld | M::Psllq | M::Psraw | M::Psrad => {
+            let bits = match m {
+                M::Psrlw | M::Psllw | M::Psraw => 16,
+                M::Psrld | M::Pslld | M::Psrad => 32,
+                _ => 64,
+            };
+            // The count: the immediate form passes it in `imm`, the register form in src.
+            let count = if src.iter().any(|b| *b != 0) {
+                lanes::<2>(src)[0]
+            } else {
+                imm as u64
+            };
+            let zero = [0u8; 16];
+            elementwise!(dst, &zero, bits, |a: u64, _b: u64| {
+                match m {
+                    M::Psraw | M::Psrad => {
+                        let c = count.min(bits as u64 - 1) as u32;
+                        (sx(a, bits) >> c) as u64 & wrap(bits)
+                    }
+                    _ if count >= bits as u64 => 0,
+                    M::Psrlw | M::Psrld | M::Psrlq => a >> count,
+                    _ => (a << count) & wrap(bits),
+                }
+            })
+        }
+        M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Minsd | M::Maxsd | M::Sqrtsd => {
+            let (a, b) = (f64_of(dst), f64_of(src));
+            let r = match m {
+                M::Addsd => a + b,
+                M::Subsd => a - b,
+                M::Mulsd => a * b,
+                M::Divsd => a / b,
+                // MINSD/MAXSD return the source when either is NaN or both are zero.
+                M::Minsd => {
+                    if a < b {
+                        a
+                    } else {
+                        b
+                    }
+                }
+                M::Maxsd => {
+                    if a > b {
+                        a
+                    } else {
+                        b
+                    }
+                }
+                _ => b.sqrt(),
+            };
+            with_low_f64(dst, r)
+        }
+        _ => return None,
+    })
+}
+
+/// PMOVMSKB / MOVMSKPS / MOVMSKPD: the sign bits of the lanes.
+pub fn move_mask(m: M, src: &X) -> u64 {
+    match m {
+        M::Movmskps => lanes::<4>(src)
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l >> 31) << i)
+            .sum(),
+        M::Movmskpd => lanes::<2>(src)
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l >> 63) << i)
+            .sum(),
+        _ => src
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((*b as u64) >> 7) << i)
+            .sum(),
+    }
+}
+
+/// COMISD/UCOMISD: ZF, PF, CF as RFLAGS bits (OF, SF, AF cleared); unordered sets all three.
+pub fn compare_sd(a: &X, b: &X) -> u64 {
+    use crate::state::{CF, PF, ZF};
+    let (x, y) = (f64_of(a), f64_of(b));
+    if x.is_nan() || y.is_nan() {
+        ZF | PF | CF
+    } else if x < y {
+        CF
+    } else if x == y {
+        ZF
+    } else {
+        0
+    }
+}
+
+/// CVTTSD2SI / CVTSD2SI: the integer indefinite value for NaN and out-of-range inputs.
+pub fn f64_to_int(v: f64, bits: u32, truncate: bool) -> u64 {
+    let r = if truncate {
+        v.trunc()
+    } else {
+        v.round_ties_even()
+    };
+    let (min, max) = if bits == 64 {
+        (i64::MIN as f64, i64::MAX as f64)
+    } else {
+        (i32::MIN as f64, i32::MAX as f64)
+    };
+    if r.is_nan() || r < min || r > max {
+        return if bits == 64 { 1 << 63 } else { 1 << 31 };
+    }
+    (r as i64 as u64) & lane_mask(bits)
+}
+
+pub fn low_f64(x: &X) -> f64 {
+    f64_of(x)
+}
+
+pub fn set_low_f64(x: &X, v: f64) -> X {
+    with_low_f64(x, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(v: u128) -> X {
+        v.to_le_bytes()
+    }
+
+    #[test]
+    fn byte_compare_and_mask_as_strlen_uses_them() {
+        // PCMPEQB against zero, then PMOVMSKB: bit i set where byte i is 0.
+        let s = *b"gantry\0padding!!";
+        let eq = binary(M::Pcmpeqb, &s, &[0; 16], 0).unwrap();
+        assert_eq!(move_mask(M::Pmovmskb, &eq), 1 << 6);
+    }
+
+    #[test]
+    fn lane_arithmetic_wraps_per_lane() {
+        let r = binary(M::Paddb, &x(0xFF), &x(0x01), 0).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 0);
+        let r = binary(M::Psubd, &x(0), &x(1), 0).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 0xFFFF_FFFF);
+        let r = binary(M::Pcmpgtb, &x(0x01), &x(0xFF), 0).unwrap();
+        assert_eq!(r[0], 0xFF, "1 > -1 signed");
+    }
+
+    #[test]
+    fn shuffles_unpacks_and_byte_shifts() {
+        let v = x(0x3333_3333_2222_2222_1111_1111_0000_0000);
+        let r = binary(M::Pshufd, &[0; 16], &v, 0b00_01_10_11).unwrap();
+        assert_eq!(
+            u128::from_le_bytes(r),
+            0x0000_0000_1111_1111_2222_2222_3333_3333
+        );
+        let r = binary(M::Punpcklbw, &x(0x0201), &x(0x0403), 0).unwrap();
+        assert_eq!(&r[..4], &[1, 3, 2, 4]);
+        let r = binary(M::Psrldq, &x(0xAABB), &[0; 16], 1).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 0xAA);
+        let r = binary(M::Psllq, &x(1 | 1 << 64), &[0; 16], 4).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 16 | 16 << 64);
+    }
+
+    #[test]
+    fn scalar_doubles() {
+        let a = set_low_f64(&[0; 16], 1.5);
+        let b = set_low_f64(&[0; 16], 2.25);
+        assert_eq!(low_f64(&binary(M::Addsd, &a, &b, 0).unwrap()), 3.75);
+        assert_eq!(compare_sd(&a, &b), crate::state::CF);
+        assert_eq!(f64_to_int(-2.7, 32, true), (-2i64 as u64) & 0xFFFF_FFFF);
+        assert_eq!(f64_to_int(f64::NAN, 64, true), 1 << 63);
+    }
+}
