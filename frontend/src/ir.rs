@@ -244,6 +244,8 @@ pub enum Helper {
     Fnstcw,
     Fldcw,
     Xgetbv,
+    /// (mnemonic number, immediate): DAA/DAS/AAA/AAS/AAM/AAD on AX and the flags.
+    Bcd,
     /// An SSE/SSE2 instruction: (mnemonic number, destination operand, source operand,
     /// memory address or general-register value, immediate, memory bytes); operands as
     /// [`crate::lift::sse_operand`] encodes them. Semantics in [`crate::sse`].

@@ -814,3 +814,110 @@ fn scalar_double_arithmetic_and_compare() {
     assert_eq!(d.cpu.gpr[2], 3);
     assert_eq!(d.cpu.gpr[3] & 0xFF, 1);
 }
+
+#[test]
+fn decimal_adjust_in_32_bit_mode() {
+    // 0x79 + 0x35, DAA: packed BCD 114 -> AL 0x14, CF.
+    let d = run(
+        Mode::Protected32,
+        |_, _| {},
+        |a| {
+            a.mov(al, 0x79)?;
+            a.add(al, 0x35)?;
+            a.daa()?;
+            a.setc(bl)?;
+            a.mov(cl, 63)?;
+            a.mov(al, cl)?;
+            a.aam(10)?;
+            a.mov(edx, eax)
+        },
+    );
+    assert_eq!(d.cpu.gpr[3] & 0xFF, 1);
+    assert_eq!(d.cpu.gpr[2] & 0xFFFF, 0x0603);
+    // AAM 0 is #DE.
+    let d = run(Mode::Protected32, |_, _| {}, |a| a.aam(0));
+    assert_eq!(d.vector(), Some(0));
+}
+
+#[test]
+fn page_fault_with_a_missing_handler_becomes_a_double_fault() {
+    // The #PF gate is not present: delivering #PF raises #NP, and a contributory fault
+    // during #PF delivery is a double fault (SDM vol. 3, table 6-5), error code 0.
+    let d = run(
+        Mode::Long64,
+        |_, mem| {
+            let g = mem.read_u64(IDT + 14 * 16).unwrap();
+            mem.write_u64(IDT + 14 * 16, g & !(1 << 47)).unwrap();
+        },
+        |a| a.mov(rax, qword_ptr(0x1_0000_0000u64)), // above the 4 GiB identity map
+    );
+    assert_eq!(d.vector(), Some(8));
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0, "#DF error code");
+}
+
+#[test]
+fn trap_gates_keep_if_and_interrupt_gates_clear_it() {
+    // Handler at 0x4F00: PUSHFQ; POP RBX; HLT. Vector 3 through a trap gate (type F) or an
+    // interrupt gate (type E).
+    for (gate_type, if_in_handler) in [(0xFu64, true), (0xE, false)] {
+        let d = run(
+            Mode::Long64,
+            |_, mem| {
+                mem.write(0x4F00, &[0x9C, 0x5B, 0xF4]).unwrap();
+                let g = 0x4F00 | 0x10 << 16 | (0x80 | gate_type) << 40;
+                mem.write_u64(IDT + 3 * 16, g).unwrap();
+                mem.write_u64(IDT + 3 * 16 + 8, 0).unwrap();
+            },
+            |a| {
+                a.sti()?;
+                a.int3()
+            },
+        );
+        assert_eq!(
+            d.cpu.gpr[3] & (1 << 9) != 0,
+            if_in_handler,
+            "gate type {gate_type:#x}"
+        );
+    }
+}
+
+#[test]
+fn user_access_to_a_supervisor_page_faults() {
+    const TSS: u64 = 0x7000;
+    let d = run(
+        Mode::Long64,
+        |cpu, mem| {
+            // 4 KiB pages, all user-accessible except 0x12000; ring-3 segments and a TSS.
+            small_pages(cpu, mem, |i, e| if i == 0x12 { e } else { e | 4 });
+            for table in [0x9000u64, 0xA000, 0xB000] {
+                let e = mem.read_u64(table).unwrap();
+                mem.write_u64(table, e | 4).unwrap();
+            }
+            mem.write_u64(0x520, 0x00CF_F300_0000_FFFF).unwrap();
+            mem.write_u64(0x528, 0x00AF_FB00_0000_FFFF).unwrap();
+            cpu.gdtr.limit = 6 * 8 - 1;
+            mem.write_u64(TSS + 4, 0x1_F800).unwrap();
+            cpu.tr = gantry_frontend::state::Segment {
+                base: TSS,
+                limit: 0x67,
+                selector: 0x30,
+                attr: 0x80 | 0xB,
+            };
+        },
+        |a| {
+            let mut user = a.create_label();
+            a.lea(rax, ptr(user))?;
+            a.push(0x23)?;
+            a.push(0x6000)?;
+            a.push(0x2)?;
+            a.push(0x2B)?;
+            a.push(rax)?;
+            a.iretq()?;
+            a.set_label(&mut user)?;
+            a.mov(eax, dword_ptr(0x1_2000))
+        },
+    );
+    assert_eq!(d.vector(), Some(14));
+    assert_eq!(d.cpu.cr2, 0x1_2000);
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x5, "present, read, user");
+}

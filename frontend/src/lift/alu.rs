@@ -240,6 +240,14 @@ impl Lift<'_> {
                 };
                 self.put_eflags(f);
             }
+            M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad => {
+                let imm = if self.ins.op_count() > 0 {
+                    self.ins.immediate8() as u64
+                } else {
+                    0
+                };
+                self.b.call_k(Helper::Bcd, &[m as u64, imm], None);
+            }
             M::Xlatb => {
                 let aty = Ty::from_bytes(self.addr_bits() / 8);
                 let bx = self.b.get(Loc::Gpr(3));

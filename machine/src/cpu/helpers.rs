@@ -362,6 +362,19 @@ impl Host for Ctx<'_> {
                 Ok(0)
             }
             Helper::Sse => self.sse(cpu, a),
+            Helper::Bcd => {
+                let m = sse::mnemonic(arg(0)).ok_or(UD)?;
+                let (ax, fl) = gantry_frontend::bcd::adjust(
+                    m,
+                    cpu.gpr[RAX] as u16,
+                    flags::rflags(cpu),
+                    arg(1) as u8,
+                )
+                .ok_or(DE)?;
+                cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xFFFF) | ax as u64;
+                flags::set_rflags(cpu, fl);
+                Ok(0)
+            }
             Helper::Unimplemented => {
                 let code = iced_x86::Code::values()
                     .nth(arg(0) as usize)
