@@ -123,6 +123,22 @@ pub fn supported(m: M) -> bool {
         )
 }
 
+/// Moves of all 128 bits between XMM registers and memory.
+pub fn is_full_move(m: M) -> bool {
+    matches!(
+        m,
+        M::Movdqa
+            | M::Movdqu
+            | M::Movaps
+            | M::Movups
+            | M::Movapd
+            | M::Movupd
+            | M::Movntdq
+            | M::Movntps
+            | M::Movntpd
+    )
+}
+
 /// Movements that require a 16-byte aligned memory operand (#GP(0) otherwise).
 pub fn needs_alignment(m: M) -> bool {
     matches!(

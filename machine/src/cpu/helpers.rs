@@ -748,33 +748,11 @@ impl Ctx<'_> {
                     self.write_x(cpu, value, &hi, 8)?;
                 }
             }
-            (
-                M::Movdqa
-                | M::Movdqu
-                | M::Movaps
-                | M::Movups
-                | M::Movapd
-                | M::Movupd
-                | M::Movntdq
-                | M::Movntps
-                | M::Movntpd,
-                Xmm(d),
-            ) => {
+            (_, Xmm(d)) if sse::is_full_move(m) => {
                 let s = source(self, cpu)?;
                 set_xmm(cpu, d, &s);
             }
-            (
-                M::Movdqa
-                | M::Movdqu
-                | M::Movaps
-                | M::Movups
-                | M::Movapd
-                | M::Movupd
-                | M::Movntdq
-                | M::Movntps
-                | M::Movntpd,
-                Memory,
-            ) => {
+            (_, Memory) if sse::is_full_move(m) => {
                 if let Xmm(s) = src {
                     let x = xmm(cpu, s);
                     self.write_x(cpu, value, &x, 16)?;

@@ -138,6 +138,15 @@ fn gate_and_target(
     Ok((lo, hi, sel, d))
 }
 
+/// Reads `bytes` at `offset` in the current TSS, #TS(TR) if past its limit.
+fn tss_read(cpu: &mut CpuState, ctx: &mut Ctx, offset: u64, bytes: u8) -> Result<u64, Exception> {
+    let tss = cpu.tr;
+    if offset + bytes as u64 - 1 > tss.limit as u64 {
+        return Err(Exception::with_code(10, (tss.selector & 0xFFFC) as u32));
+    }
+    ctx.sys_read(cpu, tss.base + offset, bytes)
+}
+
 fn deliver_protected(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
@@ -171,18 +180,14 @@ fn deliver_protected(
     let mut frame: Vec<u64> = Vec::new();
     if new_cpl < cpl {
         // Inner stack from the TSS.
-        let tss = cpu.tr;
-        let tss32 = tss.attr & 8 != 0;
+        let tss32 = cpu.tr.attr & 8 != 0;
         let (sp_off, ss_off, w) = if tss32 {
             (4 + new_cpl as u64 * 8, 8 + new_cpl as u64 * 8, 4)
         } else {
             (2 + new_cpl as u64 * 4, 4 + new_cpl as u64 * 4, 2)
         };
-        if ss_off + 1 > tss.limit as u64 {
-            return Err(Exception::with_code(10, (tss.selector & 0xFFFC) as u32));
-        }
-        let new_sp = ctx.sys_read(cpu, tss.base + sp_off, w)?;
-        let new_ss = ctx.sys_read(cpu, tss.base + ss_off, 2)? as u16;
+        let new_sp = tss_read(cpu, ctx, sp_off, w)?;
+        let new_ss = tss_read(cpu, ctx, ss_off, 2)? as u16;
         if v86 {
             for s in [GS, FS, DS, ES] {
                 frame.push(cpu.seg[s].selector as u64);
@@ -262,19 +267,10 @@ fn deliver_long(
     let fl = flags::rflags(cpu);
     let old_ss = cpu.seg[SS].selector as u64;
     let old_sp = cpu.gpr[RSP];
-    let tss = cpu.tr;
     let mut sp = if ist != 0 {
-        let at = 0x24 + (ist - 1) * 8;
-        if at + 7 > tss.limit as u64 {
-            return Err(Exception::with_code(10, (tss.selector & 0xFFFC) as u32));
-        }
-        ctx.sys_read(cpu, tss.base + at, 8)?
+        tss_read(cpu, ctx, 0x24 + (ist - 1) * 8, 8)?
     } else if new_cpl < cpl {
-        let at = 4 + new_cpl as u64 * 8;
-        if at + 7 > tss.limit as u64 {
-            return Err(Exception::with_code(10, (tss.selector & 0xFFFC) as u32));
-        }
-        ctx.sys_read(cpu, tss.base + at, 8)?
+        tss_read(cpu, ctx, 4 + new_cpl as u64 * 8, 8)?
     } else {
         old_sp
     };

@@ -323,6 +323,21 @@ pub fn far_jmp(
     enter_far_target(cpu, ctx, sel, ip, target)
 }
 
+/// Runs a far transfer as a fault would leave it: if it raises an exception, the CPU
+/// state is restored (memory writes already made stay, as on hardware).
+fn transactional(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    f: impl FnOnce(&mut CpuState, &mut Ctx) -> Result<(), Exception>,
+) -> Result<(), Exception> {
+    let saved = cpu.clone();
+    let r = f(cpu, ctx);
+    if r.is_err() {
+        *cpu = saved;
+    }
+    r
+}
+
 /// CALL far (args: selector, offset, operand bytes, return address).
 pub fn far_call(
     cpu: &mut CpuState,
@@ -332,16 +347,13 @@ pub fn far_call(
     bytes: u64,
     next: u64,
 ) -> Result<(), Exception> {
-    let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
-    let b = bytes as u8;
-    let saved_sp = cpu.gpr[RSP];
-    let old_cs = cpu.seg[CS].selector as u64;
-    let r = push(cpu, ctx, old_cs, b).and_then(|_| push(cpu, ctx, next, b));
-    if let Err(e) = r {
-        cpu.gpr[RSP] = saved_sp;
-        return Err(e);
-    }
-    enter_far_target(cpu, ctx, sel, ip, target)
+    transactional(cpu, ctx, |cpu, ctx| {
+        let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
+        let old_cs = cpu.seg[CS].selector as u64;
+        push(cpu, ctx, old_cs, bytes as u8)?;
+        push(cpu, ctx, next, bytes as u8)?;
+        enter_far_target(cpu, ctx, sel, ip, target)
+    })
 }
 
 /// After a return to an outer privilege level, data segments the new CPL may not use
@@ -358,6 +370,32 @@ fn scrub_data_segments(cpu: &mut CpuState) {
     }
 }
 
+/// The checks on the code segment a far RET or IRET returns to (SDM: RET, IRET).
+fn return_target(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    sel: u16,
+) -> Result<(u64, Descriptor), Exception> {
+    if sel & !3 == 0 {
+        return Err(gp(0));
+    }
+    let (addr, d) = fetch(cpu, ctx, sel)?;
+    let cpl = cpu.cpl();
+    let rpl = (sel & 3) as u8;
+    let dpl_ok = if d.conforming() {
+        d.dpl() <= rpl
+    } else {
+        d.dpl() == rpl
+    };
+    if !d.is_code() || rpl < cpl || !dpl_ok {
+        return Err(gp(sel));
+    }
+    if !d.present() {
+        return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
+    }
+    Ok((addr, d))
+}
+
 /// RET far (args: operand bytes, bytes of parameters to release).
 pub fn far_ret(
     cpu: &mut CpuState,
@@ -365,78 +403,36 @@ pub fn far_ret(
     bytes: u64,
     release: u64,
 ) -> Result<(), Exception> {
-    let b = bytes as u8;
-    let saved_sp = cpu.gpr[RSP];
-    let restore = |cpu: &mut CpuState, e| {
-        cpu.gpr[RSP] = saved_sp;
-        Err(e)
-    };
-    let ip = match pop(cpu, ctx, b) {
-        Ok(v) => v,
-        Err(e) => return restore(cpu, e),
-    };
-    let sel = match pop(cpu, ctx, b) {
-        Ok(v) => v as u16,
-        Err(e) => return restore(cpu, e),
-    };
-    let sp_bits = cpu.stack_bits();
-    if !cpu.protected() || cpu.v86() {
-        cpu.seg[CS].selector = sel;
-        cpu.seg[CS].base = (sel as u64) << 4;
-        cpu.rip = mask_ip(ip, bytes);
+    transactional(cpu, ctx, |cpu, ctx| {
+        let b = bytes as u8;
+        let ip = pop(cpu, ctx, b)?;
+        let sel = pop(cpu, ctx, b)? as u16;
+        let sp_bits = cpu.stack_bits();
+        if !cpu.protected() || cpu.v86() {
+            cpu.seg[CS].selector = sel;
+            cpu.seg[CS].base = (sel as u64) << 4;
+            cpu.rip = mask_ip(ip, bytes);
+            set_sp(cpu, cpu.gpr[RSP].wrapping_add(release), sp_bits);
+            return Ok(());
+        }
+        let (addr, d) = return_target(cpu, ctx, sel)?;
+        let (cpl, rpl) = (cpu.cpl(), (sel & 3) as u8);
         set_sp(cpu, cpu.gpr[RSP].wrapping_add(release), sp_bits);
-        return Ok(());
-    }
-    if sel & !3 == 0 {
-        return restore(cpu, gp(0));
-    }
-    let (addr, d) = match fetch(cpu, ctx, sel) {
-        Ok(x) => x,
-        Err(e) => return restore(cpu, e),
-    };
-    let cpl = cpu.cpl();
-    let rpl = (sel & 3) as u8;
-    if !d.is_code()
-        || rpl < cpl
-        || (d.conforming() && d.dpl() > rpl)
-        || (!d.conforming() && d.dpl() != rpl)
-    {
-        return restore(cpu, gp(sel));
-    }
-    if !d.present() {
-        return restore(cpu, Exception::with_code(11, (sel & 0xFFFC) as u32));
-    }
-    set_sp(cpu, cpu.gpr[RSP].wrapping_add(release), sp_bits);
-    if rpl > cpl {
-        // Return to an outer level: the caller's SS:SP follow.
-        let new_sp = match pop(cpu, ctx, b) {
-            Ok(v) => v,
-            Err(e) => return restore(cpu, e),
-        };
-        let new_ss = match pop(cpu, ctx, b) {
-            Ok(v) => v as u16,
-            Err(e) => return restore(cpu, e),
-        };
-        if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
-            return restore(cpu, e);
+        mark_accessed(cpu, ctx, addr, &d)?;
+        if rpl > cpl {
+            // Return to an outer level: the caller's SS:SP follow.
+            let new_sp = pop(cpu, ctx, b)?;
+            let new_ss = pop(cpu, ctx, b)? as u16;
+            set_cs(cpu, &d, sel, rpl);
+            load_segment(cpu, ctx, SS, new_ss)?;
+            cpu.gpr[RSP] = new_sp.wrapping_add(release);
+            scrub_data_segments(cpu);
+        } else {
+            set_cs(cpu, &d, sel, cpl);
         }
-        let (old_cs, old_cpl) = (cpu.seg[CS], cpu.cpl);
-        set_cs(cpu, &d, sel, rpl);
-        if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
-            cpu.seg[CS] = old_cs;
-            cpu.cpl = old_cpl;
-            return restore(cpu, e);
-        }
-        cpu.gpr[RSP] = new_sp.wrapping_add(release);
-        scrub_data_segments(cpu);
-    } else {
-        if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
-            return restore(cpu, e);
-        }
-        set_cs(cpu, &d, sel, cpl);
-    }
-    cpu.rip = mask_ip(ip, bytes);
-    Ok(())
+        cpu.rip = mask_ip(ip, bytes);
+        Ok(())
+    })
 }
 
 /// The RFLAGS bits IRET/POPF may change at this privilege (SDM: POPF, IRET).
@@ -458,47 +454,34 @@ pub fn writable_flags(cpu: &CpuState, bytes: u64) -> u64 {
 
 /// IRET in every mode but task returns (NT set in protected mode) and returns to VM86.
 pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
+    transactional(cpu, ctx, |cpu, ctx| iret_inner(cpu, ctx, bytes))
+}
+
+fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
     let b = bytes as u8;
-    let saved_sp = cpu.gpr[RSP];
     let old_flags = flags::rflags(cpu);
-    if !cpu.protected() {
-        let ip = pop(cpu, ctx, b);
-        let cs = ip.and_then(|_| pop(cpu, ctx, b));
-        let fl = cs.and_then(|_| pop(cpu, ctx, b));
-        let (ip, cs, fl) = match (ip, cs, fl) {
-            (Ok(i), Ok(c), Ok(f)) => (i, c as u16, f),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                cpu.gpr[RSP] = saved_sp;
-                return Err(e);
-            }
-        };
-        cpu.seg[CS].selector = cs;
-        cpu.seg[CS].base = (cs as u64) << 4;
-        cpu.rip = mask_ip(ip, bytes);
-        let m = writable_flags(cpu, bytes);
-        flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
-        return Ok(());
-    }
-    if cpu.v86() {
-        let iopl = (old_flags & IOPL) >> 12;
-        if iopl < 3 {
+    if !cpu.protected() || cpu.v86() {
+        if cpu.v86() && (old_flags & IOPL) >> 12 < 3 {
             return Err(gp(0));
         }
-        let ip = pop(cpu, ctx, b);
-        let cs = ip.and_then(|_| pop(cpu, ctx, b));
-        let fl = cs.and_then(|_| pop(cpu, ctx, b));
-        let (ip, cs, fl) = match (ip, cs, fl) {
-            (Ok(i), Ok(c), Ok(f)) => (i, c as u16, f),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                cpu.gpr[RSP] = saved_sp;
-                return Err(e);
-            }
+        let ip = pop(cpu, ctx, b)?;
+        let cs = pop(cpu, ctx, b)? as u16;
+        let fl = pop(cpu, ctx, b)?;
+        let m = if cpu.v86() {
+            // IOPL stays; VM86 code cannot change it.
+            (CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | IF)
+                & if bytes == 2 { 0xFFFF } else { !0 }
+        } else {
+            writable_flags(cpu, bytes)
         };
-        cpu.seg[CS] = Segment::real(cs, true);
-        cpu.seg[CS].attr |= 3 << attr::DPL_SHIFT;
+        if cpu.v86() {
+            cpu.seg[CS] = Segment::real(cs, true);
+            cpu.seg[CS].attr |= 3 << attr::DPL_SHIFT;
+        } else {
+            cpu.seg[CS].selector = cs;
+            cpu.seg[CS].base = (cs as u64) << 4;
+        }
         cpu.rip = mask_ip(ip, bytes);
-        let m = (CF | PF | AF | ZF | SF | TF | DF | OF | NT | AC | ID | IF)
-            & if bytes == 2 { 0xFFFF } else { !0 };
         flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
         return Ok(());
     }
@@ -506,71 +489,29 @@ pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excepti
         ctx.stats.unsupported_gates += 1;
         return Err(gp(0)); // task return: no task switching
     }
-    let fail = |cpu: &mut CpuState, e| {
-        cpu.gpr[RSP] = saved_sp;
-        Err(e)
-    };
-    let ip = match pop(cpu, ctx, b) {
-        Ok(v) => v,
-        Err(e) => return fail(cpu, e),
-    };
-    let sel = match pop(cpu, ctx, b) {
-        Ok(v) => v as u16,
-        Err(e) => return fail(cpu, e),
-    };
-    let fl = match pop(cpu, ctx, b) {
-        Ok(v) => v,
-        Err(e) => return fail(cpu, e),
-    };
+    let ip = pop(cpu, ctx, b)?;
+    let sel = pop(cpu, ctx, b)? as u16;
+    let fl = pop(cpu, ctx, b)?;
     let cpl = cpu.cpl();
     if fl & VM != 0 && cpl == 0 && !cpu.long_mode() {
         ctx.stats.unsupported_gates += 1;
-        return fail(cpu, gp(0)); // return to virtual-8086 mode
+        return Err(gp(0)); // return to virtual-8086 mode
     }
-    if sel & !3 == 0 {
-        return fail(cpu, gp(0));
-    }
-    let (addr, d) = match fetch(cpu, ctx, sel) {
-        Ok(x) => x,
-        Err(e) => return fail(cpu, e),
-    };
+    let (addr, d) = return_target(cpu, ctx, sel)?;
     let rpl = (sel & 3) as u8;
-    if !d.is_code()
-        || rpl < cpl
-        || (d.conforming() && d.dpl() > rpl)
-        || (!d.conforming() && d.dpl() != rpl)
-    {
-        return fail(cpu, gp(sel));
-    }
-    if !d.present() {
-        return fail(cpu, Exception::with_code(11, (sel & 0xFFFC) as u32));
-    }
     let m = writable_flags(cpu, bytes);
     let pops_stack = rpl > cpl || cpu.mode64();
-    let (new_sp, new_ss) = if pops_stack {
-        let sp = match pop(cpu, ctx, b) {
-            Ok(v) => v,
-            Err(e) => return fail(cpu, e),
-        };
-        let ss = match pop(cpu, ctx, b) {
-            Ok(v) => v as u16,
-            Err(e) => return fail(cpu, e),
-        };
-        (Some(sp), ss)
+    let new_stack = if pops_stack {
+        let sp = pop(cpu, ctx, b)?;
+        let ss = pop(cpu, ctx, b)? as u16;
+        Some((sp, ss))
     } else {
-        (None, 0)
+        None
     };
-    if let Err(e) = mark_accessed(cpu, ctx, addr, &d) {
-        return fail(cpu, e);
-    }
-    let (old_cs, old_cpl) = (cpu.seg[CS], cpu.cpl);
+    mark_accessed(cpu, ctx, addr, &d)?;
     set_cs(cpu, &d, sel, rpl);
-    if let Some(sp) = new_sp {
-        if let Err(e) = load_segment(cpu, ctx, SS, new_ss) {
-            cpu.seg[CS] = old_cs;
-            cpu.cpl = old_cpl;
-            return fail(cpu, e);
-        }
+    if let Some((sp, ss)) = new_stack {
+        load_segment(cpu, ctx, SS, ss)?;
         cpu.gpr[RSP] = if cpu.seg[SS].db() || cpu.mode64() {
             sp
         } else {
