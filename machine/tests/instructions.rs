@@ -921,3 +921,154 @@ fn user_access_to_a_supervisor_page_faults() {
     assert_eq!(d.cpu.cr2, 0x1_2000);
     assert_eq!(d.u64_at(d.cpu.gpr[4]), 0x5, "present, read, user");
 }
+
+#[test]
+fn mode_switches_real_protected_long_compat_and_back() {
+    // Pieces of code in each mode, joined by far jumps and far returns:
+    // A real (CODE) -> B protected 32 -> C long 64 -> D compatibility 32 -> E long 64
+    // -> F compatibility 32, paging and LME off -> G 16-bit protected -> H real mode.
+    const GDT: u64 = 0x600;
+    const B: u64 = 0x2_1000;
+    const C: u64 = 0x2_2000;
+    const D: u64 = 0x2_3000;
+    const E: u64 = 0x2_4000;
+    const F: u64 = 0x2_5000;
+    const G: u64 = 0xF000;
+    const H: u64 = 0xF100;
+    let far32 = |a: &mut CodeAssembler, sel: u16, target: u64| -> Result<(), IcedError> {
+        let mut b = vec![0xEA];
+        b.extend_from_slice(&(target as u32).to_le_bytes());
+        b.extend_from_slice(&sel.to_le_bytes());
+        a.db(&b)
+    };
+    let piece = |bits: u32, at: u64, f: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+        let mut a = CodeAssembler::new(bits).unwrap();
+        f(&mut a).unwrap();
+        a.assemble(at).unwrap()
+    };
+    let b = piece(32, B, &|a| {
+        a.mov(ax, 0x10)?;
+        a.mov(ds, ax)?;
+        a.mov(es, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x20)?;
+        a.mov(cr4, eax)?;
+        a.mov(eax, 0x9000)?;
+        a.mov(cr3, eax)?;
+        a.mov(ecx, 0xC000_0080u32)?;
+        a.rdmsr()?;
+        a.or(eax, 0x100)?;
+        a.wrmsr()?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32 as i32)?;
+        a.mov(cr0, eax)?;
+        far32(a, 0x18, C)
+    });
+    // From 64-bit code to a 32-bit segment: a far return with CS = 0x08.
+    let to_compat = |a: &mut CodeAssembler, target: u64| -> Result<(), IcedError> {
+        a.push(0x08)?;
+        a.mov(rax, target)?;
+        a.push(rax)?;
+        a.db(&[0x48, 0xCB]) // RETFQ: 64-bit pops of RIP and CS
+    };
+    let c = piece(64, C, &|a| {
+        a.mov(r8, 0x64u64)?;
+        to_compat(a, D)
+    });
+    let d = piece(32, D, &|a| {
+        a.mov(esi, 0x32)?;
+        far32(a, 0x18, E)
+    });
+    let e = piece(64, E, &|a| {
+        a.mov(r9, 0x64u64)?;
+        to_compat(a, F)
+    });
+    let f = piece(32, F, &|a| {
+        a.mov(eax, cr0)?;
+        a.and(eax, 0x7FFF_FFFF)?;
+        a.mov(cr0, eax)?; // paging off: long mode deactivated
+        a.mov(ecx, 0xC000_0080u32)?;
+        a.rdmsr()?;
+        a.and(eax, !0x100)?;
+        a.wrmsr()?;
+        a.mov(edi, 0x3232)?;
+        far32(a, 0x20, G)
+    });
+    let g = piece(16, G, &|a| {
+        a.mov(ax, 0x28)?;
+        a.mov(ds, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(eax, cr0)?;
+        a.and(al, 0xFE)?;
+        a.mov(cr0, eax)?;
+        a.db(&[0xEA, (H & 0xFF) as u8, (H >> 8) as u8, 0, 0]) // jmp 0000:H
+    });
+    let h = piece(16, H, &|a| {
+        a.xor(ax, ax)?;
+        a.mov(ds, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(bx, 0x1616)?;
+        a.mov(byte_ptr(0x6100), 0x99)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let d2 = run(
+        Mode::Real16,
+        |_, mem| {
+            // null, 0x08 code32, 0x10 data32, 0x18 code64, 0x20 code16, 0x28 data16
+            let descs: [u64; 6] = [
+                0,
+                0x00CF_9B00_0000_FFFF,
+                0x00CF_9300_0000_FFFF,
+                0x00AF_9B00_0000_FFFF,
+                0x0000_9B00_0000_FFFF,
+                0x0000_9300_0000_FFFF,
+            ];
+            for (i, dsc) in descs.iter().enumerate() {
+                mem.write_u64(GDT + 8 * i as u64, *dsc).unwrap();
+            }
+            mem.write(0x5F0, &((6 * 8 - 1) as u16).to_le_bytes())
+                .unwrap();
+            mem.write(0x5F2, &(GDT as u32).to_le_bytes()).unwrap();
+            gantry_machine::boot::tables::write_identity_paging(mem).unwrap();
+            for (at, code) in [
+                (B, &b),
+                (C, &c),
+                (D, &d),
+                (E, &e),
+                (F, &f),
+                (G, &g),
+                (H, &h),
+            ] {
+                mem.write(at, code).unwrap();
+            }
+        },
+        |a| {
+            // Piece A, real mode at CODE (CS base 0x20000): o32 lgdt [0x5F0] with DS = 0.
+            a.xor(ax, ax)?;
+            a.mov(ds, ax)?;
+            a.db(&[0x66, 0x0F, 0x01, 0x16, 0xF0, 0x05])?;
+            a.mov(eax, cr0)?;
+            a.or(al, 1)?;
+            a.mov(cr0, eax)?;
+            let mut jmp = vec![0x66, 0xEA];
+            jmp.extend_from_slice(&(B as u32).to_le_bytes());
+            jmp.extend_from_slice(&0x08u16.to_le_bytes());
+            a.db(&jmp)
+        },
+    );
+    assert_eq!(d2.vector(), None, "no exception on the way");
+    assert_eq!(
+        d2.cpu.gpr[8], 0x64,
+        "R8 set in 64-bit mode survives compatibility mode"
+    );
+    assert_eq!(d2.cpu.gpr[6], 0x32, "ESI set in compatibility mode");
+    assert_eq!(d2.cpu.gpr[9], 0x64);
+    assert_eq!(d2.cpu.gpr[7], 0x3232);
+    assert_eq!(d2.cpu.gpr[3] & 0xFFFF, 0x1616, "back in real mode");
+    assert_eq!(d2.bytes_at(0x6100, 1), [0x99]);
+    assert_eq!(d2.cpu.cr0 & 0x8000_0001, 0, "paging and protection off");
+    assert_eq!(d2.cpu.efer & 0x500, 0, "LME and LMA clear");
+    assert_eq!(d2.cpu.code_bits(), 16);
+}
