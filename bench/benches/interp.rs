@@ -5,14 +5,11 @@
 //! the debug-exit port; criterion's throughput is in guest instructions.
 
 use std::hint::black_box;
-use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gantry_devices::clock::{Clock, HostClock};
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
-use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::board::Board;
 use gantry_machine::boot::EntryState;
-use gantry_machine::console::HostConsole;
 use gantry_machine::cpu::EmuCpu;
 use gantry_machine::memory::GuestMemory;
 use iced_x86::code_asm::*;
@@ -21,18 +18,7 @@ const ENTRY: u64 = 0x10_0000;
 const ITER: u32 = 200_000;
 
 fn board() -> Board {
-    let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-    Board::new(
-        BoardConfig {
-            ram_size: 64 << 20,
-            serial: SerialSink::None,
-            debugcon_port: None,
-            cmos: None,
-        },
-        clock,
-        HostConsole::none(),
-    )
-    .expect("board")
+    gantry_bench::quiet_board(64 << 20)
 }
 
 /// Assembles `body` (32-bit) followed by an exit through port 0xF4.

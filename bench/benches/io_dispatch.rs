@@ -2,26 +2,12 @@
 //! once it reaches the board.
 
 use std::hint::black_box;
-use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gantry_devices::clock::{Clock, HostClock};
-use gantry_machine::board::{Board, BoardConfig, SerialSink};
-use gantry_machine::console::HostConsole;
+use gantry_machine::board::Board;
 
 fn board() -> Board {
-    let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-    Board::new(
-        BoardConfig {
-            ram_size: 256 << 20,
-            serial: SerialSink::None,
-            debugcon_port: None,
-            cmos: None,
-        },
-        clock,
-        HostConsole::none(),
-    )
-    .expect("board")
+    gantry_bench::quiet_board(256 << 20)
 }
 
 fn io(c: &mut Criterion) {

@@ -3,6 +3,7 @@
 //! ([`lift`]). This crate is the one place where x86 instruction semantics are written; it
 //! never calls into the machine.
 
+pub mod arith;
 pub mod bcd;
 pub mod flags;
 pub mod ir;

@@ -92,18 +92,10 @@ fn with_low_f64(x: &X, v: f64) -> X {
 /// The SSE/SSE2 instructions Gantry implements (the rest raise #UD, counted).
 pub fn supported(m: M) -> bool {
     binary(m, &[0; 16], &[0; 16], 0).is_some()
+        || is_full_move(m)
         || matches!(
             m,
-            M::Movdqa
-                | M::Movdqu
-                | M::Movaps
-                | M::Movups
-                | M::Movapd
-                | M::Movupd
-                | M::Movntdq
-                | M::Movntps
-                | M::Movntpd
-                | M::Movd
+            M::Movd
                 | M::Movq
                 | M::Movsd
                 | M::Movss

@@ -278,11 +278,6 @@ impl Board {
         self.pic.borrow_mut().acknowledge()
     }
 
-    /// True if a wire rose since the PIC last looked (cheap check for run loops).
-    pub fn irq_news(&self) -> bool {
-        self.wires.has_news()
-    }
-
     fn timed(&self) -> [Rc<RefCell<dyn Timed>>; 2] {
         [self.pit.clone(), self.rtc.clone()]
     }

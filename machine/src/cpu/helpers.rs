@@ -2,6 +2,7 @@
 //! Privilege checks and machine state live here; pure flag and arithmetic semantics stay
 //! in the frontend.
 
+use gantry_frontend::arith;
 use gantry_frontend::flags;
 use gantry_frontend::iced_x86;
 use gantry_frontend::ir::Helper;
@@ -102,8 +103,10 @@ impl Host for Ctx<'_> {
                 }
                 Ok(0)
             }
-            Helper::Div(bytes) => divide(cpu, bytes, arg(0), false).map(|_| 0),
-            Helper::Idiv(bytes) => divide(cpu, bytes, arg(0), true).map(|_| 0),
+            Helper::Div(bytes) => arith::divide(cpu, bytes, arg(0), false)
+                .map(|_| 0)
+                .ok_or(DE),
+            Helper::Idiv(bytes) => arith::divide(cpu, bytes, arg(0), true).map(|_| 0).ok_or(DE),
             Helper::LoadSeg(seg) => {
                 segments::load_segment(cpu, self, seg as usize, arg(0) as u16)?;
                 if seg as usize == SS {
@@ -418,61 +421,6 @@ fn fx_get16(cpu: &CpuState, off: usize) -> u16 {
 }
 fn fx_set16(cpu: &mut CpuState, off: usize, v: u16) {
     cpu.fx.bytes[off..off + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-/// DIV/IDIV of the double-width accumulator pair by `divisor` (SDM: DIV, IDIV).
-fn divide(cpu: &mut CpuState, bytes: u8, divisor: u64, signed: bool) -> Result<(), Exception> {
-    let bits = bytes as u32 * 8;
-    let mask = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
-    let d = divisor & mask;
-    if d == 0 {
-        return Err(DE);
-    }
-    let (lo, hi) = if bytes == 1 {
-        (cpu.gpr[RAX] & 0xFF, (cpu.gpr[RAX] >> 8) & 0xFF)
-    } else {
-        (cpu.gpr[RAX] & mask, cpu.gpr[RDX] & mask)
-    };
-    let dividend = (hi as u128) << bits | lo as u128;
-    let (q, r) = if signed {
-        let sx = |v: u128, b: u32| ((v << (128 - b)) as i128) >> (128 - b);
-        let n = sx(dividend, bits * 2);
-        let dv = sx(d as u128, bits);
-        let q = n.checked_div(dv).ok_or(DE)?;
-        let r = n - q * dv;
-        let min = -(1i128 << (bits - 1));
-        let max = (1i128 << (bits - 1)) - 1;
-        if q < min || q > max {
-            return Err(DE);
-        }
-        (q as u128 as u64 & mask, r as u128 as u64 & mask)
-    } else {
-        let q = dividend / d as u128;
-        if q > mask as u128 {
-            return Err(DE);
-        }
-        (q as u64, (dividend % d as u128) as u64)
-    };
-    match bytes {
-        1 => cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xFFFF) | q | (r << 8),
-        2 => {
-            cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xFFFF) | q;
-            cpu.gpr[RDX] = (cpu.gpr[RDX] & !0xFFFF) | r;
-        }
-        4 => {
-            cpu.gpr[RAX] = q;
-            cpu.gpr[RDX] = r;
-        }
-        _ => {
-            cpu.gpr[RAX] = q;
-            cpu.gpr[RDX] = r;
-        }
-    }
-    Ok(())
 }
 
 const MSR_TSC: u32 = 0x10;
@@ -870,6 +818,31 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Loads the GDT descriptor of an LDT or TSS (16 bytes in long mode) for LLDT/LTR,
+    /// checked against the system types `ok`; returns its address and the segment.
+    fn system_descriptor(
+        &mut self,
+        cpu: &mut CpuState,
+        sel: u16,
+        ok: impl Fn(u8) -> bool,
+    ) -> Result<(u64, u64, Segment), Exception> {
+        if sel & 4 != 0 {
+            return Err(gp(sel));
+        }
+        let (addr, d) = segments::fetch(cpu, self, sel)?;
+        if d.s() || !ok(d.typ()) {
+            return Err(gp(sel));
+        }
+        if !d.present() {
+            return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
+        }
+        let mut s = d.segment(sel);
+        if cpu.long_mode() {
+            s.base |= (self.sys_read(cpu, addr + 8, 4)? & 0xFFFF_FFFF) << 32;
+        }
+        Ok((addr, d.raw, s))
+    }
+
     fn lldt(&mut self, cpu: &mut CpuState, sel: u16) -> Result<(), Exception> {
         require_cpl0(cpu)?;
         if !cpu.protected() || cpu.v86() {
@@ -882,20 +855,7 @@ impl Ctx<'_> {
             };
             return Ok(());
         }
-        if sel & 4 != 0 {
-            return Err(gp(sel));
-        }
-        let (addr, d) = segments::fetch(cpu, self, sel)?;
-        if d.s() || d.typ() != 2 {
-            return Err(gp(sel));
-        }
-        if !d.present() {
-            return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
-        }
-        let mut s = d.segment(sel);
-        if cpu.long_mode() {
-            s.base |= (self.sys_read(cpu, addr + 8, 4)? & 0xFFFF_FFFF) << 32;
-        }
+        let (_, _, s) = self.system_descriptor(cpu, sel, |t| t == 2)?;
         cpu.ldtr = s;
         Ok(())
     }
@@ -905,23 +865,15 @@ impl Ctx<'_> {
         if !cpu.protected() || cpu.v86() {
             return Err(UD);
         }
-        if sel & !3 == 0 || sel & 4 != 0 {
+        if sel & !3 == 0 {
             return Err(gp(sel));
         }
-        let (addr, d) = segments::fetch(cpu, self, sel)?;
         // Available 16-bit (1) or 32/64-bit (9) TSS.
-        if d.s() || !(d.typ() == 9 || (d.typ() == 1 && !cpu.long_mode())) {
-            return Err(gp(sel));
-        }
-        if !d.present() {
-            return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
-        }
-        let mut s = d.segment(sel);
-        if cpu.long_mode() {
-            s.base |= (self.sys_read(cpu, addr + 8, 4)? & 0xFFFF_FFFF) << 32;
-        }
+        let long = cpu.long_mode();
+        let (addr, raw, mut s) =
+            self.system_descriptor(cpu, sel, |t| t == 9 || (t == 1 && !long))?;
         // Mark it busy, in memory and in TR.
-        self.sys_write(cpu, addr + 5, 1, (d.raw >> 40) | 2)?;
+        self.sys_write(cpu, addr + 5, 1, (raw >> 40) | 2)?;
         s.attr |= 2;
         cpu.tr = s;
         Ok(())

@@ -295,18 +295,23 @@ impl Mmu {
     ) -> bool {
         let data = value.to_le_bytes();
         let n = bytes as usize;
+        // RAM first: one region lookup on the common path.
+        if mem.write(phys, &data[..n]).is_ok() {
+            let page = (phys >> PAGE_SHIFT) as usize;
+            return self.code_pages.get(page).copied().unwrap_or(false);
+        }
         match mem.region_at(phys).map(|r| r.backing) {
-            Some(Backing::Ram(_)) => {
-                if mem.write(phys, &data[..n]).is_err() {
-                    // Crosses out of RAM: byte by byte.
-                    for (i, b) in data[..n].iter().enumerate() {
-                        let _ = mem.write(phys + i as u64, &[*b]);
-                    }
-                }
-                let page = (phys >> PAGE_SHIFT) as usize;
-                self.code_pages.get(page).copied().unwrap_or(false)
-            }
             Some(Backing::Rom(_)) => false,
+            Some(Backing::Ram(_)) => {
+                // Crosses out of its RAM region: byte by byte.
+                for (i, b) in data[..n].iter().enumerate() {
+                    let _ = mem.write(phys + i as u64, &[*b]);
+                }
+                self.code_pages
+                    .get((phys >> PAGE_SHIFT) as usize)
+                    .copied()
+                    .unwrap_or(false)
+            }
             None => {
                 self.stats.mmio_accesses += 1;
                 board.mmio_write(phys, &data[..n]);
