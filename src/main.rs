@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_machine::board::SerialSink;
-use gantry_machine::vm::{self, AccelKind, BootSource, MachineConfig};
+use gantry_machine::vm::{self, AccelKind, BootSource, GdbConfig, MachineConfig};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,13 @@ struct RunArgs {
     /// On a guest reset or triple fault, stop (exit status 3) instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
+    /// Serve the GDB remote protocol on this TCP address (PORT, :PORT or HOST:PORT; the
+    /// host defaults to 127.0.0.1). The guest runs until gdb attaches.
+    #[arg(long, value_name = "ADDR", value_parser = parse_gdb_addr)]
+    gdb: Option<String>,
+    /// With --gdb: wait for gdb before the guest's first instruction (as QEMU's -S).
+    #[arg(long, requires = "gdb")]
+    gdb_wait: bool,
     /// Print counters (exits, interrupts, POST codes, unassigned ports) when the run ends.
     #[arg(long)]
     stats: bool,
@@ -121,6 +128,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+fn parse_gdb_addr(s: &str) -> Result<String, String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some(("", p)) => ("127.0.0.1", p),
+        Some((h, p)) => (h, p),
+        None => ("127.0.0.1", s),
+    };
+    match port.parse::<u16>() {
+        Ok(p) => Ok(format!("{host}:{p}")),
+        Err(_) => Err(format!("'{s}' is not PORT, :PORT or HOST:PORT")),
+    }
+}
+
 fn parse_serial(s: &str) -> Result<SerialArg, String> {
     match s {
         "stdio" => Ok(SerialArg::Stdio),
@@ -155,11 +174,14 @@ fn read_file(role: &str, path: &Path) -> Result<Vec<u8>, String> {
     })
 }
 
-fn choose_accel(a: Accel) -> Result<AccelKind, String> {
+/// The backend `--accel` names; `auto` means KVM when usable, except with `--gdb`, which
+/// only the emulated CPU serves so far.
+fn choose_accel(a: Accel, gdb: bool) -> Result<AccelKind, String> {
     Ok(match a {
         Accel::Kvm => AccelKind::Kvm,
         Accel::Jit => AccelKind::Jit,
         Accel::Interp => AccelKind::Interp,
+        Accel::Auto if gdb => AccelKind::Interp,
         Accel::Auto => match vm::kvm_usable() {
             Ok(()) => AccelKind::Kvm,
             Err(_) => AccelKind::Interp,
@@ -202,11 +224,15 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let cfg = MachineConfig {
         ram_size: args.mem,
         boot,
-        accel: choose_accel(args.accel)?,
+        accel: choose_accel(args.accel, args.gdb.is_some())?,
         serial,
         console_input,
         debugcon_port: args.debugcon,
         no_reboot: args.no_reboot,
+        gdb: args.gdb.clone().map(|addr| GdbConfig {
+            addr,
+            wait: args.gdb_wait,
+        }),
     };
     let (outcome, report) = vm::run(cfg).map_err(|e| e.to_string())?;
     if let Some(m) = outcome.message() {

@@ -10,23 +10,11 @@ use std::time::Duration;
 
 use common::gantry;
 
-fn guest() -> Option<(String, String)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/roms/guests");
-    let k = format!("{dir}/vmlinuz");
-    let i = format!("{dir}/initramfs.cpio.gz");
-    if std::path::Path::new(&k).exists() && std::path::Path::new(&i).exists() {
-        return Some((k, i));
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{dir}: Debian guest missing (CI runs roms/fetch-debian-guest.sh first)");
-    }
-    eprintln!("SKIP debian_boots_to_user_space_on_the_interpreter: run roms/fetch-debian-guest.sh");
-    None
-}
-
 #[test]
 fn debian_boots_to_user_space_on_the_interpreter() {
-    let Some((kernel, initrd)) = guest() else {
+    let Some((kernel, initrd)) =
+        common::debian_guest("debian_boots_to_user_space_on_the_interpreter")
+    else {
         return;
     };
     let started = std::time::Instant::now();

@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash roms/fetch-debian-guest.sh
+# The gdbstub tests drive stock gdb against kernels linked with binutils.
+missing=()
+command -v gdb >/dev/null || missing+=(gdb)
+command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} for the gdb tests"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -297,6 +297,16 @@ impl CpuState {
     pub fn protected(&self) -> bool {
         self.cr0 & CR0_PE != 0
     }
+
+    /// The linear address of the next instruction, CS.base + RIP (RIP alone in 64-bit
+    /// mode, where CS has no base).
+    pub fn linear_rip(&self) -> u64 {
+        if self.mode64() {
+            self.rip
+        } else {
+            self.seg[CS].base.wrapping_add(self.rip) & 0xFFFF_FFFF
+        }
+    }
     pub fn long_mode(&self) -> bool {
         self.efer & EFER_LMA != 0
     }

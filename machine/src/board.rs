@@ -86,6 +86,8 @@ pub struct Board {
     console: HostConsole,
     pending_input: std::collections::VecDeque<u8>,
     quit: bool,
+    /// The longest a halted CPU may sleep (a debugger polls its connection in between).
+    max_wait: Option<Duration>,
     unknown_ports: BTreeMap<u16, PortStats>,
     unknown_mmio: u64,
     /// The PIC's INT output as last computed, valid while `int_valid`: it can change only
@@ -174,6 +176,7 @@ impl Board {
             console,
             pending_input: Default::default(),
             quit: false,
+            max_wait: None,
             unknown_ports: BTreeMap::new(),
             unknown_mmio: 0,
             int_cached: false,
@@ -220,6 +223,11 @@ impl Board {
     /// Gives back the host console (kept across guest resets).
     pub fn into_console(self) -> HostConsole {
         self.console
+    }
+
+    /// Takes the host console out, leaving none (for a reset that rebuilds the board).
+    pub fn take_console(&mut self) -> HostConsole {
+        std::mem::replace(&mut self.console, HostConsole::none())
     }
 
     pub fn clock(&self) -> &Rc<dyn Clock> {
@@ -334,6 +342,10 @@ impl Board {
         let deadline = self.next_deadline();
         let now = self.clock.now_ns();
         let timeout = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now)));
+        let timeout = match (timeout, self.max_wait) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (t, m) => t.or(m),
+        };
         match self.console.wait(timeout) {
             Wait::Input(i) => self.take_input(i),
             Wait::Timeout => {}
@@ -347,6 +359,11 @@ impl Board {
         }
         self.service();
         true
+    }
+
+    /// Bounds how long [`Self::wait_for_event`] sleeps.
+    pub fn set_max_wait(&mut self, max: Option<Duration>) {
+        self.max_wait = max;
     }
 
     pub fn event_pending(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod console;
 pub mod cpu;
 pub mod e820;
+pub mod gdb;
 pub mod layout;
 pub mod memory;
 pub mod vm;

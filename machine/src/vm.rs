@@ -52,6 +52,14 @@ pub struct MachineConfig {
     pub console_input: bool,
     pub debugcon_port: Option<u16>,
     pub no_reboot: bool,
+    /// Serve gdb on this address; `wait`: before the first instruction.
+    pub gdb: Option<GdbConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GdbConfig {
+    pub addr: String,
+    pub wait: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,8 @@ pub enum MachineError {
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     #[error("--accel kvm needs an x86-64 Linux host")]
     KvmUnavailable,
+    #[error("{0}")]
+    Gdb(String),
     #[error("device setup: {0}")]
     Bus(#[from] gantry_devices::bus::BusError),
     #[error("serial output: {0}")]
@@ -249,6 +259,15 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
     } else {
         HostConsole::none()
     };
+    if let Some(g) = cfg.gdb.clone() {
+        if cfg.accel != AccelKind::Interp {
+            return Err(MachineError::Gdb(format!(
+                "--gdb needs --accel interp for now (the {} backend has no debugger yet)",
+                cfg.accel.name()
+            )));
+        }
+        return crate::gdb::serve(cfg, &g.addr, g.wait, console);
+    }
     let mut report = RunReport::default();
     let mut resets = 0u64;
     let mut cmos = None;
@@ -257,31 +276,8 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
         let mut machine = Machine::new(&cfg, clock, console, cmos.take())?;
         let (stop, accel_stats) = run_accel(&cfg, &mut machine)?;
         machine.board.flush();
-        let outcome = match stop {
-            CpuStop::Board(BoardEvent::Quit) => RunOutcome::Quit,
-            CpuStop::Board(BoardEvent::Signal(s)) => RunOutcome::Signal(s),
-            CpuStop::Board(BoardEvent::System(SystemEvent::PowerOff)) => RunOutcome::PowerOff,
-            CpuStop::Board(BoardEvent::System(SystemEvent::DebugExit(v))) => {
-                RunOutcome::DebugExit(v)
-            }
-            CpuStop::Board(BoardEvent::System(SystemEvent::Reset { source })) => {
-                RunOutcome::Reset {
-                    cause: format!("reset requested through {source}"),
-                }
-            }
-            CpuStop::TripleFault { rip } => RunOutcome::Reset {
-                cause: format!("triple fault at RIP {rip:#x}"),
-            },
-            CpuStop::HaltedForever { rip } => RunOutcome::HaltedForever { rip },
-        };
-        let mut text = String::new();
-        let _ = writeln!(text, "boot: {}", machine.format);
-        let _ = writeln!(text, "accelerator: {}", cfg.accel.name());
-        let _ = writeln!(text, "{accel_stats}");
-        machine.board.stats(&mut text);
-        let _ = writeln!(text, "guest resets: {resets}");
-        let _ = writeln!(text, "run time: {:.3} s", started.elapsed().as_secs_f64());
-        report.text = text;
+        let outcome = outcome_of(stop);
+        report.text = stats_text(&cfg, &machine, &accel_stats, resets, started);
         cmos = Some(machine.board.save_cmos());
         console = machine.board.into_console();
         match outcome {
@@ -292,6 +288,41 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
             o => return Ok((o, report)),
         }
     }
+}
+
+/// What a CPU stop means for the run.
+pub(crate) fn outcome_of(stop: CpuStop) -> RunOutcome {
+    match stop {
+        CpuStop::Board(BoardEvent::Quit) => RunOutcome::Quit,
+        CpuStop::Board(BoardEvent::Signal(s)) => RunOutcome::Signal(s),
+        CpuStop::Board(BoardEvent::System(SystemEvent::PowerOff)) => RunOutcome::PowerOff,
+        CpuStop::Board(BoardEvent::System(SystemEvent::DebugExit(v))) => RunOutcome::DebugExit(v),
+        CpuStop::Board(BoardEvent::System(SystemEvent::Reset { source })) => RunOutcome::Reset {
+            cause: format!("reset requested through {source}"),
+        },
+        CpuStop::TripleFault { rip } => RunOutcome::Reset {
+            cause: format!("triple fault at RIP {rip:#x}"),
+        },
+        CpuStop::HaltedForever { rip } => RunOutcome::HaltedForever { rip },
+    }
+}
+
+/// The `--stats` report of a run.
+pub(crate) fn stats_text(
+    cfg: &MachineConfig,
+    machine: &Machine,
+    accel_stats: &str,
+    resets: u64,
+    started: Instant,
+) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "boot: {}", machine.format);
+    let _ = writeln!(text, "accelerator: {}", cfg.accel.name());
+    let _ = writeln!(text, "{accel_stats}");
+    machine.board.stats(&mut text);
+    let _ = writeln!(text, "guest resets: {resets}");
+    let _ = writeln!(text, "run time: {:.3} s", started.elapsed().as_secs_f64());
+    text
 }
 
 fn run_accel(

@@ -161,3 +161,19 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> String {
     std::fs::write(&p, data).expect("write test file");
     p.to_string_lossy().into_owned()
 }
+
+/// Debian's kernel and the busybox initramfs (roms/fetch-debian-guest.sh), if fetched.
+/// Missing: a failure in CI (whose test command fetches them first), else a SKIP line.
+pub fn debian_guest(test: &str) -> Option<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/roms/guests");
+    let k = format!("{dir}/vmlinuz");
+    let i = format!("{dir}/initramfs.cpio.gz");
+    if Path::new(&k).exists() && Path::new(&i).exists() {
+        return Some((k, i));
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{dir}: Debian guest missing (CI runs roms/fetch-debian-guest.sh first)");
+    }
+    eprintln!("SKIP {test}: run roms/fetch-debian-guest.sh");
+    None
+}

@@ -77,6 +77,37 @@ pub fn translate(
     cs_base: u64,
     mode: Mode,
 ) -> Result<Block, FetchFault> {
+    translate_with(src, start, cs_base, mode, &Limits::default())
+}
+
+/// Where blocks must end besides the architectural reasons: a debugger's breakpoints (a
+/// block stops before one, so the run loop sees the breakpoint's address at a block start)
+/// and single-instruction blocks for stepping and watchpoints.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_insns: u32,
+    /// Linear addresses, sorted.
+    pub stop_before: Vec<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_insns: MAX_BLOCK_INSNS,
+            stop_before: Vec::new(),
+        }
+    }
+}
+
+/// [`translate`] with a debugger's [`Limits`].
+pub fn translate_with(
+    src: &mut dyn CodeSource,
+    start: u64,
+    cs_base: u64,
+    mode: Mode,
+    limits: &Limits,
+) -> Result<Block, FetchFault> {
+    let max_insns = limits.max_insns.clamp(1, MAX_BLOCK_INSNS);
     let mut b = Builder::default();
     let mut rip = start;
     let mut count = 0u32;
@@ -121,7 +152,8 @@ pub fn translate(
             break;
         }
         let crosses = linear(rip) / PAGE != start_page || last_byte / PAGE != start_page;
-        if count >= MAX_BLOCK_INSNS || crosses {
+        let at_breakpoint = limits.stop_before.binary_search(&linear(rip)).is_ok();
+        if count >= max_insns || crosses || at_breakpoint {
             b.push(Inst::Exit {
                 next: rip,
                 why: ExitWhy::Continue,

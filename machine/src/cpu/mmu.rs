@@ -5,6 +5,7 @@
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
+use super::paging::{self, PagingRegs, WalkEnd};
 use crate::board::Board;
 use crate::memory::{Backing, GuestMemory};
 
@@ -151,16 +152,11 @@ impl Mmu {
         access: Access,
         user: bool,
     ) -> Result<Walk, Exception> {
-        let nxe = cpu.efer & EFER_NXE != 0;
-        let wp = cpu.cr0 & CR0_WP != 0;
         let write = access == Access::Write;
         let fetch = access == Access::Exec;
-        // Permissions accumulate over the levels.
-        let mut writable = true;
-        let mut user_ok = true;
-        let mut exec_ok = true;
-        let a20 = cpu.a20_mask;
-        let fault = |cpu: &mut CpuState, present: bool, rsvd: bool| {
+        let nxe = cpu.efer & EFER_NXE != 0;
+        let mut fault = |cpu: &mut CpuState, present: bool, rsvd: bool| {
+            self.stats.page_faults += 1;
             cpu.cr2 = linear;
             let code = present as u32
                 | (write as u32) << 1
@@ -169,100 +165,42 @@ impl Mmu {
                 | ((fetch && (nxe || cpu.cr4 & CR4_PAE != 0)) as u32) << 4;
             Exception::with_code(14, code)
         };
-        let mut entries: Vec<(u64, u64, bool)> = Vec::with_capacity(4); // (addr, value, 8-byte)
-        let (phys, global) = if cpu.cr4 & CR4_PAE == 0 {
-            // 32-bit paging.
-            let pde_addr = ((cpu.cr3 & 0xFFFF_F000) + ((linear >> 22) & 0x3FF) * 4) & a20;
-            let pde = read_u32(mem, pde_addr) as u64;
-            if pde & 1 == 0 {
-                self.stats.page_faults += 1;
-                return Err(fault(cpu, false, false));
-            }
-            entries.push((pde_addr, pde, false));
-            writable &= pde & 2 != 0;
-            user_ok &= pde & 4 != 0;
-            if pde & 0x80 != 0 && cpu.cr4 & CR4_PSE != 0 {
-                let base = (pde & 0xFFC0_0000) | ((pde >> 13) & 0xFF) << 32;
-                (base | (linear & 0x3F_FFFF), pde & 0x100 != 0)
-            } else {
-                let pte_addr = ((pde & 0xFFFF_F000) + ((linear >> 12) & 0x3FF) * 4) & a20;
-                let pte = read_u32(mem, pte_addr) as u64;
-                if pte & 1 == 0 {
-                    self.stats.page_faults += 1;
-                    return Err(fault(cpu, false, false));
+        let w = paging::walk(mem, &PagingRegs::of(cpu), linear);
+        let (phys, global) = match w.end {
+            WalkEnd::NotPresent => return Err(fault(cpu, false, false)),
+            WalkEnd::Reserved => return Err(fault(cpu, true, true)),
+            WalkEnd::Mapped {
+                phys,
+                global,
+                writable,
+                user: user_ok,
+                executable,
+                ..
+            } => {
+                // Permission checks (Intel SDM vol. 3, 4.6).
+                let wp = cpu.cr0 & CR0_WP != 0;
+                let denied = (user && !user_ok)
+                    || (write && !writable && (user || wp))
+                    || (fetch && !executable);
+                if denied {
+                    return Err(fault(cpu, true, false));
                 }
-                entries.push((pte_addr, pte, false));
-                writable &= pte & 2 != 0;
-                user_ok &= pte & 4 != 0;
-                ((pte & 0xFFFF_F000) | (linear & PAGE_MASK), pte & 0x100 != 0)
-            }
-        } else {
-            let addr_mask = 0x000F_FFFF_FFFF_F000u64;
-            let (mut table, levels): (u64, &[u32]) = if cpu.long_mode() {
-                (cpu.cr3 & addr_mask, &[39, 30, 21, 12])
-            } else {
-                // PAE: the PDPTE selects a page directory; its permission bits are reserved.
-                let pdpte_addr = ((cpu.cr3 & 0xFFFF_FFE0) + ((linear >> 30) & 3) * 8) & a20;
-                let pdpte = read_u64(mem, pdpte_addr);
-                if pdpte & 1 == 0 {
-                    self.stats.page_faults += 1;
-                    return Err(fault(cpu, false, false));
-                }
-                (pdpte & addr_mask, &[21, 12])
-            };
-            let mut result = None;
-            for (n, shift) in levels.iter().enumerate() {
-                let e_addr = (table + ((linear >> shift) & 0x1FF) * 8) & a20;
-                let e = read_u64(mem, e_addr);
-                if e & 1 == 0 {
-                    self.stats.page_faults += 1;
-                    return Err(fault(cpu, false, false));
-                }
-                if e >> 63 != 0 && !nxe {
-                    self.stats.page_faults += 1;
-                    return Err(fault(cpu, true, true));
-                }
-                entries.push((e_addr, e, true));
-                writable &= e & 2 != 0;
-                user_ok &= e & 4 != 0;
-                exec_ok &= !(nxe && e >> 63 != 0);
-                let last = n == levels.len() - 1;
-                let large = !last && e & 0x80 != 0 && (*shift == 21 || *shift == 30);
-                if last || large {
-                    let page_mask = (1u64 << shift) - 1;
-                    let base = e & addr_mask & !page_mask;
-                    result = Some((base | (linear & page_mask), e & 0x100 != 0));
-                    break;
-                }
-                table = e & addr_mask;
-            }
-            match result {
-                Some(r) => r,
-                None => {
-                    self.stats.page_faults += 1;
-                    return Err(fault(cpu, false, false));
-                }
+                (phys, global)
             }
         };
-        // Permission checks (Intel SDM vol. 3, 4.6).
-        let denied =
-            (user && !user_ok) || (write && !writable && (user || wp)) || (fetch && !exec_ok);
-        if denied {
-            self.stats.page_faults += 1;
-            return Err(fault(cpu, true, false));
-        }
         // Accessed bits on every level, dirty on the leaf (the last entry) for writes.
-        let leaf = entries.len() - 1;
-        for (n, (addr, value, wide)) in entries.iter().enumerate() {
-            let mut nv = value | 0x20;
+        let entries = w.entries();
+        let leaf = entries.len().saturating_sub(1);
+        for (n, e) in entries.iter().enumerate().filter(|(_, e)| e.has_ad) {
+            let mut nv = e.value | 0x20;
             if n == leaf && write {
                 nv |= 0x40;
             }
-            if nv != *value {
-                if *wide {
-                    write_u64(mem, *addr, nv);
+            if nv != e.value {
+                if e.wide {
+                    write_u64(mem, e.addr, nv);
                 } else {
-                    write_u32(mem, *addr, nv as u32);
+                    write_u32(mem, e.addr, nv as u32);
                 }
             }
         }
@@ -321,12 +259,6 @@ impl Mmu {
     }
 }
 
-fn read_u32(mem: &GuestMemory, a: u64) -> u32 {
-    mem.read_u32(a).unwrap_or(0)
-}
-fn read_u64(mem: &GuestMemory, a: u64) -> u64 {
-    mem.read_u64(a).unwrap_or(0)
-}
 fn write_u32(mem: &mut GuestMemory, a: u64, v: u32) {
     let _ = mem.write(a, &v.to_le_bytes());
 }

@@ -4,9 +4,11 @@
 
 mod access;
 pub mod cpuid;
+pub mod debug;
 mod helpers;
 pub mod interrupts;
 pub mod mmu;
+pub mod paging;
 pub mod segments;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +26,7 @@ use crate::board::Board;
 use crate::boot::{EntryState, Segment};
 use crate::memory::GuestMemory;
 use access::Ctx;
+use debug::{DebugCtl, DebugStop, Watchpoint, Watchpoints, SLICE_BLOCKS};
 use interrupts::{deliver, raise, Delivery, Source};
 use mmu::{Access, Mmu, Privilege};
 
@@ -84,6 +87,10 @@ pub struct EmuCpu {
     interp: Interp,
     dirty_code: Vec<u64>,
     pub stats: CpuStats,
+    /// Set while a debugger is attached.
+    debug: Option<DebugCtl>,
+    watch: Watchpoints,
+    limits: lift::Limits,
 }
 
 fn attr_of(s: &Segment) -> u16 {
@@ -186,6 +193,7 @@ macro_rules! ctx {
             board: $board,
             dirty_code: &mut $cpu.dirty_code,
             stats: &mut $cpu.stats,
+            watch: &mut $cpu.watch,
         }
     };
 }
@@ -205,6 +213,9 @@ impl EmuCpu {
             interp: Interp::new(),
             dirty_code: Vec::new(),
             stats: CpuStats::default(),
+            debug: None,
+            watch: Watchpoints::default(),
+            limits: lift::Limits::default(),
         }
     }
 
@@ -239,14 +250,27 @@ impl EmuCpu {
 
     /// Runs until the board asks to stop or the CPU shuts down.
     pub fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> CpuStop {
+        loop {
+            if let Err(stop) = self.execute(mem, board) {
+                return stop;
+            }
+        }
+    }
+
+    /// Runs until the CPU stops for good (`Err`) or, with a debugger attached, until
+    /// something the debugger asked for happens (`Ok`).
+    pub fn execute(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+    ) -> Result<DebugStop, CpuStop> {
         let mut until_service = 0u32;
-        let mut clear_shadow = false;
         loop {
             if until_service == 0 || self.state.halted {
                 board.service();
                 until_service = SERVICE_INTERVAL;
                 if let Some(ev) = board.take_event() {
-                    return CpuStop::Board(ev);
+                    return Err(CpuStop::Board(ev));
                 }
                 let a20 = if board.a20() { !0u64 } else { !(1u64 << 20) };
                 if a20 != self.state.a20_mask {
@@ -256,13 +280,16 @@ impl EmuCpu {
             }
             until_service -= 1;
 
-            if clear_shadow {
-                self.state.interrupt_shadow = false;
-                clear_shadow = false;
-            }
+            // A debugger's single step executes one instruction: interrupts are held
+            // off (as QEMU's default step mode) unless the CPU is halted waiting for one.
+            let stepping = self.debug.as_ref().is_some_and(|d| d.step);
             // IF is never lazy: RFLAGS holds it.
             let if_set = self.state.rflags & IF != 0;
-            if if_set && !self.state.interrupt_shadow && board.interrupt_pending() {
+            if if_set
+                && !self.state.interrupt_shadow
+                && (!stepping || self.state.halted)
+                && board.interrupt_pending()
+            {
                 let vector = board.acknowledge_interrupt();
                 self.stats.interrupts += 1;
                 let ret = self.state.rip;
@@ -276,12 +303,15 @@ impl EmuCpu {
                     ret,
                 ) {
                     if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
-                        return CpuStop::TripleFault {
+                        return Err(CpuStop::TripleFault {
                             rip: self.state.rip,
-                        };
+                        });
                     }
                 }
                 self.invalidate_dirty();
+                if stepping {
+                    return Ok(DebugStop::Step);
+                }
                 continue;
             }
             if self.state.halted {
@@ -289,52 +319,72 @@ impl EmuCpu {
                     if board.event_pending() {
                         continue;
                     }
-                    return CpuStop::HaltedForever {
+                    return Err(CpuStop::HaltedForever {
                         rip: self.state.rip,
-                    };
+                    });
                 }
                 if !board.wait_for_event() {
-                    return CpuStop::HaltedForever {
+                    return Err(CpuStop::HaltedForever {
                         rip: self.state.rip,
-                    };
+                    });
+                }
+                if self.debug.is_some() {
+                    return Ok(DebugStop::Slice);
                 }
                 continue;
             }
-            if self.state.interrupt_shadow {
-                clear_shadow = true;
-            }
 
-            let block = match self.lookup(mem, board) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.stats.exceptions += 1;
-                    let ret = self.state.rip;
-                    let mut ctx = ctx!(self, mem, board);
-                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
-                        return CpuStop::TripleFault {
-                            rip: self.state.rip,
-                        };
-                    }
-                    continue;
+            if let Some(d) = &mut self.debug {
+                if d.slice_left == 0 {
+                    d.slice_left = SLICE_BLOCKS;
+                    return Ok(DebugStop::Slice);
                 }
+                d.slice_left -= 1;
+                let at = self.state.linear_rip();
+                let resuming = d.resume_from.take() == Some(at);
+                if !resuming && d.breakpoints.binary_search(&at).is_ok() {
+                    return Ok(DebugStop::Breakpoint);
+                }
+            }
+            let shadow = self.state.interrupt_shadow;
+            let block = if stepping {
+                self.lift_one_instruction(mem, board)
+            } else {
+                self.lookup(mem, board)
             };
-            self.stats.blocks_run += 1;
-            let mut ctx = ctx!(self, mem, board);
-            let end = self.interp.run(&block, &mut self.state, &mut ctx);
-            match end {
-                BlockEnd::Next | BlockEnd::Sync | BlockEnd::Halt => {}
-                BlockEnd::Fault(e) => {
-                    ctx.stats.exceptions += 1;
-                    let ret = self.state.rip;
-                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
-                        return CpuStop::TripleFault {
-                            rip: self.state.rip,
-                        };
-                    }
+            let end = match block {
+                Ok(block) => {
+                    self.stats.blocks_run += 1;
+                    let mut ctx = ctx!(self, mem, board);
+                    self.interp.run(&block, &mut self.state, &mut ctx)
+                }
+                Err(e) => BlockEnd::Fault(e),
+            };
+            // The shadow covers exactly one instruction boundary: the block ran at least
+            // one instruction past it (a block ends after any instruction that sets it).
+            if shadow {
+                self.state.interrupt_shadow = false;
+            }
+            if let BlockEnd::Fault(e) = end {
+                // A faulting access did not happen: it triggers no watchpoint.
+                self.watch.hit = None;
+                self.stats.exceptions += 1;
+                let ret = self.state.rip;
+                let mut ctx = ctx!(self, mem, board);
+                if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                    return Err(CpuStop::TripleFault {
+                        rip: self.state.rip,
+                    });
                 }
             }
             if !self.dirty_code.is_empty() {
                 self.invalidate_dirty();
+            }
+            if let Some(hit) = self.watch.hit.take() {
+                return Ok(DebugStop::Watch(hit));
+            }
+            if stepping {
+                return Ok(DebugStop::Step);
             }
         }
     }
@@ -388,21 +438,10 @@ impl EmuCpu {
         if let Some(b) = self.cache.get(&key) {
             return Ok(b.clone());
         }
-        let mut ctx = ctx!(self, mem, board);
-        let mut fetch = Fetcher {
-            ctx: &mut ctx,
-            cpu: &mut self.state,
-            pages: Vec::new(),
-        };
-        let cs_for_fetch = if mode.mode64 { 0 } else { cs_base };
-        let block =
-            lift::translate(&mut fetch, rip, cs_for_fetch, mode).map_err(|f| Exception {
-                vector: f.vector,
-                error_code: f.error_code,
-            })?;
-        let mut pages = fetch.pages;
-        pages.sort_unstable();
-        pages.dedup();
+        let limits = std::mem::take(&mut self.limits);
+        let lifted = self.lift(mem, board, cs_base, rip, &limits);
+        self.limits = limits;
+        let (block, pages) = lifted?;
         for p in pages {
             if let Some(b) = self.mmu.code_pages.get_mut(p as usize) {
                 *b = true;
@@ -413,6 +452,123 @@ impl EmuCpu {
         let block = Rc::new(Prepared::new(block));
         self.cache.insert(key, block.clone());
         Ok(block)
+    }
+
+    /// Lifts the block at `cs_base:rip`; returns it with the physical pages its code is on.
+    fn lift(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        cs_base: u64,
+        rip: u64,
+        limits: &lift::Limits,
+    ) -> Result<(gantry_frontend::ir::Block, Vec<u64>), Exception> {
+        let mode = self.mode();
+        let mut ctx = ctx!(self, mem, board);
+        let mut fetch = Fetcher {
+            ctx: &mut ctx,
+            cpu: &mut self.state,
+            pages: Vec::new(),
+        };
+        let cs_for_fetch = if mode.mode64 { 0 } else { cs_base };
+        let block =
+            lift::translate_with(&mut fetch, rip, cs_for_fetch, mode, limits).map_err(|f| {
+                Exception {
+                    vector: f.vector,
+                    error_code: f.error_code,
+                }
+            })?;
+        let mut pages = fetch.pages;
+        pages.sort_unstable();
+        pages.dedup();
+        Ok((block, pages))
+    }
+
+    /// A block of just the instruction at CS:RIP, for a debugger's single step; not cached
+    /// (stepping is at human speed).
+    fn lift_one_instruction(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+    ) -> Result<Rc<Prepared>, Exception> {
+        let limits = lift::Limits {
+            max_insns: 1,
+            stop_before: Vec::new(),
+        };
+        let cs_base = self.state.seg[st::CS].base;
+        let rip = self.state.rip;
+        let (block, _) = self.lift(mem, board, cs_base, rip, &limits)?;
+        self.stats.blocks_translated += 1;
+        Ok(Rc::new(Prepared::new(block)))
+    }
+
+    /// Drops every translation (the debugger changed where blocks must end).
+    fn drop_translations(&mut self) {
+        self.cache.clear();
+        self.page_blocks.clear();
+        self.jump_cache.iter_mut().for_each(|e| *e = None);
+        self.mmu.code_pages.iter_mut().for_each(|b| *b = false);
+    }
+
+    /// Attaches (or detaches) a debugger; detaching drops its breakpoints and watchpoints.
+    pub fn set_debugging(&mut self, on: bool) {
+        if on {
+            self.debug.get_or_insert_with(DebugCtl::default);
+        } else if self.debug.take().is_some() {
+            self.watch = Watchpoints::default();
+            self.limits = lift::Limits::default();
+            self.drop_translations();
+        }
+    }
+
+    /// Sets the debugger's breakpoints (linear addresses) and watchpoints, and how the
+    /// next [`Self::execute`] runs: one instruction (`step`) or on; `resume` when the run
+    /// starts at a breakpoint it must execute rather than report.
+    pub fn set_debug(&mut self, breakpoints: &[u64], watchpoints: &[Watchpoint], step: bool) {
+        let mut bps = breakpoints.to_vec();
+        bps.sort_unstable();
+        bps.dedup();
+        let limits = lift::Limits {
+            // A watchpoint is reported after the instruction that hit it: one-instruction
+            // blocks while any is set.
+            max_insns: if watchpoints.is_empty() {
+                lift::MAX_BLOCK_INSNS
+            } else {
+                1
+            },
+            stop_before: bps.clone(),
+        };
+        if limits.max_insns != self.limits.max_insns
+            || limits.stop_before != self.limits.stop_before
+        {
+            self.limits = limits;
+            self.drop_translations();
+        }
+        self.watch.list = watchpoints.to_vec();
+        self.watch.hit = None;
+        let at = self.state.linear_rip();
+        let d = self.debug.get_or_insert_with(DebugCtl::default);
+        d.breakpoints = bps;
+        d.step = step;
+        d.resume_from = Some(at);
+        d.slice_left = SLICE_BLOCKS;
+    }
+
+    /// Guest memory was changed behind the CPU's back (a debugger wrote it).
+    pub fn code_written(&mut self, phys: u64) {
+        self.dirty_code.push(phys >> 12);
+        self.invalidate_dirty();
+    }
+
+    /// Flushes the TLB and cached translations after a debugger changed the registers
+    /// that select them.
+    pub fn state_changed(&mut self) {
+        self.mmu.flush(false);
+        self.jump_cache.iter_mut().for_each(|e| *e = None);
+    }
+
+    pub fn mmu_stats(&self) -> mmu::MmuStats {
+        self.mmu.stats
     }
 
     /// Lines for `--stats`.

@@ -1,0 +1,243 @@
+//! Page-table walks as pure reads of guest memory: the MMU checks permissions and sets
+//! accessed/dirty bits on top of this; the debugger uses it as is (a gdb memory read or
+//! `monitor info tlb` must not change the guest's page tables), on either backend.
+
+use gantry_frontend::state::*;
+
+use crate::memory::GuestMemory;
+
+/// The registers a walk depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct PagingRegs {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub a20_mask: u64,
+}
+
+impl PagingRegs {
+    pub fn of(cpu: &CpuState) -> Self {
+        Self {
+            cr0: cpu.cr0,
+            cr3: cpu.cr3,
+            cr4: cpu.cr4,
+            efer: cpu.efer,
+            a20_mask: cpu.a20_mask,
+        }
+    }
+
+    fn long_mode(&self) -> bool {
+        self.efer & EFER_LMA != 0
+    }
+
+    pub fn paging(&self) -> bool {
+        self.cr0 & CR0_PG != 0
+    }
+}
+
+/// One page-table entry a walk read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableEntry {
+    /// Physical address of the entry.
+    pub addr: u64,
+    pub value: u64,
+    /// 8-byte entry (PAE and long mode) rather than 4-byte.
+    pub wide: bool,
+    /// The entry takes accessed/dirty bits (PAE's PDPTEs do not).
+    pub has_ad: bool,
+    /// Name of the table level, for the debugger: "PML4E", "PDPTE", "PDE", "PTE".
+    pub level: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkEnd {
+    Mapped {
+        phys: u64,
+        page_size: u64,
+        global: bool,
+        /// Permissions accumulated over the levels.
+        writable: bool,
+        user: bool,
+        executable: bool,
+    },
+    NotPresent,
+    /// A reserved bit is set (NX without EFER.NXE).
+    Reserved,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TableWalk {
+    entries: [TableEntry; 4],
+    len: usize,
+    pub end: WalkEnd,
+}
+
+impl TableWalk {
+    pub fn entries(&self) -> &[TableEntry] {
+        &self.entries[..self.len]
+    }
+
+    fn push(&mut self, e: TableEntry) {
+        if self.len < self.entries.len() {
+            self.entries[self.len] = e;
+            self.len += 1;
+        }
+    }
+}
+
+/// Walks the page tables for `linear`; without paging, the identity (A20 applied).
+pub fn walk(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> TableWalk {
+    let mut w = TableWalk {
+        entries: [TableEntry::default(); 4],
+        len: 0,
+        end: WalkEnd::NotPresent,
+    };
+    let a20 = r.a20_mask;
+    if !r.paging() {
+        let a = if r.long_mode() {
+            linear
+        } else {
+            linear & 0xFFFF_FFFF
+        };
+        w.end = WalkEnd::Mapped {
+            phys: a & a20,
+            page_size: 1 << 12,
+            global: false,
+            writable: true,
+            user: true,
+            executable: true,
+        };
+        return w;
+    }
+    let nxe = r.efer & EFER_NXE != 0;
+    let mut writable = true;
+    let mut user = true;
+    let mut executable = true;
+    let mapped = |phys, shift: u32, global, writable, user, executable| WalkEnd::Mapped {
+        phys,
+        page_size: 1 << shift,
+        global,
+        writable,
+        user,
+        executable,
+    };
+    if r.cr4 & CR4_PAE == 0 {
+        let pde_addr = ((r.cr3 & 0xFFFF_F000) + ((linear >> 22) & 0x3FF) * 4) & a20;
+        let pde = read_u32(mem, pde_addr);
+        w.push(TableEntry {
+            addr: pde_addr,
+            value: pde,
+            wide: false,
+            has_ad: true,
+            level: "PDE",
+        });
+        if pde & 1 == 0 {
+            return w;
+        }
+        writable &= pde & 2 != 0;
+        user &= pde & 4 != 0;
+        if pde & 0x80 != 0 && r.cr4 & CR4_PSE != 0 {
+            let base = (pde & 0xFFC0_0000) | ((pde >> 13) & 0xFF) << 32;
+            w.end = mapped(
+                base | (linear & 0x3F_FFFF),
+                22,
+                pde & 0x100 != 0,
+                writable,
+                user,
+                executable,
+            );
+            return w;
+        }
+        let pte_addr = ((pde & 0xFFFF_F000) + ((linear >> 12) & 0x3FF) * 4) & a20;
+        let pte = read_u32(mem, pte_addr);
+        w.push(TableEntry {
+            addr: pte_addr,
+            value: pte,
+            wide: false,
+            has_ad: true,
+            level: "PTE",
+        });
+        if pte & 1 == 0 {
+            return w;
+        }
+        writable &= pte & 2 != 0;
+        user &= pte & 4 != 0;
+        w.end = mapped(
+            (pte & 0xFFFF_F000) | (linear & 0xFFF),
+            12,
+            pte & 0x100 != 0,
+            writable,
+            user,
+            executable,
+        );
+        return w;
+    }
+    let addr_mask = 0x000F_FFFF_FFFF_F000u64;
+    const LONG: [(u32, &str); 4] = [(39, "PML4E"), (30, "PDPTE"), (21, "PDE"), (12, "PTE")];
+    const PAE: [(u32, &str); 2] = [(21, "PDE"), (12, "PTE")];
+    let (mut table, levels): (u64, &[(u32, &str)]) = if r.long_mode() {
+        (r.cr3 & addr_mask, &LONG)
+    } else {
+        // PAE: the PDPTE selects a page directory; its permission bits are reserved.
+        let pdpte_addr = ((r.cr3 & 0xFFFF_FFE0) + ((linear >> 30) & 3) * 8) & a20;
+        let pdpte = read_u64(mem, pdpte_addr);
+        w.push(TableEntry {
+            addr: pdpte_addr,
+            value: pdpte,
+            wide: true,
+            has_ad: false,
+            level: "PDPTE",
+        });
+        if pdpte & 1 == 0 {
+            return w;
+        }
+        (pdpte & addr_mask, &PAE)
+    };
+    for (n, (shift, level)) in levels.iter().enumerate() {
+        let e_addr = (table + ((linear >> shift) & 0x1FF) * 8) & a20;
+        let e = read_u64(mem, e_addr);
+        w.push(TableEntry {
+            addr: e_addr,
+            value: e,
+            wide: true,
+            has_ad: true,
+            level,
+        });
+        if e & 1 == 0 {
+            return w;
+        }
+        if e >> 63 != 0 && !nxe {
+            w.end = WalkEnd::Reserved;
+            return w;
+        }
+        writable &= e & 2 != 0;
+        user &= e & 4 != 0;
+        executable &= !(nxe && e >> 63 != 0);
+        let last = n == levels.len() - 1;
+        let large = !last && e & 0x80 != 0 && (*shift == 21 || *shift == 30);
+        if last || large {
+            let page_mask = (1u64 << shift) - 1;
+            let base = e & addr_mask & !page_mask;
+            w.end = mapped(
+                base | (linear & page_mask),
+                *shift,
+                e & 0x100 != 0,
+                writable,
+                user,
+                executable,
+            );
+            return w;
+        }
+        table = e & addr_mask;
+    }
+    w
+}
+
+fn read_u32(mem: &GuestMemory, a: u64) -> u64 {
+    mem.read_u32(a).unwrap_or(0) as u64
+}
+
+fn read_u64(mem: &GuestMemory, a: u64) -> u64 {
+    mem.read_u64(a).unwrap_or(0)
+}

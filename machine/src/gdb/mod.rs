@@ -1,0 +1,572 @@
+//! The GDB remote protocol (`--gdb ADDR`, `--gdb-wait`), served with the gdbstub crate.
+//!
+//! One guest CPU, one gdb at a time. Without `--gdb-wait` the guest runs at once and gdb
+//! may attach whenever it likes (the guest stops when it does, as under QEMU); with it,
+//! the guest waits for gdb before its first instruction. `detach` lets the guest run on
+//! and another gdb attach; `kill` ends Gantry. A guest reset keeps the connection, the
+//! breakpoints and the watchpoints; power-off, the debug-exit port and the other ends of
+//! a run are reported to gdb as the inferior exiting with Gantry's exit status.
+
+mod monitor;
+pub mod regs;
+
+use std::net::{TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use gdbstub::common::Signal;
+use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
+use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind as GdbWatchKind,
+};
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
+
+use gantry_devices::clock::{Clock, HostClock};
+
+use crate::console::HostConsole;
+use crate::cpu::debug::{DebugStop, WatchKind, Watchpoint};
+use crate::cpu::paging::{self, PagingRegs, WalkEnd};
+use crate::cpu::EmuCpu;
+use crate::vm::{
+    outcome_of, stats_text, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
+};
+use regs::Layout;
+
+/// How long a halted guest sleeps before the stub looks at its connection again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The machine and CPU a gdb session drives, rebuilt in place on a guest reset.
+pub struct Session {
+    cfg: MachineConfig,
+    machine: Machine,
+    cpu: EmuCpu,
+    resets: u64,
+    started: Instant,
+    /// Breakpoints and watchpoints gdb set, as linear addresses.
+    sw_breaks: Vec<u64>,
+    hw_breaks: Vec<u64>,
+    watches: Vec<Watchpoint>,
+    /// The description chosen when gdb connected.
+    layout: Layout,
+    /// How the run ended, once it has.
+    ended: Option<RunOutcome>,
+    /// Set by gdb's resume/step, consumed by the event loop.
+    stepping: bool,
+}
+
+impl Session {
+    fn new(cfg: MachineConfig, console: HostConsole) -> Result<Self, MachineError> {
+        let machine = build_machine(&cfg, console, None)?;
+        let cpu = EmuCpu::new(&machine.entry, cfg.ram_size);
+        let mut s = Self {
+            cfg,
+            machine,
+            cpu,
+            resets: 0,
+            started: Instant::now(),
+            sw_breaks: Vec::new(),
+            hw_breaks: Vec::new(),
+            watches: Vec::new(),
+            layout: Layout::X86_64,
+            ended: None,
+            stepping: false,
+        };
+        s.machine.board.set_max_wait(Some(POLL));
+        s.cpu.set_debugging(true);
+        Ok(s)
+    }
+
+    /// A guest reset (or `monitor reset`): a fresh board and CPU, CMOS kept, as the plain
+    /// run loop does.
+    fn reset(&mut self) -> Result<(), MachineError> {
+        self.machine.board.flush();
+        let cmos = self.machine.board.save_cmos();
+        let console = self.machine.board.take_console();
+        self.machine = build_machine(&self.cfg, console, Some(cmos))?;
+        self.machine.board.set_max_wait(Some(POLL));
+        self.cpu = EmuCpu::new(&self.machine.entry, self.cfg.ram_size);
+        self.cpu.set_debugging(true);
+        self.resets += 1;
+        Ok(())
+    }
+
+    fn apply_debug(&mut self) {
+        let bps: Vec<u64> = self
+            .sw_breaks
+            .iter()
+            .chain(&self.hw_breaks)
+            .copied()
+            .collect();
+        self.cpu.set_debug(&bps, &self.watches, self.stepping);
+    }
+
+    /// Runs one slice; `Err` once the run has ended for good.
+    fn run_slice(&mut self) -> Result<DebugStop, RunOutcome> {
+        let stop = match self
+            .cpu
+            .execute(&mut self.machine.memory, &mut self.machine.board)
+        {
+            Ok(s) => return Ok(s),
+            Err(stop) => stop,
+        };
+        match outcome_of(stop) {
+            RunOutcome::Reset { .. } if !self.cfg.no_reboot => match self.reset() {
+                Ok(()) => {
+                    self.apply_debug();
+                    Ok(DebugStop::Slice)
+                }
+                Err(e) => {
+                    eprintln!("gantry: {e}");
+                    Err(RunOutcome::Quit)
+                }
+            },
+            o => Err(o),
+        }
+    }
+
+    fn report(&self) -> RunReport {
+        let mut text = String::new();
+        self.cpu
+            .report(&mut text, self.started.elapsed().as_secs_f64());
+        RunReport {
+            text: stats_text(
+                &self.cfg,
+                &self.machine,
+                text.trim_end(),
+                self.resets,
+                self.started,
+            ),
+        }
+    }
+
+    /// Linear -> physical through the guest's page tables, without touching them.
+    fn translate(&self, linear: u64) -> Option<u64> {
+        let w = paging::walk(
+            &self.machine.memory,
+            &PagingRegs::of(&self.cpu.state),
+            linear,
+        );
+        match w.end {
+            WalkEnd::Mapped { phys, .. } => Some(phys),
+            _ => None,
+        }
+    }
+}
+
+fn build_machine(
+    cfg: &MachineConfig,
+    console: HostConsole,
+    cmos: Option<gantry_devices::rtc::CmosState>,
+) -> Result<Machine, MachineError> {
+    let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
+    Machine::new(cfg, clock, console, cmos)
+}
+
+/// Runs the guest with a gdb server on `addr` until the run ends.
+pub fn serve(
+    cfg: MachineConfig,
+    addr: &str,
+    wait: bool,
+    console: HostConsole,
+) -> Result<(RunOutcome, RunReport), MachineError> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| MachineError::Gdb(format!("--gdb {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| MachineError::Gdb(format!("--gdb {addr}: {e}")))?;
+    listener
+        .set_nonblocking(!wait)
+        .map_err(|e| MachineError::Gdb(format!("--gdb {addr}: {e}")))?;
+    eprintln!(
+        "gantry: gdb server on {local}{}",
+        if wait {
+            "; waiting for gdb before the first instruction"
+        } else {
+            ""
+        }
+    );
+    let mut session = Session::new(cfg, console)?;
+    loop {
+        let stream = match accept(&listener, &mut session)? {
+            Ok(s) => s,
+            Err(outcome) => return Ok((outcome, session.report())),
+        };
+        if let Some(outcome) = debug_connection(&mut session, stream)? {
+            return Ok((outcome, session.report()));
+        }
+        // Detached: the guest runs on and another gdb may attach.
+        session.sw_breaks.clear();
+        session.hw_breaks.clear();
+        session.watches.clear();
+        session.stepping = false;
+        session.apply_debug();
+        let _ = listener.set_nonblocking(true);
+    }
+}
+
+/// Waits for gdb, running the guest meanwhile if the listener is non-blocking. The inner
+/// `Err` is the run ending before anyone attached.
+fn accept(
+    listener: &TcpListener,
+    session: &mut Session,
+) -> Result<Result<TcpStream, RunOutcome>, MachineError> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Ok(stream));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(MachineError::Gdb(format!("accepting gdb: {e}"))),
+        }
+        // Nobody yet: run a slice of guest.
+        if let Err(outcome) = session.run_slice() {
+            return Ok(Err(outcome));
+        }
+    }
+}
+
+/// Serves one gdb connection. Returns the run's outcome if it ended (or gdb killed it),
+/// None if gdb detached.
+fn debug_connection(
+    session: &mut Session,
+    stream: TcpStream,
+) -> Result<Option<RunOutcome>, MachineError> {
+    session.layout = Layout::for_state(&session.cpu.state);
+    session.stepping = false;
+    session.apply_debug();
+    let gdb = GdbStub::new(stream);
+    match gdb.run_blocking::<EventLoop>(session) {
+        Ok(DisconnectReason::Disconnect) => Ok(None),
+        Ok(DisconnectReason::Kill) => Ok(Some(RunOutcome::Quit)),
+        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => {
+            Ok(Some(session.ended.clone().unwrap_or(RunOutcome::Quit)))
+        }
+        Err(e) => {
+            if let Some(o) = session.ended.clone() {
+                return Ok(Some(o));
+            }
+            // A connection that dies is a detach: the guest runs on.
+            eprintln!("gantry: gdb connection ended: {e:?}");
+            Ok(None)
+        }
+    }
+}
+
+enum EventLoop {}
+
+impl BlockingEventLoop for EventLoop {
+    type Target = Session;
+    type Connection = TcpStream;
+    type StopReason = SingleThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut Self::Target,
+        conn: &mut Self::Connection,
+    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<(), std::io::Error>> {
+        loop {
+            if conn
+                .peek()
+                .map_err(WaitForStopReasonError::Connection)?
+                .is_some()
+            {
+                let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                return Ok(Event::IncomingData(byte));
+            }
+            let stop = match target.run_slice() {
+                Ok(DebugStop::Slice) => continue,
+                Ok(DebugStop::Step) => SingleThreadStopReason::DoneStep,
+                Ok(DebugStop::Breakpoint) => {
+                    let at = target.cpu.state.linear_rip();
+                    if target.sw_breaks.contains(&at) {
+                        SingleThreadStopReason::SwBreak(())
+                    } else {
+                        SingleThreadStopReason::HwBreak(())
+                    }
+                }
+                Ok(DebugStop::Watch(hit)) => SingleThreadStopReason::Watch {
+                    tid: (),
+                    kind: match hit.watch.kind {
+                        WatchKind::Write => GdbWatchKind::Write,
+                        WatchKind::Read => GdbWatchKind::Read,
+                        WatchKind::Access => GdbWatchKind::ReadWrite,
+                    },
+                    addr: hit.addr,
+                },
+                Err(outcome) => {
+                    if let Some(m) = outcome.message() {
+                        eprintln!("gantry: {m}");
+                    }
+                    let status = outcome.exit_status() as u8;
+                    target.ended = Some(outcome);
+                    SingleThreadStopReason::Exited(status)
+                }
+            };
+            let _ = conn.flush();
+            return Ok(Event::TargetStopped(stop));
+        }
+    }
+
+    fn on_interrupt(_target: &mut Self::Target) -> Result<Option<Self::StopReason>, ()> {
+        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+    }
+}
+
+/// The gdbstub architecture: register bytes in the layout chosen at connection time.
+pub enum GantryX86 {}
+
+/// The `g` packet's bytes, already laid out (see [`regs`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RegBytes(Vec<u8>);
+
+impl gdbstub::arch::Registers for RegBytes {
+    type ProgramCounter = u64;
+
+    fn pc(&self) -> u64 {
+        0
+    }
+
+    fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
+        for b in &self.0 {
+            write_byte(Some(*b));
+        }
+    }
+
+    fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        self.0 = bytes.to_vec();
+        Ok(())
+    }
+}
+
+impl gdbstub::arch::Arch for GantryX86 {
+    type Usize = u64;
+    type Registers = RegBytes;
+    type RegId = ();
+    type BreakpointKind = usize;
+}
+
+impl Target for Session {
+    type Arch = GantryX86;
+    type Error = ();
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadBase for Session {
+    fn read_registers(&mut self, regs: &mut RegBytes) -> TargetResult<(), Self> {
+        regs.0 = regs::serialize(self.layout, &self.cpu.state);
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &RegBytes) -> TargetResult<(), Self> {
+        if let Err(regs::Refused(why)) =
+            regs::deserialize(self.layout, &mut self.cpu.state, &regs.0)
+        {
+            eprintln!("gantry: gdb register write refused: {why}");
+            return Err(TargetError::NonFatal);
+        }
+        self.cpu.state_changed();
+        Ok(())
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        // Page by page; stop at the first unmapped one (gdb then shows the error).
+        let mut done = 0usize;
+        while done < data.len() {
+            let linear = start.wrapping_add(done as u64);
+            let Some(phys) = self.translate(linear) else {
+                break;
+            };
+            let n = (data.len() - done).min((0x1000 - (linear & 0xFFF)) as usize);
+            if self
+                .machine
+                .memory
+                .read(phys, &mut data[done..done + n])
+                .is_err()
+            {
+                break;
+            }
+            done += n;
+        }
+        if done == 0 && !data.is_empty() {
+            return Err(TargetError::NonFatal);
+        }
+        Ok(done)
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let linear = start.wrapping_add(done as u64);
+            let phys = self.translate(linear).ok_or(TargetError::NonFatal)?;
+            let n = (data.len() - done).min((0x1000 - (linear & 0xFFF)) as usize);
+            self.machine
+                .memory
+                .write(phys, &data[done..done + n])
+                .map_err(|_| TargetError::NonFatal)?;
+            self.cpu.code_written(phys);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadResume for Session {
+    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), ()> {
+        self.stepping = false;
+        self.apply_debug();
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for Session {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), ()> {
+        self.stepping = true;
+        self.apply_debug();
+        Ok(())
+    }
+}
+
+impl Breakpoints for Session {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for Session {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.sw_breaks.push(addr);
+        Ok(true)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(remove_one(&mut self.sw_breaks, &addr))
+    }
+}
+
+impl HwBreakpoint for Session {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.hw_breaks.push(addr);
+        Ok(true)
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(remove_one(&mut self.hw_breaks, &addr))
+    }
+}
+
+fn watch_of(addr: u64, len: u64, kind: GdbWatchKind) -> Watchpoint {
+    Watchpoint {
+        addr,
+        len: len.max(1),
+        kind: match kind {
+            GdbWatchKind::Write => WatchKind::Write,
+            GdbWatchKind::Read => WatchKind::Read,
+            GdbWatchKind::ReadWrite => WatchKind::Access,
+        },
+    }
+}
+
+impl HwWatchpoint for Session {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: GdbWatchKind,
+    ) -> TargetResult<bool, Self> {
+        self.watches.push(watch_of(addr, len, kind));
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: GdbWatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(remove_one(&mut self.watches, &watch_of(addr, len, kind)))
+    }
+}
+
+fn remove_one<T: PartialEq>(v: &mut Vec<T>, x: &T) -> bool {
+    match v.iter().position(|y| y == x) {
+        Some(i) => {
+            v.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+impl TargetDescriptionXmlOverride for Session {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
+            return Err(TargetError::NonFatal);
+        }
+        let xml = regs::target_xml(self.layout);
+        let bytes = xml.as_bytes();
+        let start = (offset as usize).min(bytes.len());
+        let n = length.min(buf.len()).min(bytes.len() - start);
+        buf[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl MonitorCmd for Session {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), ()> {
+        let cmd = String::from_utf8_lossy(cmd);
+        let text = monitor::run(self, cmd.trim());
+        gdbstub::output!(out, "{text}");
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! Stock gdb drives Gantry's gdbstub (`--gdb`, `--gdb-wait`) in batch mode: breakpoints at
+//! symbols of a multiboot kernel assembled and linked here with binutils, stepping,
+//! registers and memory read and written, a hardware watchpoint, Ctrl-C, monitor
+//! commands, real-mode stepping through the demo guest's first instructions, and the
+//! Debian kernel's 64-bit entry point with its page tables. gdb and binutils are
+//! installed by tests/run.sh where missing; a test fails (never skips) without them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A gantry process serving gdb.
+struct Server {
+    child: Child,
+    port: u16,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `gantry run ARGS --gdb 127.0.0.1:0 --gdb-wait` and learns its port from the
+    /// line it prints.
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("run")
+            .args(args)
+            .args(["--gdb", "127.0.0.1:0", "--gdb-wait"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gantry");
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gantry announces its gdb server");
+        let port = first
+            .split("gdb server on 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {first:?}"));
+        Server {
+            child,
+            port,
+            stdout,
+            stderr: rx,
+        }
+    }
+
+    /// Waits for gantry to end; returns its exit status, stdout and stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st.code();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("gantry did not end after gdb was done");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        (status, stdout, stderr.join("\n"))
+    }
+}
+
+/// Runs gdb in batch mode on `script` (after `target remote`); with `interrupt_after`,
+/// sends gdb SIGINT then, as a user's Ctrl-C would. Returns everything gdb printed.
+fn gdb(
+    server: &Server,
+    dir: &Path,
+    elf: Option<&Path>,
+    script: &str,
+    interrupt_after: Option<Duration>,
+) -> String {
+    let _ = dir;
+    let text = format!(
+        "set pagination off\nset confirm off\ntarget remote 127.0.0.1:{}\n{script}",
+        server.port
+    );
+    // One -ex per line rather than a script file: gdb stops a script at its first error,
+    // and some tests check the errors.
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-nx", "-batch"]);
+    for line in text.lines() {
+        cmd.arg("-ex").arg(line);
+    }
+    if let Some(elf) = elf {
+        cmd.arg(elf);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb is installed (tests/run.sh installs it)");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut interrupted = false;
+    loop {
+        if child.try_wait().expect("wait gdb").is_some() {
+            break;
+        }
+        if let Some(after) = interrupt_after {
+            if !interrupted && start.elapsed() > after {
+                // SAFETY: a plain kill(2) of our own child process.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                interrupted = true;
+            }
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("gdb did not finish its script");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = out_t.join().unwrap_or_default() + &err_t.join().unwrap_or_default();
+    eprintln!("--- gdb said:\n{text}---");
+    text
+}
+
+/// The test kernel: counts three calls of `work`, prints `message`, and leaves through
+/// the debug-exit port with EAX from `compute` (exit status (EAX << 1) | 1). With `spin`,
+/// it spins forever instead.
+const KERNEL: &str = r#"
+.intel_syntax noprefix
+.section .text
+.align 4
+mb_header:
+    .long 0x1BADB002, 0, -0x1BADB002
+.globl _start
+_start:
+    mov esp, 0x90000
+    SPIN
+    mov ecx, 3
+1:  call work
+    loop 1b
+    call print_message
+    call compute
+result_ready:
+    mov dx, 0xF4
+    out dx, eax
+    cli
+    hlt
+work:
+    inc dword ptr [counter]
+    ret
+compute:
+    mov eax, 5
+    ret
+print_message:
+    mov esi, offset message
+    mov dx, 0x3F8
+2:  lodsb
+    test al, al
+    jz 3f
+    out dx, al
+    jmp 2b
+3:  ret
+spin:
+    jmp spin
+.section .data
+counter: .long 0
+message: .asciz "Hello from the test kernel\n"
+"#;
+
+/// Assembles and links the test kernel with binutils; returns the ELF (with symbols).
+fn kernel(dir: &Path, spin: bool) -> PathBuf {
+    let src = dir.join("kernel.S");
+    let obj = dir.join("kernel.o");
+    let elf = dir.join("kernel.elf");
+    std::fs::write(
+        &src,
+        KERNEL.replace("SPIN", if spin { "jmp spin" } else { "" }),
+    )
+    .expect("write kernel source");
+    let ok = |c: &mut Command| {
+        let out = c
+            .output()
+            .expect("binutils are installed (tests/run.sh installs them)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
+    ok(Command::new("ld")
+        .args([
+            "-m",
+            "elf_i386",
+            "-Ttext=0x100000",
+            "-e",
+            "_start",
+            "--build-id=none",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj));
+    elf
+}
+
+#[test]
+fn gdb_breaks_steps_watches_and_changes_a_multiboot_kernel() {
+    let dir = common::scratch("gdb-multiboot");
+    let elf = kernel(&dir, false);
+    let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
+    let out = gdb(
+        &server,
+        &dir,
+        Some(&elf),
+        "\
+info registers eip
+break work
+continue
+print *(int*)&counter
+watch *(int*)&counter
+continue
+x/i $pc
+delete
+stepi
+x/i $pc
+break print_message
+continue
+set var *(char*)&message = 0x4a
+break result_ready
+continue
+print $eax
+set $eax = 21
+continue
+",
+        None,
+    );
+    let (status, stdout, stderr) = server.finish();
+    // Stopped at the multiboot entry point before the first instruction (--gdb-wait).
+    assert!(out.contains("eip            0x10000c"), "{out}");
+    assert!(out.contains("Breakpoint 1, 0x"), "{out}");
+    assert!(out.contains(" in work ()\n$1 = 0"), "{out}");
+    // A hardware watchpoint, reported after the instruction that wrote: `inc` is 6 bytes,
+    // the `ret` after it is next.
+    assert!(
+        out.contains("Hardware watchpoint 2: *(int*)&counter"),
+        "{out}"
+    );
+    assert!(out.contains("Old value = 0\nNew value = 1"), "{out}");
+    assert!(out.contains("<work+6>:\tret"), "{out}");
+    // One step executes the `ret`: back in _start, at the `loop` after the call.
+    assert!(out.contains("<_start+"), "{out}");
+    assert!(out.contains(":\tloop "), "{out}");
+    assert!(out.contains("in print_message ()"), "{out}");
+    assert!(out.contains("in result_ready ()"), "{out}");
+    assert!(out.contains("$2 = 5"), "{out}");
+    // EAX changed by gdb reaches the debug-exit port: (21 << 1) | 1 = 43 = 053.
+    assert!(out.contains("exited with code 053"), "{out}");
+    assert_eq!(status, Some(43), "{stderr}");
+    // Memory written by gdb is what the guest printed.
+    assert!(stdout.contains("Jello from the test kernel"), "{stdout}");
+}
+
+#[test]
+fn gdb_interrupts_a_spinning_guest_and_reads_the_machine() {
+    let dir = common::scratch("gdb-interrupt");
+    let elf = kernel(&dir, true);
+    let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
+    let out = gdb(
+        &server,
+        &dir,
+        Some(&elf),
+        "\
+continue
+info registers eip
+x/i $pc
+monitor info registers
+monitor info tlb 0x100000
+monitor xp 0x100000 16
+monitor stats
+monitor bogus
+kill
+",
+        Some(Duration::from_secs(2)),
+    );
+    let (status, _, stderr) = server.finish();
+    assert!(out.contains("Program received signal SIGINT"), "{out}");
+    assert!(out.contains("in spin ()"), "{out}");
+    assert!(
+        out.contains("jmp    0x10004f <spin>") || out.contains("jmp    0x"),
+        "{out}"
+    );
+    assert!(out.contains("mode protected, 32-bit code, CPL 0"), "{out}");
+    assert!(out.contains("paging is off"), "{out}");
+    assert!(out.contains("0x100000 -> physical 0x100000"), "{out}");
+    // The multiboot magic at the start of the image.
+    assert!(out.contains("0000000000100000: 02 b0 ad 1b"), "{out}");
+    assert!(out.contains("guest instructions:"), "{out}");
+    assert!(out.contains("unknown monitor command"), "{out}");
+    // `kill` ends Gantry (exit status 0, as a quit).
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn gdb_steps_real_mode_code_at_cs_ip() {
+    let dir = common::scratch("gdb-real-mode");
+    let server = Server::start(&["--accel", "interp", "--serial", "none"]);
+    let out = gdb(
+        &server,
+        &dir,
+        None,
+        "\
+show architecture
+info registers eip cs
+x/i $pc
+stepi
+info registers eip cs
+x/2i $pc
+stepi
+stepi
+monitor info registers
+kill
+",
+        None,
+    );
+    let (status, _, stderr) = server.finish();
+    // The 16-bit description: gdb disassembles 16-bit code, and $pc is CS.base + IP.
+    assert!(out.contains("(currently \"i8086\")"), "{out}");
+    assert!(out.contains("eip            0xfffffff0"), "{out}");
+    assert!(out.contains("=> 0xfffffff0:\tjmp    0xffff1000"), "{out}");
+    assert!(out.contains("eip            0xffff1000"), "{out}");
+    assert!(out.contains("cs             0xf000"), "{out}");
+    assert!(out.contains("=> 0xffff1000:\tcli"), "{out}");
+    assert!(out.contains("cs:ip f000:1002"), "{out}");
+    assert!(out.contains("mode real, 16-bit code"), "{out}");
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn gdb_steps_the_debian_kernel_entry_and_walks_its_page_tables() {
+    let Some((kernel, initrd)) =
+        common::debian_guest("gdb_steps_the_debian_kernel_entry_and_walks_its_page_tables")
+    else {
+        return;
+    };
+    let dir = common::scratch("gdb-debian");
+    let server = Server::start(&[
+        "--accel",
+        "interp",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--append",
+        "console=ttyS0",
+        "--serial",
+        "none",
+    ]);
+    let out = gdb(
+        &server,
+        &dir,
+        None,
+        "\
+show architecture
+info registers rip cs
+x/3i $pc
+stepi
+stepi
+stepi
+info registers rip
+print/x $cr3
+monitor info tlb 0x1000000
+kill
+",
+        None,
+    );
+    let (status, _, stderr) = server.finish();
+    // The 64-bit boot protocol's entry: startup_64 at the load address + 0x200.
+    assert!(out.contains("(currently \"i386:x86-64\")"), "{out}");
+    assert!(out.contains("rip            0x100200"), "{out}");
+    assert!(out.contains("=> 0x100200:\tcld"), "{out}");
+    assert!(out.contains("rip            0x100204"), "{out}");
+    // Gantry's identity map (PML4 at 0x9000) with 2 MiB pages.
+    assert!(out.contains("$1 = 0x9000"), "{out}");
+    assert!(out.contains("PML4E  at 0x0000009000"), "{out}");
+    assert!(
+        out.contains("0x1000000 -> physical 0x1000000 (2048 KiB page"),
+        "{out}"
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn gdb_addresses_outside_memory_give_errors_not_crashes() {
+    let dir = common::scratch("gdb-bad-addresses");
+    let elf = kernel(&dir, false);
+    let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
+    let out = gdb(
+        &server,
+        &dir,
+        Some(&elf),
+        "\
+x/4xb 0xd0000000
+set var *(int*)0xd0000000 = 1
+set $cr0 = 0
+monitor xp 0xd0000000 16
+info registers eip
+continue
+",
+        None,
+    );
+    let (status, _, stderr) = server.finish();
+    assert!(
+        out.contains("Cannot access memory at address 0xd0000000"),
+        "{out}"
+    );
+    assert!(out.contains("not RAM or ROM"), "{out}");
+    // Still serving after the errors: the guest runs to its end.
+    assert!(out.contains("eip            0x10000c"), "{out}");
+    assert!(out.contains("exited with code 013"), "{out}");
+    assert_eq!(status, Some(11), "{stderr}");
+}
