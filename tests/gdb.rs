@@ -155,8 +155,8 @@ fn gdb(
 }
 
 /// The test kernel: counts three calls of `work`, prints `message`, and leaves through
-/// the debug-exit port with EAX from `compute` (exit status (EAX << 1) | 1). With `spin`,
-/// it spins forever instead.
+/// the debug-exit port with EAX from `compute` (exit status (EAX << 1) | 1). `start`
+/// replaces that with a jump: to `spin` (forever) or `fault_test` (#UD through an IDT).
 const KERNEL: &str = r#"
 .intel_syntax noprefix
 .section .text
@@ -194,19 +194,42 @@ print_message:
 3:  ret
 spin:
     jmp spin
+fault_test:
+    mov eax, offset ud_handler
+    mov word ptr [idt + 6 * 8], ax
+    mov word ptr [idt + 6 * 8 + 2], cs
+    mov word ptr [idt + 6 * 8 + 4], 0x8E00
+    shr eax, 16
+    mov word ptr [idt + 6 * 8 + 6], ax
+    lidt [idtr]
+faulting:
+    ud2
+ud_handler:
+    mov eax, 7
+    mov dx, 0xF4
+    out dx, eax
+    cli
+    hlt
 .section .data
+.align 8
+idt: .fill 32, 8, 0
+idtr: .word 32 * 8 - 1
+    .long idt
 counter: .long 0
 message: .asciz "Hello from the test kernel\n"
 "#;
 
 /// Assembles and links the test kernel with binutils; returns the ELF (with symbols).
-fn kernel(dir: &Path, spin: bool) -> PathBuf {
+fn kernel(dir: &Path, start: Option<&str>) -> PathBuf {
     let src = dir.join("kernel.S");
     let obj = dir.join("kernel.o");
     let elf = dir.join("kernel.elf");
     std::fs::write(
         &src,
-        KERNEL.replace("SPIN", if spin { "jmp spin" } else { "" }),
+        KERNEL.replace(
+            "SPIN",
+            &start.map(|l| format!("jmp {l}")).unwrap_or_default(),
+        ),
     )
     .expect("write kernel source");
     let ok = |c: &mut Command| {
@@ -238,7 +261,7 @@ fn kernel(dir: &Path, spin: bool) -> PathBuf {
 #[test]
 fn gdb_breaks_steps_watches_and_changes_a_multiboot_kernel() {
     let dir = common::scratch("gdb-multiboot");
-    let elf = kernel(&dir, false);
+    let elf = kernel(&dir, None);
     let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
     let out = gdb(
         &server,
@@ -295,7 +318,7 @@ continue
 #[test]
 fn gdb_interrupts_a_spinning_guest_and_reads_the_machine() {
     let dir = common::scratch("gdb-interrupt");
-    let elf = kernel(&dir, true);
+    let elf = kernel(&dir, Some("spin"));
     let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
     let out = gdb(
         &server,
@@ -424,7 +447,7 @@ kill
 #[test]
 fn gdb_addresses_outside_memory_give_errors_not_crashes() {
     let dir = common::scratch("gdb-bad-addresses");
-    let elf = kernel(&dir, false);
+    let elf = kernel(&dir, None);
     let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
     let out = gdb(
         &server,
@@ -450,4 +473,33 @@ continue
     assert!(out.contains("eip            0x10000c"), "{out}");
     assert!(out.contains("exited with code 013"), "{out}");
     assert_eq!(status, Some(11), "{stderr}");
+}
+
+#[test]
+fn gdb_step_of_a_faulting_instruction_ends_in_the_handler() {
+    let dir = common::scratch("gdb-fault-step");
+    let elf = kernel(&dir, Some("fault_test"));
+    let server = Server::start(&["--accel", "interp", "--kernel", elf.to_str().expect("path")]);
+    let out = gdb(
+        &server,
+        &dir,
+        Some(&elf),
+        "\
+break faulting
+continue
+x/i $pc
+stepi
+x/i $pc
+continue
+",
+        None,
+    );
+    let (status, _, stderr) = server.finish();
+    assert!(out.contains("<faulting>:\tud2"), "{out}");
+    // One step: UD2 raises #UD, delivered through the IDT; the step ends before the
+    // handler's first instruction.
+    assert!(out.contains("=> 0x"), "{out}");
+    assert!(out.contains("<ud_handler>:\tmov    $0x7,%eax"), "{out}");
+    assert!(out.contains("exited with code 017"), "{out}");
+    assert_eq!(status, Some(15), "{stderr}");
 }

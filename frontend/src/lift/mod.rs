@@ -152,7 +152,8 @@ pub fn translate_with(
             break;
         }
         let crosses = linear(rip) / PAGE != start_page || last_byte / PAGE != start_page;
-        let at_breakpoint = limits.stop_before.binary_search(&linear(rip)).is_ok();
+        let at_breakpoint = !limits.stop_before.is_empty()
+            && limits.stop_before.binary_search(&linear(rip)).is_ok();
         if count >= max_insns || crosses || at_breakpoint {
             b.push(Inst::Exit {
                 next: rip,
