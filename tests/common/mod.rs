@@ -38,18 +38,8 @@ pub fn gantry(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let out_t = read_all(child.stdout.take().expect("stdout"));
+    let err_t = read_all(child.stderr.take().expect("stderr"));
     let start = Instant::now();
     let mut timed_out = false;
     let status = loop {
@@ -66,10 +56,19 @@ pub fn gantry(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     let _ = writer.join();
     Run {
         status,
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
         timed_out,
     }
+}
+
+/// Reads a child's pipe to its end on a thread (so that neither pipe fills and blocks it).
+pub fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = r.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    })
 }
 
 /// True if KVM tests should run. Skips (with a line saying why) only where the host has
