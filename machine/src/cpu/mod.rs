@@ -366,7 +366,8 @@ impl EmuCpu {
                 self.state.interrupt_shadow = false;
             }
             if let BlockEnd::Fault(e) = end {
-                // A faulting access did not happen: it triggers no watchpoint.
+                // A faulting instruction did not complete, and data breakpoints are traps
+                // reported after an instruction completes: drop what its accesses hit.
                 self.watch.hit = None;
                 self.stats.exceptions += 1;
                 let ret = self.state.rip;
@@ -425,11 +426,7 @@ impl EmuCpu {
         cs_base: u64,
         rip: u64,
     ) -> Result<Rc<Prepared>, Exception> {
-        let linear = if self.state.mode64() {
-            rip
-        } else {
-            cs_base.wrapping_add(rip) & 0xFFFF_FFFF
-        };
+        let linear = self.state.linear_rip();
         let mode = self.mode();
         let phys =
             self.mmu
@@ -510,17 +507,6 @@ impl EmuCpu {
         self.mmu.code_pages.iter_mut().for_each(|b| *b = false);
     }
 
-    /// Attaches (or detaches) a debugger; detaching drops its breakpoints and watchpoints.
-    pub fn set_debugging(&mut self, on: bool) {
-        if on {
-            self.debug.get_or_insert_with(DebugCtl::default);
-        } else if self.debug.take().is_some() {
-            self.watch = Watchpoints::default();
-            self.limits = lift::Limits::default();
-            self.drop_translations();
-        }
-    }
-
     /// Sets the debugger's breakpoints (linear addresses) and watchpoints, and how the
     /// next [`Self::execute`] runs: one instruction (`step`) or on; `resume` when the run
     /// starts at a breakpoint it must execute rather than report.
@@ -558,17 +544,6 @@ impl EmuCpu {
     pub fn code_written(&mut self, phys: u64) {
         self.dirty_code.push(phys >> 12);
         self.invalidate_dirty();
-    }
-
-    /// Flushes the TLB and cached translations after a debugger changed the registers
-    /// that select them.
-    pub fn state_changed(&mut self) {
-        self.mmu.flush(false);
-        self.jump_cache.iter_mut().for_each(|e| *e = None);
-    }
-
-    pub fn mmu_stats(&self) -> mmu::MmuStats {
-        self.mmu.stats
     }
 
     /// Lines for `--stats`.

@@ -84,7 +84,7 @@ impl Session {
             stepping: false,
         };
         s.machine.board.set_max_wait(Some(POLL));
-        s.cpu.set_debugging(true);
+        s.apply_debug();
         Ok(s)
     }
 
@@ -97,7 +97,7 @@ impl Session {
         self.machine = build_machine(&self.cfg, console, Some(cmos))?;
         self.machine.board.set_max_wait(Some(POLL));
         self.cpu = EmuCpu::new(&self.machine.entry, self.cfg.ram_size);
-        self.cpu.set_debugging(true);
+        self.apply_debug();
         self.resets += 1;
         Ok(())
     }
@@ -123,10 +123,7 @@ impl Session {
         };
         match outcome_of(stop) {
             RunOutcome::Reset { .. } if !self.cfg.no_reboot => match self.reset() {
-                Ok(()) => {
-                    self.apply_debug();
-                    Ok(DebugStop::Slice)
-                }
+                Ok(()) => Ok(DebugStop::Slice),
                 Err(e) => {
                     eprintln!("gantry: {e}");
                     Err(RunOutcome::Quit)
@@ -327,25 +324,28 @@ impl BlockingEventLoop for EventLoop {
 /// The gdbstub architecture: register bytes in the layout chosen at connection time.
 pub enum GantryX86 {}
 
-/// The `g` packet's bytes, already laid out (see [`regs`]).
+/// The `g` packet's bytes, already laid out (see [`regs`]), and the pc they show.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RegBytes(Vec<u8>);
+pub struct RegBytes {
+    bytes: Vec<u8>,
+    pc: u64,
+}
 
 impl gdbstub::arch::Registers for RegBytes {
     type ProgramCounter = u64;
 
     fn pc(&self) -> u64 {
-        0
+        self.pc
     }
 
     fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
-        for b in &self.0 {
+        for b in &self.bytes {
             write_byte(Some(*b));
         }
     }
 
     fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        self.0 = bytes.to_vec();
+        self.bytes = bytes.to_vec();
         Ok(())
     }
 }
@@ -382,18 +382,20 @@ impl Target for Session {
 
 impl SingleThreadBase for Session {
     fn read_registers(&mut self, regs: &mut RegBytes) -> TargetResult<(), Self> {
-        regs.0 = regs::serialize(self.layout, &self.cpu.state);
+        regs.bytes = regs::serialize(self.layout, &self.cpu.state);
+        regs.pc = regs::pc(self.layout, &self.cpu.state);
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &RegBytes) -> TargetResult<(), Self> {
         if let Err(regs::Refused(why)) =
-            regs::deserialize(self.layout, &mut self.cpu.state, &regs.0)
+            regs::deserialize(self.layout, &mut self.cpu.state, &regs.bytes)
         {
             eprintln!("gantry: gdb register write refused: {why}");
             return Err(TargetError::NonFatal);
         }
-        self.cpu.state_changed();
+        // Nothing to flush: cached translations are keyed by CS base, RIP, mode and CPL,
+        // and register writes cannot change the mode or paging (regs.rs refuses that).
         Ok(())
     }
 

@@ -36,10 +36,7 @@ pub fn run(s: &mut Session, cmd: &str) -> String {
             text
         }
         ["reset"] => match s.reset() {
-            Ok(()) => {
-                s.apply_debug();
-                "machine reset\n".to_string()
-            }
+            Ok(()) => "machine reset\n".to_string(),
             Err(e) => format!("reset failed: {e}\n"),
         },
         _ => format!("unknown monitor command {cmd:?}; try `monitor help`\n"),

@@ -333,11 +333,19 @@ fn fx_u(s: &CpuState, off: usize, n: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
+/// What gdb sees as the program counter: the linear address in the 16-bit description.
+pub fn pc(layout: Layout, s: &CpuState) -> u64 {
+    if layout == Layout::I8086 {
+        s.linear_rip()
+    } else {
+        s.rip
+    }
+}
+
 fn read(layout: Layout, s: &CpuState, src: Src) -> u64 {
     match src {
         Src::Gpr(i) => s.gpr[i],
-        Src::Pc if layout == Layout::I8086 => s.linear_rip(),
-        Src::Pc => s.rip,
+        Src::Pc => pc(layout, s),
         Src::Eflags => flags::rflags(s),
         Src::Sel(i) => s.seg[i].selector as u64,
         Src::Fx(off, n) => fx_u(s, off, n),
@@ -388,8 +396,11 @@ fn write(layout: Layout, s: &mut CpuState, src: Src, v: u64) -> Result<(), Refus
         }
         Src::Pc => s.rip = low32(s.rip),
         Src::Eflags => {
-            // The CPU keeps bit 1 set; TF/RF belong to the debugger's stepping.
-            flags::set_rflags(s, (v & 0x003F_7FD5) | 2);
+            // Every defined flag but VM, whose change is a mode switch the CPU makes
+            // itself (IRET, task switch); reserved bits as the CPU keeps them (bit 1 set).
+            const WRITABLE: u64 = 0x003F_7FD5 & !st::VM;
+            let old = flags::rflags(s);
+            flags::set_rflags(s, (v & WRITABLE) | (old & !WRITABLE) | 2);
         }
         Src::Sel(i) => {
             let sel = v as u16;
@@ -485,5 +496,17 @@ mod tests {
         // cs is the 11th register (after 8 GPRs, eip, eflags).
         b[40] ^= 8;
         assert!(deserialize(Layout::I386, &mut s.clone(), &b).is_err());
+    }
+
+    #[test]
+    fn eflags_writes_cannot_switch_to_virtual_8086_mode() {
+        let s = CpuState::reset();
+        let mut b = serialize(Layout::I8086, &s);
+        // eflags is the 10th register (after 8 GPRs and eip).
+        b[36..40].copy_from_slice(&((st::VM | st::CF | st::ZF) as u32).to_le_bytes());
+        let mut t = s.clone();
+        deserialize(Layout::I8086, &mut t, &b).expect("eflags write applies");
+        assert_eq!(flags::rflags(&t), st::CF | st::ZF | 2);
+        assert!(!t.v86());
     }
 }
