@@ -174,14 +174,12 @@ fn read_file(role: &str, path: &Path) -> Result<Vec<u8>, String> {
     })
 }
 
-/// The backend `--accel` names; `auto` means KVM when usable, except with `--gdb`, which
-/// only the emulated CPU serves so far.
-fn choose_accel(a: Accel, gdb: bool) -> Result<AccelKind, String> {
+/// The backend `--accel` names; `auto` means KVM when usable.
+fn choose_accel(a: Accel) -> Result<AccelKind, String> {
     Ok(match a {
         Accel::Kvm => AccelKind::Kvm,
         Accel::Jit => AccelKind::Jit,
         Accel::Interp => AccelKind::Interp,
-        Accel::Auto if gdb => AccelKind::Interp,
         Accel::Auto => match vm::kvm_usable() {
             Ok(()) => AccelKind::Kvm,
             Err(_) => AccelKind::Interp,
@@ -224,7 +222,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let cfg = MachineConfig {
         ram_size: args.mem,
         boot,
-        accel: choose_accel(args.accel, args.gdb.is_some())?,
+        accel: choose_accel(args.accel)?,
         serial,
         console_input,
         debugcon_port: args.debugcon,

@@ -260,11 +260,8 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
         HostConsole::none()
     };
     if let Some(g) = cfg.gdb.clone() {
-        if cfg.accel != AccelKind::Interp {
-            return Err(MachineError::Gdb(format!(
-                "--gdb needs --accel interp for now (the {} backend has no debugger yet)",
-                cfg.accel.name()
-            )));
+        if cfg.accel == AccelKind::Jit {
+            return Err(MachineError::AccelNotBuilt("jit"));
         }
         return crate::gdb::serve(cfg, &g.addr, g.wait, console);
     }

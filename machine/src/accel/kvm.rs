@@ -7,15 +7,20 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+use std::time::Instant;
+
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, CpuId, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    kvm_debug_exit_arch, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch, kvm_msr_entry,
+    kvm_segment, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
 use gantry_devices::signals::SystemEvent;
+use gantry_frontend::state::CpuState;
 
-use super::{CpuStop, ExitStats};
+use super::{kvm_state, CpuStop, ExitStats};
 use crate::board::{Board, BoardEvent};
 use crate::boot::{EntryState, Segment};
 use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
@@ -27,7 +32,7 @@ pub enum KvmError {
     Open(String),
     #[error("KVM refused to set up the VM: {what}: {err}")]
     Setup { what: &'static str, err: String },
-    #[error("KVM stopped with {reason} at RIP {rip:#x}; this host's KVM cannot run this guest (try --accel jit)")]
+    #[error("KVM stopped with {reason} at RIP {rip:#x}; this host's KVM cannot run this guest (try --accel interp)")]
     Exit { reason: String, rip: u64 },
 }
 
@@ -55,6 +60,35 @@ pub struct KvmCpu {
     _vm: VmFd,
     _kvm: Kvm,
     pub stats: ExitStats,
+    /// The vCPU executed HLT and waits for an interrupt; it is not entered again until
+    /// one is injected.
+    halted: bool,
+    /// What the debugger asked of KVM_SET_GUEST_DEBUG (off without a debugger).
+    debug: GuestDebug,
+}
+
+/// A debugger's use of the vCPU (KVM_SET_GUEST_DEBUG): single-step, INT3 breakpoints it
+/// planted, and DR0-3/DR7 for its hardware breakpoints and watchpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestDebug {
+    pub enabled: bool,
+    pub step: bool,
+    pub sw_breakpoints: bool,
+    pub dr: [u64; 4],
+    /// DR7; zero when no hardware slot is in use.
+    pub dr7: u64,
+}
+
+/// Why [`KvmCpu::run_debug`] returned.
+#[derive(Clone, Debug)]
+pub enum KvmStop {
+    Stopped(CpuStop),
+    /// A #DB or #BP intercepted for the debugger.
+    Debug(kvm_debug_exit_arch),
+    /// A single step executed HLT.
+    SteppedIntoHalt,
+    /// The time slice ran out.
+    Slice,
 }
 
 /// Can this host open /dev/kvm and make a VM? (The `auto` accelerator's test.)
@@ -63,6 +97,23 @@ pub fn probe() -> Result<(), KvmError> {
     kvm.create_vm()
         .map_err(|e| KvmError::Open(format!("cannot create a VM: {e}")))?;
     Ok(())
+}
+
+/// Names the kind of KVM this host has when it runs guest ring-0 code in software rather
+/// than with VMX/SVM (a nested, software-assisted KVM such as kvm_pvm): such a KVM works,
+/// but refuses some instructions and does not deliver every debug event (data
+/// breakpoints, INT3 intercepts). None for hardware-assisted KVM.
+pub fn software_assisted() -> Option<&'static str> {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("kvm_pvm");
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+    (!flags.is_empty() && !has("vmx") && !has("svm")).then_some("without VMX/SVM")
 }
 
 impl KvmCpu {
@@ -127,6 +178,8 @@ impl KvmCpu {
             _vm: vm,
             _kvm: kvm,
             stats: ExitStats::default(),
+            halted: false,
+            debug: GuestDebug::default(),
         })
     }
 
@@ -151,28 +204,79 @@ impl KvmCpu {
         self.vcpu
             .set_sregs(&sregs)
             .map_err(setup("KVM_SET_SREGS"))?;
-        let g = &s.gpr;
-        let regs = kvm_bindings::kvm_regs {
-            rax: g[0],
-            rcx: g[1],
-            rdx: g[2],
-            rbx: g[3],
-            rsp: g[4],
-            rbp: g[5],
-            rsi: g[6],
-            rdi: g[7],
-            r8: g[8],
-            r9: g[9],
-            r10: g[10],
-            r11: g[11],
-            r12: g[12],
-            r13: g[13],
-            r14: g[14],
-            r15: g[15],
-            rip: s.rip,
-            rflags: s.rflags,
-        };
+        let regs = kvm_state::regs_of(&s.gpr, s.rip, s.rflags);
         self.vcpu.set_regs(&regs).map_err(setup("KVM_SET_REGS"))
+    }
+
+    /// The vCPU's architectural state, for a debugger.
+    pub fn cpu_state(&self) -> Result<CpuState, KvmError> {
+        let regs = self.vcpu.get_regs().map_err(setup("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
+        let fpu = self.vcpu.get_fpu().map_err(setup("KVM_GET_FPU"))?;
+        let dbg = self
+            .vcpu
+            .get_debug_regs()
+            .map_err(setup("KVM_GET_DEBUGREGS"))?;
+        let mut c = kvm_state::state_of(&regs, &sregs, &fpu, &dbg);
+        c.halted = self.halted;
+        Ok(c)
+    }
+
+    /// Writes back what a debugger changed: registers, segments, x87/SSE.
+    pub fn set_cpu_state(&mut self, c: &CpuState) -> Result<(), KvmError> {
+        let mut regs = self.vcpu.get_regs().map_err(setup("KVM_GET_REGS"))?;
+        let mut sregs = self.vcpu.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
+        let mut fpu = self.vcpu.get_fpu().map_err(setup("KVM_GET_FPU"))?;
+        kvm_state::store(c, &mut regs, &mut sregs, &mut fpu);
+        self.vcpu.set_regs(&regs).map_err(setup("KVM_SET_REGS"))?;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(setup("KVM_SET_SREGS"))?;
+        self.vcpu.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))
+    }
+
+    /// Sets how the debugger uses the vCPU from the next KVM_RUN on.
+    pub fn set_guest_debug(&mut self, d: &GuestDebug) -> Result<(), KvmError> {
+        self.debug = *d;
+        self.apply_guest_debug(0)
+    }
+
+    /// Delivers a #BP (3) or #DB (1) the debugger intercepted but did not cause (the
+    /// guest's own INT3, TF or debug registers) to the guest at the next entry.
+    pub fn reinject(&mut self, exception: u32) -> Result<(), KvmError> {
+        let inject = if exception == 3 {
+            KVM_GUESTDBG_INJECT_BP
+        } else {
+            KVM_GUESTDBG_INJECT_DB
+        };
+        self.apply_guest_debug(inject)
+    }
+
+    fn apply_guest_debug(&mut self, extra: u32) -> Result<(), KvmError> {
+        let d = &self.debug;
+        let mut control = 0;
+        if d.enabled {
+            control = KVM_GUESTDBG_ENABLE | extra;
+            if d.step {
+                control |= KVM_GUESTDBG_SINGLESTEP;
+            }
+            if d.sw_breakpoints {
+                control |= KVM_GUESTDBG_USE_SW_BP;
+            }
+            if d.dr7 != 0 {
+                control |= KVM_GUESTDBG_USE_HW_BP;
+            }
+        }
+        let mut arch = kvm_guest_debug_arch::default();
+        arch.debugreg[..4].copy_from_slice(&d.dr);
+        arch.debugreg[7] = d.dr7;
+        self.vcpu
+            .set_guest_debug(&kvm_guest_debug {
+                control,
+                pad: 0,
+                arch,
+            })
+            .map_err(setup("KVM_SET_GUEST_DEBUG"))
     }
 
     fn rip(&self) -> u64 {
@@ -189,7 +293,10 @@ impl KvmCpu {
     /// Injects a pending PIC interrupt if the vCPU can take one now, else asks KVM for an
     /// exit as soon as it can.
     fn inject_interrupts(&mut self, board: &mut Board) -> Result<(), KvmError> {
-        let pending = board.interrupt_pending();
+        // A debugger's single step executes one instruction: interrupts wait (as on the
+        // emulated CPU and in QEMU's default step mode) unless the vCPU is halted.
+        let held = self.debug.step && !self.halted;
+        let pending = board.interrupt_pending() && !held;
         let run = self.vcpu.get_kvm_run();
         if pending && run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
             let vector = board.acknowledge_interrupt() as u32;
@@ -203,16 +310,43 @@ impl KvmCpu {
                 )));
             }
             self.stats.injected += 1;
+            self.halted = false;
             let still = board.interrupt_pending();
             self.vcpu.get_kvm_run().request_interrupt_window = still as u8;
         } else {
             run.request_interrupt_window = pending as u8;
+            if pending && self.halted {
+                // Cannot inject yet (KVM says not ready): enter the vCPU and let the
+                // interrupt-window exit bring us back, as before HLT was tracked here.
+                self.halted = false;
+            }
         }
         Ok(())
     }
 
     /// Runs until the board asks to stop, the CPU shuts down, or KVM fails.
     pub fn run(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
+        match self.run_with_waker(board, None)? {
+            KvmStop::Stopped(stop) => Ok(stop),
+            other => Err(self.exit_error(format!("debug exit {other:?} without a debugger"))),
+        }
+    }
+
+    /// Runs for a debugger: until something it asked for happens, the run ends, or
+    /// `slice` has passed (so it can poll its connection).
+    pub fn run_debug(
+        &mut self,
+        board: &mut Board,
+        slice: std::time::Duration,
+    ) -> Result<KvmStop, KvmError> {
+        self.run_with_waker(board, Some(Instant::now() + slice))
+    }
+
+    fn run_with_waker(
+        &mut self,
+        board: &mut Board,
+        until: Option<Instant>,
+    ) -> Result<KvmStop, KvmError> {
         self.timer.attach(self.vcpu.get_kvm_run());
         // Console input kicks the vCPU out of KVM_RUN with the timer's signal, so that
         // Ctrl-A x works even while the guest spins without exits.
@@ -226,22 +360,37 @@ impl KvmCpu {
                 libc::pthread_kill(this_thread as libc::pthread_t, libc::SIGRTMIN());
             }
         })));
-        let stop = self.run_loop(board);
+        let stop = self.run_loop(board, until);
         board.set_console_waker(None);
         self.timer.arm(None);
         stop
     }
 
-    fn run_loop(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
+    fn run_loop(&mut self, board: &mut Board, until: Option<Instant>) -> Result<KvmStop, KvmError> {
         loop {
             board.service();
             if let Some(ev) = board.take_event() {
-                return Ok(CpuStop::Board(ev));
+                return Ok(KvmStop::Stopped(CpuStop::Board(ev)));
+            }
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(KvmStop::Slice);
+            }
+            if self.halted && !self.wait_in_halt(board) {
+                return Ok(KvmStop::Stopped(CpuStop::HaltedForever { rip: self.rip() }));
             }
             self.inject_interrupts(board)?;
+            if self.halted {
+                // Still waiting for an interrupt (the wait was cut short).
+                continue;
+            }
             let now = board.clock().now_ns();
-            self.timer
-                .arm(board.next_deadline().map(|d| d.saturating_sub(now).max(1)));
+            let deadline = board.next_deadline().map(|d| d.saturating_sub(now).max(1));
+            let slice = left.map(|l| l.as_nanos() as u64);
+            self.timer.arm(match (deadline, slice) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            });
             let next = match self.vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.stats.io += 1;
@@ -272,6 +421,7 @@ impl KvmCpu {
                     self.stats.interrupted += 1;
                     Next::Continue
                 }
+                Ok(VcpuExit::Debug(arch)) => Next::Debug(arch),
                 Ok(VcpuExit::Shutdown) => Next::Shutdown,
                 Ok(VcpuExit::SystemEvent(kind, _)) => Next::SystemEvent(kind),
                 Ok(VcpuExit::FailEntry(reason, _)) => {
@@ -293,18 +443,22 @@ impl KvmCpu {
                 Next::Continue => {}
                 Next::Halt => {
                     self.stats.hlt += 1;
-                    if !self.halt(board) {
-                        return Ok(CpuStop::HaltedForever { rip: self.rip() });
+                    self.halted = true;
+                    if self.debug.step {
+                        return Ok(KvmStop::SteppedIntoHalt);
                     }
                 }
-                Next::Shutdown => return Ok(CpuStop::TripleFault { rip: self.rip() }),
+                Next::Debug(arch) => return Ok(KvmStop::Debug(arch)),
+                Next::Shutdown => {
+                    return Ok(KvmStop::Stopped(CpuStop::TripleFault { rip: self.rip() }))
+                }
                 Next::SystemEvent(kind) => {
                     let event = if kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET {
                         SystemEvent::Reset { source: "KVM" }
                     } else {
                         SystemEvent::PowerOff
                     };
-                    return Ok(CpuStop::Board(BoardEvent::System(event)));
+                    return Ok(KvmStop::Stopped(CpuStop::Board(BoardEvent::System(event))));
                 }
                 Next::InternalError => {
                     // SAFETY: `internal` is the union member KVM fills for
@@ -326,11 +480,11 @@ impl KvmCpu {
         }
     }
 
-    /// HLT: sleeps in the board until something could wake the CPU. Returns false if
-    /// nothing ever can: IF is clear (only an NMI would wake it, and this board raises
-    /// none), or no timer, input or request is left. Bochs stops there too.
-    fn halt(&mut self, board: &mut Board) -> bool {
-        board.service();
+    /// HLT: sleeps in the board until something could wake the CPU (the caller injects
+    /// the interrupt, which ends the halt). Returns false if nothing ever can: IF is clear
+    /// (only an NMI would wake it, and this board raises none), or no timer, input or
+    /// request is left. Bochs stops there too.
+    fn wait_in_halt(&mut self, board: &mut Board) -> bool {
         if board.event_pending() {
             return true;
         }
@@ -377,6 +531,7 @@ fn filter_cpuid(cpuid: &mut CpuId) {
 enum Next {
     Continue,
     Halt,
+    Debug(kvm_debug_exit_arch),
     Shutdown,
     SystemEvent(u32),
     InternalError,

@@ -3,6 +3,8 @@
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kvm;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod kvm_state;
 
 use std::fmt;
 

@@ -86,6 +86,15 @@ impl TableWalk {
     }
 }
 
+/// The physical address `linear` maps to, if it is mapped (a debugger's look-up: no
+/// permission checks, no accessed/dirty updates).
+pub fn phys_of(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> Option<u64> {
+    match walk(mem, r, linear).end {
+        WalkEnd::Mapped { phys, .. } => Some(phys),
+        _ => None,
+    }
+}
+
 /// Walks the page tables for `linear`; without paging, the identity (A20 applied).
 pub fn walk(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> TableWalk {
     let mut w = TableWalk {

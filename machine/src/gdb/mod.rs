@@ -1,12 +1,15 @@
 //! The GDB remote protocol (`--gdb ADDR`, `--gdb-wait`), served with the gdbstub crate.
 //!
-//! One guest CPU, one gdb at a time. Without `--gdb-wait` the guest runs at once and gdb
+//! One guest CPU (the emulated one or a KVM vCPU, see [`backend`]), one gdb at a time. Without `--gdb-wait` the guest runs at once and gdb
 //! may attach whenever it likes (the guest stops when it does, as under QEMU); with it,
 //! the guest waits for gdb before its first instruction. `detach` lets the guest run on
 //! and another gdb attach; `kill` ends Gantry. A guest reset keeps the connection, the
 //! breakpoints and the watchpoints; power-off, the debug-exit port and the other ends of
 //! a run are reported to gdb as the inferior exiting with Gantry's exit status.
 
+mod backend;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod kvm_target;
 mod monitor;
 pub mod regs;
 
@@ -37,11 +40,12 @@ use gantry_devices::clock::{Clock, HostClock};
 
 use crate::console::HostConsole;
 use crate::cpu::debug::{DebugStop, WatchKind, Watchpoint};
-use crate::cpu::paging::{self, PagingRegs, WalkEnd};
+use crate::cpu::paging::{self, PagingRegs};
 use crate::cpu::EmuCpu;
 use crate::vm::{
-    outcome_of, stats_text, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
+    outcome_of, stats_text, AccelKind, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
 };
+use backend::{Backend, DebugRequest, Ended};
 use regs::Layout;
 
 /// How long a halted guest sleeps before the stub looks at its connection again.
@@ -51,7 +55,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct Session {
     cfg: MachineConfig,
     machine: Machine,
-    cpu: EmuCpu,
+    cpu: Backend,
     resets: u64,
     started: Instant,
     /// Breakpoints and watchpoints gdb set, as linear addresses.
@@ -64,12 +68,14 @@ pub struct Session {
     ended: Option<RunOutcome>,
     /// Set by gdb's resume/step, consumed by the event loop.
     stepping: bool,
+    /// The backend failed; the session ends with this error.
+    failed: Option<MachineError>,
 }
 
 impl Session {
     fn new(cfg: MachineConfig, console: HostConsole) -> Result<Self, MachineError> {
         let machine = build_machine(&cfg, console, None)?;
-        let cpu = EmuCpu::new(&machine.entry, cfg.ram_size);
+        let cpu = build_cpu(&cfg, &machine)?;
         let mut s = Self {
             cfg,
             machine,
@@ -82,9 +88,10 @@ impl Session {
             layout: Layout::X86_64,
             ended: None,
             stepping: false,
+            failed: None,
         };
         s.machine.board.set_max_wait(Some(POLL));
-        s.apply_debug();
+        s.apply_debug().map_err(MachineError::Gdb)?;
         Ok(s)
     }
 
@@ -96,20 +103,41 @@ impl Session {
         let console = self.machine.board.take_console();
         self.machine = build_machine(&self.cfg, console, Some(cmos))?;
         self.machine.board.set_max_wait(Some(POLL));
-        self.cpu = EmuCpu::new(&self.machine.entry, self.cfg.ram_size);
-        self.apply_debug();
+        self.cpu = build_cpu(&self.cfg, &self.machine)?;
+        if let Err(e) = self.apply_debug() {
+            // The new guest has not mapped where a breakpoint was (yet): gdb keeps it,
+            // and it is planted again when gdb next resumes.
+            eprintln!("gantry: after the reset: {e}");
+        }
         self.resets += 1;
         Ok(())
     }
 
-    fn apply_debug(&mut self) {
-        let bps: Vec<u64> = self
-            .sw_breaks
-            .iter()
-            .chain(&self.hw_breaks)
-            .copied()
-            .collect();
-        self.cpu.set_debug(&bps, &self.watches, self.stepping);
+    /// Gives the backend gdb's breakpoints, watchpoints and step request; `Err` says
+    /// what it cannot do.
+    fn apply_debug(&mut self) -> Result<(), String> {
+        let req = DebugRequest {
+            sw_breaks: self.sw_breaks.clone(),
+            hw_breaks: self.hw_breaks.clone(),
+            watches: self.watches.clone(),
+            step: self.stepping,
+        };
+        self.cpu.set_debug(&mut self.machine.memory, &req)
+    }
+
+    /// Adds a breakpoint or watchpoint with `add`; if the backend cannot take it, takes it
+    /// back and tells gdb so (gdb then says it could not insert it).
+    fn try_insert(&mut self, add: impl FnOnce(&mut Self), undo: impl FnOnce(&mut Self)) -> bool {
+        add(self);
+        match self.apply_debug() {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("gantry: gdb: {e}");
+                undo(self);
+                let _ = self.apply_debug();
+                false
+            }
+        }
     }
 
     /// Runs one slice; `Err` once the run has ended for good.
@@ -119,7 +147,11 @@ impl Session {
             .execute(&mut self.machine.memory, &mut self.machine.board)
         {
             Ok(s) => return Ok(s),
-            Err(stop) => stop,
+            Err(Ended::Stop(stop)) => stop,
+            Err(Ended::Failed(e)) => {
+                self.failed = Some(e);
+                return Err(RunOutcome::Quit);
+            }
         };
         match outcome_of(stop) {
             RunOutcome::Reset { .. } if !self.cfg.no_reboot => match self.reset() {
@@ -150,15 +182,30 @@ impl Session {
 
     /// Linear -> physical through the guest's page tables, without touching them.
     fn translate(&self, linear: u64) -> Option<u64> {
-        let w = paging::walk(
+        paging::phys_of(
             &self.machine.memory,
-            &PagingRegs::of(&self.cpu.state),
+            &PagingRegs::of(self.cpu.state()),
             linear,
-        );
-        match w.end {
-            WalkEnd::Mapped { phys, .. } => Some(phys),
-            _ => None,
-        }
+        )
+    }
+}
+
+/// The CPU `--accel` names (main refuses the others with --gdb).
+fn build_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<Backend, MachineError> {
+    match cfg.accel {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        AccelKind::Kvm => Ok(Backend::Kvm(Box::new(backend::KvmTarget::new(
+            &machine.memory,
+            &machine.entry,
+        )?))),
+        AccelKind::Interp => Ok(Backend::Emu(Box::new(EmuCpu::new(
+            &machine.entry,
+            cfg.ram_size,
+        )))),
+        other => Err(MachineError::Gdb(format!(
+            "--gdb: the {} backend has no debugger",
+            other.name()
+        ))),
     }
 }
 
@@ -196,11 +243,14 @@ pub fn serve(
     );
     let mut session = Session::new(cfg, console)?;
     loop {
-        let stream = match accept(&listener, &mut session)? {
-            Ok(s) => s,
-            Err(outcome) => return Ok((outcome, session.report())),
+        let ended = match accept(&listener, &mut session)? {
+            Ok(stream) => debug_connection(&mut session, stream)?,
+            Err(outcome) => Some(outcome),
         };
-        if let Some(outcome) = debug_connection(&mut session, stream)? {
+        if let Some(e) = session.failed.take() {
+            return Err(e);
+        }
+        if let Some(outcome) = ended {
             return Ok((outcome, session.report()));
         }
         // Detached: the guest runs on and another gdb may attach.
@@ -208,7 +258,9 @@ pub fn serve(
         session.hw_breaks.clear();
         session.watches.clear();
         session.stepping = false;
-        session.apply_debug();
+        if let Err(e) = session.apply_debug() {
+            eprintln!("gantry: gdb detach: {e}");
+        }
         let _ = listener.set_nonblocking(true);
     }
 }
@@ -241,9 +293,9 @@ fn debug_connection(
     session: &mut Session,
     stream: TcpStream,
 ) -> Result<Option<RunOutcome>, MachineError> {
-    session.layout = Layout::for_state(&session.cpu.state);
+    session.layout = Layout::for_state(session.cpu.state());
     session.stepping = false;
-    session.apply_debug();
+    session.apply_debug().map_err(MachineError::Gdb)?;
     let gdb = GdbStub::new(stream);
     match gdb.run_blocking::<EventLoop>(session) {
         Ok(DisconnectReason::Disconnect) => Ok(None),
@@ -286,7 +338,7 @@ impl BlockingEventLoop for EventLoop {
                 Ok(DebugStop::Slice) => continue,
                 Ok(DebugStop::Step) => SingleThreadStopReason::DoneStep,
                 Ok(DebugStop::Breakpoint) => {
-                    let at = target.cpu.state.linear_rip();
+                    let at = target.cpu.state().linear_rip();
                     if target.sw_breaks.contains(&at) {
                         SingleThreadStopReason::SwBreak(())
                     } else {
@@ -302,6 +354,12 @@ impl BlockingEventLoop for EventLoop {
                     },
                     addr: hit.addr,
                 },
+                Err(_) if target.failed.is_some() => {
+                    // The backend failed: gdb sees the inferior killed; Gantry then
+                    // reports the error and exits non-zero.
+                    target.ended = Some(RunOutcome::Quit);
+                    SingleThreadStopReason::Terminated(Signal::SIGKILL)
+                }
                 Err(outcome) => {
                     if let Some(m) = outcome.message() {
                         eprintln!("gantry: {m}");
@@ -382,17 +440,26 @@ impl Target for Session {
 
 impl SingleThreadBase for Session {
     fn read_registers(&mut self, regs: &mut RegBytes) -> TargetResult<(), Self> {
-        regs.bytes = regs::serialize(self.layout, &self.cpu.state);
-        regs.pc = regs::pc(self.layout, &self.cpu.state);
+        regs.bytes = regs::serialize(self.layout, self.cpu.state());
+        regs.pc = regs::pc(self.layout, self.cpu.state());
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &RegBytes) -> TargetResult<(), Self> {
-        if let Err(regs::Refused(why)) =
-            regs::deserialize(self.layout, &mut self.cpu.state, &regs.bytes)
-        {
-            eprintln!("gantry: gdb register write refused: {why}");
-            return Err(TargetError::NonFatal);
+        let layout = self.layout;
+        let written = self
+            .cpu
+            .write_state(|s| regs::deserialize(layout, s, &regs.bytes));
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(regs::Refused(why))) => {
+                eprintln!("gantry: gdb register write refused: {why}");
+                return Err(TargetError::NonFatal);
+            }
+            Err(e) => {
+                eprintln!("gantry: gdb register write failed: {e}");
+                return Err(TargetError::NonFatal);
+            }
         }
         // Nothing to flush: cached translations are keyed by CS base, RIP, mode and CPL,
         // and register writes cannot change the mode or paging (regs.rs refuses that).
@@ -421,6 +488,7 @@ impl SingleThreadBase for Session {
         if done == 0 && !data.is_empty() {
             return Err(TargetError::NonFatal);
         }
+        self.cpu.hide_planted(start, &mut data[..done]);
         Ok(done)
     }
 
@@ -448,8 +516,7 @@ impl SingleThreadBase for Session {
 impl SingleThreadResume for Session {
     fn resume(&mut self, _signal: Option<Signal>) -> Result<(), ()> {
         self.stepping = false;
-        self.apply_debug();
-        Ok(())
+        self.resume_with_debug()
     }
 
     fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
@@ -460,8 +527,17 @@ impl SingleThreadResume for Session {
 impl SingleThreadSingleStep for Session {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), ()> {
         self.stepping = true;
-        self.apply_debug();
-        Ok(())
+        self.resume_with_debug()
+    }
+}
+
+impl Session {
+    fn resume_with_debug(&mut self) -> Result<(), ()> {
+        self.apply_debug().map_err(|e| {
+            // Every breakpoint was accepted when gdb inserted it; only a page the guest
+            // has since unmapped lands here.
+            eprintln!("gantry: gdb: cannot resume: {e}");
+        })
     }
 }
 
@@ -481,23 +557,33 @@ impl Breakpoints for Session {
 
 impl SwBreakpoint for Session {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.sw_breaks.push(addr);
-        Ok(true)
+        Ok(self.try_insert(
+            |s| s.sw_breaks.push(addr),
+            |s| {
+                s.sw_breaks.pop();
+            },
+        ))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(remove_one(&mut self.sw_breaks, &addr))
+        let removed = remove_one(&mut self.sw_breaks, &addr);
+        Ok(removed && self.apply_debug().is_ok())
     }
 }
 
 impl HwBreakpoint for Session {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.hw_breaks.push(addr);
-        Ok(true)
+        Ok(self.try_insert(
+            |s| s.hw_breaks.push(addr),
+            |s| {
+                s.hw_breaks.pop();
+            },
+        ))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(remove_one(&mut self.hw_breaks, &addr))
+        let removed = remove_one(&mut self.hw_breaks, &addr);
+        Ok(removed && self.apply_debug().is_ok())
     }
 }
 
@@ -520,8 +606,13 @@ impl HwWatchpoint for Session {
         len: u64,
         kind: GdbWatchKind,
     ) -> TargetResult<bool, Self> {
-        self.watches.push(watch_of(addr, len, kind));
-        Ok(true)
+        let w = watch_of(addr, len, kind);
+        Ok(self.try_insert(
+            |s| s.watches.push(w),
+            |s| {
+                s.watches.pop();
+            },
+        ))
     }
 
     fn remove_hw_watchpoint(
@@ -530,7 +621,8 @@ impl HwWatchpoint for Session {
         len: u64,
         kind: GdbWatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(remove_one(&mut self.watches, &watch_of(addr, len, kind)))
+        let removed = remove_one(&mut self.watches, &watch_of(addr, len, kind));
+        Ok(removed && self.apply_debug().is_ok())
     }
 }
 

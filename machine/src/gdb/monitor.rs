@@ -23,7 +23,7 @@ pub fn run(s: &mut Session, cmd: &str) -> String {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     match words.as_slice() {
         [] | ["help"] => HELP.to_string(),
-        ["info", "registers"] | ["info", "reg"] | ["info", "r"] => registers(&s.cpu.state),
+        ["info", "registers"] | ["info", "reg"] | ["info", "r"] => registers(s.cpu.state()),
         ["info", "tlb", addr] => match parse(addr) {
             Some(a) => walk(s, a),
             None => format!("bad address {addr:?}\n"),
@@ -154,7 +154,7 @@ fn registers(c: &CpuState) -> String {
 }
 
 fn walk(s: &Session, linear: u64) -> String {
-    let regs = PagingRegs::of(&s.cpu.state);
+    let regs = PagingRegs::of(s.cpu.state());
     let mut out = String::new();
     if !regs.paging() {
         let _ = writeln!(out, "paging is off: linear {linear:#x} is physical");
