@@ -212,7 +212,9 @@ fn debug_kernel(
 
 /// The test kernel: counts three calls of `work`, prints `message`, and leaves through
 /// the debug-exit port with EAX from `compute` (exit status (EAX << 1) | 1). `start`
-/// replaces that with a jump: to `spin` (forever) or `fault_test` (#UD through an IDT).
+/// replaces that with a jump: to `spin` (forever), `fault_test` (#UD through an IDT) or
+/// `dr_test` (the kernel's own instruction breakpoint on `work`, DR0, counted by its #DB
+/// handler, which returns with RF set).
 const KERNEL: &str = r#"
 .intel_syntax noprefix
 .section .text
@@ -223,6 +225,7 @@ mb_header:
 _start:
     mov esp, 0x90000
     SPIN
+main:
     mov ecx, 3
 1:  call work
     loop 1b
@@ -266,12 +269,30 @@ ud_handler:
     out dx, eax
     cli
     hlt
+dr_test:
+    mov eax, offset db_handler
+    mov word ptr [idt + 1 * 8], ax
+    mov word ptr [idt + 1 * 8 + 2], cs
+    mov word ptr [idt + 1 * 8 + 4], 0x8E00
+    shr eax, 16
+    mov word ptr [idt + 1 * 8 + 6], ax
+    lidt [idtr]
+    mov eax, offset work
+    mov dr0, eax
+    mov eax, 1
+    mov dr7, eax
+    jmp main
+db_handler:
+    inc dword ptr [db_count]
+    or dword ptr [esp + 8], 0x10000
+    iretd
 .section .data
 .align 8
 idt: .fill 32, 8, 0
 idtr: .word 32 * 8 - 1
     .long idt
 counter: .long 0
+db_count: .long 0
 message: .asciz "Hello from the test kernel\n"
 "#;
 
@@ -351,8 +372,8 @@ continue
     assert!(out.contains(" in work ()\n$1 = 0"), "{out}");
     // One step executes the 6-byte `inc`; the `ret` after it is next.
     assert!(out.contains("<work+6>:\tret"), "{out}");
-    // The next step executes the `ret`: back in _start, at the `loop` after the call.
-    assert!(out.contains("<_start+"), "{out}");
+    // The next step executes the `ret`: back in the main loop, at the `loop` after the call.
+    assert!(out.contains("<main+"), "{out}");
     assert!(out.contains(":\tloop "), "{out}");
     assert!(out.contains("Hardware assisted breakpoint 2 at"), "{out}");
     assert!(out.contains("in print_message ()"), "{out}");
@@ -521,10 +542,17 @@ x/2i $pc
 stepi
 stepi
 monitor info registers
+break *0xfffffff0
+monitor reset
+continue
 kill
 ",
         None,
     );
+    // After a reset, a breakpoint at the reset vector stops the guest before its first
+    // instruction again.
+    assert!(out.contains("machine reset"), "{out}");
+    assert!(out.contains("Breakpoint 1, 0xfffffff0"), "{out}");
     // The 16-bit description: gdb disassembles 16-bit code, and $pc is CS.base + IP.
     assert!(out.contains("(currently \"i8086\")"), "{out}");
     assert!(out.contains("eip            0xfffffff0"), "{out}");
@@ -690,4 +718,44 @@ fn gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm() {
     if Cpu::Kvm.available("gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm") {
         step_of_a_faulting_instruction_ends_in_the_handler(Cpu::Kvm);
     }
+}
+
+#[test]
+fn gdb_breakpoints_and_the_guests_own_debug_registers_coexist() {
+    // gdb breaks at `work`, where the guest has its own DR0 instruction breakpoint: each
+    // stops once for gdb, then raises the guest's #DB, whose handler counts it.
+    let Debugged {
+        gdb: out,
+        status,
+        stdout: _,
+        stderr,
+    } = debug_kernel(
+        "gdb-guest-dr",
+        Cpu::Interp,
+        Some("dr_test"),
+        "\
+break work
+continue
+continue
+continue
+info breakpoints
+delete
+break result_ready
+continue
+print *(int*)&db_count
+print *(int*)&counter
+monitor info registers
+continue
+",
+        None,
+    );
+    assert!(out.contains("breakpoint already hit 3 times"), "{out}");
+    assert!(out.contains("in result_ready ()"), "{out}");
+    // Three guest #DBs, and `work` ran three times.
+    assert!(out.contains("$1 = 3\n$2 = 3"), "{out}");
+    // The guest's DR0 (on `work`), DR6.B0 and DR7.L0, as the guest set them.
+    assert!(out.contains("dr0 100030"), "{out}");
+    assert!(out.contains("dr6 ffff0ff1  dr7 1\n"), "{out}");
+    assert!(out.contains("exited with code 013"), "{out}");
+    assert_eq!(status, Some(11), "{stderr}");
 }

@@ -15,7 +15,7 @@ pub struct Ctx<'a> {
     /// Physical pages whose translations a store invalidated (the caller drops them).
     pub dirty_code: &'a mut Vec<u64>,
     pub stats: &'a mut super::CpuStats,
-    pub watch: &'a mut super::debug::Watchpoints,
+    pub traps: &'a mut super::debug::DebugTraps,
 }
 
 impl Ctx<'_> {
@@ -29,7 +29,7 @@ impl Ctx<'_> {
         access: Access,
         privilege: Privilege,
     ) -> Result<u64, Exception> {
-        self.watch.check(linear, bytes, false);
+        self.traps.check(linear, bytes, false);
         let off = linear & 0xFFF;
         if off + bytes as u64 <= 0x1000 {
             let p = self
@@ -64,7 +64,7 @@ impl Ctx<'_> {
         value: u64,
         privilege: Privilege,
     ) -> Result<(), Exception> {
-        self.watch.check(linear, bytes, true);
+        self.traps.check(linear, bytes, true);
         let off = linear & 0xFFF;
         if off + bytes as u64 <= 0x1000 {
             let p = self

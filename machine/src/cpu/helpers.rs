@@ -214,6 +214,7 @@ impl Host for Ctx<'_> {
                 } as usize;
                 if let Helper::MovToDr(_) = h {
                     cpu.dr[n] = arg(0);
+                    self.traps.regs_changed = true;
                     Ok(0)
                 } else {
                     Ok(cpu.dr[n])

@@ -38,6 +38,7 @@ pub fn deliver(
     source: Source,
     ret: u64,
 ) -> Result<(), Exception> {
+    ctx.traps.delivered = true;
     let error = if source == Source::Exception && has_error_code(vector) {
         Some(error.unwrap_or(0))
     } else {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
-use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF};
+use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
 use gantry_translator::interp::{Interp, Prepared};
 use gantry_translator::{BlockEnd, Exception};
 
@@ -26,7 +26,7 @@ use crate::board::Board;
 use crate::boot::{EntryState, Segment};
 use crate::memory::GuestMemory;
 use access::Ctx;
-use debug::{DebugCtl, DebugStop, Watchpoint, Watchpoints, SLICE_BLOCKS};
+use debug::{DebugCtl, DebugStop, DebugTraps, GuestBreakpoints, Watchpoint, DR6_BS, SLICE_BLOCKS};
 use interrupts::{deliver, raise, Delivery, Source};
 use mmu::{Access, Mmu, Privilege};
 
@@ -89,7 +89,9 @@ pub struct EmuCpu {
     pub stats: CpuStats,
     /// Set while a debugger is attached.
     debug: Option<DebugCtl>,
-    watch: Watchpoints,
+    traps: DebugTraps,
+    /// The guest's own instruction breakpoints (DR0-3, DR7).
+    guest_bps: GuestBreakpoints,
     limits: lift::Limits,
 }
 
@@ -193,7 +195,7 @@ macro_rules! ctx {
             board: $board,
             dirty_code: &mut $cpu.dirty_code,
             stats: &mut $cpu.stats,
-            watch: &mut $cpu.watch,
+            traps: &mut $cpu.traps,
         }
     };
 }
@@ -214,7 +216,8 @@ impl EmuCpu {
             dirty_code: Vec::new(),
             stats: CpuStats::default(),
             debug: None,
-            watch: Watchpoints::default(),
+            traps: DebugTraps::default(),
+            guest_bps: GuestBreakpoints::default(),
             limits: lift::Limits::default(),
         }
     }
@@ -346,8 +349,28 @@ impl EmuCpu {
                     return Ok(DebugStop::Breakpoint);
                 }
             }
+            // The guest's own debugging: RF, instruction breakpoints, the trap flag.
+            let fl = self.state.rflags;
+            let mut guest_step = false;
+            if fl & (TF | RF) != 0 || !self.guest_bps.exec.is_empty() {
+                if fl & RF != 0 {
+                    // RF holds off instruction breakpoints for one instruction; the CPU
+                    // clears it as that instruction starts.
+                    self.state.rflags &= !RF;
+                } else {
+                    let hits = self.guest_bps.hits_at(self.state.linear_rip());
+                    if hits != 0 {
+                        // A fault: the handler returns to the instruction (and sets RF in
+                        // the frame to get past it; the CPU does not for this #DB).
+                        self.debug_exception(mem, board, hits as u64)?;
+                        continue;
+                    }
+                }
+                guest_step = fl & TF != 0;
+                self.traps.delivered = false;
+            }
             let shadow = self.state.interrupt_shadow;
-            let block = if stepping {
+            let block = if stepping || guest_step {
                 self.lift_one_instruction(mem, board)
             } else {
                 self.lookup(mem, board)
@@ -368,20 +391,40 @@ impl EmuCpu {
             if let BlockEnd::Fault(e) = end {
                 // A faulting instruction did not complete, and data breakpoints are traps
                 // reported after an instruction completes: drop what its accesses hit.
-                self.watch.hit = None;
+                self.traps.hit = None;
+                self.traps.guest_hits = 0;
                 self.stats.exceptions += 1;
                 let ret = self.state.rip;
+                // Faults push RF = 1, so an instruction breakpoint at the restarted
+                // instruction does not fire again (SDM vol. 3, 17.3.1.1).
+                self.state.rflags |= RF;
                 let mut ctx = ctx!(self, mem, board);
                 if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
                     return Err(CpuStop::TripleFault {
                         rip: self.state.rip,
                     });
                 }
+            } else if self.traps.guest_hits != 0 || guest_step {
+                // Traps after the instruction: the guest's data breakpoints it hit, and
+                // its single step (cancelled if the instruction delivered an interrupt,
+                // whose handler starts with TF clear).
+                let mut status = std::mem::take(&mut self.traps.guest_hits) as u64;
+                if guest_step && !self.traps.delivered {
+                    status |= DR6_BS;
+                }
+                if status != 0 {
+                    self.debug_exception(mem, board, status)?;
+                }
+            }
+            if self.traps.regs_changed {
+                self.traps.regs_changed = false;
+                self.guest_bps = GuestBreakpoints::load(&self.state.dr, &mut self.traps);
+                self.refresh_limits();
             }
             if !self.dirty_code.is_empty() {
                 self.invalidate_dirty();
             }
-            if let Some(hit) = self.watch.hit.take() {
+            if let Some(hit) = self.traps.hit.take() {
                 return Ok(DebugStop::Watch(hit));
             }
             if stepping {
@@ -507,22 +550,48 @@ impl EmuCpu {
         self.mmu.code_pages.iter_mut().for_each(|b| *b = false);
     }
 
-    /// Sets the debugger's breakpoints (linear addresses) and watchpoints, and how the
-    /// next [`Self::execute`] runs: one instruction (`step`) or on; `resume` when the run
-    /// starts at a breakpoint it must execute rather than report.
-    pub fn set_debug(&mut self, breakpoints: &[u64], watchpoints: &[Watchpoint], step: bool) {
-        let mut bps = breakpoints.to_vec();
-        bps.sort_unstable();
-        bps.dedup();
+    /// Raises #DB with these DR6 status bits (B0-B3, BS) at the current instruction
+    /// boundary.
+    fn debug_exception(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        status: u64,
+    ) -> Result<(), CpuStop> {
+        self.state.dr[6] |= status;
+        // A trap after HLT wakes the CPU into the handler, as any delivered event does.
+        self.state.halted = false;
+        self.stats.exceptions += 1;
+        let ret = self.state.rip;
+        let mut ctx = ctx!(self, mem, board);
+        if raise(&mut self.state, &mut ctx, Exception::new(1), ret) == Delivery::TripleFault {
+            return Err(CpuStop::TripleFault {
+                rip: self.state.rip,
+            });
+        }
+        self.invalidate_dirty();
+        Ok(())
+    }
+
+    /// Where blocks must end: before the debugger's and the guest's instruction
+    /// breakpoints, and after every instruction while any data breakpoint is set (its trap
+    /// comes after the instruction that hit it). Drops the translations when that changes.
+    fn refresh_limits(&mut self) {
+        let mut stop: Vec<u64> = self
+            .debug
+            .iter()
+            .flat_map(|d| d.breakpoints.iter().copied())
+            .collect();
+        stop.extend(self.guest_bps.exec.iter().map(|&(_, a)| a));
+        stop.sort_unstable();
+        stop.dedup();
         let limits = lift::Limits {
-            // A watchpoint is reported after the instruction that hit it: one-instruction
-            // blocks while any is set.
-            max_insns: if watchpoints.is_empty() {
-                lift::MAX_BLOCK_INSNS
-            } else {
+            max_insns: if self.traps.active() {
                 1
+            } else {
+                lift::MAX_BLOCK_INSNS
             },
-            stop_before: bps.clone(),
+            stop_before: stop,
         };
         if limits.max_insns != self.limits.max_insns
             || limits.stop_before != self.limits.stop_before
@@ -530,14 +599,29 @@ impl EmuCpu {
             self.limits = limits;
             self.drop_translations();
         }
-        self.watch.list = watchpoints.to_vec();
-        self.watch.hit = None;
+    }
+
+    /// Sets the debugger's breakpoints (linear addresses) and watchpoints, and how the
+    /// next [`Self::execute`] runs: one instruction (`step`) or on; when `resuming`, a
+    /// breakpoint at the current instruction is executed rather than reported.
+    pub fn set_debug(
+        &mut self,
+        breakpoints: &[u64],
+        watchpoints: &[Watchpoint],
+        step: bool,
+        resuming: bool,
+    ) {
+        let mut bps = breakpoints.to_vec();
+        bps.sort_unstable();
+        bps.dedup();
+        self.traps.set_watchpoints(watchpoints);
         let at = self.state.linear_rip();
         let d = self.debug.get_or_insert_with(DebugCtl::default);
         d.breakpoints = bps;
         d.step = step;
-        d.resume_from = Some(at);
+        d.resume_from = resuming.then_some(at);
         d.slice_left = SLICE_BLOCKS;
+        self.refresh_limits();
     }
 
     /// Guest memory was changed behind the CPU's back (a debugger wrote it).

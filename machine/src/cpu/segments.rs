@@ -452,6 +452,16 @@ pub fn writable_flags(cpu: &CpuState, bytes: u64) -> u64 {
     }
 }
 
+/// IRETD/IRETQ load RF from the frame (POPF does not), so a debug handler can return
+/// past an instruction breakpoint.
+fn iret_rf(bytes: u64) -> u64 {
+    if bytes == 2 {
+        0
+    } else {
+        RF
+    }
+}
+
 /// IRET in every mode but task returns (NT set in protected mode) and returns to VM86.
 pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
     transactional(cpu, ctx, |cpu, ctx| iret_inner(cpu, ctx, bytes))
@@ -473,7 +483,7 @@ fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excep
                 & if bytes == 2 { 0xFFFF } else { !0 }
         } else {
             writable_flags(cpu, bytes)
-        };
+        } | iret_rf(bytes);
         if cpu.v86() {
             cpu.seg[CS] = Segment::real(cs, true);
             cpu.seg[CS].attr |= 3 << attr::DPL_SHIFT;
@@ -499,7 +509,7 @@ fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excep
     }
     let (addr, d) = return_target(cpu, ctx, sel)?;
     let rpl = (sel & 3) as u8;
-    let m = writable_flags(cpu, bytes);
+    let m = writable_flags(cpu, bytes) | iret_rf(bytes);
     let pops_stack = rpl > cpl || cpu.mode64();
     let new_stack = if pops_stack {
         let sp = pop(cpu, ctx, b)?;

@@ -22,6 +22,9 @@ pub struct DebugRequest {
     pub hw_breaks: Vec<u64>,
     pub watches: Vec<Watchpoint>,
     pub step: bool,
+    /// The CPU is where gdb stopped it: a breakpoint at this very instruction is executed,
+    /// not reported again. False for a fresh start (a reset), where it must stop.
+    pub resuming: bool,
 }
 
 /// How a slice of execution ended for good.
@@ -70,7 +73,7 @@ impl Backend {
                     .chain(&req.hw_breaks)
                     .copied()
                     .collect();
-                c.set_debug(&bps, &req.watches, req.step);
+                c.set_debug(&bps, &req.watches, req.step, req.resuming);
                 Ok(())
             }
             #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -148,7 +148,7 @@ impl KvmTarget {
         }
         self.slots = slots;
         self.step = req.step;
-        self.resume_from = Some(self.state.linear_rip());
+        self.resume_from = req.resuming.then(|| self.state.linear_rip());
         self.apply(false, None)
             .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))
     }

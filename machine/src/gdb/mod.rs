@@ -70,6 +70,10 @@ pub struct Session {
     stepping: bool,
     /// The backend failed; the session ends with this error.
     failed: Option<MachineError>,
+    /// Where gdb last saw the CPU stop (linear PC): resuming there executes a breakpoint
+    /// at that instruction instead of reporting it again. None after a reset, so a
+    /// breakpoint at the new entry point stops the guest.
+    stopped_at: Option<u64>,
 }
 
 impl Session {
@@ -89,6 +93,7 @@ impl Session {
             ended: None,
             stepping: false,
             failed: None,
+            stopped_at: None,
         };
         s.machine.board.set_max_wait(Some(POLL));
         s.apply_debug().map_err(MachineError::Gdb)?;
@@ -104,6 +109,7 @@ impl Session {
         self.machine = build_machine(&self.cfg, console, Some(cmos))?;
         self.machine.board.set_max_wait(Some(POLL));
         self.cpu = build_cpu(&self.cfg, &self.machine)?;
+        self.stopped_at = None;
         if let Err(e) = self.apply_debug() {
             // The new guest has not mapped where a breakpoint was (yet): gdb keeps it,
             // and it is planted again when gdb next resumes.
@@ -116,11 +122,13 @@ impl Session {
     /// Gives the backend gdb's breakpoints, watchpoints and step request; `Err` says
     /// what it cannot do.
     fn apply_debug(&mut self) -> Result<(), String> {
+        let resuming = self.stopped_at == Some(self.cpu.state().linear_rip());
         let req = DebugRequest {
             sw_breaks: self.sw_breaks.clone(),
             hw_breaks: self.hw_breaks.clone(),
             watches: self.watches.clone(),
             step: self.stepping,
+            resuming,
         };
         self.cpu.set_debug(&mut self.machine.memory, &req)
     }
@@ -295,6 +303,7 @@ fn debug_connection(
 ) -> Result<Option<RunOutcome>, MachineError> {
     session.layout = Layout::for_state(session.cpu.state());
     session.stepping = false;
+    session.stopped_at = Some(session.cpu.state().linear_rip());
     session.apply_debug().map_err(MachineError::Gdb)?;
     let gdb = GdbStub::new(stream);
     match gdb.run_blocking::<EventLoop>(session) {
@@ -369,12 +378,14 @@ impl BlockingEventLoop for EventLoop {
                     SingleThreadStopReason::Exited(status)
                 }
             };
+            target.stopped_at = Some(target.cpu.state().linear_rip());
             let _ = conn.flush();
             return Ok(Event::TargetStopped(stop));
         }
     }
 
-    fn on_interrupt(_target: &mut Self::Target) -> Result<Option<Self::StopReason>, ()> {
+    fn on_interrupt(target: &mut Self::Target) -> Result<Option<Self::StopReason>, ()> {
+        target.stopped_at = Some(target.cpu.state().linear_rip());
         Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
     }
 }
