@@ -538,6 +538,24 @@ fn general_protection_and_invalid_opcode() {
 }
 
 #[test]
+fn non_canonical_addresses_fault_with_general_protection() {
+    // SDM vol. 1, 3.3.7.1: a non-canonical data address raises #GP(0) rather than
+    // reaching the page tables (which would alias it to the canonical address below).
+    let d = run64(|a| {
+        a.mov(rax, 0x8000_0000_0001_0000u64)?;
+        a.mov(rbx, qword_ptr(rax))
+    });
+    assert_eq!(d.vector(), Some(13));
+    assert_eq!(d.u64_at(d.cpu.gpr[4]), 0, "error code 0");
+    // The canonical high half is fine (and unmapped in the harness's tables: #PF).
+    let d = run64(|a| {
+        a.mov(rax, 0xFFFF_8000_0001_0000u64)?;
+        a.mov(rbx, qword_ptr(rax))
+    });
+    assert_eq!(d.vector(), Some(14));
+}
+
+#[test]
 fn triple_fault_without_an_idt() {
     let d = run(Mode::Long64, |cpu, _| cpu.idtr.limit = 0, |a| a.int3());
     assert!(

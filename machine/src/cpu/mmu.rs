@@ -134,6 +134,12 @@ impl Mmu {
             return Ok(e.phys | (linear & PAGE_MASK));
         }
         self.stats.tlb_misses += 1;
+        // Checked on a miss only: TLB tags are whole page numbers, so a non-canonical
+        // address never hits an entry. (A stack access should raise #SS(0) instead; the
+        // MMU does not know the segment, so it is #GP(0) here too.)
+        if cpu.long_mode() && !paging::canonical(linear) {
+            return Err(Exception::with_code(13, 0));
+        }
         let w = self.walk(cpu, mem, linear, access, user)?;
         let phys_page = w.phys & !PAGE_MASK & cpu.a20_mask;
         self.tlb[access as usize][user as usize][i] = TlbEntry {

@@ -95,6 +95,11 @@ pub fn phys_of(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> Option<u64> {
     }
 }
 
+/// Is `linear` canonical for 4-level paging (bits 63:48 copies of bit 47)?
+pub fn canonical(linear: u64) -> bool {
+    ((linear << 16) as i64 >> 16) as u64 == linear
+}
+
 /// Walks the page tables for `linear`; without paging, the identity (A20 applied).
 pub fn walk(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> TableWalk {
     let mut w = TableWalk {
@@ -117,6 +122,10 @@ pub fn walk(mem: &GuestMemory, r: &PagingRegs, linear: u64) -> TableWalk {
             user: true,
             executable: true,
         };
+        return w;
+    }
+    if r.long_mode() && !canonical(linear) {
+        // Bits 63:47 must all equal bit 47; no table maps anything else.
         return w;
     }
     let nxe = r.efer & EFER_NXE != 0;
