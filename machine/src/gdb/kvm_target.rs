@@ -101,14 +101,14 @@ impl KvmTarget {
         Ok(Ok(()))
     }
 
+    /// Configures KVM for gdb's request. A software breakpoint that can go nowhere (its
+    /// page is not RAM-backed and DR0-DR3 are taken) is left out and named in the `Err`;
+    /// everything else, stepping included, is in effect either way.
     pub fn set_debug(&mut self, mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
         let mut slots = plan_slots(&req.hw_breaks, &req.watches)?;
         let regs = PagingRegs::of(&self.state);
         let mut int3s = Vec::new();
         for &linear in &req.sw_breaks {
-            if paging::phys_of(mem, &regs, linear).is_none() {
-                return Err(format!("address {linear:#x} is not mapped"));
-            }
             if self.sw_in_slots && slots.len() < 4 {
                 slots.push(Slot::Exec(linear));
             } else {
@@ -122,6 +122,7 @@ impl KvmTarget {
             unplant(mem, &p);
         }
         self.planted = keep;
+        let mut left_out = Vec::new();
         for linear in int3s {
             if self.planted.iter().any(|p| p.linear == linear) {
                 continue;
@@ -130,11 +131,7 @@ impl KvmTarget {
                 Some(p) => self.planted.push(p),
                 // Not RAM (firmware ROM): a debug register breaks there instead.
                 None if slots.len() < 4 => slots.push(Slot::Exec(linear)),
-                None => {
-                    return Err(format!(
-                        "{linear:#x} is not in RAM, where an INT3 could go, and DR0-DR3 are taken"
-                    ))
-                }
+                None => left_out.push(format!("{linear:#x}")),
             }
         }
         if !req.watches.is_empty() && !self.warned {
@@ -150,7 +147,15 @@ impl KvmTarget {
         self.step = req.step;
         self.resume_from = req.resuming.then(|| self.state.linear_rip());
         self.apply(false, None)
-            .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))
+            .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))?;
+        if left_out.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no breakpoint at {}: not mapped to RAM (where an INT3 would go) and DR0-DR3 are taken",
+                left_out.join(", ")
+            ))
+        }
     }
 
     /// Passes the current configuration to KVM; `step` forces a single step and `skip`

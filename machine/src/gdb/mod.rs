@@ -544,11 +544,12 @@ impl SingleThreadSingleStep for Session {
 
 impl Session {
     fn resume_with_debug(&mut self) -> Result<(), ()> {
-        self.apply_debug().map_err(|e| {
+        if let Err(e) = self.apply_debug() {
             // Every breakpoint was accepted when gdb inserted it; only a page the guest
-            // has since unmapped lands here.
-            eprintln!("gantry: gdb: cannot resume: {e}");
-        })
+            // has since unmapped lands here, and the rest of the request is in effect.
+            eprintln!("gantry: gdb: {e}");
+        }
+        Ok(())
     }
 }
 
