@@ -94,12 +94,17 @@ impl DebugTraps {
     pub fn set_watchpoints(&mut self, list: &[Watchpoint]) {
         self.list = list.to_vec();
         self.hit = None;
-        self.any = !self.list.is_empty() || !self.guest.is_empty();
+        self.update_any();
     }
 
     fn set_guest(&mut self, guest: Vec<(u8, Watchpoint)>) {
         self.guest = guest;
         self.guest_hits = 0;
+        self.update_any();
+    }
+
+    /// `any` caches "either list is non-empty" for the per-access test.
+    fn update_any(&mut self) {
         self.any = !self.list.is_empty() || !self.guest.is_empty();
     }
 
@@ -113,6 +118,60 @@ impl DebugTraps {
 /// DR6.BS: the #DB is a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
 
+/// What one of DR0-3 watches, as DR7's R/Wn field says (I/O, R/W = 10, is left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrKind {
+    Exec,
+    Data(WatchKind),
+}
+
+/// DR7's fields for debug register `n` (Intel SDM vol. 3, 17.2.4): the guest's DR7 is
+/// decoded with these and gdb's (under KVM) encoded with them.
+pub mod dr7 {
+    use super::{DrKind, WatchKind};
+
+    fn len_code(bytes: u64) -> u64 {
+        match bytes {
+            1 => 0b00,
+            2 => 0b01,
+            8 => 0b10,
+            _ => 0b11,
+        }
+    }
+
+    /// The slot's kind and length in bytes, if it is enabled (Ln or Gn) and not an I/O
+    /// breakpoint.
+    pub fn slot(dr7: u64, n: usize) -> Option<(DrKind, u64)> {
+        if dr7 & (3 << (2 * n)) == 0 {
+            return None;
+        }
+        let len = match (dr7 >> (18 + 4 * n)) & 3 {
+            0b00 => 1,
+            0b01 => 2,
+            0b10 => 8,
+            _ => 4,
+        };
+        let kind = match (dr7 >> (16 + 4 * n)) & 3 {
+            0b00 => DrKind::Exec,
+            0b01 => DrKind::Data(WatchKind::Write),
+            0b11 => DrKind::Data(WatchKind::Access),
+            _ => return None,
+        };
+        Some((kind, if kind == DrKind::Exec { 1 } else { len }))
+    }
+
+    /// DR7 bits enabling slot `n` globally (Gn, as QEMU sets them) for `kind` and `len`
+    /// bytes. x86 has no read-only data breakpoint: a Read kind encodes as Access.
+    pub fn enable(n: usize, kind: DrKind, len: u64) -> u64 {
+        let (rw, len) = match kind {
+            DrKind::Exec => (0b00, 1),
+            DrKind::Data(WatchKind::Write) => (0b01, len),
+            DrKind::Data(_) => (0b11, len),
+        };
+        (2 << (2 * n)) | (rw << (16 + 4 * n)) | (len_code(len) << (18 + 4 * n))
+    }
+}
+
 /// The guest's debug registers as the run loop uses them.
 #[derive(Default, Debug, PartialEq, Eq)]
 pub struct GuestBreakpoints {
@@ -124,36 +183,21 @@ impl GuestBreakpoints {
     /// Decodes DR0-3 and DR7; the data breakpoints go into `traps`. I/O breakpoints
     /// (R/W = 10 with CR4.DE) are not supported: no port access raises #DB.
     pub fn load(dr: &[u64; 8], traps: &mut DebugTraps) -> Self {
-        let dr7 = dr[7];
         let mut exec = Vec::new();
         let mut data = Vec::new();
-        for i in 0..4u8 {
-            if dr7 & (3 << (2 * i)) == 0 {
-                continue;
-            }
-            let rw = (dr7 >> (16 + 4 * i)) & 3;
-            let len = match (dr7 >> (18 + 4 * i)) & 3 {
-                0 => 1,
-                1 => 2,
-                2 => 8,
-                _ => 4,
-            };
-            match rw {
-                0 => exec.push((i, dr[i as usize])),
-                1 | 3 => data.push((
-                    i,
+        for n in 0..4 {
+            match dr7::slot(dr[7], n) {
+                Some((DrKind::Exec, _)) => exec.push((n as u8, dr[n])),
+                Some((DrKind::Data(kind), len)) => data.push((
+                    n as u8,
                     Watchpoint {
                         // The CPU ignores the address bits below the length.
-                        addr: dr[i as usize] & !(len - 1),
+                        addr: dr[n] & !(len - 1),
                         len,
-                        kind: if rw == 1 {
-                            WatchKind::Write
-                        } else {
-                            WatchKind::Access
-                        },
+                        kind,
                     },
                 )),
-                _ => {}
+                None => {}
             }
         }
         exec.sort_by_key(|&(_, a)| a);
@@ -196,4 +240,28 @@ pub struct DebugCtl {
     /// Resuming from a breakpoint at this address: do not stop there before running it.
     pub resume_from: Option<u64>,
     pub slice_left: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dr7_fields_round_trip() {
+        let cases = [
+            (0, DrKind::Exec, 1),
+            (1, DrKind::Data(WatchKind::Write), 4),
+            (2, DrKind::Data(WatchKind::Access), 8),
+            (3, DrKind::Data(WatchKind::Write), 2),
+        ];
+        let bits = cases
+            .iter()
+            .fold(0, |v, &(n, kind, len)| v | dr7::enable(n, kind, len));
+        for (n, kind, len) in cases {
+            assert_eq!(dr7::slot(bits, n), Some((kind, len)), "slot {n}");
+        }
+        // Disabled slots and I/O breakpoints (R/W = 10) are not breakpoints here.
+        assert_eq!(dr7::slot(0, 0), None);
+        assert_eq!(dr7::slot(0b01 | 0b10 << 16, 0), None);
+    }
 }

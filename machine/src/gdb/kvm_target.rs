@@ -20,7 +20,7 @@ use super::backend::{DebugRequest, Ended};
 use crate::accel::kvm::{GuestDebug, KvmCpu, KvmStop};
 use crate::board::Board;
 use crate::boot::EntryState;
-use crate::cpu::debug::{DebugStop, WatchHit, WatchKind, Watchpoint};
+use crate::cpu::debug::{dr7, DebugStop, DrKind, WatchHit, WatchKind, Watchpoint};
 use crate::cpu::paging::{self, PagingRegs};
 use crate::memory::GuestMemory;
 use crate::vm::MachineError;
@@ -62,9 +62,9 @@ pub struct KvmTarget {
     resume_from: Option<u64>,
     /// The user was told that this host's KVM may not deliver data breakpoints.
     warned: bool,
-    /// Software breakpoints take free debug registers before INT3s (software-assisted
-    /// KVM, see the module's comment).
-    sw_in_slots: bool,
+    /// The host's KVM runs ring-0 code in software (see the module's comment): software
+    /// breakpoints take free debug registers before INT3s, and watchpoints may not fire.
+    software_assisted: Option<&'static str>,
 }
 
 impl KvmTarget {
@@ -80,7 +80,7 @@ impl KvmTarget {
             step: false,
             resume_from: None,
             warned: false,
-            sw_in_slots: crate::accel::kvm::software_assisted().is_some(),
+            software_assisted: crate::accel::kvm::software_assisted(),
         })
     }
 
@@ -109,7 +109,7 @@ impl KvmTarget {
         let regs = PagingRegs::of(&self.state);
         let mut int3s = Vec::new();
         for &linear in &req.sw_breaks {
-            if self.sw_in_slots && slots.len() < 4 {
+            if self.software_assisted.is_some() && slots.len() < 4 {
                 slots.push(Slot::Exec(linear));
             } else {
                 int3s.push(linear);
@@ -135,7 +135,7 @@ impl KvmTarget {
             }
         }
         if !req.watches.is_empty() && !self.warned {
-            if let Some(kind) = crate::accel::kvm::software_assisted() {
+            if let Some(kind) = self.software_assisted {
                 eprintln!(
                     "gantry: note: this host's KVM is software-assisted ({kind}) and may not \
                      deliver data breakpoints; watchpoints are exact under --accel interp"
@@ -338,26 +338,12 @@ fn debug_registers(slots: &[Slot], skip: Option<u64>) -> ([u64; 4], u64) {
         if skip.is_some_and(|a| *s == Slot::Exec(a)) {
             continue;
         }
-        let (addr, rw, len) = match *s {
-            Slot::Exec(a) => (a, 0b00, 1),
-            Slot::Watch { watch, addr, len } => (
-                addr,
-                if watch.kind == WatchKind::Write {
-                    0b01
-                } else {
-                    0b11
-                },
-                len,
-            ),
-        };
-        let len_bits: u64 = match len {
-            1 => 0b00,
-            2 => 0b01,
-            8 => 0b10,
-            _ => 0b11,
+        let (addr, kind, len) = match *s {
+            Slot::Exec(a) => (a, DrKind::Exec, 1),
+            Slot::Watch { watch, addr, len } => (addr, DrKind::Data(watch.kind), len),
         };
         dr[i] = addr;
-        dr7 |= (2 << (i * 2)) | (rw << (16 + i * 4)) | (len_bits << (18 + i * 4));
+        dr7 |= dr7::enable(i, kind, len);
     }
     (dr, dr7)
 }
