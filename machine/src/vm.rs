@@ -73,7 +73,7 @@ pub enum MachineError {
     #[error("firmware {name}: {why}")]
     Firmware { name: String, why: String },
     #[error(
-        "--accel {0}: the emulated CPU is not built yet; use --accel kvm on a host with /dev/kvm"
+        "--accel {0}: the JIT is not built yet; use --accel interp (or --accel kvm on a host with /dev/kvm)"
     )]
     AccelNotBuilt(&'static str),
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
