@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod difftest_cmd;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_machine::board::SerialSink;
 use gantry_machine::vm::{self, AccelKind, BootSource, GdbConfig, MachineConfig};
@@ -32,6 +34,8 @@ enum Command {
     /// Boot a guest: a kernel (bzImage, multiboot, ELF with PVH note) or a firmware ROM.
     /// With neither, the embedded demo guest.
     Run(RunArgs),
+    /// Compare the emulated CPU with the host CPU on random instruction streams.
+    Difftest(difftest_cmd::DifftestArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -263,11 +267,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let args = match cli.command {
-        Some(Command::Run(a)) => a,
-        None => RunOnly::parse_from(["gantry"]).args,
+    let result = match cli.command {
+        Some(Command::Run(a)) => run(a),
+        Some(Command::Difftest(a)) => difftest_cmd::difftest(a),
+        None => run(RunOnly::parse_from(["gantry"]).args),
     };
-    match run(args) {
+    match result {
         Ok(status) => ExitCode::from(status as u8),
         Err(msg) => {
             eprintln!("gantry: {msg}");

@@ -10,6 +10,7 @@ pub mod board;
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod difftest;
 pub mod e820;
 pub mod gdb;
 pub mod layout;

@@ -199,8 +199,15 @@ impl Lift<'_> {
                 let src = self.ins.op1_register();
                 let c = self.read_gpr(src);
                 let r = self.b.bin(BinOp::Add, a, c);
-                self.write_place(p, r);
-                self.write_gpr(src, a);
+                // SRC <- DEST, then DEST <- sum (SDM): with one register as both, the sum
+                // wins. A memory destination is written first, so a fault leaves SRC alone.
+                if self.ins.op0_kind() == iced_x86::OpKind::Register {
+                    self.write_gpr(src, a);
+                    self.write_place(p, r);
+                } else {
+                    self.write_place(p, r);
+                    self.write_gpr(src, a);
+                }
                 let z = self.b.konst(ty, 0);
                 self.b
                     .set_flags(CcOp::new(CcKind::Add, ty.bytes()), r, c, z);
@@ -632,11 +639,17 @@ impl Lift<'_> {
             OpKind::Memory if !imm => {
                 // A register bit offset addresses a bit string: move the address by whole
                 // operands (signed), test within one.
-                let base = self.mem_address();
+                // The move is part of the effective address, so it wraps at the address
+                // size (a 32-bit address stays 32-bit; found by difftest).
+                let ea = self.effective_address();
+                let aty = Ty::from_bytes(self.addr_bits() / 8);
                 let off64 = self.b.sext(Ty::I64, off);
                 let words = self.b.bin_imm(BinOp::Sar, off64, w.trailing_zeros() as u64);
                 let bytes = self.b.bin_imm(BinOp::Mul, words, w / 8);
-                let addr = self.b.bin(BinOp::Add, base, bytes);
+                let bytes = self.b.resize(bytes, aty);
+                let ea = self.b.bin(BinOp::Add, ea, bytes);
+                let seg = super::operands::seg_index(self.ins.memory_segment());
+                let addr = self.linear(seg, ea);
                 let bit = self.b.bin_imm(BinOp::And, off, w - 1);
                 (Place::Mem(addr), bit)
             }
@@ -679,11 +692,10 @@ impl Lift<'_> {
                     let top = self.b.konst(ty, ty.bits() as u64 - 1);
                     self.b.bin(BinOp::Sub, top, clz)
                 };
-                // With a zero source the destination keeps its value (as AMD documents and
-                // Intel CPUs do).
-                let old = self.read_gpr(dst);
-                let v = self.b.select(zero, old, idx);
-                self.write_gpr(dst, v);
+                // With a zero source the destination keeps its value, all 64 bits of it
+                // (as AMD documents and Intel CPUs do).
+                let nonzero = self.b.cmp_imm(CmpOp::Ne, src, 0);
+                self.write_gpr_if(nonzero, dst, idx);
                 self.update_flags(ZF, &[(ZF, zero)]);
             }
             M::Tzcnt | M::Lzcnt => {
@@ -715,9 +727,16 @@ impl Lift<'_> {
         let acc = self.read_gpr(acc_reg);
         let src = self.read_gpr(self.ins.op1_register());
         let eq = self.b.cmp(CmpOp::Eq, acc, dest);
-        let newdest = self.b.select(eq, src, dest);
-        // The destination is always written (a locked cycle on real hardware).
-        self.write_place(p, newdest);
+        if self.ins.op0_kind() == iced_x86::OpKind::Register {
+            // A register destination is written only on success: real CPUs (Intel and
+            // AMD) do not write it back when the comparison fails, so a 32-bit one keeps
+            // its upper half, whatever the SDM's pseudo-code suggests. Found by difftest.
+            self.write_gpr_if(eq, self.ins.op0_register(), src);
+        } else {
+            // Memory is always written (a locked cycle on real hardware).
+            let newdest = self.b.select(eq, src, dest);
+            self.write_place(p, newdest);
+        }
         // The accumulator is loaded only on failure (no zero-extension on success).
         let rax = self.b.get(Loc::Gpr(0));
         let loaded = self.b.zext(Ty::I64, dest);

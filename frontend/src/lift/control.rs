@@ -349,7 +349,14 @@ impl Lift<'_> {
                 let a = self.linear(crate::state::SS, sp);
                 self.b.store(a, bp);
                 let frame = sp;
-                let mut walk = self.b.resize(bp, sty);
+                // The frame pointers are copied from addresses in the stack's address
+                // size: RBP in 64-bit mode even with a 16-bit operand (found by difftest).
+                let walk_reg = match sty {
+                    Ty::I64 => Register::RBP,
+                    Ty::I32 => Register::EBP,
+                    _ => Register::BP,
+                };
+                let mut walk = self.read_gpr(walk_reg);
                 for _ in 1..level {
                     walk = self.b.bin_imm(BinOp::Sub, walk, bytes as u64);
                     let src = self.linear(crate::state::SS, walk);
@@ -365,6 +372,12 @@ impl Lift<'_> {
                     self.b.store(dst, fv);
                 }
                 let nsp = self.b.bin_imm(BinOp::Sub, sp, size);
+                // ENTER ends with a write check of the new stack top: the CPU faults there
+                // before changing RSP and RBP (as Bochs models it; seen on hardware by
+                // difftest). A read-modify-write of the same value is that check.
+                let top = self.linear(crate::state::SS, nsp);
+                let v = self.b.load(ty, top);
+                self.b.store(top, v);
                 self.write_gpr(bp_reg, frame);
                 self.write_sp(nsp);
                 Flow::Next

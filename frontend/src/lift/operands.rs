@@ -87,6 +87,25 @@ impl Lift<'_> {
         }
     }
 
+    /// Writes `v` to `reg` where `cond` holds; elsewhere the whole 64-bit register keeps
+    /// its value (a 32-bit write that does not happen does not clear the upper half).
+    pub fn write_gpr_if(&mut self, cond: Val, reg: Register, v: Val) {
+        let Some((idx, _)) = gpr_index(reg) else {
+            self.failed = true;
+            return;
+        };
+        if reg_ty(reg) == Ty::I32 {
+            let old = self.b.get(Loc::Gpr(idx));
+            let new = self.b.zext(Ty::I64, v);
+            let w = self.b.select(cond, new, old);
+            self.b.put(Loc::Gpr(idx), w);
+        } else {
+            let old = self.read_gpr(reg);
+            let w = self.b.select(cond, v, old);
+            self.write_gpr(reg, w);
+        }
+    }
+
     pub fn addr_bits(&self) -> u32 {
         let i = self.ins;
         let base = i.memory_base();

@@ -61,6 +61,8 @@ pub struct Mmu {
     pub stats: MmuStats,
     /// Changes on every flush, so caches of translations (the CPU's jump cache) know.
     pub generation: u64,
+    /// The address of the last non-canonical access refused with #GP(0).
+    pub noncanonical: Option<u64>,
 }
 
 /// The result of a page walk.
@@ -76,6 +78,7 @@ impl Mmu {
             code_pages: vec![false; (ram_size >> PAGE_SHIFT) as usize + 1],
             stats: MmuStats::default(),
             generation: 0,
+            noncanonical: None,
         }
     }
 
@@ -135,9 +138,11 @@ impl Mmu {
         }
         self.stats.tlb_misses += 1;
         // Checked on a miss only: TLB tags are whole page numbers, so a non-canonical
-        // address never hits an entry. (A stack access should raise #SS(0) instead; the
-        // MMU does not know the segment, so it is #GP(0) here too.)
+        // address never hits an entry. A stack access raises #SS(0) instead; the MMU does
+        // not know the segment, so it records the address for the CPU to tell (see
+        // cpu/stack_fault.rs).
         if cpu.long_mode() && !paging::canonical(linear) {
+            self.noncanonical = Some(linear);
             return Err(Exception::with_code(13, 0));
         }
         let w = self.walk(cpu, mem, linear, access, user)?;

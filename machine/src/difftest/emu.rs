@@ -1,0 +1,272 @@
+//! Gantry's side of a case: a sandbox guest, in long mode, that runs the snippet at CPL 3.
+//!
+//! The guest is what an x86-64 kernel gives a user process, reduced to the parts a snippet
+//! can see: page tables mapping the code page (user, read-only, executable) and the data
+//! pages (user, read/write, NX) at the [`layout`](super::layout) addresses and nothing
+//! else user-accessible; a 64-bit and a 32-bit user code segment; a TSS whose RSP0 takes
+//! exceptions to a kernel stack; and an IDT whose 32 exception gates each lead to a
+//! one-byte stub, `hlt`. The CPU stops at the stub's HLT (interrupts are off in an
+//! interrupt gate); the stub's address names the vector, and the frame on the kernel stack
+//! holds RIP, RFLAGS and RSP as of the event. The GPRs are untouched by delivery.
+//!
+//! One guest serves all cases: each run resets the CPU state, rewrites the code and data
+//! pages and drops the translations of the code page.
+
+use std::rc::Rc;
+
+use gantry_devices::clock::{Clock, ManualClock};
+use gantry_frontend::flags::set_rflags;
+use gantry_frontend::state::{
+    attr, CpuState, DescriptorTable, Segment, CR0_AM, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP,
+    CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, RSP, SS,
+};
+
+use super::layout::{CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER};
+use super::{Bits, Case, Event, Final, RunError, Runner};
+use crate::accel::CpuStop;
+use crate::board::{Board, BoardConfig, SerialSink};
+use crate::boot::EntryState;
+use crate::console::HostConsole;
+use crate::cpu::EmuCpu;
+use crate::memory::GuestMemory;
+
+// Guest-physical layout. The first 2 MiB are the kernel's, identity-mapped supervisor-only.
+const PML4: u64 = 0x1000;
+const PDPT: u64 = 0x2000;
+const PD: u64 = 0x3000;
+const PT: u64 = 0x4000;
+const GDT: u64 = 0x5000;
+const IDT: u64 = 0x6000;
+const TSS: u64 = 0x7000;
+/// Stub v (an HLT) is at STUBS + 8 * v.
+const STUBS: u64 = 0x8000;
+const KSTACK_TOP: u64 = 0xF000;
+const CODE_PHYS: u64 = 0x10_0000;
+const DATA_PHYS: u64 = 0x10_2000;
+const RAM: u64 = 4 << 20;
+
+const KERNEL_CS: u16 = 0x08;
+const USER_CS32: u16 = 0x18 | 3;
+const USER_DS: u16 = 0x20 | 3;
+const USER_CS64: u16 = 0x28 | 3;
+const TSS_SEL: u16 = 0x30;
+
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+const PS: u64 = 0x80;
+const NX: u64 = 1 << 63;
+
+/// Gantry's emulated CPU as a [`Runner`].
+pub struct EmuRunner {
+    cpu: EmuCpu,
+    mem: GuestMemory,
+    board: Board,
+    start: CpuState,
+}
+
+impl EmuRunner {
+    pub fn new() -> Result<Self, String> {
+        let mut mem = GuestMemory::new(RAM, None).map_err(|e| e.to_string())?;
+        build_kernel(&mut mem).map_err(|e| e.to_string())?;
+        let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(0));
+        let board = Board::new(
+            BoardConfig {
+                ram_size: RAM,
+                serial: SerialSink::None,
+                debugcon_port: None,
+                cmos: None,
+            },
+            clock,
+            HostConsole::none(),
+        )
+        .map_err(|e| e.to_string())?;
+        let cpu = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM);
+        let start = user_state(cpu.state.clone());
+        Ok(Self {
+            cpu,
+            mem,
+            board,
+            start,
+        })
+    }
+
+    /// Runs `case` and reports where it ended.
+    pub fn execute(&mut self, case: &Case) -> Final {
+        let mut code = vec![0u8; CODE_SIZE];
+        let n = case.code.len().min(CODE_SIZE - 1);
+        code[..n].copy_from_slice(&case.code[..n]);
+        code[n] = END_MARKER;
+        let data = case.data.bytes();
+        // Both writes are inside RAM, which new() allocated with room for them.
+        let wrote = self
+            .mem
+            .write(CODE_PHYS, &code)
+            .and_then(|_| self.mem.write(DATA_PHYS, &data));
+        if let Err(e) = wrote {
+            return other(case, format!("sandbox memory: {e}"));
+        }
+        self.cpu.code_written(CODE_PHYS);
+
+        let mut st = self.start.clone();
+        st.gpr = case.gpr;
+        let user = if case.bits == Bits::B64 {
+            USER_CS64
+        } else {
+            USER_CS32
+        };
+        st.seg[CS] = user_segment(user, case.bits);
+        set_rflags(&mut st, 0x202 | (case.rflags & super::COMPARED_FLAGS));
+        self.cpu.state = st;
+
+        let stop = self.cpu.run(&mut self.mem, &mut self.board);
+        let rip = match stop {
+            CpuStop::HaltedForever { rip } => rip,
+            other_stop => return other(case, format!("the sandbox guest stopped: {other_stop:?}")),
+        };
+        let Some(vector) = rip
+            .checked_sub(STUBS + 1)
+            .filter(|o| o % 8 == 0 && o / 8 < 32)
+            .map(|o| (o / 8) as u8)
+        else {
+            return other(case, format!("the sandbox guest halted at {rip:#x}"));
+        };
+        // The 64-bit frame: [error code,] RIP, CS, RFLAGS, RSP, SS below KSTACK_TOP.
+        let frame = KSTACK_TOP - 40;
+        let read = |a: u64| self.mem.read_u64(a).unwrap_or(0);
+        let mut gpr = self.cpu.state.gpr;
+        gpr[RSP] = read(frame + 24);
+        let mut out = vec![0u8; DATA_SIZE];
+        // Read back from RAM that new() allocated; cannot fail.
+        let _ = self.mem.read(DATA_PHYS, &mut out);
+        Final {
+            gpr,
+            rip: read(frame),
+            rflags: read(frame + 16),
+            event: Event::Exception {
+                vector,
+                address: (vector == 14).then_some(self.cpu.state.cr2),
+            },
+            data: out,
+        }
+    }
+}
+
+impl Runner for EmuRunner {
+    fn name(&self) -> String {
+        "gantry (interpreter)".into()
+    }
+    fn run(&mut self, case: &Case) -> Result<Final, RunError> {
+        Ok(self.execute(case))
+    }
+}
+
+fn other(case: &Case, why: String) -> Final {
+    Final {
+        gpr: case.gpr,
+        rip: 0,
+        rflags: 0,
+        event: Event::Other(why),
+        data: Vec::new(),
+    }
+}
+
+fn user_segment(selector: u16, bits: Bits) -> Segment {
+    let size = if bits == Bits::B64 { attr::L } else { attr::DB };
+    Segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        attr: 0xB | attr::S | (3 << attr::DPL_SHIFT) | attr::P | attr::G | size,
+    }
+}
+
+/// The CPU state at a snippet's start, apart from GPRs, RFLAGS and CS.
+fn user_state(mut st: CpuState) -> CpuState {
+    let data = Segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector: USER_DS,
+        attr: 0x3 | attr::S | (3 << attr::DPL_SHIFT) | attr::P | attr::G | attr::DB,
+    };
+    for (i, s) in st.seg.iter_mut().enumerate() {
+        *s = if i == SS || i < 4 {
+            data
+        } else {
+            // FS and GS: null, base 0 (the generators never use them).
+            Segment::default()
+        };
+    }
+    st.seg[CS] = user_segment(USER_CS64, Bits::B64);
+    st.cpl = 3;
+    st.gdtr = DescriptorTable {
+        base: GDT,
+        limit: 8 * 8 - 1,
+    };
+    st.idtr = DescriptorTable {
+        base: IDT,
+        limit: 32 * 16 - 1,
+    };
+    st.tr = Segment {
+        base: TSS,
+        limit: 0x67,
+        selector: TSS_SEL,
+        attr: attr::P | 0xB,
+    };
+    st.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
+    st.cr3 = PML4;
+    st.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    st.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
+    st
+}
+
+/// Page tables, GDT, TSS, IDT and stubs.
+fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError> {
+    // Fresh guest memory is zeroed: only the entries in use are written.
+    mem.write_u64(PML4, PDPT | P | RW | US)?;
+    mem.write_u64(PDPT, PD | P | RW | US)?;
+    // The kernel's first 2 MiB, supervisor-only.
+    mem.write_u64(PD, P | RW | PS)?;
+    // The user pages' page table.
+    let pd_index = (CODE_VA >> 21) & 511;
+    mem.write_u64(PD + pd_index * 8, PT | P | RW | US)?;
+    let pte = |va: u64| PT + ((va >> 12) & 511) * 8;
+    mem.write_u64(pte(CODE_VA), CODE_PHYS | P | US)?;
+    for page in 0..(DATA_SIZE as u64 / 0x1000) {
+        mem.write_u64(
+            pte(DATA_VA + page * 0x1000),
+            (DATA_PHYS + page * 0x1000) | P | RW | US | NX,
+        )?;
+    }
+
+    let tss_lo = 0x67 | (TSS & 0xFF_FFFF) << 16 | 0x89u64 << 40 | (TSS >> 24 & 0xFF) << 56;
+    let gdt: [u64; 8] = [
+        0,
+        0x00AF_9B00_0000_FFFF, // kernel code, 64-bit
+        0x00CF_9300_0000_FFFF, // kernel data
+        0x00CF_FB00_0000_FFFF, // user code, 32-bit
+        0x00CF_F300_0000_FFFF, // user data
+        0x00AF_FB00_0000_FFFF, // user code, 64-bit
+        tss_lo,
+        TSS >> 32,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        mem.write_u64(GDT + i as u64 * 8, *d)?;
+    }
+    // The 64-bit TSS: RSP0 at offset 4.
+    mem.write(TSS + 4, &KSTACK_TOP.to_le_bytes())?;
+
+    for v in 0..32u64 {
+        let stub = STUBS + v * 8;
+        mem.write(stub, &[0xF4])?;
+        // #BP and #OF may be raised from user code (INT3, INTO), as on Linux.
+        let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+        let gate = (stub & 0xFFFF)
+            | (KERNEL_CS as u64) << 16
+            | (0x8E00 | dpl << 13) << 32
+            | ((stub >> 16) & 0xFFFF) << 48;
+        mem.write_u64(IDT + v * 16, gate)?;
+        mem.write_u64(IDT + v * 16 + 8, stub >> 32)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,638 @@
+//! Random test cases: short instruction streams encoded with iced-x86 over a chosen set,
+//! random operands and initial states biased towards the values that break emulators.
+//!
+//! A case is a pure function of (seed, index), so any case a run reports can be made again
+//! from the two numbers alone.
+
+use iced_x86::{
+    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, FlowControl, Instruction, MemoryOperand,
+    Mnemonic, OpCodeOperandKind as K, Register,
+};
+
+use super::flagmask;
+use super::layout::{DATA_SIZE, DATA_VA, MAX_SNIPPET};
+use super::{Bits, Case, DataInit};
+
+/// SplitMix64: small, fast, and good enough for test generation; no crate needed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Which instructions a run draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Set {
+    Integer,
+}
+
+/// The CPUID features whose instructions Gantry's CPU model claims (machine/src/cpu/
+/// cpuid.rs) and that the integer set covers. Instructions of other features are not
+/// generated: the host may run them, but a guest must not expect them from Gantry.
+const INTEGER_FEATURES: &[CpuidFeature] = &[
+    CpuidFeature::INTEL8086,
+    CpuidFeature::INTEL186,
+    CpuidFeature::INTEL286,
+    CpuidFeature::INTEL386,
+    CpuidFeature::INTEL486,
+    CpuidFeature::X64,
+    CpuidFeature::CMOV,
+    CpuidFeature::CX8,
+    CpuidFeature::CMPXCHG16B,
+    CpuidFeature::POPCNT,
+    CpuidFeature::LZCNT,
+    CpuidFeature::MULTIBYTENOP,
+    CpuidFeature::PAUSE,
+];
+
+/// Integer instructions left out of the generated set, and why.
+const EXCLUDED: &[(Mnemonic, &str)] = &[
+    // Their answers are the CPU model's, not semantics: Gantry's differ from the host's by
+    // design.
+    (Mnemonic::Cpuid, "CPU model"),
+    (Mnemonic::Rdtsc, "time"),
+    (Mnemonic::Rdtscp, "time"),
+    (Mnemonic::Rdpmc, "counters"),
+    // POPF can set TF and AC (alignment checks are not modelled yet).
+    (Mnemonic::Popf, "TF/AC"),
+    (Mnemonic::Popfd, "TF/AC"),
+    (Mnemonic::Popfq, "TF/AC"),
+    // The host's GDT/LDT and UMIP policy are the host kernel's, not the sandbox guest's.
+    (Mnemonic::Lar, "descriptor tables"),
+    (Mnemonic::Lsl, "descriptor tables"),
+    (Mnemonic::Verr, "descriptor tables"),
+    (Mnemonic::Verw, "descriptor tables"),
+    (Mnemonic::Sgdt, "UMIP"),
+    (Mnemonic::Sidt, "UMIP"),
+    (Mnemonic::Sldt, "UMIP"),
+    (Mnemonic::Str, "UMIP"),
+    (Mnemonic::Smsw, "UMIP"),
+    // Segment loads: selectors name the host's GDT on one side, the guest's on the other.
+    (Mnemonic::Lds, "segment load"),
+    (Mnemonic::Les, "segment load"),
+    (Mnemonic::Lfs, "segment load"),
+    (Mnemonic::Lgs, "segment load"),
+    (Mnemonic::Lss, "segment load"),
+    // x87 wait: the FPU set's.
+    (Mnemonic::Wait, "x87"),
+];
+
+/// Forms whose defined behaviour differs between vendors, left out of generation.
+const VENDOR_FORMS: &[(Code, &str)] = &[(
+    Code::Movsxd_r16_rm16,
+    "MOVSXD with a 16-bit operand: the SDM reads a word, AMD CPUs read a doubleword",
+)];
+
+/// The instruction forms of `set` that can run at CPL 3 in `bits`-bit code.
+fn forms(bits: Bits, set: Set) -> Vec<Code> {
+    let Set::Integer = set;
+    Code::values()
+        .filter(|&code| {
+            let op = code.op_code();
+            let in_mode = match bits {
+                Bits::B64 => op.mode64() && op.long_mode(),
+                Bits::B32 => op.mode32() && op.compatibility_mode(),
+            };
+            op.is_instruction()
+                && in_mode
+                && op.encoding() == iced_x86::EncodingKind::Legacy
+                && op.cpl3()
+                && !op.is_privileged()
+                && !op.is_input_output()
+                && !op.is_reserved_nop()
+                && code.flow_control() == FlowControl::Next
+                && code
+                    .cpuid_features()
+                    .iter()
+                    .all(|f| INTEGER_FEATURES.contains(f))
+                && !EXCLUDED.iter().any(|(m, _)| *m == code.mnemonic())
+                && !VENDOR_FORMS.iter().any(|(c, _)| *c == code)
+                && !code.is_string_instruction()
+                && op.op_kinds().iter().all(|&k| supported_operand(k))
+        })
+        .collect()
+}
+
+fn supported_operand(k: K) -> bool {
+    matches!(
+        k,
+        K::r8_or_mem
+            | K::r16_or_mem
+            | K::r32_or_mem
+            | K::r64_or_mem
+            | K::r8_reg
+            | K::r8_opcode
+            | K::r16_reg
+            | K::r16_rm
+            | K::r16_opcode
+            | K::r32_reg
+            | K::r32_rm
+            | K::r32_opcode
+            | K::r64_reg
+            | K::r64_rm
+            | K::r64_opcode
+            | K::mem
+            | K::al
+            | K::cl
+            | K::ax
+            | K::dx
+            | K::eax
+            | K::rax
+            | K::imm8
+            | K::imm8_const_1
+            | K::imm8sex16
+            | K::imm8sex32
+            | K::imm8sex64
+            | K::imm16
+            | K::imm32
+            | K::imm32sex64
+            | K::imm64
+            | K::seg_rBX_al
+    )
+}
+
+const GPR64: [Register; 16] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RBX,
+    Register::RSP,
+    Register::RBP,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
+/// Values that sit on the boundaries arithmetic gets wrong.
+const EDGES: [u64; 18] = [
+    0,
+    1,
+    2,
+    !0,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x7FFF_FFFF,
+    0x8000_0000,
+    0xFFFF_FFFF,
+    0x1_0000_0000,
+    0x7FFF_FFFF_FFFF_FFFF,
+    0x8000_0000_0000_0000,
+    0xFFFF_FFFF_0000_0000,
+    0x0000_0001_0000_0001,
+];
+
+/// Shift and rotate counts and other small immediates worth hitting exactly.
+const SMALL_EDGES: [u64; 16] = [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 0xFF];
+
+fn edge_value(rng: &mut Rng) -> u64 {
+    match rng.below(8) {
+        0..=2 => rng.pick(&EDGES),
+        3 => rng.pick(&SMALL_EDGES),
+        4 => rng.next_u64() & 0xFFFF_FFFF,
+        5 => rng.next_u64() & 0xFF,
+        _ => rng.next_u64(),
+    }
+}
+
+/// Makes test cases for one mode and set.
+pub struct Generator {
+    bits: Bits,
+    forms: Vec<Code>,
+    seed: u64,
+}
+
+/// The registers a case dedicates to addressing: their values point into the data pages.
+struct Plan {
+    gpr: [u64; 16],
+    /// Registers holding DATA_VA + offset, usable as bases.
+    bases: Vec<usize>,
+    /// A register holding a small value (0..64), usable as an index.
+    index: Option<usize>,
+}
+
+impl Generator {
+    pub fn new(bits: Bits, set: Set, seed: u64) -> Self {
+        Self {
+            bits,
+            forms: forms(bits, set),
+            seed,
+        }
+    }
+
+    /// How many instruction forms the set has in this mode.
+    pub fn form_count(&self) -> usize {
+        self.forms.len()
+    }
+
+    /// Case number `index` of this generator's seed.
+    pub fn case(&self, index: u64) -> Case {
+        let mut rng = Rng::new(self.seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        loop {
+            if let Some(case) = self.try_case(&mut rng) {
+                return case;
+            }
+        }
+    }
+
+    fn try_case(&self, rng: &mut Rng) -> Option<Case> {
+        let plan = self.plan(rng);
+        let count = match rng.below(100) {
+            0..=59 => 1,
+            60..=84 => 2,
+            _ => 3 + rng.below(2),
+        };
+        let mut code = Vec::new();
+        let mut gpr = plan.gpr;
+        for n in 0..count {
+            let bytes = if rng.chance(8) {
+                self.string_op(rng, &mut gpr)
+            } else {
+                let (bytes, cl_count) = self.instruction(rng, &plan)?;
+                if cl_count {
+                    // Only the first instruction sees RCX as planned.
+                    if n > 0 {
+                        return None;
+                    }
+                    gpr[1] = (gpr[1] & !0x1F) | rng.below(17);
+                }
+                bytes
+            };
+            code.extend(bytes);
+        }
+        if code.len() > MAX_SNIPPET {
+            return None;
+        }
+        let case = Case {
+            bits: self.bits,
+            code,
+            gpr,
+            rflags: random_flags(rng),
+            data: DataInit::Seed(rng.next_u64()),
+        };
+        // A case whose instructions read a flag an earlier one left undefined (and the
+        // table masks) would compare noise: make another.
+        if flagmask::reads_masked_flag(&case) {
+            return None;
+        }
+        Some(case)
+    }
+
+    fn regs(&self) -> usize {
+        match self.bits {
+            Bits::B64 => 16,
+            Bits::B32 => 8,
+        }
+    }
+
+    fn plan(&self, rng: &mut Rng) -> Plan {
+        let mut gpr = [0u64; 16];
+        for g in gpr.iter_mut() {
+            *g = edge_value(rng);
+        }
+        // The stack: inside the data pages, usually aligned, sometimes near an end.
+        gpr[4] = (DATA_VA + data_offset(rng)) & if rng.chance(90) { !7 } else { !0 };
+        let candidates: Vec<usize> = (0..self.regs()).filter(|&r| r != 4).collect();
+        let mut bases = Vec::new();
+        for _ in 0..1 + rng.below(2) {
+            let r = rng.pick(&candidates);
+            if !bases.contains(&r) {
+                gpr[r] = DATA_VA + rng.below(DATA_SIZE as u64);
+                bases.push(r);
+            }
+        }
+        let index = if rng.chance(50) {
+            let r = rng.pick(&candidates);
+            (!bases.contains(&r)).then(|| {
+                gpr[r] = rng.below(64);
+                r
+            })
+        } else {
+            None
+        };
+        Plan { gpr, bases, index }
+    }
+
+    /// One instruction's bytes, and whether its count in CL must be kept in 0..=16.
+    fn instruction(&self, rng: &mut Rng, plan: &Plan) -> Option<(Vec<u8>, bool)> {
+        let code = rng.pick(&self.forms);
+        let op = code.op_code();
+        // 16-bit SHLD/SHRD with a count above 16: the SDM leaves the result undefined and
+        // CPUs differ (AMD rotates the source in), so counts stay within 0..=16.
+        let double_shift16 =
+            matches!(code.mnemonic(), Mnemonic::Shld | Mnemonic::Shrd) && op.operand_size() == 16;
+        let mut instr = Instruction::new();
+        instr.set_code(code);
+        let mut has_mem = false;
+        for (i, &kind) in op.op_kinds().iter().enumerate() {
+            let i = i as u32;
+            match kind {
+                K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem => {
+                    if rng.chance(40) {
+                        self.set_memory(rng, plan, &mut instr, i)?;
+                        has_mem = true;
+                    } else {
+                        set_register(&mut instr, i, self.register(rng, kind));
+                    }
+                }
+                K::mem => {
+                    self.set_memory(rng, plan, &mut instr, i)?;
+                    has_mem = true;
+                }
+                K::seg_rBX_al => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Memory);
+                    instr.set_memory_base(match self.bits {
+                        Bits::B64 => Register::RBX,
+                        Bits::B32 => Register::EBX,
+                    });
+                }
+                K::al => set_register(&mut instr, i, Register::AL),
+                K::cl => set_register(&mut instr, i, Register::CL),
+                K::ax => set_register(&mut instr, i, Register::AX),
+                K::dx => set_register(&mut instr, i, Register::DX),
+                K::eax => set_register(&mut instr, i, Register::EAX),
+                K::rax => set_register(&mut instr, i, Register::RAX),
+                K::imm8_const_1 => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Immediate8);
+                    instr.set_immediate8(1);
+                }
+                K::imm8 | K::imm8sex16 | K::imm8sex32 | K::imm8sex64 => {
+                    let v = if rng.chance(50) {
+                        rng.pick(&SMALL_EDGES)
+                    } else {
+                        edge_value(rng)
+                    };
+                    instr.set_op_kind(
+                        i,
+                        match kind {
+                            K::imm8 => iced_x86::OpKind::Immediate8,
+                            K::imm8sex16 => iced_x86::OpKind::Immediate8to16,
+                            K::imm8sex32 => iced_x86::OpKind::Immediate8to32,
+                            _ => iced_x86::OpKind::Immediate8to64,
+                        },
+                    );
+                    // ENTER's second operand is the second immediate.
+                    if i == 1 && code.mnemonic() == Mnemonic::Enter {
+                        instr.set_op_kind(i, iced_x86::OpKind::Immediate8_2nd);
+                        instr.set_immediate8_2nd(v as u8 & 7);
+                    } else if double_shift16 {
+                        instr.set_immediate8((v % 17) as u8);
+                    } else {
+                        instr.set_immediate8(v as u8);
+                    }
+                }
+                K::imm16 => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Immediate16);
+                    let v = edge_value(rng) as u16;
+                    // ENTER's frame size: keep the frame inside the data pages.
+                    let v = if code.mnemonic() == Mnemonic::Enter {
+                        v & 0x1F
+                    } else {
+                        v
+                    };
+                    instr.set_immediate16(v);
+                }
+                K::imm32 => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Immediate32);
+                    instr.set_immediate32(edge_value(rng) as u32);
+                }
+                K::imm32sex64 => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Immediate32to64);
+                    instr.set_immediate32(edge_value(rng) as u32);
+                }
+                K::imm64 => {
+                    instr.set_op_kind(i, iced_x86::OpKind::Immediate64);
+                    instr.set_immediate64(edge_value(rng));
+                }
+                _ => set_register(&mut instr, i, self.register(rng, kind)),
+            }
+        }
+        if has_mem && op.can_use_lock_prefix() && rng.chance(20) {
+            instr.set_has_lock_prefix(true);
+        }
+        let mut enc = Encoder::new(self.bits.bits());
+        enc.encode(&instr, 0).ok()?;
+        let cl_count = double_shift16 && op.op_kinds().contains(&K::cl);
+        Some((enc.take_buffer(), cl_count))
+    }
+
+    /// A register operand of the size `kind` names.
+    fn register(&self, rng: &mut Rng, kind: K) -> Register {
+        let r = rng.below(self.regs() as u64) as usize;
+        let full = GPR64[r];
+        match kind {
+            K::r8_reg | K::r8_opcode | K::r8_or_mem => {
+                // AH..BH exist only without REX; the encoder refuses mixes, the case is
+                // then made again.
+                if self.bits == Bits::B32 || rng.chance(25) {
+                    rng.pick(&[
+                        Register::AL,
+                        Register::CL,
+                        Register::DL,
+                        Register::BL,
+                        Register::AH,
+                        Register::CH,
+                        Register::DH,
+                        Register::BH,
+                    ])
+                } else {
+                    byte_of(full)
+                }
+            }
+            K::r16_reg | K::r16_rm | K::r16_opcode | K::r16_or_mem => word_of(full),
+            K::r32_reg | K::r32_rm | K::r32_opcode | K::r32_or_mem => dword_of(full),
+            _ => full,
+        }
+    }
+
+    fn set_memory(
+        &self,
+        rng: &mut Rng,
+        plan: &Plan,
+        instr: &mut Instruction,
+        op: u32,
+    ) -> Option<()> {
+        // Where the access should land: anywhere in the data pages, or straddling the page
+        // boundary inside them, or hanging off either end (a #PF at the exact byte).
+        let target = match rng.below(20) {
+            0..=1 => 0x1000 + rng.below(16) as i64 - 8,
+            2 => DATA_SIZE as i64 + rng.below(16) as i64 - 8,
+            3 => rng.below(16) as i64 - 8,
+            _ => rng.below(DATA_SIZE as u64) as i64,
+        };
+        let use_rsp = plan.bases.is_empty() || rng.chance(15);
+        let base_reg = if use_rsp { 4 } else { rng.pick(&plan.bases) };
+        let (index_reg, scale) = match plan.index {
+            Some(r) if rng.chance(40) => (Some(r), rng.pick(&[1u32, 2, 4, 8])),
+            _ => (None, 1),
+        };
+        let base_value = plan.gpr[base_reg] as i64;
+        let index_value = index_reg.map_or(0, |r| plan.gpr[r] as i64 * scale as i64);
+        let displ = DATA_VA as i64 + target - base_value - index_value;
+        // 32-bit addressing in 64-bit code (0x67) now and then.
+        let addr32 = self.bits == Bits::B32 || rng.chance(10);
+        let name = |r: usize| {
+            if addr32 {
+                dword_of(GPR64[r])
+            } else {
+                GPR64[r]
+            }
+        };
+        let mem = MemoryOperand::new(
+            name(base_reg),
+            index_reg.map_or(Register::None, name),
+            scale,
+            displ,
+            1,
+            false,
+            Register::None,
+        );
+        instr.set_op_kind(op, iced_x86::OpKind::Memory);
+        instr.set_memory_base(mem.base);
+        instr.set_memory_index(mem.index);
+        instr.set_memory_index_scale(mem.scale);
+        instr.set_memory_displacement64(mem.displacement as u64);
+        instr.set_memory_displ_size(if i8::try_from(displ).is_ok() { 1 } else { 4 });
+        Some(())
+    }
+
+    /// MOVS/CMPS/STOS/LODS/SCAS of any size with or without a REP prefix, RSI and RDI
+    /// pointing into the data pages and a small count in RCX (DF comes from the flags).
+    fn string_op(&self, rng: &mut Rng, gpr: &mut [u64; 16]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        match rng.below(4) {
+            0 => bytes.push(0xF3),
+            1 => bytes.push(0xF2),
+            _ => {}
+        }
+        if rng.chance(25) {
+            bytes.push(0x66);
+        }
+        let addr32 = self.bits == Bits::B64 && rng.chance(10);
+        if addr32 {
+            bytes.push(0x67);
+        }
+        if self.bits == Bits::B64 && rng.chance(30) {
+            bytes.push(0x48);
+        }
+        bytes.push(rng.pick(&[0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF]));
+        gpr[6] = DATA_VA + data_offset(rng);
+        gpr[7] = DATA_VA + data_offset(rng);
+        // Small counts; at most 16 so a 16-bit SHLD/SHRD by CL stays defined.
+        gpr[1] = if rng.chance(15) { 0 } else { rng.below(17) };
+        bytes
+    }
+}
+
+/// An offset into the data pages, biased towards the page boundary and the ends.
+fn data_offset(rng: &mut Rng) -> u64 {
+    match rng.below(10) {
+        0 => 0x1000 + rng.below(32) - 16,
+        1 => rng.below(32),
+        2 => DATA_SIZE as u64 - rng.below(32) - 1,
+        _ => rng.below(DATA_SIZE as u64),
+    }
+}
+
+/// The six arithmetic flags and DF: all clear, all set, or random.
+fn random_flags(rng: &mut Rng) -> u64 {
+    const ALL: u64 = 0x0CD5 | 0x400;
+    match rng.below(8) {
+        0 => 0,
+        1 => ALL,
+        _ => rng.next_u64() & ALL & if rng.chance(70) { !0x400 } else { !0 },
+    }
+}
+
+fn set_register(instr: &mut Instruction, op: u32, r: Register) {
+    instr.set_op_kind(op, iced_x86::OpKind::Register);
+    instr.set_op_register(op, r);
+}
+
+fn byte_of(r: Register) -> Register {
+    let i = r as u32 - Register::RAX as u32;
+    [
+        Register::AL,
+        Register::CL,
+        Register::DL,
+        Register::BL,
+        Register::SPL,
+        Register::BPL,
+        Register::SIL,
+        Register::DIL,
+        Register::R8L,
+        Register::R9L,
+        Register::R10L,
+        Register::R11L,
+        Register::R12L,
+        Register::R13L,
+        Register::R14L,
+        Register::R15L,
+    ][i as usize]
+}
+
+fn word_of(r: Register) -> Register {
+    iced_x86::Register::AX.add_index(r as u32 - Register::RAX as u32)
+}
+
+fn dword_of(r: Register) -> Register {
+    iced_x86::Register::EAX.add_index(r as u32 - Register::RAX as u32)
+}
+
+trait AddIndex {
+    fn add_index(self, i: u32) -> Register;
+}
+
+impl AddIndex for Register {
+    fn add_index(self, i: u32) -> Register {
+        Register::values()
+            .nth(self as usize + i as usize)
+            .unwrap_or(Register::None)
+    }
+}
+
+/// The instructions of a snippet, decoded.
+pub fn decode(case: &Case) -> Vec<Instruction> {
+    let mut d = Decoder::with_ip(
+        case.bits.bits(),
+        &case.code,
+        super::layout::CODE_VA,
+        DecoderOptions::NONE,
+    );
+    let mut out = Vec::new();
+    while d.can_decode() {
+        out.push(d.decode());
+    }
+    out
+}

@@ -1,0 +1,506 @@
+//! The host CPU as oracle: snippets run natively, at CPL 3, in a sandboxed child process.
+//!
+//! The child maps the code page and the data pages at the [`layout`](super::layout)
+//! addresses. A trampoline (assembled at start-up with iced-x86) saves the child's
+//! callee-saved registers and stack pointer, loads RFLAGS and all sixteen GPRs from its
+//! slots, and far-jumps to the snippet through Linux's user code segments (0x33 for 64-bit
+//! code, 0x23 for 32-bit compatibility mode). The snippet ends in INT3, or faults first;
+//! either way the kernel delivers a signal, and the handler (on an alternate stack, since
+//! RSP is the snippet's) copies the interrupted context — GPRs, RIP, RFLAGS, and the
+//! exception vector, error code and CR2 that Linux reports in the sigcontext — and edits
+//! that context to return to the trampoline's epilogue in 64-bit mode on the saved stack.
+//!
+//! Why a child process: a snippet writes wherever its registers point, so it runs where
+//! nothing of value lives. The child is forked with everything it needs already mapped,
+//! and its loop makes system calls only (no allocation, no locks), so forking from a
+//! multi-threaded parent (the test harness) is sound. A child that dies or hangs is
+//! killed and replaced; the case is reported as the oracle's failure, not a verdict.
+//!
+//! The parent and the child share one page-aligned block ([`Shared`]) for requests and
+//! replies, and two pipes carry one byte each way per case.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use iced_x86::{BlockEncoderOptions, IcedError};
+
+use super::layout::{CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER};
+use super::{Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
+
+/// Linux x86-64's user code selectors (arch/x86/include/asm/segment.h: __USER_CS,
+/// __USER32_CS): part of the kernel's ABI.
+const USER_CS64: u16 = 0x33;
+const USER_CS32: u16 = 0x23;
+
+/// How long a case may take before the child is deemed hung.
+const TIMEOUT_SECS: u64 = 5;
+
+/// Requests and replies.
+#[repr(C)]
+struct Shared {
+    selector: u64,
+    code_len: u64,
+    gpr: [u64; 16],
+    rflags: u64,
+    code: [u8; CODE_SIZE],
+    data: [u8; DATA_SIZE],
+    out_gpr: [u64; 16],
+    out_rip: u64,
+    out_rflags: u64,
+    out_trapno: u64,
+    out_cr2: u64,
+    out_signal: u64,
+    out_data: [u8; DATA_SIZE],
+}
+
+/// Where the trampoline's pieces are.
+#[derive(Clone, Copy)]
+struct Trampoline {
+    entry: u64,
+    resume: u64,
+    host_rsp: u64,
+    rflags: u64,
+    gpr: [u64; 16],
+    far_selector: u64,
+}
+
+// The signal handler's view of the child (set in the child after fork, read in the
+// handler; the parent never installs the handler).
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
+static RESUME: AtomicU64 = AtomicU64::new(0);
+static HOST_RSP: AtomicU64 = AtomicU64::new(0);
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+struct Worker {
+    pid: libc::pid_t,
+    request: OwnedFd,
+    reply: OwnedFd,
+}
+
+/// The host CPU as a [`Runner`]. Linux on x86-64 only.
+pub struct HostOracle {
+    shared: *mut Shared,
+    trampoline: Trampoline,
+    altstack: *mut u8,
+    worker: Option<Worker>,
+    cpu: String,
+}
+
+const ALTSTACK: usize = 64 * 1024;
+
+fn errno() -> String {
+    std::io::Error::last_os_error().to_string()
+}
+
+/// Anonymous memory for the parent and the child to share (`shared`) or inherit.
+fn map(len: usize, prot: i32, shared: bool) -> Result<*mut u8, String> {
+    let flags = libc::MAP_ANONYMOUS
+        | if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks; nothing aliases it.
+    let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", errno()));
+    }
+    Ok(p.cast())
+}
+
+impl HostOracle {
+    pub fn new() -> Result<Self, String> {
+        let shared = map(
+            std::mem::size_of::<Shared>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            true,
+        )?
+        .cast::<Shared>();
+        let code = map(
+            0x1000,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            false,
+        )?;
+        let (bytes, trampoline) =
+            assemble_trampoline(code as u64).map_err(|e| format!("trampoline: {e}"))?;
+        // SAFETY: `code` is a fresh 4 KiB mapping and the trampoline is smaller.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), code, bytes.len().min(0x1000)) };
+        let altstack = map(ALTSTACK, libc::PROT_READ | libc::PROT_WRITE, false)?;
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|n| n.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown x86-64 CPU".into());
+        Ok(Self {
+            shared,
+            trampoline,
+            altstack,
+            worker: None,
+            cpu,
+        })
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let (req_r, req_w) = pipe()?;
+        let (rep_r, rep_w) = pipe()?;
+        // SAFETY: the child runs only `child_main`, which makes system calls and touches
+        // memory mapped before the fork; it never returns into Rust code of the parent.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", errno()));
+        }
+        if pid == 0 {
+            // SAFETY: in the child; see child_main.
+            unsafe {
+                child_main(
+                    self.shared,
+                    self.trampoline,
+                    self.altstack,
+                    req_r.as_raw_fd(),
+                    rep_w.as_raw_fd(),
+                )
+            }
+        }
+        drop((req_r, rep_w));
+        self.worker = Some(Worker {
+            pid,
+            request: req_w,
+            reply: rep_r,
+        });
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(w) = self.worker.take() {
+            // SAFETY: plain system calls on our own child.
+            unsafe {
+                libc::kill(w.pid, libc::SIGKILL);
+                libc::waitpid(w.pid, ptr::null_mut(), 0);
+            }
+        }
+    }
+
+    /// Why the child died, if it did.
+    fn reap(&mut self) -> String {
+        let Some(w) = self.worker.take() else {
+            return "no worker".into();
+        };
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(w.pid, &mut status, 0) };
+        if libc::WIFSIGNALED(status) {
+            format!("the worker died of signal {}", libc::WTERMSIG(status))
+        } else {
+            format!(
+                "the worker exited with status {}",
+                libc::WEXITSTATUS(status)
+            )
+        }
+    }
+
+    fn execute(&mut self, case: &Case) -> Result<Final, RunError> {
+        if self.worker.is_none() {
+            self.spawn().map_err(RunError::Oracle)?;
+        }
+        let data = case.data.bytes();
+        // SAFETY: `shared` is our mapping; the child reads it only between our request
+        // byte and its reply byte, and we write it only outside that window.
+        let sh = unsafe { &mut *self.shared };
+        sh.selector = match case.bits {
+            Bits::B64 => USER_CS64,
+            Bits::B32 => USER_CS32,
+        } as u64;
+        let n = case.code.len().min(CODE_SIZE - 1);
+        sh.code[..n].copy_from_slice(&case.code[..n]);
+        sh.code_len = n as u64;
+        sh.gpr = case.gpr;
+        sh.rflags = 0x202 | (case.rflags & COMPARED_FLAGS);
+        sh.data.copy_from_slice(&data);
+        sh.out_signal = 0;
+
+        let w = self
+            .worker
+            .as_ref()
+            .ok_or(RunError::Oracle("no worker".into()))?;
+        // SAFETY: one byte to a pipe we own.
+        let wrote = unsafe { libc::write(w.request.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        if wrote != 1 {
+            return Err(RunError::Oracle(self.reap()));
+        }
+        let mut pfd = libc::pollfd {
+            fd: w.reply.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one descriptor we own.
+        let ready = unsafe { libc::poll(&mut pfd, 1, (TIMEOUT_SECS * 1000) as i32) };
+        if ready <= 0 {
+            self.kill();
+            return Err(RunError::Timeout(TIMEOUT_SECS));
+        }
+        let mut b = 0u8;
+        // SAFETY: one byte from a pipe we own.
+        let got = unsafe { libc::read(w.reply.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
+        if got != 1 {
+            return Err(RunError::Oracle(self.reap()));
+        }
+        let rip = sh.out_rip;
+        if !(CODE_VA..CODE_VA + CODE_SIZE as u64).contains(&rip) {
+            return Err(RunError::Oracle(format!(
+                "the snippet did not start (signal {} at {rip:#x}){}",
+                sh.out_signal,
+                if case.bits == Bits::B32 {
+                    ": does this kernel run 32-bit code (ia32_emulation)?"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let vector = sh.out_trapno as u8;
+        Ok(Final {
+            gpr: sh.out_gpr,
+            rip,
+            rflags: sh.out_rflags,
+            event: Event::Exception {
+                vector,
+                address: (vector == 14).then_some(sh.out_cr2),
+            },
+            data: sh.out_data.to_vec(),
+        })
+    }
+}
+
+impl Runner for HostOracle {
+    fn name(&self) -> String {
+        format!("host CPU ({})", self.cpu)
+    }
+    fn run(&mut self, case: &Case) -> Result<Final, RunError> {
+        self.execute(case)
+    }
+}
+
+impl Drop for HostOracle {
+    fn drop(&mut self) {
+        self.kill();
+        // SAFETY: unmapping what new() mapped; the child (if any) is gone.
+        unsafe {
+            libc::munmap(self.shared.cast(), std::mem::size_of::<Shared>());
+            libc::munmap(self.altstack.cast(), ALTSTACK);
+            libc::munmap(self.trampoline.entry as *mut libc::c_void, 0x1000);
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", errno()));
+    }
+    // SAFETY: both are fresh descriptors owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The GPR order of [`Case::gpr`] as indices into Linux's `gregs`.
+const GREG: [i32; 16] = [
+    libc::REG_RAX,
+    libc::REG_RCX,
+    libc::REG_RDX,
+    libc::REG_RBX,
+    libc::REG_RSP,
+    libc::REG_RBP,
+    libc::REG_RSI,
+    libc::REG_RDI,
+    libc::REG_R8,
+    libc::REG_R9,
+    libc::REG_R10,
+    libc::REG_R11,
+    libc::REG_R12,
+    libc::REG_R13,
+    libc::REG_R14,
+    libc::REG_R15,
+];
+
+fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64)?;
+    let mut host_rsp = a.create_label();
+    let mut rflags = a.create_label();
+    let mut far = a.create_label();
+    let mut resume = a.create_label();
+    let mut slots: Vec<CodeLabel> = (0..16).map(|_| a.create_label()).collect();
+    let regs = [
+        rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
+    ];
+    for r in [rbx, rbp, r12, r13, r14, r15] {
+        a.push(r)?;
+    }
+    a.mov(qword_ptr(host_rsp), rsp)?;
+    // A 64-bit process runs with null DS and ES, which 32-bit code cannot use: load
+    // __USER_DS (0x2B) as a 32-bit process has them. 64-bit code ignores both.
+    a.mov(eax, 0x2B)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.push(qword_ptr(rflags))?;
+    a.popfq()?;
+    // Plain MOVs from here on: they leave the flags just loaded alone.
+    for (r, slot) in regs.iter().zip(&slots) {
+        a.mov(*r, qword_ptr(*slot))?;
+    }
+    a.jmp(fword_ptr(far))?;
+    a.set_label(&mut resume)?;
+    for r in [r15, r14, r13, r12, rbp, rbx] {
+        a.pop(r)?;
+    }
+    a.ret()?;
+    a.int3()?;
+    for (label, value) in [(&mut host_rsp, 0u64), (&mut rflags, 0)] {
+        a.set_label(label)?;
+        a.dq(&[value])?;
+    }
+    for slot in slots.iter_mut() {
+        a.set_label(slot)?;
+        a.dq(&[0])?;
+    }
+    a.set_label(&mut far)?;
+    a.dd(&[CODE_VA as u32])?;
+    a.dw(&[USER_CS64])?;
+    let out = a.assemble_options(at, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let mut gpr = [0u64; 16];
+    for (g, slot) in gpr.iter_mut().zip(&slots) {
+        *g = out.label_ip(slot)?;
+    }
+    let t = Trampoline {
+        entry: at,
+        resume: out.label_ip(&resume)?,
+        host_rsp: out.label_ip(&host_rsp)?,
+        rflags: out.label_ip(&rflags)?,
+        gpr,
+        far_selector: out.label_ip(&far)? + 4,
+    };
+    Ok((out.inner.code_buffer, t))
+}
+
+/// The child: map the sandbox pages, then run one case per request byte.
+///
+/// # Safety
+/// Called once, in a freshly forked child, with the parent's mappings. Never returns.
+unsafe fn child_main(
+    shared: *mut Shared,
+    t: Trampoline,
+    altstack: *mut u8,
+    request: RawFd,
+    reply: RawFd,
+) -> ! {
+    let die = |code: i32| -> ! { libc::_exit(code) };
+    SHARED.store(shared, Ordering::SeqCst);
+    RESUME.store(t.resume, Ordering::SeqCst);
+    HOST_RSP.store(t.host_rsp, Ordering::SeqCst);
+
+    let ss = libc::stack_t {
+        ss_sp: altstack.cast(),
+        ss_flags: 0,
+        ss_size: ALTSTACK,
+    };
+    if libc::sigaltstack(&ss, ptr::null_mut()) != 0 {
+        die(20);
+    }
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = on_signal as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+    ] {
+        if libc::sigaction(sig, &sa, ptr::null_mut()) != 0 {
+            die(21);
+        }
+    }
+    let fixed = |addr: u64, len: usize| {
+        let p = libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        p as u64 == addr
+    };
+    if !fixed(CODE_VA, CODE_SIZE) || !fixed(DATA_VA, DATA_SIZE) {
+        die(22);
+    }
+    let code = CODE_VA as *mut u8;
+    let data = DATA_VA as *mut u8;
+    let slot = |a: u64| a as *mut u64;
+    loop {
+        let mut b = 0u8;
+        if libc::read(request, (&mut b as *mut u8).cast(), 1) != 1 {
+            die(0);
+        }
+        let sh = &mut *shared;
+        let n = sh.code_len as usize;
+        if libc::mprotect(code.cast(), CODE_SIZE, libc::PROT_READ | libc::PROT_WRITE) != 0 {
+            die(23);
+        }
+        ptr::write_bytes(code, 0, CODE_SIZE);
+        ptr::copy_nonoverlapping(sh.code.as_ptr(), code, n);
+        *code.add(n) = END_MARKER;
+        if libc::mprotect(code.cast(), CODE_SIZE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            die(24);
+        }
+        ptr::copy_nonoverlapping(sh.data.as_ptr(), data, DATA_SIZE);
+        for (i, g) in sh.gpr.iter().enumerate() {
+            *slot(t.gpr[i]) = *g;
+        }
+        *slot(t.rflags) = sh.rflags;
+        *(t.far_selector as *mut u16) = sh.selector as u16;
+
+        RUNNING.store(true, Ordering::SeqCst);
+        let enter: extern "C" fn() = std::mem::transmute(t.entry as usize);
+        enter();
+        ptr::copy_nonoverlapping(data, sh.out_data.as_mut_ptr(), DATA_SIZE);
+        if libc::write(reply, (&b as *const u8).cast(), 1) != 1 {
+            die(0);
+        }
+    }
+}
+
+/// Records the interrupted snippet's context and sends it back to the trampoline.
+extern "C" fn on_signal(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    if !RUNNING.swap(false, Ordering::SeqCst) {
+        // A fault in the child's own code: let the default action end it.
+        // SAFETY: resetting a handler is async-signal-safe.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+        return;
+    }
+    // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers; SHARED was set
+    // before any snippet ran and points at the shared block.
+    unsafe {
+        let uc = &mut *ctx.cast::<libc::ucontext_t>();
+        let g = &mut uc.uc_mcontext.gregs;
+        let sh = &mut *SHARED.load(Ordering::SeqCst);
+        for (i, r) in GREG.iter().enumerate() {
+            sh.out_gpr[i] = g[*r as usize] as u64;
+        }
+        sh.out_rip = g[libc::REG_RIP as usize] as u64;
+        sh.out_rflags = g[libc::REG_EFL as usize] as u64;
+        sh.out_trapno = g[libc::REG_TRAPNO as usize] as u64;
+        sh.out_cr2 = g[libc::REG_CR2 as usize] as u64;
+        sh.out_signal = sig as u64;
+        // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack.
+        g[libc::REG_RIP as usize] = RESUME.load(Ordering::SeqCst) as i64;
+        g[libc::REG_RSP as usize] = *(HOST_RSP.load(Ordering::SeqCst) as *const i64);
+        g[libc::REG_EFL as usize] = 0x202;
+        let csgsfs = g[libc::REG_CSGSFS as usize] as u64;
+        g[libc::REG_CSGSFS as usize] = ((csgsfs & !0xFFFF) | USER_CS64 as u64) as i64;
+    }
+}

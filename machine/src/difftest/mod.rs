@@ -1,0 +1,318 @@
+//! Differential testing: the same snippet, from the same state, on Gantry's CPU and on an
+//! oracle (the host CPU itself), final states compared.
+//!
+//! A case is a few user-level instructions ([`gen`]), the sixteen GPRs, the arithmetic
+//! flags and DF, and 8 KiB of data that is also the stack ([`layout`]). Each side runs it
+//! at CPL 3 with the same linear addresses, and reports a [`Final`]: the registers and
+//! flags, and what ended the run — the #BP of the end marker, or the exception the
+//! snippet raised (vector, and for #PF the faulting address). A snippet that faults on the
+//! host must fault the same way in Gantry, at the same instruction, with the same state.
+
+pub mod corpus;
+pub mod emu;
+pub mod flagmask;
+pub mod gen;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod host;
+pub mod layout;
+pub mod report;
+pub mod shrink;
+
+use std::fmt;
+
+use layout::{end_rip, DATA_SIZE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bits {
+    /// 32-bit code: a compatibility-mode code segment under a 64-bit kernel.
+    B32,
+    B64,
+}
+
+impl Bits {
+    pub fn bits(self) -> u32 {
+        match self {
+            Bits::B32 => 32,
+            Bits::B64 => 64,
+        }
+    }
+}
+
+/// The initial contents of the data pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataInit {
+    Zero,
+    /// Bytes from [`gen::Rng`] with this seed.
+    Seed(u64),
+}
+
+impl DataInit {
+    pub fn bytes(self) -> Vec<u8> {
+        let mut out = vec![0u8; DATA_SIZE];
+        if let DataInit::Seed(s) = self {
+            let mut rng = gen::Rng::new(s);
+            for chunk in out.chunks_mut(8) {
+                // Mostly random, with runs of edge bytes that comparisons and scans stop at.
+                let v = match rng.below(8) {
+                    0 => 0,
+                    1 => !0,
+                    _ => rng.next_u64(),
+                };
+                chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub bits: Bits,
+    /// The snippet, without the end marker.
+    pub code: Vec<u8>,
+    /// RAX..R15 in encoding order.
+    pub gpr: [u64; 16],
+    /// The arithmetic flags and DF (the rest of RFLAGS is the user default, IF set).
+    pub rflags: u64,
+    pub data: DataInit,
+}
+
+/// What ended a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An exception: its vector, and for #PF the faulting linear address.
+    Exception { vector: u8, address: Option<u64> },
+    /// Anything else (the sandbox guest shut down, a device event): a failure in itself.
+    Other(String),
+}
+
+/// The state at the end of a run: after the end marker's #BP, or as of the faulting
+/// instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Final {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub event: Event,
+    pub data: Vec<u8>,
+}
+
+impl Final {
+    /// The run reached the end marker.
+    pub fn completed(&self, case: &Case) -> bool {
+        self.event
+            == Event::Exception {
+                vector: 3,
+                address: None,
+            }
+            && self.rip == end_rip(case.code.len())
+    }
+}
+
+/// The flags compared: the arithmetic flags and DF.
+pub const COMPARED_FLAGS: u64 = 0x0CD5 | 0x400;
+
+/// The vector names of the exceptions a snippet can raise.
+pub fn vector_name(v: u8) -> &'static str {
+    match v {
+        0 => "#DE",
+        1 => "#DB",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        19 => "#XM",
+        _ => "#?",
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Exception {
+                vector,
+                address: Some(a),
+            } => write!(f, "{} at {a:#x}", vector_name(*vector)),
+            Event::Exception { vector, .. } => write!(f, "{}", vector_name(*vector)),
+            Event::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A side that runs cases: an oracle or Gantry's CPU.
+pub trait Runner {
+    fn name(&self) -> String;
+    fn run(&mut self, case: &Case) -> Result<Final, RunError>;
+}
+
+/// A run that produced no final state (the oracle's own trouble, not a verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the oracle did not finish the case within {0} s")]
+    Timeout(u64),
+    #[error("the oracle process failed: {0}")]
+    Oracle(String),
+}
+
+/// One difference between two finals, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    pub what: String,
+    pub oracle: String,
+    pub gantry: String,
+}
+
+/// The differences between the oracle's final and Gantry's for `case`, after the masks:
+/// in 32-bit code only the low halves of the eight legacy registers (the upper halves
+/// are undefined across the switch back to 64-bit mode), and undefined flags per
+/// [`flagmask`].
+pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let mut add = |what: String, o: String, g: String| {
+        out.push(Difference {
+            what,
+            oracle: o,
+            gantry: g,
+        })
+    };
+    if oracle.event != gantry.event {
+        add(
+            "event".into(),
+            oracle.event.to_string(),
+            gantry.event.to_string(),
+        );
+    }
+    if oracle.rip != gantry.rip {
+        add(
+            "rip".into(),
+            format!("{:#x}", oracle.rip),
+            format!("{:#x}", gantry.rip),
+        );
+    }
+    let (regs, mask) = match case.bits {
+        Bits::B64 => (16, !0u64),
+        Bits::B32 => (8, 0xFFFF_FFFF),
+    };
+    for r in 0..regs {
+        if (oracle.gpr[r] ^ gantry.gpr[r]) & mask != 0 {
+            add(
+                report::REG_NAMES[r].into(),
+                format!("{:#018x}", oracle.gpr[r] & mask),
+                format!("{:#018x}", gantry.gpr[r] & mask),
+            );
+        }
+    }
+    let fault_rip = (!oracle.completed(case)).then_some(oracle.rip);
+    let flags = COMPARED_FLAGS & !flagmask::ignored_flags(case, fault_rip);
+    if (oracle.rflags ^ gantry.rflags) & flags != 0 {
+        add(
+            "rflags".into(),
+            report::flags_string(oracle.rflags & flags),
+            report::flags_string(gantry.rflags & flags),
+        );
+    }
+    if oracle.data != gantry.data {
+        let diffs: Vec<usize> = (0..oracle.data.len().min(gantry.data.len()))
+            .filter(|&i| oracle.data[i] != gantry.data[i])
+            .collect();
+        let first = diffs.first().copied().unwrap_or(0);
+        let span = |d: &[u8]| {
+            let end = (first + 8).min(d.len());
+            d[first..end]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        add(
+            format!(
+                "data at {:#x} ({} bytes differ)",
+                layout::DATA_VA + first as u64,
+                diffs.len()
+            ),
+            span(&oracle.data),
+            span(&gantry.data),
+        );
+    }
+    out
+}
+
+/// What a run of many cases found.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub cases: u64,
+    pub mismatches: u64,
+    /// Cases the oracle could not run (its process died or hung): not verdicts.
+    pub oracle_failures: u64,
+    pub seconds: f64,
+}
+
+/// The kinds of difference, for telling whether a shrunk case still fails the same way.
+fn signature(diffs: &[Difference]) -> Vec<String> {
+    diffs
+        .iter()
+        .map(|d| d.what.split(' ').next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Runs each case on both sides; reports the first `max_reports` mismatches in full
+/// (shrunk first) and every oracle failure in one line.
+pub fn run_cases(
+    oracle: &mut dyn Runner,
+    gantry: &mut dyn Runner,
+    cases: impl Iterator<Item = (String, Case)>,
+    max_reports: u64,
+    out: &mut dyn std::io::Write,
+) -> Summary {
+    let start = std::time::Instant::now();
+    let mut s = Summary::default();
+    let oracle_name = oracle.name();
+    for (label, case) in cases {
+        s.cases += 1;
+        let o = match oracle.run(&case) {
+            Ok(o) => o,
+            Err(e) => {
+                s.oracle_failures += 1;
+                let _ = writeln!(out, "{label}: not run: {e}");
+                continue;
+            }
+        };
+        let Ok(g) = gantry.run(&case) else {
+            s.oracle_failures += 1;
+            continue;
+        };
+        let diffs = compare(&case, &o, &g);
+        if diffs.is_empty() {
+            continue;
+        }
+        s.mismatches += 1;
+        if s.mismatches > max_reports {
+            continue;
+        }
+        let sig = signature(&diffs);
+        let small = shrink::shrink(&case, |c| match (oracle.run(c), gantry.run(c)) {
+            (Ok(o), Ok(g)) => signature(&compare(c, &o, &g)) == sig,
+            _ => false,
+        });
+        let (o, g) = match (oracle.run(&small), gantry.run(&small)) {
+            (Ok(o), Ok(g)) => (o, g),
+            _ => (o, g),
+        };
+        let _ = writeln!(out, "{label}: MISMATCH");
+        let _ = write!(out, "{}", report::mismatch(&small, &oracle_name, &o, &g));
+        if small != case {
+            let _ = writeln!(out, "  (shrunk from: {})", corpus::format_case(&case));
+        }
+    }
+    s.seconds = start.elapsed().as_secs_f64();
+    s
+}

@@ -1,0 +1,169 @@
+//! `gantry difftest`: Gantry's CPU against the host CPU on generated instruction streams
+//! (or the cases of a corpus file). Exit status 0 when every case agrees, 1 on any
+//! mismatch or case the oracle could not run, 2 on bad usage.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use gantry_machine::difftest::{self, corpus, emu::EmuRunner, gen, Bits, Runner};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum ModeArg {
+    #[value(name = "16")]
+    M16,
+    #[value(name = "32")]
+    M32,
+    #[value(name = "64")]
+    M64,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum SetArg {
+    Integer,
+    X87,
+    Sse,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum OracleArg {
+    Host,
+    Kvm,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum BackendArg {
+    Interp,
+    Jit,
+}
+
+#[derive(clap::Args)]
+pub struct DifftestArgs {
+    /// Seed of the generated cases (the same seed makes the same cases).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many cases to generate.
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Code size of the snippets: 64-bit, or 32-bit (compatibility mode).
+    #[arg(long, value_enum, default_value_t = ModeArg::M64)]
+    mode: ModeArg,
+    /// Instructions to draw from (all = every set implemented so far).
+    #[arg(long, value_enum, default_value_t = SetArg::Integer)]
+    set: SetArg,
+    /// What gives the expected answers.
+    #[arg(long, value_enum, default_value_t = OracleArg::Host)]
+    oracle: OracleArg,
+    /// Which of Gantry's CPU tiers is tested.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    backend: BackendArg,
+    /// Run the cases of this corpus file instead of generated ones.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "count", "mode", "set"])]
+    corpus: Option<PathBuf>,
+    /// Print at most this many mismatches in full (all are counted).
+    #[arg(long, default_value_t = 10)]
+    max_reports: u64,
+}
+
+pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
+    let bits =
+        match args.mode {
+            ModeArg::M64 => Bits::B64,
+            ModeArg::M32 => Bits::B32,
+            ModeArg::M16 => return Err(
+                "--mode 16 needs the KVM oracle (16-bit code does not run as a Linux process), \
+                 which is not built yet; use --mode 32 or 64"
+                    .into(),
+            ),
+        };
+    let set = match args.set {
+        SetArg::Integer | SetArg::All => gen::Set::Integer,
+        SetArg::X87 | SetArg::Sse => {
+            return Err(
+                "the x87 and SSE sets come with their arithmetic, which the CPU does not \
+                 implement yet; use --set integer"
+                    .into(),
+            )
+        }
+    };
+    if args.backend == BackendArg::Jit {
+        return Err("the JIT is not built yet; use --backend interp".into());
+    }
+    if args.oracle == OracleArg::Kvm {
+        return Err("the KVM oracle is not built yet; use --oracle host".into());
+    }
+    let mut oracle = host_oracle()?;
+    let mut gantry = EmuRunner::new().map_err(|e| format!("the sandbox guest: {e}"))?;
+    let mut out = std::io::stdout().lock();
+
+    let summary = if let Some(path) = &args.corpus {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("corpus {}: {e}", path.display()))?;
+        let cases = corpus::parse(&text).map_err(|e| format!("corpus {}: {e}", path.display()))?;
+        let _ = writeln!(
+            out,
+            "difftest: {} cases from {}, oracle {}, backend {}",
+            cases.len(),
+            path.display(),
+            oracle.name(),
+            gantry.name()
+        );
+        let name = path.display().to_string();
+        difftest::run_cases(
+            &mut *oracle,
+            &mut gantry,
+            cases
+                .into_iter()
+                .map(|(line, c)| (format!("{name}:{line}"), c)),
+            args.max_reports,
+            &mut out,
+        )
+    } else {
+        let g = gen::Generator::new(bits, set, args.seed);
+        let _ = writeln!(
+            out,
+            "difftest: {}-bit, integer set ({} instruction forms), seed {}, {} cases, \
+             oracle {}, backend {}",
+            bits.bits(),
+            g.form_count(),
+            args.seed,
+            args.count,
+            oracle.name(),
+            gantry.name()
+        );
+        difftest::run_cases(
+            &mut *oracle,
+            &mut gantry,
+            (0..args.count).map(|i| (format!("case {i} (seed {})", args.seed), g.case(i))),
+            args.max_reports,
+            &mut out,
+        )
+    };
+    let _ = writeln!(
+        out,
+        "difftest: {} cases, {} mismatches, {} not run, {:.1} s ({:.0} cases/s)",
+        summary.cases,
+        summary.mismatches,
+        summary.oracle_failures,
+        summary.seconds,
+        summary.cases as f64 / summary.seconds.max(1e-9)
+    );
+    Ok(if summary.mismatches == 0 && summary.oracle_failures == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn host_oracle() -> Result<Box<dyn Runner>, String> {
+    difftest::host::HostOracle::new()
+        .map(|o| Box::new(o) as Box<dyn Runner>)
+        .map_err(|e| format!("the host CPU oracle: {e}"))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn host_oracle() -> Result<Box<dyn Runner>, String> {
+    Err("the host CPU oracle needs an x86-64 Linux host".into())
+}
