@@ -56,8 +56,11 @@ pub fn adjust(m: M, ax: u16, rflags: u64, imm: u8) -> Option<(u16, u64)> {
             let adjust = al & 0xF > 9 || af_in;
             if adjust {
                 if m == M::Aaa {
-                    al = al.wrapping_add(6);
-                    ah = ah.wrapping_add(1);
+                    // AX + 106h as one 16-bit add (SDM): a carry out of AL + 6 reaches
+                    // AH too (AX = FFFFh gives 0105h; found by difftest).
+                    let ax2 = ((ah as u16) << 8 | al as u16).wrapping_add(0x106);
+                    al = ax2 as u8;
+                    ah = (ax2 >> 8) as u8;
                 } else {
                     let ax2 = ((ah as u16) << 8 | al as u16).wrapping_sub(6);
                     al = ax2 as u8;

@@ -214,6 +214,13 @@ impl Lift<'_> {
             }
             M::Cmpxchg => self.cmpxchg(),
             M::Cmpxchg8b | M::Cmpxchg16b => self.cmpxchg_double(m),
+            M::Salc => {
+                // Undocumented but on every x86 outside 64-bit mode: AL = CF ? FFh : 0.
+                let c = self.b.test(cond_of(iced_x86::ConditionCode::b));
+                let zero = self.b.konst(Ty::I8, 0);
+                let v = self.b.bin(BinOp::Sub, zero, c);
+                self.write_gpr(Register::AL, v);
+            }
             M::Lahf => {
                 let f = self.b.rflags();
                 let low = self.b.trunc(Ty::I8, f);

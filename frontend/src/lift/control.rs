@@ -226,7 +226,22 @@ impl Lift<'_> {
                         self.write_gpr(self.ins.op0_register(), v);
                     }
                     _ => {
-                        let a = self.mem_address();
+                        // With the stack pointer in the address, the address is computed
+                        // after the pop's increment (SDM, POP): compute it with the new
+                        // SP in place, then put the old one back until the store is done,
+                        // so that a faulting store leaves SP as it was. Found by difftest.
+                        let uses_sp = [self.ins.memory_base(), self.ins.memory_index()]
+                            .iter()
+                            .any(|r| r.full_register() == Register::RSP);
+                        let a = if uses_sp {
+                            let old = self.b.get(Loc::Gpr(4));
+                            self.write_sp(nsp);
+                            let a = self.mem_address();
+                            self.b.put(Loc::Gpr(4), old);
+                            a
+                        } else {
+                            self.mem_address()
+                        };
                         self.b.store(a, v);
                         self.write_sp(nsp);
                     }

@@ -99,10 +99,17 @@ const EXCLUDED: &[(Mnemonic, &str)] = &[
 ];
 
 /// Forms whose defined behaviour differs between vendors, left out of generation.
-const VENDOR_FORMS: &[(Code, &str)] = &[(
-    Code::Movsxd_r16_rm16,
-    "MOVSXD with a 16-bit operand: the SDM reads a word, AMD CPUs read a doubleword",
-)];
+const VENDOR_FORMS: &[(Code, &str)] = &[
+    (
+        Code::Popaw,
+        "POPA faulting midway: AMD CPUs keep the registers already popped",
+    ),
+    (Code::Popad, "as POPA"),
+    (
+        Code::Movsxd_r16_rm16,
+        "MOVSXD with a 16-bit operand: the SDM reads a word, AMD CPUs read a doubleword",
+    ),
+];
 
 /// The instruction forms of `set` that can run at CPL 3 in `bits`-bit code.
 fn forms(bits: Bits, set: Set) -> Vec<Code> {
