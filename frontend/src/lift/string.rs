@@ -101,8 +101,10 @@ impl Lift<'_> {
                 adv_si = true;
             }
             M::Cmpsb => {
-                let a = self.b.load(ety, src);
+                // ES:rDI is read before DS:rSI: when both fault, hardware reports the
+                // destination's fault (seen on AMD by difftest; the SDM does not say).
                 let c = self.b.load(ety, dst);
+                let a = self.b.load(ety, src);
                 compare = Some((a, c));
                 adv_si = true;
                 adv_di = true;

@@ -1,0 +1,120 @@
+//! `gantry difftest` in the suite: a fixed-seed run against the host CPU, the regression
+//! corpus of every mismatch found so far, and checks that the comparison itself can fail.
+//! The host oracle needs an x86-64 Linux host; elsewhere these say SKIP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(600);
+
+fn host_oracle(test: &str) -> bool {
+    let ok = cfg!(all(target_arch = "x86_64", target_os = "linux"));
+    if !ok {
+        eprintln!("SKIP {test}: the host CPU oracle needs an x86-64 Linux host");
+    }
+    ok
+}
+
+/// Runs difftest; returns stdout after checking the summary line's counts.
+fn difftest(args: &[&str], cases: u64) -> String {
+    let mut all = vec!["difftest"];
+    all.extend_from_slice(args);
+    let r = gantry(&all, b"", T);
+    assert!(!r.timed_out, "{all:?} hung");
+    let summary = r.stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        summary.starts_with(&format!("difftest: {cases} cases, 0 mismatches, 0 not run")),
+        "{all:?}:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(r.status, Some(0), "{all:?}: {}", r.stderr);
+    r.stdout
+}
+
+#[test]
+fn twenty_thousand_64_bit_cases_agree_with_the_host_cpu() {
+    if !host_oracle("twenty_thousand_64_bit_cases_agree_with_the_host_cpu") {
+        return;
+    }
+    let out = difftest(&["--seed", "1", "--count", "20000", "--mode", "64"], 20000);
+    println!("{}", out.lines().last().unwrap_or_default());
+}
+
+#[test]
+fn the_regression_corpus_agrees_with_the_host_cpu() {
+    if !host_oracle("the_regression_corpus_agrees_with_the_host_cpu") {
+        return;
+    }
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/difftest/corpus.txt");
+    let text = std::fs::read_to_string(corpus).unwrap();
+    let cases = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .count() as u64;
+    assert!(cases >= 13, "the corpus lost cases: {cases}");
+    difftest(&["--corpus", corpus], cases);
+}
+
+/// The comparison can fail: RDTSC reads the host's TSC on one side and the emulated CPU's
+/// on the other (which is why the generators leave it out), so the case must come back as
+/// a mismatch, with the report and exit status 1.
+#[test]
+fn a_differing_case_is_reported_as_a_mismatch() {
+    if !host_oracle("a_differing_case_is_reported_as_a_mismatch") {
+        return;
+    }
+    let dir = scratch("difftest-mismatch");
+    // RDTSC: EDX:EAX from the host's TSC against the emulated CPU's.
+    let path = write_file(
+        &dir,
+        "rdtsc.txt",
+        b"64 code=0f31 rflags=0 data=zero gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n",
+    );
+    let r = gantry(&["difftest", "--corpus", &path], b"", T);
+    assert_eq!(r.status, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("MISMATCH"), "{}", r.stdout);
+    assert!(r.stdout.contains("rdtsc"), "no disassembly: {}", r.stdout);
+    assert!(r.stdout.contains("rax"), "no register table: {}", r.stdout);
+    assert!(
+        r.stdout.contains("1 cases, 1 mismatches"),
+        "{}",
+        r.stdout.lines().last().unwrap_or_default()
+    );
+}
+
+#[test]
+fn bad_difftest_arguments_are_one_line_errors() {
+    for (args, needle) in [
+        (vec!["difftest", "--mode", "16"], "KVM oracle"),
+        (vec!["difftest", "--backend", "jit"], "JIT is not built"),
+        (
+            vec!["difftest", "--oracle", "kvm"],
+            "KVM oracle is not built",
+        ),
+        (vec!["difftest", "--set", "sse"], "--set integer"),
+        (
+            vec!["difftest", "--corpus", "/nonexistent/corpus"],
+            "corpus",
+        ),
+    ] {
+        let r = gantry(&args, b"", Duration::from_secs(30));
+        let lines = r.stderr_lines();
+        assert_eq!(r.status, Some(2), "{args:?}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].contains(needle), "{args:?}: {lines:?}");
+    }
+    let dir = scratch("difftest-bad-corpus");
+    let path = write_file(&dir, "bad.txt", b"64 code=zz rflags=0 data=zero gpr=0\n");
+    let r = gantry(
+        &["difftest", "--corpus", &path],
+        b"",
+        Duration::from_secs(30),
+    );
+    let lines = r.stderr_lines();
+    assert_eq!(r.status, Some(2), "{lines:?}");
+    assert!(lines[0].contains("line 1"), "{lines:?}");
+}
