@@ -332,14 +332,17 @@ pub enum Inst {
         a: Val,
         b: Val,
     },
-    /// Load from a linear address; the size is `dst`'s type.
+    /// Load from a linear address; the size is `dst`'s type. `ss`: the access goes
+    /// through SS (a stack access), so a non-canonical address raises #SS(0), not #GP(0).
     Load {
         dst: Val,
         addr: Val,
+        ss: bool,
     },
     Store {
         addr: Val,
         src: Val,
+        ss: bool,
     },
     /// Records a flag-setting operation lazily.
     SetFlags {
@@ -461,8 +464,14 @@ impl fmt::Display for Block {
                 Inst::Select { dst, cond, a, b } => {
                     format!("  {dst}:{} = select {cond}, {a}, {b}", t(dst))
                 }
-                Inst::Load { dst, addr } => format!("  {dst}:{} = load {addr}", t(dst)),
-                Inst::Store { addr, src } => format!("  store.{} {addr}, {src}", t(src)),
+                Inst::Load { dst, addr, ss } => {
+                    let s = if *ss { ".ss" } else { "" };
+                    format!("  {dst}:{} = load{s} {addr}", t(dst))
+                }
+                Inst::Store { addr, src, ss } => {
+                    let s = if *ss { ".ss" } else { "" };
+                    format!("  store{s}.{} {addr}, {src}", t(src))
+                }
                 Inst::SetFlags { op, dst, src, aux } => format!(
                     "  flags {}.{} {dst}, {src}, {aux}",
                     format!("{:?}", op.kind).to_lowercase(),

@@ -556,6 +556,31 @@ fn non_canonical_addresses_fault_with_general_protection() {
 }
 
 #[test]
+fn non_canonical_stack_accesses_fault_with_stack_fault() {
+    // SDM vol. 3, "Interrupt 12": a non-canonical address through SS raises #SS(0):
+    // RBP-based operands, an SS: override, and the implicit stack access of LEAVE.
+    for (what, body) in [("[rbp]", 0), ("ss:[rbx]", 1), ("leave", 2)] {
+        let d = run64(|a| {
+            a.mov(rbp, 0x8000_0000_0001_0000u64)?;
+            a.mov(rbx, 0x8000_0000_0001_0000u64)?;
+            match body {
+                0 => a.mov(rcx, qword_ptr(rbp)),
+                1 => a.mov(rcx, qword_ptr(rbx).ss()),
+                _ => a.leave(),
+            }
+        });
+        assert_eq!(d.vector(), Some(12), "{what}");
+        assert_eq!(d.u64_at(d.cpu.gpr[4]), 0, "{what}: error code 0");
+    }
+    // The same address through DS stays #GP(0).
+    let d = run64(|a| {
+        a.mov(rbx, 0x8000_0000_0001_0000u64)?;
+        a.mov(rcx, qword_ptr(rbx))
+    });
+    assert_eq!(d.vector(), Some(13));
+}
+
+#[test]
 fn triple_fault_without_an_idt() {
     let d = run(Mode::Long64, |cpu, _| cpu.idtr.limit = 0, |a| a.int3());
     assert!(

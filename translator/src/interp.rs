@@ -216,15 +216,16 @@ impl Interp {
                 Inst::Select { dst, cond, a, b } => {
                     v!(dst) = if v!(cond) & 1 != 0 { v!(a) } else { v!(b) };
                 }
-                Inst::Load { dst, addr } => {
-                    match host.load(cpu, v!(addr), block.ty(*dst).bytes()) {
+                Inst::Load { dst, addr, ss } => {
+                    match host.load(cpu, v!(addr), block.ty(*dst).bytes(), *ss) {
                         Ok(x) => v!(dst) = x & block.ty(*dst).mask(),
                         Err(e) => fault!(at, e),
                     }
                 }
-                Inst::Store { addr, src } => {
+                Inst::Store { addr, src, ss } => {
                     let ty = block.ty(*src);
-                    if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), v!(src) & ty.mask()) {
+                    let value = v!(src) & ty.mask();
+                    if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), value, *ss) {
                         fault!(at, e);
                     }
                 }

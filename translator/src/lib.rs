@@ -30,15 +30,23 @@ impl Exception {
 }
 
 /// What executing IR needs from the machine: guest memory by linear address (through the
-/// softmmu) and the helper table.
+/// softmmu) and the helper table. `ss` marks a stack access (through SS), whose faults
+/// differ (#SS rather than #GP).
 pub trait Host {
-    fn load(&mut self, cpu: &mut CpuState, addr: u64, bytes: u8) -> Result<u64, Exception>;
+    fn load(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        bytes: u8,
+        ss: bool,
+    ) -> Result<u64, Exception>;
     fn store(
         &mut self,
         cpu: &mut CpuState,
         addr: u64,
         bytes: u8,
         value: u64,
+        ss: bool,
     ) -> Result<(), Exception>;
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, args: &[u64]) -> Result<u64, Exception>;
 }

@@ -271,7 +271,7 @@ impl Lift<'_> {
                 let ea = self.b.bin(BinOp::Add, bx, al);
                 let seg = super::operands::seg_index(self.ins.memory_segment());
                 let addr = self.linear(seg, ea);
-                let v = self.b.load(Ty::I8, addr);
+                let v = self.load_operand(Ty::I8, addr);
                 self.write_gpr(Register::AL, v);
             }
             _ => return None,
@@ -773,8 +773,8 @@ impl Lift<'_> {
             self.b.trap_if(misaligned, 13, Some(0));
         }
         let hi_addr = self.b.bin_imm(BinOp::Add, addr, hb);
-        let lo = self.b.load(half, addr);
-        let hi = self.b.load(half, hi_addr);
+        let lo = self.load_operand(half, addr);
+        let hi = self.load_operand(half, hi_addr);
         let (ra, rd, rb, rc) = if half == Ty::I32 {
             (Register::EAX, Register::EDX, Register::EBX, Register::ECX)
         } else {
@@ -789,8 +789,8 @@ impl Lift<'_> {
         let eq = self.b.bin(BinOp::And, e1, e2);
         let nlo = self.b.select(eq, bl, lo);
         let nhi = self.b.select(eq, ch, hi);
-        self.b.store(addr, nlo);
-        self.b.store(hi_addr, nhi);
+        self.store_operand(addr, nlo);
+        self.store_operand(hi_addr, nhi);
         let na = self.b.select(eq, a, lo);
         let nd = self.b.select(eq, d, hi);
         // On success EDX:EAX are not written (no zero-extension in 64-bit mode).

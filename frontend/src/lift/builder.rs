@@ -170,12 +170,25 @@ impl Builder {
         dst
     }
     pub fn load(&mut self, ty: Ty, addr: Val) -> Val {
-        let dst = self.val(ty);
-        self.push(Inst::Load { dst, addr });
-        dst
+        self.load_seg(ty, addr, false)
     }
     pub fn store(&mut self, addr: Val, src: Val) {
-        self.push(Inst::Store { addr, src });
+        self.store_seg(addr, src, false);
+    }
+    /// A stack access: through SS.
+    pub fn load_ss(&mut self, ty: Ty, addr: Val) -> Val {
+        self.load_seg(ty, addr, true)
+    }
+    pub fn store_ss(&mut self, addr: Val, src: Val) {
+        self.store_seg(addr, src, true);
+    }
+    pub fn load_seg(&mut self, ty: Ty, addr: Val, ss: bool) -> Val {
+        let dst = self.val(ty);
+        self.push(Inst::Load { dst, addr, ss });
+        dst
+    }
+    pub fn store_seg(&mut self, addr: Val, src: Val, ss: bool) {
+        self.push(Inst::Store { addr, src, ss });
     }
     pub fn set_flags(&mut self, op: CcOp, dst: Val, src: Val, aux: Val) {
         self.push(Inst::SetFlags { op, dst, src, aux });

@@ -242,7 +242,7 @@ impl Lift<'_> {
                         } else {
                             self.mem_address()
                         };
-                        self.b.store(a, v);
+                        self.store_operand(a, v);
                         self.write_sp(nsp);
                     }
                 }
@@ -266,7 +266,7 @@ impl Lift<'_> {
                 for v in vals {
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
                     let a = self.linear(crate::state::SS, sp);
-                    self.b.store(a, v);
+                    self.b.store_ss(a, v);
                 }
                 self.write_sp(sp);
                 Flow::Next
@@ -301,7 +301,7 @@ impl Lift<'_> {
                 for i in 0..8u64 {
                     let at = self.b.bin_imm(BinOp::Add, sp, i * bytes as u64);
                     let a = self.linear(crate::state::SS, at);
-                    loaded.push(self.b.load(Ty::from_bytes(bytes), a));
+                    loaded.push(self.b.load_ss(Ty::from_bytes(bytes), a));
                 }
                 for (r, v) in regs.iter().zip(loaded) {
                     if *r != Register::None {
@@ -336,7 +336,7 @@ impl Lift<'_> {
                 let sty = Ty::from_bytes(self.mode.stack_bits / 8);
                 let bp = self.b.trunc(sty, bp);
                 let a = self.linear(crate::state::SS, bp);
-                let v = self.b.load(Ty::from_bytes(bytes), a);
+                let v = self.b.load_ss(Ty::from_bytes(bytes), a);
                 let nsp = self.b.bin_imm(BinOp::Add, bp, bytes as u64);
                 self.write_sp(nsp);
                 let reg = match bytes {
@@ -362,7 +362,7 @@ impl Lift<'_> {
                 let mut sp = self.read_sp();
                 sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
                 let a = self.linear(crate::state::SS, sp);
-                self.b.store(a, bp);
+                self.b.store_ss(a, bp);
                 let frame = sp;
                 // The frame pointers are copied from addresses in the stack's address
                 // size: RBP in 64-bit mode even with a 16-bit operand (found by difftest).
@@ -375,24 +375,24 @@ impl Lift<'_> {
                 for _ in 1..level {
                     walk = self.b.bin_imm(BinOp::Sub, walk, bytes as u64);
                     let src = self.linear(crate::state::SS, walk);
-                    let v = self.b.load(ty, src);
+                    let v = self.b.load_ss(ty, src);
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
                     let dst = self.linear(crate::state::SS, sp);
-                    self.b.store(dst, v);
+                    self.b.store_ss(dst, v);
                 }
                 if level > 0 {
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
                     let dst = self.linear(crate::state::SS, sp);
                     let fv = self.b.resize(frame, ty);
-                    self.b.store(dst, fv);
+                    self.b.store_ss(dst, fv);
                 }
                 let nsp = self.b.bin_imm(BinOp::Sub, sp, size);
                 // ENTER ends with a write check of the new stack top: the CPU faults there
                 // before changing RSP and RBP (as Bochs models it; seen on hardware by
                 // difftest). A read-modify-write of the same value is that check.
                 let top = self.linear(crate::state::SS, nsp);
-                let v = self.b.load(ty, top);
-                self.b.store(top, v);
+                let v = self.b.load_ss(ty, top);
+                self.b.store_ss(top, v);
                 self.write_gpr(bp_reg, frame);
                 self.write_sp(nsp);
                 Flow::Next
@@ -431,9 +431,9 @@ impl Lift<'_> {
     fn far_transfer_mem(&mut self, h: Helper) -> Flow {
         let bytes = self.far_bytes();
         let a = self.mem_address();
-        let off = self.b.load(Ty::from_bytes(bytes as u32), a);
+        let off = self.load_operand(Ty::from_bytes(bytes as u32), a);
         let sa = self.b.bin_imm(BinOp::Add, a, bytes);
-        let sel = self.b.load(Ty::I16, sa);
+        let sel = self.load_operand(Ty::I16, sa);
         let sel = self.b.zext(Ty::I64, sel);
         let off = self.b.zext(Ty::I64, off);
         let nb = self.b.konst(Ty::I64, bytes);

@@ -205,15 +205,27 @@ impl Lift<'_> {
     pub fn read_place(&mut self, p: Place, ty: Ty) -> Val {
         match p {
             Place::Reg(r) => self.read_gpr(r),
-            Place::Mem(a) => self.b.load(ty, a),
+            Place::Mem(a) => self.load_operand(ty, a),
         }
     }
 
     pub fn write_place(&mut self, p: Place, v: Val) {
         match p {
             Place::Reg(r) => self.write_gpr(r, v),
-            Place::Mem(a) => self.b.store(a, v),
+            Place::Mem(a) => self.store_operand(a, v),
         }
+    }
+
+    /// Loads through the instruction's memory operand's segment (SS for RSP/RBP bases
+    /// or an SS: override: a stack access).
+    pub fn load_operand(&mut self, ty: Ty, addr: Val) -> Val {
+        let ss = self.ins.memory_segment() == Register::SS;
+        self.b.load_seg(ty, addr, ss)
+    }
+
+    pub fn store_operand(&mut self, addr: Val, v: Val) {
+        let ss = self.ins.memory_segment() == Register::SS;
+        self.b.store_seg(addr, v, ss);
     }
 
     /// Reads operand `n` as `ty` (immediates sign-extended as encoded, then cut to `ty`).
@@ -231,7 +243,7 @@ impl Lift<'_> {
             OpKind::Memory => {
                 let a = self.mem_address();
                 let mty = self.mem_ty();
-                let v = self.b.load(mty, a);
+                let v = self.load_operand(mty, a);
                 self.b.resize(v, ty)
             }
             OpKind::Immediate8_2nd => self.b.konst(ty, self.ins.immediate8_2nd() as u64),
@@ -274,7 +286,7 @@ impl Lift<'_> {
     pub fn push(&mut self, v: Val, bytes: u32) {
         let (nsp, addr) = self.push_slot(bytes);
         let v = self.b.resize(v, Ty::from_bytes(bytes));
-        self.b.store(addr, v);
+        self.b.store_ss(addr, v);
         self.write_sp(nsp);
     }
 
@@ -287,7 +299,7 @@ impl Lift<'_> {
             sp
         };
         let addr = self.linear(SS, at);
-        let v = self.b.load(Ty::from_bytes(bytes), addr);
+        let v = self.b.load_ss(Ty::from_bytes(bytes), addr);
         let nsp = self.b.bin_imm(BinOp::Add, at, bytes as u64);
         (v, nsp)
     }

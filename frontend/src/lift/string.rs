@@ -85,7 +85,7 @@ impl Lift<'_> {
         let mut compare: Option<(Val, Val)> = None;
         match kind {
             M::Movsb => {
-                let v = self.b.load(ety, src);
+                let v = self.load_operand(ety, src);
                 self.b.store(dst, v);
                 adv_si = true;
                 adv_di = true;
@@ -96,7 +96,7 @@ impl Lift<'_> {
                 adv_di = true;
             }
             M::Lodsb => {
-                let v = self.b.load(ety, src);
+                let v = self.load_operand(ety, src);
                 self.write_gpr(acc, v);
                 adv_si = true;
             }
@@ -104,7 +104,7 @@ impl Lift<'_> {
                 // ES:rDI is read before DS:rSI: when both fault, hardware reports the
                 // destination's fault (seen on AMD by difftest; the SDM does not say).
                 let c = self.b.load(ety, dst);
-                let a = self.b.load(ety, src);
+                let a = self.load_operand(ety, src);
                 compare = Some((a, c));
                 adv_si = true;
                 adv_di = true;
@@ -133,7 +133,7 @@ impl Lift<'_> {
                 let port = self.b.zext(Ty::I64, dx);
                 let size = self.b.konst(Ty::I64, ety.bytes() as u64);
                 self.b.call(Helper::IoPermission, &[port, size], None);
-                let v = self.b.load(ety, src);
+                let v = self.load_operand(ety, src);
                 let v = self.b.zext(Ty::I64, v);
                 self.b.call(Helper::Out(ety.bytes()), &[port, v], None);
                 adv_si = true;

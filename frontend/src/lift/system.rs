@@ -229,9 +229,9 @@ impl Lift<'_> {
                 let ty = self.op_ty(0);
                 let idx = self.read_gpr(self.ins.op0_register());
                 let a = self.mem_address();
-                let lo = self.b.load(ty, a);
+                let lo = self.load_operand(ty, a);
                 let ha = self.b.bin_imm(BinOp::Add, a, ty.bytes() as u64);
-                let hi = self.b.load(ty, ha);
+                let hi = self.load_operand(ty, ha);
                 let below = self.b.cmp(CmpOp::Slt, idx, lo);
                 let above = self.b.cmp(CmpOp::Slt, hi, idx);
                 let out = self.b.bin(BinOp::Or, below, above);

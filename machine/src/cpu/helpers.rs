@@ -38,9 +38,27 @@ fn set_reg32(cpu: &mut CpuState, r: usize, v: u32) {
     cpu.gpr[r] = v as u64;
 }
 
+/// A data access's #GP(0) becomes #SS(0) when the access is through SS (SDM vol. 3,
+/// "Interrupt 12"). The only #GP(0) a plain load or store gets from the softmmu is the
+/// long-mode canonical check, which does not know the segment.
+fn through_ss(e: Exception, ss: bool) -> Exception {
+    if ss && e.vector == 13 && e.error_code == Some(0) {
+        Exception::with_code(12, 0)
+    } else {
+        e
+    }
+}
+
 impl Host for Ctx<'_> {
-    fn load(&mut self, cpu: &mut CpuState, addr: u64, bytes: u8) -> Result<u64, Exception> {
+    fn load(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        bytes: u8,
+        ss: bool,
+    ) -> Result<u64, Exception> {
         self.read(cpu, addr, bytes, Access::Read, Privilege::User)
+            .map_err(|e| through_ss(e, ss))
     }
 
     fn store(
@@ -49,8 +67,10 @@ impl Host for Ctx<'_> {
         addr: u64,
         bytes: u8,
         value: u64,
+        ss: bool,
     ) -> Result<(), Exception> {
         self.write(cpu, addr, bytes, value, Privilege::User)
+            .map_err(|e| through_ss(e, ss))
     }
 
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, a: &[u64]) -> Result<u64, Exception> {

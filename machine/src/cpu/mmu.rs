@@ -61,8 +61,6 @@ pub struct Mmu {
     pub stats: MmuStats,
     /// Changes on every flush, so caches of translations (the CPU's jump cache) know.
     pub generation: u64,
-    /// The address of the last non-canonical access refused with #GP(0).
-    pub noncanonical: Option<u64>,
 }
 
 /// The result of a page walk.
@@ -78,7 +76,6 @@ impl Mmu {
             code_pages: vec![false; (ram_size >> PAGE_SHIFT) as usize + 1],
             stats: MmuStats::default(),
             generation: 0,
-            noncanonical: None,
         }
     }
 
@@ -138,11 +135,9 @@ impl Mmu {
         }
         self.stats.tlb_misses += 1;
         // Checked on a miss only: TLB tags are whole page numbers, so a non-canonical
-        // address never hits an entry. A stack access raises #SS(0) instead; the MMU does
-        // not know the segment, so it records the address for the CPU to tell (see
-        // cpu/stack_fault.rs).
+        // address never hits an entry. A stack access raises #SS(0) instead: the IR marks
+        // those, and the memory interface turns this #GP(0) into #SS(0) for them.
         if cpu.long_mode() && !paging::canonical(linear) {
-            self.noncanonical = Some(linear);
             return Err(Exception::with_code(13, 0));
         }
         let w = self.walk(cpu, mem, linear, access, user)?;

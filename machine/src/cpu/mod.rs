@@ -10,7 +10,6 @@ pub mod interrupts;
 pub mod mmu;
 pub mod paging;
 pub mod segments;
-mod stack_fault;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -395,13 +394,6 @@ impl EmuCpu {
                 self.traps.hit = None;
                 self.traps.guest_hits = 0;
                 self.stats.exceptions += 1;
-                let e = match self.mmu.noncanonical.take() {
-                    Some(linear) if e.vector == 13 && e.error_code == Some(0) => {
-                        let mut ctx = ctx!(self, mem, board);
-                        stack_fault::classify(&mut self.state, &mut ctx, e, linear)
-                    }
-                    _ => e,
-                };
                 let ret = self.state.rip;
                 // Faults push RF = 1, so an instruction breakpoint at the restarted
                 // instruction does not fire again (SDM vol. 3, 17.3.1.1).

@@ -117,29 +117,28 @@ fn may_leave_flags(i: &Instruction) -> bool {
         return true;
     }
     OF_ONLY_FOR_ONE.contains(&i.mnemonic())
-        && !i
-            .op_code()
-            .op_kinds()
-            .contains(&OpCodeOperandKind::imm8_const_1)
-        && !(0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Immediate8 && i.immediate8() & 0x1F != 0)
+        && !by_one_form(i)
+        && immediate_count(i).is_none_or(|c| c == 0)
 }
 
 fn count_is_one(i: &Instruction) -> bool {
-    (0..i.op_count()).any(|n| match i.op_kind(n) {
-        OpKind::Immediate8 => {
-            let mask = if i.op0_register().size() == 8 || i.memory_size().size() == 8 {
-                0x3F
-            } else {
-                0x1F
-            };
-            i.immediate8() & mask == 1
-        }
-        _ => false,
-    }) || i
-        .op_code()
+    by_one_form(i) || immediate_count(i) == Some(1)
+}
+
+/// The D0/D1 forms, whose count is an implicit 1.
+fn by_one_form(i: &Instruction) -> bool {
+    i.op_code()
         .op_kinds()
         .contains(&OpCodeOperandKind::imm8_const_1)
+}
+
+/// A shift's immediate count as the CPU masks it (6 bits for 64-bit operands, else 5).
+fn immediate_count(i: &Instruction) -> Option<u8> {
+    let wide = i.op0_register().size() == 8 || i.memory_size().size() == 8;
+    let mask = if wide { 0x3F } else { 0x1F };
+    (0..i.op_count())
+        .find(|&n| i.op_kind(n) == OpKind::Immediate8)
+        .map(|_| i.immediate8() & mask)
 }
 
 /// Walks the snippet's instructions up to (not including) the one at `stop_rip`, or all

@@ -610,23 +610,11 @@ fn byte_of(r: Register) -> Register {
 }
 
 fn word_of(r: Register) -> Register {
-    iced_x86::Register::AX.add_index(r as u32 - Register::RAX as u32)
+    Register::AX + (r as u32 - Register::RAX as u32)
 }
 
 fn dword_of(r: Register) -> Register {
-    iced_x86::Register::EAX.add_index(r as u32 - Register::RAX as u32)
-}
-
-trait AddIndex {
-    fn add_index(self, i: u32) -> Register;
-}
-
-impl AddIndex for Register {
-    fn add_index(self, i: u32) -> Register {
-        Register::values()
-            .nth(self as usize + i as usize)
-            .unwrap_or(Register::None)
-    }
+    Register::EAX + (r as u32 - Register::RAX as u32)
 }
 
 /// The instructions of a snippet, decoded.
