@@ -44,6 +44,17 @@ fn twenty_thousand_64_bit_cases_agree_with_the_host_cpu() {
     println!("{}", out.lines().last().unwrap_or_default());
 }
 
+/// Compatibility mode: the same instructions with 32-bit operands and addresses, segment
+/// limits (a flat 4 GiB segment still faults past its end) and the legacy-only forms.
+#[test]
+fn twenty_thousand_32_bit_cases_agree_with_the_host_cpu() {
+    if !host_oracle("twenty_thousand_32_bit_cases_agree_with_the_host_cpu") {
+        return;
+    }
+    let out = difftest(&["--seed", "1", "--count", "20000", "--mode", "32"], 20000);
+    println!("{}", out.lines().last().unwrap_or_default());
+}
+
 #[test]
 fn the_regression_corpus_agrees_with_the_host_cpu() {
     if !host_oracle("the_regression_corpus_agrees_with_the_host_cpu") {

@@ -344,6 +344,16 @@ pub enum Inst {
         src: Val,
         ss: bool,
     },
+    /// Outside 64-bit mode: raises #GP(0), or #SS(0) for SS, unless `bytes` bytes at
+    /// linear `addr` lie within segment `seg`'s limit and its type allows the access
+    /// ([`CpuState::segment_fault`](crate::state::CpuState::segment_fault)). Placed before
+    /// the access it guards, so a fault leaves the instruction's state untouched.
+    SegCheck {
+        seg: u8,
+        addr: Val,
+        bytes: u16,
+        write: bool,
+    },
     /// Records a flag-setting operation lazily.
     SetFlags {
         op: CcOp,
@@ -472,6 +482,16 @@ impl fmt::Display for Block {
                     let s = if *ss { ".ss" } else { "" };
                     format!("  store{s}.{} {addr}, {src}", t(src))
                 }
+                Inst::SegCheck {
+                    seg,
+                    addr,
+                    bytes,
+                    write,
+                } => format!(
+                    "  segcheck.{} {}, {addr}, {bytes}",
+                    if *write { "w" } else { "r" },
+                    SEG_NAMES[*seg as usize % 6]
+                ),
                 Inst::SetFlags { op, dst, src, aux } => format!(
                     "  flags {}.{} {dst}, {src}, {aux}",
                     format!("{:?}", op.kind).to_lowercase(),

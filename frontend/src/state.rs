@@ -307,6 +307,40 @@ impl CpuState {
             self.seg[CS].base.wrapping_add(self.rip) & 0xFFFF_FFFF
         }
     }
+    /// The segment check of a data access outside 64-bit mode: `Some(vector)` (#SS for SS,
+    /// #GP otherwise, error code 0) unless the `bytes` bytes at `linear` lie within
+    /// segment `seg`'s limit and, in protected mode, its type allows the access (SDM vol. 3,
+    /// 5.3 and 5.4). The offset is recovered from the linear address, which the lifter
+    /// computed as base + offset wrapped to 32 bits. Real and virtual-8086 mode check the
+    /// limit alone, as the cached descriptor left it (so "unreal mode" works).
+    pub fn segment_fault(&self, seg: usize, linear: u64, bytes: u32, write: bool) -> Option<u8> {
+        let s = &self.seg[seg % 6];
+        let offset = linear.wrapping_sub(s.base) & 0xFFFF_FFFF;
+        let last = offset + bytes.max(1) as u64 - 1;
+        let typ = s.attr & attr::TYPE;
+        let ok = if !self.protected() || self.v86() {
+            last <= s.limit as u64
+        } else if !s.present() {
+            // A null selector in a data segment register: any access faults.
+            false
+        } else if s.attr & attr::CODE != 0 {
+            // Code segments are never writable, and readable only with R.
+            !write && typ & 2 != 0 && last <= s.limit as u64
+        } else if write && typ & 2 == 0 {
+            false
+        } else if typ & 4 != 0 {
+            // Expand-down: valid offsets are above the limit, up to 64 KiB or 4 GiB (B).
+            let top = if s.db() { 0xFFFF_FFFF } else { 0xFFFF };
+            offset > s.limit as u64 && last <= top
+        } else {
+            last <= s.limit as u64
+        };
+        match (ok, seg == SS) {
+            (true, _) => None,
+            (false, true) => Some(12),
+            (false, false) => Some(13),
+        }
+    }
     pub fn long_mode(&self) -> bool {
         self.efer & EFER_LMA != 0
     }

@@ -580,6 +580,136 @@ fn non_canonical_stack_accesses_fault_with_stack_fault() {
     assert_eq!(d.vector(), Some(13));
 }
 
+/// A 32-bit protected-mode segment cache: base 0, `limit` in bytes, access rights `attr`
+/// (type, S, DPL, P, D/B, G as in `state::attr`).
+fn seg32(selector: u16, limit: u32, attr: u16) -> gantry_frontend::state::Segment {
+    gantry_frontend::state::Segment {
+        base: 0,
+        limit,
+        selector,
+        attr,
+    }
+}
+
+#[test]
+fn segment_limits_and_types_in_protected_mode() {
+    use gantry_frontend::state::{CS, ES, SS};
+    // SDM vol. 3, 5.3-5.4: offsets past an expand-up limit, at or below an expand-down
+    // one, writes to read-only data or code, reads of execute-only code and any access
+    // through a null selector raise #GP(0); through SS, #SS(0).
+    const RW: u16 = 0xC093; // P, S, read/write data, D/B, G
+    const RO: u16 = 0xC091;
+    const RW_DOWN: u16 = 0xC097;
+    const EXEC_ONLY: u16 = 0xC099;
+    type Setup = fn(&mut gantry_frontend::state::CpuState);
+    type Body = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    // DS and SS stay flat where a case does not need them: the exception stubs write
+    // through DS and the exception frame goes onto SS.
+    let cases: [(&str, Setup, Body, Option<u8>); 11] = [
+        (
+            "last bytes of an expand-up limit",
+            |c| c.seg[ES] = seg32(0x18, 0x1_0003, RW),
+            |a| a.mov(eax, dword_ptr(0x1_0000).es()),
+            None,
+        ),
+        (
+            "one byte past it",
+            |c| c.seg[ES] = seg32(0x18, 0x1_0003, RW),
+            |a| a.mov(eax, dword_ptr(0x1_0001).es()),
+            Some(13),
+        ),
+        (
+            "expand-down: above the limit",
+            |c| c.seg[ES] = seg32(0x18, 0xFFFF, RW_DOWN),
+            |a| a.mov(eax, dword_ptr(0x1_0000).es()),
+            None,
+        ),
+        (
+            "expand-down: reaching the limit",
+            |c| c.seg[ES] = seg32(0x18, 0xFFFF, RW_DOWN),
+            |a| a.mov(eax, dword_ptr(0xFFFE).es()),
+            Some(13),
+        ),
+        (
+            "read-only data: read",
+            |c| c.seg[ES] = seg32(0x18, 0xFFFF_FFFF, RO),
+            |a| a.mov(eax, dword_ptr(DATA).es()),
+            None,
+        ),
+        (
+            "read-only data: write",
+            |c| c.seg[ES] = seg32(0x18, 0xFFFF_FFFF, RO),
+            |a| a.mov(dword_ptr(DATA).es(), eax),
+            Some(13),
+        ),
+        (
+            "write through CS",
+            |_| {},
+            |a| a.mov(dword_ptr(DATA).cs(), eax),
+            Some(13),
+        ),
+        (
+            "read through execute-only CS",
+            |c| c.seg[CS].attr = EXEC_ONLY,
+            |a| a.mov(eax, dword_ptr(DATA).cs()),
+            Some(13),
+        ),
+        (
+            "null ES",
+            |c| c.seg[ES] = seg32(0, 0, 0),
+            |a| a.stosb(),
+            Some(13),
+        ),
+        (
+            "EBP-based past the SS limit",
+            |c| c.seg[SS] = seg32(0x10, 0x1_FFFF, RW),
+            |a| {
+                a.mov(ebp, 0x2_0000)?;
+                a.mov(eax, dword_ptr(ebp))
+            },
+            Some(12),
+        ),
+        (
+            "EBP-based at an expand-down stack's limit",
+            |c| c.seg[SS] = seg32(0x10, 0x0FFF, RW_DOWN),
+            |a| {
+                a.mov(ebp, 0x0FFEu32)?;
+                a.mov(ax, word_ptr(ebp))
+            },
+            Some(12),
+        ),
+    ];
+    for (what, setup, body, want) in cases {
+        let d = run(Mode::Protected32, |c, _| setup(c), body);
+        assert_eq!(d.vector(), want, "{what}");
+        if want.is_some() {
+            assert_eq!(d.u32_at(d.cpu.gpr[4]), 0, "{what}: error code 0");
+        }
+    }
+}
+
+#[test]
+fn real_mode_limits_follow_the_descriptor_cache() {
+    use gantry_frontend::state::DS;
+    // A word at offset FFFFh runs past the 64 KiB limit: #GP (the 8086 wrapped instead).
+    let d = run(Mode::Real16, |_, _| {}, |a| a.mov(ax, word_ptr(0xFFFF)));
+    assert_eq!(d.vector(), Some(13));
+    // A 4 GiB limit left in the cache by protected mode ("unreal mode") reaches past 1 MiB.
+    let d = run(
+        Mode::Real16,
+        |c, m| {
+            c.seg[DS].limit = 0xFFFF_FFFF;
+            m.write(0x20_0000, &0x1234_5678u32.to_le_bytes()).unwrap();
+        },
+        |a| {
+            a.mov(ebx, 0x20_0000u32)?;
+            a.mov(eax, dword_ptr(ebx))
+        },
+    );
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.gpr[0] as u32, 0x1234_5678);
+}
+
 #[test]
 fn triple_fault_without_an_idt() {
     let d = run(Mode::Long64, |cpu, _| cpu.idtr.limit = 0, |a| a.int3());

@@ -229,6 +229,18 @@ impl Interp {
                         fault!(at, e);
                     }
                 }
+                Inst::SegCheck {
+                    seg,
+                    addr,
+                    bytes,
+                    write,
+                } => {
+                    if let Some(vector) =
+                        cpu.segment_fault(*seg as usize, v!(addr), *bytes as u32, *write)
+                    {
+                        fault!(at, Exception::with_code(vector, 0));
+                    }
+                }
                 Inst::SetFlags { op, dst, src, aux } => {
                     cpu.cc.op = op.encode();
                     cpu.cc.dst = v!(dst);

@@ -169,19 +169,6 @@ impl Builder {
         self.push(Inst::Select { dst, cond, a, b });
         dst
     }
-    pub fn load(&mut self, ty: Ty, addr: Val) -> Val {
-        self.load_seg(ty, addr, false)
-    }
-    pub fn store(&mut self, addr: Val, src: Val) {
-        self.store_seg(addr, src, false);
-    }
-    /// A stack access: through SS.
-    pub fn load_ss(&mut self, ty: Ty, addr: Val) -> Val {
-        self.load_seg(ty, addr, true)
-    }
-    pub fn store_ss(&mut self, addr: Val, src: Val) {
-        self.store_seg(addr, src, true);
-    }
     pub fn load_seg(&mut self, ty: Ty, addr: Val, ss: bool) -> Val {
         let dst = self.val(ty);
         self.push(Inst::Load { dst, addr, ss });
@@ -189,6 +176,14 @@ impl Builder {
     }
     pub fn store_seg(&mut self, addr: Val, src: Val, ss: bool) {
         self.push(Inst::Store { addr, src, ss });
+    }
+    pub fn seg_check(&mut self, seg: usize, addr: Val, bytes: u32, write: bool) {
+        self.push(Inst::SegCheck {
+            seg: seg as u8,
+            addr,
+            bytes: bytes as u16,
+            write,
+        });
     }
     pub fn set_flags(&mut self, op: CcOp, dst: Val, src: Val, aux: Val) {
         self.push(Inst::SetFlags { op, dst, src, aux });

@@ -7,7 +7,7 @@ use super::alu::cond_of;
 use super::operands::seg_index;
 use super::{Flow, Lift};
 use crate::ir::*;
-use crate::state::{RBP, RSP};
+use crate::state::{RBP, RSP, SS};
 
 impl Lift<'_> {
     fn code_name(&self) -> String {
@@ -265,8 +265,8 @@ impl Lift<'_> {
                 let mut sp = sp0;
                 for v in vals {
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
-                    let a = self.linear(crate::state::SS, sp);
-                    self.b.store_ss(a, v);
+                    let a = self.linear(SS, sp);
+                    self.store_mem(SS, a, v);
                 }
                 self.write_sp(sp);
                 Flow::Next
@@ -300,8 +300,8 @@ impl Lift<'_> {
                 let mut loaded = Vec::new();
                 for i in 0..8u64 {
                     let at = self.b.bin_imm(BinOp::Add, sp, i * bytes as u64);
-                    let a = self.linear(crate::state::SS, at);
-                    loaded.push(self.b.load_ss(Ty::from_bytes(bytes), a));
+                    let a = self.linear(SS, at);
+                    loaded.push(self.load_mem(SS, Ty::from_bytes(bytes), a));
                 }
                 for (r, v) in regs.iter().zip(loaded) {
                     if *r != Register::None {
@@ -335,8 +335,8 @@ impl Lift<'_> {
                 let bp = self.b.get(Loc::Gpr(RBP as u8));
                 let sty = Ty::from_bytes(self.mode.stack_bits / 8);
                 let bp = self.b.trunc(sty, bp);
-                let a = self.linear(crate::state::SS, bp);
-                let v = self.b.load_ss(Ty::from_bytes(bytes), a);
+                let a = self.linear(SS, bp);
+                let v = self.load_mem(SS, Ty::from_bytes(bytes), a);
                 let nsp = self.b.bin_imm(BinOp::Add, bp, bytes as u64);
                 self.write_sp(nsp);
                 let reg = match bytes {
@@ -361,8 +361,8 @@ impl Lift<'_> {
                 let bp = self.read_gpr(bp_reg);
                 let mut sp = self.read_sp();
                 sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
-                let a = self.linear(crate::state::SS, sp);
-                self.b.store_ss(a, bp);
+                let a = self.linear(SS, sp);
+                self.store_mem(SS, a, bp);
                 let frame = sp;
                 // The frame pointers are copied from addresses in the stack's address
                 // size: RBP in 64-bit mode even with a 16-bit operand (found by difftest).
@@ -374,25 +374,25 @@ impl Lift<'_> {
                 let mut walk = self.read_gpr(walk_reg);
                 for _ in 1..level {
                     walk = self.b.bin_imm(BinOp::Sub, walk, bytes as u64);
-                    let src = self.linear(crate::state::SS, walk);
-                    let v = self.b.load_ss(ty, src);
+                    let src = self.linear(SS, walk);
+                    let v = self.load_mem(SS, ty, src);
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
-                    let dst = self.linear(crate::state::SS, sp);
-                    self.b.store_ss(dst, v);
+                    let dst = self.linear(SS, sp);
+                    self.store_mem(SS, dst, v);
                 }
                 if level > 0 {
                     sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
-                    let dst = self.linear(crate::state::SS, sp);
+                    let dst = self.linear(SS, sp);
                     let fv = self.b.resize(frame, ty);
-                    self.b.store_ss(dst, fv);
+                    self.store_mem(SS, dst, fv);
                 }
                 let nsp = self.b.bin_imm(BinOp::Sub, sp, size);
                 // ENTER ends with a write check of the new stack top: the CPU faults there
                 // before changing RSP and RBP (as Bochs models it; seen on hardware by
                 // difftest). A read-modify-write of the same value is that check.
-                let top = self.linear(crate::state::SS, nsp);
-                let v = self.b.load_ss(ty, top);
-                self.b.store_ss(top, v);
+                let top = self.linear(SS, nsp);
+                let v = self.load_mem(SS, ty, top);
+                self.store_mem(SS, top, v);
                 self.write_gpr(bp_reg, frame);
                 self.write_sp(nsp);
                 Flow::Next

@@ -216,16 +216,42 @@ impl Lift<'_> {
         }
     }
 
+    /// Checks an access of `bytes` bytes at linear `addr` against segment `seg` (outside
+    /// 64-bit mode, where limits and segment types apply).
+    pub fn check_segment(&mut self, seg: usize, addr: Val, bytes: u32, write: bool) {
+        if !self.mode.mode64 {
+            self.b.seg_check(seg, addr, bytes, write);
+        }
+    }
+
+    /// Loads `ty` from linear `addr` in segment `seg`, with the segment check first.
+    pub fn load_mem(&mut self, seg: usize, ty: Ty, addr: Val) -> Val {
+        self.check_segment(seg, addr, ty.bytes() as u32, false);
+        self.b.load_seg(ty, addr, seg == SS)
+    }
+
+    pub fn store_mem(&mut self, seg: usize, addr: Val, v: Val) {
+        let bytes = self.b.ty(v).bytes() as u32;
+        self.check_segment(seg, addr, bytes, true);
+        self.b.store_seg(addr, v, seg == SS);
+    }
+
     /// Loads through the instruction's memory operand's segment (SS for RSP/RBP bases
     /// or an SS: override: a stack access).
     pub fn load_operand(&mut self, ty: Ty, addr: Val) -> Val {
-        let ss = self.ins.memory_segment() == Register::SS;
-        self.b.load_seg(ty, addr, ss)
+        let seg = seg_index(self.ins.memory_segment());
+        self.load_mem(seg, ty, addr)
     }
 
     pub fn store_operand(&mut self, addr: Val, v: Val) {
-        let ss = self.ins.memory_segment() == Register::SS;
-        self.b.store_seg(addr, v, ss);
+        let seg = seg_index(self.ins.memory_segment());
+        self.store_mem(seg, addr, v);
+    }
+
+    /// Checks the whole memory operand for an access made by a helper.
+    pub fn check_operand(&mut self, addr: Val, bytes: u32, write: bool) {
+        let seg = seg_index(self.ins.memory_segment());
+        self.check_segment(seg, addr, bytes, write);
     }
 
     /// Reads operand `n` as `ty` (immediates sign-extended as encoded, then cut to `ty`).
@@ -286,7 +312,7 @@ impl Lift<'_> {
     pub fn push(&mut self, v: Val, bytes: u32) {
         let (nsp, addr) = self.push_slot(bytes);
         let v = self.b.resize(v, Ty::from_bytes(bytes));
-        self.b.store_ss(addr, v);
+        self.store_mem(SS, addr, v);
         self.write_sp(nsp);
     }
 
@@ -299,7 +325,7 @@ impl Lift<'_> {
             sp
         };
         let addr = self.linear(SS, at);
-        let v = self.b.load_ss(Ty::from_bytes(bytes), addr);
+        let v = self.load_mem(SS, Ty::from_bytes(bytes), addr);
         let nsp = self.b.bin_imm(BinOp::Add, at, bytes as u64);
         (v, nsp)
     }

@@ -68,6 +68,9 @@ impl Lift<'_> {
                 }
                 OpKind::Memory => {
                     value = self.mem_address();
+                    // The helper reads a source operand and writes a destination one.
+                    let bytes = i.memory_size().size() as u32;
+                    self.check_operand(value, bytes, n == 0);
                     SseOperand::Memory
                 }
                 _ => {

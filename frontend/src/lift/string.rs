@@ -85,33 +85,33 @@ impl Lift<'_> {
         let mut compare: Option<(Val, Val)> = None;
         match kind {
             M::Movsb => {
-                let v = self.load_operand(ety, src);
-                self.b.store(dst, v);
+                let v = self.load_mem(src_seg, ety, src);
+                self.store_mem(ES, dst, v);
                 adv_si = true;
                 adv_di = true;
             }
             M::Stosb => {
                 let v = self.read_gpr(acc);
-                self.b.store(dst, v);
+                self.store_mem(ES, dst, v);
                 adv_di = true;
             }
             M::Lodsb => {
-                let v = self.load_operand(ety, src);
+                let v = self.load_mem(src_seg, ety, src);
                 self.write_gpr(acc, v);
                 adv_si = true;
             }
             M::Cmpsb => {
                 // ES:rDI is read before DS:rSI: when both fault, hardware reports the
                 // destination's fault (seen on AMD by difftest; the SDM does not say).
-                let c = self.b.load(ety, dst);
-                let a = self.load_operand(ety, src);
+                let c = self.load_mem(ES, ety, dst);
+                let a = self.load_mem(src_seg, ety, src);
                 compare = Some((a, c));
                 adv_si = true;
                 adv_di = true;
             }
             M::Scasb => {
                 let a = self.read_gpr(acc);
-                let c = self.b.load(ety, dst);
+                let c = self.load_mem(ES, ety, dst);
                 compare = Some((a, c));
                 adv_di = true;
             }
@@ -125,7 +125,7 @@ impl Lift<'_> {
                     .call(Helper::In(ety.bytes()), &[port], Some(Ty::I64))
                     .expect("value");
                 let v = self.b.trunc(ety, v);
-                self.b.store(dst, v);
+                self.store_mem(ES, dst, v);
                 adv_di = true;
             }
             _ => {
@@ -133,7 +133,7 @@ impl Lift<'_> {
                 let port = self.b.zext(Ty::I64, dx);
                 let size = self.b.konst(Ty::I64, ety.bytes() as u64);
                 self.b.call(Helper::IoPermission, &[port, size], None);
-                let v = self.load_operand(ety, src);
+                let v = self.load_mem(src_seg, ety, src);
                 let v = self.b.zext(Ty::I64, v);
                 self.b.call(Helper::Out(ety.bytes()), &[port, v], None);
                 adv_si = true;

@@ -5,6 +5,7 @@
 
 use iced_x86::{Mnemonic as M, OpKind, Register};
 
+use super::operands::Place;
 use super::{Flow, Lift};
 use crate::flags::Cond;
 use crate::ir::*;
@@ -87,6 +88,8 @@ impl Lift<'_> {
                     4
                 };
                 let a = self.mem_address();
+                // The limit (2 bytes) and the base.
+                self.check_operand(a, 2 + bytes as u32, matches!(m, M::Sgdt | M::Sidt));
                 let nb = self.b.konst(Ty::I64, bytes);
                 let h = match m {
                     M::Lgdt => Helper::Lgdt,
@@ -220,9 +223,30 @@ impl Lift<'_> {
                 let lower = self.b.cmp(CmpOp::Ult, drpl, srpl);
                 let cleared = self.b.bin_imm(BinOp::And, d, !3);
                 let raised = self.b.bin(BinOp::Or, cleared, srpl);
-                let nd = self.b.select(lower, raised, d);
-                self.write_place(p, nd);
-                self.update_flags(crate::state::ZF, &[(crate::state::ZF, lower)]);
+                use crate::state::ZF;
+                match p {
+                    Place::Reg(_) => {
+                        let nd = self.b.select(lower, raised, d);
+                        self.write_place(p, nd);
+                        self.update_flags(ZF, &[(ZF, lower)]);
+                    }
+                    Place::Mem(_) => {
+                        // The CPU writes a memory destination only when it raises the
+                        // RPL: with nothing to adjust, ARPL on a read-only page does not
+                        // fault (AMD; found by difftest). That path clears ZF and leaves;
+                        // the other keeps the flags until the store has succeeded.
+                        let keep = self.b.cmp_imm(CmpOp::Eq, lower, 0);
+                        let cur = self.b.rflags();
+                        let clear = self.b.bin_imm(BinOp::And, cur, !ZF);
+                        let f = self.b.select(keep, clear, cur);
+                        self.put_eflags(f);
+                        let next = self.next_ip();
+                        self.b.push(Inst::ExitIf { cond: keep, next });
+                        self.write_place(p, raised);
+                        let one = self.b.konst(Ty::I8, 1);
+                        self.update_flags(ZF, &[(ZF, one)]);
+                    }
+                }
                 Flow::Next
             }
             M::Bound => {
@@ -264,6 +288,9 @@ impl Lift<'_> {
             | M::Ldmxcsr
             | M::Stmxcsr => {
                 let a = self.mem_address();
+                let bytes = self.ins.memory_size().size() as u32;
+                let write = matches!(m, M::Fnstcw | M::Fxsave | M::Fxsave64 | M::Stmxcsr);
+                self.check_operand(a, bytes, write);
                 let h = match m {
                     M::Fnstcw => Helper::Fnstcw,
                     M::Fldcw => Helper::Fldcw,
