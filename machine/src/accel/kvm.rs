@@ -222,12 +222,16 @@ impl KvmCpu {
         Ok(c)
     }
 
-    /// Writes back what a debugger changed: registers, segments, x87/SSE.
+    /// Writes back what a debugger changed, or a whole new state: registers, segments,
+    /// control registers, x87/SSE.
     pub fn set_cpu_state(&mut self, c: &CpuState) -> Result<(), KvmError> {
         let mut regs = self.vcpu.get_regs().map_err(setup("KVM_GET_REGS"))?;
         let mut sregs = self.vcpu.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
         let mut fpu = self.vcpu.get_fpu().map_err(setup("KVM_GET_FPU"))?;
         kvm_state::store(c, &mut regs, &mut sregs, &mut fpu);
+        // A state that is not halted (a debugger's edit of one that was, or a new start)
+        // enters the vCPU again.
+        self.halted = c.halted;
         self.vcpu.set_regs(&regs).map_err(setup("KVM_SET_REGS"))?;
         self.vcpu
             .set_sregs(&sregs)

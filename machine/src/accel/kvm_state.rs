@@ -158,8 +158,10 @@ pub fn regs_of(g: &[u64; 16], rip: u64, rflags: u64) -> kvm_regs {
     }
 }
 
-/// Writes what a debugger may change (GPRs, RIP, RFLAGS, segments, x87/SSE) back into
-/// KVM's structures; control registers, descriptor tables and EFER are left as KVM has them.
+/// Writes a CPU state into KVM's structures: GPRs, RIP, RFLAGS, segments, descriptor
+/// tables, control registers, EFER, x87/SSE (a debugger's edits, which keep the control
+/// registers as they came, or a whole new state such as a difftest case's). Debug
+/// registers go through KVM_SET_GUEST_DEBUG instead, and the MSRs are left as KVM has them.
 pub fn store(c: &CpuState, regs: &mut kvm_regs, sregs: &mut kvm_sregs, fpu: &mut kvm_fpu) {
     *regs = regs_of(&c.gpr, c.rip, flags::rflags(c));
     let segs = [
@@ -177,6 +179,12 @@ pub fn store(c: &CpuState, regs: &mut kvm_regs, sregs: &mut kvm_sregs, fpu: &mut
     sregs.tr = kvm_segment_of(&c.tr);
     sregs.gdt = kvm_table_of(&c.gdtr);
     sregs.idt = kvm_table_of(&c.idtr);
+    sregs.cr0 = c.cr0;
+    sregs.cr2 = c.cr2;
+    sregs.cr3 = c.cr3;
+    sregs.cr4 = c.cr4;
+    sregs.cr8 = c.cr8;
+    sregs.efer = c.efer;
     let fx = &c.fx.bytes;
     let u16_at = |o: usize| u16::from_le_bytes([fx[o], fx[o + 1]]);
     let u64_at = |o: usize| {

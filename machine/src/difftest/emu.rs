@@ -57,15 +57,15 @@ const US: u64 = 4;
 const PS: u64 = 0x80;
 const NX: u64 = 1 << 63;
 
-/// Gantry's emulated CPU as a [`Runner`].
-pub struct EmuRunner {
-    cpu: EmuCpu,
-    mem: GuestMemory,
-    board: Board,
+/// The sandbox guest's memory, board and start state, whichever CPU runs it: Gantry's
+/// emulated CPU here, or a KVM vCPU for the KVM oracle (`super::kvm`).
+pub struct Sandbox {
+    pub mem: GuestMemory,
+    pub board: Board,
     start: CpuState,
 }
 
-impl EmuRunner {
+impl Sandbox {
     pub fn new() -> Result<Self, String> {
         let mut mem = GuestMemory::new(RAM, None).map_err(|e| e.to_string())?;
         build_kernel(&mut mem).map_err(|e| e.to_string())?;
@@ -81,33 +81,25 @@ impl EmuRunner {
             HostConsole::none(),
         )
         .map_err(|e| e.to_string())?;
-        let cpu = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM);
-        let start = user_state(cpu.state.clone());
+        let entry = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM).state;
         Ok(Self {
-            cpu,
             mem,
             board,
-            start,
+            start: user_state(entry),
         })
     }
 
-    /// Runs `case` and reports where it ended.
-    pub fn execute(&mut self, case: &Case) -> Final {
+    /// Writes the case's code and data pages; returns the CPU state it starts from.
+    pub fn load(&mut self, case: &Case) -> Result<CpuState, String> {
         let mut code = vec![0u8; CODE_SIZE];
         let n = case.code.len().min(CODE_SIZE - 1);
         code[..n].copy_from_slice(&case.code[..n]);
         code[n] = END_MARKER;
         let data = case.data.bytes();
-        // Both writes are inside RAM, which new() allocated with room for them.
-        let wrote = self
-            .mem
+        self.mem
             .write(CODE_PHYS, &code)
-            .and_then(|_| self.mem.write(DATA_PHYS, &data));
-        if let Err(e) = wrote {
-            return other(case, format!("sandbox memory: {e}"));
-        }
-        self.cpu.code_written(CODE_PHYS);
-
+            .and_then(|_| self.mem.write(DATA_PHYS, &data))
+            .map_err(|e| format!("sandbox memory: {e}"))?;
         let mut st = self.start.clone();
         st.gpr = case.gpr;
         let user = if case.bits == Bits::B64 {
@@ -117,9 +109,11 @@ impl EmuRunner {
         };
         st.seg[CS] = user_segment(user, case.bits);
         set_rflags(&mut st, 0x202 | (case.rflags & super::COMPARED_FLAGS));
-        self.cpu.state = st;
+        Ok(st)
+    }
 
-        let stop = self.cpu.run(&mut self.mem, &mut self.board);
+    /// Where a run that stopped with `stop` ended; `cpu` is the CPU state at the stop.
+    pub fn result(&self, case: &Case, stop: CpuStop, cpu: &CpuState) -> Final {
         let rip = match stop {
             CpuStop::HaltedForever { rip } => rip,
             other_stop => return other(case, format!("the sandbox guest stopped: {other_stop:?}")),
@@ -134,7 +128,7 @@ impl EmuRunner {
         // The 64-bit frame: [error code,] RIP, CS, RFLAGS, RSP, SS below KSTACK_TOP.
         let frame = KSTACK_TOP - 40;
         let read = |a: u64| self.mem.read_u64(a).unwrap_or(0);
-        let mut gpr = self.cpu.state.gpr;
+        let mut gpr = cpu.gpr;
         gpr[RSP] = read(frame + 24);
         let mut out = vec![0u8; DATA_SIZE];
         // Read back from RAM that new() allocated; cannot fail.
@@ -145,10 +139,38 @@ impl EmuRunner {
             rflags: read(frame + 16),
             event: Event::Exception {
                 vector,
-                address: (vector == 14).then_some(self.cpu.state.cr2),
+                address: (vector == 14).then_some(cpu.cr2),
             },
             data: out,
         }
+    }
+}
+
+/// Gantry's emulated CPU as a [`Runner`].
+pub struct EmuRunner {
+    cpu: EmuCpu,
+    sandbox: Sandbox,
+}
+
+impl EmuRunner {
+    pub fn new() -> Result<Self, String> {
+        Ok(Self {
+            cpu: EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM),
+            sandbox: Sandbox::new()?,
+        })
+    }
+
+    /// Runs `case` and reports where it ended.
+    pub fn execute(&mut self, case: &Case) -> Final {
+        let st = match self.sandbox.load(case) {
+            Ok(st) => st,
+            Err(e) => return other(case, e),
+        };
+        self.cpu.code_written(CODE_PHYS);
+        self.cpu.state = st;
+        let sb = &mut self.sandbox;
+        let stop = self.cpu.run(&mut sb.mem, &mut sb.board);
+        sb.result(case, stop, &self.cpu.state)
     }
 }
 
@@ -161,7 +183,7 @@ impl Runner for EmuRunner {
     }
 }
 
-fn other(case: &Case, why: String) -> Final {
+pub(super) fn other(case: &Case, why: String) -> Final {
     Final {
         gpr: case.gpr,
         rip: 0,

@@ -1,5 +1,6 @@
 //! Differential testing: the same snippet, from the same state, on Gantry's CPU and on an
-//! oracle (the host CPU itself), final states compared.
+//! oracle (the host CPU itself, or KVM running Gantry's sandbox guest), final states
+//! compared.
 //!
 //! A case is a few user-level instructions ([`gen`]), the sixteen GPRs, the arithmetic
 //! flags and DF, and 8 KiB of data that is also the stack ([`layout`]). Each side runs it
@@ -14,6 +15,8 @@ pub mod flagmask;
 pub mod gen;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod host;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod kvm;
 pub mod layout;
 pub mod report;
 pub mod shrink;
