@@ -88,8 +88,10 @@ impl Lift<'_> {
                     4
                 };
                 let a = self.mem_address();
-                // The limit (2 bytes) and the base.
-                self.check_operand(a, 2 + bytes as u32, matches!(m, M::Sgdt | M::Sidt));
+                // The limit (2 bytes) and the base field, 4 bytes even where only 24 bits
+                // of it are used (16-bit operand size).
+                let size = 2 + (bytes as u32).max(4);
+                self.check_operand(a, size, matches!(m, M::Sgdt | M::Sidt));
                 let nb = self.b.konst(Ty::I64, bytes);
                 let h = match m {
                     M::Lgdt => Helper::Lgdt,
