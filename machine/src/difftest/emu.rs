@@ -10,7 +10,8 @@
 //! holds RIP, RFLAGS and RSP as of the event. The GPRs are untouched by delivery.
 //!
 //! One guest serves all cases: each run resets the CPU state, rewrites the code and data
-//! pages and drops the translations of the code page.
+//! pages and drops the translations of the code page. The same guest ([`Sandbox`]) is what
+//! the KVM oracle runs.
 
 use std::rc::Rc;
 
@@ -27,7 +28,7 @@ use crate::accel::CpuStop;
 use crate::board::{Board, BoardConfig, SerialSink};
 use crate::boot::EntryState;
 use crate::console::HostConsole;
-use crate::cpu::EmuCpu;
+use crate::cpu::{state_from_entry, EmuCpu};
 use crate::memory::GuestMemory;
 
 // Guest-physical layout. The first 2 MiB are the kernel's, identity-mapped supervisor-only.
@@ -81,7 +82,7 @@ impl Sandbox {
             HostConsole::none(),
         )
         .map_err(|e| e.to_string())?;
-        let entry = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM).state;
+        let entry = state_from_entry(&EntryState::long_mode(CODE_VA));
         Ok(Self {
             mem,
             board,
