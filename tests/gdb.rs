@@ -335,6 +335,24 @@ fn kernel(dir: &Path, start: Option<&str>) -> PathBuf {
     elf
 }
 
+/// The two tests of a scenario: on the emulated CPU, and on KVM (which says SKIP only
+/// where the host has no /dev/kvm).
+macro_rules! on_both_cpus {
+    ($scenario:ident: $interp:ident, $kvm:ident) => {
+        #[test]
+        fn $interp() {
+            $scenario(Cpu::Interp);
+        }
+
+        #[test]
+        fn $kvm() {
+            if Cpu::Kvm.available(stringify!($kvm)) {
+                $scenario(Cpu::Kvm);
+            }
+        }
+    };
+}
+
 fn breaks_steps_and_changes_a_multiboot_kernel(cpu: Cpu) {
     let Debugged {
         gdb: out,
@@ -386,17 +404,7 @@ continue
     assert!(stdout.contains("Jello from the test kernel"), "{stdout}");
 }
 
-#[test]
-fn gdb_breaks_steps_and_changes_a_multiboot_kernel() {
-    breaks_steps_and_changes_a_multiboot_kernel(Cpu::Interp);
-}
-
-#[test]
-fn gdb_breaks_steps_and_changes_a_multiboot_kernel_on_kvm() {
-    if Cpu::Kvm.available("gdb_breaks_steps_and_changes_a_multiboot_kernel_on_kvm") {
-        breaks_steps_and_changes_a_multiboot_kernel(Cpu::Kvm);
-    }
-}
+on_both_cpus!(breaks_steps_and_changes_a_multiboot_kernel: gdb_breaks_steps_and_changes_a_multiboot_kernel, gdb_breaks_steps_and_changes_a_multiboot_kernel_on_kvm);
 
 const WATCH_SCRIPT: &str = "\
 watch *(int*)&counter
@@ -510,17 +518,7 @@ kill
     assert_eq!(status, Some(0), "{stderr}");
 }
 
-#[test]
-fn gdb_interrupts_a_spinning_guest_and_reads_the_machine() {
-    interrupts_a_spinning_guest_and_reads_the_machine(Cpu::Interp);
-}
-
-#[test]
-fn gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_kvm() {
-    if Cpu::Kvm.available("gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_kvm") {
-        interrupts_a_spinning_guest_and_reads_the_machine(Cpu::Kvm);
-    }
-}
+on_both_cpus!(interrupts_a_spinning_guest_and_reads_the_machine: gdb_interrupts_a_spinning_guest_and_reads_the_machine, gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_kvm);
 
 fn steps_real_mode_code_at_cs_ip(cpu: Cpu) {
     let Debugged {
@@ -565,17 +563,7 @@ kill
     assert_eq!(status, Some(0), "{stderr}");
 }
 
-#[test]
-fn gdb_steps_real_mode_code_at_cs_ip() {
-    steps_real_mode_code_at_cs_ip(Cpu::Interp);
-}
-
-#[test]
-fn gdb_steps_real_mode_code_at_cs_ip_on_kvm() {
-    if Cpu::Kvm.available("gdb_steps_real_mode_code_at_cs_ip_on_kvm") {
-        steps_real_mode_code_at_cs_ip(Cpu::Kvm);
-    }
-}
+on_both_cpus!(steps_real_mode_code_at_cs_ip: gdb_steps_real_mode_code_at_cs_ip, gdb_steps_real_mode_code_at_cs_ip_on_kvm);
 
 #[test]
 fn gdb_steps_the_debian_kernel_entry_and_walks_its_page_tables() {
@@ -664,17 +652,7 @@ continue
     assert_eq!(status, Some(11), "{stderr}");
 }
 
-#[test]
-fn gdb_addresses_outside_memory_give_errors_not_crashes() {
-    addresses_outside_memory_give_errors_not_crashes(Cpu::Interp);
-}
-
-#[test]
-fn gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm() {
-    if Cpu::Kvm.available("gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm") {
-        addresses_outside_memory_give_errors_not_crashes(Cpu::Kvm);
-    }
-}
+on_both_cpus!(addresses_outside_memory_give_errors_not_crashes: gdb_addresses_outside_memory_give_errors_not_crashes, gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm);
 
 fn step_of_a_faulting_instruction_ends_in_the_handler(cpu: Cpu) {
     let Debugged {
@@ -708,17 +686,7 @@ continue
     assert_eq!(status, Some(15), "{stderr}");
 }
 
-#[test]
-fn gdb_step_of_a_faulting_instruction_ends_in_the_handler() {
-    step_of_a_faulting_instruction_ends_in_the_handler(Cpu::Interp);
-}
-
-#[test]
-fn gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm() {
-    if Cpu::Kvm.available("gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm") {
-        step_of_a_faulting_instruction_ends_in_the_handler(Cpu::Kvm);
-    }
-}
+on_both_cpus!(step_of_a_faulting_instruction_ends_in_the_handler: gdb_step_of_a_faulting_instruction_ends_in_the_handler, gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm);
 
 #[test]
 fn gdb_breakpoints_and_the_guests_own_debug_registers_coexist() {
