@@ -334,10 +334,14 @@ pub enum Inst {
     },
     /// Load from a linear address; the size is `dst`'s type. `ss`: the access goes
     /// through SS (a stack access), so a non-canonical address raises #SS(0), not #GP(0).
+    /// `rmw`: the read half of a read-modify-write, which the CPU makes with write intent:
+    /// the pages are checked for writing, so a read-only first page faults (as a write)
+    /// before a missing second one.
     Load {
         dst: Val,
         addr: Val,
         ss: bool,
+        rmw: bool,
     },
     Store {
         addr: Val,
@@ -474,9 +478,10 @@ impl fmt::Display for Block {
                 Inst::Select { dst, cond, a, b } => {
                     format!("  {dst}:{} = select {cond}, {a}, {b}", t(dst))
                 }
-                Inst::Load { dst, addr, ss } => {
+                Inst::Load { dst, addr, ss, rmw } => {
                     let s = if *ss { ".ss" } else { "" };
-                    format!("  {dst}:{} = load{s} {addr}", t(dst))
+                    let w = if *rmw { ".rmw" } else { "" };
+                    format!("  {dst}:{} = load{s}{w} {addr}", t(dst))
                 }
                 Inst::Store { addr, src, ss } => {
                     let s = if *ss { ".ss" } else { "" };

@@ -216,8 +216,8 @@ impl Interp {
                 Inst::Select { dst, cond, a, b } => {
                     v!(dst) = if v!(cond) & 1 != 0 { v!(a) } else { v!(b) };
                 }
-                Inst::Load { dst, addr, ss } => {
-                    match host.load(cpu, v!(addr), block.ty(*dst).bytes(), *ss) {
+                Inst::Load { dst, addr, ss, rmw } => {
+                    match host.load(cpu, v!(addr), block.ty(*dst).bytes(), *ss, *rmw) {
                         Ok(x) => v!(dst) = x & block.ty(*dst).mask(),
                         Err(e) => fault!(at, e),
                     }

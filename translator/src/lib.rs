@@ -31,7 +31,8 @@ impl Exception {
 
 /// What executing IR needs from the machine: guest memory by linear address (through the
 /// softmmu) and the helper table. `ss` marks a stack access (through SS), whose faults
-/// differ (#SS rather than #GP).
+/// differ (#SS rather than #GP); `rmw` a load that is the read half of a read-modify-write
+/// (translated for writing).
 pub trait Host {
     fn load(
         &mut self,
@@ -39,6 +40,7 @@ pub trait Host {
         addr: u64,
         bytes: u8,
         ss: bool,
+        rmw: bool,
     ) -> Result<u64, Exception>;
     fn store(
         &mut self,

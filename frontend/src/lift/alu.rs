@@ -50,8 +50,8 @@ impl Lift<'_> {
                 let ty = self.op_ty(0);
                 let p0 = self.place(0);
                 let p1 = self.place(1);
-                let a = self.read_place(p0, ty);
-                let c = self.read_place(p1, ty);
+                let a = self.read_place_rmw(p0, ty);
+                let c = self.read_place_rmw(p1, ty);
                 // A memory operand is written first (it may fault).
                 if let Place::Mem(_) = p1 {
                     self.write_place(p1, a);
@@ -67,7 +67,7 @@ impl Lift<'_> {
             M::Inc | M::Dec => {
                 let ty = self.op_ty(0);
                 let p = self.place(0);
-                let a = self.read_place(p, ty);
+                let a = self.read_place_rmw(p, ty);
                 let cf = self.b.test(Cond::B);
                 let cf = self.b.zext(ty, cf);
                 let r = self
@@ -85,7 +85,7 @@ impl Lift<'_> {
             M::Neg => {
                 let ty = self.op_ty(0);
                 let p = self.place(0);
-                let a = self.read_place(p, ty);
+                let a = self.read_place_rmw(p, ty);
                 let z = self.b.konst(ty, 0);
                 let r = self.b.bin(BinOp::Sub, z, a);
                 self.write_place(p, r);
@@ -95,7 +95,7 @@ impl Lift<'_> {
             M::Not => {
                 let ty = self.op_ty(0);
                 let p = self.place(0);
-                let a = self.read_place(p, ty);
+                let a = self.read_place_rmw(p, ty);
                 let r = self.b.un(UnOp::Not, a);
                 self.write_place(p, r);
             }
@@ -195,7 +195,7 @@ impl Lift<'_> {
             M::Xadd => {
                 let ty = self.op_ty(0);
                 let p = self.place(0);
-                let a = self.read_place(p, ty);
+                let a = self.read_place_rmw(p, ty);
                 let src = self.ins.op1_register();
                 let c = self.read_gpr(src);
                 let r = self.b.bin(BinOp::Add, a, c);
@@ -310,7 +310,11 @@ impl Lift<'_> {
     fn binary_alu(&mut self, m: M) {
         let ty = self.op_ty(0);
         let p = self.place(0);
-        let a = self.read_place(p, ty);
+        let a = if matches!(m, M::Cmp | M::Test) {
+            self.read_place(p, ty)
+        } else {
+            self.read_place_rmw(p, ty)
+        };
         let c = self.read_op(1, ty);
         let z = self.b.konst(ty, 0);
         let size = ty.bytes();
@@ -367,7 +371,7 @@ impl Lift<'_> {
     fn shift(&mut self, m: M) {
         let ty = self.op_ty(0);
         let p = self.place(0);
-        let a = self.read_place(p, ty);
+        let a = self.read_place_rmw(p, ty);
         let count = if self.ins.op_count() > 1 {
             self.shift_count(1, ty)
         } else {
@@ -401,7 +405,7 @@ impl Lift<'_> {
         let ty = self.op_ty(0);
         let w = ty.bits() as u64;
         let p = self.place(0);
-        let a = self.read_place(p, ty);
+        let a = self.read_place_rmw(p, ty);
         let masked = if self.ins.op_count() > 1 {
             self.shift_count(1, ty)
         } else {
@@ -519,7 +523,7 @@ impl Lift<'_> {
         let ty = self.op_ty(0);
         let w = ty.bits() as u64;
         let p = self.place(0);
-        let a = self.read_place(p, ty);
+        let a = self.read_place_rmw(p, ty);
         let fill = self.read_gpr(self.ins.op1_register());
         let count = self.shift_count(2, ty);
         let a64 = self.b.zext(Ty::I64, a);
@@ -666,7 +670,11 @@ impl Lift<'_> {
                 (p, bit)
             }
         };
-        let a = self.read_place(p, ty);
+        let a = if m == M::Bt {
+            self.read_place(p, ty)
+        } else {
+            self.read_place_rmw(p, ty)
+        };
         let shifted = self.b.bin(BinOp::Shr, a, bit);
         let cf = self.b.bin_imm(BinOp::And, shifted, 1);
         if m != M::Bt {
@@ -724,7 +732,7 @@ impl Lift<'_> {
     fn cmpxchg(&mut self) {
         let ty = self.op_ty(0);
         let p = self.place(0);
-        let dest = self.read_place(p, ty);
+        let dest = self.read_place_rmw(p, ty);
         let acc_reg = match ty {
             Ty::I8 => Register::AL,
             Ty::I16 => Register::AX,
@@ -773,8 +781,9 @@ impl Lift<'_> {
             self.b.trap_if(misaligned, 13, Some(0));
         }
         let hi_addr = self.b.bin_imm(BinOp::Add, addr, hb);
-        let lo = self.load_operand(half, addr);
-        let hi = self.load_operand(half, hi_addr);
+        // Both halves are read with write intent first, so the stores cannot fault.
+        let lo = self.read_place_rmw(Place::Mem(addr), half);
+        let hi = self.read_place_rmw(Place::Mem(hi_addr), half);
         let (ra, rd, rb, rc) = if half == Ty::I32 {
             (Register::EAX, Register::EDX, Register::EBX, Register::ECX)
         } else {

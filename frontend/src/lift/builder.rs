@@ -169,9 +169,9 @@ impl Builder {
         self.push(Inst::Select { dst, cond, a, b });
         dst
     }
-    pub fn load_seg(&mut self, ty: Ty, addr: Val, ss: bool) -> Val {
+    pub fn load_seg(&mut self, ty: Ty, addr: Val, ss: bool, rmw: bool) -> Val {
         let dst = self.val(ty);
-        self.push(Inst::Load { dst, addr, ss });
+        self.push(Inst::Load { dst, addr, ss, rmw });
         dst
     }
     pub fn store_seg(&mut self, addr: Val, src: Val, ss: bool) {

@@ -7,7 +7,7 @@ use super::alu::cond_of;
 use super::operands::seg_index;
 use super::{Flow, Lift};
 use crate::ir::*;
-use crate::state::{RBP, RSP, SS};
+use crate::state::{RBP, SS};
 
 impl Lift<'_> {
     fn code_name(&self) -> String {
@@ -252,14 +252,13 @@ impl Lift<'_> {
                 let bytes = if m == M::Pusha { 2 } else { 4 };
                 let ty = Ty::from_bytes(bytes);
                 let sp0 = self.read_sp();
+                // ESP is pushed as the register holds it at the operand size, whatever the
+                // stack's width: PUSHAD on a 16-bit stack pushes ESP's upper half too
+                // (found by difftest).
                 let vals: Vec<Val> = (0..8u8)
                     .map(|r| {
-                        if r as usize == RSP {
-                            self.b.resize(sp0, ty)
-                        } else {
-                            let g = self.b.get(Loc::Gpr(r));
-                            self.b.trunc(ty, g)
-                        }
+                        let g = self.b.get(Loc::Gpr(r));
+                        self.b.trunc(ty, g)
                     })
                     .collect();
                 let mut sp = sp0;
@@ -363,7 +362,17 @@ impl Lift<'_> {
                 sp = self.b.bin_imm(BinOp::Sub, sp, bytes as u64);
                 let a = self.linear(SS, sp);
                 self.store_mem(SS, a, bp);
-                let frame = sp;
+                // FrameTemp is the stack pointer at the operand size: with a 32-bit operand
+                // on a 16-bit stack, ESP with its upper half, which the push left alone
+                // (SDM, ENTER; found by difftest).
+                let frame = if bytes * 8 > self.mode.stack_bits {
+                    let full = self.read_gpr(Register::ESP);
+                    let hi = self.b.bin_imm(BinOp::And, full, !0xFFFF);
+                    let lo = self.b.zext(Ty::I32, sp);
+                    self.b.bin(BinOp::Or, hi, lo)
+                } else {
+                    sp
+                };
                 // The frame pointers are copied from addresses in the stack's address
                 // size: RBP in 64-bit mode even with a 16-bit operand (found by difftest).
                 let walk_reg = match sty {
@@ -389,9 +398,10 @@ impl Lift<'_> {
                 let nsp = self.b.bin_imm(BinOp::Sub, sp, size);
                 // ENTER ends with a write check of the new stack top: the CPU faults there
                 // before changing RSP and RBP (as Bochs models it; seen on hardware by
-                // difftest). A read-modify-write of the same value is that check.
+                // difftest), and the fault is a write's. A read-modify-write of the same
+                // value is that check.
                 let top = self.linear(SS, nsp);
-                let v = self.load_mem(SS, ty, top);
+                let v = self.load_mem_rmw(SS, ty, top);
                 self.store_mem(SS, top, v);
                 self.write_gpr(bp_reg, frame);
                 self.write_sp(nsp);

@@ -56,6 +56,10 @@ pub(crate) struct Lift<'a> {
     /// then replaced by the #UD path instead of being lifted wrongly (the lifter must not
     /// panic on anything a guest can encode).
     pub failed: bool,
+    /// The last segment check emitted for this instruction (segment, address, bytes,
+    /// write): the store of a read-modify-write repeats its load's check, which the IR
+    /// then need not make twice (IR within an instruction is straight-line).
+    pub last_seg_check: Option<(usize, Val, u32, bool)>,
 }
 
 /// How the instruction left the block.
@@ -215,6 +219,7 @@ fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
         ins,
         mode,
         failed: false,
+        last_seg_check: None,
     };
     let flow = l
         .alu()

@@ -209,6 +209,17 @@ impl Lift<'_> {
         }
     }
 
+    /// Reads a place the instruction then writes ([`Self::load_mem_rmw`]).
+    pub fn read_place_rmw(&mut self, p: Place, ty: Ty) -> Val {
+        match p {
+            Place::Reg(r) => self.read_gpr(r),
+            Place::Mem(a) => {
+                let seg = seg_index(self.ins.memory_segment());
+                self.load_mem_rmw(seg, ty, a)
+            }
+        }
+    }
+
     pub fn write_place(&mut self, p: Place, v: Val) {
         match p {
             Place::Reg(r) => self.write_gpr(r, v),
@@ -219,15 +230,33 @@ impl Lift<'_> {
     /// Checks an access of `bytes` bytes at linear `addr` against segment `seg` (outside
     /// 64-bit mode, where limits and segment types apply).
     pub fn check_segment(&mut self, seg: usize, addr: Val, bytes: u32, write: bool) {
-        if !self.mode.mode64 {
-            self.b.seg_check(seg, addr, bytes, write);
+        if self.mode.mode64 {
+            return;
         }
+        // A write check covers a read check of the same bytes: a writable segment is a
+        // readable one.
+        if let Some((s, a, n, w)) = self.last_seg_check {
+            if (s, a, n) == (seg, addr, bytes) && (w || !write) {
+                return;
+            }
+        }
+        self.b.seg_check(seg, addr, bytes, write);
+        self.last_seg_check = Some((seg, addr, bytes, write));
     }
 
     /// Loads `ty` from linear `addr` in segment `seg`, with the segment check first.
     pub fn load_mem(&mut self, seg: usize, ty: Ty, addr: Val) -> Val {
         self.check_segment(seg, addr, ty.bytes() as u32, false);
-        self.b.load_seg(ty, addr, seg == SS)
+        self.b.load_seg(ty, addr, seg == SS, false)
+    }
+
+    /// The read half of a read-modify-write of `ty` at linear `addr` in segment `seg`:
+    /// the CPU makes it with write intent, so the segment and the pages are checked for
+    /// writing before anything is read (a read-only first page faults as a write before a
+    /// missing second page does; found by difftest in 16-bit code).
+    pub fn load_mem_rmw(&mut self, seg: usize, ty: Ty, addr: Val) -> Val {
+        self.check_segment(seg, addr, ty.bytes() as u32, true);
+        self.b.load_seg(ty, addr, seg == SS, true)
     }
 
     pub fn store_mem(&mut self, seg: usize, addr: Val, v: Val) {

@@ -56,8 +56,10 @@ impl Host for Ctx<'_> {
         addr: u64,
         bytes: u8,
         ss: bool,
+        rmw: bool,
     ) -> Result<u64, Exception> {
-        self.read(cpu, addr, bytes, Access::Read, Privilege::User)
+        let access = if rmw { Access::Write } else { Access::Read };
+        self.read(cpu, addr, bytes, access, Privilege::User)
             .map_err(|e| through_ss(e, ss))
     }
 
