@@ -25,7 +25,8 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
     let bits = match words.next() {
         Some("64") => Bits::B64,
         Some("32") => Bits::B32,
-        other => return Err(format!("unknown mode {other:?} (expected 32 or 64)")),
+        Some("16") => Bits::B16,
+        other => return Err(format!("unknown mode {other:?} (expected 16, 32 or 64)")),
     };
     let (mut code, mut rflags, mut data, mut gpr) = (None, None, None, None);
     let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"));
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        assert!(parse_case("16 code=90").unwrap_err().contains("mode"));
+        assert!(parse_case("8 code=90").unwrap_err().contains("mode"));
         assert!(parse_case("64 code=9 rflags=0 data=zero gpr=0")
             .unwrap_err()
             .contains("odd"));

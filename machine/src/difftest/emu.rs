@@ -3,7 +3,8 @@
 //! The guest is what an x86-64 kernel gives a user process, reduced to the parts a snippet
 //! can see: page tables mapping the code page (user, read-only, executable) and the data
 //! pages (user, read/write, NX) at the [`layout`](super::layout) addresses and nothing
-//! else user-accessible; a 64-bit and a 32-bit user code segment; a TSS whose RSP0 takes
+//! else user-accessible; 64-, 32- and 16-bit user code segments (the 16-bit one with a
+//! 16-bit data segment for DS, ES and SS, as [`seg_base`] lays out); a TSS whose RSP0 takes
 //! exceptions to a kernel stack; and an IDT whose 32 exception gates each lead to a
 //! one-byte stub, `hlt`. The CPU stops at the stub's HLT (interrupts are off in an
 //! interrupt gate); the stub's address names the vector, and the frame on the kernel stack
@@ -19,11 +20,14 @@ use gantry_devices::clock::{Clock, ManualClock};
 use gantry_frontend::flags::set_rflags;
 use gantry_frontend::state::{
     attr, CpuState, DescriptorTable, Segment, CR0_AM, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP,
-    CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, RSP, SS,
+    CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CS, DS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, ES, RSP,
+    SS,
 };
 
-use super::layout::{CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER};
-use super::{Bits, Case, Event, Final, RunError, Runner};
+use super::layout::{
+    code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
+};
+use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner};
 use crate::accel::CpuStop;
 use crate::board::{Board, BoardConfig, SerialSink};
 use crate::boot::EntryState;
@@ -51,6 +55,9 @@ const USER_CS32: u16 = 0x18 | 3;
 const USER_DS: u16 = 0x20 | 3;
 const USER_CS64: u16 = 0x28 | 3;
 const TSS_SEL: u16 = 0x30;
+const USER_CS16: u16 = 0x40 | 3;
+const USER_DS16: u16 = 0x48 | 3;
+const GDT_ENTRIES: usize = 10;
 
 const P: u64 = 1;
 const RW: u64 = 2;
@@ -103,12 +110,13 @@ impl Sandbox {
             .map_err(|e| format!("sandbox memory: {e}"))?;
         let mut st = self.start.clone();
         st.gpr = case.gpr;
-        let user = if case.bits == Bits::B64 {
-            USER_CS64
-        } else {
-            USER_CS32
-        };
-        st.seg[CS] = user_segment(user, case.bits);
+        st.seg[CS] = user_code(case.bits);
+        st.rip = code_ip(case.bits);
+        if case.bits == Bits::B16 {
+            for s in [ES, SS, DS] {
+                st.seg[s] = user_data16();
+            }
+        }
         set_rflags(&mut st, 0x202 | (case.rflags & super::COMPARED_FLAGS));
         Ok(st)
     }
@@ -128,6 +136,8 @@ impl Sandbox {
         };
         // The 64-bit frame: [error code,] RIP, CS, RFLAGS, RSP, SS below KSTACK_TOP.
         let frame = KSTACK_TOP - 40;
+        let error =
+            has_error_code(vector).then(|| self.mem.read_u64(frame - 8).unwrap_or(0) as u32);
         let read = |a: u64| self.mem.read_u64(a).unwrap_or(0);
         let mut gpr = cpu.gpr;
         gpr[RSP] = read(frame + 24);
@@ -140,6 +150,7 @@ impl Sandbox {
             rflags: read(frame + 16),
             event: Event::Exception {
                 vector,
+                error,
                 address: (vector == 14).then_some(cpu.cr2),
             },
             data: out,
@@ -194,13 +205,34 @@ pub(super) fn other(case: &Case, why: String) -> Final {
     }
 }
 
-fn user_segment(selector: u16, bits: Bits) -> Segment {
-    let size = if bits == Bits::B64 { attr::L } else { attr::DB };
-    Segment {
+/// CS for code of this size, as the GDT in [`build_kernel`] describes it.
+fn user_code(bits: Bits) -> Segment {
+    let user = 0xB | attr::S | (3 << attr::DPL_SHIFT) | attr::P;
+    let flat = |selector, size| Segment {
         base: 0,
         limit: 0xFFFF_FFFF,
         selector,
-        attr: 0xB | attr::S | (3 << attr::DPL_SHIFT) | attr::P | attr::G | size,
+        attr: user | attr::G | size,
+    };
+    match bits {
+        Bits::B64 => flat(USER_CS64, attr::L),
+        Bits::B32 => flat(USER_CS32, attr::DB),
+        Bits::B16 => Segment {
+            base: seg_base(bits),
+            limit: SEG16_LIMIT,
+            selector: USER_CS16,
+            attr: user,
+        },
+    }
+}
+
+/// DS, ES and SS for 16-bit code.
+fn user_data16() -> Segment {
+    Segment {
+        base: seg_base(Bits::B16),
+        limit: SEG16_LIMIT,
+        selector: USER_DS16,
+        attr: 0x3 | attr::S | (3 << attr::DPL_SHIFT) | attr::P,
     }
 }
 
@@ -220,11 +252,11 @@ fn user_state(mut st: CpuState) -> CpuState {
             Segment::default()
         };
     }
-    st.seg[CS] = user_segment(USER_CS64, Bits::B64);
+    st.seg[CS] = user_code(Bits::B64);
     st.cpl = 3;
     st.gdtr = DescriptorTable {
         base: GDT,
-        limit: 8 * 8 - 1,
+        limit: GDT_ENTRIES as u32 * 8 - 1,
     };
     st.idtr = DescriptorTable {
         base: IDT,
@@ -263,7 +295,12 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
     }
 
     let tss_lo = 0x67 | (TSS & 0xFF_FFFF) << 16 | 0x89u64 << 40 | (TSS >> 24 & 0xFF) << 56;
-    let gdt: [u64; 8] = [
+    // 16-bit segments: base seg_base(B16), byte-granular limit SEG16_LIMIT, D/B = 0.
+    let base16 = seg_base(Bits::B16);
+    let seg16 = |access: u64| {
+        SEG16_LIMIT as u64 | (base16 & 0xFF_FFFF) << 16 | access << 40 | (base16 >> 24 & 0xFF) << 56
+    };
+    let gdt: [u64; GDT_ENTRIES] = [
         0,
         0x00AF_9B00_0000_FFFF, // kernel code, 64-bit
         0x00CF_9300_0000_FFFF, // kernel data
@@ -272,6 +309,8 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
         0x00AF_FB00_0000_FFFF, // user code, 64-bit
         tss_lo,
         TSS >> 32,
+        seg16(0xFB), // user code, 16-bit
+        seg16(0xF3), // user data, 16-bit
     ];
     for (i, d) in gdt.iter().enumerate() {
         mem.write_u64(GDT + i as u64 * 8, *d)?;

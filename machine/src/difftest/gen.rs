@@ -10,7 +10,7 @@ use iced_x86::{
 };
 
 use super::flagmask;
-use super::layout::{DATA_SIZE, DATA_VA, MAX_SNIPPET};
+use super::layout::{data_addr, DATA_SIZE, MAX_SNIPPET};
 use super::{Bits, Case, DataInit};
 
 /// SplitMix64: small, fast, and good enough for test generation; no crate needed.
@@ -120,6 +120,7 @@ fn forms(bits: Bits, set: Set) -> Vec<Code> {
             let in_mode = match bits {
                 Bits::B64 => op.mode64() && op.long_mode(),
                 Bits::B32 => op.mode32() && op.compatibility_mode(),
+                Bits::B16 => op.mode16() && op.compatibility_mode(),
             };
             op.is_instruction()
                 && in_mode
@@ -243,7 +244,7 @@ pub struct Generator {
 /// The registers a case dedicates to addressing: their values point into the data pages.
 struct Plan {
     gpr: [u64; 16],
-    /// Registers holding DATA_VA + offset, usable as bases.
+    /// Registers holding the data pages' address plus an offset, usable as bases.
     bases: Vec<usize>,
     /// A register holding a small value (0..64), usable as an index.
     index: Option<usize>,
@@ -319,7 +320,7 @@ impl Generator {
     fn regs(&self) -> usize {
         match self.bits {
             Bits::B64 => 16,
-            Bits::B32 => 8,
+            Bits::B16 | Bits::B32 => 8,
         }
     }
 
@@ -328,14 +329,19 @@ impl Generator {
         for g in gpr.iter_mut() {
             *g = edge_value(rng);
         }
+        let data = data_addr(self.bits);
         // The stack: inside the data pages, usually aligned, sometimes near an end.
-        gpr[4] = (DATA_VA + data_offset(rng)) & if rng.chance(90) { !7 } else { !0 };
+        gpr[4] = (data + data_offset(rng)) & if rng.chance(90) { !7 } else { !0 };
+        if self.bits == Bits::B16 && rng.chance(30) {
+            // A 16-bit stack uses SP alone: ESP's upper half must not matter.
+            gpr[4] |= rng.next_u64() << 16;
+        }
         let candidates: Vec<usize> = (0..self.regs()).filter(|&r| r != 4).collect();
         let mut bases = Vec::new();
         for _ in 0..1 + rng.below(2) {
             let r = rng.pick(&candidates);
             if !bases.contains(&r) {
-                gpr[r] = DATA_VA + rng.below(DATA_SIZE as u64);
+                gpr[r] = data + rng.below(DATA_SIZE as u64);
                 bases.push(r);
             }
         }
@@ -382,6 +388,7 @@ impl Generator {
                     instr.set_memory_base(match self.bits {
                         Bits::B64 => Register::RBX,
                         Bits::B32 => Register::EBX,
+                        Bits::B16 => Register::BX,
                     });
                 }
                 K::al => set_register(&mut instr, i, Register::AL),
@@ -462,7 +469,7 @@ impl Generator {
             K::r8_reg | K::r8_opcode | K::r8_or_mem => {
                 // AH..BH exist only without REX; the encoder refuses mixes, the case is
                 // then made again.
-                if self.bits == Bits::B32 || rng.chance(25) {
+                if self.bits != Bits::B64 || rng.chance(25) {
                     rng.pick(&[
                         Register::AL,
                         Register::CL,
@@ -498,6 +505,12 @@ impl Generator {
             3 => rng.below(16) as i64 - 8,
             _ => rng.below(DATA_SIZE as u64) as i64,
         };
+        // 16-bit code mostly uses 16-bit addressing, which has forms of its own.
+        let addr32 = match self.bits {
+            Bits::B16 if rng.chance(80) => return self.set_memory16(rng, plan, instr, op, target),
+            Bits::B64 => rng.chance(10),
+            Bits::B16 | Bits::B32 => true,
+        };
         let use_rsp = plan.bases.is_empty() || rng.chance(15);
         let base_reg = if use_rsp { 4 } else { rng.pick(&plan.bases) };
         let (index_reg, scale) = match plan.index {
@@ -506,9 +519,7 @@ impl Generator {
         };
         let base_value = plan.gpr[base_reg] as i64;
         let index_value = index_reg.map_or(0, |r| plan.gpr[r] as i64 * scale as i64);
-        let displ = DATA_VA as i64 + target - base_value - index_value;
-        // 32-bit addressing in 64-bit code (0x67) now and then.
-        let addr32 = self.bits == Bits::B32 || rng.chance(10);
+        let displ = data_addr(self.bits) as i64 + target - base_value - index_value;
         let name = |r: usize| {
             if addr32 {
                 dword_of(GPR64[r])
@@ -534,6 +545,60 @@ impl Generator {
         Some(())
     }
 
+    /// A memory operand with 16-bit addressing ([BX+SI], [BP], [disp16]...) at `target`
+    /// bytes from the data pages, or at the end of the segment. The effective address wraps
+    /// at 64 KiB, so the displacement reaches the target whatever the registers hold.
+    fn set_memory16(
+        &self,
+        rng: &mut Rng,
+        plan: &Plan,
+        instr: &mut Instruction,
+        op: u32,
+        target: i64,
+    ) -> Option<()> {
+        use Register::{BP, BX, DI, SI};
+        const FORMS: [(Register, Register); 9] = [
+            (BX, SI),
+            (BX, DI),
+            (BP, SI),
+            (BP, DI),
+            (SI, Register::None),
+            (DI, Register::None),
+            (BP, Register::None),
+            (BX, Register::None),
+            (Register::None, Register::None),
+        ];
+        let (base, index) = rng.pick(&FORMS);
+        let value = |r: Register| match r {
+            Register::None => 0,
+            r => plan.gpr[r as usize - Register::AX as usize] as i64,
+        };
+        // Sometimes the last bytes below 64 KiB: a word there runs past the limit (#GP),
+        // a byte there is within it (and unmapped: #PF).
+        let offset = if rng.chance(5) {
+            0x1_0000 - rng.below(4) as i64
+        } else {
+            data_addr(self.bits) as i64 + target
+        };
+        let displ = (offset - value(base) - value(index)) as u16;
+        instr.set_op_kind(op, iced_x86::OpKind::Memory);
+        instr.set_memory_base(base);
+        instr.set_memory_index(index);
+        instr.set_memory_index_scale(1);
+        if base == Register::None && index == Register::None {
+            instr.set_memory_displacement64(displ as u64);
+            instr.set_memory_displ_size(2);
+        } else {
+            instr.set_memory_displacement64(displ as i16 as i64 as u64);
+            instr.set_memory_displ_size(if i8::try_from(displ as i16).is_ok() {
+                1
+            } else {
+                2
+            });
+        }
+        Some(())
+    }
+
     /// MOVS/CMPS/STOS/LODS/SCAS of any size with or without a REP prefix, RSI and RDI
     /// pointing into the data pages and a small count in RCX (DF comes from the flags).
     fn string_op(&self, rng: &mut Rng, gpr: &mut [u64; 16]) -> Vec<u8> {
@@ -546,16 +611,23 @@ impl Generator {
         if rng.chance(25) {
             bytes.push(0x66);
         }
-        let addr32 = self.bits == Bits::B64 && rng.chance(10);
-        if addr32 {
+        // The other address size: 32-bit in 64-bit code, 32-bit in 16-bit code.
+        let addr_override = self.bits != Bits::B32 && rng.chance(10);
+        if addr_override {
             bytes.push(0x67);
         }
         if self.bits == Bits::B64 && rng.chance(30) {
             bytes.push(0x48);
         }
         bytes.push(rng.pick(&[0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF]));
-        gpr[6] = DATA_VA + data_offset(rng);
-        gpr[7] = DATA_VA + data_offset(rng);
+        let data = data_addr(self.bits);
+        gpr[6] = data + data_offset(rng);
+        gpr[7] = data + data_offset(rng);
+        if self.bits == Bits::B16 && !addr_override && rng.chance(30) {
+            // 16-bit addressing uses SI and DI alone.
+            gpr[6] |= rng.next_u64() << 16;
+            gpr[7] |= rng.next_u64() << 16;
+        }
         // Small counts; at most 16 so a 16-bit SHLD/SHRD by CL stays defined.
         gpr[1] = if rng.chance(15) { 0 } else { rng.below(17) };
         bytes
@@ -622,7 +694,7 @@ pub fn decode(case: &Case) -> Vec<Instruction> {
     let mut d = Decoder::with_ip(
         case.bits.bits(),
         &case.code,
-        super::layout::CODE_VA,
+        super::layout::code_ip(case.bits),
         DecoderOptions::NONE,
     );
     let mut out = Vec::new();
@@ -630,4 +702,57 @@ pub fn decode(case: &Case) -> Vec<Instruction> {
         out.push(d.decode());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 16-bit code gets both address sizes: 16-bit forms ([BX+SI], [BP], [disp16]...)
+    /// and, by prefix, 32-bit ones; and its memory operands land on the data pages or at
+    /// the segment's end, whatever the registers' upper halves hold.
+    #[test]
+    fn sixteen_bit_cases_use_both_address_sizes() {
+        let g = Generator::new(Bits::B16, Set::Integer, 3);
+        let (mut addr16, mut addr32, mut on_target) = (0, 0, 0);
+        for i in 0..2000 {
+            let case = g.case(i);
+            let Some(first) = decode(&case).into_iter().next() else {
+                continue;
+            };
+            if first.op_count() == 0
+                || !(0..first.op_count()).any(|n| first.op_kind(n) == iced_x86::OpKind::Memory)
+                || first.is_string_instruction()
+                || first.mnemonic() == Mnemonic::Xlatb
+            {
+                continue;
+            }
+            let reg = |r: Register| match r {
+                Register::None => 0,
+                r => case.gpr[r.full_register() as usize - Register::RAX as usize],
+            };
+            let base = first.memory_base();
+            if base.is_gpr32() || first.memory_index().is_gpr32() {
+                addr32 += 1;
+                continue;
+            }
+            addr16 += 1;
+            // Only the first instruction sees the registers as planned.
+            let ea =
+                (reg(base) + reg(first.memory_index()) + first.memory_displacement64()) & 0xFFFF;
+            let data = data_addr(Bits::B16);
+            if (data - 16..data + DATA_SIZE as u64 + 16).contains(&ea) || ea >= 0xFFFC {
+                on_target += 1;
+            }
+        }
+        assert!(
+            addr16 > 100 && addr32 > 20,
+            "16-bit {addr16}, 32-bit {addr32}"
+        );
+        // BT-family register offsets move the address; everything else hits its target.
+        assert!(
+            on_target * 10 >= addr16 * 9,
+            "{on_target} of {addr16} on target"
+        );
+    }
 }

@@ -4,7 +4,9 @@
 //! addresses. A trampoline (assembled at start-up with iced-x86) saves the child's
 //! callee-saved registers and stack pointer, loads RFLAGS and all sixteen GPRs from its
 //! slots, and far-jumps to the snippet through Linux's user code segments (0x33 for 64-bit
-//! code, 0x23 for 32-bit compatibility mode). The snippet ends in INT3, or faults first;
+//! code, 0x23 for 32-bit compatibility mode) or, for 16-bit code, through a 16-bit code
+//! segment the child installs in its LDT (with a 16-bit data segment it also loads into
+//! DS, ES and SS). The snippet ends in INT3, or faults first;
 //! either way the kernel delivers a signal, and the handler (on an alternate stack, since
 //! RSP is the snippet's) copies the interrupted context — GPRs, RIP, RFLAGS, and the
 //! exception vector, error code and CR2 that Linux reports in the sigcontext — and edits
@@ -25,13 +27,45 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use iced_x86::{BlockEncoderOptions, IcedError};
 
-use super::layout::{CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER};
-use super::{Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
+use super::layout::{
+    code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
+};
+use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
 
-/// Linux x86-64's user code selectors (arch/x86/include/asm/segment.h: __USER_CS,
-/// __USER32_CS): part of the kernel's ABI.
+/// Linux x86-64's user code and data selectors (arch/x86/include/asm/segment.h:
+/// __USER_CS, __USER32_CS, __USER_DS): part of the kernel's ABI.
 const USER_CS64: u16 = 0x33;
 const USER_CS32: u16 = 0x23;
+const USER_DS: u16 = 0x2B;
+/// The child's LDT entries 0 and 1 (TI = 1, RPL 3): 16-bit code and 16-bit data.
+const LDT_CS16: u16 = 0x07;
+const LDT_DS16: u16 = 0x0F;
+
+/// The child's exit statuses when it cannot set itself up, and what they mean.
+const EXIT_ALTSTACK: i32 = 20;
+const EXIT_SIGACTION: i32 = 21;
+const EXIT_MAP: i32 = 22;
+const EXIT_CODE_WRITABLE: i32 = 23;
+const EXIT_CODE_EXECUTABLE: i32 = 24;
+const EXIT_LDT: i32 = 25;
+const CHILD_EXITS: &[(i32, &str)] = &[
+    (EXIT_ALTSTACK, "sigaltstack failed"),
+    (EXIT_SIGACTION, "sigaction failed"),
+    (
+        EXIT_MAP,
+        "the sandbox pages could not be mapped at their fixed addresses",
+    ),
+    (EXIT_CODE_WRITABLE, "making the code page writable failed"),
+    (
+        EXIT_CODE_EXECUTABLE,
+        "making the code page executable failed",
+    ),
+    (
+        EXIT_LDT,
+        "modify_ldt failed: 16-bit code needs LDT segments, which this kernel does not \
+         offer (CONFIG_MODIFY_LDT_SYSCALL)",
+    ),
+];
 
 /// How long a case may take before the child is deemed hung.
 const TIMEOUT_SECS: u64 = 5;
@@ -40,6 +74,8 @@ const TIMEOUT_SECS: u64 = 5;
 #[repr(C)]
 struct Shared {
     selector: u64,
+    data_selector: u64,
+    entry_ip: u64,
     code_len: u64,
     gpr: [u64; 16],
     rflags: u64,
@@ -49,6 +85,7 @@ struct Shared {
     out_rip: u64,
     out_rflags: u64,
     out_trapno: u64,
+    out_err: u64,
     out_cr2: u64,
     out_signal: u64,
     out_data: [u8; DATA_SIZE],
@@ -62,6 +99,8 @@ struct Trampoline {
     host_rsp: u64,
     rflags: u64,
     gpr: [u64; 16],
+    data_selector: u64,
+    far_offset: u64,
     far_selector: u64,
 }
 
@@ -196,10 +235,11 @@ impl HostOracle {
         if libc::WIFSIGNALED(status) {
             format!("the worker died of signal {}", libc::WTERMSIG(status))
         } else {
-            format!(
-                "the worker exited with status {}",
-                libc::WEXITSTATUS(status)
-            )
+            let code = libc::WEXITSTATUS(status);
+            match CHILD_EXITS.iter().find(|(c, _)| *c == code) {
+                Some((_, why)) => format!("the worker stopped: {why}"),
+                None => format!("the worker exited with status {code}"),
+            }
         }
     }
 
@@ -211,10 +251,14 @@ impl HostOracle {
         // SAFETY: `shared` is our mapping; the child reads it only between our request
         // byte and its reply byte, and we write it only outside that window.
         let sh = unsafe { &mut *self.shared };
-        sh.selector = match case.bits {
-            Bits::B64 => USER_CS64,
-            Bits::B32 => USER_CS32,
-        } as u64;
+        let (cs, ds) = match case.bits {
+            Bits::B64 => (USER_CS64, USER_DS),
+            Bits::B32 => (USER_CS32, USER_DS),
+            Bits::B16 => (LDT_CS16, LDT_DS16),
+        };
+        sh.selector = cs as u64;
+        sh.data_selector = ds as u64;
+        sh.entry_ip = code_ip(case.bits);
         let n = case.code.len().min(CODE_SIZE - 1);
         sh.code[..n].copy_from_slice(&case.code[..n]);
         sh.code_len = n as u64;
@@ -250,14 +294,15 @@ impl HostOracle {
             return Err(RunError::Oracle(self.reap()));
         }
         let rip = sh.out_rip;
-        if !(CODE_VA..CODE_VA + CODE_SIZE as u64).contains(&rip) {
+        let start = code_ip(case.bits);
+        if !(start..start + CODE_SIZE as u64).contains(&rip) {
             return Err(RunError::Oracle(format!(
                 "the snippet did not start (signal {} at {rip:#x}){}",
                 sh.out_signal,
-                if case.bits == Bits::B32 {
-                    ": does this kernel run 32-bit code (ia32_emulation)?"
-                } else {
-                    ""
+                match case.bits {
+                    Bits::B32 => ": does this kernel run 32-bit code (ia32_emulation)?",
+                    Bits::B16 => ": does this kernel run 16-bit code segments?",
+                    Bits::B64 => "",
                 }
             )));
         }
@@ -268,6 +313,7 @@ impl HostOracle {
             rflags: sh.out_rflags,
             event: Event::Exception {
                 vector,
+                error: has_error_code(vector).then_some(sh.out_err as u32),
                 address: (vector == 14).then_some(sh.out_cr2),
             },
             data: sh.out_data.to_vec(),
@@ -332,6 +378,7 @@ fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
     let mut host_rsp = a.create_label();
     let mut rflags = a.create_label();
     let mut far = a.create_label();
+    let mut data_selector = a.create_label();
     let mut resume = a.create_label();
     let mut slots: Vec<CodeLabel> = (0..16).map(|_| a.create_label()).collect();
     let regs = [
@@ -342,10 +389,12 @@ fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
     }
     a.mov(qword_ptr(host_rsp), rsp)?;
     // A 64-bit process runs with null DS and ES, which 32-bit code cannot use: load
-    // __USER_DS (0x2B) as a 32-bit process has them. 64-bit code ignores both.
-    a.mov(eax, 0x2B)?;
+    // __USER_DS (0x2B) as a 32-bit process has them, or the LDT's 16-bit data segment
+    // for 16-bit code (into SS too: its stack is 16-bit). 64-bit code ignores all three.
+    a.mov(eax, dword_ptr(data_selector))?;
     a.mov(ds, ax)?;
     a.mov(es, ax)?;
+    a.mov(ss, ax)?;
     a.push(qword_ptr(rflags))?;
     a.popfq()?;
     // Plain MOVs from here on: they leave the flags just loaded alone.
@@ -359,7 +408,11 @@ fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
     }
     a.ret()?;
     a.int3()?;
-    for (label, value) in [(&mut host_rsp, 0u64), (&mut rflags, 0)] {
+    for (label, value) in [
+        (&mut host_rsp, 0u64),
+        (&mut rflags, 0),
+        (&mut data_selector, USER_DS as u64),
+    ] {
         a.set_label(label)?;
         a.dq(&[value])?;
     }
@@ -381,6 +434,8 @@ fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
         host_rsp: out.label_ip(&host_rsp)?,
         rflags: out.label_ip(&rflags)?,
         gpr,
+        data_selector: out.label_ip(&data_selector)?,
+        far_offset: out.label_ip(&far)?,
         far_selector: out.label_ip(&far)? + 4,
     };
     Ok((out.inner.code_buffer, t))
@@ -408,7 +463,7 @@ unsafe fn child_main(
         ss_size: ALTSTACK,
     };
     if libc::sigaltstack(&ss, ptr::null_mut()) != 0 {
-        die(20);
+        die(EXIT_ALTSTACK);
     }
     let mut sa: libc::sigaction = std::mem::zeroed();
     sa.sa_sigaction = on_signal as *const () as usize;
@@ -421,7 +476,7 @@ unsafe fn child_main(
         libc::SIGTRAP,
     ] {
         if libc::sigaction(sig, &sa, ptr::null_mut()) != 0 {
-            die(21);
+            die(EXIT_SIGACTION);
         }
     }
     let fixed = |addr: u64, len: usize| {
@@ -436,7 +491,10 @@ unsafe fn child_main(
         p as u64 == addr
     };
     if !fixed(CODE_VA, CODE_SIZE) || !fixed(DATA_VA, DATA_SIZE) {
-        die(22);
+        die(EXIT_MAP);
+    }
+    if !install_ldt() {
+        die(EXIT_LDT);
     }
     let code = CODE_VA as *mut u8;
     let data = DATA_VA as *mut u8;
@@ -449,19 +507,21 @@ unsafe fn child_main(
         let sh = &mut *shared;
         let n = sh.code_len as usize;
         if libc::mprotect(code.cast(), CODE_SIZE, libc::PROT_READ | libc::PROT_WRITE) != 0 {
-            die(23);
+            die(EXIT_CODE_WRITABLE);
         }
         ptr::write_bytes(code, 0, CODE_SIZE);
         ptr::copy_nonoverlapping(sh.code.as_ptr(), code, n);
         *code.add(n) = END_MARKER;
         if libc::mprotect(code.cast(), CODE_SIZE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-            die(24);
+            die(EXIT_CODE_EXECUTABLE);
         }
         ptr::copy_nonoverlapping(sh.data.as_ptr(), data, DATA_SIZE);
         for (i, g) in sh.gpr.iter().enumerate() {
             *slot(t.gpr[i]) = *g;
         }
         *slot(t.rflags) = sh.rflags;
+        *slot(t.data_selector) = sh.data_selector;
+        *(t.far_offset as *mut u32) = sh.entry_ip as u32;
         *(t.far_selector as *mut u16) = sh.selector as u16;
 
         RUNNING.store(true, Ordering::SeqCst);
@@ -472,6 +532,44 @@ unsafe fn child_main(
             die(0);
         }
     }
+}
+
+/// Linux's `struct user_desc` (asm/ldt.h): the flags word packs seg_32bit, contents (2
+/// bits), read_exec_only, limit_in_pages, seg_not_present, useable and lm.
+#[repr(C)]
+struct UserDesc {
+    entry_number: u32,
+    base_addr: u32,
+    limit: u32,
+    flags: u32,
+}
+
+/// Installs the 16-bit code and data segments (LDT entries 0 and 1) based at the code
+/// page with a 64 KiB limit, as [`seg_base`] lays them out: a readable code segment and
+/// a writable data segment, both 16-bit (D/B = 0), byte-granular, present.
+///
+/// # Safety
+/// A system call on the calling process's own LDT; call it in the child only.
+unsafe fn install_ldt() -> bool {
+    const CONTENTS_CODE: u32 = 2 << 1;
+    let base = seg_base(Bits::B16) as u32;
+    [(0, CONTENTS_CODE), (1, 0)]
+        .iter()
+        .all(|&(entry, contents)| {
+            let desc = UserDesc {
+                entry_number: entry,
+                base_addr: base,
+                limit: SEG16_LIMIT,
+                flags: contents | 1 << 6, // useable
+            };
+            // func 0x11: write an entry, "new mode" (the AVL/useable bit as given).
+            libc::syscall(
+                libc::SYS_modify_ldt,
+                0x11,
+                &desc as *const UserDesc,
+                std::mem::size_of::<UserDesc>(),
+            ) == 0
+        })
 }
 
 /// Records the interrupted snippet's context and sends it back to the trampoline.
@@ -494,13 +592,17 @@ extern "C" fn on_signal(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut
         sh.out_rip = g[libc::REG_RIP as usize] as u64;
         sh.out_rflags = g[libc::REG_EFL as usize] as u64;
         sh.out_trapno = g[libc::REG_TRAPNO as usize] as u64;
+        sh.out_err = g[libc::REG_ERR as usize] as u64;
         sh.out_cr2 = g[libc::REG_CR2 as usize] as u64;
         sh.out_signal = sig as u64;
-        // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack.
+        // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack (with
+        // __USER_DS in SS: sigreturn restores the saved SS, which may be 16-bit data).
         g[libc::REG_RIP as usize] = RESUME.load(Ordering::SeqCst) as i64;
         g[libc::REG_RSP as usize] = *(HOST_RSP.load(Ordering::SeqCst) as *const i64);
         g[libc::REG_EFL as usize] = 0x202;
         let csgsfs = g[libc::REG_CSGSFS as usize] as u64;
-        g[libc::REG_CSGSFS as usize] = ((csgsfs & !0xFFFF) | USER_CS64 as u64) as i64;
+        // CS, GS, FS, SS: 16 bits each.
+        let csgsfs = (csgsfs & 0x0000_FFFF_FFFF_0000) | USER_CS64 as u64 | (USER_DS as u64) << 48;
+        g[libc::REG_CSGSFS as usize] = csgsfs as i64;
     }
 }

@@ -3,6 +3,11 @@
 //! so addresses in registers, faulting addresses (CR2) and RIP compare as they are.
 //!
 //! Everything is below 4 GiB so that 32-bit code (compatibility mode) reaches it too.
+//! 16-bit code runs in segments based at [`CODE_VA`] with a 64 KiB limit, so the code and
+//! data pages are within its reach: its registers and IP hold offsets from that base
+//! ([`seg_base`]).
+
+use super::Bits;
 
 /// The snippet's page (read + execute): the snippet, then [`END_MARKER`].
 pub const CODE_VA: u64 = 0x1000_0000;
@@ -15,8 +20,35 @@ pub const DATA_SIZE: usize = 0x2000;
 pub const END_MARKER: u8 = 0xCC;
 /// The longest snippet the generators make (the marker must still fit on the page).
 pub const MAX_SNIPPET: usize = 256;
+/// The limit of the 16-bit code, data and stack segments (byte-granular, expand-up).
+pub const SEG16_LIMIT: u32 = 0xFFFF;
+
+/// The addresses both sides map alike: the code page, the data pages, and nothing else
+/// (16-bit code reaches all of it). Everywhere else one side has the host kernel's
+/// mappings (present, supervisor-only) and the other the sandbox guest's kernel.
+pub fn mirrored(linear: u64) -> bool {
+    (CODE_VA..CODE_VA + 0x1_0000 + 0x1000).contains(&linear)
+}
+
+/// The base of the segments code of this size runs with: flat for 32- and 64-bit code.
+pub fn seg_base(bits: Bits) -> u64 {
+    match bits {
+        Bits::B16 => CODE_VA,
+        Bits::B32 | Bits::B64 => 0,
+    }
+}
+
+/// The snippet's first byte as the code sees it (RIP, an offset from CS's base).
+pub fn code_ip(bits: Bits) -> u64 {
+    CODE_VA - seg_base(bits)
+}
+
+/// The data pages as the code addresses them (an offset from DS's, ES's and SS's base).
+pub fn data_addr(bits: Bits) -> u64 {
+    DATA_VA - seg_base(bits)
+}
 
 /// #BP from the end marker: the normal end of a snippet of `len` bytes.
-pub fn end_rip(len: usize) -> u64 {
-    CODE_VA + len as u64 + 1
+pub fn end_rip(bits: Bits, len: usize) -> u64 {
+    code_ip(bits) + len as u64 + 1
 }
