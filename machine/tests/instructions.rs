@@ -710,6 +710,36 @@ fn real_mode_limits_follow_the_descriptor_cache() {
     assert_eq!(d.cpu.gpr[0] as u32, 0x1234_5678);
 }
 
+/// SDM, PUSH in real-address mode: with SP = 1 the push runs past the stack's 64 KiB limit
+/// (#SS), the #SS's own delivery faults the same way (#DF), and so does the #DF's: the CPU
+/// shuts down. Interrupt delivery pushes through the same check (found by difftest).
+#[test]
+fn a_real_mode_interrupt_pushed_past_the_stack_limit_shuts_down() {
+    let d = run(
+        Mode::Real16,
+        |_, _| {},
+        |a| {
+            a.mov(sp, 1u32)?;
+            a.int3()
+        },
+    );
+    assert!(
+        matches!(d.stop, CpuStop::TripleFault { .. }),
+        "{:?}",
+        d.stop
+    );
+    // SP = 0 wraps to FFFEh: within the limit.
+    let d = run(
+        Mode::Real16,
+        |_, _| {},
+        |a| {
+            a.mov(sp, 0u32)?;
+            a.int3()
+        },
+    );
+    assert_eq!(d.vector(), Some(3));
+}
+
 #[test]
 fn triple_fault_without_an_idt() {
     let d = run(Mode::Long64, |cpu, _| cpu.idtr.limit = 0, |a| a.int3());

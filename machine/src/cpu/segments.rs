@@ -214,15 +214,31 @@ pub fn push(cpu: &mut CpuState, ctx: &mut Ctx, value: u64, bytes: u8) -> Result<
     let sp = cpu.gpr[RSP].wrapping_sub(bytes as u64);
     let sp = trunc_sp(sp, sp_bits);
     let lin = stack_linear(cpu, sp);
+    check_stack(cpu, lin, bytes, true)?;
     ctx.write(cpu, lin, bytes, value, super::mmu::Privilege::User)?;
     set_sp(cpu, sp, sp_bits);
     Ok(())
+}
+
+/// The SS limit and type check of a push or pop the CPU makes itself (real-mode interrupt
+/// delivery, far CALL, RET and IRET on the current stack): #SS(0), as the lifter's checks
+/// of instructions' own stack accesses. In real mode a push at SP = 1 thus faults, and
+/// delivery escalates to a double and then a triple fault, as the SDM describes.
+fn check_stack(cpu: &CpuState, lin: u64, bytes: u8, write: bool) -> Result<(), Exception> {
+    if cpu.mode64() {
+        return Ok(());
+    }
+    match cpu.segment_fault(SS, lin, bytes as u32, write) {
+        Some(vector) => Err(Exception::with_code(vector, 0)),
+        None => Ok(()),
+    }
 }
 
 pub fn pop(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u8) -> Result<u64, Exception> {
     let sp_bits = cpu.stack_bits();
     let sp = trunc_sp(cpu.gpr[RSP], sp_bits);
     let lin = stack_linear(cpu, sp);
+    check_stack(cpu, lin, bytes, false)?;
     let v = ctx.read(
         cpu,
         lin,
