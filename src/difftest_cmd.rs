@@ -10,6 +10,8 @@ use gantry_machine::difftest::{self, corpus, emu::EmuRunner, gen, Bits, Runner};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum ModeArg {
+    #[value(name = "real")]
+    Real,
     #[value(name = "16")]
     M16,
     #[value(name = "32")]
@@ -46,8 +48,9 @@ pub struct DifftestArgs {
     /// How many cases to generate.
     #[arg(long, default_value_t = 10_000)]
     count: u64,
-    /// Code size of the snippets: 64-bit, 32-bit (compatibility mode), or 16-bit (a 16-bit
-    /// code segment in compatibility mode, with 16-bit data and stack segments).
+    /// Code size of the snippets: 64-bit, 32-bit (compatibility mode), 16-bit (a 16-bit
+    /// code segment in compatibility mode, with 16-bit data and stack segments), or real
+    /// mode (KVM oracle only).
     #[arg(long, value_enum, default_value_t = ModeArg::M64)]
     mode: ModeArg,
     /// Instructions to draw from (all = every set implemented so far).
@@ -74,6 +77,16 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         ModeArg::M64 => Bits::B64,
         ModeArg::M32 => Bits::B32,
         ModeArg::M16 => Bits::B16,
+        ModeArg::Real => {
+            if args.oracle == OracleArg::Host && args.corpus.is_none() {
+                return Err(
+                    "--mode real needs --oracle kvm: the host CPU cannot run real-mode code \
+                     for a 64-bit process"
+                        .into(),
+                );
+            }
+            Bits::Real
+        }
     };
     let set = match args.set {
         SetArg::Integer | SetArg::All => gen::Set::Integer,
@@ -121,9 +134,9 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         let g = gen::Generator::new(bits, set, args.seed);
         let _ = writeln!(
             out,
-            "difftest: {}-bit, integer set ({} instruction forms), seed {}, {} cases, \
+            "difftest: {}, integer set ({} instruction forms), seed {}, {} cases, \
              oracle {}, backend {}",
-            bits.bits(),
+            bits.describe(),
             g.form_count(),
             args.seed,
             args.count,

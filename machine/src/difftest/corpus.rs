@@ -13,7 +13,7 @@ pub fn format_case(c: &Case) -> String {
     let gpr: Vec<String> = c.gpr.iter().map(|g| format!("{g:x}")).collect();
     format!(
         "{} code={code} rflags={:x} data={data} gpr={}",
-        c.bits.bits(),
+        c.bits.name(),
         c.rflags,
         gpr.join(",")
     )
@@ -26,7 +26,12 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         Some("64") => Bits::B64,
         Some("32") => Bits::B32,
         Some("16") => Bits::B16,
-        other => return Err(format!("unknown mode {other:?} (expected 16, 32 or 64)")),
+        Some("real") => Bits::Real,
+        other => {
+            return Err(format!(
+                "unknown mode {other:?} (expected 16, 32, 64 or real)"
+            ))
+        }
     };
     let (mut code, mut rflags, mut data, mut gpr) = (None, None, None, None);
     let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"));

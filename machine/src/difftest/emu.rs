@@ -10,6 +10,11 @@
 //! interrupt gate); the stub's address names the vector, and the frame on the kernel stack
 //! holds RIP, RFLAGS and RSP as of the event. The GPRs are untouched by delivery.
 //!
+//! Real-mode cases ([`Bits::Real`]) run in the same guest with paging and protection off:
+//! the snippet's segments are based at [`REAL_BASE`], and the IVT sends each exception
+//! vector to the same HLT stub; the real-mode frame (IP, CS, FLAGS) is on the snippet's
+//! own stack.
+//!
 //! One guest serves all cases: each run resets the CPU state, rewrites the code and data
 //! pages and drops the translations of the code page. The same guest ([`Sandbox`]) is what
 //! the KVM oracle runs.
@@ -25,7 +30,7 @@ use gantry_frontend::state::{
 };
 
 use super::layout::{
-    code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
+    code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, REAL_BASE, SEG16_LIMIT,
 };
 use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner};
 use crate::accel::CpuStop;
@@ -71,6 +76,23 @@ pub struct Sandbox {
     pub mem: GuestMemory,
     pub board: Board,
     start: CpuState,
+    real_start: CpuState,
+}
+
+/// The bytes a real-mode case can reach: its 64 KiB segment and the 3 bytes a dword at
+/// its last offset runs past it (with 32-bit addressing beyond the limit faulting).
+const REAL_REACH: usize = 0x1_0000 + 3;
+
+/// Where the case's code page is in guest-physical memory, and its data pages.
+pub fn code_phys(bits: Bits) -> u64 {
+    match bits {
+        Bits::Real => REAL_BASE,
+        _ => CODE_PHYS,
+    }
+}
+
+fn data_phys(bits: Bits) -> u64 {
+    code_phys(bits) + (DATA_VA - CODE_VA)
 }
 
 impl Sandbox {
@@ -94,6 +116,7 @@ impl Sandbox {
             mem,
             board,
             start: user_state(entry),
+            real_start: real_state(),
         })
     }
 
@@ -104,14 +127,25 @@ impl Sandbox {
         code[..n].copy_from_slice(&case.code[..n]);
         code[n] = END_MARKER;
         let data = case.data.bytes();
+        let fail = |e: crate::memory::MemoryError| format!("sandbox memory: {e}");
+        if case.bits == Bits::Real {
+            // Nothing pages the rest of the segment out: it starts as zeros every time.
+            self.mem
+                .write(REAL_BASE, &[0u8; REAL_REACH])
+                .map_err(fail)?;
+        }
         self.mem
-            .write(CODE_PHYS, &code)
-            .and_then(|_| self.mem.write(DATA_PHYS, &data))
-            .map_err(|e| format!("sandbox memory: {e}"))?;
-        let mut st = self.start.clone();
+            .write(code_phys(case.bits), &code)
+            .and_then(|_| self.mem.write(data_phys(case.bits), &data))
+            .map_err(fail)?;
+        let mut st = if case.bits == Bits::Real {
+            self.real_start.clone()
+        } else {
+            self.start.clone()
+        };
         st.gpr = case.gpr;
-        st.seg[CS] = user_code(case.bits);
         st.rip = code_ip(case.bits);
+        st.seg[CS] = user_code(case.bits);
         if case.bits == Bits::B16 {
             for s in [ES, SS, DS] {
                 st.seg[s] = user_data16();
@@ -134,6 +168,34 @@ impl Sandbox {
         else {
             return other(case, format!("the sandbox guest halted at {rip:#x}"));
         };
+        let mut out = vec![0u8; DATA_SIZE];
+        // Read back from RAM that new() allocated; cannot fail.
+        let _ = self.mem.read(data_phys(case.bits), &mut out);
+        if case.bits == Bits::Real {
+            // The real-mode frame on the snippet's stack: IP, CS, FLAGS (each offset wraps
+            // at 64 KiB); SP is 6 below its value at the event.
+            let sp = cpu.gpr[RSP] & 0xFFFF;
+            let word = |k: u64| {
+                let a = cpu.seg[SS].base + ((sp + k) & 0xFFFF);
+                let mut w = [0u8; 2];
+                let _ = self.mem.read(a, &mut w);
+                u16::from_le_bytes(w) as u64
+            };
+            let mut gpr = cpu.gpr;
+            gpr[RSP] = (gpr[RSP] & !0xFFFF) | ((sp + 6) & 0xFFFF);
+            return Final {
+                gpr,
+                rip: word(0),
+                rflags: word(4),
+                event: Event::Exception {
+                    vector,
+                    // Real-mode delivery pushes no error code and there is no paging.
+                    error: None,
+                    address: None,
+                },
+                data: out,
+            };
+        }
         // The 64-bit frame: [error code,] RIP, CS, RFLAGS, RSP, SS below KSTACK_TOP.
         let frame = KSTACK_TOP - 40;
         let error =
@@ -141,9 +203,6 @@ impl Sandbox {
         let read = |a: u64| self.mem.read_u64(a).unwrap_or(0);
         let mut gpr = cpu.gpr;
         gpr[RSP] = read(frame + 24);
-        let mut out = vec![0u8; DATA_SIZE];
-        // Read back from RAM that new() allocated; cannot fail.
-        let _ = self.mem.read(DATA_PHYS, &mut out);
         Final {
             gpr,
             rip: read(frame),
@@ -178,7 +237,7 @@ impl EmuRunner {
             Ok(st) => st,
             Err(e) => return other(case, e),
         };
-        self.cpu.code_written(CODE_PHYS);
+        self.cpu.code_written(code_phys(case.bits));
         self.cpu.state = st;
         let sb = &mut self.sandbox;
         let stop = self.cpu.run(&mut sb.mem, &mut sb.board);
@@ -205,7 +264,8 @@ pub(super) fn other(case: &Case, why: String) -> Final {
     }
 }
 
-/// CS for code of this size, as the GDT in [`build_kernel`] describes it.
+/// CS for code of this size, as the GDT in [`build_kernel`] describes it (or, for real
+/// mode, as its selector makes it).
 fn user_code(bits: Bits) -> Segment {
     let user = 0xB | attr::S | (3 << attr::DPL_SHIFT) | attr::P;
     let flat = |selector, size| Segment {
@@ -223,6 +283,7 @@ fn user_code(bits: Bits) -> Segment {
             selector: USER_CS16,
             attr: user,
         },
+        Bits::Real => Segment::real((REAL_BASE >> 4) as u16, true),
     }
 }
 
@@ -234,6 +295,26 @@ fn user_data16() -> Segment {
         selector: USER_DS16,
         attr: 0x3 | attr::S | (3 << attr::DPL_SHIFT) | attr::P,
     }
+}
+
+/// A real-mode case's start state, apart from GPRs, RFLAGS and IP: CS, DS, ES and SS at
+/// [`REAL_BASE`], the IVT at 0, paging and protection off.
+fn real_state() -> CpuState {
+    let mut st = CpuState::reset();
+    let sel = (REAL_BASE >> 4) as u16;
+    for (i, s) in st.seg.iter_mut().enumerate() {
+        *s = match i {
+            CS => user_code(Bits::Real),
+            ES | SS | DS => Segment::real(sel, false),
+            _ => Segment::real(0, false),
+        };
+    }
+    st.idtr = DescriptorTable {
+        base: 0,
+        limit: 0x3FF,
+    };
+    st.cr0 = CR0_ET | CR0_NE;
+    st
 }
 
 /// The CPU state at a snippet's start, apart from GPRs, RFLAGS and CS.
@@ -321,6 +402,8 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
     for v in 0..32u64 {
         let stub = STUBS + v * 8;
         mem.write(stub, &[0xF4])?;
+        // The IVT entry (segment 0) for real-mode cases.
+        mem.write(v * 4, &(stub as u32).to_le_bytes())?;
         // #BP and #OF may be raised from user code (INT3, INTO), as on Linux.
         let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
         let gate = (stub & 0xFFFF)
@@ -331,4 +414,40 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
         mem.write_u64(IDT + v * 16 + 8, stub >> 32)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::difftest::corpus::parse_case;
+    use crate::difftest::layout::data_addr;
+
+    /// The real-mode sandbox: INC AX, then the end marker's #BP through the IVT, with the
+    /// frame (IP, CS, FLAGS) on the snippet's stack in the data pages and SP as of the
+    /// event. Nothing else checks this side when KVM cannot be the oracle.
+    #[test]
+    fn a_real_mode_case_ends_at_the_marker_with_its_frame_on_its_stack() {
+        let sp = data_addr(Bits::Real) + 0x100;
+        let case = parse_case(&format!(
+            "real code=40 rflags=0 data=zero gpr=41,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
+        ))
+        .unwrap();
+        let f = EmuRunner::new().unwrap().execute(&case);
+        assert_eq!(
+            f.event,
+            Event::Exception {
+                vector: 3,
+                error: None,
+                address: None
+            }
+        );
+        assert!(f.completed(&case), "{f:?}");
+        assert_eq!((f.gpr[0], f.gpr[RSP]), (0x42, sp));
+        // The frame's offset in the data pages.
+        let at = (sp - 6 - data_addr(Bits::Real)) as usize;
+        let word = |i: usize| u16::from_le_bytes([f.data[at + i], f.data[at + i + 1]]);
+        assert_eq!(word(0), 2, "IP after INT3");
+        assert_eq!(word(2), (REAL_BASE >> 4) as u16, "CS");
+        assert_eq!(word(4) as u64, f.rflags);
+    }
 }

@@ -121,6 +121,7 @@ fn forms(bits: Bits, set: Set) -> Vec<Code> {
                 Bits::B64 => op.mode64() && op.long_mode(),
                 Bits::B32 => op.mode32() && op.compatibility_mode(),
                 Bits::B16 => op.mode16() && op.compatibility_mode(),
+                Bits::Real => op.mode16() && op.real_mode(),
             };
             op.is_instruction()
                 && in_mode
@@ -320,7 +321,7 @@ impl Generator {
     fn regs(&self) -> usize {
         match self.bits {
             Bits::B64 => 16,
-            Bits::B16 | Bits::B32 => 8,
+            Bits::B16 | Bits::B32 | Bits::Real => 8,
         }
     }
 
@@ -332,7 +333,7 @@ impl Generator {
         let data = data_addr(self.bits);
         // The stack: inside the data pages, usually aligned, sometimes near an end.
         gpr[4] = (data + data_offset(rng)) & if rng.chance(90) { !7 } else { !0 };
-        if self.bits == Bits::B16 && rng.chance(30) {
+        if self.bits.bits() == 16 && rng.chance(30) {
             // A 16-bit stack uses SP alone: ESP's upper half must not matter.
             gpr[4] |= rng.next_u64() << 16;
         }
@@ -388,7 +389,7 @@ impl Generator {
                     instr.set_memory_base(match self.bits {
                         Bits::B64 => Register::RBX,
                         Bits::B32 => Register::EBX,
-                        Bits::B16 => Register::BX,
+                        Bits::B16 | Bits::Real => Register::BX,
                     });
                 }
                 K::al => set_register(&mut instr, i, Register::AL),
@@ -507,9 +508,11 @@ impl Generator {
         };
         // 16-bit code mostly uses 16-bit addressing, which has forms of its own.
         let addr32 = match self.bits {
-            Bits::B16 if rng.chance(80) => return self.set_memory16(rng, plan, instr, op, target),
+            Bits::B16 | Bits::Real if rng.chance(80) => {
+                return self.set_memory16(rng, plan, instr, op, target)
+            }
             Bits::B64 => rng.chance(10),
-            Bits::B16 | Bits::B32 => true,
+            Bits::B16 | Bits::B32 | Bits::Real => true,
         };
         let use_rsp = plan.bases.is_empty() || rng.chance(15);
         let base_reg = if use_rsp { 4 } else { rng.pick(&plan.bases) };
@@ -623,7 +626,7 @@ impl Generator {
         let data = data_addr(self.bits);
         gpr[6] = data + data_offset(rng);
         gpr[7] = data + data_offset(rng);
-        if self.bits == Bits::B16 && !addr_override && rng.chance(30) {
+        if self.bits.bits() == 16 && !addr_override && rng.chance(30) {
             // 16-bit addressing uses SI and DI alone.
             gpr[6] |= rng.next_u64() << 16;
             gpr[7] |= rng.next_u64() << 16;

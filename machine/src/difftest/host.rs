@@ -67,6 +67,10 @@ const CHILD_EXITS: &[(i32, &str)] = &[
     ),
 ];
 
+/// Why real-mode cases need another oracle.
+pub const REAL_MODE: &str =
+    "the host CPU oracle cannot run real-mode code (a 64-bit process has no vm86); use --oracle kvm";
+
 /// How long a case may take before the child is deemed hung.
 const TIMEOUT_SECS: u64 = 5;
 
@@ -255,6 +259,7 @@ impl HostOracle {
             Bits::B64 => (USER_CS64, USER_DS),
             Bits::B32 => (USER_CS32, USER_DS),
             Bits::B16 => (LDT_CS16, LDT_DS16),
+            Bits::Real => return Err(RunError::Oracle(REAL_MODE.into())),
         };
         sh.selector = cs as u64;
         sh.data_selector = ds as u64;
@@ -302,7 +307,7 @@ impl HostOracle {
                 match case.bits {
                     Bits::B32 => ": does this kernel run 32-bit code (ia32_emulation)?",
                     Bits::B16 => ": does this kernel run 16-bit code segments?",
-                    Bits::B64 => "",
+                    Bits::B64 | Bits::Real => "",
                 }
             )));
         }

@@ -5,7 +5,11 @@
 //! Everything is below 4 GiB so that 32-bit code (compatibility mode) reaches it too.
 //! 16-bit code runs in segments based at [`CODE_VA`] with a 64 KiB limit, so the code and
 //! data pages are within its reach: its registers and IP hold offsets from that base
-//! ([`seg_base`]).
+//! ([`seg_base`]). Real mode has neither paging nor addresses that high: there the same
+//! layout starts at [`REAL_BASE`] (linear = physical).
+//!
+//! [`CODE_VA`] and [`DATA_VA`] are the addresses outside real mode; [`code_va`] and
+//! [`data_va`] give them for any mode.
 
 use super::Bits;
 
@@ -30,22 +34,40 @@ pub fn mirrored(linear: u64) -> bool {
     (CODE_VA..CODE_VA + 0x1_0000 + 0x1000).contains(&linear)
 }
 
+/// Real mode: the code page's address, and the base of CS, DS, ES and SS (selector
+/// 2000h). The 64 KiB segment and the 3 bytes an access at its end may reach past it are
+/// the sandbox's; everything below is the sandbox guest's (IVT, stubs).
+pub const REAL_BASE: u64 = 0x2_0000;
+
+/// The code page's linear address in this mode.
+pub fn code_va(bits: Bits) -> u64 {
+    match bits {
+        Bits::Real => REAL_BASE,
+        _ => CODE_VA,
+    }
+}
+
+/// The data pages' linear address in this mode.
+pub fn data_va(bits: Bits) -> u64 {
+    code_va(bits) + (DATA_VA - CODE_VA)
+}
+
 /// The base of the segments code of this size runs with: flat for 32- and 64-bit code.
 pub fn seg_base(bits: Bits) -> u64 {
     match bits {
-        Bits::B16 => CODE_VA,
+        Bits::B16 | Bits::Real => code_va(bits),
         Bits::B32 | Bits::B64 => 0,
     }
 }
 
 /// The snippet's first byte as the code sees it (RIP, an offset from CS's base).
 pub fn code_ip(bits: Bits) -> u64 {
-    CODE_VA - seg_base(bits)
+    code_va(bits) - seg_base(bits)
 }
 
 /// The data pages as the code addresses them (an offset from DS's, ES's and SS's base).
 pub fn data_addr(bits: Bits) -> u64 {
-    DATA_VA - seg_base(bits)
+    data_va(bits) - seg_base(bits)
 }
 
 /// #BP from the end marker: the normal end of a snippet of `len` bytes.

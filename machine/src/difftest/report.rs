@@ -58,7 +58,7 @@ pub fn disassemble(case: &Case) -> String {
 /// The full report of one mismatch.
 pub fn mismatch(case: &Case, oracle_name: &str, oracle: &Final, gantry: &Final) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "  {}-bit code:", case.bits.bits());
+    let _ = writeln!(out, "  {}:", case.bits.describe());
     out.push_str(&disassemble(case));
     let _ = writeln!(out, "  case: {}", super::corpus::format_case(case));
     let regs = if case.bits == Bits::B64 { 16 } else { 8 };
