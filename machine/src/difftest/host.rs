@@ -47,7 +47,6 @@ const EXIT_SIGACTION: i32 = 21;
 const EXIT_MAP: i32 = 22;
 const EXIT_CODE_WRITABLE: i32 = 23;
 const EXIT_CODE_EXECUTABLE: i32 = 24;
-const EXIT_LDT: i32 = 25;
 const CHILD_EXITS: &[(i32, &str)] = &[
     (EXIT_ALTSTACK, "sigaltstack failed"),
     (EXIT_SIGACTION, "sigaction failed"),
@@ -60,12 +59,11 @@ const CHILD_EXITS: &[(i32, &str)] = &[
         EXIT_CODE_EXECUTABLE,
         "making the code page executable failed",
     ),
-    (
-        EXIT_LDT,
-        "modify_ldt failed: 16-bit code needs LDT segments, which this kernel does not \
-         offer (CONFIG_MODIFY_LDT_SYSCALL)",
-    ),
 ];
+
+/// Why 16-bit cases cannot run when the child could not install its LDT segments.
+const NO_LDT: &str = "modify_ldt failed: 16-bit code needs LDT segments, which this kernel \
+                      does not offer (CONFIG_MODIFY_LDT_SYSCALL)";
 
 /// Why real-mode cases need another oracle.
 pub const REAL_MODE: &str =
@@ -92,6 +90,8 @@ struct Shared {
     out_err: u64,
     out_cr2: u64,
     out_signal: u64,
+    /// Set by the child when a 16-bit case came but it has no LDT segments.
+    out_no_ldt: u64,
     out_data: [u8; DATA_SIZE],
 }
 
@@ -271,6 +271,7 @@ impl HostOracle {
         sh.rflags = 0x202 | (case.rflags & COMPARED_FLAGS);
         sh.data.copy_from_slice(&data);
         sh.out_signal = 0;
+        sh.out_no_ldt = 0;
 
         let w = self
             .worker
@@ -297,6 +298,9 @@ impl HostOracle {
         let got = unsafe { libc::read(w.reply.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
         if got != 1 {
             return Err(RunError::Oracle(self.reap()));
+        }
+        if sh.out_no_ldt != 0 {
+            return Err(RunError::Oracle(NO_LDT.into()));
         }
         let rip = sh.out_rip;
         let start = code_ip(case.bits);
@@ -498,9 +502,8 @@ unsafe fn child_main(
     if !fixed(CODE_VA, CODE_SIZE) || !fixed(DATA_VA, DATA_SIZE) {
         die(EXIT_MAP);
     }
-    if !install_ldt() {
-        die(EXIT_LDT);
-    }
+    // Only 16-bit cases need the LDT: without it the others still run.
+    let have_ldt = install_ldt();
     let code = CODE_VA as *mut u8;
     let data = DATA_VA as *mut u8;
     let slot = |a: u64| a as *mut u64;
@@ -529,9 +532,13 @@ unsafe fn child_main(
         *(t.far_offset as *mut u32) = sh.entry_ip as u32;
         *(t.far_selector as *mut u16) = sh.selector as u16;
 
-        RUNNING.store(true, Ordering::SeqCst);
-        let enter: extern "C" fn() = std::mem::transmute(t.entry as usize);
-        enter();
+        if sh.selector as u16 == LDT_CS16 && !have_ldt {
+            sh.out_no_ldt = 1;
+        } else {
+            RUNNING.store(true, Ordering::SeqCst);
+            let enter: extern "C" fn() = std::mem::transmute(t.entry as usize);
+            enter();
+        }
         ptr::copy_nonoverlapping(data, sh.out_data.as_mut_ptr(), DATA_SIZE);
         if libc::write(reply, (&b as *const u8).cast(), 1) != 1 {
             die(0);
