@@ -506,7 +506,8 @@ unsafe fn child_main(
     let have_ldt = install_ldt();
     let code = CODE_VA as *mut u8;
     let data = DATA_VA as *mut u8;
-    let slot = |a: u64| a as *mut u64;
+    // The trampoline's data slots sit between its instructions, unaligned.
+    let set_slot = |a: u64, v: u64| ptr::write_unaligned(a as *mut u64, v);
     loop {
         let mut b = 0u8;
         if libc::read(request, (&mut b as *mut u8).cast(), 1) != 1 {
@@ -525,12 +526,12 @@ unsafe fn child_main(
         }
         ptr::copy_nonoverlapping(sh.data.as_ptr(), data, DATA_SIZE);
         for (i, g) in sh.gpr.iter().enumerate() {
-            *slot(t.gpr[i]) = *g;
+            set_slot(t.gpr[i], *g);
         }
-        *slot(t.rflags) = sh.rflags;
-        *slot(t.data_selector) = sh.data_selector;
-        *(t.far_offset as *mut u32) = sh.entry_ip as u32;
-        *(t.far_selector as *mut u16) = sh.selector as u16;
+        set_slot(t.rflags, sh.rflags);
+        set_slot(t.data_selector, sh.data_selector);
+        ptr::write_unaligned(t.far_offset as *mut u32, sh.entry_ip as u32);
+        ptr::write_unaligned(t.far_selector as *mut u16, sh.selector as u16);
 
         if sh.selector as u16 == LDT_CS16 && !have_ldt {
             sh.out_no_ldt = 1;
@@ -610,7 +611,8 @@ extern "C" fn on_signal(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut
         // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack (with
         // __USER_DS in SS: sigreturn restores the saved SS, which may be 16-bit data).
         g[libc::REG_RIP as usize] = RESUME.load(Ordering::SeqCst) as i64;
-        g[libc::REG_RSP as usize] = *(HOST_RSP.load(Ordering::SeqCst) as *const i64);
+        g[libc::REG_RSP as usize] =
+            ptr::read_unaligned(HOST_RSP.load(Ordering::SeqCst) as *const i64);
         g[libc::REG_EFL as usize] = 0x202;
         let csgsfs = g[libc::REG_CSGSFS as usize] as u64;
         // CS, GS, FS, SS: 16 bits each.
