@@ -78,7 +78,7 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         ModeArg::M32 => Bits::B32,
         ModeArg::M16 => Bits::B16,
         ModeArg::Real => {
-            if args.oracle == OracleArg::Host && args.corpus.is_none() {
+            if args.oracle == OracleArg::Host {
                 return Err(
                     "--mode real needs --oracle kvm: the host CPU cannot run real-mode code \
                      for a 64-bit process"

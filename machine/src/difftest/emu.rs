@@ -84,7 +84,7 @@ pub struct Sandbox {
 const REAL_REACH: usize = 0x1_0000 + 3;
 
 /// Where the case's code page is in guest-physical memory, and its data pages.
-pub fn code_phys(bits: Bits) -> u64 {
+fn code_phys(bits: Bits) -> u64 {
     match bits {
         Bits::Real => REAL_BASE,
         _ => CODE_PHYS,

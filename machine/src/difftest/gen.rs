@@ -520,9 +520,13 @@ impl Generator {
             Some(r) if rng.chance(40) => (Some(r), rng.pick(&[1u32, 2, 4, 8])),
             _ => (None, 1),
         };
+        // Wrapping: a 16-bit stack pointer may carry random upper bits (the encoder then
+        // refuses the displacement and the case is made again).
         let base_value = plan.gpr[base_reg] as i64;
         let index_value = index_reg.map_or(0, |r| plan.gpr[r] as i64 * scale as i64);
-        let displ = data_addr(self.bits) as i64 + target - base_value - index_value;
+        let displ = (data_addr(self.bits) as i64 + target)
+            .wrapping_sub(base_value)
+            .wrapping_sub(index_value);
         let name = |r: usize| {
             if addr32 {
                 dword_of(GPR64[r])
@@ -574,7 +578,7 @@ impl Generator {
         let (base, index) = rng.pick(&FORMS);
         let value = |r: Register| match r {
             Register::None => 0,
-            r => plan.gpr[r as usize - Register::AX as usize] as i64,
+            r => (plan.gpr[r as usize - Register::AX as usize] & 0xFFFF) as i64,
         };
         // Sometimes the last bytes below 64 KiB: a word there runs past the limit (#GP),
         // a byte there is within it (and unmapped: #PF).
@@ -741,8 +745,10 @@ mod tests {
             }
             addr16 += 1;
             // Only the first instruction sees the registers as planned.
-            let ea =
-                (reg(base) + reg(first.memory_index()) + first.memory_displacement64()) & 0xFFFF;
+            let ea = reg(base)
+                .wrapping_add(reg(first.memory_index()))
+                .wrapping_add(first.memory_displacement64())
+                & 0xFFFF;
             let data = data_addr(Bits::B16);
             if (data - 16..data + DATA_SIZE as u64 + 16).contains(&ea) || ea >= 0xFFFC {
                 on_target += 1;

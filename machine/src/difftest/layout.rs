@@ -28,7 +28,8 @@ pub const MAX_SNIPPET: usize = 256;
 pub const SEG16_LIMIT: u32 = 0xFFFF;
 
 /// The addresses both sides map alike: the code page, the data pages, and nothing else
-/// (16-bit code reaches all of it). Everywhere else one side has the host kernel's
+/// in the 64 KiB 16-bit code reaches from the code page, nor in the page after them
+/// (where an access at its last offsets ends). Everywhere else one side has the host kernel's
 /// mappings (present, supervisor-only) and the other the sandbox guest's kernel.
 pub fn mirrored(linear: u64) -> bool {
     (CODE_VA..CODE_VA + 0x1_0000 + 0x1000).contains(&linear)

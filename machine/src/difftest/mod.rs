@@ -23,6 +23,9 @@ pub mod shrink;
 
 use std::fmt;
 
+/// Which vectors push an error code: the architecture's table, as the CPU delivers them.
+pub use crate::cpu::interrupts::has_error_code;
+
 use layout::{end_rip, DATA_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,11 +148,6 @@ impl Final {
 
 /// The flags compared: the arithmetic flags and DF.
 pub const COMPARED_FLAGS: u64 = 0x0CD5 | 0x400;
-
-/// The vectors whose delivery pushes an error code (#DF, #TS, #NP, #SS, #GP, #PF, #AC).
-pub fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10..=14 | 17)
-}
 
 /// The vector names of the exceptions a snippet can raise.
 pub fn vector_name(v: u8) -> &'static str {
