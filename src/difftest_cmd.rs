@@ -79,11 +79,7 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         ModeArg::M16 => Bits::B16,
         ModeArg::Real => {
             if args.oracle == OracleArg::Host {
-                return Err(
-                    "--mode real needs --oracle kvm: the host CPU cannot run real-mode code \
-                     for a 64-bit process"
-                        .into(),
-                );
+                return Err(format!("--mode real: {}", difftest::REAL_MODE_NEEDS_KVM));
             }
             Bits::Real
         }

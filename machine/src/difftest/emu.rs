@@ -52,7 +52,6 @@ const TSS: u64 = 0x7000;
 const STUBS: u64 = 0x8000;
 const KSTACK_TOP: u64 = 0xF000;
 const CODE_PHYS: u64 = 0x10_0000;
-const DATA_PHYS: u64 = 0x10_2000;
 const RAM: u64 = 4 << 20;
 
 const KERNEL_CS: u16 = 0x08;
@@ -371,7 +370,7 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
     for page in 0..(DATA_SIZE as u64 / 0x1000) {
         mem.write_u64(
             pte(DATA_VA + page * 0x1000),
-            (DATA_PHYS + page * 0x1000) | P | RW | US | NX,
+            (data_phys(Bits::B64) + page * 0x1000) | P | RW | US | NX,
         )?;
     }
 

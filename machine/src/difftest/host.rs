@@ -65,10 +65,6 @@ const CHILD_EXITS: &[(i32, &str)] = &[
 const NO_LDT: &str = "modify_ldt failed: 16-bit code needs LDT segments, which this kernel \
                       does not offer (CONFIG_MODIFY_LDT_SYSCALL)";
 
-/// Why real-mode cases need another oracle.
-pub const REAL_MODE: &str =
-    "the host CPU oracle cannot run real-mode code (a 64-bit process has no vm86); use --oracle kvm";
-
 /// How long a case may take before the child is deemed hung.
 const TIMEOUT_SECS: u64 = 5;
 
@@ -259,7 +255,7 @@ impl HostOracle {
             Bits::B64 => (USER_CS64, USER_DS),
             Bits::B32 => (USER_CS32, USER_DS),
             Bits::B16 => (LDT_CS16, LDT_DS16),
-            Bits::Real => return Err(RunError::Oracle(REAL_MODE.into())),
+            Bits::Real => return Err(RunError::Oracle(super::REAL_MODE_NEEDS_KVM.into())),
         };
         sh.selector = cs as u64;
         sh.data_selector = ds as u64;

@@ -108,6 +108,10 @@ pub struct Case {
     pub data: DataInit,
 }
 
+/// Why real-mode cases need the KVM oracle (the CLI's error and the host oracle's answer).
+pub const REAL_MODE_NEEDS_KVM: &str = "the host CPU oracle cannot run real-mode code (a 64-bit \
+                                       process has no vm86); use --oracle kvm";
+
 /// What ended a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
