@@ -195,7 +195,7 @@ pub enum Helper {
     FarCall,
     /// (operand bytes, stack bytes to release)
     FarRet,
-    /// (operand bytes)
+    /// (operand bytes, next rip: where the old task resumes if IRET returns from a task)
     Iret,
     /// (vector, next rip): INT n / INT3 / INT1 as software interrupts.
     SoftInt,

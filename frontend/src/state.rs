@@ -38,6 +38,10 @@ pub const AC: u64 = 1 << 18;
 pub const VIF: u64 = 1 << 19;
 pub const VIP: u64 = 1 << 20;
 pub const ID: u64 = 1 << 21;
+/// Every RFLAGS bit that exists; an image loaded whole (a TSS, IRET into VM86) keeps
+/// only these.
+pub const RFLAGS_DEFINED: u64 =
+    ARITH_FLAGS | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
 /// The six arithmetic flags, kept lazily (see [`crate::flags`]).
 pub const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
 

@@ -144,7 +144,7 @@ impl Lift<'_> {
                     M::Iretd => 4,
                     _ => 8,
                 };
-                self.b.call_k(Helper::Iret, &[bytes], None);
+                self.b.call_k(Helper::Iret, &[bytes, next], None);
                 self.jump_to_state_rip()
             }
             M::Loop | M::Loope | M::Loopne => {

@@ -16,6 +16,9 @@ pub struct Ctx<'a> {
     pub dirty_code: &'a mut Vec<u64>,
     pub stats: &'a mut super::CpuStats,
     pub traps: &'a mut super::debug::DebugTraps,
+    /// An exception a task switch raised after its commit point: it belongs to the new
+    /// task, and the run loop delivers it with the new task's state (SDM vol. 3, 7.3).
+    pub task_fault: &'a mut Option<Exception>,
 }
 
 impl Ctx<'_> {

@@ -117,6 +117,8 @@ impl DebugTraps {
 
 /// DR6.BS: the #DB is a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
+/// DR6.BT: a task switch to a TSS with its T bit set.
+pub const DR6_BT: u64 = 1 << 15;
 
 /// What one of DR0-3 watches, as DR7's R/Wn field says (I/O, R/W = 10, is left out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -137,13 +137,13 @@ impl Host for Ctx<'_> {
                 Ok(0)
             }
             Helper::FarJmp => {
-                segments::far_jmp(cpu, self, arg(0) as u16, arg(1), arg(2)).map(|_| 0)
+                segments::far_jmp(cpu, self, arg(0) as u16, arg(1), arg(2), arg(3)).map(|_| 0)
             }
             Helper::FarCall => {
                 segments::far_call(cpu, self, arg(0) as u16, arg(1), arg(2), arg(3)).map(|_| 0)
             }
             Helper::FarRet => segments::far_ret(cpu, self, arg(0), arg(1)).map(|_| 0),
-            Helper::Iret => segments::iret(cpu, self, arg(0)).map(|_| 0),
+            Helper::Iret => segments::iret(cpu, self, arg(0), arg(1)).map(|_| 0),
             Helper::SoftInt => {
                 let v = arg(0) as u8;
                 if cpu.v86() && (flags::rflags(cpu) & IOPL) >> 12 < 3 && v != 3 {
@@ -591,9 +591,9 @@ impl Ctx<'_> {
                 Ok(())
             }
             4 => {
-                let known = CR4_VME
-                    | CR4_PVI
-                    | CR4_TSD
+                // VME and PVI are left out: the CPU model has no virtual interrupt flag
+                // (CPUID.1:EDX.VME is clear), and setting them is #GP as on such a CPU.
+                let known = CR4_TSD
                     | CR4_DE
                     | CR4_PSE
                     | CR4_PAE

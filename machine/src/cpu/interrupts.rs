@@ -1,13 +1,14 @@
 //! Delivering exceptions and interrupts: the real-mode IVT, protected-mode IDT gates (16-
 //! and 32-bit interrupt and trap gates, with the stack switch through the TSS and the VM86
-//! frame), the long-mode IDT with IST, and the double/triple fault rules.
+//! frame; task gates), the long-mode IDT with IST, and the double/triple fault rules.
 
 use gantry_frontend::flags;
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
 use super::access::Ctx;
-use super::segments::{fetch, Descriptor};
+use super::segments::{fetch, push_frame, Descriptor};
+use super::tasks::{self, inner_stack, tss_read, Switch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -82,15 +83,15 @@ fn deliver_real(cpu: &mut CpuState, ctx: &mut Ctx, vector: u8, ret: u64) -> Resu
     Ok(())
 }
 
-/// Reads a gate and the code descriptor it names, with the checks common to both modes.
-/// Returns (gate low, gate high (long mode), code selector, code descriptor).
-fn gate_and_target(
+/// Reads the IDT's gate for `vector` (16 bytes in long mode) with the checks common to
+/// every gate: within the IDT, a gate type the mode allows, the DPL of INT n, present.
+fn read_gate(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
     vector: u8,
     source: Source,
     wide: bool,
-) -> Result<(u64, u64, u16, Descriptor), Exception> {
+) -> Result<(u64, u64), Exception> {
     let size = if wide { 16 } else { 8 };
     let off = vector as u64 * size;
     let gp_idt = Exception::with_code(13, idt_error(vector, source));
@@ -104,16 +105,12 @@ fn gate_and_target(
         0
     };
     let gate = Descriptor { raw: lo };
-    let typ = gate.typ();
     let valid = if wide {
-        matches!(typ, 0xE | 0xF)
+        matches!(gate.typ(), 0xE | 0xF)
     } else {
-        matches!(typ, 0x6 | 0x7 | 0xE | 0xF)
+        matches!(gate.typ(), 0x5 | 0x6 | 0x7 | 0xE | 0xF)
     };
     if gate.s() || !valid {
-        if typ == 0x5 {
-            ctx.stats.unsupported_gates += 1; // task gates: no task switching
-        }
         return Err(gp_idt);
     }
     if source == Source::Software && gate.dpl() < cpu.cpl() {
@@ -122,6 +119,16 @@ fn gate_and_target(
     if !gate.present() {
         return Err(Exception::with_code(11, idt_error(vector, source)));
     }
+    Ok((lo, hi))
+}
+
+/// The code segment an interrupt or trap gate names: code at or above the current level.
+fn gate_target(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    lo: u64,
+    source: Source,
+) -> Result<(u16, Descriptor), Exception> {
     let sel = (lo >> 16) as u16;
     if sel & !3 == 0 {
         return Err(Exception::with_code(
@@ -136,16 +143,7 @@ fn gate_and_target(
     if !d.present() {
         return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
     }
-    Ok((lo, hi, sel, d))
-}
-
-/// Reads `bytes` at `offset` in the current TSS, #TS(TR) if past its limit.
-fn tss_read(cpu: &mut CpuState, ctx: &mut Ctx, offset: u64, bytes: u8) -> Result<u64, Exception> {
-    let tss = cpu.tr;
-    if offset + bytes as u64 - 1 > tss.limit as u64 {
-        return Err(Exception::with_code(10, (tss.selector & 0xFFFC) as u32));
-    }
-    ctx.sys_read(cpu, tss.base + offset, bytes)
+    Ok((sel, d))
 }
 
 fn deliver_protected(
@@ -156,8 +154,14 @@ fn deliver_protected(
     source: Source,
     ret: u64,
 ) -> Result<(), Exception> {
-    let (lo, _, sel, d) = gate_and_target(cpu, ctx, vector, source, false)?;
+    let (lo, _) = read_gate(cpu, ctx, vector, source, false)?;
     let gate_type = ((lo >> 40) & 0xF) as u8;
+    if gate_type == 5 {
+        // A task gate: the handler is a task of its own, and the error code goes on its
+        // stack.
+        return tasks::switch_to(cpu, ctx, (lo >> 16) as u16, Switch::Interrupt, ret, error);
+    }
+    let (sel, d) = gate_target(cpu, ctx, lo, source)?;
     let gate32 = gate_type & 8 != 0;
     let b: u8 = if gate32 { 4 } else { 2 };
     let offset = if gate32 {
@@ -176,57 +180,37 @@ fn deliver_protected(
     if v86 && new_cpl != 0 {
         return Err(Exception::with_code(13, (sel & 0xFFFC) as u32));
     }
-    let old_ss = cpu.seg[SS].selector as u64;
-    let old_sp = cpu.gpr[RSP];
-    let mut frame: Vec<u64> = Vec::new();
-    if new_cpl < cpl {
-        // Inner stack from the TSS.
-        let tss32 = cpu.tr.attr & 8 != 0;
-        let (sp_off, ss_off, w) = if tss32 {
-            (4 + new_cpl as u64 * 8, 8 + new_cpl as u64 * 8, 4)
-        } else {
-            (2 + new_cpl as u64 * 4, 4 + new_cpl as u64 * 4, 2)
-        };
-        let new_sp = tss_read(cpu, ctx, sp_off, w)?;
-        let new_ss = tss_read(cpu, ctx, ss_off, 2)? as u16;
+    let ext = (source == Source::External) as u32;
+    let mut frame = [0u64; 10];
+    let mut n = 0;
+    let mut put = |v: u64| {
+        frame[n] = v;
+        n += 1;
+    };
+    let stack_error = if new_cpl < cpl {
+        let (ss, sp) = inner_stack(cpu, ctx, new_cpl)?;
         if v86 {
             for s in [GS, FS, DS, ES] {
-                frame.push(cpu.seg[s].selector as u64);
+                put(cpu.seg[s].selector as u64);
             }
         }
-        frame.push(old_ss);
-        frame.push(old_sp);
-        // Switch to the new stack (load SS at the new CPL).
-        let (ss_addr, ss_d) = fetch(cpu, ctx, new_ss)?;
-        let _ = ss_addr;
-        if (new_ss & 3) as u8 != new_cpl || ss_d.dpl() != new_cpl || !ss_d.writable_data() {
-            return Err(Exception::with_code(10, (new_ss & 0xFFFC) as u32));
-        }
-        if !ss_d.present() {
-            return Err(Exception::with_code(12, (new_ss & 0xFFFC) as u32));
-        }
-        cpu.seg[SS] = ss_d.segment(new_ss);
-        cpu.gpr[RSP] = new_sp;
-    }
-    frame.push(fl);
-    frame.push(cpu.seg[CS].selector as u64);
-    frame.push(ret);
+        put(cpu.seg[SS].selector as u64);
+        put(cpu.gpr[RSP]);
+        cpu.seg[SS] = ss;
+        cpu.gpr[RSP] = sp;
+        (ss.selector & 0xFFFC) as u32 | ext
+    } else {
+        ext
+    };
+    put(fl);
+    put(cpu.seg[CS].selector as u64);
+    put(ret);
     if let Some(e) = error {
-        frame.push(e as u64);
+        put(e as u64);
     }
-    let sp_bits = if cpu.seg[SS].db() { 32 } else { 16 };
-    let mut sp = cpu.gpr[RSP];
-    for v in &frame {
-        sp = sp.wrapping_sub(b as u64);
-        let spm = if sp_bits == 32 {
-            sp & 0xFFFF_FFFF
-        } else {
-            sp & 0xFFFF
-        };
-        let lin = (cpu.seg[SS].base + spm) & 0xFFFF_FFFF;
-        ctx.sys_write(cpu, lin, b, *v)?;
-    }
-    super::segments::set_sp(cpu, sp, sp_bits);
+    // The frame goes onto the handler's stack, which VM86's rules no longer describe.
+    flags::set_rflags(cpu, fl & !VM);
+    push_frame(cpu, ctx, &frame[..n], b, stack_error, new_cpl)?;
     if v86 {
         for s in [ES, DS, FS, GS] {
             cpu.seg[s] = Segment::default();
@@ -253,7 +237,8 @@ fn deliver_long(
     source: Source,
     ret: u64,
 ) -> Result<(), Exception> {
-    let (lo, hi, sel, d) = gate_and_target(cpu, ctx, vector, source, true)?;
+    let (lo, hi) = read_gate(cpu, ctx, vector, source, true)?;
+    let (sel, d) = gate_target(cpu, ctx, lo, source)?;
     if !d.long() || d.raw & (1 << 54) != 0 {
         return Err(Exception::with_code(13, (sel & 0xFFFC) as u32));
     }
@@ -268,29 +253,27 @@ fn deliver_long(
     let fl = flags::rflags(cpu);
     let old_ss = cpu.seg[SS].selector as u64;
     let old_sp = cpu.gpr[RSP];
+    // The stack: IST's if the gate names one, else the inner level's from the TSS on a
+    // privilege change (SS becomes null at that level), else the current one.
+    let inner = if new_cpl < cpl {
+        Some(inner_stack(cpu, ctx, new_cpl)?)
+    } else {
+        None
+    };
     let mut sp = if ist != 0 {
         tss_read(cpu, ctx, 0x24 + (ist - 1) * 8, 8)?
-    } else if new_cpl < cpl {
-        tss_read(cpu, ctx, 4 + new_cpl as u64 * 8, 8)?
     } else {
-        old_sp
+        inner.map_or(old_sp, |(_, sp)| sp)
     };
     sp &= !0xF;
-    let mut frame = vec![old_ss, old_sp, fl, cpu.seg[CS].selector as u64, ret];
-    if let Some(e) = error {
-        frame.push(e as u64);
-    }
-    for v in &frame {
+    let frame = [old_ss, old_sp, fl, cpu.seg[CS].selector as u64, ret];
+    let code = error.map(|e| e as u64);
+    for v in frame.iter().chain(code.iter()) {
         sp = sp.wrapping_sub(8);
         ctx.sys_write(cpu, sp, 8, *v)?;
     }
-    if new_cpl < cpl {
-        cpu.seg[SS] = Segment {
-            base: 0,
-            limit: 0,
-            selector: new_cpl as u16,
-            attr: (new_cpl as u16) << attr::DPL_SHIFT,
-        };
+    if let Some((ss, _)) = inner {
+        cpu.seg[SS] = ss;
     }
     cpu.gpr[RSP] = sp;
     let mut cs = d.segment((sel & !3) | new_cpl as u16);

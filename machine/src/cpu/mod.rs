@@ -3,6 +3,7 @@
 //! boundaries, and delivers exceptions.
 
 mod access;
+mod call_gates;
 pub mod cpuid;
 pub mod debug;
 mod helpers;
@@ -10,6 +11,7 @@ pub mod interrupts;
 pub mod mmu;
 pub mod paging;
 pub mod segments;
+mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -39,7 +41,7 @@ pub struct CpuStats {
     pub interrupts: u64,
     pub io: u64,
     pub unknown_msrs: u64,
-    pub unsupported_gates: u64,
+    pub task_switches: u64,
     pub invalidated_blocks: u64,
     /// #UD raised for instructions Gantry does not implement, by iced-x86 code name.
     pub unimplemented: BTreeMap<String, u64>,
@@ -90,6 +92,8 @@ pub struct EmuCpu {
     /// Set while a debugger is attached.
     debug: Option<DebugCtl>,
     traps: DebugTraps,
+    /// A fault of a task switch after its commit point, delivered at the next boundary.
+    task_fault: Option<Exception>,
     /// The guest's own instruction breakpoints (DR0-3, DR7).
     guest_bps: GuestBreakpoints,
     limits: lift::Limits,
@@ -196,6 +200,7 @@ macro_rules! ctx {
             dirty_code: &mut $cpu.dirty_code,
             stats: &mut $cpu.stats,
             traps: &mut $cpu.traps,
+            task_fault: &mut $cpu.task_fault,
         }
     };
 }
@@ -217,6 +222,7 @@ impl EmuCpu {
             stats: CpuStats::default(),
             debug: None,
             traps: DebugTraps::default(),
+            task_fault: None,
             guest_bps: GuestBreakpoints::default(),
             limits: lift::Limits::default(),
         }
@@ -282,6 +288,21 @@ impl EmuCpu {
                 }
             }
             until_service -= 1;
+
+            // A task switch that faulted after its commit point: the new task takes the
+            // exception at its first instruction.
+            if let Some(e) = self.task_fault.take() {
+                self.stats.exceptions += 1;
+                let ret = self.state.rip;
+                let mut ctx = ctx!(self, mem, board);
+                if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                    return Err(CpuStop::TripleFault {
+                        rip: self.state.rip,
+                    });
+                }
+                self.invalidate_dirty();
+                continue;
+            }
 
             // A debugger's single step executes one instruction: interrupts are held
             // off (as QEMU's default step mode) unless the CPU is halted waiting for one.
@@ -664,8 +685,8 @@ impl EmuCpu {
         );
         let _ = writeln!(
             out,
-            "exceptions: {}, interrupts taken: {}, port I/O: {}, unknown MSRs: {}, unsupported gates/task switches: {}",
-            s.exceptions, s.interrupts, s.io, s.unknown_msrs, s.unsupported_gates
+            "exceptions: {}, interrupts taken: {}, port I/O: {}, unknown MSRs: {}, task switches: {}",
+            s.exceptions, s.interrupts, s.io, s.unknown_msrs, s.task_switches
         );
         let total: u64 = s.unimplemented.values().sum();
         let list: Vec<String> = s

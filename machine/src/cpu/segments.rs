@@ -1,12 +1,14 @@
 //! Segment descriptors: loading segment registers in every mode, and the far transfers
-//! that change CS (JMP, CALL, RET, IRET). Error codes follow the SDM: the selector with
-//! its RPL cleared.
+//! that change CS (JMP, CALL, RET, IRET; call gates are in `call_gates`, task switches in
+//! `tasks`). Error codes follow the SDM: the selector with its RPL cleared.
 
 use gantry_frontend::flags;
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
 use super::access::Ctx;
+use super::mmu::Privilege;
+use super::tasks::{self, Switch};
 
 /// An 8-byte segment or gate descriptor (plus the high half of 16-byte system descriptors
 /// in long mode, where that applies).
@@ -92,7 +94,7 @@ pub fn fetch(cpu: &mut CpuState, ctx: &mut Ctx, sel: u16) -> Result<(u64, Descri
 }
 
 /// Sets the accessed bit of a code/data descriptor in memory, as the CPU does on load.
-fn mark_accessed(
+pub fn mark_accessed(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
     addr: u64,
@@ -115,9 +117,7 @@ pub fn load_segment(
         return Err(Exception::new(6));
     }
     if cpu.v86() {
-        let mut s = Segment::real(sel, false);
-        s.attr |= 3 << attr::DPL_SHIFT;
-        cpu.seg[seg] = s;
+        cpu.seg[seg] = v86_segment(sel, false);
         return Ok(());
     }
     if !cpu.protected() {
@@ -165,15 +165,35 @@ pub fn load_segment(
             return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
         }
     }
-    mark_accessed(cpu, ctx, addr, &d)?;
+    install(cpu, ctx, seg, sel, addr, &d)
+}
+
+/// Loads segment register `seg` from a descriptor whose checks passed, marking it
+/// accessed in memory and in the cache.
+pub fn install(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    seg: usize,
+    sel: u16,
+    addr: u64,
+    d: &Descriptor,
+) -> Result<(), Exception> {
+    mark_accessed(cpu, ctx, addr, d)?;
     let mut s = d.segment(sel);
-    s.attr |= 1; // accessed
+    s.attr |= 1;
     cpu.seg[seg] = s;
     Ok(())
 }
 
+/// A segment register in virtual-8086 mode: as in real mode, at privilege 3.
+pub fn v86_segment(sel: u16, code: bool) -> Segment {
+    let mut s = Segment::real(sel, code);
+    s.attr |= 3 << attr::DPL_SHIFT;
+    s
+}
+
 /// Installs a code segment at privilege `cpl` (RPL becomes CPL).
-fn set_cs(cpu: &mut CpuState, d: &Descriptor, sel: u16, cpl: u8) {
+pub fn set_cs(cpu: &mut CpuState, d: &Descriptor, sel: u16, cpl: u8) {
     let mut s = d.segment((sel & !3) | cpl as u16);
     s.attr |= 1;
     cpu.seg[CS] = s;
@@ -200,7 +220,7 @@ fn check_code_same_level(cpu: &CpuState, d: &Descriptor, sel: u16) -> Result<(),
     Ok(())
 }
 
-fn mask_ip(offset: u64, bytes: u64) -> u64 {
+pub fn mask_ip(offset: u64, bytes: u64) -> u64 {
     match bytes {
         2 => offset & 0xFFFF,
         4 => offset & 0xFFFF_FFFF,
@@ -224,7 +244,7 @@ pub fn push(cpu: &mut CpuState, ctx: &mut Ctx, value: u64, bytes: u8) -> Result<
 /// delivery, far CALL, RET and IRET on the current stack): #SS(0), as the lifter's checks
 /// of instructions' own stack accesses. In real mode a push at SP = 1 thus faults, and
 /// delivery escalates to a double and then a triple fault, as the SDM describes.
-fn check_stack(cpu: &CpuState, lin: u64, bytes: u8, write: bool) -> Result<(), Exception> {
+pub fn check_stack(cpu: &CpuState, lin: u64, bytes: u8, write: bool) -> Result<(), Exception> {
     if cpu.mode64() {
         return Ok(());
     }
@@ -250,7 +270,53 @@ pub fn pop(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u8) -> Result<u64, Exceptio
     Ok(v)
 }
 
-fn trunc_sp(sp: u64, bits: u32) -> u64 {
+/// Pushes `values` in order, `bytes` each, onto SS:SP as interrupt delivery and call
+/// gates build their frames: every slot is checked against SS's limit before any is
+/// written (#SS(`error`): 0 on the current stack, the new SS's selector after a stack
+/// switch), then written at the privilege of the level being entered.
+pub fn push_frame(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    values: &[u64],
+    bytes: u8,
+    error: u32,
+    cpl: u8,
+) -> Result<(), Exception> {
+    let bits = cpu.stack_bits();
+    let top = cpu.gpr[RSP];
+    let slot = |cpu: &CpuState, i: usize| {
+        let sp = top.wrapping_sub((i as u64 + 1) * bytes as u64);
+        stack_linear(cpu, trunc_sp(sp, bits))
+    };
+    if !cpu.mode64() {
+        for i in 0..values.len() {
+            if cpu
+                .segment_fault(SS, slot(cpu, i), bytes as u32, true)
+                .is_some()
+            {
+                return Err(Exception::with_code(12, error));
+            }
+        }
+    }
+    // Entering level 3 means the current level is 3 already: a user access.
+    let privilege = if cpl == 3 {
+        Privilege::User
+    } else {
+        Privilege::Supervisor
+    };
+    for (i, v) in values.iter().enumerate() {
+        let lin = slot(cpu, i);
+        ctx.write(cpu, lin, bytes, *v, privilege)?;
+    }
+    set_sp(
+        cpu,
+        top.wrapping_sub(values.len() as u64 * bytes as u64),
+        bits,
+    );
+    Ok(())
+}
+
+pub fn trunc_sp(sp: u64, bits: u32) -> u64 {
     match bits {
         16 => sp & 0xFFFF,
         32 => sp & 0xFFFF_FFFF,
@@ -266,7 +332,7 @@ pub fn set_sp(cpu: &mut CpuState, sp: u64, bits: u32) {
     };
 }
 
-fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
+pub fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
     if cpu.mode64() {
         sp
     } else {
@@ -274,37 +340,64 @@ fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
     }
 }
 
-/// Resolves the target of a far JMP/CALL: in real and VM86 mode just the selector; in
-/// protected mode a code segment at the current privilege, checked. Returns the new RIP and,
-/// in protected mode, the descriptor and its address.
+/// What the selector of a far JMP or CALL names.
+enum FarTarget {
+    /// Real or VM86 mode: the selector is a paragraph.
+    Real(u64),
+    /// A code segment at the current privilege (checked), its descriptor's address.
+    Code(u64, u64, Descriptor),
+    /// A call gate (privilege checked), its descriptor's address.
+    CallGate(u64, Descriptor),
+    /// A TSS, directly or through a task gate (privilege checked).
+    Task(u16),
+}
+
+/// Resolves the target of a far JMP/CALL and makes the checks that come before the
+/// transfer: in protected mode a code segment at the current privilege, or a gate or TSS
+/// whose DPL admits both CPL and RPL (SDM: JMP, CALL).
 fn far_target(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
     sel: u16,
     offset: u64,
     bytes: u64,
-) -> Result<(u64, Option<(u64, Descriptor)>), Exception> {
+) -> Result<FarTarget, Exception> {
     let ip = mask_ip(offset, bytes);
     if !cpu.protected() || cpu.v86() {
-        return Ok((ip, None));
+        return Ok(FarTarget::Real(ip));
     }
     if sel & !3 == 0 {
         return Err(gp(0));
     }
     let (addr, d) = fetch(cpu, ctx, sel)?;
     if !d.s() {
-        // Call gates, task gates and TSS targets are not implemented.
-        ctx.stats.unsupported_gates += 1;
-        return Err(gp(sel));
+        let long = cpu.long_mode();
+        let target = match d.typ() {
+            0xC => FarTarget::CallGate(addr, d),
+            4 if !long => FarTarget::CallGate(addr, d),
+            5 if !long => FarTarget::Task((d.raw >> 16) as u16),
+            1 | 9 if !long => FarTarget::Task(sel),
+            _ => return Err(gp(sel)),
+        };
+        if d.dpl() < cpu.cpl() || d.dpl() < (sel & 3) as u8 {
+            return Err(gp(sel));
+        }
+        // A TSS named directly has its presence checked after its busy bit, by the switch.
+        let tss = matches!(d.typ(), 1 | 9);
+        if !tss && !d.present() {
+            return Err(Exception::with_code(11, (sel & 0xFFFC) as u32));
+        }
+        return Ok(target);
     }
     check_code_same_level(cpu, &d, sel)?;
     if !(cpu.long_mode() && d.long()) && ip > d.limit() as u64 {
         return Err(gp(0));
     }
-    Ok((ip, Some((addr, d))))
+    Ok(FarTarget::Code(ip, addr, d))
 }
 
-/// Loads CS for a far JMP/CALL whose target `far_target` approved.
+/// Loads CS for a far JMP/CALL to the code segment `far_target` approved (none in real
+/// and VM86 mode).
 fn enter_far_target(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
@@ -327,16 +420,23 @@ fn enter_far_target(
     Ok(())
 }
 
-/// JMP far (args: selector, offset, operand bytes).
+/// JMP far (args: selector, offset, operand bytes, address of the next instruction).
 pub fn far_jmp(
     cpu: &mut CpuState,
     ctx: &mut Ctx,
     sel: u16,
     offset: u64,
     bytes: u64,
+    next: u64,
 ) -> Result<(), Exception> {
-    let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
-    enter_far_target(cpu, ctx, sel, ip, target)
+    transactional(cpu, ctx, |cpu, ctx| {
+        match far_target(cpu, ctx, sel, offset, bytes)? {
+            FarTarget::CallGate(addr, d) => super::call_gates::jmp(cpu, ctx, sel, addr, d),
+            FarTarget::Task(tss) => tasks::switch_to(cpu, ctx, tss, Switch::Jmp, next, None),
+            FarTarget::Real(ip) => enter_far_target(cpu, ctx, sel, ip, None),
+            FarTarget::Code(ip, addr, d) => enter_far_target(cpu, ctx, sel, ip, Some((addr, d))),
+        }
+    })
 }
 
 /// Runs a far transfer as a fault would leave it: if it raises an exception, the CPU
@@ -364,12 +464,26 @@ pub fn far_call(
     next: u64,
 ) -> Result<(), Exception> {
     transactional(cpu, ctx, |cpu, ctx| {
-        let (ip, target) = far_target(cpu, ctx, sel, offset, bytes)?;
-        let old_cs = cpu.seg[CS].selector as u64;
-        push(cpu, ctx, old_cs, bytes as u8)?;
-        push(cpu, ctx, next, bytes as u8)?;
-        enter_far_target(cpu, ctx, sel, ip, target)
+        match far_target(cpu, ctx, sel, offset, bytes)? {
+            FarTarget::CallGate(addr, d) => super::call_gates::call(cpu, ctx, sel, addr, d, next),
+            FarTarget::Task(tss) => tasks::switch_to(cpu, ctx, tss, Switch::Call, next, None),
+            FarTarget::Real(ip) => {
+                push_return(cpu, ctx, bytes, next)?;
+                enter_far_target(cpu, ctx, sel, ip, None)
+            }
+            FarTarget::Code(ip, addr, d) => {
+                push_return(cpu, ctx, bytes, next)?;
+                enter_far_target(cpu, ctx, sel, ip, Some((addr, d)))
+            }
+        }
     })
+}
+
+/// The return address of a far CALL that stays at its level: CS, then the offset.
+fn push_return(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64, next: u64) -> Result<(), Exception> {
+    let old_cs = cpu.seg[CS].selector as u64;
+    push(cpu, ctx, old_cs, bytes as u8)?;
+    push(cpu, ctx, next, bytes as u8)
 }
 
 /// After a return to an outer privilege level, data segments the new CPL may not use
@@ -478,12 +592,13 @@ fn iret_rf(bytes: u64) -> u64 {
     }
 }
 
-/// IRET in every mode but task returns (NT set in protected mode) and returns to VM86.
-pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
-    transactional(cpu, ctx, |cpu, ctx| iret_inner(cpu, ctx, bytes))
+/// IRET in every mode (args: operand bytes, address of the next instruction, where a
+/// task return leaves the old task).
+pub fn iret(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64, next: u64) -> Result<(), Exception> {
+    transactional(cpu, ctx, |cpu, ctx| iret_inner(cpu, ctx, bytes, next))
 }
 
-fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Exception> {
+fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64, next: u64) -> Result<(), Exception> {
     let b = bytes as u8;
     let old_flags = flags::rflags(cpu);
     if !cpu.protected() || cpu.v86() {
@@ -501,8 +616,7 @@ fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excep
             writable_flags(cpu, bytes)
         } | iret_rf(bytes);
         if cpu.v86() {
-            cpu.seg[CS] = Segment::real(cs, true);
-            cpu.seg[CS].attr |= 3 << attr::DPL_SHIFT;
+            cpu.seg[CS] = v86_segment(cs, true);
         } else {
             cpu.seg[CS].selector = cs;
             cpu.seg[CS].base = (cs as u64) << 4;
@@ -511,17 +625,20 @@ fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excep
         flags::set_rflags(cpu, (old_flags & !m) | (fl & m));
         return Ok(());
     }
-    if old_flags & NT != 0 && !cpu.long_mode() {
-        ctx.stats.unsupported_gates += 1;
-        return Err(gp(0)); // task return: no task switching
+    if old_flags & NT != 0 {
+        if cpu.long_mode() {
+            return Err(gp(0));
+        }
+        // A task return: back to the task the current TSS links to.
+        let link = tasks::tss_read(cpu, ctx, 0, 2)? as u16;
+        return tasks::switch_to(cpu, ctx, link, Switch::Iret, next, None);
     }
     let ip = pop(cpu, ctx, b)?;
     let sel = pop(cpu, ctx, b)? as u16;
     let fl = pop(cpu, ctx, b)?;
     let cpl = cpu.cpl();
-    if fl & VM != 0 && cpl == 0 && !cpu.long_mode() {
-        ctx.stats.unsupported_gates += 1;
-        return Err(gp(0)); // return to virtual-8086 mode
+    if fl & VM != 0 && cpl == 0 && bytes == 4 && !cpu.long_mode() {
+        return iret_to_v86(cpu, ctx, ip, sel, fl);
     }
     let (addr, d) = return_target(cpu, ctx, sel)?;
     let rpl = (sel & 3) as u8;
@@ -549,5 +666,35 @@ fn iret_inner(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u64) -> Result<(), Excep
     if rpl > cpl {
         scrub_data_segments(cpu);
     }
+    Ok(())
+}
+
+/// IRETD at CPL 0 whose EFLAGS image has VM set enters virtual-8086 mode: ESP, SS, ES,
+/// DS, FS and GS follow in the frame, and every segment register loads as in real mode
+/// (SDM: IRET, RETURN-TO-VIRTUAL-8086-MODE).
+fn iret_to_v86(
+    cpu: &mut CpuState,
+    ctx: &mut Ctx,
+    ip: u64,
+    cs: u16,
+    fl: u64,
+) -> Result<(), Exception> {
+    let mut rest = [0u64; 6];
+    for r in rest.iter_mut() {
+        *r = pop(cpu, ctx, 4)?;
+    }
+    let [sp, ss, es, ds, fs, gs] = rest;
+    // The new CS's limit is FFFFh.
+    if ip > 0xFFFF {
+        return Err(gp(0));
+    }
+    flags::set_rflags(cpu, fl & RFLAGS_DEFINED);
+    cpu.seg[CS] = v86_segment(cs, true);
+    for (seg, sel) in [(SS, ss), (ES, es), (DS, ds), (FS, fs), (GS, gs)] {
+        cpu.seg[seg] = v86_segment(sel as u16, false);
+    }
+    cpu.gpr[RSP] = sp & 0xFFFF_FFFF;
+    cpu.rip = ip;
+    cpu.cpl = 3;
     Ok(())
 }

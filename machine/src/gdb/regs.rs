@@ -398,7 +398,7 @@ fn write(layout: Layout, s: &mut CpuState, src: Src, v: u64) -> Result<(), Refus
         Src::Eflags => {
             // Every defined flag but VM, whose change is a mode switch the CPU makes
             // itself (IRET, task switch); reserved bits as the CPU keeps them (bit 1 set).
-            const WRITABLE: u64 = 0x003F_7FD5 & !st::VM;
+            const WRITABLE: u64 = st::RFLAGS_DEFINED & !st::VM;
             let old = flags::rflags(s);
             flags::set_rflags(s, (v & WRITABLE) | (old & !WRITABLE) | 2);
         }
