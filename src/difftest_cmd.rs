@@ -94,14 +94,12 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
             )
         }
     };
-    if args.backend == BackendArg::Jit {
-        return Err("the JIT is not built yet; use --backend interp".into());
-    }
     let mut oracle = match args.oracle {
         OracleArg::Host => host_oracle()?,
         OracleArg::Kvm => kvm_oracle()?,
     };
-    let mut gantry = EmuRunner::new().map_err(|e| format!("the sandbox guest: {e}"))?;
+    let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit)
+        .map_err(|e| format!("the sandbox guest: {e}"))?;
     let mut out = std::io::stdout().lock();
 
     let summary = if let Some(path) = &args.corpus {

@@ -221,7 +221,6 @@ fn bad_gdb_flags() {
     );
     fails_with(&["run", "--gdb", "70000"], &["PORT, :PORT or HOST:PORT"]);
     fails_with(&["run", "--gdb-wait"], &["--gdb"]);
-    fails_with(&["run", "--gdb", "0", "--accel", "jit"], &["not built yet"]);
     fails_with(
         &["run", "--gdb", "203.0.113.1:1234"],
         &["--gdb 203.0.113.1:1234"],
@@ -230,14 +229,6 @@ fn bad_gdb_flags() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
     fails_with(&["run", "--gdb", &port], &["--gdb 127.0.0.1:", "in use"]);
-}
-
-#[test]
-fn accelerators_not_built_yet_say_so() {
-    fails_with(
-        &["run", "--accel", "jit"],
-        &["--accel jit", "not built yet"],
-    );
 }
 
 #[test]

@@ -39,8 +39,21 @@ fn difftest(args: &[&str], cases: u64) -> String {
 /// The fixed-seed run the suite makes per mode and oracle: 20,000 cases, seed 1, all must
 /// agree. Returns the report's header line.
 fn twenty_thousand(mode: &str, oracle: &str) -> String {
+    twenty_thousand_on(mode, oracle, "interp")
+}
+
+fn twenty_thousand_on(mode: &str, oracle: &str, backend: &str) -> String {
     let args = [
-        "--seed", "1", "--count", "20000", "--mode", mode, "--oracle", oracle,
+        "--seed",
+        "1",
+        "--count",
+        "20000",
+        "--mode",
+        mode,
+        "--oracle",
+        oracle,
+        "--backend",
+        backend,
     ];
     let out = difftest(&args, 20000);
     println!("{}", out.lines().last().unwrap_or_default());
@@ -69,6 +82,20 @@ fn twenty_thousand_32_bit_cases_agree_with_the_host_cpu() {
 fn twenty_thousand_16_bit_cases_agree_with_the_host_cpu() {
     if host_oracle("twenty_thousand_16_bit_cases_agree_with_the_host_cpu") {
         twenty_thousand("16", "host");
+    }
+}
+
+/// The Cranelift tier against the host CPU: every block compiled the first time it runs.
+#[test]
+fn twenty_thousand_cases_per_mode_agree_with_the_host_cpu_on_the_jit() {
+    if host_oracle("twenty_thousand_cases_per_mode_agree_with_the_host_cpu_on_the_jit") {
+        for mode in ["64", "32", "16"] {
+            let header = twenty_thousand_on(mode, "host", "jit");
+            assert!(
+                header.contains("backend gantry (Cranelift JIT)"),
+                "{header}"
+            );
+        }
     }
 }
 
@@ -189,7 +216,6 @@ fn a_differing_case_is_reported_as_a_mismatch() {
 #[test]
 fn bad_difftest_arguments_are_one_line_errors() {
     for (args, needle) in [
-        (vec!["difftest", "--backend", "jit"], "JIT is not built"),
         (vec!["difftest", "--mode", "real"], "--oracle kvm"),
         (vec!["difftest", "--set", "sse"], "--set integer"),
         (

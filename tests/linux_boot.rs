@@ -1,7 +1,7 @@
 //! Debian's stock x86-64 kernel with the busybox initramfs (roms/fetch-debian-guest.sh) on
 //! Gantry's emulated CPU, all the way: kernel boot, `Run /init`, busybox init running a
 //! command from the kernel command line, and ACPI power-off with exit status 0. About five
-//! minutes on the interpreter. Skipped (with a line saying so) when the guest is not
+//! minutes on the interpreter, under two on the JIT. Skipped (with a line saying so) when the guest is not
 //! fetched, except in CI, where the test command fetches it first.
 
 mod common;
@@ -12,9 +12,16 @@ use common::gantry;
 
 #[test]
 fn debian_boots_to_user_space_on_the_interpreter() {
-    let Some((kernel, initrd)) =
-        common::debian_guest("debian_boots_to_user_space_on_the_interpreter")
-    else {
+    boots_to_user_space("debian_boots_to_user_space_on_the_interpreter", "interp");
+}
+
+#[test]
+fn debian_boots_to_user_space_on_the_jit() {
+    boots_to_user_space("debian_boots_to_user_space_on_the_jit", "jit");
+}
+
+fn boots_to_user_space(test: &str, accel: &str) {
+    let Some((kernel, initrd)) = common::debian_guest(test) else {
         return;
     };
     let started = std::time::Instant::now();
@@ -22,7 +29,7 @@ fn debian_boots_to_user_space_on_the_interpreter() {
         &[
             "run",
             "--accel",
-            "interp",
+            accel,
             "--kernel",
             &kernel,
             "--initrd",
@@ -35,7 +42,7 @@ fn debian_boots_to_user_space_on_the_interpreter() {
         Duration::from_secs(25 * 60),
     );
     eprintln!(
-        "Debian on the interpreter: {:.0} s; stats:\n{}",
+        "Debian on --accel {accel}: {:.0} s; stats:\n{}",
         started.elapsed().as_secs_f64(),
         r.stderr
     );

@@ -81,7 +81,7 @@ fn call_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.nop()
 }
 
-fn run_program(code: &[u8]) -> u64 {
+fn run_program(code: &[u8], jit: bool) -> u64 {
     let mut mem = GuestMemory::new(64 << 20, None).expect("memory");
     mem.write(ENTRY, code).expect("load");
     mem.write(
@@ -95,27 +95,34 @@ fn run_program(code: &[u8]) -> u64 {
     .expect("gdt");
     let mut b = board();
     let mut cpu = EmuCpu::new(&EntryState::protected_flat(ENTRY as u32), 64 << 20);
+    if jit {
+        cpu.enable_jit(gantry_translator::jit::HOT).expect("jit");
+    }
     black_box(cpu.run(&mut mem, &mut b));
     cpu.instructions()
 }
 
+/// The three loops on the interpreter (group `interp`) and on the JIT (group `jit`: the
+/// whole run, compile time included, with the machine's hotness threshold).
 fn loops(c: &mut Criterion) {
-    let mut g = c.benchmark_group("interp");
-    g.sample_size(10);
-    for (name, body) in [
-        (
-            "integer_loop",
-            integer_loop as fn(&mut CodeAssembler) -> Result<(), IcedError>,
-        ),
-        ("memcpy_loop", memcpy_loop),
-        ("call_loop", call_loop),
-    ] {
-        let code = program(body);
-        let insns = run_program(&code);
-        g.throughput(Throughput::Elements(insns));
-        g.bench_function(name, |b| b.iter(|| run_program(&code)));
+    for (group, jit) in [("interp", false), ("jit", true)] {
+        let mut g = c.benchmark_group(group);
+        g.sample_size(10);
+        for (name, body) in [
+            (
+                "integer_loop",
+                integer_loop as fn(&mut CodeAssembler) -> Result<(), IcedError>,
+            ),
+            ("memcpy_loop", memcpy_loop),
+            ("call_loop", call_loop),
+        ] {
+            let code = program(body);
+            let insns = run_program(&code, jit);
+            g.throughput(Throughput::Elements(insns));
+            g.bench_function(name, |b| b.iter(|| run_program(&code, jit)));
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 /// Code bytes from a buffer, as the lifter sees guest memory.

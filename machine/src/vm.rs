@@ -72,10 +72,8 @@ pub enum MachineError {
     Initrd { name: String, source: LoadError },
     #[error("firmware {name}: {why}")]
     Firmware { name: String, why: String },
-    #[error(
-        "--accel {0}: the JIT is not built yet; use --accel interp (or --accel kvm on a host with /dev/kvm)"
-    )]
-    AccelNotBuilt(&'static str),
+    #[error("--accel jit: {0}; use --accel interp")]
+    JitUnavailable(String),
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[error("{0}")]
     Kvm(#[from] crate::accel::kvm::KvmError),
@@ -260,9 +258,6 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
         HostConsole::none()
     };
     if let Some(g) = cfg.gdb.clone() {
-        if cfg.accel == AccelKind::Jit {
-            return Err(MachineError::AccelNotBuilt("jit"));
-        }
         return crate::gdb::serve(cfg, &g.addr, g.wait, console);
     }
     let mut report = RunReport::default();
@@ -336,16 +331,25 @@ fn run_accel(
         }
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
         AccelKind::Kvm => Err(MachineError::KvmUnavailable),
-        AccelKind::Interp => {
+        AccelKind::Interp | AccelKind::Jit => {
             let started = Instant::now();
-            let mut cpu = crate::cpu::EmuCpu::new(&machine.entry, cfg.ram_size);
+            let mut cpu = emu_cpu(cfg, machine)?;
             let stop = cpu.run(&mut machine.memory, &mut machine.board);
             let mut text = String::new();
             cpu.report(&mut text, started.elapsed().as_secs_f64());
             Ok((stop, text.trim_end().to_string()))
         }
-        AccelKind::Jit => Err(MachineError::AccelNotBuilt("jit")),
     }
+}
+
+/// The emulated CPU for `--accel interp`, or `--accel jit` with the Cranelift tier on.
+pub fn emu_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<crate::cpu::EmuCpu, MachineError> {
+    let mut cpu = crate::cpu::EmuCpu::new(&machine.entry, cfg.ram_size);
+    if cfg.accel == AccelKind::Jit {
+        cpu.enable_jit(gantry_translator::jit::HOT)
+            .map_err(MachineError::JitUnavailable)?;
+    }
+    Ok(cpu)
 }
 
 /// Is KVM usable on this host? (`--accel auto`.)

@@ -18,6 +18,8 @@ pub struct Prepared {
     init: Vec<u64>,
     /// (index in `ops` where the instruction starts, its RIP), in order.
     marks: Vec<(u32, u64)>,
+    /// How often the block ran, and its compiled code once it is hot.
+    pub tier: crate::jit::Tier,
 }
 
 impl Prepared {
@@ -37,11 +39,26 @@ impl Prepared {
             ops,
             init,
             marks,
+            tier: Default::default(),
         }
     }
 
+    /// The ops that run: the block's instructions without constants and marks.
+    pub fn ops(&self) -> &[Inst] {
+        &self.ops
+    }
+
+    pub fn op(&self, at: usize) -> Option<&Inst> {
+        self.ops.get(at)
+    }
+
+    /// A value's initial content: a constant's value (0 for the others).
+    pub fn initial(&self, v: Val) -> u64 {
+        self.init[v.0 as usize]
+    }
+
     /// The guest instruction an op belongs to: (instructions begun, its RIP).
-    fn locate(&self, op: usize) -> (u64, u64) {
+    pub fn locate(&self, op: usize) -> (u64, u64) {
         let n = self.marks.partition_point(|(i, _)| *i as usize <= op);
         let rip = n
             .checked_sub(1)

@@ -2,6 +2,7 @@
 //! 1) comes next and will execute the same blocks through the same [`Host`] interface.
 
 pub mod interp;
+pub mod jit;
 
 use gantry_frontend::ir::Helper;
 use gantry_frontend::state::CpuState;

@@ -21,6 +21,7 @@ use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
 use gantry_translator::interp::{Interp, Prepared};
+use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
 
 use crate::accel::CpuStop;
@@ -87,6 +88,8 @@ pub struct EmuCpu {
     cache: HashMap<BlockKey, Rc<Prepared>>,
     page_blocks: HashMap<u64, Vec<BlockKey>>,
     interp: Interp,
+    /// Tier 1, when enabled: hot blocks compiled with Cranelift.
+    jit: Option<Jit>,
     dirty_code: Vec<u64>,
     pub stats: CpuStats,
     /// Set while a debugger is attached.
@@ -218,6 +221,7 @@ impl EmuCpu {
             cache: HashMap::new(),
             page_blocks: HashMap::new(),
             interp: Interp::new(),
+            jit: None,
             dirty_code: Vec::new(),
             stats: CpuStats::default(),
             debug: None,
@@ -400,7 +404,10 @@ impl EmuCpu {
                 Ok(block) => {
                     self.stats.blocks_run += 1;
                     let mut ctx = ctx!(self, mem, board);
-                    self.interp.run(&block, &mut self.state, &mut ctx)
+                    match &mut self.jit {
+                        Some(jit) => jit.run(&block, &mut self.interp, &mut self.state, &mut ctx),
+                        None => self.interp.run(&block, &mut self.state, &mut ctx),
+                    }
                 }
                 Err(e) => BlockEnd::Fault(e),
             };
@@ -652,6 +659,17 @@ impl EmuCpu {
     }
 
     /// Lines for `--stats`.
+    /// Compiles blocks with Cranelift from now on (`--accel jit`), once they ran `hot`
+    /// times ([`gantry_translator::jit::HOT`] for a machine).
+    pub fn enable_jit(&mut self, hot: u32) -> Result<(), String> {
+        self.jit = Some(Jit::new(hot)?);
+        Ok(())
+    }
+
+    pub fn jit_enabled(&self) -> bool {
+        self.jit.is_some()
+    }
+
     pub fn report(&self, out: &mut String, seconds: f64) {
         let s = &self.stats;
         let insns = self.interp.insns;
@@ -677,6 +695,13 @@ impl EmuCpu {
             "blocks: {} translated, {} run, {} invalidated by code writes",
             s.blocks_translated, s.blocks_run, s.invalidated_blocks
         );
+        if let Some(j) = &self.jit {
+            let _ = writeln!(
+                out,
+                "jit: {} blocks compiled, {} left to the interpreter, code memory refilled {} times",
+                j.compiled, j.refused, j.flushes
+            );
+        }
         let m = self.mmu.stats;
         let _ = writeln!(
             out,

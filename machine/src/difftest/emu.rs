@@ -223,9 +223,15 @@ pub struct EmuRunner {
 }
 
 impl EmuRunner {
-    pub fn new() -> Result<Self, String> {
+    /// The sandbox on the interpreter, or with `jit` on the Cranelift tier, which then
+    /// compiles every block the first time it runs (each snippet runs once).
+    pub fn new(jit: bool) -> Result<Self, String> {
+        let mut cpu = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM);
+        if jit {
+            cpu.enable_jit(1)?;
+        }
         Ok(Self {
-            cpu: EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM),
+            cpu,
             sandbox: Sandbox::new()?,
         })
     }
@@ -246,7 +252,11 @@ impl EmuRunner {
 
 impl Runner for EmuRunner {
     fn name(&self) -> String {
-        "gantry (interpreter)".into()
+        if self.cpu.jit_enabled() {
+            "gantry (Cranelift JIT)".into()
+        } else {
+            "gantry (interpreter)".into()
+        }
     }
     fn run(&mut self, case: &Case) -> Result<Final, RunError> {
         Ok(self.execute(case))
@@ -431,7 +441,7 @@ mod tests {
             "real code=40 rflags=0 data=zero gpr=41,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
         ))
         .unwrap();
-        let f = EmuRunner::new().unwrap().execute(&case);
+        let f = EmuRunner::new(false).unwrap().execute(&case);
         assert_eq!(
             f.event,
             Event::Exception {

@@ -41,7 +41,6 @@ use gantry_devices::clock::{Clock, HostClock};
 use crate::console::HostConsole;
 use crate::cpu::debug::{DebugStop, WatchKind, Watchpoint};
 use crate::cpu::paging::{self, PagingRegs};
-use crate::cpu::EmuCpu;
 use crate::vm::{
     outcome_of, stats_text, AccelKind, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
 };
@@ -206,10 +205,10 @@ fn build_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<Backend, MachineE
             &machine.memory,
             &machine.entry,
         )?))),
-        AccelKind::Interp => Ok(Backend::Emu(Box::new(EmuCpu::new(
-            &machine.entry,
-            cfg.ram_size,
-        )))),
+        AccelKind::Interp | AccelKind::Jit => {
+            Ok(Backend::Emu(Box::new(crate::vm::emu_cpu(cfg, machine)?)))
+        }
+        #[allow(unreachable_patterns)]
         other => Err(MachineError::Gdb(format!(
             "--gdb: the {} backend has no debugger",
             other.name()

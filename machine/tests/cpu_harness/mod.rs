@@ -89,11 +89,38 @@ fn stubs(mode: Mode) -> Vec<u8> {
     out
 }
 
-/// Runs `code` in `mode`; `setup` may adjust registers and memory first.
+/// Runs `code` in `mode`; `setup` may adjust registers and memory first. The program runs
+/// on the interpreter and again on the JIT (every block compiled at its first run), and
+/// the two must end in the same state and memory.
 pub fn run(
     mode: Mode,
-    setup: impl FnOnce(&mut CpuState, &mut GuestMemory),
-    code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    setup: impl Fn(&mut CpuState, &mut GuestMemory),
+    code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Done {
+    let interp = run_on(mode, &setup, &code, false);
+    let jit = run_on(mode, &setup, &code, true);
+    assert_eq!(interp.cpu, jit.cpu, "the JIT ends in another state");
+    assert_eq!(
+        format!("{:?}", interp.stop),
+        format!("{:?}", jit.stop),
+        "the JIT stops otherwise"
+    );
+    let (mut a, mut b) = ([0u8; 4096], [0u8; 4096]);
+    for page in 0..RAM >> 12 {
+        // Pages without RAM behind them (the legacy hole) read as errors on both.
+        if interp.mem.read(page << 12, &mut a).is_ok() {
+            jit.mem.read(page << 12, &mut b).unwrap();
+            assert!(a == b, "the JIT leaves other memory at {:#x}", page << 12);
+        }
+    }
+    interp
+}
+
+fn run_on(
+    mode: Mode,
+    setup: &impl Fn(&mut CpuState, &mut GuestMemory),
+    code: &impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    jit: bool,
 ) -> Done {
     let mut mem = GuestMemory::new(RAM, None).unwrap();
     let entry = match mode {
@@ -171,6 +198,9 @@ pub fn run(
     )
     .unwrap();
     let mut cpu = EmuCpu::new(&entry, RAM);
+    if jit {
+        cpu.enable_jit(1).unwrap();
+    }
     match mode {
         Mode::Real16 => cpu.state.idtr.limit = 0x3FF,
         Mode::Protected32 => {
@@ -192,6 +222,6 @@ pub fn run(
 }
 
 /// Runs in 64-bit mode with no setup.
-pub fn run64(code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Done {
+pub fn run64(code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>) -> Done {
     run(Mode::Long64, |_, _| {}, code)
 }

@@ -1,0 +1,752 @@
+//! Tier 1: compiles a hot block's IR to host code with Cranelift. It runs the very IR the
+//! interpreter runs ([`crate::interp::Prepared`]), op for op, so the two tiers cannot
+//! disagree about x86 semantics: values live in host registers instead of a scratch
+//! array and there is no dispatch, while guest memory, helpers, segment checks and flag
+//! evaluation go through the same [`Host`] and `flags` code as the interpreter's, by calls
+//! out of the generated code ("shims").
+//!
+//! The generated function is `fn(cpu: *mut CpuState, rt: *mut Runtime) -> u64`; it writes
+//! RIP itself at every exit and returns `kind << 32 | op`, the index of the op where the
+//! block ended, from which the caller counts instructions and, on a fault, finds the
+//! faulting instruction's RIP (as the interpreter's `locate`).
+//!
+//! Code memory comes from cranelift-jit's JITModule, which frees only all of its code at
+//! once: when the code compiled since the last such flush passes [`CODE_BUDGET`], the
+//! module is freed and replaced, and every block compiles again when next hot (each
+//! compiled block carries the module's epoch, so stale code is never entered). Only
+//! blocks that ran `hot` times are compiled, which keeps memory and compile time to the
+//! hot code.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use cranelift_codegen::ir::{
+    condcodes::IntCC, types, AbiParam, InstBuilder, MemFlags, Signature, Type, Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use gantry_frontend::flags::{self, Cond};
+use gantry_frontend::ir::*;
+use gantry_frontend::state::{off, CpuState};
+
+use crate::interp::{Interp, Prepared};
+use crate::{BlockEnd, Exception, Host};
+
+/// Executions of a block before it is compiled, for a whole machine (difftest, whose
+/// snippets run once each, compiles at once).
+pub const HOT: u32 = 64;
+/// Compiled code, in bytes, after which the code memory is freed and refilled.
+const CODE_BUDGET: usize = 64 << 20;
+
+const KIND_NEXT: u64 = 0;
+const KIND_SYNC: u64 = 1;
+const KIND_HALT: u64 = 2;
+const KIND_FAULT: u64 = 3;
+
+/// Most arguments a helper call passes (the lifter's calls use at most 4).
+const MAX_ARGS: usize = 8;
+
+/// What generated code and its shims share for one run of a block.
+#[repr(C)]
+pub struct Runtime<'a> {
+    /// A shim's result, read by the generated code after a call that returned no fault.
+    value: u64,
+    args: [u64; MAX_ARGS],
+    /// The exception a shim's fault raised.
+    exception: Option<Exception>,
+    helpers: &'a [Helper],
+    host: &'a mut dyn Host,
+}
+
+const RT_VALUE: i32 = 0;
+const RT_ARGS: i32 = 8;
+
+/// A compiled block.
+#[derive(Clone)]
+pub struct Compiled {
+    code: unsafe extern "C" fn(*mut CpuState, *mut Runtime) -> u64,
+    helpers: Rc<[Helper]>,
+    /// The code memory it lives in: stale once that was freed.
+    epoch: u64,
+}
+
+#[derive(Clone, Default)]
+enum State {
+    #[default]
+    Cold,
+    Ready(Compiled),
+    /// The compiler turned it down: it stays interpreted.
+    Refused,
+}
+
+/// Per-block JIT state, kept with the prepared block: how often it ran, and its code.
+#[derive(Default)]
+pub struct Tier {
+    runs: Cell<u32>,
+    state: RefCell<State>,
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tier({} runs)", self.runs.get())
+    }
+}
+
+pub struct Jit {
+    module: Option<JITModule>,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    hot: u32,
+    epoch: u64,
+    /// Bytes of code compiled into the current module.
+    code_bytes: usize,
+    next_name: u64,
+    /// Blocks compiled, blocks the compiler turned down, and code-memory flushes.
+    pub compiled: u64,
+    pub refused: u64,
+    pub flushes: u64,
+}
+
+fn new_module() -> Result<JITModule, String> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k, v| f.set(k, v).map_err(|e| e.to_string());
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "is_pic", "false")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("Cranelift does not support this host: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    Ok(JITModule::new(JITBuilder::with_isa(
+        isa,
+        default_libcall_names(),
+    )))
+}
+
+impl Jit {
+    /// A JIT for the host CPU that compiles blocks once they ran `hot` times.
+    pub fn new(hot: u32) -> Result<Self, String> {
+        let module = new_module()?;
+        let ctx = module.make_context();
+        Ok(Self {
+            module: Some(module),
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            hot,
+            epoch: 0,
+            code_bytes: 0,
+            next_name: 0,
+            compiled: 0,
+            refused: 0,
+            flushes: 0,
+        })
+    }
+
+    /// Runs a block: compiled once it is hot, interpreted until then (and for good if it
+    /// cannot be compiled).
+    pub fn run(
+        &mut self,
+        p: &Prepared,
+        interp: &mut Interp,
+        cpu: &mut CpuState,
+        host: &mut dyn Host,
+    ) -> BlockEnd {
+        let state = p.tier.state.borrow().clone();
+        let compiled = match state {
+            State::Ready(c) if c.epoch == self.epoch => c,
+            State::Refused => return interp.run(p, cpu, host),
+            _ => {
+                let runs = p.tier.runs.get().saturating_add(1);
+                p.tier.runs.set(runs);
+                if runs < self.hot {
+                    return interp.run(p, cpu, host);
+                }
+                match self.compile(p) {
+                    Some(c) => {
+                        self.compiled += 1;
+                        *p.tier.state.borrow_mut() = State::Ready(c.clone());
+                        c
+                    }
+                    None => {
+                        self.refused += 1;
+                        *p.tier.state.borrow_mut() = State::Refused;
+                        return interp.run(p, cpu, host);
+                    }
+                }
+            }
+        };
+        run_compiled(&compiled, p, interp, cpu, host)
+    }
+
+    /// Frees all compiled code when the budget is spent; blocks compile again when hot.
+    fn make_room(&mut self) -> Option<()> {
+        if self.code_bytes < CODE_BUDGET {
+            return Some(());
+        }
+        let fresh = new_module().ok()?;
+        if let Some(old) = self.module.replace(fresh) {
+            // SAFETY: every function of the old module belongs to an older epoch, which
+            // `run` never enters again.
+            unsafe { old.free_memory() };
+        }
+        self.epoch += 1;
+        self.code_bytes = 0;
+        self.flushes += 1;
+        Some(())
+    }
+
+    fn compile(&mut self, p: &Prepared) -> Option<Compiled> {
+        let too_many_args = p
+            .ops()
+            .iter()
+            .any(|i| matches!(i, Inst::Call { args, .. } if args.len() > MAX_ARGS));
+        if too_many_args {
+            return None;
+        }
+        self.make_room()?;
+        let module = self.module.as_mut()?;
+        let mut helpers = Vec::new();
+        module.clear_context(&mut self.ctx);
+        let ptr = types::I64;
+        let sig = &mut self.ctx.func.signature;
+        sig.params.push(AbiParam::new(ptr));
+        sig.params.push(AbiParam::new(ptr));
+        sig.returns.push(AbiParam::new(types::I64));
+        let call_conv = module.isa().default_call_conv();
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let cpu = b.block_params(entry)[0];
+            let rt = b.block_params(entry)[1];
+            let mut e = Emit {
+                b,
+                p,
+                cpu,
+                rt,
+                vals: vec![None; p.block.vals.len()],
+                helpers: &mut helpers,
+                call_conv,
+            };
+            e.body();
+            e.b.seal_all_blocks();
+            e.b.finalize();
+        }
+        let name = format!("b{}", self.next_name);
+        self.next_name += 1;
+        let id = module
+            .declare_function(&name, Linkage::Local, &self.ctx.func.signature)
+            .ok()?;
+        module.define_function(id, &mut self.ctx).ok()?;
+        self.code_bytes += self
+            .ctx
+            .compiled_code()
+            .map_or(0, |c| c.code_buffer().len());
+        module.clear_context(&mut self.ctx);
+        module.finalize_definitions().ok()?;
+        let code = module.get_finalized_function(id);
+        // SAFETY: the function was just compiled with exactly this signature (two
+        // pointer parameters, one i64 result) in the host's default calling convention,
+        // which `extern "C"` is on the hosts Cranelift supports.
+        let code = unsafe {
+            std::mem::transmute::<*const u8, unsafe extern "C" fn(*mut CpuState, *mut Runtime) -> u64>(
+                code,
+            )
+        };
+        Some(Compiled {
+            code,
+            helpers: helpers.into(),
+            epoch: self.epoch,
+        })
+    }
+}
+
+fn run_compiled(
+    c: &Compiled,
+    p: &Prepared,
+    interp: &mut Interp,
+    cpu: &mut CpuState,
+    host: &mut dyn Host,
+) -> BlockEnd {
+    let mut rt = Runtime {
+        value: 0,
+        args: [0; MAX_ARGS],
+        exception: None,
+        helpers: &c.helpers,
+        host,
+    };
+    // SAFETY: `code` was compiled from `p`'s IR by `Jit::compile`; it reads and writes
+    // `CpuState` only at field offsets from `state::off` and reaches everything else
+    // through the shims below, which get back these same two pointers, live and
+    // exclusive for the call.
+    let r = unsafe { (c.code)(cpu, &mut rt) };
+    let at = (r & 0xFFFF_FFFF) as usize;
+    let (begun, rip) = p.locate(at);
+    match r >> 32 {
+        KIND_FAULT => {
+            cpu.rip = rip;
+            interp.insns += begun.saturating_sub(1);
+            let e = match p.op(at) {
+                Some(Inst::Raise { vector }) => Exception::new(*vector),
+                Some(Inst::TrapIf { vector, error, .. }) => Exception {
+                    vector: *vector,
+                    error_code: *error,
+                },
+                _ => rt.exception.unwrap_or(Exception::new(6)),
+            };
+            BlockEnd::Fault(e)
+        }
+        kind => {
+            interp.insns += begun;
+            match kind {
+                KIND_SYNC => BlockEnd::Sync,
+                KIND_HALT => BlockEnd::Halt,
+                _ => BlockEnd::Next,
+            }
+        }
+    }
+}
+
+fn cl_type(t: Ty) -> Type {
+    match t {
+        Ty::I8 => types::I8,
+        Ty::I16 => types::I16,
+        Ty::I32 => types::I32,
+        Ty::I64 => types::I64,
+    }
+}
+
+struct Emit<'a, 'b> {
+    b: FunctionBuilder<'a>,
+    p: &'b Prepared,
+    cpu: Value,
+    rt: Value,
+    vals: Vec<Option<Value>>,
+    helpers: &'b mut Vec<Helper>,
+    call_conv: cranelift_codegen::isa::CallConv,
+}
+
+impl Emit<'_, '_> {
+    fn ty(&self, v: Val) -> Ty {
+        self.p.block.ty(v)
+    }
+
+    /// An IR value; constants (kept in the prepared block's initial table) materialize
+    /// where used.
+    fn v(&mut self, v: Val) -> Value {
+        if let Some(x) = self.vals[v.0 as usize] {
+            return x;
+        }
+        let ty = self.ty(v);
+        let k = self.p.initial(v) & ty.mask();
+        let x = self.b.ins().iconst(cl_type(ty), k as i64);
+        self.vals[v.0 as usize] = Some(x);
+        x
+    }
+
+    /// `v` converted to type `to` (zero-extended or truncated).
+    fn as_ty(&mut self, v: Val, to: Ty) -> Value {
+        let x = self.v(v);
+        self.cast(x, self.ty(v), to)
+    }
+
+    fn cast(&mut self, x: Value, from: Ty, to: Ty) -> Value {
+        match from.bits().cmp(&to.bits()) {
+            std::cmp::Ordering::Equal => x,
+            std::cmp::Ordering::Less => self.b.ins().uextend(cl_type(to), x),
+            std::cmp::Ordering::Greater => self.b.ins().ireduce(cl_type(to), x),
+        }
+    }
+
+    fn def(&mut self, v: Val, x: Value) {
+        self.vals[v.0 as usize] = Some(x);
+    }
+
+    fn flags() -> MemFlags {
+        MemFlags::trusted()
+    }
+
+    fn store_cpu(&mut self, x: Value, offset: usize) {
+        let cpu = self.cpu;
+        self.b.ins().store(Self::flags(), x, cpu, offset as i32);
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        let x = self.b.ins().iconst(types::I64, rip as i64);
+        self.store_cpu(x, off::RIP);
+    }
+
+    /// Returns `kind << 32 | at` from the function.
+    fn ret(&mut self, kind: u64, at: usize) {
+        let code = self
+            .b
+            .ins()
+            .iconst(types::I64, (kind << 32 | at as u64) as i64);
+        self.b.ins().return_(&[code]);
+    }
+
+    /// Continues in a fresh block when `cond` is 0; otherwise the block ends with a fault
+    /// at op `at`.
+    fn fault_if(&mut self, cond: Value, at: usize) {
+        let fault = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(cond, fault, &[], cont, &[]);
+        self.b.switch_to_block(fault);
+        self.ret(KIND_FAULT, at);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Calls a shim with i64 arguments; returns its i64 result.
+    fn call(&mut self, shim: *const u8, args: &[Value]) -> Value {
+        let mut sig = Signature::new(self.call_conv);
+        for _ in args {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig.returns.push(AbiParam::new(types::I64));
+        let sig = self.b.import_signature(sig);
+        let callee = self.b.ins().iconst(types::I64, shim as i64);
+        let call = self.b.ins().call_indirect(sig, callee, args);
+        self.b.inst_results(call)[0]
+    }
+
+    fn konst(&mut self, v: u64) -> Value {
+        self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    fn rt_value(&mut self, ty: Ty) -> Value {
+        let rt = self.rt;
+        self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
+    }
+
+    fn body(&mut self) {
+        let ops = self.p.ops();
+        for (at, inst) in ops.iter().enumerate() {
+            self.inst(at, inst);
+            if inst.is_terminator() {
+                return;
+            }
+        }
+        // A lifter bug (no terminator): #UD at the end, as the interpreter.
+        self.ret(KIND_FAULT, ops.len());
+    }
+
+    fn inst(&mut self, at: usize, inst: &Inst) {
+        let rip_here = self.p.locate(at).1;
+        match inst {
+            Inst::Mark { .. } | Inst::Const { .. } => {}
+            Inst::Get { dst, loc } => {
+                let cpu = self.cpu;
+                let x =
+                    self.b
+                        .ins()
+                        .load(cl_type(loc.ty()), Self::flags(), cpu, loc.offset() as i32);
+                let x = self.cast(x, loc.ty(), self.ty(*dst));
+                self.def(*dst, x);
+            }
+            Inst::Put { loc, src } => {
+                let mut x = self.as_ty(*src, loc.ty());
+                if *loc == Loc::Rflags {
+                    x = self.b.ins().bor_imm(x, 2);
+                }
+                self.store_cpu(x, loc.offset());
+            }
+            Inst::Bin { dst, op, a, b } => {
+                let ty = self.ty(*dst);
+                let x = self.as_ty(*a, ty);
+                let shift = matches!(
+                    op,
+                    BinOp::Shl | BinOp::Shr | BinOp::Sar | BinOp::Rol | BinOp::Ror
+                );
+                let y = if shift {
+                    self.v(*b)
+                } else {
+                    self.as_ty(*b, ty)
+                };
+                let i = self.b.ins();
+                let r = match op {
+                    BinOp::Add => i.iadd(x, y),
+                    BinOp::Sub => i.isub(x, y),
+                    BinOp::And => i.band(x, y),
+                    BinOp::Or => i.bor(x, y),
+                    BinOp::Xor => i.bxor(x, y),
+                    // Cranelift takes shift and rotate counts modulo the width, as the IR.
+                    BinOp::Shl => i.ishl(x, y),
+                    BinOp::Shr => i.ushr(x, y),
+                    BinOp::Sar => i.sshr(x, y),
+                    BinOp::Rol => i.rotl(x, y),
+                    BinOp::Ror => i.rotr(x, y),
+                    BinOp::Mul => i.imul(x, y),
+                    BinOp::MulHiU => i.umulhi(x, y),
+                    BinOp::MulHiS => i.smulhi(x, y),
+                };
+                self.def(*dst, r);
+            }
+            Inst::Un { dst, op, a } => {
+                let ty = self.ty(*dst);
+                let x = self.as_ty(*a, ty);
+                let r = match (op, ty) {
+                    (UnOp::Not, _) => self.b.ins().bnot(x),
+                    (UnOp::Neg, _) => self.b.ins().ineg(x),
+                    // BSWAP of a 16-bit register is undefined; real CPUs give 0.
+                    (UnOp::Bswap, Ty::I16) => self.b.ins().iconst(types::I16, 0),
+                    (UnOp::Bswap, Ty::I8) => x,
+                    (UnOp::Bswap, _) => self.b.ins().bswap(x),
+                    (UnOp::Popcnt, _) => self.b.ins().popcnt(x),
+                    (UnOp::Ctz, _) => self.b.ins().ctz(x),
+                    (UnOp::Clz, _) => self.b.ins().clz(x),
+                };
+                self.def(*dst, r);
+            }
+            Inst::Zext { dst, a } | Inst::Trunc { dst, a } => {
+                let x = self.as_ty(*a, self.ty(*dst));
+                self.def(*dst, x);
+            }
+            Inst::Sext { dst, a } => {
+                let (from, to) = (self.ty(*a), self.ty(*dst));
+                let x = self.v(*a);
+                let r = match from.bits().cmp(&to.bits()) {
+                    std::cmp::Ordering::Less => self.b.ins().sextend(cl_type(to), x),
+                    _ => self.cast(x, from, to),
+                };
+                self.def(*dst, r);
+            }
+            Inst::Cmp { dst, op, a, b } => {
+                let ty = self.ty(*a);
+                let x = self.v(*a);
+                let y = self.as_ty(*b, ty);
+                let cc = match op {
+                    CmpOp::Eq => IntCC::Equal,
+                    CmpOp::Ne => IntCC::NotEqual,
+                    CmpOp::Ult => IntCC::UnsignedLessThan,
+                    CmpOp::Ule => IntCC::UnsignedLessThanOrEqual,
+                    CmpOp::Slt => IntCC::SignedLessThan,
+                    CmpOp::Sle => IntCC::SignedLessThanOrEqual,
+                };
+                let r = self.b.ins().icmp(cc, x, y);
+                let r = self.cast(r, Ty::I8, self.ty(*dst));
+                self.def(*dst, r);
+            }
+            Inst::Select { dst, cond, a, b } => {
+                let ty = self.ty(*dst);
+                let c = self.v(*cond);
+                let x = self.as_ty(*a, ty);
+                let y = self.as_ty(*b, ty);
+                let r = self.b.ins().select(c, x, y);
+                self.def(*dst, r);
+            }
+            Inst::Load { dst, addr, ss, rmw } => {
+                let ty = self.ty(*dst);
+                let a = self.as_ty(*addr, Ty::I64);
+                let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
+                let (cpu, rt) = (self.cpu, self.rt);
+                let fault = self.call(shim_load as *const u8, &[rt, cpu, a, info]);
+                self.fault_if(fault, at);
+                let x = self.rt_value(ty);
+                self.def(*dst, x);
+            }
+            Inst::Store { addr, src, ss } => {
+                let ty = self.ty(*src);
+                let a = self.as_ty(*addr, Ty::I64);
+                let x = self.as_ty(*src, Ty::I64);
+                let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
+                let (cpu, rt) = (self.cpu, self.rt);
+                let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
+                self.fault_if(fault, at);
+            }
+            Inst::SegCheck {
+                seg,
+                addr,
+                bytes,
+                write,
+            } => {
+                let a = self.as_ty(*addr, Ty::I64);
+                let info = self.konst(*seg as u64 | (*bytes as u64) << 8 | (*write as u64) << 24);
+                let (cpu, rt) = (self.cpu, self.rt);
+                let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
+                self.fault_if(fault, at);
+            }
+            Inst::SetFlags { op, dst, src, aux } => {
+                let k = self.b.ins().iconst(types::I32, op.encode() as i64);
+                self.store_cpu(k, off::CC_OP);
+                for (v, o) in [(dst, off::CC_DST), (src, off::CC_SRC), (aux, off::CC_AUX)] {
+                    let x = self.as_ty(*v, Ty::I64);
+                    self.store_cpu(x, o);
+                }
+            }
+            Inst::GetFlags { dst } => {
+                let cpu = self.cpu;
+                let r = self.call(shim_rflags as *const u8, &[cpu]);
+                let r = self.cast(r, Ty::I64, self.ty(*dst));
+                self.def(*dst, r);
+            }
+            Inst::Test { dst, cond } => {
+                let cpu = self.cpu;
+                let c = self.konst(*cond as u64);
+                let r = self.call(shim_test as *const u8, &[cpu, c]);
+                let r = self.cast(r, Ty::I64, self.ty(*dst));
+                self.def(*dst, r);
+            }
+            Inst::Call { dst, helper, args } => {
+                let rt = self.rt;
+                for (i, a) in args.iter().enumerate() {
+                    let x = self.as_ty(*a, Ty::I64);
+                    self.b
+                        .ins()
+                        .store(Self::flags(), x, rt, RT_ARGS + 8 * i as i32);
+                }
+                // The helper sees RIP at the calling instruction, as in the interpreter.
+                self.set_rip(rip_here);
+                let index = self.helpers.len() as u64;
+                self.helpers.push(*helper);
+                let cpu = self.cpu;
+                let info = self.konst(index | (args.len() as u64) << 32);
+                let fault = self.call(shim_helper as *const u8, &[rt, cpu, info]);
+                self.fault_if(fault, at);
+                if let Some(d) = dst {
+                    let x = self.rt_value(Ty::I64);
+                    let x = self.cast(x, Ty::I64, self.ty(*d));
+                    self.def(*d, x);
+                }
+            }
+            Inst::Raise { .. } => self.ret(KIND_FAULT, at),
+            Inst::TrapIf { cond, .. } => {
+                let c = self.v(*cond);
+                let one = self.b.ins().band_imm(c, 1);
+                self.fault_if(one, at);
+            }
+            Inst::ExitIf { cond, next } => {
+                let c = self.v(*cond);
+                let c = self.b.ins().band_imm(c, 1);
+                let exit = self.b.create_block();
+                let cont = self.b.create_block();
+                self.b.ins().brif(c, exit, &[], cont, &[]);
+                self.b.switch_to_block(exit);
+                self.set_rip(*next);
+                self.ret(KIND_NEXT, at);
+                self.b.switch_to_block(cont);
+            }
+            Inst::Jump { target } => {
+                let t = self.as_ty(*target, Ty::I64);
+                self.store_cpu(t, off::RIP);
+                self.ret(KIND_NEXT, at);
+            }
+            Inst::Branch {
+                cond,
+                taken,
+                not_taken,
+            } => {
+                let c = self.v(*cond);
+                let c = self.b.ins().band_imm(c, 1);
+                let t = self.konst(*taken);
+                let n = self.konst(*not_taken);
+                let r = self.b.ins().select(c, t, n);
+                self.store_cpu(r, off::RIP);
+                self.ret(KIND_NEXT, at);
+            }
+            Inst::Exit { next, why } => {
+                self.set_rip(*next);
+                let kind = match why {
+                    ExitWhy::Continue => KIND_NEXT,
+                    ExitWhy::Sync => KIND_SYNC,
+                    ExitWhy::Halt => KIND_HALT,
+                };
+                self.ret(kind, at);
+            }
+        }
+    }
+}
+
+// The shims: generated code calls these with the block's two pointers. Each returns 1 if
+// the operation faulted (the exception is left in the runtime), else 0 with any result in
+// `Runtime::value`.
+
+/// Recovers the references the generated code was given.
+///
+/// # Safety
+/// `rt` and `cpu` must be the pointers `run_compiled` passed to the generated code.
+unsafe fn parts<'r, 'a>(
+    rt: *mut Runtime<'a>,
+    cpu: *mut CpuState,
+) -> (&'r mut Runtime<'a>, &'r mut CpuState) {
+    // SAFETY: per the contract above, both are live, distinct and not otherwise borrowed
+    // while generated code runs.
+    unsafe { (&mut *rt, &mut *cpu) }
+}
+
+fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
+    match r {
+        Ok(v) => {
+            rt.value = v;
+            0
+        }
+        Err(e) => {
+            rt.exception = Some(e);
+            1
+        }
+    }
+}
+
+extern "C" fn shim_load(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
+    // SAFETY: called only by generated code, with its own arguments.
+    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    let r = rt
+        .host
+        .load(cpu, addr, info as u8, info & 0x100 != 0, info & 0x200 != 0);
+    outcome(rt, r)
+}
+
+extern "C" fn shim_store(
+    rt: *mut Runtime,
+    cpu: *mut CpuState,
+    addr: u64,
+    value: u64,
+    info: u64,
+) -> u64 {
+    // SAFETY: called only by generated code, with its own arguments.
+    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    let r = rt
+        .host
+        .store(cpu, addr, info as u8, value, info & 0x100 != 0)
+        .map(|_| 0);
+    outcome(rt, r)
+}
+
+extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
+    // SAFETY: called only by generated code, with its own arguments.
+    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    let seg = (info & 0xFF) as usize;
+    let bytes = ((info >> 8) & 0xFFFF) as u32;
+    let r = match cpu.segment_fault(seg, addr, bytes, info >> 24 & 1 != 0) {
+        Some(vector) => Err(Exception::with_code(vector, 0)),
+        None => Ok(0),
+    };
+    outcome(rt, r)
+}
+
+extern "C" fn shim_rflags(cpu: *const CpuState) -> u64 {
+    // SAFETY: called only by generated code with its CPU pointer.
+    flags::rflags(unsafe { &*cpu })
+}
+
+extern "C" fn shim_test(cpu: *const CpuState, cond: u64) -> u64 {
+    // SAFETY: called only by generated code with its CPU pointer.
+    let cpu = unsafe { &*cpu };
+    flags::cond_holds(cpu, Cond::from_nibble(cond as u8)) as u64
+}
+
+extern "C" fn shim_helper(rt: *mut Runtime, cpu: *mut CpuState, info: u64) -> u64 {
+    // SAFETY: called only by generated code, with its own arguments.
+    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    let Some(&h) = rt.helpers.get((info & 0xFFFF_FFFF) as usize) else {
+        return outcome(rt, Err(Exception::new(6)));
+    };
+    let n = ((info >> 32) as usize).min(MAX_ARGS);
+    let args = rt.args;
+    let r = rt.host.helper(cpu, h, &args[..n]);
+    outcome(rt, r)
+}
