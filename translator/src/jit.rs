@@ -1,9 +1,10 @@
-//! Tier 1: compiles a hot block's IR to host code with Cranelift. It runs the very IR the
-//! interpreter runs ([`crate::interp::Prepared`]), op for op, so the two tiers cannot
-//! disagree about x86 semantics: values live in host registers instead of a scratch
-//! array and there is no dispatch, while guest memory, helpers, segment checks and flag
-//! evaluation go through the same [`Host`] and `flags` code as the interpreter's, by calls
-//! out of the generated code ("shims").
+//! Tier 1: compiles a hot block's IR to host code with Cranelift. It compiles the very ops
+//! the interpreter runs ([`crate::interp::Prepared`]), one for one, so x86 semantics stay
+//! in the lifter and the JIT only lowers typed IR: values live in host registers instead
+//! of a scratch array and there is no dispatch, while guest memory, helpers, segment
+//! checks and flag evaluation go through the same [`Host`] and `flags` code as the
+//! interpreter's, by calls out of the generated code ("shims"). The CPU tests run on both
+//! tiers and compare the results.
 //!
 //! The generated function is `fn(cpu: *mut CpuState, rt: *mut Runtime) -> u64`; it writes
 //! RIP itself at every exit and returns `kind << 32 | op`, the index of the op where the

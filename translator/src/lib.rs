@@ -1,5 +1,6 @@
-//! Executing Gantry's IR. Tier 0 is the interpreter ([`interp`]); the Cranelift JIT (tier
-//! 1) comes next and will execute the same blocks through the same [`Host`] interface.
+//! Executing Gantry's IR. Tier 0 is the interpreter ([`interp`]); tier 1, the Cranelift
+//! JIT ([`jit`]), compiles the same blocks once hot and reaches the machine through the same
+//! [`Host`] interface.
 
 pub mod interp;
 pub mod jit;
