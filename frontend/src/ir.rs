@@ -153,6 +153,7 @@ pub enum BinOp {
 pub enum UnOp {
     Not,
     Neg,
+    /// Reverses the bytes of the value at its width.
     Bswap,
     Popcnt,
     /// Count trailing / leading zeros (the width for 0).

@@ -1275,3 +1275,21 @@ fn mode_switches_real_protected_long_compat_and_back() {
     assert_eq!(d2.cpu.efer & 0x500, 0, "LME and LMA clear");
     assert_eq!(d2.cpu.code_bits(), 16);
 }
+
+#[test]
+fn byte_swaps() {
+    // BSWAP reverses the bytes of a 32- or 64-bit register; of a 16-bit one the SDM
+    // leaves it undefined, and the CPU clears the word (checked on this project's AMD
+    // host: 66 0F CA on EDX = AABBCCDDh leaves AABB0000h).
+    let d = run64(|a| {
+        a.mov(rax, 0x0102_0304_0506_0708u64)?;
+        a.bswap(rax)?;
+        a.mov(ecx, 0x1122_3344u32)?;
+        a.bswap(ecx)?;
+        a.mov(edx, 0xAABB_CCDDu32)?;
+        a.bswap(dx)
+    });
+    assert_eq!(d.cpu.gpr[0], 0x0807_0605_0403_0201);
+    assert_eq!(d.cpu.gpr[1], 0x4433_2211);
+    assert_eq!(d.cpu.gpr[2], 0xAABB_0000);
+}

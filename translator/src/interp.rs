@@ -153,8 +153,7 @@ pub fn un(op: UnOp, ty: Ty, a: u64) -> u64 {
         UnOp::Bswap => match ty {
             Ty::I64 => a.swap_bytes(),
             Ty::I32 => (a as u32).swap_bytes() as u64,
-            // BSWAP of a 16-bit register is undefined; real CPUs give 0.
-            Ty::I16 => 0,
+            Ty::I16 => (a as u16).swap_bytes() as u64,
             Ty::I8 => a,
         },
         UnOp::Popcnt => a.count_ones() as u64,
@@ -252,10 +251,10 @@ impl Interp {
                     bytes,
                     write,
                 } => {
-                    if let Some(vector) =
-                        cpu.segment_fault(*seg as usize, v!(addr), *bytes as u32, *write)
+                    if let Err(e) =
+                        crate::seg_check(cpu, *seg as usize, v!(addr), *bytes as u32, *write)
                     {
-                        fault!(at, Exception::with_code(vector, 0));
+                        fault!(at, e);
                     }
                 }
                 Inst::SetFlags { op, dst, src, aux } => {

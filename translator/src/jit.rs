@@ -19,7 +19,6 @@
 //! hot code.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, InstBuilder, MemFlags, Signature, Type, Value,
@@ -67,15 +66,14 @@ const RT_VALUE: i32 = 0;
 const RT_ARGS: i32 = 8;
 
 /// A compiled block.
-#[derive(Clone)]
 pub struct Compiled {
     code: unsafe extern "C" fn(*mut CpuState, *mut Runtime) -> u64,
-    helpers: Rc<[Helper]>,
+    helpers: Box<[Helper]>,
     /// The code memory it lives in: stale once that was freed.
     epoch: u64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 enum State {
     #[default]
     Cold,
@@ -156,31 +154,31 @@ impl Jit {
         cpu: &mut CpuState,
         host: &mut dyn Host,
     ) -> BlockEnd {
-        let state = p.tier.state.borrow().clone();
-        let compiled = match state {
-            State::Ready(c) if c.epoch == self.epoch => c,
-            State::Refused => return interp.run(p, cpu, host),
-            _ => {
-                let runs = p.tier.runs.get().saturating_add(1);
-                p.tier.runs.set(runs);
-                if runs < self.hot {
-                    return interp.run(p, cpu, host);
-                }
-                match self.compile(p) {
-                    Some(c) => {
-                        self.compiled += 1;
-                        *p.tier.state.borrow_mut() = State::Ready(c.clone());
-                        c
-                    }
-                    None => {
-                        self.refused += 1;
-                        *p.tier.state.borrow_mut() = State::Refused;
-                        return interp.run(p, cpu, host);
-                    }
-                }
+        // The borrow lasts the run: only this function changes a block's tier, and a block
+        // never runs another one.
+        let state = p.tier.state.borrow();
+        match &*state {
+            State::Ready(c) if c.epoch == self.epoch => {
+                return run_compiled(c, p, interp, cpu, host);
             }
+            State::Refused => return interp.run(p, cpu, host),
+            _ => {}
+        }
+        drop(state);
+        let runs = p.tier.runs.get().saturating_add(1);
+        p.tier.runs.set(runs);
+        if runs < self.hot {
+            return interp.run(p, cpu, host);
+        }
+        let Some(c) = self.compile(p) else {
+            self.refused += 1;
+            *p.tier.state.borrow_mut() = State::Refused;
+            return interp.run(p, cpu, host);
         };
-        run_compiled(&compiled, p, interp, cpu, host)
+        self.compiled += 1;
+        let r = run_compiled(&c, p, interp, cpu, host);
+        *p.tier.state.borrow_mut() = State::Ready(c);
+        r
     }
 
     /// Frees all compiled code when the budget is spent; blocks compile again when hot.
@@ -493,8 +491,6 @@ impl Emit<'_, '_> {
                 let r = match (op, ty) {
                     (UnOp::Not, _) => self.b.ins().bnot(x),
                     (UnOp::Neg, _) => self.b.ins().ineg(x),
-                    // BSWAP of a 16-bit register is undefined; real CPUs give 0.
-                    (UnOp::Bswap, Ty::I16) => self.b.ins().iconst(types::I16, 0),
                     (UnOp::Bswap, Ty::I8) => x,
                     (UnOp::Bswap, _) => self.b.ins().bswap(x),
                     (UnOp::Popcnt, _) => self.b.ins().popcnt(x),
@@ -722,10 +718,7 @@ extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, in
     let (rt, cpu) = unsafe { parts(rt, cpu) };
     let seg = (info & 0xFF) as usize;
     let bytes = ((info >> 8) & 0xFFFF) as u32;
-    let r = match cpu.segment_fault(seg, addr, bytes, info >> 24 & 1 != 0) {
-        Some(vector) => Err(Exception::with_code(vector, 0)),
-        None => Ok(0),
-    };
+    let r = crate::seg_check(cpu, seg, addr, bytes, info >> 24 & 1 != 0).map(|_| 0);
     outcome(rt, r)
 }
 

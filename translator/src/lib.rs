@@ -31,6 +31,21 @@ impl Exception {
     }
 }
 
+/// The IR's `SegCheck`, for both tiers: #GP(0), or #SS(0) through SS, unless the access
+/// lies within segment `seg` and its type allows it.
+pub fn seg_check(
+    cpu: &CpuState,
+    seg: usize,
+    addr: u64,
+    bytes: u32,
+    write: bool,
+) -> Result<(), Exception> {
+    match cpu.segment_fault(seg, addr, bytes, write) {
+        Some(vector) => Err(Exception::with_code(vector, 0)),
+        None => Ok(()),
+    }
+}
+
 /// What executing IR needs from the machine: guest memory by linear address (through the
 /// softmmu) and the helper table. `ss` marks a stack access (through SS), whose faults
 /// differ (#SS rather than #GP); `rmw` a load that is the read half of a read-modify-write

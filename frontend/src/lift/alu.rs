@@ -118,8 +118,13 @@ impl Lift<'_> {
             M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => self.bit_scan(m),
             M::Bswap => {
                 let r = self.ins.op0_register();
-                let v = self.read_gpr(r);
-                let s = self.b.un(UnOp::Bswap, v);
+                // BSWAP of a 16-bit register is undefined; real CPUs clear it.
+                let s = if r.size() == 2 {
+                    self.b.konst(Ty::I16, 0)
+                } else {
+                    let v = self.read_gpr(r);
+                    self.b.un(UnOp::Bswap, v)
+                };
                 self.write_gpr(r, s);
             }
             M::Cbw | M::Cwde | M::Cdqe => {
