@@ -9,6 +9,7 @@ pub mod flags;
 pub mod ir;
 pub mod lift;
 pub mod sse;
+pub mod sse_fp;
 pub mod state;
 
 pub use iced_x86;

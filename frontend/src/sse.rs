@@ -1,10 +1,8 @@
 //! SSE/SSE2 semantics on 128-bit values: the integer, logic and move operations of the
-//! SSE2 baseline (what a 64-bit C library's string and memory functions use) and the
-//! scalar double-precision arithmetic. Pure functions of their operands; the machine's
-//! helper moves operands between XMM registers, general registers and memory.
-//!
-//! Scalar arithmetic uses the host's IEEE-754 double operations, which round to nearest
-//! even: MXCSR's rounding control and exception flags are not modelled yet.
+//! SSE2 baseline (what a 64-bit C library's string and memory functions use). Pure
+//! functions of their operands; the machine's helper moves operands between XMM
+//! registers, general registers and memory. The scalar double-precision arithmetic, with
+//! MXCSR's rounding and exception flags, is [`crate::sse_fp`].
 
 use iced_x86::Mnemonic as M;
 
@@ -79,23 +77,20 @@ fn unpack_high(a: &X, b: &X, w: usize) -> X {
     unpack_low(&hi_a, &hi_b, w)
 }
 
-fn f64_of(x: &X) -> f64 {
-    f64::from_bits(lanes::<2>(x)[0])
-}
-
-fn with_low_f64(x: &X, v: f64) -> X {
-    let mut r = *x;
-    r[..8].copy_from_slice(&v.to_bits().to_le_bytes());
-    r
-}
-
 /// The SSE/SSE2 instructions Gantry implements (the rest raise #UD, counted).
 pub fn supported(m: M) -> bool {
     binary(m, &[0; 16], &[0; 16], 0).is_some()
         || is_full_move(m)
         || matches!(
             m,
-            M::Movd
+            M::Addsd
+                | M::Subsd
+                | M::Mulsd
+                | M::Divsd
+                | M::Sqrtsd
+                | M::Minsd
+                | M::Maxsd
+                | M::Movd
                 | M::Movq
                 | M::Movsd
                 | M::Movss
@@ -131,12 +126,11 @@ pub fn is_full_move(m: M) -> bool {
     )
 }
 
-/// Movements that require a 16-byte aligned memory operand (#GP(0) otherwise).
-pub fn needs_alignment(m: M) -> bool {
-    matches!(
-        m,
-        M::Movdqa | M::Movaps | M::Movapd | M::Movntdq | M::Movntps | M::Movntpd
-    )
+/// Whether a memory operand of `bytes` bytes must be 16-byte aligned (#GP(0)
+/// otherwise): every 16-byte operand of a legacy SSE instruction except the explicitly
+/// unaligned moves.
+pub fn needs_alignment(m: M, bytes: u32) -> bool {
+    bytes == 16 && !matches!(m, M::Movdqu | M::Movups | M::Movupd)
 }
 
 /// The mnemonic with this number (helpers receive mnemonics as numbers).
@@ -267,32 +261,6 @@ pub fn binary(m: M, dst: &X, src: &X, imm: u8) -> Option<X> {
                 }
             })
         }
-        M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Minsd | M::Maxsd | M::Sqrtsd => {
-            let (a, b) = (f64_of(dst), f64_of(src));
-            let r = match m {
-                M::Addsd => a + b,
-                M::Subsd => a - b,
-                M::Mulsd => a * b,
-                M::Divsd => a / b,
-                // MINSD/MAXSD return the source when either is NaN or both are zero.
-                M::Minsd => {
-                    if a < b {
-                        a
-                    } else {
-                        b
-                    }
-                }
-                M::Maxsd => {
-                    if a > b {
-                        a
-                    } else {
-                        b
-                    }
-                }
-                _ => b.sqrt(),
-            };
-            with_low_f64(dst, r)
-        }
         _ => return None,
     })
 }
@@ -316,47 +284,6 @@ pub fn move_mask(m: M, src: &X) -> u64 {
             .map(|(i, b)| ((*b as u64) >> 7) << i)
             .sum(),
     }
-}
-
-/// COMISD/UCOMISD: ZF, PF, CF as RFLAGS bits (OF, SF, AF cleared); unordered sets all three.
-pub fn compare_sd(a: &X, b: &X) -> u64 {
-    use crate::state::{CF, PF, ZF};
-    let (x, y) = (f64_of(a), f64_of(b));
-    if x.is_nan() || y.is_nan() {
-        ZF | PF | CF
-    } else if x < y {
-        CF
-    } else if x == y {
-        ZF
-    } else {
-        0
-    }
-}
-
-/// CVTTSD2SI / CVTSD2SI: the integer indefinite value for NaN and out-of-range inputs.
-pub fn f64_to_int(v: f64, bits: u32, truncate: bool) -> u64 {
-    let r = if truncate {
-        v.trunc()
-    } else {
-        v.round_ties_even()
-    };
-    let (min, max) = if bits == 64 {
-        (i64::MIN as f64, i64::MAX as f64)
-    } else {
-        (i32::MIN as f64, i32::MAX as f64)
-    };
-    if r.is_nan() || r < min || r > max {
-        return if bits == 64 { 1 << 63 } else { 1 << 31 };
-    }
-    (r as i64 as u64) & lane_mask(bits)
-}
-
-pub fn low_f64(x: &X) -> f64 {
-    f64_of(x)
-}
-
-pub fn set_low_f64(x: &X, v: f64) -> X {
-    with_low_f64(x, v)
 }
 
 #[cfg(test)]
@@ -399,15 +326,5 @@ mod tests {
         assert_eq!(u128::from_le_bytes(r), 0xAA);
         let r = binary(M::Psllq, &x(1 | 1 << 64), &[0; 16], 4).unwrap();
         assert_eq!(u128::from_le_bytes(r), 16 | 16 << 64);
-    }
-
-    #[test]
-    fn scalar_doubles() {
-        let a = set_low_f64(&[0; 16], 1.5);
-        let b = set_low_f64(&[0; 16], 2.25);
-        assert_eq!(low_f64(&binary(M::Addsd, &a, &b, 0).unwrap()), 3.75);
-        assert_eq!(compare_sd(&a, &b), crate::state::CF);
-        assert_eq!(f64_to_int(-2.7, 32, true), (-2i64 as u64) & 0xFFFF_FFFF);
-        assert_eq!(f64_to_int(f64::NAN, 64, true), 1 << 63);
     }
 }

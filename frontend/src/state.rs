@@ -162,11 +162,51 @@ pub struct FxState {
 
 impl Default for FxState {
     fn default() -> Self {
-        let mut bytes = [0u8; 512];
+        let mut fx = Self { bytes: [0u8; 512] };
         // FCW = 0x037F after FNINIT; MXCSR = 0x1F80 at reset.
-        bytes[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
-        bytes[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
-        Self { bytes }
+        fx.bytes[FxState::FCW..FxState::FCW + 2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        fx.set_mxcsr(MXCSR_RESET);
+        fx
+    }
+}
+
+/// MXCSR at reset: all SIMD exceptions masked, round to nearest.
+pub const MXCSR_RESET: u32 = 0x1F80;
+
+impl FxState {
+    /// The image's size in bytes.
+    pub const SIZE: usize = 512;
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    /// The abridged tag word (one bit per register, 1 = valid).
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST0: usize = 32;
+    pub const XMM0: usize = 160;
+
+    pub fn mxcsr(&self) -> u32 {
+        let b = &self.bytes[Self::MXCSR..Self::MXCSR + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    pub fn set_mxcsr(&mut self, v: u32) {
+        self.bytes[Self::MXCSR..Self::MXCSR + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// XMM register `i` (0..16) as its 16 bytes, little-endian.
+    pub fn xmm(&self, i: usize) -> [u8; 16] {
+        let o = Self::XMM0 + 16 * (i & 15);
+        let mut x = [0u8; 16];
+        x.copy_from_slice(&self.bytes[o..o + 16]);
+        x
+    }
+
+    pub fn set_xmm(&mut self, i: usize, x: &[u8; 16]) {
+        let o = Self::XMM0 + 16 * (i & 15);
+        self.bytes[o..o + 16].copy_from_slice(x);
     }
 }
 

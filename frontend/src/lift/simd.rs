@@ -2,7 +2,7 @@
 //! between XMM registers, general registers and memory); the operations themselves are in
 //! [`crate::sse`].
 
-use iced_x86::OpKind;
+use iced_x86::{OpCodeOperandKind, OpKind};
 
 use super::operands::gpr_index;
 use super::{Flow, Lift};
@@ -40,8 +40,15 @@ fn encode(op: SseOperand) -> u64 {
 impl Lift<'_> {
     pub(super) fn simd(&mut self) -> Option<Flow> {
         let i = self.ins;
-        let touches_xmm = (0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm());
+        // By the form, not the operands: CVTSD2SI r32, m64 names no XMM register.
+        let touches_xmm = i.code().op_code().op_kinds().iter().any(|k| {
+            matches!(
+                k,
+                OpCodeOperandKind::xmm_reg
+                    | OpCodeOperandKind::xmm_rm
+                    | OpCodeOperandKind::xmm_or_mem
+            )
+        });
         if !touches_xmm {
             return None;
         }
@@ -68,8 +75,17 @@ impl Lift<'_> {
                 }
                 OpKind::Memory => {
                     value = self.mem_address();
-                    // The helper reads a source operand and writes a destination one.
                     let bytes = i.memory_size().size() as u32;
+                    // Misalignment is checked before the segment's limit (as the host
+                    // CPU does it: a misaligned operand past SS's limit is #GP(0), not
+                    // #SS(0)).
+                    if crate::sse::needs_alignment(m, bytes) {
+                        let low = self.b.bin_imm(BinOp::And, value, 15);
+                        let zero = self.b.konst(Ty::I64, 0);
+                        let misaligned = self.b.cmp(CmpOp::Ne, low, zero);
+                        self.b.trap_if(misaligned, 13, Some(0));
+                    }
+                    // The helper reads a source operand and writes a destination one.
                     self.check_operand(value, bytes, n == 0);
                     SseOperand::Memory
                 }

@@ -5,7 +5,7 @@
 use kvm_bindings::{kvm_debugregs, kvm_dtable, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 
 use gantry_frontend::flags;
-use gantry_frontend::state::{self as st, attr, CpuState, DescriptorTable, Segment};
+use gantry_frontend::state::{self as st, attr, CpuState, DescriptorTable, FxState, Segment};
 
 fn segment_of(k: &kvm_segment) -> Segment {
     // KVM marks a null data segment "unusable" rather than clearing P.
@@ -59,17 +59,6 @@ fn kvm_table_of(t: &DescriptorTable) -> kvm_dtable {
     }
 }
 
-// FXSAVE image offsets (Intel SDM vol. 1, table 10-2).
-const FX_FCW: usize = 0;
-const FX_FSW: usize = 2;
-const FX_FTW: usize = 4;
-const FX_FOP: usize = 6;
-const FX_FIP: usize = 8;
-const FX_FDP: usize = 16;
-const FX_MXCSR: usize = 24;
-const FX_ST0: usize = 32;
-const FX_XMM0: usize = 160;
-
 /// The architectural state KVM holds, in the emulated CPU's form. MSRs, TSC and the
 /// emulator-only fields (A20, lazy flags) keep their reset values.
 pub fn state_of(
@@ -117,18 +106,18 @@ pub fn state_of(
         dbg.dr7,
     ];
     let fx = &mut c.fx.bytes;
-    fx[FX_FCW..FX_FCW + 2].copy_from_slice(&fpu.fcw.to_le_bytes());
-    fx[FX_FSW..FX_FSW + 2].copy_from_slice(&fpu.fsw.to_le_bytes());
-    fx[FX_FTW] = fpu.ftwx;
-    fx[FX_FOP..FX_FOP + 2].copy_from_slice(&fpu.last_opcode.to_le_bytes());
-    fx[FX_FIP..FX_FIP + 8].copy_from_slice(&fpu.last_ip.to_le_bytes());
-    fx[FX_FDP..FX_FDP + 8].copy_from_slice(&fpu.last_dp.to_le_bytes());
-    fx[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&fpu.mxcsr.to_le_bytes());
+    fx[FxState::FCW..FxState::FCW + 2].copy_from_slice(&fpu.fcw.to_le_bytes());
+    fx[FxState::FSW..FxState::FSW + 2].copy_from_slice(&fpu.fsw.to_le_bytes());
+    fx[FxState::FTW] = fpu.ftwx;
+    fx[FxState::FOP..FxState::FOP + 2].copy_from_slice(&fpu.last_opcode.to_le_bytes());
+    fx[FxState::FIP..FxState::FIP + 8].copy_from_slice(&fpu.last_ip.to_le_bytes());
+    fx[FxState::FDP..FxState::FDP + 8].copy_from_slice(&fpu.last_dp.to_le_bytes());
+    fx[FxState::MXCSR..FxState::MXCSR + 4].copy_from_slice(&fpu.mxcsr.to_le_bytes());
     for (i, r) in fpu.fpr.iter().enumerate() {
-        fx[FX_ST0 + 16 * i..FX_ST0 + 16 * i + 16].copy_from_slice(r);
+        fx[FxState::ST0 + 16 * i..FxState::ST0 + 16 * i + 16].copy_from_slice(r);
     }
     for (i, r) in fpu.xmm.iter().enumerate() {
-        fx[FX_XMM0 + 16 * i..FX_XMM0 + 16 * i + 16].copy_from_slice(r);
+        fx[FxState::XMM0 + 16 * i..FxState::XMM0 + 16 * i + 16].copy_from_slice(r);
     }
     c
 }
@@ -192,23 +181,23 @@ pub fn store(c: &CpuState, regs: &mut kvm_regs, sregs: &mut kvm_sregs, fpu: &mut
         b.copy_from_slice(&fx[o..o + 8]);
         u64::from_le_bytes(b)
     };
-    fpu.fcw = u16_at(FX_FCW);
-    fpu.fsw = u16_at(FX_FSW);
-    fpu.ftwx = fx[FX_FTW];
-    fpu.last_opcode = u16_at(FX_FOP);
-    fpu.last_ip = u64_at(FX_FIP);
-    fpu.last_dp = u64_at(FX_FDP);
+    fpu.fcw = u16_at(FxState::FCW);
+    fpu.fsw = u16_at(FxState::FSW);
+    fpu.ftwx = fx[FxState::FTW];
+    fpu.last_opcode = u16_at(FxState::FOP);
+    fpu.last_ip = u64_at(FxState::FIP);
+    fpu.last_dp = u64_at(FxState::FDP);
     fpu.mxcsr = u32::from_le_bytes([
-        fx[FX_MXCSR],
-        fx[FX_MXCSR + 1],
-        fx[FX_MXCSR + 2],
-        fx[FX_MXCSR + 3],
+        fx[FxState::MXCSR],
+        fx[FxState::MXCSR + 1],
+        fx[FxState::MXCSR + 2],
+        fx[FxState::MXCSR + 3],
     ]);
     for (i, r) in fpu.fpr.iter_mut().enumerate() {
-        r.copy_from_slice(&fx[FX_ST0 + 16 * i..FX_ST0 + 16 * i + 16]);
+        r.copy_from_slice(&fx[FxState::ST0 + 16 * i..FxState::ST0 + 16 * i + 16]);
     }
     for (i, r) in fpu.xmm.iter_mut().enumerate() {
-        r.copy_from_slice(&fx[FX_XMM0 + 16 * i..FX_XMM0 + 16 * i + 16]);
+        r.copy_from_slice(&fx[FxState::XMM0 + 16 * i..FxState::XMM0 + 16 * i + 16]);
     }
 }
 
@@ -318,11 +307,11 @@ mod tests {
         assert_eq!(c.dr[0], 0x1000);
         assert_eq!(c.dr[7], 0x401);
         assert_eq!(
-            &c.fx.bytes[FX_MXCSR..FX_MXCSR + 4],
+            &c.fx.bytes[FxState::MXCSR..FxState::MXCSR + 4],
             &0x1F80u32.to_le_bytes()
         );
-        assert_eq!(c.fx.bytes[FX_ST0 + 16 * 7], 0xAA);
-        assert_eq!(c.fx.bytes[FX_XMM0 + 16 * 15 + 15], 0x55);
+        assert_eq!(c.fx.bytes[FxState::ST0 + 16 * 7], 0xAA);
+        assert_eq!(c.fx.bytes[FxState::XMM0 + 16 * 15 + 15], 0x55);
     }
 
     #[test]

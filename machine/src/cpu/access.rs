@@ -105,6 +105,32 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Translates every page of a `len`-byte write at `linear`, lowest first, without
+    /// writing: an instruction whose store is split into several writes (a 16-byte SSE
+    /// store, FXSAVE) faults before any of them, as the CPU does.
+    pub fn check_writable(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        len: u64,
+        privilege: Privilege,
+    ) -> Result<(), Exception> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = linear.wrapping_add(len - 1);
+        let mut page = linear & !0xFFF;
+        loop {
+            let at = page.max(linear);
+            self.mmu
+                .translate(cpu, self.mem, at, Access::Write, privilege)?;
+            if page == last & !0xFFF {
+                return Ok(());
+            }
+            page = page.wrapping_add(0x1000);
+        }
+    }
+
     /// Supervisor-level accesses the CPU makes itself (descriptor tables, TSS, stacks of
     /// interrupt delivery at CPL 0).
     pub fn sys_read(

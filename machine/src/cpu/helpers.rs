@@ -8,6 +8,7 @@ use gantry_frontend::iced_x86;
 use gantry_frontend::ir::Helper;
 use gantry_frontend::lift::{sse_operand, SseOperand};
 use gantry_frontend::sse;
+use gantry_frontend::sse_fp;
 use gantry_frontend::state::*;
 use gantry_translator::{Exception, Host};
 
@@ -19,6 +20,7 @@ use super::segments::{self, gp};
 
 const UD: Exception = Exception::new(6);
 const NM: Exception = Exception::new(7);
+const XM: Exception = Exception::new(19);
 const DE: Exception = Exception::new(0);
 
 fn gp0() -> Exception {
@@ -336,6 +338,7 @@ impl Host for Ctx<'_> {
                     return Err(gp0());
                 }
                 if h == Helper::Fxsave {
+                    self.check_writable(cpu, addr, 512, Privilege::User)?;
                     for i in 0..64 {
                         let q = u64::from_le_bytes(
                             cpu.fx.bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]),
@@ -349,11 +352,11 @@ impl Host for Ctx<'_> {
                             self.read(cpu, addr + i as u64 * 8, 8, Access::Read, Privilege::User)?;
                         img[i * 8..i * 8 + 8].copy_from_slice(&q.to_le_bytes());
                     }
-                    let mxcsr = u32::from_le_bytes([img[24], img[25], img[26], img[27]]);
-                    if mxcsr & !0xFFFF != 0 {
+                    let img = FxState { bytes: img };
+                    if img.mxcsr() & !0xFFFF != 0 {
                         return Err(gp0());
                     }
-                    cpu.fx.bytes = img;
+                    cpu.fx = img;
                 }
                 Ok(0)
             }
@@ -364,14 +367,9 @@ impl Host for Ctx<'_> {
                     if v & !0xFFFF != 0 {
                         return Err(gp0());
                     }
-                    cpu.fx.bytes[24..28].copy_from_slice(&(v as u32).to_le_bytes());
+                    cpu.fx.set_mxcsr(v as u32);
                 } else {
-                    let v = u32::from_le_bytes([
-                        cpu.fx.bytes[24],
-                        cpu.fx.bytes[25],
-                        cpu.fx.bytes[26],
-                        cpu.fx.bytes[27],
-                    ]);
+                    let v = cpu.fx.mxcsr();
                     self.write(cpu, arg(0), 4, v as u64, Privilege::User)?;
                 }
                 Ok(0)
@@ -413,18 +411,35 @@ impl Host for Ctx<'_> {
     }
 }
 
-const XMM0: usize = 160;
-
 fn xmm(cpu: &CpuState, i: u8) -> sse::X {
-    let o = XMM0 + 16 * (i as usize & 15);
-    let mut x = [0u8; 16];
-    x.copy_from_slice(&cpu.fx.bytes[o..o + 16]);
-    x
+    cpu.fx.xmm(i as usize)
 }
 
 fn set_xmm(cpu: &mut CpuState, i: u8, x: &sse::X) {
-    let o = XMM0 + 16 * (i as usize & 15);
-    cpu.fx.bytes[o..o + 16].copy_from_slice(x);
+    cpu.fx.set_xmm(i as usize, x)
+}
+
+/// Records SIMD floating-point exceptions in MXCSR; any that MXCSR does not mask is
+/// delivered (#XM, or #UD when the OS has not set CR4.OSXMMEXCPT) before the result is
+/// written.
+fn simd_exceptions(cpu: &mut CpuState, raised: u32) -> Result<(), Exception> {
+    let mxcsr = cpu.fx.mxcsr();
+    cpu.fx.set_mxcsr(mxcsr | raised);
+    let masked = (mxcsr >> sse_fp::MASK_SHIFT) & sse_fp::FLAGS;
+    if raised & !masked == 0 {
+        Ok(())
+    } else if cpu.cr4 & CR4_OSXMMEXCPT != 0 {
+        Err(XM)
+    } else {
+        Err(UD)
+    }
+}
+
+/// `x` with its low 8 bytes replaced by `v`.
+fn with_low(x: &sse::X, v: u64) -> sse::X {
+    let mut r = *x;
+    r[..8].copy_from_slice(&v.to_le_bytes());
+    r
 }
 
 fn low(x: &sse::X, n: usize) -> u64 {
@@ -647,6 +662,7 @@ impl Ctx<'_> {
         x: &sse::X,
         n: usize,
     ) -> Result<(), Exception> {
+        self.check_writable(cpu, addr, n as u64, Privilege::User)?;
         let mut done = 0;
         while done < n {
             let chunk = (n - done).min(8);
@@ -673,11 +689,8 @@ impl Ctx<'_> {
         let m = sse::mnemonic(arg(0)).ok_or(UD)?;
         let (dst, src) = (sse_operand(arg(1)), sse_operand(arg(2)));
         let (value, imm, mem) = (arg(3), arg(4) as u8, (arg(5) as usize).min(16));
-        let memory = dst == Memory || src == Memory;
-        let unaligned_ok = matches!(m, M::Movdqu | M::Movups | M::Movupd);
-        if memory && value & 15 != 0 && (sse::needs_alignment(m) || (mem == 16 && !unaligned_ok)) {
-            return Err(gp0());
-        }
+        let mxcsr = cpu.fx.mxcsr();
+        // Memory operands were checked by the translation (alignment, then the segment).
         // The source operand as 128 bits (narrower sources in the low bytes).
         let source = |ctx: &mut Self, cpu: &mut CpuState| -> Result<sse::X, Exception> {
             match src {
@@ -757,7 +770,16 @@ impl Ctx<'_> {
             }
             (M::Comisd | M::Ucomisd, Xmm(d)) => {
                 let s = source(self, cpu)?;
-                let f = sse::compare_sd(&xmm(cpu, d), &s);
+                let (order, raised) =
+                    sse_fp::compare(low(&xmm(cpu, d), 8), low(&s, 8), m == M::Comisd, mxcsr);
+                simd_exceptions(cpu, raised)?;
+                // OF, SF and AF cleared; unordered sets ZF, PF and CF.
+                let f = match order {
+                    Option::None => ZF | PF | CF,
+                    Some(std::cmp::Ordering::Less) => CF,
+                    Some(std::cmp::Ordering::Equal) => ZF,
+                    Some(std::cmp::Ordering::Greater) => 0,
+                };
                 let old = flags::rflags(cpu);
                 flags::set_rflags(cpu, (old & !(CF | PF | AF | ZF | SF | OF)) | f);
             }
@@ -773,13 +795,26 @@ impl Ctx<'_> {
                 } else {
                     v as u32 as i32 as i64
                 };
-                let r = sse::set_low_f64(&xmm(cpu, d), int as f64);
-                set_xmm(cpu, d, &r);
+                let (r, raised) = sse_fp::from_int(int, mxcsr);
+                simd_exceptions(cpu, raised)?;
+                set_xmm(cpu, d, &with_low(&xmm(cpu, d), r));
             }
             (M::Cvttsd2si | M::Cvtsd2si, Gpr(i, size)) => {
                 let s = source(self, cpu)?;
-                let v = sse::f64_to_int(sse::low_f64(&s), size as u32 * 8, m == M::Cvttsd2si);
+                let truncate = m == M::Cvttsd2si;
+                let (v, raised) = sse_fp::to_int(low(&s, 8), size as u32 * 8, truncate, mxcsr);
+                simd_exceptions(cpu, raised)?;
                 write_gpr(cpu, i, size, v);
+            }
+            (
+                M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Sqrtsd | M::Minsd | M::Maxsd,
+                Xmm(d),
+            ) => {
+                let s = source(self, cpu)?;
+                let dst = xmm(cpu, d);
+                let (r, raised) = sse_fp::scalar(m, low(&dst, 8), low(&s, 8), mxcsr).ok_or(UD)?;
+                simd_exceptions(cpu, raised)?;
+                set_xmm(cpu, d, &with_low(&dst, r));
             }
             (_, Xmm(d)) => {
                 let s = source(self, cpu)?;
