@@ -18,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
 use gantry_devices::signals::SystemEvent;
-use gantry_frontend::state::CpuState;
+use gantry_frontend::state::{CpuState, FxState};
 
 use super::{kvm_state, CpuStop, ExitStats};
 use crate::board::{Board, BoardEvent};
@@ -151,7 +151,7 @@ impl KvmCpu {
         vcpu.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
         let fpu = kvm_fpu {
             fcw: 0x37F,
-            mxcsr: 0x1F80,
+            mxcsr: gantry_frontend::state::MXCSR_RESET,
             ..Default::default()
         };
         vcpu.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))?;
@@ -218,6 +218,12 @@ impl KvmCpu {
             .get_debug_regs()
             .map_err(setup("KVM_GET_DEBUGREGS"))?;
         let mut c = kvm_state::state_of(&regs, &sregs, &fpu, &dbg);
+        // KVM_GET_FPU reports MXCSR as 0 on some KVMs (seen on kvm_pvm, which still runs
+        // the guest with the MXCSR set); KVM_GET_XSAVE's legacy area (the FXSAVE image:
+        // MXCSR is its seventh dword) has it right, so it wins where the host offers it.
+        if let Ok(xsave) = self.vcpu.get_xsave() {
+            c.fx.set_mxcsr(xsave.region[FxState::MXCSR / 4]);
+        }
         c.halted = self.halted;
         Ok(c)
     }
@@ -236,7 +242,29 @@ impl KvmCpu {
         self.vcpu
             .set_sregs(&sregs)
             .map_err(setup("KVM_SET_SREGS"))?;
-        self.vcpu.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))
+        self.vcpu.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))?;
+        self.mark_fpu_state_in_use(c)
+    }
+
+    /// KVM_SET_FPU writes the XSAVE area's legacy part but, on some KVMs (seen on kvm_pvm),
+    /// leaves its header's XSTATE_BV as it was: while the x87 and SSE bits there are clear
+    /// the next XRSTOR loads their init state, and the XMM registers just set read as
+    /// zeros until the guest has once used SSE itself. So the legacy image goes in again
+    /// through KVM_SET_XSAVE with both bits set.
+    fn mark_fpu_state_in_use(&mut self, c: &CpuState) -> Result<(), KvmError> {
+        const XSTATE_BV: usize = 512 / 4;
+        const X87_SSE: u32 = 0b11;
+        let Ok(mut xsave) = self.vcpu.get_xsave() else {
+            return Ok(());
+        };
+        for (i, w) in xsave.region[..FxState::SIZE / 4].iter_mut().enumerate() {
+            let b = &c.fx.bytes[i * 4..i * 4 + 4];
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        xsave.region[XSTATE_BV] |= X87_SSE;
+        // SAFETY: the buffer came from KVM_GET_XSAVE on this vCPU and keeps its size, the
+        // 4 KiB area KVM_SET_XSAVE reads (this VM enables no state that needs more).
+        unsafe { self.vcpu.set_xsave(&xsave) }.map_err(setup("KVM_SET_XSAVE"))
     }
 
     /// Sets how the debugger uses the vCPU from the next KVM_RUN on.
