@@ -1,6 +1,6 @@
 //! Cases as text, one per line, for the regression corpus (tests/difftest/corpus.txt) and
-//! for reports: `<bits> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`.
-//! Lines starting with `#` and blank lines are comments.
+//! for reports: `<bits> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`,
+//! then `xmm=<16 hex values>` when any XMM register starts non-zero. Lines starting with `#` and blank lines are comments.
 
 use super::{Bits, Case, DataInit};
 
@@ -11,12 +11,17 @@ pub fn format_case(c: &Case) -> String {
         DataInit::Seed(s) => format!("seed:{s:x}"),
     };
     let gpr: Vec<String> = c.gpr.iter().map(|g| format!("{g:x}")).collect();
-    format!(
+    let mut line = format!(
         "{} code={code} rflags={:x} data={data} gpr={}",
         c.bits.name(),
         c.rflags,
         gpr.join(",")
-    )
+    );
+    if c.xmm.iter().any(|&x| x != 0) {
+        let xmm: Vec<String> = c.xmm.iter().map(|x| format!("{x:x}")).collect();
+        line.push_str(&format!(" xmm={}", xmm.join(",")));
+    }
+    line
 }
 
 /// Parses one case line; the error names what is wrong.
@@ -34,6 +39,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         }
     };
     let (mut code, mut rflags, mut data, mut gpr) = (None, None, None, None);
+    let mut xmm = [0u128; 16];
     let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"));
     for w in words {
         let (key, value) = w
@@ -66,6 +72,15 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
                         .map_err(|_| format!("gpr has {} values, not 16", v.len()))?,
                 );
             }
+            "xmm" => {
+                let v: Result<Vec<u128>, String> = value
+                    .split(',')
+                    .map(|s| u128::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex")))
+                    .collect();
+                let v = v?;
+                xmm = <[u128; 16]>::try_from(v.as_slice())
+                    .map_err(|_| format!("xmm has {} values, not 16", v.len()))?;
+            }
             _ => return Err(format!("unknown field '{key}'")),
         }
     }
@@ -79,6 +94,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         rflags: rflags.ok_or("no rflags=")?,
         data: data.ok_or("no data=")?,
         gpr: gpr.ok_or("no gpr=")?,
+        xmm,
     })
 }
 
@@ -106,9 +122,19 @@ mod tests {
             code: vec![0x01, 0xd8],
             gpr: std::array::from_fn(|i| (i as u64) << 60 | 0xabc),
             rflags: 0x8d5,
+            xmm: [0; 16],
             data: DataInit::Seed(0xfeed),
         };
         assert_eq!(parse_case(&format_case(&case)), Ok(case.clone()));
+        assert!(!format_case(&case).contains("xmm="));
+        let mut xmm = [0u128; 16];
+        xmm[3] = u128::MAX;
+        xmm[15] = 0x8000_0000_0000_0000_7ff0_0000_0000_0001;
+        let sse = Case {
+            xmm,
+            ..case.clone()
+        };
+        assert_eq!(parse_case(&format_case(&sse)), Ok(sse));
         let zero = Case {
             data: DataInit::Zero,
             ..case

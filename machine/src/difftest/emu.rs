@@ -151,6 +151,7 @@ impl Sandbox {
             }
         }
         set_rflags(&mut st, 0x202 | (case.rflags & super::COMPARED_FLAGS));
+        st.fx = super::fx_image(&case.xmm);
         Ok(st)
     }
 
@@ -186,6 +187,8 @@ impl Sandbox {
                 gpr,
                 rip: word(0),
                 rflags: word(4),
+                xmm: super::xmm_of(&cpu.fx),
+                mxcsr: cpu.fx.mxcsr(),
                 event: Event::Exception {
                     vector,
                     // Real-mode delivery pushes no error code and there is no paging.
@@ -206,6 +209,8 @@ impl Sandbox {
             gpr,
             rip: read(frame),
             rflags: read(frame + 16),
+            xmm: super::xmm_of(&cpu.fx),
+            mxcsr: cpu.fx.mxcsr(),
             event: Event::Exception {
                 vector,
                 error,
@@ -268,6 +273,8 @@ pub(super) fn other(case: &Case, why: String) -> Final {
         gpr: case.gpr,
         rip: 0,
         rflags: 0,
+        xmm: case.xmm,
+        mxcsr: 0,
         event: Event::Other(why),
         data: Vec::new(),
     }

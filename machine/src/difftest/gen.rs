@@ -45,6 +45,29 @@ impl Rng {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Set {
     Integer,
+    /// The SSE and SSE2 instructions Gantry's CPU implements ([`gantry_frontend::sse`]),
+    /// on XMM registers, general registers and memory.
+    Sse,
+    /// Both, mixed in the same snippets.
+    All,
+}
+
+impl Set {
+    pub fn name(self) -> &'static str {
+        match self {
+            Set::Integer => "integer",
+            Set::Sse => "SSE",
+            Set::All => "integer and SSE",
+        }
+    }
+
+    fn integer(self) -> bool {
+        matches!(self, Set::Integer | Set::All)
+    }
+
+    fn sse(self) -> bool {
+        matches!(self, Set::Sse | Set::All)
+    }
 }
 
 /// The CPUID features whose instructions Gantry's CPU model claims (machine/src/cpu/
@@ -111,36 +134,77 @@ const VENDOR_FORMS: &[(Code, &str)] = &[
     ),
 ];
 
+/// The features of the SSE set (with the integer features, which some of its forms also
+/// list, such as 64-bit MOVQ's X64).
+const SSE_FEATURES: &[CpuidFeature] = &[CpuidFeature::SSE, CpuidFeature::SSE2];
+
+/// Legacy-encoded, user-level forms that run in `bits`-bit code.
+fn candidate(code: Code, bits: Bits) -> bool {
+    let op = code.op_code();
+    let in_mode = match bits {
+        Bits::B64 => op.mode64() && op.long_mode(),
+        Bits::B32 => op.mode32() && op.compatibility_mode(),
+        Bits::B16 => op.mode16() && op.compatibility_mode(),
+        Bits::Real => op.mode16() && op.real_mode(),
+    };
+    op.is_instruction()
+        && in_mode
+        && op.encoding() == iced_x86::EncodingKind::Legacy
+        && op.cpl3()
+        && !op.is_privileged()
+        && !op.is_input_output()
+        && !op.is_reserved_nop()
+        && code.flow_control() == FlowControl::Next
+        && !EXCLUDED.iter().any(|(m, _)| *m == code.mnemonic())
+        && !VENDOR_FORMS.iter().any(|(c, _)| *c == code)
+        && !code.is_string_instruction()
+        && op.op_kinds().iter().all(|&k| supported_operand(k))
+}
+
+fn is_integer_form(code: Code) -> bool {
+    code.cpuid_features()
+        .iter()
+        .all(|f| INTEGER_FEATURES.contains(f))
+}
+
+/// An SSE or SSE2 form on XMM registers (not MMX registers), whether or not Gantry
+/// implements it.
+fn is_sse_form(code: Code) -> bool {
+    let features = code.cpuid_features();
+    features.iter().any(|f| SSE_FEATURES.contains(f))
+        && features
+            .iter()
+            .all(|f| SSE_FEATURES.contains(f) || INTEGER_FEATURES.contains(f))
+        && code
+            .op_code()
+            .op_kinds()
+            .iter()
+            .any(|k| matches!(k, K::xmm_reg | K::xmm_rm | K::xmm_or_mem))
+}
+
 /// The instruction forms of `set` that can run at CPL 3 in `bits`-bit code.
 fn forms(bits: Bits, set: Set) -> Vec<Code> {
-    let Set::Integer = set;
     Code::values()
         .filter(|&code| {
-            let op = code.op_code();
-            let in_mode = match bits {
-                Bits::B64 => op.mode64() && op.long_mode(),
-                Bits::B32 => op.mode32() && op.compatibility_mode(),
-                Bits::B16 => op.mode16() && op.compatibility_mode(),
-                Bits::Real => op.mode16() && op.real_mode(),
-            };
-            op.is_instruction()
-                && in_mode
-                && op.encoding() == iced_x86::EncodingKind::Legacy
-                && op.cpl3()
-                && !op.is_privileged()
-                && !op.is_input_output()
-                && !op.is_reserved_nop()
-                && code.flow_control() == FlowControl::Next
-                && code
-                    .cpuid_features()
-                    .iter()
-                    .all(|f| INTEGER_FEATURES.contains(f))
-                && !EXCLUDED.iter().any(|(m, _)| *m == code.mnemonic())
-                && !VENDOR_FORMS.iter().any(|(c, _)| *c == code)
-                && !code.is_string_instruction()
-                && op.op_kinds().iter().all(|&k| supported_operand(k))
+            candidate(code, bits)
+                && ((set.integer() && is_integer_form(code))
+                    || (set.sse()
+                        && is_sse_form(code)
+                        && gantry_frontend::sse::supported(code.mnemonic())))
         })
         .collect()
+}
+
+/// The SSE and SSE2 forms of this mode that Gantry does not implement (they raise #UD,
+/// counted), so not generated: for the report's header.
+pub fn unimplemented_sse_forms(bits: Bits) -> usize {
+    Code::values()
+        .filter(|&code| {
+            candidate(code, bits)
+                && is_sse_form(code)
+                && !gantry_frontend::sse::supported(code.mnemonic())
+        })
+        .count()
 }
 
 fn supported_operand(k: K) -> bool {
@@ -178,6 +242,9 @@ fn supported_operand(k: K) -> bool {
             | K::imm32sex64
             | K::imm64
             | K::seg_rBX_al
+            | K::xmm_reg
+            | K::xmm_rm
+            | K::xmm_or_mem
     )
 }
 
@@ -238,6 +305,7 @@ fn edge_value(rng: &mut Rng) -> u64 {
 /// Makes test cases for one mode and set.
 pub struct Generator {
     bits: Bits,
+    set: Set,
     forms: Vec<Code>,
     seed: u64,
 }
@@ -255,6 +323,7 @@ impl Generator {
     pub fn new(bits: Bits, set: Set, seed: u64) -> Self {
         Self {
             bits,
+            set,
             forms: forms(bits, set),
             seed,
         }
@@ -303,12 +372,21 @@ impl Generator {
         if code.len() > MAX_SNIPPET {
             return None;
         }
+        let rflags = random_flags(rng);
+        let data = DataInit::Seed(rng.next_u64());
+        // Drawn last, and only for sets with SSE: integer cases stay what they were.
+        let xmm = if self.set.sse() {
+            std::array::from_fn(|_| xmm_value(rng))
+        } else {
+            [0; 16]
+        };
         let case = Case {
             bits: self.bits,
             code,
             gpr,
-            rflags: random_flags(rng),
-            data: DataInit::Seed(rng.next_u64()),
+            rflags,
+            xmm,
+            data,
         };
         // A case whose instructions read a flag an earlier one left undefined (and the
         // table masks) would compare noise: make another.
@@ -369,19 +447,26 @@ impl Generator {
         let mut instr = Instruction::new();
         instr.set_code(code);
         let mut has_mem = false;
+        // SSE's 16-byte operands must be aligned (most forms fault otherwise): mostly
+        // aligned, sometimes not.
+        let align = if op.memory_size().size() == 16 && rng.chance(85) {
+            16
+        } else {
+            1
+        };
         for (i, &kind) in op.op_kinds().iter().enumerate() {
             let i = i as u32;
             match kind {
-                K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem => {
+                K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem | K::xmm_or_mem => {
                     if rng.chance(40) {
-                        self.set_memory(rng, plan, &mut instr, i)?;
+                        self.set_memory(rng, plan, &mut instr, i, align)?;
                         has_mem = true;
                     } else {
                         set_register(&mut instr, i, self.register(rng, kind));
                     }
                 }
                 K::mem => {
-                    self.set_memory(rng, plan, &mut instr, i)?;
+                    self.set_memory(rng, plan, &mut instr, i, align)?;
                     has_mem = true;
                 }
                 K::seg_rBX_al => {
@@ -467,6 +552,7 @@ impl Generator {
         let r = rng.below(self.regs() as u64) as usize;
         let full = GPR64[r];
         match kind {
+            K::xmm_reg | K::xmm_rm | K::xmm_or_mem => Register::XMM0 + r as u32,
             K::r8_reg | K::r8_opcode | K::r8_or_mem => {
                 // AH..BH exist only without REX; the encoder refuses mixes, the case is
                 // then made again.
@@ -497,6 +583,7 @@ impl Generator {
         plan: &Plan,
         instr: &mut Instruction,
         op: u32,
+        align: i64,
     ) -> Option<()> {
         // Where the access should land: anywhere in the data pages, or straddling the page
         // boundary inside them, or hanging off either end (a #PF at the exact byte).
@@ -505,7 +592,7 @@ impl Generator {
             2 => DATA_SIZE as i64 + rng.below(16) as i64 - 8,
             3 => rng.below(16) as i64 - 8,
             _ => rng.below(DATA_SIZE as u64) as i64,
-        };
+        } & !(align - 1);
         // 16-bit code mostly uses 16-bit addressing, which has forms of its own.
         let addr32 = match self.bits {
             Bits::B16 | Bits::Real if rng.chance(80) => {
@@ -648,6 +735,72 @@ fn data_offset(rng: &mut Rng) -> u64 {
         1 => rng.below(32),
         2 => DATA_SIZE as u64 - rng.below(32) - 1,
         _ => rng.below(DATA_SIZE as u64),
+    }
+}
+
+/// Doubles that arithmetic, comparison and conversion get wrong: signed zeros, ties,
+/// infinities, quiet and signalling NaNs (with and without payloads), denormals, the
+/// extremes of the normal range, and the integer conversion limits.
+const F64_EDGES: [u64; 26] = [
+    0x0000_0000_0000_0000, // 0.0
+    0x8000_0000_0000_0000, // -0.0
+    0x3FF0_0000_0000_0000, // 1.0
+    0xBFF0_0000_0000_0000, // -1.0
+    0x3FE0_0000_0000_0000, // 0.5
+    0x3FF8_0000_0000_0000, // 1.5
+    0x4004_0000_0000_0000, // 2.5
+    0xC004_0000_0000_0000, // -2.5
+    0x3FB9_9999_9999_999A, // 0.1
+    0x7FF0_0000_0000_0000, // +inf
+    0xFFF0_0000_0000_0000, // -inf
+    0x7FF8_0000_0000_0000, // QNaN
+    0xFFF8_0000_0000_0000, // the default NaN
+    0x7FF8_0000_0000_1234, // QNaN with a payload
+    0x7FF0_0000_0000_0001, // SNaN
+    0xFFF4_0000_0000_5678, // SNaN, negative, with a payload
+    0x0000_0000_0000_0001, // the smallest denormal
+    0x000F_FFFF_FFFF_FFFF, // the largest denormal
+    0x0010_0000_0000_0000, // the smallest normal
+    0x7FEF_FFFF_FFFF_FFFF, // the largest finite
+    0x43E0_0000_0000_0000, // 2^63
+    0xC3E0_0000_0000_0000, // -2^63
+    0x41E0_0000_0000_0000, // 2^31
+    0xC1E0_0000_0020_0000, // -2^31 - 1
+    0x4340_0000_0000_0001, // 2^53 + 2: past the exactly representable integers
+    0x3CB0_0000_0000_0000, // 2^-52
+];
+
+/// An XMM register's initial value: doubles from [`F64_EDGES`], lanes of integer edge
+/// values, all zeros or all ones, or random bits.
+fn xmm_value(rng: &mut Rng) -> u128 {
+    let half = |rng: &mut Rng| -> u64 {
+        match rng.below(4) {
+            0 | 1 => rng.pick(&F64_EDGES),
+            // A random finite double between 2^-4 and 2^5: inexact sums and
+            // products.
+            2 => (0x3FB0 + rng.below(0x90)) << 48 | rng.next_u64() >> 16,
+            _ => rng.next_u64(),
+        }
+    };
+    match rng.below(8) {
+        0..=2 => half(rng) as u128 | (half(rng) as u128) << 64,
+        3 | 4 => {
+            let bits = rng.pick(&[8u32, 16, 32, 64]);
+            let mut v = 0u128;
+            for lane in 0..128 / bits {
+                let mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+                let e = match rng.below(4) {
+                    0 => 0,
+                    1 => mask,
+                    2 => 1u64 << (bits - 1),
+                    _ => edge_value(rng),
+                };
+                v |= ((e & mask) as u128) << (lane * bits);
+            }
+            v
+        }
+        5 => rng.pick(&[0, u128::MAX]),
+        _ => rng.next_u64() as u128 | (rng.next_u64() as u128) << 64,
     }
 }
 

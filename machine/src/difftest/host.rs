@@ -2,14 +2,16 @@
 //!
 //! The child maps the code page and the data pages at the [`layout`](super::layout)
 //! addresses. A trampoline (assembled at start-up with iced-x86) saves the child's
-//! callee-saved registers and stack pointer, loads RFLAGS and all sixteen GPRs from its
+//! callee-saved registers and stack pointer, loads the x87/SSE state with FXRSTOR (the
+//! case's XMM registers, MXCSR at reset), then RFLAGS and all sixteen GPRs from its
 //! slots, and far-jumps to the snippet through Linux's user code segments (0x33 for 64-bit
 //! code, 0x23 for 32-bit compatibility mode) or, for 16-bit code, through a 16-bit code
 //! segment the child installs in its LDT (with a 16-bit data segment it also loads into
 //! DS, ES and SS). The snippet ends in INT3, or faults first;
 //! either way the kernel delivers a signal, and the handler (on an alternate stack, since
-//! RSP is the snippet's) copies the interrupted context — GPRs, RIP, RFLAGS, and the
-//! exception vector, error code and CR2 that Linux reports in the sigcontext — and edits
+//! RSP is the snippet's) copies the interrupted context — GPRs, RIP, RFLAGS, the FXSAVE
+//! image of the x87/SSE state, and the exception vector, error code and CR2 that Linux
+//! reports in the sigcontext — and edits
 //! that context to return to the trampoline's epilogue in 64-bit mode on the saved stack.
 //!
 //! Why a child process: a snippet writes wherever its registers point, so it runs where
@@ -31,6 +33,7 @@ use super::layout::{
     code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
 };
 use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
+use gantry_frontend::state::{FxState, MXCSR_RESET};
 
 /// Linux x86-64's user code and data selectors (arch/x86/include/asm/segment.h:
 /// __USER_CS, __USER32_CS, __USER_DS): part of the kernel's ABI.
@@ -71,6 +74,10 @@ const TIMEOUT_SECS: u64 = 5;
 /// Requests and replies.
 #[repr(C)]
 struct Shared {
+    /// The x87/SSE state the snippet starts with (FXRSTOR wants it 16-byte aligned, which
+    /// the type is).
+    fx: FxState,
+    out_fx: FxState,
     selector: u64,
     data_selector: u64,
     entry_ip: u64,
@@ -161,8 +168,10 @@ impl HostOracle {
             libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
             false,
         )?;
+        // SAFETY: a field address in our own mapping; nothing is read or written here.
+        let fx_in = unsafe { ptr::addr_of!((*shared).fx) } as u64;
         let (bytes, trampoline) =
-            assemble_trampoline(code as u64).map_err(|e| format!("trampoline: {e}"))?;
+            assemble_trampoline(code as u64, fx_in).map_err(|e| format!("trampoline: {e}"))?;
         // SAFETY: `code` is a fresh 4 KiB mapping and the trampoline is smaller.
         unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), code, bytes.len().min(0x1000)) };
         let altstack = map(ALTSTACK, libc::PROT_READ | libc::PROT_WRITE, false)?;
@@ -265,6 +274,7 @@ impl HostOracle {
         sh.code_len = n as u64;
         sh.gpr = case.gpr;
         sh.rflags = 0x202 | (case.rflags & COMPARED_FLAGS);
+        sh.fx = super::fx_image(&case.xmm);
         sh.data.copy_from_slice(&data);
         sh.out_signal = 0;
         sh.out_no_ldt = 0;
@@ -316,6 +326,8 @@ impl HostOracle {
             gpr: sh.out_gpr,
             rip,
             rflags: sh.out_rflags,
+            xmm: super::xmm_of(&sh.out_fx),
+            mxcsr: sh.out_fx.mxcsr(),
             event: Event::Exception {
                 vector,
                 error: has_error_code(vector).then_some(sh.out_err as u32),
@@ -377,7 +389,8 @@ const GREG: [i32; 16] = [
     libc::REG_R15,
 ];
 
-fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
+/// The trampoline at `at`, loading the x87/SSE state from the FXSAVE image at `fx`.
+fn assemble_trampoline(at: u64, fx: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
     use iced_x86::code_asm::*;
     let mut a = CodeAssembler::new(64)?;
     let mut host_rsp = a.create_label();
@@ -400,6 +413,8 @@ fn assemble_trampoline(at: u64) -> Result<(Vec<u8>, Trampoline), IcedError> {
     a.mov(ds, ax)?;
     a.mov(es, ax)?;
     a.mov(ss, ax)?;
+    a.mov(rax, fx)?;
+    a.fxrstor64(ptr(rax))?;
     a.push(qword_ptr(rflags))?;
     a.popfq()?;
     // Plain MOVs from here on: they leave the flags just loaded alone.
@@ -604,6 +619,17 @@ extern "C" fn on_signal(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut
         sh.out_err = g[libc::REG_ERR as usize] as u64;
         sh.out_cr2 = g[libc::REG_CR2 as usize] as u64;
         sh.out_signal = sig as u64;
+        // The x87/SSE state as of the event, in FXSAVE form (the first 512 bytes of the
+        // signal frame's FPU area, whatever extended state follows). The child's own code
+        // then resumes with MXCSR and the x87 control word at their defaults.
+        let fp = uc.uc_mcontext.fpregs.cast::<FxState>();
+        if !fp.is_null() {
+            sh.out_fx = ptr::read_unaligned(fp);
+            let mut clean = sh.out_fx;
+            clean.set_mxcsr(MXCSR_RESET);
+            clean.bytes[FxState::FCW..FxState::FCW + 2].copy_from_slice(&0x037Fu16.to_le_bytes());
+            ptr::write_unaligned(fp, clean);
+        }
         // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack (with
         // __USER_DS in SS: sigreturn restores the saved SS, which may be 16-bit data).
         g[libc::REG_RIP as usize] = RESUME.load(Ordering::SeqCst) as i64;

@@ -3,9 +3,10 @@
 //! compared.
 //!
 //! A case is a few user-level instructions ([`gen`]), the sixteen GPRs, the arithmetic
-//! flags and DF, and 8 KiB of data that is also the stack ([`layout`]). Each side runs it
-//! at CPL 3 with the same linear addresses, and reports a [`Final`]: the registers and
-//! flags, and what ended the run — the #BP of the end marker, or the exception the
+//! flags and DF, the sixteen XMM registers (MXCSR starts at its reset value, 1F80h), and
+//! 8 KiB of data that is also the stack ([`layout`]). Each side runs it at CPL 3 with the
+//! same linear addresses, and reports a [`Final`]: the registers, flags and MXCSR, and
+//! what ended the run — the #BP of the end marker, or the exception the
 //! snippet raised (vector, and for #PF the faulting address). A snippet that faults on the
 //! host must fault the same way in Gantry, at the same instruction, with the same state.
 
@@ -22,6 +23,8 @@ pub mod report;
 pub mod shrink;
 
 use std::fmt;
+
+use gantry_frontend::state::FxState;
 
 /// Which vectors push an error code: the architecture's table, as the CPU delivers them.
 pub use crate::cpu::interrupts::has_error_code;
@@ -105,7 +108,29 @@ pub struct Case {
     pub gpr: [u64; 16],
     /// The arithmetic flags and DF (the rest of RFLAGS is the user default, IF set).
     pub rflags: u64,
+    /// XMM0..XMM15 (little-endian: bit 0 of the value is bit 0 of the register).
+    pub xmm: [u128; 16],
     pub data: DataInit,
+}
+
+/// MXCSR at the start of every case: its reset value, all exceptions masked, round to
+/// nearest, no flush-to-zero.
+pub const MXCSR_START: u32 = gantry_frontend::state::MXCSR_RESET;
+
+/// The x87/SSE state a case starts with: FNINIT's x87 state, MXCSR at reset, and the
+/// case's XMM registers.
+pub fn fx_image(xmm: &[u128; 16]) -> FxState {
+    let mut fx = FxState::default();
+    fx.set_mxcsr(MXCSR_START);
+    for (i, x) in xmm.iter().enumerate() {
+        fx.set_xmm(i, &x.to_le_bytes());
+    }
+    fx
+}
+
+/// The XMM registers in an FXSAVE image.
+pub fn xmm_of(fx: &FxState) -> [u128; 16] {
+    std::array::from_fn(|i| u128::from_le_bytes(fx.xmm(i)))
 }
 
 /// Why real-mode cases need the KVM oracle (the CLI's error and the host oracle's answer).
@@ -133,6 +158,8 @@ pub struct Final {
     pub gpr: [u64; 16],
     pub rip: u64,
     pub rflags: u64,
+    pub xmm: [u128; 16],
+    pub mxcsr: u32,
     pub event: Event,
     pub data: Vec<u8>,
 }
@@ -260,6 +287,22 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
                 format!("{:#018x}", gantry.gpr[r] & mask),
             );
         }
+    }
+    for r in 0..16 {
+        if oracle.xmm[r] != gantry.xmm[r] {
+            add(
+                format!("xmm{r}"),
+                format!("{:#034x}", oracle.xmm[r]),
+                format!("{:#034x}", gantry.xmm[r]),
+            );
+        }
+    }
+    if oracle.mxcsr != gantry.mxcsr {
+        add(
+            "mxcsr".into(),
+            format!("{:#06x}", oracle.mxcsr),
+            format!("{:#06x}", gantry.mxcsr),
+        );
     }
     let fault_rip = (!oracle.completed(case)).then_some(oracle.rip);
     let flags = COMPARED_FLAGS & !flagmask::ignored_flags(case, fault_rip);
@@ -409,4 +452,39 @@ pub fn run_cases(
     }
     s.seconds = start.elapsed().as_secs_f64();
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// XMM registers and MXCSR are compared like the GPRs: each difference is named.
+    #[test]
+    fn xmm_and_mxcsr_differences_are_reported() {
+        let case =
+            corpus::parse_case("64 code=90 rflags=0 data=zero gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0")
+                .unwrap();
+        let oracle = Final {
+            gpr: [0; 16],
+            rip: layout::end_rip(Bits::B64, 1),
+            rflags: 0x202,
+            xmm: [0; 16],
+            mxcsr: MXCSR_START,
+            event: Event::Exception {
+                vector: 3,
+                error: None,
+                address: None,
+            },
+            data: vec![0; DATA_SIZE],
+        };
+        assert!(compare(&case, &oracle, &oracle.clone()).is_empty());
+        let mut gantry = oracle.clone();
+        gantry.xmm[3] = 1 << 127;
+        gantry.mxcsr |= 0x20;
+        let what: Vec<String> = compare(&case, &oracle, &gantry)
+            .into_iter()
+            .map(|d| d.what)
+            .collect();
+        assert_eq!(what, ["xmm3", "mxcsr"]);
+    }
 }

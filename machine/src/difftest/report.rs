@@ -89,6 +89,27 @@ pub fn mismatch(case: &Case, oracle_name: &str, oracle: &Final, gantry: &Final) 
         flags_string(oracle.rflags),
         flags_string(gantry.rflags)
     );
+    let mark = |differ: bool| if differ { "  <-" } else { "" };
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<20} {:<20} {:<20}{}",
+        "mxcsr",
+        format!("{:#x}", super::MXCSR_START),
+        format!("{:#x}", oracle.mxcsr),
+        format!("{:#x}", gantry.mxcsr),
+        mark(oracle.mxcsr != gantry.mxcsr)
+    );
+    // XMM registers are too wide for the columns: a block each, for those that are not
+    // zero throughout.
+    for r in 0..16 {
+        let (i, o, g) = (case.xmm[r], oracle.xmm[r], gantry.xmm[r]);
+        if i == 0 && o == 0 && g == 0 {
+            continue;
+        }
+        let _ = writeln!(out, "  {:<8} initial {i:032x}", format!("xmm{r}"));
+        let _ = writeln!(out, "  {:<8} oracle  {o:032x}", "");
+        let _ = writeln!(out, "  {:<8} gantry  {g:032x}{}", "", mark(o != g));
+    }
     let _ = writeln!(
         out,
         "  {:<8} {:<20} {:<20} {:<20}",

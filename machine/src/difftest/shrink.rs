@@ -5,7 +5,7 @@ use super::gen::decode;
 use super::{Case, DataInit};
 
 /// Returns the smallest variant of `case` found for which `fails` still holds: fewer
-/// instructions, zeroed data, registers reset to 0 one by one, flags cleared. Each step
+/// instructions, zeroed data, registers (GPRs, then XMMs) reset to 0 one by one, flags cleared. Each step
 /// is kept only if the case still fails.
 pub fn shrink(case: &Case, mut fails: impl FnMut(&Case) -> bool) -> Case {
     let mut best = case.clone();
@@ -46,6 +46,20 @@ pub fn shrink(case: &Case, mut fails: impl FnMut(&Case) -> bool) -> Case {
         tries(
             Case {
                 gpr,
+                ..best.clone()
+            },
+            &mut best,
+        );
+    }
+    for r in 0..16 {
+        let mut xmm = best.xmm;
+        if xmm[r] == 0 {
+            continue;
+        }
+        xmm[r] = 0;
+        tries(
+            Case {
+                xmm,
                 ..best.clone()
             },
             &mut best,
