@@ -37,6 +37,15 @@ fn map2<const N: usize>(a: &X, b: &X, f: impl Fn(u64, u64) -> u64) -> X {
     pack(r)
 }
 
+/// The lanes of `bits` bits (16 or 32).
+fn lanes_of(x: &X, bits: u32) -> Vec<u64> {
+    if bits == 16 {
+        lanes::<8>(x).to_vec()
+    } else {
+        lanes::<4>(x).to_vec()
+    }
+}
+
 fn sx(v: u64, bits: u32) -> i64 {
     ((v << (64 - bits)) as i64) >> (64 - bits)
 }
@@ -84,6 +93,16 @@ pub fn supported(m: M) -> bool {
         || matches!(
             m,
             M::Addsd
+                | M::Addpd
+                | M::Subpd
+                | M::Mulpd
+                | M::Divpd
+                | M::Sqrtpd
+                | M::Minpd
+                | M::Maxpd
+                | M::Pextrw
+                | M::Cmpsd
+                | M::Cmppd
                 | M::Subsd
                 | M::Mulsd
                 | M::Divsd
@@ -191,6 +210,93 @@ pub fn binary(m: M, dst: &X, src: &X, imm: u8) -> Option<X> {
                     0
                 }
             })
+        }
+        M::Paddsb | M::Paddsw | M::Psubsb | M::Psubsw => {
+            let bits = if matches!(m, M::Paddsb | M::Psubsb) {
+                8
+            } else {
+                16
+            };
+            let (lo, hi) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+            let sub = matches!(m, M::Psubsb | M::Psubsw);
+            elementwise!(dst, src, bits, |a: u64, b: u64| {
+                let (x, y) = (sx(a, bits), sx(b, bits));
+                let r = if sub { x - y } else { x + y };
+                r.clamp(lo, hi) as u64 & wrap(bits)
+            })
+        }
+        M::Paddusb | M::Paddusw | M::Psubusb | M::Psubusw => {
+            let bits = if matches!(m, M::Paddusb | M::Psubusb) {
+                8
+            } else {
+                16
+            };
+            let sub = matches!(m, M::Psubusb | M::Psubusw);
+            elementwise!(dst, src, bits, |a: u64, b: u64| {
+                if sub {
+                    a.saturating_sub(b)
+                } else {
+                    (a + b).min(wrap(bits))
+                }
+            })
+        }
+        M::Pmullw => map2::<8>(dst, src, |a, b| (a * b) & 0xFFFF),
+        M::Pmulhw => map2::<8>(dst, src, |a, b| {
+            ((sx(a, 16) * sx(b, 16)) >> 16) as u64 & 0xFFFF
+        }),
+        M::Pmulhuw => map2::<8>(dst, src, |a, b| (a * b) >> 16),
+        M::Pmuludq => {
+            // The even dwords, as unsigned 64-bit products.
+            let (d, s) = (lanes::<4>(dst), lanes::<4>(src));
+            pack::<2>([d[0] * s[0], d[2] * s[2]])
+        }
+        M::Pmaddwd => {
+            let (d, s) = (lanes::<8>(dst), lanes::<8>(src));
+            let dot = |i: usize| {
+                let p = |k: usize| sx(d[k], 16) * sx(s[k], 16);
+                // Only 8000h * 8000h twice overflows: it wraps to 8000_0000h.
+                (p(2 * i) + p(2 * i + 1)) as u64 & 0xFFFF_FFFF
+            };
+            pack::<4>([dot(0), dot(1), dot(2), dot(3)])
+        }
+        M::Pavgb => map2::<16>(dst, src, |a, b| (a + b + 1) >> 1),
+        M::Pavgw => map2::<8>(dst, src, |a, b| (a + b + 1) >> 1),
+        M::Psadbw => {
+            // Per quadword: the sum of absolute byte differences, in its low word.
+            let sum = |h: usize| {
+                (0..8)
+                    .map(|i| dst[8 * h + i].abs_diff(src[8 * h + i]) as u64)
+                    .sum::<u64>()
+            };
+            pack::<2>([sum(0), sum(1)])
+        }
+        M::Packsswb | M::Packssdw | M::Packuswb => {
+            // Signed lanes of both operands, destination first, narrowed with saturation.
+            let (from, to) = if m == M::Packssdw { (32, 16) } else { (16, 8) };
+            let (lo, hi) = if m == M::Packuswb {
+                (0, 0xFF)
+            } else {
+                (-(1i64 << (to - 1)), (1i64 << (to - 1)) - 1)
+            };
+            let sat = |v: u64| sx(v, from).clamp(lo, hi) as u64 & wrap(to);
+            let mut out = [0u8; 16];
+            let w = (to / 8) as usize;
+            let n = 16 / w / 2;
+            let (d, s) = (lanes_of(dst, from), lanes_of(src, from));
+            for (i, v) in d.iter().chain(s.iter()).enumerate().take(2 * n) {
+                out[i * w..i * w + w].copy_from_slice(&sat(*v).to_le_bytes()[..w]);
+            }
+            out
+        }
+        M::Pinsrw => {
+            let mut r = *dst;
+            let i = (imm & 7) as usize * 2;
+            r[i..i + 2].copy_from_slice(&src[..2]);
+            r
+        }
+        M::Shufpd => {
+            let (d, s) = (lanes::<2>(dst), lanes::<2>(src));
+            pack::<2>([d[(imm & 1) as usize], s[((imm >> 1) & 1) as usize]])
         }
         M::Pminub => map2::<16>(dst, src, |a, b| a.min(b)),
         M::Pmaxub => map2::<16>(dst, src, |a, b| a.max(b)),
@@ -310,6 +416,23 @@ mod tests {
         assert_eq!(u128::from_le_bytes(r), 0xFFFF_FFFF);
         let r = binary(M::Pcmpgtb, &x(0x01), &x(0xFF), 0).unwrap();
         assert_eq!(r[0], 0xFF, "1 > -1 signed");
+    }
+
+    #[test]
+    fn saturation_packing_and_multiply_add() {
+        let r = binary(M::Paddsb, &x(0x7F), &x(0x01), 0).unwrap();
+        assert_eq!(r[0], 0x7F, "signed saturation");
+        let r = binary(M::Psubusw, &x(1), &x(2), 0).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 0, "unsigned saturation");
+        // Words 0x0100 and 0xFF80 (-128): PACKUSWB gives 255 and 0, PACKSSWB 127 and -128.
+        let w = x(0xFF80_0100);
+        assert_eq!(&binary(M::Packuswb, &w, &w, 0).unwrap()[..2], &[0xFF, 0]);
+        assert_eq!(&binary(M::Packsswb, &w, &w, 0).unwrap()[..2], &[0x7F, 0x80]);
+        // 8000h * 8000h + 8000h * 8000h wraps to 8000_0000h.
+        let r = binary(M::Pmaddwd, &x(0x8000_8000), &x(0x8000_8000), 0).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 0x8000_0000);
+        let r = binary(M::Psadbw, &x(0x0005_FF00), &x(0x0003_00FF), 0).unwrap();
+        assert_eq!(u128::from_le_bytes(r), 2 + 255 + 255);
     }
 
     #[test]

@@ -371,6 +371,27 @@ pub fn compare(a: u64, b: u64, signaling: bool, mxcsr: u32) -> (Option<Ordering>
     (x.partial_cmp(&y), denormal_flag(&[a, b]))
 }
 
+/// CMPSD/CMPPD's predicate (imm8 bits 2:0) on two doubles: whether it holds, and the
+/// flags raised. EQ, UNORD, NEQ and ORD are quiet (invalid only for SNaNs); LT, LE, NLT
+/// and NLE signal for any NaN.
+pub fn predicate(a: u64, b: u64, imm: u8, mxcsr: u32) -> (bool, u32) {
+    let (a, b) = (operand(a, mxcsr), operand(b, mxcsr));
+    let pred = imm & 7;
+    let signaling = matches!(pred, 1 | 2 | 5 | 6);
+    let (order, flags) = compare(a, b, signaling, mxcsr);
+    let holds = match (pred, order) {
+        (0, o) => o == Some(Ordering::Equal),
+        (1, o) => o == Some(Ordering::Less),
+        (2, o) => matches!(o, Some(Ordering::Less | Ordering::Equal)),
+        (3, o) => o.is_none(),
+        (4, o) => o != Some(Ordering::Equal),
+        (5, o) => o != Some(Ordering::Less),
+        (6, o) => !matches!(o, Some(Ordering::Less | Ordering::Equal)),
+        (_, o) => o.is_some(),
+    };
+    (holds, flags)
+}
+
 /// CVTSD2SI (`truncate` false: MXCSR's rounding) and CVTTSD2SI to a `bits`-bit integer:
 /// the integer indefinite value (only the sign bit set) and IE for NaNs and results out
 /// of range; PE when inexact.

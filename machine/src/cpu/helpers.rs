@@ -807,6 +807,59 @@ impl Ctx<'_> {
                 write_gpr(cpu, i, size, v);
             }
             (
+                M::Addpd | M::Subpd | M::Mulpd | M::Divpd | M::Sqrtpd | M::Minpd | M::Maxpd,
+                Xmm(d),
+            ) => {
+                // Each lane as the scalar instruction; the flags of both are raised.
+                let scalar = match m {
+                    M::Addpd => M::Addsd,
+                    M::Subpd => M::Subsd,
+                    M::Mulpd => M::Mulsd,
+                    M::Divpd => M::Divsd,
+                    M::Sqrtpd => M::Sqrtsd,
+                    M::Minpd => M::Minsd,
+                    _ => M::Maxsd,
+                };
+                let s = source(self, cpu)?;
+                let dst = xmm(cpu, d);
+                let mut r = [0u8; 16];
+                let mut raised = 0;
+                for lane in 0..2 {
+                    let q = |x: &sse::X| {
+                        u64::from_le_bytes(x[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8]))
+                    };
+                    let (v, f) = sse_fp::scalar(scalar, q(&dst), q(&s), mxcsr).ok_or(UD)?;
+                    r[lane * 8..lane * 8 + 8].copy_from_slice(&v.to_le_bytes());
+                    raised |= f;
+                }
+                simd_exceptions(cpu, raised)?;
+                set_xmm(cpu, d, &r);
+            }
+            (M::Cmpsd | M::Cmppd, Xmm(d)) => {
+                // A mask per lane: all ones where the predicate holds. CMPSD keeps the
+                // destination's high lane.
+                let s = source(self, cpu)?;
+                let mut r = xmm(cpu, d);
+                let mut raised = 0;
+                let lanes = if m == M::Cmpsd { 1 } else { 2 };
+                for lane in 0..lanes {
+                    let q = |x: &sse::X| {
+                        u64::from_le_bytes(x[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8]))
+                    };
+                    let (holds, f) = sse_fp::predicate(q(&r), q(&s), imm, mxcsr);
+                    let mask = if holds { u64::MAX } else { 0 };
+                    r[lane * 8..lane * 8 + 8].copy_from_slice(&mask.to_le_bytes());
+                    raised |= f;
+                }
+                simd_exceptions(cpu, raised)?;
+                set_xmm(cpu, d, &r);
+            }
+            (M::Pextrw, Gpr(i, size)) => {
+                let s = source(self, cpu)?;
+                let at = (imm & 7) as usize * 2;
+                write_gpr(cpu, i, size, u16::from_le_bytes([s[at], s[at + 1]]) as u64);
+            }
+            (
                 M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Sqrtsd | M::Minsd | M::Maxsd,
                 Xmm(d),
             ) => {
