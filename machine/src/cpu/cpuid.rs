@@ -1,8 +1,8 @@
 //! The CPU model Gantry's emulated CPU presents: what CPUID answers. Features are those
 //! the lifter implements, plus FPU/SSE/SSE2, which a 64-bit kernel requires to boot at
 //! all: their state instructions (FXSAVE, LDMXCSR, ...) and SSE2's integer, move and
-//! scalar double-precision instructions are implemented; x87 arithmetic and packed
-//! floating point are not yet and raise #UD (counted).
+//! double-precision instructions are implemented; x87 arithmetic, single precision and
+//! the packed conversions are not yet and raise #UD (counted).
 
 pub const VENDOR: &[u8; 12] = b"GenuineIntel";
 /// Family 6, model 0x3A, stepping 9 (an Ivy Bridge signature: well known to OSes).
