@@ -435,6 +435,14 @@ fn simd_exceptions(cpu: &mut CpuState, raised: u32) -> Result<(), Exception> {
     }
 }
 
+/// Quadword `lane` (0 or 1) of `x`.
+fn lane64(x: &sse::X, lane: usize) -> u64 {
+    let at = (lane & 1) * 8;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&x[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
 /// `x` with its low 8 bytes replaced by `v`.
 fn with_low(x: &sse::X, v: u64) -> sse::X {
     let mut r = *x;
@@ -825,10 +833,8 @@ impl Ctx<'_> {
                 let mut r = [0u8; 16];
                 let mut raised = 0;
                 for lane in 0..2 {
-                    let q = |x: &sse::X| {
-                        u64::from_le_bytes(x[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8]))
-                    };
-                    let (v, f) = sse_fp::scalar(scalar, q(&dst), q(&s), mxcsr).ok_or(UD)?;
+                    let (a, b) = (lane64(&dst, lane), lane64(&s, lane));
+                    let (v, f) = sse_fp::scalar(scalar, a, b, mxcsr).ok_or(UD)?;
                     r[lane * 8..lane * 8 + 8].copy_from_slice(&v.to_le_bytes());
                     raised |= f;
                 }
@@ -843,10 +849,8 @@ impl Ctx<'_> {
                 let mut raised = 0;
                 let lanes = if m == M::Cmpsd { 1 } else { 2 };
                 for lane in 0..lanes {
-                    let q = |x: &sse::X| {
-                        u64::from_le_bytes(x[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8]))
-                    };
-                    let (holds, f) = sse_fp::predicate(q(&r), q(&s), imm, mxcsr);
+                    let (a, b) = (lane64(&r, lane), lane64(&s, lane));
+                    let (holds, f) = sse_fp::predicate(a, b, imm, mxcsr);
                     let mask = if holds { u64::MAX } else { 0 };
                     r[lane * 8..lane * 8 + 8].copy_from_slice(&mask.to_le_bytes());
                     raised |= f;

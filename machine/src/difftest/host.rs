@@ -275,6 +275,9 @@ impl HostOracle {
         sh.gpr = case.gpr;
         sh.rflags = 0x202 | (case.rflags & COMPARED_FLAGS);
         sh.fx = super::fx_image(&case.xmm);
+        // Cleared, so that a signal frame without an FPU area reads as a mismatch, not
+        // as the last case's state.
+        sh.out_fx = FxState { bytes: [0; 512] };
         sh.data.copy_from_slice(&data);
         sh.out_signal = 0;
         sh.out_no_ldt = 0;
