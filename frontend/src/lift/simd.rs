@@ -2,7 +2,7 @@
 //! between XMM registers, general registers and memory); the operations themselves are in
 //! [`crate::sse`].
 
-use iced_x86::{OpCodeOperandKind, OpKind};
+use iced_x86::{Mnemonic, OpKind};
 
 use super::operands::gpr_index;
 use super::{Flow, Lift};
@@ -40,15 +40,15 @@ fn encode(op: SseOperand) -> u64 {
 impl Lift<'_> {
     pub(super) fn simd(&mut self) -> Option<Flow> {
         let i = self.ins;
-        // By the form, not the operands: CVTSD2SI r32, m64 names no XMM register.
-        let touches_xmm = i.code().op_code().op_kinds().iter().any(|k| {
-            matches!(
-                k,
-                OpCodeOperandKind::xmm_reg
-                    | OpCodeOperandKind::xmm_rm
-                    | OpCodeOperandKind::xmm_or_mem
-            )
-        });
+        // The conversions to an integer name no XMM register in their memory forms
+        // (CVTSD2SI r32, m64). Tested by mnemonic, not through iced's op-code tables, whose
+        // first use costs milliseconds.
+        let touches_xmm = (0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
+            || matches!(
+                i.mnemonic(),
+                Mnemonic::Cvtsd2si | Mnemonic::Cvttsd2si | Mnemonic::Cvtss2si | Mnemonic::Cvttss2si
+            );
         if !touches_xmm {
             return None;
         }
