@@ -37,13 +37,11 @@ fn map2<const N: usize>(a: &X, b: &X, f: impl Fn(u64, u64) -> u64) -> X {
     pack(r)
 }
 
-/// The lanes of `bits` bits (16 or 32).
-fn lanes_of(x: &X, bits: u32) -> Vec<u64> {
-    if bits == 16 {
-        lanes::<8>(x).to_vec()
-    } else {
-        lanes::<4>(x).to_vec()
-    }
+/// Lane `k` of `w` bytes.
+fn lane_at(x: &X, w: usize, k: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b[..w].copy_from_slice(&x[k * w..k * w + w]);
+    u64::from_le_bytes(b)
 }
 
 fn sx(v: u64, bits: u32) -> i64 {
@@ -89,27 +87,11 @@ fn unpack_high(a: &X, b: &X, w: usize) -> X {
 /// The SSE/SSE2 instructions Gantry implements (the rest raise #UD, counted).
 pub fn supported(m: M) -> bool {
     binary(m, &[0; 16], &[0; 16], 0).is_some()
+        || crate::sse_fp::binary(m, &[0; 16], &[0; 16], 0, crate::state::MXCSR_RESET).is_some()
         || is_full_move(m)
         || matches!(
             m,
-            M::Addsd
-                | M::Addpd
-                | M::Subpd
-                | M::Mulpd
-                | M::Divpd
-                | M::Sqrtpd
-                | M::Minpd
-                | M::Maxpd
-                | M::Pextrw
-                | M::Cmpsd
-                | M::Cmppd
-                | M::Subsd
-                | M::Mulsd
-                | M::Divsd
-                | M::Sqrtsd
-                | M::Minsd
-                | M::Maxsd
-                | M::Movd
+            M::Movd
                 | M::Movq
                 | M::Movsd
                 | M::Movss
@@ -121,6 +103,7 @@ pub fn supported(m: M) -> bool {
                 | M::Pmovmskb
                 | M::Movmskps
                 | M::Movmskpd
+                | M::Pextrw
                 | M::Comisd
                 | M::Ucomisd
                 | M::Cvtsi2sd
@@ -280,11 +263,16 @@ pub fn binary(m: M, dst: &X, src: &X, imm: u8) -> Option<X> {
             };
             let sat = |v: u64| sx(v, from).clamp(lo, hi) as u64 & wrap(to);
             let mut out = [0u8; 16];
-            let w = (to / 8) as usize;
-            let n = 16 / w / 2;
-            let (d, s) = (lanes_of(dst, from), lanes_of(src, from));
-            for (i, v) in d.iter().chain(s.iter()).enumerate().take(2 * n) {
-                out[i * w..i * w + w].copy_from_slice(&sat(*v).to_le_bytes()[..w]);
+            let (fw, w) = ((from / 8) as usize, (to / 8) as usize);
+            // Each operand fills half the result: 16 / fw narrowed lanes.
+            let n = 16 / fw;
+            for i in 0..2 * n {
+                let v = if i < n {
+                    lane_at(dst, fw, i)
+                } else {
+                    lane_at(src, fw, i - n)
+                };
+                out[i * w..i * w + w].copy_from_slice(&sat(v).to_le_bytes()[..w]);
             }
             out
         }

@@ -20,6 +20,8 @@ use std::cmp::Ordering;
 
 use iced_x86::Mnemonic as M;
 
+use crate::sse::X;
+
 /// MXCSR's exception flags; each one's mask bit is 7 places above it.
 pub const IE: u32 = 1 << 0;
 pub const DE: u32 = 1 << 1;
@@ -359,9 +361,9 @@ fn min_max(min: bool, a: u64, b: u64, mxcsr: u32) -> (u64, u32) {
     (r, denormal_flag(&[a, b]))
 }
 
-/// COMISD/UCOMISD: the comparison (None when unordered) and the flags raised. COMISD
-/// signals invalid for any NaN, UCOMISD only for SNaNs.
-pub fn compare(a: u64, b: u64, signaling: bool, mxcsr: u32) -> (Option<Ordering>, u32) {
+/// The comparison of two doubles (None when unordered) and the flags raised:
+/// `signaling` makes any NaN invalid, otherwise only SNaNs are.
+fn compare(a: u64, b: u64, signaling: bool, mxcsr: u32) -> (Option<Ordering>, u32) {
     let (a, b) = (operand(a, mxcsr), operand(b, mxcsr));
     if is_nan(a) || is_nan(b) {
         let ie = signaling || is_snan(a) || is_snan(b);
@@ -371,10 +373,66 @@ pub fn compare(a: u64, b: u64, signaling: bool, mxcsr: u32) -> (Option<Ordering>
     (x.partial_cmp(&y), denormal_flag(&[a, b]))
 }
 
+/// COMISD/UCOMISD: ZF, PF and CF as RFLAGS bits (unordered sets all three; OF, SF and
+/// AF are cleared), and the flags raised. COMISD signals invalid for any NaN, UCOMISD
+/// only for SNaNs.
+pub fn comisd(a: u64, b: u64, signaling: bool, mxcsr: u32) -> (u64, u32) {
+    use crate::state::{CF, PF, ZF};
+    let (order, raised) = compare(a, b, signaling, mxcsr);
+    let rflags = match order {
+        None => ZF | PF | CF,
+        Some(Ordering::Less) => CF,
+        Some(Ordering::Equal) => ZF,
+        Some(Ordering::Greater) => 0,
+    };
+    (rflags, raised)
+}
+
+/// The double-precision instructions whose destination is an XMM register and whose
+/// operands are doubles: `dst op src` for ADDSD..MAXSD and CMPSD on the low lane (the high
+/// lane kept), their packed forms on both lanes (the flags of both raised). The result
+/// and the flags raised; None for other mnemonics.
+pub fn binary(m: M, dst: &X, src: &X, imm: u8, mxcsr: u32) -> Option<(X, u32)> {
+    let (scalar_m, lanes) = match m {
+        M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Sqrtsd | M::Minsd | M::Maxsd | M::Cmpsd => {
+            (m, 1)
+        }
+        M::Addpd => (M::Addsd, 2),
+        M::Subpd => (M::Subsd, 2),
+        M::Mulpd => (M::Mulsd, 2),
+        M::Divpd => (M::Divsd, 2),
+        M::Sqrtpd => (M::Sqrtsd, 2),
+        M::Minpd => (M::Minsd, 2),
+        M::Maxpd => (M::Maxsd, 2),
+        M::Cmppd => (M::Cmpsd, 2),
+        _ => return None,
+    };
+    let lane = |x: &X, i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&x[8 * i..8 * i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let mut r = *dst;
+    let mut raised = 0;
+    for i in 0..lanes {
+        let (a, b) = (lane(dst, i), lane(src, i));
+        let (v, f) = if scalar_m == M::Cmpsd {
+            // A mask: all ones where the predicate holds.
+            let (holds, f) = predicate(a, b, imm, mxcsr);
+            (if holds { u64::MAX } else { 0 }, f)
+        } else {
+            scalar(scalar_m, a, b, mxcsr)?
+        };
+        r[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        raised |= f;
+    }
+    Some((r, raised))
+}
+
 /// CMPSD/CMPPD's predicate (imm8 bits 2:0) on two doubles: whether it holds, and the
 /// flags raised. EQ, UNORD, NEQ and ORD are quiet (invalid only for SNaNs); LT, LE, NLT
 /// and NLE signal for any NaN.
-pub fn predicate(a: u64, b: u64, imm: u8, mxcsr: u32) -> (bool, u32) {
+fn predicate(a: u64, b: u64, imm: u8, mxcsr: u32) -> (bool, u32) {
     let (a, b) = (operand(a, mxcsr), operand(b, mxcsr));
     let pred = imm & 7;
     let signaling = matches!(pred, 1 | 2 | 5 | 6);

@@ -163,8 +163,7 @@ pub struct FxState {
 impl Default for FxState {
     fn default() -> Self {
         let mut fx = Self { bytes: [0u8; 512] };
-        // FCW = 0x037F after FNINIT; MXCSR = 0x1F80 at reset.
-        fx.bytes[FxState::FCW..FxState::FCW + 2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        fx.set_fcw(FCW_INIT);
         fx.set_mxcsr(MXCSR_RESET);
         fx
     }
@@ -172,6 +171,9 @@ impl Default for FxState {
 
 /// MXCSR at reset: all SIMD exceptions masked, round to nearest.
 pub const MXCSR_RESET: u32 = 0x1F80;
+/// The x87 control word after FNINIT: all exceptions masked, 64-bit precision, round to
+/// nearest.
+pub const FCW_INIT: u16 = 0x037F;
 
 impl FxState {
     /// The image's size in bytes.
@@ -190,6 +192,10 @@ impl FxState {
     pub fn mxcsr(&self) -> u32 {
         let b = &self.bytes[Self::MXCSR..Self::MXCSR + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    pub fn set_fcw(&mut self, v: u16) {
+        self.bytes[Self::FCW..Self::FCW + 2].copy_from_slice(&v.to_le_bytes());
     }
 
     pub fn set_mxcsr(&mut self, v: u32) {

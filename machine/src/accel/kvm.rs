@@ -150,7 +150,7 @@ impl KvmCpu {
         filter_cpuid(&mut cpuid);
         vcpu.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
         let fpu = kvm_fpu {
-            fcw: 0x37F,
+            fcw: gantry_frontend::state::FCW_INIT,
             mxcsr: gantry_frontend::state::MXCSR_RESET,
             ..Default::default()
         };

@@ -310,25 +310,25 @@ impl Host for Ctx<'_> {
             Helper::DescriptorCheck(which) => self.descriptor_check(cpu, which, arg(0) as u16),
             Helper::Fninit => {
                 self.fpu_available(cpu, false)?;
-                fx_set16(cpu, 0, 0x037F);
-                fx_set16(cpu, 2, 0);
-                cpu.fx.bytes[4] = 0; // abridged tag word: all empty
+                cpu.fx.set_fcw(FCW_INIT);
+                fx_set16(cpu, FxState::FSW, 0);
+                cpu.fx.bytes[FxState::FTW] = 0; // abridged tag word: all empty
                 Ok(0)
             }
             Helper::Fnstsw => {
                 self.fpu_available(cpu, false)?;
-                Ok(fx_get16(cpu, 2) as u64)
+                Ok(fx_get16(cpu, FxState::FSW) as u64)
             }
             Helper::Fnstcw => {
                 self.fpu_available(cpu, false)?;
-                let v = fx_get16(cpu, 0) as u64;
+                let v = fx_get16(cpu, FxState::FCW) as u64;
                 self.write(cpu, arg(0), 2, v, Privilege::User)?;
                 Ok(0)
             }
             Helper::Fldcw => {
                 self.fpu_available(cpu, false)?;
                 let v = self.read(cpu, arg(0), 2, Access::Read, Privilege::User)?;
-                fx_set16(cpu, 0, v as u16);
+                cpu.fx.set_fcw(v as u16);
                 Ok(0)
             }
             Helper::Fxsave | Helper::Fxrstor => {
@@ -433,14 +433,6 @@ fn simd_exceptions(cpu: &mut CpuState, raised: u32) -> Result<(), Exception> {
     } else {
         Err(UD)
     }
-}
-
-/// Quadword `lane` (0 or 1) of `x`.
-fn lane64(x: &sse::X, lane: usize) -> u64 {
-    let at = (lane & 1) * 8;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&x[at..at + 8]);
-    u64::from_le_bytes(b)
 }
 
 /// `x` with its low 8 bytes replaced by `v`.
@@ -778,16 +770,9 @@ impl Ctx<'_> {
             }
             (M::Comisd | M::Ucomisd, Xmm(d)) => {
                 let s = source(self, cpu)?;
-                let (order, raised) =
-                    sse_fp::compare(low(&xmm(cpu, d), 8), low(&s, 8), m == M::Comisd, mxcsr);
+                let (f, raised) =
+                    sse_fp::comisd(low(&xmm(cpu, d), 8), low(&s, 8), m == M::Comisd, mxcsr);
                 simd_exceptions(cpu, raised)?;
-                // OF, SF and AF cleared; unordered sets ZF, PF and CF.
-                let f = match order {
-                    Option::None => ZF | PF | CF,
-                    Some(std::cmp::Ordering::Less) => CF,
-                    Some(std::cmp::Ordering::Equal) => ZF,
-                    Some(std::cmp::Ordering::Greater) => 0,
-                };
                 let old = flags::rflags(cpu);
                 flags::set_rflags(cpu, (old & !(CF | PF | AF | ZF | SF | OF)) | f);
             }
@@ -814,68 +799,21 @@ impl Ctx<'_> {
                 simd_exceptions(cpu, raised)?;
                 write_gpr(cpu, i, size, v);
             }
-            (
-                M::Addpd | M::Subpd | M::Mulpd | M::Divpd | M::Sqrtpd | M::Minpd | M::Maxpd,
-                Xmm(d),
-            ) => {
-                // Each lane as the scalar instruction; the flags of both are raised.
-                let scalar = match m {
-                    M::Addpd => M::Addsd,
-                    M::Subpd => M::Subsd,
-                    M::Mulpd => M::Mulsd,
-                    M::Divpd => M::Divsd,
-                    M::Sqrtpd => M::Sqrtsd,
-                    M::Minpd => M::Minsd,
-                    _ => M::Maxsd,
-                };
-                let s = source(self, cpu)?;
-                let dst = xmm(cpu, d);
-                let mut r = [0u8; 16];
-                let mut raised = 0;
-                for lane in 0..2 {
-                    let (a, b) = (lane64(&dst, lane), lane64(&s, lane));
-                    let (v, f) = sse_fp::scalar(scalar, a, b, mxcsr).ok_or(UD)?;
-                    r[lane * 8..lane * 8 + 8].copy_from_slice(&v.to_le_bytes());
-                    raised |= f;
-                }
-                simd_exceptions(cpu, raised)?;
-                set_xmm(cpu, d, &r);
-            }
-            (M::Cmpsd | M::Cmppd, Xmm(d)) => {
-                // A mask per lane: all ones where the predicate holds. CMPSD keeps the
-                // destination's high lane.
-                let s = source(self, cpu)?;
-                let mut r = xmm(cpu, d);
-                let mut raised = 0;
-                let lanes = if m == M::Cmpsd { 1 } else { 2 };
-                for lane in 0..lanes {
-                    let (a, b) = (lane64(&r, lane), lane64(&s, lane));
-                    let (holds, f) = sse_fp::predicate(a, b, imm, mxcsr);
-                    let mask = if holds { u64::MAX } else { 0 };
-                    r[lane * 8..lane * 8 + 8].copy_from_slice(&mask.to_le_bytes());
-                    raised |= f;
-                }
-                simd_exceptions(cpu, raised)?;
-                set_xmm(cpu, d, &r);
-            }
             (M::Pextrw, Gpr(i, size)) => {
                 let s = source(self, cpu)?;
                 let at = (imm & 7) as usize * 2;
                 write_gpr(cpu, i, size, u16::from_le_bytes([s[at], s[at + 1]]) as u64);
             }
-            (
-                M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Sqrtsd | M::Minsd | M::Maxsd,
-                Xmm(d),
-            ) => {
-                let s = source(self, cpu)?;
-                let dst = xmm(cpu, d);
-                let (r, raised) = sse_fp::scalar(m, low(&dst, 8), low(&s, 8), mxcsr).ok_or(UD)?;
-                simd_exceptions(cpu, raised)?;
-                set_xmm(cpu, d, &with_low(&dst, r));
-            }
             (_, Xmm(d)) => {
                 let s = source(self, cpu)?;
-                let r = sse::binary(m, &xmm(cpu, d), &s, imm).ok_or(UD)?;
+                let dst = xmm(cpu, d);
+                let r = match sse_fp::binary(m, &dst, &s, imm, mxcsr) {
+                    Some((r, raised)) => {
+                        simd_exceptions(cpu, raised)?;
+                        r
+                    }
+                    Option::None => sse::binary(m, &dst, &s, imm).ok_or(UD)?,
+                };
                 set_xmm(cpu, d, &r);
             }
             _ => {

@@ -33,7 +33,7 @@ use super::layout::{
     code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
 };
 use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
-use gantry_frontend::state::{FxState, MXCSR_RESET};
+use gantry_frontend::state::{FxState, FCW_INIT, MXCSR_RESET};
 
 /// Linux x86-64's user code and data selectors (arch/x86/include/asm/segment.h:
 /// __USER_CS, __USER32_CS, __USER_DS): part of the kernel's ABI.
@@ -630,7 +630,7 @@ extern "C" fn on_signal(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut
             sh.out_fx = ptr::read_unaligned(fp);
             let mut clean = sh.out_fx;
             clean.set_mxcsr(MXCSR_RESET);
-            clean.bytes[FxState::FCW..FxState::FCW + 2].copy_from_slice(&0x037Fu16.to_le_bytes());
+            clean.set_fcw(FCW_INIT);
             ptr::write_unaligned(fp, clean);
         }
         // Back to the trampoline's epilogue, in 64-bit mode, on the child's stack (with
