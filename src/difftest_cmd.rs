@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use gantry_machine::difftest::{self, corpus, emu::EmuRunner, gen, Bits, Runner};
+use gantry_machine::difftest::{self, corpus, emu::EmuRunner, gen, Mode, Runner};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum ModeArg {
@@ -73,15 +73,15 @@ pub struct DifftestArgs {
 }
 
 pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
-    let bits = match args.mode {
-        ModeArg::M64 => Bits::B64,
-        ModeArg::M32 => Bits::B32,
-        ModeArg::M16 => Bits::B16,
+    let mode = match args.mode {
+        ModeArg::M64 => Mode::B64,
+        ModeArg::M32 => Mode::B32,
+        ModeArg::M16 => Mode::B16,
         ModeArg::Real => {
             if args.oracle == OracleArg::Host {
                 return Err(format!("--mode real: {}", difftest::REAL_MODE_NEEDS_KVM));
             }
-            Bits::Real
+            Mode::Real
         }
     };
     let set = match args.set {
@@ -127,19 +127,19 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
             &mut out,
         )
     } else {
-        let g = gen::Generator::new(bits, set, args.seed);
+        let g = gen::Generator::new(mode, set, args.seed);
         let left_out = match set {
             gen::Set::Integer => String::new(),
             gen::Set::Sse | gen::Set::All => format!(
                 "; {} SSE/SSE2 forms not implemented yet, not generated",
-                gen::unimplemented_sse_forms(bits)
+                gen::unimplemented_sse_forms(mode)
             ),
         };
         let _ = writeln!(
             out,
             "difftest: {}, {} set ({} instruction forms{left_out}), seed {}, {} cases, \
              oracle {}, backend {}",
-            bits.describe(),
+            mode.describe(),
             set.name(),
             g.form_count(),
             args.seed,

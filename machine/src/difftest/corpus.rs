@@ -2,7 +2,7 @@
 //! for reports: `<bits> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`,
 //! then `xmm=<16 hex values>` when any XMM register starts non-zero. Lines starting with `#` and blank lines are comments.
 
-use super::{Bits, Case, DataInit};
+use super::{Case, DataInit, Mode};
 
 pub fn format_case(c: &Case) -> String {
     let code: String = c.code.iter().map(|b| format!("{b:02x}")).collect();
@@ -13,7 +13,7 @@ pub fn format_case(c: &Case) -> String {
     let gpr: Vec<String> = c.gpr.iter().map(|g| format!("{g:x}")).collect();
     let mut line = format!(
         "{} code={code} rflags={:x} data={data} gpr={}",
-        c.bits.name(),
+        c.mode.name(),
         c.rflags,
         gpr.join(",")
     );
@@ -27,11 +27,11 @@ pub fn format_case(c: &Case) -> String {
 /// Parses one case line; the error names what is wrong.
 pub fn parse_case(line: &str) -> Result<Case, String> {
     let mut words = line.split_whitespace();
-    let bits = match words.next() {
-        Some("64") => Bits::B64,
-        Some("32") => Bits::B32,
-        Some("16") => Bits::B16,
-        Some("real") => Bits::Real,
+    let mode = match words.next() {
+        Some("64") => Mode::B64,
+        Some("32") => Mode::B32,
+        Some("16") => Mode::B16,
+        Some("real") => Mode::Real,
         other => {
             return Err(format!(
                 "unknown mode {other:?} (expected 16, 32, 64 or real)"
@@ -89,7 +89,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         return Err(format!("code is {} bytes (1..=256)", code.len()));
     }
     Ok(Case {
-        bits,
+        mode,
         code,
         rflags: rflags.ok_or("no rflags=")?,
         data: data.ok_or("no data=")?,
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn a_case_survives_the_round_trip() {
         let case = Case {
-            bits: Bits::B32,
+            mode: Mode::B32,
             code: vec![0x01, 0xd8],
             gpr: std::array::from_fn(|i| (i as u64) << 60 | 0xabc),
             rflags: 0x8d5,

@@ -10,7 +10,7 @@
 //! interrupt gate); the stub's address names the vector, and the frame on the kernel stack
 //! holds RIP, RFLAGS and RSP as of the event. The GPRs are untouched by delivery.
 //!
-//! Real-mode cases ([`Bits::Real`]) run in the same guest with paging and protection off:
+//! Real-mode cases ([`Mode::Real`]) run in the same guest with paging and protection off:
 //! the snippet's segments are based at [`REAL_BASE`], and the IVT sends each exception
 //! vector to the same HLT stub; the real-mode frame (IP, CS, FLAGS) is on the snippet's
 //! own stack.
@@ -32,7 +32,7 @@ use gantry_frontend::state::{
 use super::layout::{
     code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, REAL_BASE, SEG16_LIMIT,
 };
-use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner};
+use super::{has_error_code, Case, Event, Final, Mode, RunError, Runner};
 use crate::accel::CpuStop;
 use crate::board::{Board, BoardConfig, SerialSink};
 use crate::boot::EntryState;
@@ -83,15 +83,15 @@ pub struct Sandbox {
 const REAL_REACH: usize = 0x1_0000 + 3;
 
 /// Where the case's code page is in guest-physical memory, and its data pages.
-fn code_phys(bits: Bits) -> u64 {
-    match bits {
-        Bits::Real => REAL_BASE,
+fn code_phys(mode: Mode) -> u64 {
+    match mode {
+        Mode::Real => REAL_BASE,
         _ => CODE_PHYS,
     }
 }
 
-fn data_phys(bits: Bits) -> u64 {
-    code_phys(bits) + (DATA_VA - CODE_VA)
+fn data_phys(mode: Mode) -> u64 {
+    code_phys(mode) + (DATA_VA - CODE_VA)
 }
 
 impl Sandbox {
@@ -127,25 +127,25 @@ impl Sandbox {
         code[n] = END_MARKER;
         let data = case.data.bytes();
         let fail = |e: crate::memory::MemoryError| format!("sandbox memory: {e}");
-        if case.bits == Bits::Real {
+        if case.mode == Mode::Real {
             // Nothing pages the rest of the segment out: it starts as zeros every time.
             self.mem
                 .write(REAL_BASE, &[0u8; REAL_REACH])
                 .map_err(fail)?;
         }
         self.mem
-            .write(code_phys(case.bits), &code)
-            .and_then(|_| self.mem.write(data_phys(case.bits), &data))
+            .write(code_phys(case.mode), &code)
+            .and_then(|_| self.mem.write(data_phys(case.mode), &data))
             .map_err(fail)?;
-        let mut st = if case.bits == Bits::Real {
+        let mut st = if case.mode == Mode::Real {
             self.real_start.clone()
         } else {
             self.start.clone()
         };
         st.gpr = case.gpr;
-        st.rip = code_ip(case.bits);
-        st.seg[CS] = user_code(case.bits);
-        if case.bits == Bits::B16 {
+        st.rip = code_ip(case.mode);
+        st.seg[CS] = user_code(case.mode);
+        if case.mode == Mode::B16 {
             for s in [ES, SS, DS] {
                 st.seg[s] = user_data16();
             }
@@ -170,8 +170,8 @@ impl Sandbox {
         };
         let mut out = vec![0u8; DATA_SIZE];
         // Read back from RAM that new() allocated; cannot fail.
-        let _ = self.mem.read(data_phys(case.bits), &mut out);
-        if case.bits == Bits::Real {
+        let _ = self.mem.read(data_phys(case.mode), &mut out);
+        if case.mode == Mode::Real {
             // The real-mode frame on the snippet's stack: IP, CS, FLAGS (each offset wraps
             // at 64 KiB); SP is 6 below its value at the event.
             let sp = cpu.gpr[RSP] & 0xFFFF;
@@ -247,7 +247,7 @@ impl EmuRunner {
             Ok(st) => st,
             Err(e) => return other(case, e),
         };
-        self.cpu.code_written(code_phys(case.bits));
+        self.cpu.code_written(code_phys(case.mode));
         self.cpu.state = st;
         let sb = &mut self.sandbox;
         let stop = self.cpu.run(&mut sb.mem, &mut sb.board);
@@ -282,7 +282,7 @@ pub(super) fn other(case: &Case, why: String) -> Final {
 
 /// CS for code of this size, as the GDT in [`build_kernel`] describes it (or, for real
 /// mode, as its selector makes it).
-fn user_code(bits: Bits) -> Segment {
+fn user_code(mode: Mode) -> Segment {
     let user = 0xB | attr::S | (3 << attr::DPL_SHIFT) | attr::P;
     let flat = |selector, size| Segment {
         base: 0,
@@ -290,23 +290,23 @@ fn user_code(bits: Bits) -> Segment {
         selector,
         attr: user | attr::G | size,
     };
-    match bits {
-        Bits::B64 => flat(USER_CS64, attr::L),
-        Bits::B32 => flat(USER_CS32, attr::DB),
-        Bits::B16 => Segment {
-            base: seg_base(bits),
+    match mode {
+        Mode::B64 => flat(USER_CS64, attr::L),
+        Mode::B32 => flat(USER_CS32, attr::DB),
+        Mode::B16 => Segment {
+            base: seg_base(mode),
             limit: SEG16_LIMIT,
             selector: USER_CS16,
             attr: user,
         },
-        Bits::Real => Segment::real((REAL_BASE >> 4) as u16, true),
+        Mode::Real => Segment::real((REAL_BASE >> 4) as u16, true),
     }
 }
 
 /// DS, ES and SS for 16-bit code.
 fn user_data16() -> Segment {
     Segment {
-        base: seg_base(Bits::B16),
+        base: seg_base(Mode::B16),
         limit: SEG16_LIMIT,
         selector: USER_DS16,
         attr: 0x3 | attr::S | (3 << attr::DPL_SHIFT) | attr::P,
@@ -320,7 +320,7 @@ fn real_state() -> CpuState {
     let sel = (REAL_BASE >> 4) as u16;
     for (i, s) in st.seg.iter_mut().enumerate() {
         *s = match i {
-            CS => user_code(Bits::Real),
+            CS => user_code(Mode::Real),
             ES | SS | DS => Segment::real(sel, false),
             _ => Segment::real(0, false),
         };
@@ -349,7 +349,7 @@ fn user_state(mut st: CpuState) -> CpuState {
             Segment::default()
         };
     }
-    st.seg[CS] = user_code(Bits::B64);
+    st.seg[CS] = user_code(Mode::B64);
     st.cpl = 3;
     st.gdtr = DescriptorTable {
         base: GDT,
@@ -387,13 +387,13 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
     for page in 0..(DATA_SIZE as u64 / 0x1000) {
         mem.write_u64(
             pte(DATA_VA + page * 0x1000),
-            (data_phys(Bits::B64) + page * 0x1000) | P | RW | US | NX,
+            (data_phys(Mode::B64) + page * 0x1000) | P | RW | US | NX,
         )?;
     }
 
     let tss_lo = 0x67 | (TSS & 0xFF_FFFF) << 16 | 0x89u64 << 40 | (TSS >> 24 & 0xFF) << 56;
     // 16-bit segments: base seg_base(B16), byte-granular limit SEG16_LIMIT, D/B = 0.
-    let base16 = seg_base(Bits::B16);
+    let base16 = seg_base(Mode::B16);
     let seg16 = |access: u64| {
         SEG16_LIMIT as u64 | (base16 & 0xFF_FFFF) << 16 | access << 40 | (base16 >> 24 & 0xFF) << 56
     };
@@ -443,7 +443,7 @@ mod tests {
     /// event. Nothing else checks this side when KVM cannot be the oracle.
     #[test]
     fn a_real_mode_case_ends_at_the_marker_with_its_frame_on_its_stack() {
-        let sp = data_addr(Bits::Real) + 0x100;
+        let sp = data_addr(Mode::Real) + 0x100;
         let case = parse_case(&format!(
             "real code=40 rflags=0 data=zero gpr=41,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
         ))
@@ -460,7 +460,7 @@ mod tests {
         assert!(f.completed(&case), "{f:?}");
         assert_eq!((f.gpr[0], f.gpr[RSP]), (0x42, sp));
         // The frame's offset in the data pages.
-        let at = (sp - 6 - data_addr(Bits::Real)) as usize;
+        let at = (sp - 6 - data_addr(Mode::Real)) as usize;
         let word = |i: usize| u16::from_le_bytes([f.data[at + i], f.data[at + i + 1]]);
         assert_eq!(word(0), 2, "IP after INT3");
         assert_eq!(word(2), (REAL_BASE >> 4) as u16, "CS");

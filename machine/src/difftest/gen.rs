@@ -11,7 +11,7 @@ use iced_x86::{
 
 use super::flagmask;
 use super::layout::{data_addr, DATA_SIZE, MAX_SNIPPET};
-use super::{Bits, Case, DataInit};
+use super::{Case, DataInit, Mode};
 
 /// SplitMix64: small, fast, and good enough for test generation; no crate needed.
 #[derive(Clone, Debug)]
@@ -138,14 +138,14 @@ const VENDOR_FORMS: &[(Code, &str)] = &[
 /// list, such as 64-bit MOVQ's X64).
 const SSE_FEATURES: &[CpuidFeature] = &[CpuidFeature::SSE, CpuidFeature::SSE2];
 
-/// Legacy-encoded, user-level forms that run in `bits`-bit code.
-fn candidate(code: Code, bits: Bits) -> bool {
+/// Legacy-encoded, user-level forms that run in `mode`.
+fn candidate(code: Code, mode: Mode) -> bool {
     let op = code.op_code();
-    let in_mode = match bits {
-        Bits::B64 => op.mode64() && op.long_mode(),
-        Bits::B32 => op.mode32() && op.compatibility_mode(),
-        Bits::B16 => op.mode16() && op.compatibility_mode(),
-        Bits::Real => op.mode16() && op.real_mode(),
+    let in_mode = match mode {
+        Mode::B64 => op.mode64() && op.long_mode(),
+        Mode::B32 => op.mode32() && op.compatibility_mode(),
+        Mode::B16 => op.mode16() && op.compatibility_mode(),
+        Mode::Real => op.mode16() && op.real_mode(),
     };
     op.is_instruction()
         && in_mode
@@ -182,11 +182,11 @@ fn is_sse_form(code: Code) -> bool {
             .any(|k| matches!(k, K::xmm_reg | K::xmm_rm | K::xmm_or_mem))
 }
 
-/// The instruction forms of `set` that can run at CPL 3 in `bits`-bit code.
-fn forms(bits: Bits, set: Set) -> Vec<Code> {
+/// The instruction forms of `set` that can run at CPL 3 in `mode`.
+fn forms(mode: Mode, set: Set) -> Vec<Code> {
     Code::values()
         .filter(|&code| {
-            candidate(code, bits)
+            candidate(code, mode)
                 && ((set.integer() && is_integer_form(code))
                     || (set.sse()
                         && is_sse_form(code)
@@ -197,10 +197,10 @@ fn forms(bits: Bits, set: Set) -> Vec<Code> {
 
 /// The SSE and SSE2 forms of this mode that Gantry does not implement (they raise #UD,
 /// counted), so not generated: for the report's header.
-pub fn unimplemented_sse_forms(bits: Bits) -> usize {
+pub fn unimplemented_sse_forms(mode: Mode) -> usize {
     Code::values()
         .filter(|&code| {
-            candidate(code, bits)
+            candidate(code, mode)
                 && is_sse_form(code)
                 && !gantry_frontend::sse::supported(code.mnemonic())
         })
@@ -304,7 +304,7 @@ fn edge_value(rng: &mut Rng) -> u64 {
 
 /// Makes test cases for one mode and set.
 pub struct Generator {
-    bits: Bits,
+    mode: Mode,
     set: Set,
     forms: Vec<Code>,
     seed: u64,
@@ -320,11 +320,11 @@ struct Plan {
 }
 
 impl Generator {
-    pub fn new(bits: Bits, set: Set, seed: u64) -> Self {
+    pub fn new(mode: Mode, set: Set, seed: u64) -> Self {
         Self {
-            bits,
+            mode,
             set,
-            forms: forms(bits, set),
+            forms: forms(mode, set),
             seed,
         }
     }
@@ -381,7 +381,7 @@ impl Generator {
             [0; 16]
         };
         let case = Case {
-            bits: self.bits,
+            mode: self.mode,
             code,
             gpr,
             rflags,
@@ -397,9 +397,9 @@ impl Generator {
     }
 
     fn regs(&self) -> usize {
-        match self.bits {
-            Bits::B64 => 16,
-            Bits::B16 | Bits::B32 | Bits::Real => 8,
+        match self.mode {
+            Mode::B64 => 16,
+            Mode::B16 | Mode::B32 | Mode::Real => 8,
         }
     }
 
@@ -408,10 +408,10 @@ impl Generator {
         for g in gpr.iter_mut() {
             *g = edge_value(rng);
         }
-        let data = data_addr(self.bits);
+        let data = data_addr(self.mode);
         // The stack: inside the data pages, usually aligned, sometimes near an end.
         gpr[4] = (data + data_offset(rng)) & if rng.chance(90) { !7 } else { !0 };
-        if self.bits.bits() == 16 && rng.chance(30) {
+        if self.mode.bits() == 16 && rng.chance(30) {
             // A 16-bit stack uses SP alone: ESP's upper half must not matter.
             gpr[4] |= rng.next_u64() << 16;
         }
@@ -471,10 +471,10 @@ impl Generator {
                 }
                 K::seg_rBX_al => {
                     instr.set_op_kind(i, iced_x86::OpKind::Memory);
-                    instr.set_memory_base(match self.bits {
-                        Bits::B64 => Register::RBX,
-                        Bits::B32 => Register::EBX,
-                        Bits::B16 | Bits::Real => Register::BX,
+                    instr.set_memory_base(match self.mode {
+                        Mode::B64 => Register::RBX,
+                        Mode::B32 => Register::EBX,
+                        Mode::B16 | Mode::Real => Register::BX,
                     });
                 }
                 K::al => set_register(&mut instr, i, Register::AL),
@@ -541,7 +541,7 @@ impl Generator {
         if has_mem && op.can_use_lock_prefix() && rng.chance(20) {
             instr.set_has_lock_prefix(true);
         }
-        let mut enc = Encoder::new(self.bits.bits());
+        let mut enc = Encoder::new(self.mode.bits());
         enc.encode(&instr, 0).ok()?;
         let cl_count = double_shift16 && op.op_kinds().contains(&K::cl);
         Some((enc.take_buffer(), cl_count))
@@ -556,7 +556,7 @@ impl Generator {
             K::r8_reg | K::r8_opcode | K::r8_or_mem => {
                 // AH..BH exist only without REX; the encoder refuses mixes, the case is
                 // then made again.
-                if self.bits != Bits::B64 || rng.chance(25) {
+                if self.mode != Mode::B64 || rng.chance(25) {
                     rng.pick(&[
                         Register::AL,
                         Register::CL,
@@ -594,12 +594,12 @@ impl Generator {
             _ => rng.below(DATA_SIZE as u64) as i64,
         } & !(align - 1);
         // 16-bit code mostly uses 16-bit addressing, which has forms of its own.
-        let addr32 = match self.bits {
-            Bits::B16 | Bits::Real if rng.chance(80) => {
+        let addr32 = match self.mode {
+            Mode::B16 | Mode::Real if rng.chance(80) => {
                 return self.set_memory16(rng, plan, instr, op, target)
             }
-            Bits::B64 => rng.chance(10),
-            Bits::B16 | Bits::B32 | Bits::Real => true,
+            Mode::B64 => rng.chance(10),
+            Mode::B16 | Mode::B32 | Mode::Real => true,
         };
         let use_rsp = plan.bases.is_empty() || rng.chance(15);
         let base_reg = if use_rsp { 4 } else { rng.pick(&plan.bases) };
@@ -611,7 +611,7 @@ impl Generator {
         // refuses the displacement and the case is made again).
         let base_value = plan.gpr[base_reg] as i64;
         let index_value = index_reg.map_or(0, |r| plan.gpr[r] as i64 * scale as i64);
-        let displ = (data_addr(self.bits) as i64 + target)
+        let displ = (data_addr(self.mode) as i64 + target)
             .wrapping_sub(base_value)
             .wrapping_sub(index_value);
         let name = |r: usize| {
@@ -672,7 +672,7 @@ impl Generator {
         let offset = if rng.chance(5) {
             0x1_0000 - rng.below(4) as i64
         } else {
-            data_addr(self.bits) as i64 + target
+            data_addr(self.mode) as i64 + target
         };
         let displ = (offset - value(base) - value(index)) as u16;
         instr.set_op_kind(op, iced_x86::OpKind::Memory);
@@ -706,18 +706,18 @@ impl Generator {
             bytes.push(0x66);
         }
         // The other address size: 32-bit in 64-bit code, 32-bit in 16-bit code.
-        let addr_override = self.bits != Bits::B32 && rng.chance(10);
+        let addr_override = self.mode != Mode::B32 && rng.chance(10);
         if addr_override {
             bytes.push(0x67);
         }
-        if self.bits == Bits::B64 && rng.chance(30) {
+        if self.mode == Mode::B64 && rng.chance(30) {
             bytes.push(0x48);
         }
         bytes.push(rng.pick(&[0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF]));
-        let data = data_addr(self.bits);
+        let data = data_addr(self.mode);
         gpr[6] = data + data_offset(rng);
         gpr[7] = data + data_offset(rng);
-        if self.bits.bits() == 16 && !addr_override && rng.chance(30) {
+        if self.mode.bits() == 16 && !addr_override && rng.chance(30) {
             // 16-bit addressing uses SI and DI alone.
             gpr[6] |= rng.next_u64() << 16;
             gpr[7] |= rng.next_u64() << 16;
@@ -852,9 +852,9 @@ fn dword_of(r: Register) -> Register {
 /// The instructions of a snippet, decoded.
 pub fn decode(case: &Case) -> Vec<Instruction> {
     let mut d = Decoder::with_ip(
-        case.bits.bits(),
+        case.mode.bits(),
         &case.code,
-        super::layout::code_ip(case.bits),
+        super::layout::code_ip(case.mode),
         DecoderOptions::NONE,
     );
     let mut out = Vec::new();
@@ -873,7 +873,7 @@ mod tests {
     /// the segment's end, whatever the registers' upper halves hold.
     #[test]
     fn sixteen_bit_cases_use_both_address_sizes() {
-        let g = Generator::new(Bits::B16, Set::Integer, 3);
+        let g = Generator::new(Mode::B16, Set::Integer, 3);
         let (mut addr16, mut addr32, mut on_target) = (0, 0, 0);
         for i in 0..2000 {
             let case = g.case(i);
@@ -902,7 +902,7 @@ mod tests {
                 .wrapping_add(reg(first.memory_index()))
                 .wrapping_add(first.memory_displacement64())
                 & 0xFFFF;
-            let data = data_addr(Bits::B16);
+            let data = data_addr(Mode::B16);
             if (data - 16..data + DATA_SIZE as u64 + 16).contains(&ea) || ea >= 0xFFFC {
                 on_target += 1;
             }

@@ -32,7 +32,7 @@ use iced_x86::{BlockEncoderOptions, IcedError};
 use super::layout::{
     code_ip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, END_MARKER, SEG16_LIMIT,
 };
-use super::{has_error_code, Bits, Case, Event, Final, RunError, Runner, COMPARED_FLAGS};
+use super::{has_error_code, Case, Event, Final, Mode, RunError, Runner, COMPARED_FLAGS};
 use gantry_frontend::state::{FxState, FCW_INIT, MXCSR_RESET};
 
 /// Linux x86-64's user code and data selectors (arch/x86/include/asm/segment.h:
@@ -260,15 +260,15 @@ impl HostOracle {
         // SAFETY: `shared` is our mapping; the child reads it only between our request
         // byte and its reply byte, and we write it only outside that window.
         let sh = unsafe { &mut *self.shared };
-        let (cs, ds) = match case.bits {
-            Bits::B64 => (USER_CS64, USER_DS),
-            Bits::B32 => (USER_CS32, USER_DS),
-            Bits::B16 => (LDT_CS16, LDT_DS16),
-            Bits::Real => return Err(RunError::Oracle(super::REAL_MODE_NEEDS_KVM.into())),
+        let (cs, ds) = match case.mode {
+            Mode::B64 => (USER_CS64, USER_DS),
+            Mode::B32 => (USER_CS32, USER_DS),
+            Mode::B16 => (LDT_CS16, LDT_DS16),
+            Mode::Real => return Err(RunError::Oracle(super::REAL_MODE_NEEDS_KVM.into())),
         };
         sh.selector = cs as u64;
         sh.data_selector = ds as u64;
-        sh.entry_ip = code_ip(case.bits);
+        sh.entry_ip = code_ip(case.mode);
         let n = case.code.len().min(CODE_SIZE - 1);
         sh.code[..n].copy_from_slice(&case.code[..n]);
         sh.code_len = n as u64;
@@ -312,15 +312,15 @@ impl HostOracle {
             return Err(RunError::Oracle(NO_LDT.into()));
         }
         let rip = sh.out_rip;
-        let start = code_ip(case.bits);
+        let start = code_ip(case.mode);
         if !(start..start + CODE_SIZE as u64).contains(&rip) {
             return Err(RunError::Oracle(format!(
                 "the snippet did not start (signal {} at {rip:#x}){}",
                 sh.out_signal,
-                match case.bits {
-                    Bits::B32 => ": does this kernel run 32-bit code (ia32_emulation)?",
-                    Bits::B16 => ": does this kernel run 16-bit code segments?",
-                    Bits::B64 | Bits::Real => "",
+                match case.mode {
+                    Mode::B32 => ": does this kernel run 32-bit code (ia32_emulation)?",
+                    Mode::B16 => ": does this kernel run 16-bit code segments?",
+                    Mode::B64 | Mode::Real => "",
                 }
             )));
         }
@@ -562,7 +562,7 @@ unsafe fn child_main(
 }
 
 /// Linux's `struct user_desc` (asm/ldt.h): the flags word packs seg_32bit, contents (2
-/// bits), read_exec_only, limit_in_pages, seg_not_present, useable and lm.
+/// mode), read_exec_only, limit_in_pages, seg_not_present, useable and lm.
 #[repr(C)]
 struct UserDesc {
     entry_number: u32,
@@ -579,7 +579,7 @@ struct UserDesc {
 /// A system call on the calling process's own LDT; call it in the child only.
 unsafe fn install_ldt() -> bool {
     const CONTENTS_CODE: u32 = 2 << 1;
-    let base = seg_base(Bits::B16) as u32;
+    let base = seg_base(Mode::B16) as u32;
     [(0, CONTENTS_CODE), (1, 0)]
         .iter()
         .all(|&(entry, contents)| {

@@ -11,7 +11,7 @@
 //! [`CODE_VA`] and [`DATA_VA`] are the addresses outside real mode; [`code_va`] and
 //! [`data_va`] give them for any mode.
 
-use super::Bits;
+use super::Mode;
 
 /// The snippet's page (read + execute): the snippet, then [`END_MARKER`].
 pub const CODE_VA: u64 = 0x1000_0000;
@@ -41,37 +41,37 @@ pub fn mirrored(linear: u64) -> bool {
 pub const REAL_BASE: u64 = 0x2_0000;
 
 /// The code page's linear address in this mode.
-pub fn code_va(bits: Bits) -> u64 {
-    match bits {
-        Bits::Real => REAL_BASE,
+pub fn code_va(mode: Mode) -> u64 {
+    match mode {
+        Mode::Real => REAL_BASE,
         _ => CODE_VA,
     }
 }
 
 /// The data pages' linear address in this mode.
-pub fn data_va(bits: Bits) -> u64 {
-    code_va(bits) + (DATA_VA - CODE_VA)
+pub fn data_va(mode: Mode) -> u64 {
+    code_va(mode) + (DATA_VA - CODE_VA)
 }
 
 /// The base of the segments code of this size runs with: flat for 32- and 64-bit code.
-pub fn seg_base(bits: Bits) -> u64 {
-    match bits {
-        Bits::B16 | Bits::Real => code_va(bits),
-        Bits::B32 | Bits::B64 => 0,
+pub fn seg_base(mode: Mode) -> u64 {
+    match mode {
+        Mode::B16 | Mode::Real => code_va(mode),
+        Mode::B32 | Mode::B64 => 0,
     }
 }
 
 /// The snippet's first byte as the code sees it (RIP, an offset from CS's base).
-pub fn code_ip(bits: Bits) -> u64 {
-    code_va(bits) - seg_base(bits)
+pub fn code_ip(mode: Mode) -> u64 {
+    code_va(mode) - seg_base(mode)
 }
 
 /// The data pages as the code addresses them (an offset from DS's, ES's and SS's base).
-pub fn data_addr(bits: Bits) -> u64 {
-    data_va(bits) - seg_base(bits)
+pub fn data_addr(mode: Mode) -> u64 {
+    data_va(mode) - seg_base(mode)
 }
 
 /// #BP from the end marker: the normal end of a snippet of `len` bytes.
-pub fn end_rip(bits: Bits, len: usize) -> u64 {
-    code_ip(bits) + len as u64 + 1
+pub fn end_rip(mode: Mode, len: usize) -> u64 {
+    code_ip(mode) + len as u64 + 1
 }

@@ -32,7 +32,7 @@ pub use crate::cpu::interrupts::has_error_code;
 use layout::{end_rip, DATA_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bits {
+pub enum Mode {
     /// 16-bit code: a 16-bit code segment (with 16-bit data and stack segments, see
     /// [`layout::seg_base`]) in compatibility mode under a 64-bit kernel.
     B16,
@@ -44,29 +44,29 @@ pub enum Bits {
     Real,
 }
 
-impl Bits {
+impl Mode {
     pub fn bits(self) -> u32 {
         match self {
-            Bits::B16 | Bits::Real => 16,
-            Bits::B32 => 32,
-            Bits::B64 => 64,
+            Mode::B16 | Mode::Real => 16,
+            Mode::B32 => 32,
+            Mode::B64 => 64,
         }
     }
 
     /// The name `--mode` and the corpus use.
     pub fn name(self) -> &'static str {
         match self {
-            Bits::B16 => "16",
-            Bits::B32 => "32",
-            Bits::B64 => "64",
-            Bits::Real => "real",
+            Mode::B16 => "16",
+            Mode::B32 => "32",
+            Mode::B64 => "64",
+            Mode::Real => "real",
         }
     }
 
     /// What the code is, for reports: "16-bit code", "real-mode code".
     pub fn describe(self) -> String {
         match self {
-            Bits::Real => "real-mode code".into(),
+            Mode::Real => "real-mode code".into(),
             b => format!("{}-bit code", b.bits()),
         }
     }
@@ -101,7 +101,7 @@ impl DataInit {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Case {
-    pub bits: Bits,
+    pub mode: Mode,
     /// The snippet, without the end marker.
     pub code: Vec<u8>,
     /// RAX..R15 in encoding order.
@@ -173,7 +173,7 @@ impl Final {
                 error: None,
                 address: None,
             }
-            && self.rip == end_rip(case.bits, case.code.len())
+            && self.rip == end_rip(case.mode, case.code.len())
     }
 }
 
@@ -275,9 +275,9 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
             format!("{:#x}", gantry.rip),
         );
     }
-    let (regs, mask) = match case.bits {
-        Bits::B64 => (16, !0u64),
-        Bits::B16 | Bits::B32 | Bits::Real => (8, 0xFFFF_FFFF),
+    let (regs, mask) = match case.mode {
+        Mode::B64 => (16, !0u64),
+        Mode::B16 | Mode::B32 | Mode::Real => (8, 0xFFFF_FFFF),
     };
     for r in 0..regs {
         if (oracle.gpr[r] ^ gantry.gpr[r]) & mask != 0 {
@@ -313,7 +313,7 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
             report::flags_string(gantry.rflags & flags),
         );
     }
-    let (odata, gdata) = if case.bits == Bits::Real {
+    let (odata, gdata) = if case.mode == Mode::Real {
         let ignored = COMPARED_FLAGS & !flags;
         let sp = oracle.gpr[4];
         (
@@ -339,7 +339,7 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
         add(
             format!(
                 "data at {:#x} ({} bytes differ)",
-                layout::data_va(case.bits) + first as u64,
+                layout::data_va(case.mode) + first as u64,
                 diffs.len()
             ),
             span(&odata),
@@ -354,8 +354,8 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
 /// masks, so they are masked in the data too. `sp` is SP as of the event.
 fn mask_frame_flags(case: &Case, sp: u64, data: &[u8], ignored: u64) -> Vec<u8> {
     let mut out = data.to_vec();
-    let flags_at = layout::seg_base(case.bits) + (sp.wrapping_sub(2) & 0xFFFF);
-    let data_va = layout::data_va(case.bits);
+    let flags_at = layout::seg_base(case.mode) + (sp.wrapping_sub(2) & 0xFFFF);
+    let data_va = layout::data_va(case.mode);
     for (k, mask) in [(0u64, ignored as u8), (1, (ignored >> 8) as u8)] {
         let i = (flags_at + k).wrapping_sub(data_va) as usize;
         if let Some(b) = out.get_mut(i) {
@@ -466,7 +466,7 @@ mod tests {
                 .unwrap();
         let oracle = Final {
             gpr: [0; 16],
-            rip: layout::end_rip(Bits::B64, 1),
+            rip: layout::end_rip(Mode::B64, 1),
             rflags: 0x202,
             xmm: [0; 16],
             mxcsr: MXCSR_START,

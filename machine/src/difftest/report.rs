@@ -6,7 +6,7 @@ use std::fmt::Write;
 use iced_x86::{Formatter, IntelFormatter};
 
 use super::gen::decode;
-use super::{compare, Bits, Case, Final};
+use super::{compare, Case, Final, Mode};
 
 pub const REG_NAMES: [&str; 16] = [
     "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
@@ -58,10 +58,10 @@ pub fn disassemble(case: &Case) -> String {
 /// The full report of one mismatch.
 pub fn mismatch(case: &Case, oracle_name: &str, oracle: &Final, gantry: &Final) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "  {}:", case.bits.describe());
+    let _ = writeln!(out, "  {}:", case.mode.describe());
     out.push_str(&disassemble(case));
     let _ = writeln!(out, "  case: {}", super::corpus::format_case(case));
-    let regs = if case.bits == Bits::B64 { 16 } else { 8 };
+    let regs = if case.mode == Mode::B64 { 16 } else { 8 };
     let _ = writeln!(
         out,
         "  {:<8} {:<20} {:<20} {:<20}",
