@@ -18,6 +18,18 @@ pub enum ModeArg {
     M32,
     #[value(name = "64")]
     M64,
+    #[value(name = "pm16")]
+    Pm16,
+    #[value(name = "pm32")]
+    Pm32,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum CplArg {
+    #[value(name = "0")]
+    Ring0,
+    #[value(name = "3")]
+    Ring3,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -48,11 +60,15 @@ pub struct DifftestArgs {
     /// How many cases to generate.
     #[arg(long, default_value_t = 10_000)]
     count: u64,
-    /// Code size of the snippets: 64-bit, 32-bit (compatibility mode), 16-bit (a 16-bit
-    /// code segment in compatibility mode, with 16-bit data and stack segments), or real
-    /// mode (KVM oracle only).
+    /// The snippets' mode: 64-bit, 32-bit (compatibility mode), 16-bit (a 16-bit code
+    /// segment in compatibility mode, with 16-bit data and stack segments); or, with the
+    /// KVM oracle only, real mode and 16- or 32-bit code in legacy protected mode.
     #[arg(long, value_enum, default_value_t = ModeArg::M64)]
     mode: ModeArg,
+    /// The privilege level the snippets run at (0: KVM oracle only; real-mode code is
+    /// always at 0).
+    #[arg(long, value_enum, default_value_t = CplArg::Ring3)]
+    cpl: CplArg,
     /// Instructions to draw from (all = every set implemented so far).
     #[arg(long, value_enum, default_value_t = SetArg::Integer)]
     set: SetArg,
@@ -65,7 +81,7 @@ pub struct DifftestArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
     /// Run the cases of this corpus file instead of generated ones.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "count", "mode", "set"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "count", "mode", "set", "cpl"])]
     corpus: Option<PathBuf>,
     /// Print at most this many mismatches in full (all are counted).
     #[arg(long, default_value_t = 10)]
@@ -77,13 +93,20 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         ModeArg::M64 => Mode::B64,
         ModeArg::M32 => Mode::B32,
         ModeArg::M16 => Mode::B16,
-        ModeArg::Real => {
-            if args.oracle == OracleArg::Host {
-                return Err(format!("--mode real: {}", difftest::REAL_MODE_NEEDS_KVM));
-            }
-            Mode::Real
-        }
+        ModeArg::Real => Mode::Real,
+        ModeArg::Pm16 => Mode::Pm16,
+        ModeArg::Pm32 => Mode::Pm32,
     };
+    let cpl = if mode == Mode::Real || args.cpl == CplArg::Ring0 {
+        0
+    } else {
+        3
+    };
+    if args.oracle == OracleArg::Host && args.corpus.is_none() {
+        if let Some(why) = difftest::host_cannot_run(mode, cpl) {
+            return Err(format!("--mode {} --cpl {cpl}: {why}", mode.name()));
+        }
+    }
     let set = match args.set {
         SetArg::Integer => gen::Set::Integer,
         SetArg::Sse => gen::Set::Sse,
@@ -99,6 +122,11 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     let mut oracle = match args.oracle {
         OracleArg::Host => host_oracle()?,
         OracleArg::Kvm => kvm_oracle()?,
+    };
+    let oracle_name = if args.oracle == OracleArg::Host && mode.legacy() {
+        format!("{} (in compatibility mode)", oracle.name())
+    } else {
+        oracle.name()
     };
     let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit)
         .map_err(|e| format!("the sandbox guest: {e}"))?;
@@ -127,7 +155,15 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
             &mut out,
         )
     } else {
-        let g = gen::Generator::new(mode, set, args.seed);
+        let mut g = gen::Generator::new(mode, set, args.seed);
+        if cpl == 0 {
+            g = g.at_cpl0();
+        }
+        let at_cpl = if cpl != mode.default_cpl() {
+            format!(" at CPL {cpl}")
+        } else {
+            String::new()
+        };
         let left_out = match set {
             gen::Set::Integer => String::new(),
             gen::Set::Sse | gen::Set::All => format!(
@@ -137,14 +173,14 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         };
         let _ = writeln!(
             out,
-            "difftest: {}, {} set ({} instruction forms{left_out}), seed {}, {} cases, \
-             oracle {}, backend {}",
+            "difftest: {}{at_cpl}, {} set ({} instruction forms{left_out}), seed {}, {} \
+             cases, oracle {}, backend {}",
             mode.describe(),
             set.name(),
             g.form_count(),
             args.seed,
             args.count,
-            oracle.name(),
+            oracle_name,
             gantry.name()
         );
         difftest::run_cases(

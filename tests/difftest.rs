@@ -48,8 +48,14 @@ fn twenty_thousand_on(mode: &str, oracle: &str, backend: &str) -> String {
 
 /// A fixed-seed run of `count` cases of `set`; returns the report's header line.
 fn run_set(set: &str, count: u64, mode: &str, oracle: &str, backend: &str) -> String {
+    run_at_cpl(set, count, mode, "3", oracle, backend)
+}
+
+fn run_at_cpl(set: &str, count: u64, mode: &str, cpl: &str, oracle: &str, backend: &str) -> String {
     let count_arg = count.to_string();
     let args = [
+        "--cpl",
+        cpl,
         "--seed",
         "1",
         "--count",
@@ -90,6 +96,25 @@ fn twenty_thousand_32_bit_cases_agree_with_the_host_cpu() {
 fn twenty_thousand_16_bit_cases_agree_with_the_host_cpu() {
     if host_oracle("twenty_thousand_16_bit_cases_agree_with_the_host_cpu") {
         twenty_thousand("16", "host");
+    }
+}
+
+/// Legacy protected mode (a 32-bit kernel with 32-bit paging, its TSS and IDT), 32- and
+/// 16-bit code at CPL 3. The host runs these cases in compatibility mode, whose user-level
+/// semantics are legacy protected mode's; the sandbox reports exceptions in the same terms
+/// whichever kernel delivered them.
+#[test]
+fn twenty_thousand_legacy_protected_mode_cases_per_mode_agree_with_the_host_cpu() {
+    let test = "twenty_thousand_legacy_protected_mode_cases_per_mode_agree_with_the_host_cpu";
+    if host_oracle(test) {
+        for mode in ["pm32", "pm16"] {
+            let header = run_set("all", 20000, mode, "host", "interp");
+            assert!(
+                header.contains("legacy protected mode")
+                    && header.contains("(in compatibility mode)"),
+                "{header}"
+            );
+        }
     }
 }
 
@@ -165,6 +190,59 @@ fn sse_cases_agree_with_kvm() {
         return;
     }
     run_set("sse", 20000, "64", "kvm", "interp");
+}
+
+/// Ring 0 under KVM: the sandbox's kernel segments, its read-only kernel pages (CR0.WP),
+/// delivery through IST1, and the HLT that ends a ring-0 snippet. The inline cases are
+/// ones KVM's instruction emulator can run too, so that a software-assisted KVM checks
+/// them: kernel pages read and written from 64-, 32- and 16-bit code, #DE, and PUSH/POP.
+/// The generated runs (long mode at CPL 0; legacy protected mode at CPL 3 and 0) need
+/// KVM on the silicon: a software-assisted KVM (kvm_pvm) runs ring-0 code in its
+/// emulator, which executes LZCNT as BSR, computes AAM's flags and CMPXCHG's write-back
+/// otherwise, mis-sizes ENTER with an operand-size prefix, writes the first part of a
+/// store that faults on its second page, and cannot emulate some instructions at all
+/// (every one of those cases, run at CPL 3 on the host CPU, agrees with Gantry); and it
+/// triple-faults at the first instruction of legacy protected mode.
+#[test]
+fn ring0_and_legacy_protected_mode_cases_agree_with_kvm() {
+    let test = "ring0_and_legacy_protected_mode_cases_agree_with_kvm";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = scratch("difftest-ring0-kvm");
+    let gpr = |rax: &str, rsp: &str| format!("gpr={rax},0,0,0,{rsp},0,0,0,0,0,0,0,0,0,0,0");
+    let (sp64, sp16) = ("10002100", "2100");
+    let cases = [
+        // MOV EAX, [8000h] and MOV [8000h], EAX: the kernel's read-only stub page.
+        format!("64 code=8b042500800000 {}", gpr("0", sp64)),
+        format!("64 code=89042500800000 {}", gpr("0", sp64)),
+        format!("32 code=8b0500800000 {}", gpr("0", sp64)),
+        format!("32 code=890500800000 {}", gpr("0", sp64)),
+        // DIV RBX by zero; PUSH RAX, POP RCX.
+        format!("64 code=48f7f3 {}", gpr("1", sp64)),
+        format!("64 code=5059 {}", gpr("1234567890abcdef", sp64)),
+        format!("32 code=5059 {}", gpr("12345678", sp64)),
+        format!("16 code=5059 {}", gpr("1234", sp16)),
+        format!("16 code=f7f3 {}", gpr("1", sp16)),
+    ]
+    .map(|c| c.replacen(" gpr=", " rflags=0 data=zero cpl=0 gpr=", 1));
+    let path = write_file(&dir, "ring0.txt", (cases.join("\n") + "\n").as_bytes());
+    let out = difftest(&["--corpus", &path, "--oracle", "kvm"], cases.len() as u64);
+    println!("{}", out.lines().last().unwrap_or_default());
+    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+        eprintln!(
+            "SKIP {test} (generated cases): this host's KVM is software-assisted ({kind}); \
+             its ring-0 answers are its instruction emulator's, and it cannot run legacy \
+             protected mode"
+        );
+        return;
+    }
+    for mode in ["64", "32", "16", "pm32", "pm16"] {
+        run_at_cpl("integer", 20000, mode, "0", "kvm", "interp");
+    }
+    for mode in ["pm32", "pm16"] {
+        run_set("integer", 20000, mode, "kvm", "interp");
+    }
 }
 
 /// The KVM oracle: the sandbox guest Gantry runs, run by a KVM vCPU instead (exception
@@ -285,6 +363,8 @@ fn a_differing_case_is_reported_as_a_mismatch() {
 fn bad_difftest_arguments_are_one_line_errors() {
     for (args, needle) in [
         (vec!["difftest", "--mode", "real"], "--oracle kvm"),
+        (vec!["difftest", "--cpl", "0"], "--oracle kvm"),
+        (vec!["difftest", "--cpl", "1"], "--cpl"),
         (vec!["difftest", "--set", "x87"], "--set integer"),
         (
             vec!["difftest", "--corpus", "/nonexistent/corpus"],

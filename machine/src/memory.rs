@@ -221,6 +221,10 @@ impl GuestMemory {
         Ok(u64::from_le_bytes(b))
     }
 
+    pub fn write_u32(&mut self, gpa: u64, v: u32) -> Result<(), MemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+
     pub fn write_u64(&mut self, gpa: u64, v: u64) -> Result<(), MemoryError> {
         self.write(gpa, &v.to_le_bytes())
     }

@@ -652,6 +652,17 @@ impl EmuCpu {
         self.refresh_limits();
     }
 
+    /// Replaces the whole CPU state (a new difftest case, a restored snapshot). When the
+    /// paging registers change, the TLB is dropped, as loading them would drop it: its
+    /// entries were walked under the old ones.
+    pub fn load_state(&mut self, state: CpuState) {
+        let paging = |s: &CpuState| (s.cr0, s.cr3, s.cr4, s.efer);
+        if paging(&state) != paging(&self.state) {
+            self.mmu.flush(false);
+        }
+        self.state = state;
+    }
+
     /// Guest memory was changed behind the CPU's back (a debugger wrote it).
     pub fn code_written(&mut self, phys: u64) {
         self.dirty_code.push(phys >> 12);

@@ -1,6 +1,7 @@
 //! Cases as text, one per line, for the regression corpus (tests/difftest/corpus.txt) and
-//! for reports: `<bits> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`,
-//! then `xmm=<16 hex values>` when any XMM register starts non-zero. Lines starting with `#` and blank lines are comments.
+//! for reports: `<mode> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`,
+//! then `cpl=0` for ring-0 code outside real mode, and `xmm=<16 hex values>` when any
+//! XMM register starts non-zero. Lines starting with `#` and blank lines are comments.
 
 use super::{Case, DataInit, Mode};
 
@@ -17,6 +18,9 @@ pub fn format_case(c: &Case) -> String {
         c.rflags,
         gpr.join(",")
     );
+    if c.cpl != c.mode.default_cpl() {
+        line.push_str(&format!(" cpl={}", c.cpl));
+    }
     if c.xmm.iter().any(|&x| x != 0) {
         let xmm: Vec<String> = c.xmm.iter().map(|x| format!("{x:x}")).collect();
         line.push_str(&format!(" xmm={}", xmm.join(",")));
@@ -28,18 +32,16 @@ pub fn format_case(c: &Case) -> String {
 pub fn parse_case(line: &str) -> Result<Case, String> {
     let mut words = line.split_whitespace();
     let mode = match words.next() {
-        Some("64") => Mode::B64,
-        Some("32") => Mode::B32,
-        Some("16") => Mode::B16,
-        Some("real") => Mode::Real,
-        other => {
-            return Err(format!(
-                "unknown mode {other:?} (expected 16, 32, 64 or real)"
-            ))
-        }
-    };
+        Some(w) => Mode::ALL.into_iter().find(|m| m.name() == w),
+        None => None,
+    }
+    .ok_or_else(|| {
+        let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        format!("the line does not start with a mode ({})", names.join(", "))
+    })?;
     let (mut code, mut rflags, mut data, mut gpr) = (None, None, None, None);
     let mut xmm = [0u128; 16];
+    let mut cpl = mode.default_cpl();
     let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"));
     for w in words {
         let (key, value) = w
@@ -81,6 +83,14 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
                 xmm = <[u128; 16]>::try_from(v.as_slice())
                     .map_err(|_| format!("xmm has {} values, not 16", v.len()))?;
             }
+            "cpl" => {
+                cpl = match value {
+                    "0" if mode != Mode::Real => 0,
+                    "3" if mode != Mode::Real => 3,
+                    "0" => 0,
+                    _ => return Err(format!("cpl={value} in {}", mode.describe())),
+                }
+            }
             _ => return Err(format!("unknown field '{key}'")),
         }
     }
@@ -95,6 +105,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         data: data.ok_or("no data=")?,
         gpr: gpr.ok_or("no gpr=")?,
         xmm,
+        cpl,
     })
 }
 
@@ -124,8 +135,17 @@ mod tests {
             rflags: 0x8d5,
             xmm: [0; 16],
             data: DataInit::Seed(0xfeed),
+            cpl: 3,
         };
         assert_eq!(parse_case(&format_case(&case)), Ok(case.clone()));
+        assert!(!format_case(&case).contains("cpl="));
+        let ring0 = Case {
+            mode: Mode::Pm16,
+            cpl: 0,
+            ..case.clone()
+        };
+        assert!(format_case(&ring0).starts_with("pm16 "));
+        assert_eq!(parse_case(&format_case(&ring0)), Ok(ring0));
         assert!(!format_case(&case).contains("xmm="));
         let mut xmm = [0u128; 16];
         xmm[3] = u128::MAX;
@@ -144,7 +164,13 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        assert!(parse_case("8 code=90").unwrap_err().contains("mode"));
+        assert!(parse_case("8 code=90")
+            .unwrap_err()
+            .contains("mode (16, 32"));
+        let e = parse_case("real code=90 rflags=0 data=zero cpl=3").unwrap_err();
+        assert_eq!(e, "cpl=3 in real-mode code");
+        let e = parse_case("pm32 code=90 rflags=0 data=zero cpl=1").unwrap_err();
+        assert_eq!(e, "cpl=1 in 32-bit code in legacy protected mode");
         assert!(parse_case("64 code=9 rflags=0 data=zero gpr=0")
             .unwrap_err()
             .contains("odd"));

@@ -146,6 +146,8 @@ fn candidate(code: Code, mode: Mode) -> bool {
         Mode::B32 => op.mode32() && op.compatibility_mode(),
         Mode::B16 => op.mode16() && op.compatibility_mode(),
         Mode::Real => op.mode16() && op.real_mode(),
+        Mode::Pm16 => op.mode16() && op.protected_mode(),
+        Mode::Pm32 => op.mode32() && op.protected_mode(),
     };
     op.is_instruction()
         && in_mode
@@ -305,6 +307,7 @@ fn edge_value(rng: &mut Rng) -> u64 {
 /// Makes test cases for one mode and set.
 pub struct Generator {
     mode: Mode,
+    cpl: u8,
     set: Set,
     forms: Vec<Code>,
     seed: u64,
@@ -323,10 +326,17 @@ impl Generator {
     pub fn new(mode: Mode, set: Set, seed: u64) -> Self {
         Self {
             mode,
+            cpl: mode.default_cpl(),
             set,
             forms: forms(mode, set),
             seed,
         }
+    }
+
+    /// The same cases at CPL 0 (the same user-level instructions, now able to reach the
+    /// sandbox kernel's pages). Real-mode code is at CPL 0 already.
+    pub fn at_cpl0(self) -> Self {
+        Self { cpl: 0, ..self }
     }
 
     /// How many instruction forms the set has in this mode.
@@ -387,6 +397,7 @@ impl Generator {
             rflags,
             xmm,
             data,
+            cpl: self.cpl,
         };
         // A case whose instructions read a flag an earlier one left undefined (and the
         // table masks) would compare noise: make another.
@@ -399,7 +410,7 @@ impl Generator {
     fn regs(&self) -> usize {
         match self.mode {
             Mode::B64 => 16,
-            Mode::B16 | Mode::B32 | Mode::Real => 8,
+            _ => 8,
         }
     }
 
@@ -473,8 +484,8 @@ impl Generator {
                     instr.set_op_kind(i, iced_x86::OpKind::Memory);
                     instr.set_memory_base(match self.mode {
                         Mode::B64 => Register::RBX,
-                        Mode::B32 => Register::EBX,
-                        Mode::B16 | Mode::Real => Register::BX,
+                        Mode::B32 | Mode::Pm32 => Register::EBX,
+                        Mode::B16 | Mode::Real | Mode::Pm16 => Register::BX,
                     });
                 }
                 K::al => set_register(&mut instr, i, Register::AL),
@@ -595,11 +606,11 @@ impl Generator {
         } & !(align - 1);
         // 16-bit code mostly uses 16-bit addressing, which has forms of its own.
         let addr32 = match self.mode {
-            Mode::B16 | Mode::Real if rng.chance(80) => {
+            _ if self.mode.bits() == 16 && rng.chance(80) => {
                 return self.set_memory16(rng, plan, instr, op, target)
             }
             Mode::B64 => rng.chance(10),
-            Mode::B16 | Mode::B32 | Mode::Real => true,
+            _ => true,
         };
         let use_rsp = plan.bases.is_empty() || rng.chance(15);
         let base_reg = if use_rsp { 4 } else { rng.pick(&plan.bases) };
@@ -706,7 +717,7 @@ impl Generator {
             bytes.push(0x66);
         }
         // The other address size: 32-bit in 64-bit code, 32-bit in 16-bit code.
-        let addr_override = self.mode != Mode::B32 && rng.chance(10);
+        let addr_override = self.mode.bits() != 32 && rng.chance(10);
         if addr_override {
             bytes.push(0x67);
         }

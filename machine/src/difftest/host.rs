@@ -256,15 +256,27 @@ impl HostOracle {
         if self.worker.is_none() {
             self.spawn().map_err(RunError::Oracle)?;
         }
+        if let Some(why) = case.needs_kvm() {
+            return Err(RunError::Oracle(why));
+        }
         let data = case.data.bytes();
         // SAFETY: `shared` is our mapping; the child reads it only between our request
         // byte and its reply byte, and we write it only outside that window.
         let sh = unsafe { &mut *self.shared };
+        // Legacy protected mode's cases run in compatibility mode: for user code the two
+        // differ only in exception delivery, which the sandbox reports in the same terms,
+        // and in paging (below).
         let (cs, ds) = match case.mode {
             Mode::B64 => (USER_CS64, USER_DS),
-            Mode::B32 => (USER_CS32, USER_DS),
-            Mode::B16 => (LDT_CS16, LDT_DS16),
-            Mode::Real => return Err(RunError::Oracle(super::REAL_MODE_NEEDS_KVM.into())),
+            Mode::B32 | Mode::Pm32 => (USER_CS32, USER_DS),
+            Mode::B16 | Mode::Pm16 => (LDT_CS16, LDT_DS16),
+            // Refused above, by needs_kvm().
+            Mode::Real => {
+                return Err(RunError::Oracle(format!(
+                    "{} needs KVM",
+                    case.mode.describe()
+                )))
+            }
         };
         sh.selector = cs as u64;
         sh.data_selector = ds as u64;
@@ -318,13 +330,21 @@ impl HostOracle {
                 "the snippet did not start (signal {} at {rip:#x}){}",
                 sh.out_signal,
                 match case.mode {
-                    Mode::B32 => ": does this kernel run 32-bit code (ia32_emulation)?",
-                    Mode::B16 => ": does this kernel run 16-bit code segments?",
-                    Mode::B64 | Mode::Real => "",
+                    Mode::B32 | Mode::Pm32 =>
+                        ": does this kernel run 32-bit code (ia32_emulation)?",
+                    Mode::B16 | Mode::Pm16 => ": does this kernel run 16-bit code segments?",
+                    _ => "",
                 }
             )));
         }
         let vector = sh.out_trapno as u8;
+        let mut error = sh.out_err as u32;
+        if vector == 14 && case.mode.legacy() {
+            // A #PF's I/D bit (an instruction fetch) exists with PAE or 4-level paging and
+            // EFER.NXE; legacy protected mode's sandbox has 32-bit paging, which reports 0
+            // there (SDM vol. 3, 4.7).
+            error &= !0x10;
+        }
         Ok(Final {
             gpr: sh.out_gpr,
             rip,
@@ -333,7 +353,7 @@ impl HostOracle {
             mxcsr: sh.out_fx.mxcsr(),
             event: Event::Exception {
                 vector,
-                error: has_error_code(vector).then_some(sh.out_err as u32),
+                error: has_error_code(vector).then_some(error),
                 address: (vector == 14).then_some(sh.out_cr2),
             },
             data: sh.out_data.to_vec(),

@@ -13,15 +13,31 @@
 
 use super::Mode;
 
-/// The snippet's page (read + execute): the snippet, then [`END_MARKER`].
+/// The snippet's page (read + execute): the snippet, then its [`end_marker`].
 pub const CODE_VA: u64 = 0x1000_0000;
 pub const CODE_SIZE: usize = 0x1000;
 /// The data pages (read + write, no execute), also the snippet's stack. The page before
 /// them and the page after them are unmapped on both sides, so runs off either end fault.
 pub const DATA_VA: u64 = 0x1000_2000;
 pub const DATA_SIZE: usize = 0x2000;
-/// INT3 ends a snippet: #BP is a trap, so both sides report it with RIP just after it.
+/// INT3 ends a snippet at CPL 3: #BP is a trap, so both sides report it with RIP just
+/// after it.
 pub const END_MARKER: u8 = 0xCC;
+/// HLT ends a snippet at CPL 0 outside real mode: the CPU stops with RIP just after it and
+/// the state as the snippet left it. No exception is delivered: in legacy protected mode
+/// that would push a frame on the snippet's own stack, and KVM's instruction emulator
+/// (which runs ring-0 code on software-assisted KVMs) cannot deliver INT3 outside real
+/// mode.
+pub const END_MARKER_RING0: u8 = 0xF4;
+
+/// The instruction that ends a snippet of this mode at this CPL.
+pub fn end_marker(mode: Mode, cpl: u8) -> u8 {
+    if cpl == 0 && mode != Mode::Real {
+        END_MARKER_RING0
+    } else {
+        END_MARKER
+    }
+}
 /// The longest snippet the generators make (the marker must still fit on the page).
 pub const MAX_SNIPPET: usize = 256;
 /// The limit of the 16-bit code, data and stack segments (byte-granular, expand-up).
@@ -56,8 +72,8 @@ pub fn data_va(mode: Mode) -> u64 {
 /// The base of the segments code of this size runs with: flat for 32- and 64-bit code.
 pub fn seg_base(mode: Mode) -> u64 {
     match mode {
-        Mode::B16 | Mode::Real => code_va(mode),
-        Mode::B32 | Mode::B64 => 0,
+        Mode::B16 | Mode::Real | Mode::Pm16 => code_va(mode),
+        Mode::B32 | Mode::B64 | Mode::Pm32 => 0,
     }
 }
 

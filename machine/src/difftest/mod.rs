@@ -4,11 +4,13 @@
 //!
 //! A case is a few user-level instructions ([`gen`]), the sixteen GPRs, the arithmetic
 //! flags and DF, the sixteen XMM registers (MXCSR starts at its reset value, 1F80h), and
-//! 8 KiB of data that is also the stack ([`layout`]). Each side runs it at CPL 3 with the
-//! same linear addresses, and reports a [`Final`]: the registers, flags and MXCSR, and
-//! what ended the run — the #BP of the end marker, or the exception the
-//! snippet raised (vector, and for #PF the faulting address). A snippet that faults on the
-//! host must fault the same way in Gantry, at the same instruction, with the same state.
+//! 8 KiB of data that is also the stack ([`layout`]), and the mode and CPL it runs in
+//! ([`Mode`]: long mode's 64-, 32- and 16-bit code, real mode, legacy protected mode; CPL
+//! 3, or 0 under KVM). Each side runs it with the same linear addresses, and reports a
+//! [`Final`]: the registers, flags and MXCSR, and what ended the run — the end marker
+//! (INT3's #BP, or at CPL 0 HLT), or the exception the snippet raised (vector, and for
+//! #PF the faulting address). A snippet that faults on the oracle must fault the same
+//! way in Gantry, at the same instruction, with the same state.
 
 pub mod corpus;
 pub mod emu;
@@ -42,13 +44,19 @@ pub enum Mode {
     /// 16-bit code in real mode, segments based at [`layout::REAL_BASE`]. The host cannot
     /// run it (Linux offers no vm86 to 64-bit processes): the KVM oracle only.
     Real,
+    /// 16-bit code in legacy protected mode (no long mode, 32-bit paging), segments laid
+    /// out as for [`Mode::B16`]: the KVM oracle only.
+    Pm16,
+    /// 32-bit code in legacy protected mode (no long mode, 32-bit paging), flat segments:
+    /// the KVM oracle only.
+    Pm32,
 }
 
 impl Mode {
     pub fn bits(self) -> u32 {
         match self {
-            Mode::B16 | Mode::Real => 16,
-            Mode::B32 => 32,
+            Mode::B16 | Mode::Real | Mode::Pm16 => 16,
+            Mode::B32 | Mode::Pm32 => 32,
             Mode::B64 => 64,
         }
     }
@@ -60,13 +68,33 @@ impl Mode {
             Mode::B32 => "32",
             Mode::B64 => "64",
             Mode::Real => "real",
+            Mode::Pm16 => "pm16",
+            Mode::Pm32 => "pm32",
         }
+    }
+
+    /// Every mode, for parsing the names [`Mode::name`] gives.
+    pub const ALL: [Mode; 6] = [
+        Mode::B16,
+        Mode::B32,
+        Mode::B64,
+        Mode::Real,
+        Mode::Pm16,
+        Mode::Pm32,
+    ];
+
+    /// Legacy protected mode: a 32-bit kernel, no long mode.
+    pub fn legacy(self) -> bool {
+        matches!(self, Mode::Pm16 | Mode::Pm32)
     }
 
     /// What the code is, for reports: "16-bit code", "real-mode code".
     pub fn describe(self) -> String {
         match self {
             Mode::Real => "real-mode code".into(),
+            Mode::Pm16 | Mode::Pm32 => {
+                format!("{}-bit code in legacy protected mode", self.bits())
+            }
             b => format!("{}-bit code", b.bits()),
         }
     }
@@ -111,6 +139,56 @@ pub struct Case {
     /// XMM0..XMM15 (little-endian: bit 0 of the value is bit 0 of the register).
     pub xmm: [u128; 16],
     pub data: DataInit,
+    /// The privilege level the snippet runs at: 3, or 0 (the KVM oracle only). Real-mode
+    /// code has no other than 0 ([`Mode::default_cpl`]).
+    pub cpl: u8,
+}
+
+impl Mode {
+    /// The CPL a case of this mode runs at unless it says otherwise: user code's 3,
+    /// except in real mode, which is always at 0.
+    pub fn default_cpl(self) -> u8 {
+        if self == Mode::Real {
+            0
+        } else {
+            3
+        }
+    }
+}
+
+/// Why the host CPU oracle cannot run code of this mode at this CPL, if it cannot: it
+/// runs user code in a 64-bit Linux process, so only at CPL 3. It runs legacy protected
+/// mode's cases in compatibility mode, whose user-level semantics are the same (see
+/// `host.rs` for the one difference its answers are adjusted for).
+pub fn host_cannot_run(mode: Mode, cpl: u8) -> Option<String> {
+    let why = if mode == Mode::Real {
+        "real-mode code (a 64-bit process has no vm86)".to_string()
+    } else if cpl != 3 {
+        format!("code at CPL {cpl}")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the host CPU oracle cannot run {why}; use --oracle kvm"
+    ))
+}
+
+impl Case {
+    /// Why the host CPU oracle cannot run this case, if it cannot ([`host_cannot_run`]).
+    pub fn needs_kvm(&self) -> Option<String> {
+        host_cannot_run(self.mode, self.cpl)
+    }
+
+    /// Whether exception delivery pushes its frame on the snippet's own stack, not on
+    /// the kernel's: real mode, and CPL 0 in legacy protected mode (no stack switch,
+    /// and no IST outside long mode). The width of each slot when it does.
+    pub fn frame_on_own_stack(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Real => Some(2),
+            Mode::Pm16 | Mode::Pm32 if self.cpl == 0 => Some(4),
+            _ => None,
+        }
+    }
 }
 
 /// MXCSR at the start of every case: its reset value, all exceptions masked, round to
@@ -133,10 +211,6 @@ pub fn xmm_of(fx: &FxState) -> [u128; 16] {
     std::array::from_fn(|i| u128::from_le_bytes(fx.xmm(i)))
 }
 
-/// Why real-mode cases need the KVM oracle (the CLI's error and the host oracle's answer).
-pub const REAL_MODE_NEEDS_KVM: &str = "the host CPU oracle cannot run real-mode code (a 64-bit \
-                                       process has no vm86); use --oracle kvm";
-
 /// What ended a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -147,7 +221,14 @@ pub enum Event {
         error: Option<u32>,
         address: Option<u64>,
     },
-    /// Anything else (the sandbox guest shut down, a device event): a failure in itself.
+    /// The CPU halted: at CPL 0, the end marker's HLT ([`layout::END_MARKER_RING0`]).
+    Halted,
+    /// A triple fault: delivering an exception raised another that could not be
+    /// delivered either (at CPL 0 in legacy protected mode, a stack pointer outside the
+    /// data pages). The CPU stops; its registers are no longer observable.
+    Shutdown,
+    /// Anything else (a device event, a stop outside the exception stubs): a failure in
+    /// itself.
     Other(String),
 }
 
@@ -167,13 +248,16 @@ pub struct Final {
 impl Final {
     /// The run reached the end marker.
     pub fn completed(&self, case: &Case) -> bool {
-        self.event
-            == Event::Exception {
+        let end = if layout::end_marker(case.mode, case.cpl) == layout::END_MARKER {
+            Event::Exception {
                 vector: 3,
                 error: None,
                 address: None,
             }
-            && self.rip == end_rip(case.mode, case.code.len())
+        } else {
+            Event::Halted
+        };
+        self.event == end && self.rip == end_rip(case.mode, case.code.len())
     }
 }
 
@@ -220,6 +304,8 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
+            Event::Halted => f.write_str("HLT"),
+            Event::Shutdown => f.write_str("shutdown (triple fault)"),
             Event::Other(s) => f.write_str(s),
         }
     }
@@ -261,7 +347,13 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
             gantry: g,
         })
     };
-    if comparable(&oracle.event) != comparable(&gantry.event) {
+    // A run that ended other than in an exception or a shutdown failed, even if both
+    // sides failed alike.
+    let failed = |e: &Event| matches!(e, Event::Other(_));
+    if comparable(&oracle.event) != comparable(&gantry.event)
+        || failed(&oracle.event)
+        || failed(&gantry.event)
+    {
         add(
             "event".into(),
             oracle.event.to_string(),
@@ -277,7 +369,13 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
     }
     let (regs, mask) = match case.mode {
         Mode::B64 => (16, !0u64),
-        Mode::B16 | Mode::B32 | Mode::Real => (8, 0xFFFF_FFFF),
+        _ => (8, 0xFFFF_FFFF),
+    };
+    // After a shutdown only memory is left to compare (the event says the rest).
+    let regs = if oracle.event == Event::Shutdown && gantry.event == Event::Shutdown {
+        0
+    } else {
+        regs
     };
     for r in 0..regs {
         if (oracle.gpr[r] ^ gantry.gpr[r]) & mask != 0 {
@@ -313,12 +411,12 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
             report::flags_string(gantry.rflags & flags),
         );
     }
-    let (odata, gdata) = if case.mode == Mode::Real {
+    let (odata, gdata) = if let Some(slot) = case.frame_on_own_stack() {
         let ignored = COMPARED_FLAGS & !flags;
         let sp = oracle.gpr[4];
         (
-            mask_frame_flags(case, sp, &oracle.data, ignored),
-            mask_frame_flags(case, sp, &gantry.data, ignored),
+            mask_frame_flags(case, slot, sp, &oracle.data, ignored),
+            mask_frame_flags(case, slot, sp, &gantry.data, ignored),
         )
     } else {
         (oracle.data.clone(), gantry.data.clone())
@@ -349,12 +447,18 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
     out
 }
 
-/// Real-mode exception delivery pushes FLAGS, CS and IP on the snippet's own stack, in
-/// the data pages: the FLAGS word there carries the undefined flags the flag comparison
-/// masks, so they are masked in the data too. `sp` is SP as of the event.
-fn mask_frame_flags(case: &Case, sp: u64, data: &[u8], ignored: u64) -> Vec<u8> {
+/// When exception delivery pushes (E)FLAGS, CS and (E)IP on the snippet's own stack
+/// ([`Case::frame_on_own_stack`], `slot` bytes each), in the data pages, the FLAGS slot
+/// there carries the undefined flags the flag comparison masks, so they are masked in
+/// the data too. `sp` is the stack pointer as of the event.
+fn mask_frame_flags(case: &Case, slot: u64, sp: u64, data: &[u8], ignored: u64) -> Vec<u8> {
     let mut out = data.to_vec();
-    let flags_at = layout::seg_base(case.mode) + (sp.wrapping_sub(2) & 0xFFFF);
+    let wrap = if case.mode.bits() == 16 {
+        0xFFFF
+    } else {
+        0xFFFF_FFFF
+    };
+    let flags_at = layout::seg_base(case.mode) + (sp.wrapping_sub(slot) & wrap);
     let data_va = layout::data_va(case.mode);
     for (k, mask) in [(0u64, ignored as u8), (1, (ignored >> 8) as u8)] {
         let i = (flags_at + k).wrapping_sub(data_va) as usize;
