@@ -111,13 +111,7 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         SetArg::Integer => gen::Set::Integer,
         SetArg::Sse => gen::Set::Sse,
         SetArg::All => gen::Set::All,
-        SetArg::X87 => {
-            return Err(
-                "the x87 set comes with x87 arithmetic, which the CPU does not implement \
-                 yet; use --set integer, sse or all"
-                    .into(),
-            )
-        }
+        SetArg::X87 => gen::Set::X87,
     };
     let mut oracle = match args.oracle {
         OracleArg::Host => host_oracle()?,
@@ -164,13 +158,9 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         } else {
             String::new()
         };
-        let left_out = match set {
-            gen::Set::Integer => String::new(),
-            gen::Set::Sse | gen::Set::All => format!(
-                "; {} SSE/SSE2 forms not implemented yet, not generated",
-                gen::unimplemented_sse_forms(mode)
-            ),
-        };
+        let left_out = gen::unimplemented_forms(mode, set)
+            .map(|n| format!("; {n} forms not implemented yet, not generated"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "difftest: {}{at_cpl}, {} set ({} instruction forms{left_out}), seed {}, {} \

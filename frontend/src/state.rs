@@ -175,6 +175,13 @@ pub const MXCSR_RESET: u32 = 0x1F80;
 /// nearest.
 pub const FCW_INIT: u16 = 0x037F;
 
+/// The x87 control word as FLDCW (or FXRSTOR's image) leaves it: bit 6 reads as 1, bits 7
+/// and 13-15 as 0; the masks, precision and rounding control and bit 12 (the 287's
+/// infinity control, now inert) as loaded.
+pub fn fcw_loaded(v: u16) -> u16 {
+    (v & 0x1F3F) | 0x0040
+}
+
 impl FxState {
     /// The image's size in bytes.
     pub const SIZE: usize = 512;
@@ -192,6 +199,10 @@ impl FxState {
     pub fn mxcsr(&self) -> u32 {
         let b = &self.bytes[Self::MXCSR..Self::MXCSR + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    pub fn fcw(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[Self::FCW], self.bytes[Self::FCW + 1]])
     }
 
     pub fn set_fcw(&mut self, v: u16) {

@@ -10,6 +10,8 @@ mod simd;
 mod string;
 mod system;
 
+pub use system::x87_implemented;
+
 pub use simd::{sse_operand, SseOperand};
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};

@@ -5,6 +5,26 @@
 
 use iced_x86::{Mnemonic as M, OpKind, Register};
 
+/// The x87 instructions the lifter implements: control and status, no arithmetic yet
+/// (the rest raise #UD, counted). The WAIT forms (FINIT, FCLEX, FSTCW, FSTSW) are the
+/// no-wait ones after a WAIT, which has nothing to report while no x87 exception can be
+/// pending.
+pub fn x87_implemented(m: M) -> bool {
+    matches!(
+        m,
+        M::Fninit
+            | M::Finit
+            | M::Fnclex
+            | M::Fclex
+            | M::Wait
+            | M::Fnstsw
+            | M::Fstsw
+            | M::Fnstcw
+            | M::Fstcw
+            | M::Fldcw
+    )
+}
+
 use super::operands::Place;
 use super::{Flow, Lift};
 use crate::flags::Cond;
@@ -264,14 +284,14 @@ impl Lift<'_> {
                 self.b.trap_if(out, 5, None);
                 Flow::Next
             }
-            M::Fninit => {
+            M::Fninit | M::Finit => {
                 self.b.call(Helper::Fninit, &[], None);
                 Flow::Next
             }
             // No x87 arithmetic yet, so no x87 exception is ever pending: FNCLEX has nothing
             // to clear and WAIT nothing to report.
-            M::Fnclex | M::Wait => Flow::Next,
-            M::Fnstsw => {
+            M::Fnclex | M::Fclex | M::Wait => Flow::Next,
+            M::Fnstsw | M::Fstsw => {
                 let v = self
                     .b
                     .call(Helper::Fnstsw, &[], Some(Ty::I64))
@@ -282,6 +302,7 @@ impl Lift<'_> {
                 Flow::Next
             }
             M::Fnstcw
+            | M::Fstcw
             | M::Fldcw
             | M::Fxsave
             | M::Fxrstor
@@ -291,10 +312,13 @@ impl Lift<'_> {
             | M::Stmxcsr => {
                 let a = self.mem_address();
                 let bytes = self.ins.memory_size().size() as u32;
-                let write = matches!(m, M::Fnstcw | M::Fxsave | M::Fxsave64 | M::Stmxcsr);
+                let write = matches!(
+                    m,
+                    M::Fnstcw | M::Fstcw | M::Fxsave | M::Fxsave64 | M::Stmxcsr
+                );
                 self.check_operand(a, bytes, write);
                 let h = match m {
-                    M::Fnstcw => Helper::Fnstcw,
+                    M::Fnstcw | M::Fstcw => Helper::Fnstcw,
                     M::Fldcw => Helper::Fldcw,
                     M::Fxsave | M::Fxsave64 => Helper::Fxsave,
                     M::Fxrstor | M::Fxrstor64 => Helper::Fxrstor,

@@ -328,7 +328,7 @@ impl Host for Ctx<'_> {
             Helper::Fldcw => {
                 self.fpu_available(cpu, false)?;
                 let v = self.read(cpu, arg(0), 2, Access::Read, Privilege::User)?;
-                cpu.fx.set_fcw(v as u16);
+                cpu.fx.set_fcw(gantry_frontend::state::fcw_loaded(v as u16));
                 Ok(0)
             }
             Helper::Fxsave | Helper::Fxrstor => {
@@ -352,10 +352,11 @@ impl Host for Ctx<'_> {
                             self.read(cpu, addr + i as u64 * 8, 8, Access::Read, Privilege::User)?;
                         img[i * 8..i * 8 + 8].copy_from_slice(&q.to_le_bytes());
                     }
-                    let img = FxState { bytes: img };
+                    let mut img = FxState { bytes: img };
                     if img.mxcsr() & !0xFFFF != 0 {
                         return Err(gp0());
                     }
+                    img.set_fcw(gantry_frontend::state::fcw_loaded(img.fcw()));
                     cpu.fx = img;
                 }
                 Ok(0)

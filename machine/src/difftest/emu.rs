@@ -212,6 +212,7 @@ impl Sandbox {
             rflags: rflags(cpu),
             xmm: super::xmm_of(&cpu.fx),
             mxcsr: cpu.fx.mxcsr(),
+            x87: super::x87_of(&cpu.fx),
             event,
             data: out.clone(),
         };
@@ -283,6 +284,7 @@ impl Sandbox {
             rflags,
             xmm: super::xmm_of(&cpu.fx),
             mxcsr: cpu.fx.mxcsr(),
+            x87: super::x87_of(&cpu.fx),
             event: Event::Exception {
                 vector,
                 error,
@@ -362,6 +364,7 @@ pub(super) fn other(case: &Case, why: String) -> Final {
         rflags: 0,
         xmm: case.xmm,
         mxcsr: 0,
+        x87: [0; 3],
         event: Event::Other(why),
         data: Vec::new(),
     }

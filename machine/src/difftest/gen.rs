@@ -48,7 +48,10 @@ pub enum Set {
     /// The SSE and SSE2 instructions Gantry's CPU implements ([`gantry_frontend::sse`]),
     /// on XMM registers, general registers and memory.
     Sse,
-    /// Both, mixed in the same snippets.
+    /// The x87 instructions Gantry's CPU implements
+    /// ([`gantry_frontend::lift::x87_implemented`]): control and status, no arithmetic.
+    X87,
+    /// All of them, mixed in the same snippets.
     All,
 }
 
@@ -57,7 +60,8 @@ impl Set {
         match self {
             Set::Integer => "integer",
             Set::Sse => "SSE",
-            Set::All => "integer and SSE",
+            Set::X87 => "x87",
+            Set::All => "integer, SSE and x87",
         }
     }
 
@@ -67,6 +71,10 @@ impl Set {
 
     fn sse(self) -> bool {
         matches!(self, Set::Sse | Set::All)
+    }
+
+    fn x87(self) -> bool {
+        matches!(self, Set::X87 | Set::All)
     }
 }
 
@@ -138,8 +146,8 @@ const VENDOR_FORMS: &[(Code, &str)] = &[
 /// list, such as 64-bit MOVQ's X64).
 const SSE_FEATURES: &[CpuidFeature] = &[CpuidFeature::SSE, CpuidFeature::SSE2];
 
-/// Legacy-encoded, user-level forms that run in `mode`.
-fn candidate(code: Code, mode: Mode) -> bool {
+/// A legacy-encoded instruction form that exists in `mode`.
+fn in_mode(code: Code, mode: Mode) -> bool {
     let op = code.op_code();
     let in_mode = match mode {
         Mode::B64 => op.mode64() && op.long_mode(),
@@ -149,9 +157,13 @@ fn candidate(code: Code, mode: Mode) -> bool {
         Mode::Pm16 => op.mode16() && op.protected_mode(),
         Mode::Pm32 => op.mode32() && op.protected_mode(),
     };
-    op.is_instruction()
-        && in_mode
-        && op.encoding() == iced_x86::EncodingKind::Legacy
+    op.is_instruction() && in_mode && op.encoding() == iced_x86::EncodingKind::Legacy
+}
+
+/// Legacy-encoded, user-level forms that run in `mode`.
+fn candidate(code: Code, mode: Mode) -> bool {
+    let op = code.op_code();
+    in_mode(code, mode)
         && op.cpl3()
         && !op.is_privileged()
         && !op.is_input_output()
@@ -184,6 +196,21 @@ fn is_sse_form(code: Code) -> bool {
             .any(|k| matches!(k, K::xmm_reg | K::xmm_rm | K::xmm_or_mem))
 }
 
+/// An x87 form, whether or not Gantry implements it.
+fn is_x87_form(code: Code) -> bool {
+    let features = code.cpuid_features();
+    let x87 = |f: &CpuidFeature| {
+        matches!(
+            f,
+            CpuidFeature::FPU | CpuidFeature::FPU287 | CpuidFeature::FPU387
+        )
+    };
+    features.iter().any(x87)
+        && features
+            .iter()
+            .all(|f| x87(f) || INTEGER_FEATURES.contains(f))
+}
+
 /// The instruction forms of `set` that can run at CPL 3 in `mode`.
 fn forms(mode: Mode, set: Set) -> Vec<Code> {
     Code::values()
@@ -192,21 +219,39 @@ fn forms(mode: Mode, set: Set) -> Vec<Code> {
                 && ((set.integer() && is_integer_form(code))
                     || (set.sse()
                         && is_sse_form(code)
-                        && gantry_frontend::sse::supported(code.mnemonic())))
+                        && gantry_frontend::sse::supported(code.mnemonic()))
+                    || (set.x87()
+                        && is_x87_form(code)
+                        && gantry_frontend::lift::x87_implemented(code.mnemonic())))
         })
         .collect()
 }
 
-/// The SSE and SSE2 forms of this mode that Gantry does not implement (they raise #UD,
-/// counted), so not generated: for the report's header.
-pub fn unimplemented_sse_forms(mode: Mode) -> usize {
-    Code::values()
+/// The forms of `set` in this mode that Gantry does not implement (they raise #UD,
+/// counted), so not generated, for the report's header: "38 SSE/SSE2 and 84 x87".
+pub fn unimplemented_forms(mode: Mode, set: Set) -> Option<String> {
+    let sse = Code::values()
         .filter(|&code| {
             candidate(code, mode)
                 && is_sse_form(code)
                 && !gantry_frontend::sse::supported(code.mnemonic())
         })
-        .count()
+        .count();
+    // The arithmetic forms' stack-register operands are not ones the generators fill
+    // in, so these are counted among all the mode's x87 forms.
+    let x87 = Code::values()
+        .filter(|&code| {
+            in_mode(code, mode)
+                && is_x87_form(code)
+                && !gantry_frontend::lift::x87_implemented(code.mnemonic())
+        })
+        .count();
+    let parts: Vec<String> = [(set.sse(), sse, "SSE/SSE2"), (set.x87(), x87, "x87")]
+        .into_iter()
+        .filter(|&(wanted, n, _)| wanted && n > 0)
+        .map(|(_, n, name)| format!("{n} {name}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
 fn supported_operand(k: K) -> bool {

@@ -351,6 +351,7 @@ impl HostOracle {
             rflags: sh.out_rflags,
             xmm: super::xmm_of(&sh.out_fx),
             mxcsr: sh.out_fx.mxcsr(),
+            x87: super::x87_of(&sh.out_fx),
             event: Event::Exception {
                 vector,
                 error: has_error_code(vector).then_some(error),

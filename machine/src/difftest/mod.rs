@@ -206,6 +206,16 @@ pub fn fx_image(xmm: &[u128; 16]) -> FxState {
     fx
 }
 
+/// The x87 control word, status word and abridged tag word in an FXSAVE image.
+pub fn x87_of(fx: &FxState) -> [u16; 3] {
+    let word = |at: usize| u16::from_le_bytes([fx.bytes[at], fx.bytes[at + 1]]);
+    [
+        word(FxState::FCW),
+        word(FxState::FSW),
+        fx.bytes[FxState::FTW] as u16,
+    ]
+}
+
 /// The XMM registers in an FXSAVE image.
 pub fn xmm_of(fx: &FxState) -> [u128; 16] {
     std::array::from_fn(|i| u128::from_le_bytes(fx.xmm(i)))
@@ -241,6 +251,8 @@ pub struct Final {
     pub rflags: u64,
     pub xmm: [u128; 16],
     pub mxcsr: u32,
+    /// The x87 control word, status word and abridged tag word.
+    pub x87: [u16; 3],
     pub event: Event,
     pub data: Vec<u8>,
 }
@@ -392,6 +404,15 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
                 format!("xmm{r}"),
                 format!("{:#034x}", oracle.xmm[r]),
                 format!("{:#034x}", gantry.xmm[r]),
+            );
+        }
+    }
+    for (i, name) in ["fcw", "fsw", "ftw"].into_iter().enumerate() {
+        if oracle.x87[i] != gantry.x87[i] {
+            add(
+                name.into(),
+                format!("{:#06x}", oracle.x87[i]),
+                format!("{:#06x}", gantry.x87[i]),
             );
         }
     }
@@ -574,6 +595,7 @@ mod tests {
             rflags: 0x202,
             xmm: [0; 16],
             mxcsr: MXCSR_START,
+            x87: [gantry_frontend::state::FCW_INIT, 0, 0],
             event: Event::Exception {
                 vector: 3,
                 error: None,
