@@ -372,65 +372,64 @@ pub fn compare(case: &Case, oracle: &Final, gantry: &Final) -> Vec<Difference> {
             gantry.event.to_string(),
         );
     }
-    if oracle.rip != gantry.rip {
-        add(
-            "rip".into(),
-            format!("{:#x}", oracle.rip),
-            format!("{:#x}", gantry.rip),
-        );
-    }
-    let (regs, mask) = match case.mode {
-        Mode::B64 => (16, !0u64),
-        _ => (8, 0xFFFF_FFFF),
-    };
-    // After a shutdown only memory is left to compare (the event says the rest).
-    let regs = if oracle.event == Event::Shutdown && gantry.event == Event::Shutdown {
-        0
-    } else {
-        regs
-    };
-    for r in 0..regs {
-        if (oracle.gpr[r] ^ gantry.gpr[r]) & mask != 0 {
-            add(
-                report::REG_NAMES[r].into(),
-                format!("{:#018x}", oracle.gpr[r] & mask),
-                format!("{:#018x}", gantry.gpr[r] & mask),
-            );
-        }
-    }
-    for r in 0..16 {
-        if oracle.xmm[r] != gantry.xmm[r] {
-            add(
-                format!("xmm{r}"),
-                format!("{:#034x}", oracle.xmm[r]),
-                format!("{:#034x}", gantry.xmm[r]),
-            );
-        }
-    }
-    for (i, name) in ["fcw", "fsw", "ftw"].into_iter().enumerate() {
-        if oracle.x87[i] != gantry.x87[i] {
-            add(
-                name.into(),
-                format!("{:#06x}", oracle.x87[i]),
-                format!("{:#06x}", gantry.x87[i]),
-            );
-        }
-    }
-    if oracle.mxcsr != gantry.mxcsr {
-        add(
-            "mxcsr".into(),
-            format!("{:#06x}", oracle.mxcsr),
-            format!("{:#06x}", gantry.mxcsr),
-        );
-    }
     let fault_rip = (!oracle.completed(case)).then_some(oracle.rip);
     let flags = COMPARED_FLAGS & !flagmask::ignored_flags(case, fault_rip);
-    if (oracle.rflags ^ gantry.rflags) & flags != 0 {
-        add(
-            "rflags".into(),
-            report::flags_string(oracle.rflags & flags),
-            report::flags_string(gantry.rflags & flags),
-        );
+    // After a shutdown the CPU's registers are no longer observable (only INIT or a
+    // reset leaves it): memory is left to compare, and the event says the rest.
+    let shutdown = oracle.event == Event::Shutdown && gantry.event == Event::Shutdown;
+    if !shutdown {
+        if oracle.rip != gantry.rip {
+            add(
+                "rip".into(),
+                format!("{:#x}", oracle.rip),
+                format!("{:#x}", gantry.rip),
+            );
+        }
+        let (regs, mask) = match case.mode {
+            Mode::B64 => (16, !0u64),
+            _ => (8, 0xFFFF_FFFF),
+        };
+        for r in 0..regs {
+            if (oracle.gpr[r] ^ gantry.gpr[r]) & mask != 0 {
+                add(
+                    report::REG_NAMES[r].into(),
+                    format!("{:#018x}", oracle.gpr[r] & mask),
+                    format!("{:#018x}", gantry.gpr[r] & mask),
+                );
+            }
+        }
+        for r in 0..16 {
+            if oracle.xmm[r] != gantry.xmm[r] {
+                add(
+                    format!("xmm{r}"),
+                    format!("{:#034x}", oracle.xmm[r]),
+                    format!("{:#034x}", gantry.xmm[r]),
+                );
+            }
+        }
+        for (i, name) in ["fcw", "fsw", "ftw"].into_iter().enumerate() {
+            if oracle.x87[i] != gantry.x87[i] {
+                add(
+                    name.into(),
+                    format!("{:#06x}", oracle.x87[i]),
+                    format!("{:#06x}", gantry.x87[i]),
+                );
+            }
+        }
+        if oracle.mxcsr != gantry.mxcsr {
+            add(
+                "mxcsr".into(),
+                format!("{:#06x}", oracle.mxcsr),
+                format!("{:#06x}", gantry.mxcsr),
+            );
+        }
+        if (oracle.rflags ^ gantry.rflags) & flags != 0 {
+            add(
+                "rflags".into(),
+                report::flags_string(oracle.rflags & flags),
+                report::flags_string(gantry.rflags & flags),
+            );
+        }
     }
     let (odata, gdata) = if let Some(slot) = case.frame_on_own_stack() {
         let ignored = COMPARED_FLAGS & !flags;
@@ -612,5 +611,40 @@ mod tests {
             .map(|d| d.what)
             .collect();
         assert_eq!(what, ["xmm3", "mxcsr"]);
+    }
+
+    /// After a shutdown on both sides only memory is compared; a run that ended in
+    /// neither an exception nor a shutdown is a difference even when both sides agree.
+    #[test]
+    fn shutdowns_compare_memory_and_failures_never_agree() {
+        let case = corpus::parse_case(
+            "pm32 code=0f0b rflags=0 data=zero cpl=0 gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+        )
+        .unwrap();
+        let oracle = Final {
+            gpr: [0; 16],
+            rip: 0,
+            rflags: 0,
+            xmm: [0; 16],
+            mxcsr: 0,
+            x87: [0; 3],
+            event: Event::Shutdown,
+            data: vec![0; DATA_SIZE],
+        };
+        let mut gantry = oracle.clone();
+        gantry.gpr[0] = 1;
+        gantry.rip = 5;
+        assert!(compare(&case, &oracle, &gantry).is_empty());
+        gantry.data[7] = 1;
+        assert_eq!(compare(&case, &oracle, &gantry).len(), 1);
+        let failed = Final {
+            event: Event::Other("the sandbox guest halted at 0x1234".into()),
+            ..oracle
+        };
+        let what: Vec<String> = compare(&case, &failed, &failed.clone())
+            .into_iter()
+            .map(|d| d.what)
+            .collect();
+        assert_eq!(what, ["event"]);
     }
 }
