@@ -32,8 +32,8 @@
 //! own stack.
 //!
 //! One guest serves all cases: each run resets the CPU state, rewrites the code and data
-//! pages and drops the TLB and the translations of the code page. The same guest
-//! ([`Sandbox`]) is what the KVM oracle runs.
+//! pages and drops the translations of the code page (and the TLB when the paging mode
+//! changes). The same guest ([`Sandbox`]) is what the KVM oracle runs.
 
 use std::rc::Rc;
 
@@ -54,6 +54,7 @@ use crate::accel::CpuStop;
 use crate::board::{Board, BoardConfig, SerialSink};
 use crate::boot::EntryState;
 use crate::console::HostConsole;
+use crate::cpu::paging::{self, PagingRegs};
 use crate::cpu::{state_from_entry, EmuCpu};
 use crate::memory::GuestMemory;
 
@@ -252,7 +253,7 @@ impl Sandbox {
             let read = |k: u64| {
                 let linear = cpu.seg[SS].base + ((sp + k) & wrap);
                 let mut v = [0u8; 4];
-                if let Some(a) = phys_of(case.mode, linear) {
+                if let Some(a) = paging::phys_of(&self.mem, &PagingRegs::of(cpu), linear) {
                     let _ = self.mem.read(a, &mut v[..slot as usize]);
                 }
                 u32::from_le_bytes(v) as u64
@@ -292,21 +293,6 @@ impl Sandbox {
             },
             data: out,
         }
-    }
-}
-
-/// Where the sandbox maps a linear address in guest-physical memory (identity in real
-/// mode), for reading a frame that delivery pushed on the snippet's own stack.
-fn phys_of(mode: Mode, linear: u64) -> Option<u64> {
-    let within = |base: u64, size: usize| (base..base + size as u64).contains(&linear);
-    if mode == Mode::Real || linear < KERNEL_PAGES << 12 {
-        Some(linear)
-    } else if within(CODE_VA, CODE_SIZE) {
-        Some(linear - CODE_VA + CODE_PHYS)
-    } else if within(DATA_VA, DATA_SIZE) {
-        Some(linear - DATA_VA + data_phys(mode))
-    } else {
-        None
     }
 }
 

@@ -125,7 +125,7 @@ const EXCLUDED: &[(Mnemonic, &str)] = &[
     (Mnemonic::Lfs, "segment load"),
     (Mnemonic::Lgs, "segment load"),
     (Mnemonic::Lss, "segment load"),
-    // x87 wait: the FPU set's.
+    // WAIT alone: the x87 set makes it as part of its WAIT forms (FINIT, FSTSW...).
     (Mnemonic::Wait, "x87"),
 ];
 

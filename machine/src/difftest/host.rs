@@ -256,7 +256,7 @@ impl HostOracle {
         if self.worker.is_none() {
             self.spawn().map_err(RunError::Oracle)?;
         }
-        if let Some(why) = case.needs_kvm() {
+        if let Some(why) = super::host_cannot_run(case.mode, case.cpl) {
             return Err(RunError::Oracle(why));
         }
         let data = case.data.bytes();
@@ -270,7 +270,7 @@ impl HostOracle {
             Mode::B64 => (USER_CS64, USER_DS),
             Mode::B32 | Mode::Pm32 => (USER_CS32, USER_DS),
             Mode::B16 | Mode::Pm16 => (LDT_CS16, LDT_DS16),
-            // Refused above, by needs_kvm().
+            // Refused above, by host_cannot_run().
             Mode::Real => {
                 return Err(RunError::Oracle(format!(
                     "{} needs KVM",

@@ -174,11 +174,6 @@ pub fn host_cannot_run(mode: Mode, cpl: u8) -> Option<String> {
 }
 
 impl Case {
-    /// Why the host CPU oracle cannot run this case, if it cannot ([`host_cannot_run`]).
-    pub fn needs_kvm(&self) -> Option<String> {
-        host_cannot_run(self.mode, self.cpl)
-    }
-
     /// Whether exception delivery pushes its frame on the snippet's own stack, not on
     /// the kernel's: real mode, and CPL 0 in legacy protected mode (no stack switch,
     /// and no IST outside long mode). The width of each slot when it does.
@@ -208,12 +203,8 @@ pub fn fx_image(xmm: &[u128; 16]) -> FxState {
 
 /// The x87 control word, status word and abridged tag word in an FXSAVE image.
 pub fn x87_of(fx: &FxState) -> [u16; 3] {
-    let word = |at: usize| u16::from_le_bytes([fx.bytes[at], fx.bytes[at + 1]]);
-    [
-        word(FxState::FCW),
-        word(FxState::FSW),
-        fx.bytes[FxState::FTW] as u16,
-    ]
+    let fsw = u16::from_le_bytes([fx.bytes[FxState::FSW], fx.bytes[FxState::FSW + 1]]);
+    [fx.fcw(), fsw, fx.bytes[FxState::FTW] as u16]
 }
 
 /// The XMM registers in an FXSAVE image.
