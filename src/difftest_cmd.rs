@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use gantry_machine::difftest::{self, corpus, emu::EmuRunner, gen, Mode, Runner};
+use gantry_machine::difftest::{self, corpus, emu::EmuRunner, flagmask, gen, Mode, Runner};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum ModeArg {
@@ -122,7 +122,11 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     } else {
         oracle.name()
     };
-    let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit)
+    // The model of the host's vendor, so that its silicon is the oracle for the flags
+    // the manuals leave undefined too.
+    let policy = flagmask::policy();
+    let vendor = policy.host.map(|(v, _)| v).unwrap_or_default();
+    let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit, vendor)
         .map_err(|e| format!("the sandbox guest: {e}"))?;
     let mut out = std::io::stdout().lock();
 
@@ -132,11 +136,12 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         let cases = corpus::parse(&text).map_err(|e| format!("corpus {}: {e}", path.display()))?;
         let _ = writeln!(
             out,
-            "difftest: {} cases from {}, oracle {}, backend {}",
+            "difftest: {} cases from {}, oracle {}, backend {}; {}",
             cases.len(),
             path.display(),
             oracle.name(),
-            gantry.name()
+            gantry.name(),
+            policy.describe()
         );
         let name = path.display().to_string();
         difftest::run_cases(
@@ -164,14 +169,15 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
         let _ = writeln!(
             out,
             "difftest: {}{at_cpl}, {} set ({} instruction forms{left_out}), seed {}, {} \
-             cases, oracle {}, backend {}",
+             cases, oracle {}, backend {}; {}",
             mode.describe(),
             set.name(),
             g.form_count(),
             args.seed,
             args.count,
             oracle_name,
-            gantry.name()
+            gantry.name(),
+            policy.describe()
         );
         difftest::run_cases(
             &mut *oracle,

@@ -153,6 +153,7 @@ fn decode_lift(c: &mut Criterion) {
         code_bits: 64,
         stack_bits: 64,
         mode64: true,
+        vendor: gantry_frontend::vendor::Vendor::Intel,
     };
     let n = lift::translate(&mut Bytes(&code, 0x1000), 0x1000, 0, mode)
         .expect("lift")

@@ -13,7 +13,8 @@
 //! | Mul/Imul   | low half      | 1 if CF = OF = 1        | -        |
 //! | Eflags     | -             | -                       | -        |
 //!
-//! With `Eflags`, the flags are in RFLAGS itself.
+//! With `Eflags`, the flags are in RFLAGS itself. A vendor whose shifts set AF (see
+//! [`crate::vendor::ShiftAf`]) marks the op with [`CcOp::af_set`].
 
 use crate::state::{CpuState, AF, ARITH_FLAGS, CF, OF, PF, SF, ZF};
 
@@ -49,35 +50,52 @@ const KINDS: [CcKind; 12] = [
     CcKind::Mul,
 ];
 
-/// Operation and operand size (bytes) packed into the `cc.op` word: kind << 4 | size.
+/// Operation and operand size (bytes) packed into the `cc.op` word:
+/// af_set << 12 | kind << 4 | size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CcOp {
     pub kind: CcKind,
     pub size: u8,
+    /// AF is 1 whatever the kind computes (an undefined AF the vendor sets).
+    pub af_set: bool,
 }
+
+const AF_SET: u32 = 1 << 12;
 
 impl CcOp {
     pub const EFLAGS: CcOp = CcOp {
         kind: CcKind::Eflags,
         size: 8,
+        af_set: false,
     };
 
     pub fn new(kind: CcKind, size: u8) -> Self {
-        Self { kind, size }
+        Self {
+            kind,
+            size,
+            af_set: false,
+        }
+    }
+    pub fn with_af_set(self, af_set: bool) -> Self {
+        Self { af_set, ..self }
     }
     pub fn encode(self) -> u32 {
-        (self.kind as u32) << 4 | self.size as u32
+        (self.af_set as u32) << 12 | (self.kind as u32) << 4 | self.size as u32
     }
     pub fn decode(v: u32) -> Self {
         let kind = KINDS
-            .get((v >> 4) as usize)
+            .get((v >> 4 & 0xFF) as usize)
             .copied()
             .unwrap_or(CcKind::Eflags);
         let size = match v & 0xF {
             s @ (1 | 2 | 4 | 8) => s as u8,
             _ => 8,
         };
-        Self { kind, size }
+        Self {
+            kind,
+            size,
+            af_set: v & AF_SET != 0 && kind != CcKind::Eflags,
+        }
     }
 }
 
@@ -116,6 +134,15 @@ fn zsp(dst: u64, size: u8) -> u64 {
 
 /// The six arithmetic flags (as RFLAGS bits) described by a lazy state.
 pub fn compute(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
+    let f = compute_kind(op, dst, src, aux, rflags);
+    if op.af_set {
+        f | AF
+    } else {
+        f
+    }
+}
+
+fn compute_kind(op: CcOp, dst: u64, src: u64, aux: u64, rflags: u64) -> u64 {
     let m = mask(op.size);
     let s = sign(op.size);
     let d = dst & m;
@@ -391,6 +418,10 @@ mod tests {
             for s in [1u8, 2, 4, 8] {
                 let op = CcOp::new(k, s);
                 assert_eq!(CcOp::decode(op.encode()), op);
+                if k != CcKind::Eflags {
+                    let af = op.with_af_set(true);
+                    assert_eq!(CcOp::decode(af.encode()), af);
+                }
             }
         }
     }

@@ -11,5 +11,6 @@ pub mod lift;
 pub mod sse;
 pub mod sse_fp;
 pub mod state;
+pub mod vendor;
 
 pub use iced_x86;

@@ -34,6 +34,7 @@ fn mode(bits: u32) -> Mode {
         code_bits: bits,
         stack_bits: bits,
         mode64: bits == 64,
+        vendor: gantry_frontend::vendor::Vendor::Intel,
     }
 }
 

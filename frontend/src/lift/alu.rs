@@ -7,7 +7,8 @@ use super::operands::{reg_ty, Place};
 use super::{Flow, Lift};
 use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
-use crate::state::{CF, DF, OF, ZF};
+use crate::state::{AF, ARITH_FLAGS, CF, DF, OF, ZF};
+use crate::vendor::{BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, MulFlags, ShiftAf, ShrOf};
 
 impl Lift<'_> {
     pub(super) fn alu(&mut self) -> Option<Flow> {
@@ -113,6 +114,10 @@ impl Lift<'_> {
                     Helper::Idiv(ty.bytes())
                 };
                 self.b.call(h, &[d], None);
+                if self.mode.vendor.div_flags() == DivFlags::AfSetRestCleared {
+                    let one = self.b.konst(Ty::I8, 1);
+                    self.update_flags(ARITH_FLAGS & !(CF | OF), &[(AF, one)]);
+                }
             }
             M::Bt | M::Bts | M::Btr | M::Btc => self.bit_test(m),
             M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => self.bit_scan(m),
@@ -403,7 +408,18 @@ impl Lift<'_> {
         let zero = self.b.cmp_imm(CmpOp::Eq, count, 0);
         let out = self.b.select(zero, a, r);
         self.write_place(p, out);
-        self.set_flags_unless_zero(count, CcOp::new(kind, ty.bytes()), r, src, a);
+        let vendor = self.mode.vendor;
+        // SHR's OF is the top bit of `aux`: the operand's, or with `LastStep` the top bit
+        // before the last 1-bit step, which is the operand's only for a count of 1.
+        let aux = if kind == CcKind::Shr && vendor.shr_of() == ShrOf::LastStep {
+            let by_one = self.b.cmp_imm(CmpOp::Eq, count, 1);
+            let z = self.b.konst(ty, 0);
+            self.b.select(by_one, a, z)
+        } else {
+            a
+        };
+        let op = CcOp::new(kind, ty.bytes()).with_af_set(vendor.shift_af() == ShiftAf::Set);
+        self.set_flags_unless_zero(count, op, r, src, aux);
     }
 
     fn rotate(&mut self, m: M) {
@@ -557,15 +573,42 @@ impl Lift<'_> {
         let r = self.b.trunc(ty, r);
         let cf = self.b.bin_imm(BinOp::And, last_out, 1);
         let msb_r = self.b.bin_imm(BinOp::Shr, r, w - 1);
-        let msb_a = self.b.bin_imm(BinOp::Shr, a, w - 1);
-        let of = self.b.bin(BinOp::Xor, msb_r, msb_a);
+        let vendor = self.mode.vendor;
+        // OF is defined for a count of 1, where all the rules agree.
+        let of = match (vendor.double_shift_of(), m) {
+            (DoubleShiftOf::SignChange, _) => {
+                let msb_a = self.b.bin_imm(BinOp::Shr, a, w - 1);
+                self.b.bin(BinOp::Xor, msb_r, msb_a)
+            }
+            (DoubleShiftOf::LastStep, M::Shld) => {
+                let cf = self.b.resize(cf, ty);
+                let of = self.b.bin(BinOp::Xor, msb_r, cf);
+                if ty == Ty::I16 {
+                    // A 16-bit SHLD by 16 leaves OF = CF.
+                    let by16 = self.b.cmp_imm(CmpOp::Eq, count, 16);
+                    self.b.select(by16, cf, of)
+                } else {
+                    of
+                }
+            }
+            (DoubleShiftOf::LastStep, _) => {
+                let next = self.b.bin_imm(BinOp::Shr, r, w - 2);
+                self.b.bin(BinOp::Xor, msb_r, next)
+            }
+        };
         let out = self.b.select(cz, a, r);
         self.write_place(p, out);
         // Flags computed eagerly (SHRD's OF is the sign change, which no lazy kind gives);
         // a zero count changes nothing.
         let [z, s, pf] = self.zsp_bits(r);
         let f_before = self.b.rflags();
-        self.update_flags(Self::arith_mask(), &[(CF, cf), (OF, of), z, s, pf]);
+        let af = self
+            .b
+            .konst(Ty::I8, (vendor.shift_af() == ShiftAf::Set) as u64);
+        self.update_flags(
+            Self::arith_mask(),
+            &[(CF, cf), (OF, of), z, s, pf, (AF, af)],
+        );
         let f_after = self.b.get(Loc::Rflags);
         let keep = self.b.select(cz, f_before, f_after);
         self.put_eflags(keep);
@@ -587,9 +630,7 @@ impl Lift<'_> {
             let ovf = self.b.cmp(CmpOp::Ne, hi, sign);
             let ovf = self.b.zext(ty, ovf);
             self.write_gpr(self.ins.op0_register(), lo);
-            let z = self.b.konst(ty, 0);
-            self.b
-                .set_flags(CcOp::new(CcKind::Mul, ty.bytes()), lo, ovf, z);
+            self.set_mul_flags(lo, ovf);
             return;
         }
         let ty = self.op_ty(0);
@@ -612,8 +653,7 @@ impl Lift<'_> {
             };
             self.write_gpr(Register::AX, p);
             let ovf = self.b.zext(Ty::I8, ovf);
-            let z = self.b.konst(Ty::I8, 0);
-            self.b.set_flags(CcOp::new(CcKind::Mul, 1), lo, ovf, z);
+            self.set_mul_flags(lo, ovf);
             return;
         }
         let (ra, rd) = match ty {
@@ -641,9 +681,20 @@ impl Lift<'_> {
         self.write_gpr(ra, lo);
         self.write_gpr(rd, hi);
         let ovf = self.b.zext(ty, ovf);
-        let z = self.b.konst(ty, 0);
-        self.b
-            .set_flags(CcOp::new(CcKind::Mul, ty.bytes()), lo, ovf, z);
+        self.set_mul_flags(lo, ovf);
+    }
+
+    /// CF = OF = `ovf` (0 or 1, of `lo`'s type), the rest as the vendor leaves them.
+    fn set_mul_flags(&mut self, lo: Val, ovf: Val) {
+        match self.mode.vendor.mul_flags() {
+            MulFlags::FromLowHalf => {
+                let ty = self.b.ty(lo);
+                let z = self.b.konst(ty, 0);
+                self.b
+                    .set_flags(CcOp::new(CcKind::Mul, ty.bytes()), lo, ovf, z);
+            }
+            MulFlags::Unchanged => self.update_flags(CF | OF, &[(CF, ovf), (OF, ovf)]),
+        }
     }
 
     fn bit_test(&mut self, m: M) {
@@ -716,7 +767,15 @@ impl Lift<'_> {
                 // (as AMD documents and Intel CPUs do).
                 let nonzero = self.b.cmp_imm(CmpOp::Ne, src, 0);
                 self.write_gpr_if(nonzero, dst, idx);
-                self.update_flags(ZF, &[(ZF, zero)]);
+                match self.mode.vendor.bit_scan_flags() {
+                    BitScanFlags::Unchanged => self.update_flags(ZF, &[(ZF, zero)]),
+                    BitScanFlags::IndexParity => {
+                        let none = self.b.konst(ty, 0);
+                        let found = self.b.select(zero, none, idx);
+                        let [_, _, pf] = self.zsp_bits(found);
+                        self.update_flags(ARITH_FLAGS, &[(ZF, zero), pf]);
+                    }
+                }
             }
             M::Tzcnt | M::Lzcnt => {
                 let v = self
@@ -724,7 +783,11 @@ impl Lift<'_> {
                     .un(if m == M::Tzcnt { UnOp::Ctz } else { UnOp::Clz }, src);
                 self.write_gpr(dst, v);
                 let vz = self.b.cmp_imm(CmpOp::Eq, v, 0);
-                self.update_flags(CF | ZF, &[(CF, zero), (ZF, vz)]);
+                let mask = match self.mode.vendor.count_flags() {
+                    CountFlags::Unchanged => CF | ZF,
+                    CountFlags::OfKept => ARITH_FLAGS & !OF,
+                };
+                self.update_flags(mask, &[(CF, zero), (ZF, vz)]);
             }
             _ => {
                 let v = self.b.un(UnOp::Popcnt, src);

@@ -19,9 +19,11 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 pub use builder::Builder;
 
 use crate::ir::*;
+use crate::vendor::Vendor;
 
-/// What the translation of a block depends on besides the bytes: the code-segment mode.
-/// (The machine's block cache keys on these together with the physical address.)
+/// What the translation of a block depends on besides the bytes: the code-segment mode and
+/// the CPU model's vendor. (The machine's block cache keys on these together with the
+/// physical address.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Mode {
     /// Default operand/address size: 16, 32 or 64.
@@ -29,6 +31,8 @@ pub struct Mode {
     /// Stack width (SS.B, or 64 in 64-bit mode).
     pub stack_bits: u32,
     pub mode64: bool,
+    /// Whose silicon the undefined flags follow.
+    pub vendor: Vendor,
 }
 
 /// An x86 exception raised while translating (a fault fetching code, or #UD).

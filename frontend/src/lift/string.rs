@@ -11,6 +11,7 @@ use super::{Flow, Lift};
 use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
 use crate::state::{DF, ES};
+use crate::vendor::CmpsOrder;
 
 fn addr_regs(bits: u32) -> (Register, Register, Register) {
     match bits {
@@ -101,10 +102,16 @@ impl Lift<'_> {
                 adv_si = true;
             }
             M::Cmpsb => {
-                // ES:rDI is read before DS:rSI: when both fault, hardware reports the
-                // destination's fault (seen on AMD by difftest; the SDM does not say).
-                let c = self.load_mem(ES, ety, dst);
-                let a = self.load_mem(src_seg, ety, src);
+                let (a, c) = match self.mode.vendor.cmps_order() {
+                    CmpsOrder::DestinationFirst => {
+                        let c = self.load_mem(ES, ety, dst);
+                        (self.load_mem(src_seg, ety, src), c)
+                    }
+                    CmpsOrder::SourceFirst => {
+                        let a = self.load_mem(src_seg, ety, src);
+                        (a, self.load_mem(ES, ety, dst))
+                    }
+                };
                 compare = Some((a, c));
                 adv_si = true;
                 adv_di = true;

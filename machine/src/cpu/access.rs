@@ -19,6 +19,8 @@ pub struct Ctx<'a> {
     /// An exception a task switch raised after its commit point: it belongs to the new
     /// task, and the run loop delivers it with the new task's state (SDM vol. 3, 7.3).
     pub task_fault: &'a mut Option<Exception>,
+    /// The CPU model's vendor, for CPUID.
+    pub vendor: gantry_frontend::vendor::Vendor,
 }
 
 impl Ctx<'_> {

@@ -2,12 +2,11 @@
 //! the lifter implements, plus FPU/SSE/SSE2, which a 64-bit kernel requires to boot at
 //! all: their state instructions (FXSAVE, LDMXCSR, ...) and SSE2's integer, move and
 //! double-precision instructions are implemented; x87 arithmetic, single precision and
-//! the packed conversions are not yet and raise #UD (counted).
+//! the packed conversions are not yet and raise #UD (counted). The vendor's identity
+//! (vendor string, signature, brand) comes from [`Vendor`]; the features are the same for
+//! both, since they are what the lifter implements.
 
-pub const VENDOR: &[u8; 12] = b"GenuineIntel";
-/// Family 6, model 0x3A, stepping 9 (an Ivy Bridge signature: well known to OSes).
-pub const SIGNATURE: u32 = 0x0003_06A9;
-const BRAND: &[u8; 48] = b"Gantry emulated x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+use gantry_frontend::vendor::{family_of, Family, Vendor};
 
 // CPUID.1:EDX
 const FPU: u32 = 1 << 0;
@@ -36,13 +35,14 @@ const LM: u32 = 1 << 29;
 const LAHF_LM: u32 = 1 << 0;
 const ABM: u32 = 1 << 5;
 
-/// (eax, ebx, ecx, edx) for a leaf and subleaf.
-pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
+/// (eax, ebx, ecx, edx) for a leaf and subleaf of the `vendor`'s model.
+pub fn cpuid(vendor: Vendor, leaf: u32, _subleaf: u32) -> [u32; 4] {
     let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let id = vendor.cpuid_vendor();
     match leaf {
-        0 => [1, w(&VENDOR[0..4]), w(&VENDOR[8..12]), w(&VENDOR[4..8])],
+        0 => [1, w(&id[0..4]), w(&id[8..12]), w(&id[4..8])],
         1 => [
-            SIGNATURE,
+            vendor.signature(),
             // CLFLUSH line size 8 (x8 = 64 bytes), one logical processor.
             (8 << 8) | (1 << 16),
             CX16 | POPCNT,
@@ -64,18 +64,45 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         0x8000_0001 => [0, 0, LAHF_LM | ABM, SYSCALL | NX | RDTSCP | LM],
         0x8000_0002..=0x8000_0004 => {
+            let brand = vendor.brand();
             let i = (leaf - 0x8000_0002) as usize * 16;
             [
-                w(&BRAND[i..]),
-                w(&BRAND[i + 4..]),
-                w(&BRAND[i + 8..]),
-                w(&BRAND[i + 12..]),
+                w(&brand[i..]),
+                w(&brand[i + 4..]),
+                w(&brand[i + 8..]),
+                w(&brand[i + 12..]),
             ]
         }
         // 40-bit physical, 48-bit linear addresses.
         0x8000_0008 => [0x3028, 0, 0, 0],
-        // Leaves above the maximum answer as the highest basic leaf does (Intel).
-        _ if leaf < 0x8000_0000 => cpuid(1, 0).map(|_| 0),
+        // Leaves above the maximum: Intel CPUs answer as the highest basic leaf, here all
+        // zero (its values are not those of leaf 1); AMD CPUs answer zeros too.
         _ => [0, 0, 0, 0],
     }
+}
+
+/// The vendor of the CPU this process runs on, and its family; `None` off x86-64 or for a
+/// vendor Gantry has no model of.
+pub fn host() -> Option<(Vendor, Family)> {
+    let (id, eax) = host_cpuid()?;
+    let v = [Vendor::Intel, Vendor::Amd]
+        .into_iter()
+        .find(|v| v.cpuid_vendor() == &id)?;
+    Some((v, family_of(eax)))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_cpuid() -> Option<([u8; 12], u32)> {
+    use std::arch::x86_64::__cpuid;
+    let (l0, l1) = (__cpuid(0), __cpuid(1));
+    let mut v = [0u8; 12];
+    v[0..4].copy_from_slice(&l0.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&l0.edx.to_le_bytes());
+    v[8..12].copy_from_slice(&l0.ecx.to_le_bytes());
+    Some((v, l1.eax))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_cpuid() -> Option<([u8; 12], u32)> {
+    None
 }

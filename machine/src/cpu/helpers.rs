@@ -96,7 +96,7 @@ impl Host for Ctx<'_> {
                 Ok(0)
             }
             Helper::Cpuid => {
-                let r = cpuid(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32);
+                let r = cpuid(self.vendor, cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32);
                 for (reg, v) in [RAX, RBX, RCX, RDX].iter().zip(r) {
                     set_reg32(cpu, *reg, v);
                 }
@@ -394,6 +394,7 @@ impl Host for Ctx<'_> {
                     cpu.gpr[RAX] as u16,
                     flags::rflags(cpu),
                     arg(1) as u8,
+                    self.vendor.bcd_flags(),
                 )
                 .ok_or(DE)?;
                 cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xFFFF) | ax as u64;

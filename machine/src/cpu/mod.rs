@@ -20,6 +20,7 @@ use std::rc::Rc;
 use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
+use gantry_frontend::vendor::Vendor;
 use gantry_translator::interp::{Interp, Prepared};
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
@@ -100,6 +101,8 @@ pub struct EmuCpu {
     /// The guest's own instruction breakpoints (DR0-3, DR7).
     guest_bps: GuestBreakpoints,
     limits: lift::Limits,
+    /// The CPU model's vendor: CPUID and the undefined flags follow it.
+    vendor: Vendor,
 }
 
 fn attr_of(s: &Segment) -> u16 {
@@ -204,6 +207,7 @@ macro_rules! ctx {
             stats: &mut $cpu.stats,
             traps: &mut $cpu.traps,
             task_fault: &mut $cpu.task_fault,
+            vendor: $cpu.vendor,
         }
     };
 }
@@ -229,7 +233,18 @@ impl EmuCpu {
             task_fault: None,
             guest_bps: GuestBreakpoints::default(),
             limits: lift::Limits::default(),
+            vendor: Vendor::default(),
         }
+    }
+
+    /// Makes the CPU a model of `vendor`. Blocks are keyed by the vendor, so those
+    /// translated for the other one are never run.
+    pub fn set_vendor(&mut self, vendor: Vendor) {
+        self.vendor = vendor;
+    }
+
+    pub fn vendor(&self) -> Vendor {
+        self.vendor
     }
 
     pub fn instructions(&self) -> u64 {
@@ -242,6 +257,7 @@ impl EmuCpu {
             code_bits: c.code_bits(),
             stack_bits: c.stack_bits(),
             mode64: c.mode64(),
+            vendor: self.vendor,
         }
     }
 

@@ -44,6 +44,7 @@ use gantry_frontend::state::{
     CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CS, DS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, ES, RSP,
     SS,
 };
+use gantry_frontend::vendor::Vendor;
 
 use super::layout::{
     code_ip, end_marker, end_rip, seg_base, CODE_SIZE, CODE_VA, DATA_SIZE, DATA_VA, REAL_BASE,
@@ -304,9 +305,11 @@ pub struct EmuRunner {
 
 impl EmuRunner {
     /// The sandbox on the interpreter, or with `jit` on the Cranelift tier, which then
-    /// compiles every block the first time it runs (each snippet runs once).
-    pub fn new(jit: bool) -> Result<Self, String> {
+    /// compiles every block the first time it runs (each snippet runs once); the CPU is a
+    /// model of `vendor`.
+    pub fn new(jit: bool, vendor: Vendor) -> Result<Self, String> {
         let mut cpu = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM);
+        cpu.set_vendor(vendor);
         if jit {
             cpu.enable_jit(1)?;
         }
@@ -332,11 +335,12 @@ impl EmuRunner {
 
 impl Runner for EmuRunner {
     fn name(&self) -> String {
-        if self.cpu.jit_enabled() {
-            "gantry (Cranelift JIT)".into()
+        let tier = if self.cpu.jit_enabled() {
+            "Cranelift JIT"
         } else {
-            "gantry (interpreter)".into()
-        }
+            "interpreter"
+        };
+        format!("gantry ({tier}, {} model)", self.cpu.vendor())
     }
     fn run(&mut self, case: &Case) -> Result<Final, RunError> {
         Ok(self.execute(case))
@@ -606,7 +610,7 @@ mod tests {
             "real code=40 rflags=0 data=zero gpr=41,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
         ))
         .unwrap();
-        let f = EmuRunner::new(false).unwrap().execute(&case);
+        let f = EmuRunner::new(false, Vendor::Intel).unwrap().execute(&case);
         assert_eq!(
             f.event,
             Event::Exception {
@@ -649,7 +653,7 @@ mod tests {
         let c = case(&format!(
             "pm32 code=890500800000 cpl=0 gpr=0,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
         ));
-        let f = EmuRunner::new(false).unwrap().execute(&c);
+        let f = EmuRunner::new(false, Vendor::Intel).unwrap().execute(&c);
         assert_eq!(f.event, pf(0x3, 0x8000), "{f:?}");
         assert_eq!((f.rip, f.gpr[RSP]), (CODE_VA, sp));
         let at = (sp - 16 - data_addr(Mode::Pm32)) as usize;
@@ -663,7 +667,7 @@ mod tests {
         let c = case(&format!(
             "pm32 code=890500800000 gpr=0,0,0,0,{sp:x},0,0,0,0,0,0,0,0,0,0,0"
         ));
-        let f = EmuRunner::new(false).unwrap().execute(&c);
+        let f = EmuRunner::new(false, Vendor::Intel).unwrap().execute(&c);
         assert_eq!(f.event, pf(0x7, 0x8000), "{f:?}");
         assert_eq!((f.rip, f.gpr[RSP]), (CODE_VA, sp));
     }
@@ -677,13 +681,13 @@ mod tests {
         let c = case(&format!(
             "pm32 code=0f0b cpl=0 gpr=0,0,0,0,{esp:x},0,0,0,0,0,0,0,0,0,0,0"
         ));
-        let f = EmuRunner::new(false).unwrap().execute(&c);
+        let f = EmuRunner::new(false, Vendor::Intel).unwrap().execute(&c);
         assert_eq!(f.event, Event::Shutdown, "{f:?}");
         // At CPL 3 the kernel stack takes the #UD.
         let c = case(&format!(
             "pm32 code=0f0b gpr=0,0,0,0,{esp:x},0,0,0,0,0,0,0,0,0,0,0"
         ));
-        let f = EmuRunner::new(false).unwrap().execute(&c);
+        let f = EmuRunner::new(false, Vendor::Intel).unwrap().execute(&c);
         assert_eq!(f.event.to_string(), "#UD");
         assert_eq!((f.rip, f.gpr[RSP]), (CODE_VA, esp));
     }
@@ -692,7 +696,7 @@ mod tests {
     /// IP is an offset from CS's base), and reads the kernel's pages that CPL 3 cannot.
     #[test]
     fn ring0_snippets_end_at_their_hlt_and_reach_the_kernels_pages() {
-        let mut runner = EmuRunner::new(false).unwrap();
+        let mut runner = EmuRunner::new(false, Vendor::Intel).unwrap();
         // PUSH AX; POP CX.
         let sp = data_addr(Mode::Pm16) + 0x100;
         let c = case(&format!(

@@ -1,69 +1,71 @@
-//! Flags the manual leaves undefined, and which of them a comparison ignores.
+//! Flags the manual leaves undefined, and when a comparison ignores them.
 //!
-//! The rule: every flag is compared, undefined ones included, wherever the host CPU gives a
-//! stable answer, because real software (and other emulators' test suites) does read them.
-//! A flag is ignored only when an entry below says so, with the reason. Gantry's CPU
-//! model says GenuineIntel; where Intel and AMD CPUs leave an undefined flag differently
-//! and the host is of the other vendor, the entry names both behaviours.
+//! The rule: every flag is compared, undefined ones included, because real software (and
+//! other emulators' test suites) does read them, and difftest runs the CPU model of the
+//! host's vendor ([`Vendor`]), whose rules were measured on its silicon. That holds only
+//! on a host of a generation the rules were measured on ([`Vendor::measured_on`]):
+//! generations of one vendor differ too (AMD's families 19h and 1Ah do, in BSF's flags).
+//! On any other host the undefined flags are not compared, and difftest's header says
+//! so, naming the host's family, so that a run there can measure them.
 //!
 //! A masked flag also taints what reads it: the generator does not make cases in which
 //! an instruction reads (ADC, SETcc, PUSHF, ...) a flag an earlier one left masked.
 
+use std::sync::OnceLock;
+
+use gantry_frontend::vendor::{Family, Vendor};
 use iced_x86::{Instruction, Mnemonic, OpCodeOperandKind, OpKind, RflagsBits};
 
 use super::gen::decode;
 use super::Case;
+use crate::cpu::cpuid;
 
-const AF: u32 = RflagsBits::AF;
-const PF: u32 = RflagsBits::PF;
-const SF: u32 = RflagsBits::SF;
-const ZF: u32 = RflagsBits::ZF;
-/// Whichever of the six the instruction leaves undefined.
-const ALL: u32 = RflagsBits::OF | SF | ZF | AF | PF | RflagsBits::CF;
+/// Whether undefined flags are compared on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The host's vendor and family, where it has one Gantry models.
+    pub host: Option<(Vendor, Family)>,
+    pub compare_undefined: bool,
+}
 
-/// (instruction, undefined flags not compared (iced's RflagsBits), why). Each entry was
-/// added for a mismatch difftest found on an AMD EPYC host (family 17h+); the flags are
-/// undefined in the Intel SDM, and Gantry keeps what Intel-model emulators (Bochs, QEMU)
-/// produce.
-pub const TABLE: &[(Mnemonic, u32, &str)] = &[
-    (
-        Mnemonic::Shl,
-        AF,
-        "AMD sets AF after a nonzero shift; Gantry clears it",
-    ),
-    (Mnemonic::Sal, AF, "as SHL"),
-    (Mnemonic::Shr, AF, "as SHL"),
-    (Mnemonic::Sar, AF, "as SHL"),
-    (Mnemonic::Shld, AF, "as SHL"),
-    (Mnemonic::Shrd, AF, "as SHL"),
-    (
-        Mnemonic::Mul,
-        SF | ZF | AF | PF,
-        "AMD derives them from a different part of the product than Gantry",
-    ),
-    (Mnemonic::Imul, SF | ZF | AF | PF, "as MUL"),
-    (
-        Mnemonic::Div,
-        SF | ZF | AF | PF,
-        "AMD changes them; Gantry leaves the flags as they were",
-    ),
-    (Mnemonic::Idiv, SF | ZF | AF | PF, "as DIV"),
-    (
-        Mnemonic::Aaa,
-        ALL,
-        "BCD adjustments: AMD and Intel CPUs leave different values in their undefined flags",
-    ),
-    (Mnemonic::Aas, ALL, "as AAA"),
-    (Mnemonic::Daa, ALL, "as AAA"),
-    (Mnemonic::Das, ALL, "as AAA"),
-    (Mnemonic::Aad, ALL, "as AAA"),
-    (Mnemonic::Aam, ALL, "as AAA"),
-    (
-        Mnemonic::Lzcnt,
-        AF | SF | PF,
-        "AMD computes them from the result; Gantry clears them",
-    ),
-];
+impl Policy {
+    pub fn for_host(host: Option<(Vendor, Family)>) -> Policy {
+        let compare_undefined =
+            host.is_some_and(|(vendor, family)| vendor.measured_on().contains(&family));
+        Policy {
+            host,
+            compare_undefined,
+        }
+    }
+
+    /// For the header: what of the flags is compared.
+    pub fn describe(&self) -> String {
+        match (self.host, self.compare_undefined) {
+            (Some((v, f)), true) => format!("undefined flags compared ({v} family {f:#x})"),
+            (Some((v, f)), false) => format!(
+                "undefined flags not compared: the {v} model's were not measured on family \
+                 {f:#x} (measured on: {})",
+                families(v)
+            ),
+            (None, _) => "undefined flags not compared: no model of the host's vendor".into(),
+        }
+    }
+}
+
+fn families(v: Vendor) -> String {
+    let f: Vec<String> = v.measured_on().iter().map(|f| format!("{f:#x}")).collect();
+    if f.is_empty() {
+        "none yet".into()
+    } else {
+        f.join(", ")
+    }
+}
+
+/// This host's policy.
+pub fn policy() -> Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    *POLICY.get_or_init(|| Policy::for_host(cpuid::host()))
+}
 
 /// x86 RFLAGS bits of iced's flag bits.
 pub fn rflags_of(bits: u32) -> u64 {
@@ -81,9 +83,8 @@ pub fn rflags_of(bits: u32) -> u64 {
         .fold(0, |acc, (_, r)| acc | r)
 }
 
-/// Shifts and rotates whose OF is defined for a count of 1 only (SDM: "undefined for
-/// multi-bit shifts"); CPUs differ for the other counts.
-const OF_ONLY_FOR_ONE: &[Mnemonic] = &[
+/// Shifts and rotates: a count that masks to 0 changes no flags.
+const SHIFTS: &[Mnemonic] = &[
     Mnemonic::Shl,
     Mnemonic::Sal,
     Mnemonic::Shr,
@@ -96,18 +97,13 @@ const OF_ONLY_FOR_ONE: &[Mnemonic] = &[
     Mnemonic::Rcr,
 ];
 
-/// The undefined flags of `i` that the table masks (iced's bits).
-fn masked(i: &Instruction) -> u32 {
-    let mut bits = TABLE
-        .iter()
-        .filter(|(m, _, _)| *m == i.mnemonic())
-        .fold(0, |acc, (_, f, _)| acc | f);
-    // OF after a shift by anything but an immediate 1 (a count in CL may be 1, but then
-    // the flag is compared on the cases where CL is not: both are generated).
-    if OF_ONLY_FOR_ONE.contains(&i.mnemonic()) && !count_is_one(i) {
-        bits |= RflagsBits::OF;
+/// The undefined flags of `i` that `policy` masks (iced's bits).
+fn masked(policy: Policy, i: &Instruction) -> u32 {
+    if policy.compare_undefined {
+        0
+    } else {
+        i.rflags_undefined()
     }
-    bits & i.rflags_undefined()
 }
 
 /// Instructions that change no flags for some inputs: REP string instructions with
@@ -116,13 +112,7 @@ fn may_leave_flags(i: &Instruction) -> bool {
     if i.has_rep_prefix() || i.has_repne_prefix() {
         return true;
     }
-    OF_ONLY_FOR_ONE.contains(&i.mnemonic())
-        && !by_one_form(i)
-        && immediate_count(i).is_none_or(|c| c == 0)
-}
-
-fn count_is_one(i: &Instruction) -> bool {
-    by_one_form(i) || immediate_count(i) == Some(1)
+    SHIFTS.contains(&i.mnemonic()) && !by_one_form(i) && immediate_count(i).is_none_or(|c| c == 0)
 }
 
 /// The D0/D1 forms, whose count is an implicit 1.
@@ -144,7 +134,7 @@ fn immediate_count(i: &Instruction) -> Option<u8> {
 /// Walks the snippet's instructions up to (not including) the one at `stop_rip`, or all
 /// of them; returns the masked flags live at the end (RFLAGS bits) and whether any
 /// instruction read a masked flag.
-fn walk(instrs: &[Instruction], stop_rip: Option<u64>) -> (u64, bool) {
+fn walk(policy: Policy, instrs: &[Instruction], stop_rip: Option<u64>) -> (u64, bool) {
     let mut live = 0u32;
     let mut tainted = false;
     for i in instrs {
@@ -161,17 +151,17 @@ fn walk(instrs: &[Instruction], stop_rip: Option<u64>) -> (u64, bool) {
         } else {
             i.rflags_modified() & !i.rflags_undefined()
         };
-        live = (live & !defined) | masked(i);
+        live = (live & !defined) | masked(policy, i);
     }
     (rflags_of(live), tainted)
 }
 
 pub fn reads_masked_flag(case: &Case) -> bool {
-    walk(&decode(case), None).1
+    walk(policy(), &decode(case), None).1
 }
 
 /// The RFLAGS bits not compared for a run that stopped at `rip`: after a fault, the
 /// instructions before the faulting one count; after the end marker, all of them.
 pub fn ignored_flags(case: &Case, fault_rip: Option<u64>) -> u64 {
-    walk(&decode(case), fault_rip).0
+    walk(policy(), &decode(case), fault_rip).0
 }

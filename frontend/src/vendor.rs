@@ -1,0 +1,278 @@
+//! The CPU model's vendor, and every behaviour in which Intel's and AMD's silicon differ
+//! where software can see it. This is the one place those differences are written: the
+//! lifter asks the vendor (it is part of the block's [`crate::lift::Mode`], so the block
+//! cache keys on it) and CPUID answers with its identity.
+//!
+//! Most differences are flags the manuals leave undefined. Each rule below says what the
+//! vendor's CPUs were seen to do and on which host it was measured (with `gantry difftest`
+//! and a probe of every operand size over random and edge inputs, both against the host
+//! CPU). A vendor's rule that no host of that vendor has confirmed says so: it is Gantry's
+//! earlier choice (the SDM's pseudo-code where there is one), and difftest does not
+//! compare those flags on such hosts (see [`Vendor::measured_on`]).
+
+use core::fmt;
+
+/// A CPU family as CPUID leaf 1 reports it (base family plus extended family).
+pub type Family = u32;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Vendor {
+    /// The model users get by default.
+    #[default]
+    Intel,
+    Amd,
+}
+
+impl fmt::Display for Vendor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Vendor::Intel => "intel",
+            Vendor::Amd => "amd",
+        })
+    }
+}
+
+/// AF after SHL/SAL/SHR/SAR/SHLD/SHRD by a nonzero count (SDM and APM: undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShiftAf {
+    Cleared,
+    Set,
+}
+
+/// OF after SHR by a count other than 1 (undefined; defined as the operand's top bit for a
+/// count of 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShrOf {
+    /// The operand's top bit, as for a count of 1.
+    OperandTop,
+    /// The top bit before the last 1-bit step, which is 0 for counts above 1.
+    LastStep,
+}
+
+/// OF after SHLD/SHRD by a count other than 1 (undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoubleShiftOf {
+    /// Whether the sign changed between the operand and the result.
+    SignChange,
+    /// The sign change of the last 1-bit step: SHLD: CF xor the result's top bit
+    /// (16-bit SHLD by 16: CF); SHRD: the result's two top bits differ.
+    LastStep,
+}
+
+/// SF, ZF, AF and PF after MUL and IMUL (undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MulFlags {
+    /// SF, ZF and PF of the low half of the product, AF cleared.
+    FromLowHalf,
+    /// As they were.
+    Unchanged,
+}
+
+/// All six arithmetic flags after DIV and IDIV (undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DivFlags {
+    Unchanged,
+    /// CF and OF as they were; AF set; PF, ZF and SF cleared.
+    AfSetRestCleared,
+}
+
+/// The five flags other than ZF after BSF and BSR (undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitScanFlags {
+    Unchanged,
+    /// PF the parity of the bit index found (of 0 for a zero source); CF, AF, SF and OF
+    /// cleared.
+    IndexParity,
+}
+
+/// OF, SF, AF and PF after LZCNT and TZCNT (undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountFlags {
+    Unchanged,
+    /// SF, AF and PF cleared, OF as it was.
+    OfKept,
+}
+
+/// The undefined flags of the decimal adjusts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BcdFlags {
+    /// OF cleared; SF, ZF and PF of AL as the instruction leaves it (AAA/AAS: of AL with
+    /// its high nibble cleared); AAD's CF and AF cleared.
+    OfAl,
+    /// As the arithmetic the instruction does: AAA and AAS are a 16-bit ADD and SUB of
+    /// 106h to AX (of 0 when no adjustment is made), whose OF, SF, ZF and PF they leave;
+    /// DAA and DAS leave OF as the 8-bit ADD or SUB of the correction (06h, 60h, 66h) to
+    /// AL would; AAD's CF, AF and OF are those of adding AH * imm8 to AL.
+    AsArithmetic,
+}
+
+/// Which of CMPS's two reads comes first: when both fault, the CPU reports that one's
+/// fault (the SDM does not say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpsOrder {
+    /// ES:rDI, then DS:rSI.
+    DestinationFirst,
+    /// DS:rSI, then ES:rDI.
+    SourceFirst,
+}
+
+/// Everything the lifter and CPUID need to know of a vendor.
+impl Vendor {
+    /// Parses a `--cpu` value (other than `host`, which [`Vendor::host`] answers).
+    pub fn from_name(name: &str) -> Option<Vendor> {
+        match name {
+            "intel" => Some(Vendor::Intel),
+            "amd" => Some(Vendor::Amd),
+            _ => None,
+        }
+    }
+
+    /// CPUID leaf 0's vendor string.
+    pub fn cpuid_vendor(self) -> &'static [u8; 12] {
+        match self {
+            Vendor::Intel => b"GenuineIntel",
+            Vendor::Amd => b"AuthenticAMD",
+        }
+    }
+
+    /// CPUID leaf 1's EAX: family, model and stepping of a part with no more features than
+    /// the model claims, and well known to operating systems.
+    pub fn signature(self) -> u32 {
+        match self {
+            // Family 6, model 3Ah, stepping 9: Ivy Bridge.
+            Vendor::Intel => 0x0003_06A9,
+            // Family 17h (0Fh + extended 08h), model 31h, stepping 0: Zen 2 (Rome).
+            Vendor::Amd => 0x0083_0F10,
+        }
+    }
+
+    /// CPUID 80000002h-80000004h: the brand string, NUL-padded to 48 bytes.
+    pub fn brand(self) -> [u8; 48] {
+        let name: &[u8] = match self {
+            Vendor::Intel => b"Gantry emulated x86-64 CPU (Intel model)",
+            Vendor::Amd => b"Gantry emulated x86-64 CPU (AMD model)",
+        };
+        let mut b = [0u8; 48];
+        b[..name.len()].copy_from_slice(name);
+        b
+    }
+
+    /// The host generations on which every rule of this vendor was measured. On a host of
+    /// this vendor and another family, or of this vendor when the list is empty, difftest
+    /// cannot hold Gantry to the undefined flags and does not compare them.
+    pub fn measured_on(self) -> &'static [Family] {
+        match self {
+            // No Intel host yet: Intel's rules are Gantry's earlier choices.
+            Vendor::Intel => &[],
+            // AMD EPYC, family 1Ah (Zen 5). An earlier EPYC (family 17h or 19h) kept
+            // BSF/BSR's flags, computed LZCNT's from the result and read CMPS's
+            // destination first, so the generations differ and only this one is claimed.
+            Vendor::Amd => &[0x1A],
+        }
+    }
+
+    pub fn cmps_order(self) -> CmpsOrder {
+        match self {
+            Vendor::Intel => CmpsOrder::DestinationFirst,
+            // Family 1Ah. An AMD EPYC of an earlier family read the destination first.
+            Vendor::Amd => CmpsOrder::SourceFirst,
+        }
+    }
+
+    pub fn shift_af(self) -> ShiftAf {
+        match self {
+            Vendor::Intel => ShiftAf::Cleared,
+            Vendor::Amd => ShiftAf::Set,
+        }
+    }
+
+    pub fn shr_of(self) -> ShrOf {
+        match self {
+            Vendor::Intel => ShrOf::OperandTop,
+            Vendor::Amd => ShrOf::LastStep,
+        }
+    }
+
+    pub fn double_shift_of(self) -> DoubleShiftOf {
+        match self {
+            Vendor::Intel => DoubleShiftOf::SignChange,
+            Vendor::Amd => DoubleShiftOf::LastStep,
+        }
+    }
+
+    pub fn mul_flags(self) -> MulFlags {
+        match self {
+            Vendor::Intel => MulFlags::FromLowHalf,
+            Vendor::Amd => MulFlags::Unchanged,
+        }
+    }
+
+    pub fn div_flags(self) -> DivFlags {
+        match self {
+            Vendor::Intel => DivFlags::Unchanged,
+            Vendor::Amd => DivFlags::AfSetRestCleared,
+        }
+    }
+
+    pub fn bit_scan_flags(self) -> BitScanFlags {
+        match self {
+            Vendor::Intel => BitScanFlags::Unchanged,
+            Vendor::Amd => BitScanFlags::IndexParity,
+        }
+    }
+
+    pub fn count_flags(self) -> CountFlags {
+        match self {
+            Vendor::Intel => CountFlags::Unchanged,
+            Vendor::Amd => CountFlags::OfKept,
+        }
+    }
+
+    pub fn bcd_flags(self) -> BcdFlags {
+        match self {
+            Vendor::Intel => BcdFlags::OfAl,
+            Vendor::Amd => BcdFlags::AsArithmetic,
+        }
+    }
+}
+
+/// The family in a CPUID leaf 1 signature (SDM vol. 2, CPUID: the extended family counts
+/// only when the base family is 0Fh).
+pub fn family_of(signature: u32) -> Family {
+    let base = (signature >> 8) & 0xF;
+    if base == 0xF {
+        base + ((signature >> 20) & 0xFF)
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_from_signatures() {
+        assert_eq!(family_of(Vendor::Intel.signature()), 6);
+        assert_eq!(family_of(Vendor::Amd.signature()), 0x17);
+        // AMD EPYC 9005 (Zen 5): family 1Ah.
+        assert_eq!(family_of(0x00B0_0F21), 0x1A);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for v in [Vendor::Intel, Vendor::Amd] {
+            assert_eq!(Vendor::from_name(&v.to_string()), Some(v));
+        }
+        assert_eq!(Vendor::from_name("host"), None);
+    }
+
+    #[test]
+    fn brands_fit_cpuid() {
+        for v in [Vendor::Intel, Vendor::Amd] {
+            let b = v.brand();
+            assert_eq!(b[47], 0, "NUL-terminated");
+            assert!(b.starts_with(b"Gantry emulated x86-64 CPU ("));
+        }
+    }
+}
