@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use gantry_machine::cpu::cpuid::Vendor;
 use gantry_machine::difftest::{self, corpus, emu::EmuRunner, flagmask, gen, Mode, Runner};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -52,6 +53,13 @@ pub enum BackendArg {
     Jit,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum CpuArg {
+    Host,
+    Intel,
+    Amd,
+}
+
 #[derive(clap::Args)]
 pub struct DifftestArgs {
     /// Seed of the generated cases (the same seed makes the same cases).
@@ -83,6 +91,11 @@ pub struct DifftestArgs {
     /// Run the cases of this corpus file instead of generated ones.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "count", "mode", "set", "cpl"])]
     corpus: Option<PathBuf>,
+    /// The CPU model tested: host (the vendor of this machine's CPU, so that its silicon
+    /// is the oracle for undefined flags too), or another vendor's, to see where the two
+    /// differ.
+    #[arg(long, value_enum, default_value_t = CpuArg::Host)]
+    cpu: CpuArg,
     /// Print at most this many mismatches in full (all are counted).
     #[arg(long, default_value_t = 10)]
     max_reports: u64,
@@ -104,7 +117,12 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     };
     if args.oracle == OracleArg::Host && args.corpus.is_none() {
         if let Some(why) = difftest::host_cannot_run(mode, cpl) {
-            return Err(format!("--mode {} --cpl {cpl}: {why}", mode.name()));
+            let cpl_flag = if args.cpl == CplArg::Ring0 {
+                " --cpl 0"
+            } else {
+                ""
+            };
+            return Err(format!("--mode {}{cpl_flag}: {why}", mode.name()));
         }
     }
     let set = match args.set {
@@ -125,7 +143,11 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     // The model of the host's vendor, so that its silicon is the oracle for the flags
     // the manuals leave undefined too.
     let policy = flagmask::policy();
-    let vendor = policy.host.map(|(v, _)| v).unwrap_or_default();
+    let vendor = match args.cpu {
+        CpuArg::Host => policy.host.map(|(v, _)| v).unwrap_or_default(),
+        CpuArg::Intel => Vendor::Intel,
+        CpuArg::Amd => Vendor::Amd,
+    };
     let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit, vendor)
         .map_err(|e| format!("the sandbox guest: {e}"))?;
     let mut out = std::io::stdout().lock();
@@ -133,23 +155,44 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     let summary = if let Some(path) = &args.corpus {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("corpus {}: {e}", path.display()))?;
-        let cases = corpus::parse(&text).map_err(|e| format!("corpus {}: {e}", path.display()))?;
+        let entries =
+            corpus::parse(&text).map_err(|e| format!("corpus {}: {e}", path.display()))?;
+        let name = path.display().to_string();
+        // A case whose answer is another vendor's (or generation's) silicon says so and
+        // is left out.
+        let (cases, other): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| e.found_on.is_none_or(|f| f.holds_on(policy.host)));
+        let host = policy
+            .host
+            .map_or("of no vendor Gantry models".into(), |(v, f)| {
+                format!("{v} family {f:#x}")
+            });
+        for e in &other {
+            if let Some(f) = e.found_on {
+                let _ = writeln!(
+                    out,
+                    "SKIP {name}:{}: its answer is {f}'s, and this host is {host}",
+                    e.line
+                );
+            }
+        }
         let _ = writeln!(
             out,
-            "difftest: {} cases from {}, oracle {}, backend {}; {}",
+            "difftest: {} cases from {} ({} skipped), oracle {}, backend {}; {}",
             cases.len(),
             path.display(),
+            other.len(),
             oracle.name(),
             gantry.name(),
             policy.describe()
         );
-        let name = path.display().to_string();
         difftest::run_cases(
             &mut *oracle,
             &mut gantry,
             cases
                 .into_iter()
-                .map(|(line, c)| (format!("{name}:{line}"), c)),
+                .map(|e| (format!("{name}:{}", e.line), e.case)),
             args.max_reports,
             &mut out,
         )

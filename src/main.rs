@@ -8,15 +8,11 @@ mod difftest_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_machine::board::SerialSink;
+use gantry_machine::cpu::cpuid::{self, Vendor};
 use gantry_machine::vm::{self, AccelKind, BootSource, GdbConfig, MachineConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "gantry",
-    version,
-    about = "A full-system x86 PC emulator",
-    disable_help_subcommand = true
-)]
+#[command(name = "gantry", version, about = "A full-system x86 PC emulator")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,6 +43,24 @@ enum Accel {
     Interp,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum CpuArg {
+    Intel,
+    Amd,
+    Host,
+}
+
+/// The vendor `--cpu` names.
+fn choose_vendor(c: CpuArg) -> Result<Vendor, String> {
+    match c {
+        CpuArg::Intel => Ok(Vendor::Intel),
+        CpuArg::Amd => Ok(Vendor::Amd),
+        CpuArg::Host => cpuid::host()
+            .map(|(v, _)| v)
+            .ok_or_else(|| "--cpu host: the host CPU is not an Intel or AMD x86-64".into()),
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Kernel image: Linux bzImage, multiboot kernel, or ELF vmlinux with a PVH note.
@@ -67,6 +81,11 @@ struct RunArgs {
     /// Which CPU runs the guest.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// The CPU model: its vendor decides CPUID's identity and the flags the manuals leave
+    /// undefined (host: the vendor of the CPU Gantry runs on). Default: intel on the
+    /// emulated CPU; KVM runs the host's CPU, so there only its vendor can be asked for.
+    #[arg(long, value_enum)]
+    cpu: Option<CpuArg>,
     /// Where COM1 goes: stdio, file:PATH, or none.
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio", value_parser = parse_serial)]
     serial: SerialArg,
@@ -166,36 +185,71 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-fn read_file(role: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            _ if path.is_dir() => "is a directory".to_string(),
-            _ => e.to_string(),
-        };
-        format!("{role} {}: {why}", path.display())
-    })
+/// Reads a regular file of at most `limit` bytes: a FIFO or a device would block or never
+/// end, so they are refused before they are opened.
+fn read_file(role: &str, path: &Path, limit: u64, limit_name: &str) -> Result<Vec<u8>, String> {
+    let fail = |why: String| format!("{role} {}: {why}", path.display());
+    let io_why = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(io_why(e)))?;
+    if meta.is_dir() {
+        return Err(fail("is a directory".into()));
+    }
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(fail(format!(
+            "{} bytes, larger than {limit_name}",
+            meta.len()
+        )));
+    }
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut data))
+        .map_err(|e| fail(io_why(e)))?;
+    if data.len() as u64 > limit {
+        return Err(fail(format!("grew past {limit_name} while being read")));
+    }
+    Ok(data)
 }
 
-/// The backend `--accel` names; `auto` means KVM when usable.
-fn choose_accel(a: Accel) -> Result<AccelKind, String> {
-    Ok(match a {
+/// The largest firmware image (`--bios`): what fits below 4 GiB's top 16 MiB.
+const MAX_ROM: u64 = 16 << 20;
+
+/// The backend `--accel` names; `auto` means KVM when usable and able to be the model
+/// asked for (KVM is the host's own vendor).
+fn choose_accel(a: Accel, vendor: Option<Vendor>) -> AccelKind {
+    match a {
         Accel::Kvm => AccelKind::Kvm,
         Accel::Jit => AccelKind::Jit,
         Accel::Interp => AccelKind::Interp,
-        Accel::Auto => match vm::kvm_usable() {
-            Ok(()) => AccelKind::Kvm,
-            Err(_) => AccelKind::Interp,
-        },
-    })
+        Accel::Auto => {
+            let host = cpuid::host().map(|(v, _)| v);
+            let kvm_is_it = vendor.is_none() || vendor == host;
+            if kvm_is_it && vm::kvm_usable().is_ok() {
+                AccelKind::Kvm
+            } else {
+                AccelKind::Interp
+            }
+        }
+    }
 }
 
 fn run(args: RunArgs) -> Result<i32, String> {
+    let vendor = args.cpu.map(choose_vendor).transpose()?;
     let boot = if let Some(k) = &args.kernel {
-        let image = read_file("kernel", k)?;
+        let mem = format!("--mem ({} bytes)", args.mem);
+        let image = read_file("kernel", k, args.mem, &mem)?;
         let initrd = match &args.initrd {
-            Some(p) => Some((p.display().to_string(), read_file("initrd", p)?)),
+            Some(p) => Some((
+                p.display().to_string(),
+                read_file("initrd", p, args.mem, &mem)?,
+            )),
             None => None,
         };
         BootSource::Kernel {
@@ -207,7 +261,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     } else if let Some(b) = &args.bios {
         BootSource::Firmware {
             name: b.display().to_string(),
-            image: read_file("firmware", b)?,
+            image: read_file("firmware", b, MAX_ROM, "16 MiB")?,
         }
     } else {
         BootSource::Firmware {
@@ -226,7 +280,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let cfg = MachineConfig {
         ram_size: args.mem,
         boot,
-        accel: choose_accel(args.accel)?,
+        accel: choose_accel(args.accel, vendor),
         serial,
         console_input,
         debugcon_port: args.debugcon,
@@ -235,6 +289,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
             addr,
             wait: args.gdb_wait,
         }),
+        vendor,
     };
     let (outcome, report) = vm::run(cfg).map_err(|e| e.to_string())?;
     if let Some(m) = outcome.message() {

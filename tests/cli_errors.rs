@@ -256,3 +256,84 @@ fn help_and_version_succeed() {
     assert_eq!(r.status, Some(0));
     assert!(r.stdout.starts_with("gantry "));
 }
+
+/// Only regular files are read, and none larger than what they are for: a FIFO would block
+/// for ever and `/dev/zero` would fill host memory.
+#[test]
+fn fifos_devices_and_oversized_files_are_refused() {
+    let dir = scratch("special-files");
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: mkfifo on a NUL-terminated path of our own scratch directory.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo = fifo.display().to_string();
+    let kernel = write_file(&dir, "kernel", &[0x90; 4096]);
+    for special in [fifo.as_str(), "/dev/zero"] {
+        fails_with(
+            &["run", "--accel", "interp", "--kernel", special],
+            &[&format!("kernel {special}: not a regular file")],
+        );
+        fails_with(
+            &[
+                "run", "--accel", "interp", "--kernel", &kernel, "--initrd", special,
+            ],
+            &[&format!("initrd {special}: not a regular file")],
+        );
+        fails_with(
+            &["run", "--accel", "interp", "--bios", special],
+            &[&format!("firmware {special}: not a regular file")],
+        );
+    }
+    let big = write_file(&dir, "big", &vec![0u8; 3 << 20]);
+    fails_with(
+        &["run", "--accel", "interp", "--mem", "2M", "--kernel", &big],
+        &[
+            "kernel ",
+            "3145728 bytes, larger than --mem (2097152 bytes)",
+        ],
+    );
+    fails_with(
+        &[
+            "run", "--accel", "interp", "--mem", "2M", "--kernel", &kernel, "--initrd", &big,
+        ],
+        &["initrd ", "larger than --mem"],
+    );
+    let rom = write_file(&dir, "rom", &vec![0u8; 17 << 20]);
+    fails_with(
+        &["run", "--accel", "interp", "--bios", &rom],
+        &["firmware ", "larger than 16 MiB"],
+    );
+    fails_with(&["run", "--cpu", "via"], &["--cpu", "via"]);
+}
+
+/// A serial sink that cannot be written says so, once, and the guest still runs to its end.
+#[test]
+fn a_serial_file_that_cannot_be_written_is_reported_once() {
+    let r = gantry(
+        &["run", "--accel", "interp", "--serial", "file:/dev/full"],
+        b"",
+        T,
+    );
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let said: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("serial output"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", r.stderr);
+    assert!(
+        said[0].starts_with("gantry: serial output: "),
+        "{}",
+        said[0]
+    );
+}
+
+#[test]
+fn help_is_a_subcommand_too() {
+    let r = gantry(&["help"], b"", T);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("difftest"), "{}", r.stdout);
+    let r = gantry(&["help", "run"], b"", T);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("--cpu"), "{}", r.stdout);
+}

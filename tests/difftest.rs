@@ -71,7 +71,17 @@ fn run_at_cpl(set: &str, count: u64, mode: &str, cpl: &str, oracle: &str, backen
     ];
     let out = difftest(&args, count);
     println!("{}", out.lines().last().unwrap_or_default());
-    out.lines().next().unwrap_or_default().to_string()
+    let header = out.lines().next().unwrap_or_default().to_string();
+    // The model is the host's vendor's, and the header says whether undefined flags are
+    // compared on this host (they are not where the vendor's rules were not measured).
+    assert!(
+        header.contains(" model)") && header.contains("undefined flags"),
+        "{header}"
+    );
+    if header.contains("undefined flags not compared") {
+        eprintln!("NOTE: {header}");
+    }
+    header
 }
 
 #[test]
@@ -125,7 +135,7 @@ fn twenty_thousand_cases_per_mode_agree_with_the_host_cpu_on_the_jit() {
         for mode in ["64", "32", "16"] {
             let header = twenty_thousand_on(mode, "host", "jit");
             assert!(
-                header.contains("backend gantry (Cranelift JIT)"),
+                header.contains("backend gantry (Cranelift JIT, "),
                 "{header}"
             );
         }
@@ -339,7 +349,82 @@ fn the_regression_corpus_agrees_with_the_host_cpu() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .count() as u64;
     assert!(cases >= 35, "the corpus lost cases: {cases}");
-    difftest(&["--corpus", corpus], cases);
+    // Cases marked with the vendor (and family) they were found on run only there; the
+    // others say SKIP with the reason.
+    let first = gantry(
+        &["difftest", "--corpus", corpus, "--max-reports", "0"],
+        b"",
+        T,
+    );
+    let skipped = first
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("SKIP "))
+        .count() as u64;
+    for l in first.stdout.lines().filter(|l| l.starts_with("SKIP ")) {
+        eprintln!("{l}");
+        assert!(
+            l.contains("its answer is") && l.contains("this host is"),
+            "{l}"
+        );
+    }
+    let out = difftest(&["--corpus", corpus], cases - skipped);
+    assert!(
+        out.contains(&format!("({skipped} skipped)")),
+        "the header counts the skipped cases:\n{out}"
+    );
+}
+
+/// The vendor-specific cases can fail: on the host generation they were found on, the
+/// other vendor's model (`--cpu`) must mismatch every one of them, which shows that the
+/// undefined flags are compared there and that each case pins down a vendor rule.
+#[test]
+fn the_other_vendors_model_mismatches_the_vendor_specific_cases() {
+    let test = "the_other_vendors_model_mismatches_the_vendor_specific_cases";
+    if !host_oracle(test) {
+        return;
+    }
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/difftest/corpus.txt");
+    let text = std::fs::read_to_string(corpus).unwrap();
+    for (vendor, other) in [("amd", "intel"), ("intel", "amd")] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!(" vendor={vendor}")))
+            .collect();
+        if lines.is_empty() {
+            eprintln!("SKIP {test}: the corpus has no case found on {vendor} yet");
+            continue;
+        }
+        let dir = scratch("difftest-vendor-cases");
+        let path = dir.join(format!("{vendor}.txt"));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let path = path.display().to_string();
+        let r = gantry(
+            &[
+                "difftest",
+                "--corpus",
+                &path,
+                "--cpu",
+                other,
+                "--max-reports",
+                "0",
+            ],
+            b"",
+            T,
+        );
+        if let Some(skip) = r.stdout.lines().find(|l| l.starts_with("SKIP ")) {
+            eprintln!("SKIP {test}: the {vendor} cases need their host ({skip})");
+            continue;
+        }
+        let summary = r.stdout.lines().last().unwrap_or_default();
+        let n = lines.len();
+        assert!(
+            summary.starts_with(&format!("difftest: {n} cases, {n} mismatches")),
+            "--cpu {other} on the {vendor} cases:\n{}",
+            r.stdout
+        );
+        assert_eq!(r.status, Some(1));
+    }
 }
 
 /// The comparison can fail: RDTSC reads the host's TSC on one side and the emulated CPU's
@@ -386,12 +471,17 @@ fn bad_difftest_arguments_are_one_line_errors() {
             vec!["difftest", "--corpus", "/nonexistent/corpus"],
             "corpus",
         ),
+        (vec!["difftest", "--cpu", "via"], "--cpu"),
     ] {
         let r = gantry(&args, b"", Duration::from_secs(30));
         let lines = r.stderr_lines();
         assert_eq!(r.status, Some(2), "{args:?}: {lines:?}");
         assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
         assert!(lines[0].contains(needle), "{args:?}: {lines:?}");
+        // The message names the flags given, and only those.
+        if !args.contains(&"--cpl") {
+            assert!(!lines[0].contains("--cpl"), "{args:?}: {lines:?}");
+        }
     }
     let dir = scratch("difftest-bad-corpus");
     let path = write_file(&dir, "bad.txt", b"64 code=zz rflags=0 data=zero gpr=0\n");

@@ -63,6 +63,55 @@ fn demo_guest_reports_and_powers_off_on(accel: &str) {
     assert!(!features.contains(" apic"), "{features}");
 }
 
+/// `--cpu` changes what CPUID says: the vendor string, the signature and the brand.
+#[test]
+fn demo_guest_sees_the_cpu_model_asked_for() {
+    for (cpu, vendor, family, brand) in [
+        (
+            "intel",
+            "GenuineIntel",
+            "family 6 model 58",
+            "(Intel model)",
+        ),
+        ("amd", "AuthenticAMD", "family 23 model 49", "(AMD model)"),
+    ] {
+        let r = gantry(&["run", "--accel", "interp", "--cpu", cpu], b"", T);
+        assert_eq!(r.status, Some(0), "--cpu {cpu}: {}", r.stderr);
+        let line = |prefix: &str| {
+            r.stdout
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("--cpu {cpu}: no {prefix:?} in:\n{}", r.stdout))
+                .to_string()
+        };
+        let id = line("cpu: vendor ");
+        assert!(
+            id.contains(vendor) && id.contains(family),
+            "--cpu {cpu}: {id}"
+        );
+        assert_eq!(
+            line("cpu: brand "),
+            format!("cpu: brand Gantry emulated x86-64 CPU {brand}")
+        );
+    }
+    // Under KVM the CPU is the host's: another vendor is refused with one line.
+    if kvm_available("demo_guest_sees_the_cpu_model_asked_for") {
+        let host = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let other = if host.contains("GenuineIntel") {
+            "amd"
+        } else {
+            "intel"
+        };
+        let r = gantry(&["run", "--accel", "kvm", "--cpu", other], b"", T);
+        assert_eq!(r.status, Some(2));
+        assert!(
+            r.stderr.contains("KVM runs the host's own CPU") && r.stderr.lines().count() == 1,
+            "{}",
+            r.stderr
+        );
+    }
+}
+
 #[test]
 fn demo_guest_sees_the_memory_size_it_was_given() {
     for accel in accels("demo_guest_sees_the_memory_size_it_was_given") {

@@ -112,8 +112,8 @@ impl Board {
             rtc.borrow_mut().restore(state);
         }
         let out: Box<dyn Write> = match cfg.serial {
-            SerialSink::Stdout => Box::new(std::io::stdout()),
-            SerialSink::File(f) => Box::new(std::io::BufWriter::new(f)),
+            SerialSink::Stdout => Box::new(ReportFirstError::new(std::io::stdout())),
+            SerialSink::File(f) => Box::new(ReportFirstError::new(std::io::BufWriter::new(f))),
             SerialSink::None => Box::new(std::io::sink()),
         };
         let uart = Rc::new(RefCell::new(Uart::new(wires.line(COM1_IRQ), out)));
@@ -423,5 +423,42 @@ impl Board {
             unknown.join(", ")
         );
         let _ = writeln!(out, "unassigned MMIO accesses: {}", self.unknown_mmio);
+    }
+}
+
+/// The serial sink's writer: the UART cannot report a failed write to the guest, so the
+/// first failure (a full disk, `/dev/full`, a closed pipe) is said once on stderr, and
+/// the output goes on being attempted.
+struct ReportFirstError<W> {
+    inner: W,
+    reported: bool,
+}
+
+impl<W: Write> ReportFirstError<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            reported: false,
+        }
+    }
+
+    fn check<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            if !std::mem::replace(&mut self.reported, true) {
+                eprintln!("gantry: serial output: {e}; the guest's output is being lost");
+            }
+        }
+        r
+    }
+}
+
+impl<W: Write> Write for ReportFirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.check(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.check(r)
     }
 }

@@ -13,18 +13,19 @@ pub type Waker = Box<dyn Fn() + Send>;
 
 const CTRL_A: u8 = 0x01;
 
-/// The last SIGINT/SIGTERM received (0: none); the board turns it into a stop request.
+/// The last termination signal received (0: none); the board turns it into a stop request.
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     SIGNAL.store(sig, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Makes SIGINT and SIGTERM end the run cleanly (statistics printed, terminal restored)
-/// instead of killing the process. In raw mode Ctrl-C reaches the guest as a byte, as in
-/// QEMU; the signals still arrive from `kill`.
+/// Makes SIGINT, SIGTERM, SIGHUP (the terminal went away) and SIGQUIT end the run cleanly
+/// (statistics printed, terminal restored) instead of killing the process. In raw mode
+/// Ctrl-C and Ctrl-\\ reach the guest as bytes, as in QEMU; the signals still arrive from
+/// `kill`.
 pub fn catch_termination_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();

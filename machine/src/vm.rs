@@ -1,6 +1,7 @@
 //! A Machine: memory + board + loaded guest + accelerator, and the run loop that restarts
 //! the guest on reset.
 
+use gantry_frontend::vendor::Vendor;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Instant;
@@ -54,6 +55,9 @@ pub struct MachineConfig {
     pub no_reboot: bool,
     /// Serve gdb on this address; `wait`: before the first instruction.
     pub gdb: Option<GdbConfig>,
+    /// The CPU model's vendor as asked for; `None`: Intel on the emulated CPU, the host's
+    /// own under KVM.
+    pub vendor: Option<Vendor>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +78,8 @@ pub enum MachineError {
     Firmware { name: String, why: String },
     #[error("--accel jit: {0}; use --accel interp")]
     JitUnavailable(String),
+    #[error("--cpu {asked}: KVM runs the host's own CPU, which is {host}; use --cpu host or --accel interp")]
+    VendorUnderKvm { asked: Vendor, host: String },
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[error("{0}")]
     Kvm(#[from] crate::accel::kvm::KvmError),
@@ -324,6 +330,11 @@ fn run_accel(
     match cfg.accel {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         AccelKind::Kvm => {
+            let host = crate::cpu::cpuid::host().map(|(v, _)| v);
+            if let Some(asked) = cfg.vendor.filter(|v| Some(*v) != host) {
+                let host = host.map_or("of no vendor Gantry models".into(), |v| v.to_string());
+                return Err(MachineError::VendorUnderKvm { asked, host });
+            }
             let mut cpu = crate::accel::kvm::KvmCpu::new(&machine.memory)?;
             cpu.set_entry_state(&machine.entry)?;
             let stop = cpu.run(&mut machine.board)?;
@@ -345,6 +356,7 @@ fn run_accel(
 /// The emulated CPU for `--accel interp`, or `--accel jit` with the Cranelift tier on.
 pub fn emu_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<crate::cpu::EmuCpu, MachineError> {
     let mut cpu = crate::cpu::EmuCpu::new(&machine.entry, cfg.ram_size);
+    cpu.set_vendor(cfg.vendor.unwrap_or_default());
     if cfg.accel == AccelKind::Jit {
         cpu.enable_jit(gantry_translator::jit::HOT)
             .map_err(MachineError::JitUnavailable)?;

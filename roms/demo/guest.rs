@@ -302,6 +302,21 @@ fn long_mode() -> Result<Vec<u8>, IcedError> {
     a.mov(eax, r14d)?;
     a.and(eax, 0xF)?;
     a.call(l.print_dec)?;
+
+    // The brand string, CPUID 80000002h-80000004h (every x86-64 CPU has these leaves).
+    print(&mut a, &l, b"\r\ncpu: brand ")?;
+    for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        let at = SCRATCH + 16 * i as u64;
+        a.mov(eax, leaf)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(at), eax)?;
+        a.mov(dword_ptr(at + 4), ebx)?;
+        a.mov(dword_ptr(at + 8), ecx)?;
+        a.mov(dword_ptr(at + 12), edx)?;
+    }
+    a.mov(byte_ptr(SCRATCH + 48), 0)?;
+    a.mov(rsi, SCRATCH)?;
+    a.call(l.puts)?;
     print(&mut a, &l, b"\r\ncpu: features")?;
     let leaf1: &[(AsmRegister32, u32, &[u8])] = &[
         (r12d, 0, b" fpu"),

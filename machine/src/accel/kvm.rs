@@ -549,12 +549,31 @@ fn kvm_seg(s: &Segment) -> kvm_segment {
     }
 }
 
-/// Gantry's board has no local APIC: do not advertise one.
+/// Gantry's board has no local APIC: do not advertise one. The brand string, which KVM
+/// leaves to userspace, is the host's (the guest runs on the host's CPU).
 fn filter_cpuid(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
             e.edx &= !CPUID1_EDX_APIC;
             e.ecx &= !(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE);
+        }
+    }
+    for leaf in 0x8000_0002..=0x8000_0004u32 {
+        let host = std::arch::x86_64::__cpuid(leaf);
+        let regs = |e: &mut kvm_bindings::kvm_cpuid_entry2| {
+            (e.eax, e.ebx, e.ecx, e.edx) = (host.eax, host.ebx, host.ecx, host.edx);
+        };
+        match cpuid.as_mut_slice().iter_mut().find(|e| e.function == leaf) {
+            Some(e) => regs(e),
+            None => {
+                let mut e = kvm_bindings::kvm_cpuid_entry2 {
+                    function: leaf,
+                    ..Default::default()
+                };
+                regs(&mut e);
+                // A full table keeps its entries; the brand is then left empty.
+                let _ = cpuid.push(e);
+            }
         }
     }
 }

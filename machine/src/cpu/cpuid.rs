@@ -6,7 +6,7 @@
 //! (vendor string, signature, brand) comes from [`Vendor`]; the features are the same for
 //! both, since they are what the lifter implements.
 
-use gantry_frontend::vendor::{family_of, Family, Vendor};
+pub use gantry_frontend::vendor::{family_of, Family, Vendor};
 
 // CPUID.1:EDX
 const FPU: u32 = 1 << 0;

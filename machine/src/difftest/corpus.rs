@@ -2,8 +2,58 @@
 //! for reports: `<mode> code=<hex> rflags=<hex> data=zero|seed:<hex> gpr=<16 hex values>`,
 //! then `cpl=0` for ring-0 code outside real mode, and `xmm=<16 hex values>` when any
 //! XMM register starts non-zero. Lines starting with `#` and blank lines are comments.
+//!
+//! A corpus line may end with `vendor=amd` or `vendor=amd:1a` (vendor, and family in
+//! hex): the host the case was found on, when its expected answer is that vendor's (or
+//! that generation's) own, as undefined flags are. It then runs only on such a host.
+
+use gantry_frontend::vendor::{Family, Vendor};
 
 use super::{Case, DataInit, Mode};
+
+/// Where a corpus case's expected answer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FoundOn {
+    pub vendor: Vendor,
+    pub family: Option<Family>,
+}
+
+impl FoundOn {
+    /// Whether a host of this vendor and family gives the case's answer.
+    pub fn holds_on(&self, host: Option<(Vendor, Family)>) -> bool {
+        host.is_some_and(|(v, f)| v == self.vendor && self.family.is_none_or(|g| g == f))
+    }
+
+    fn parse(value: &str) -> Result<FoundOn, String> {
+        let (v, f) = match value.split_once(':') {
+            Some((v, f)) => (v, Some(f)),
+            None => (value, None),
+        };
+        let vendor =
+            Vendor::from_name(v).ok_or_else(|| format!("vendor '{v}' is not intel or amd"))?;
+        let family = f
+            .map(|f| u32::from_str_radix(f, 16).map_err(|_| format!("family '{f}' is not hex")))
+            .transpose()?;
+        Ok(FoundOn { vendor, family })
+    }
+}
+
+impl std::fmt::Display for FoundOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.family {
+            Some(g) => write!(f, "{} family {g:#x}", self.vendor),
+            None => write!(f, "{}", self.vendor),
+        }
+    }
+}
+
+/// One line of a corpus.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub line: usize,
+    pub case: Case,
+    pub found_on: Option<FoundOn>,
+}
 
 pub fn format_case(c: &Case) -> String {
     let code: String = c.code.iter().map(|b| format!("{b:02x}")).collect();
@@ -30,6 +80,10 @@ pub fn format_case(c: &Case) -> String {
 
 /// Parses one case line; the error names what is wrong.
 pub fn parse_case(line: &str) -> Result<Case, String> {
+    parse_line(line).map(|(c, _)| c)
+}
+
+fn parse_line(line: &str) -> Result<(Case, Option<FoundOn>), String> {
     let mut words = line.split_whitespace();
     let mode = match words.next() {
         Some(w) => Mode::ALL.into_iter().find(|m| m.name() == w),
@@ -42,6 +96,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
     let (mut code, mut rflags, mut data, mut gpr) = (None, None, None, None);
     let mut xmm = [0u128; 16];
     let mut cpl = mode.default_cpl();
+    let mut found_on = None;
     let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not hex"));
     for w in words {
         let (key, value) = w
@@ -91,6 +146,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
                     _ => return Err(format!("cpl={value} in {}", mode.describe())),
                 }
             }
+            "vendor" => found_on = Some(FoundOn::parse(value)?),
             _ => return Err(format!("unknown field '{key}'")),
         }
     }
@@ -98,7 +154,7 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
     if code.is_empty() || code.len() > super::layout::MAX_SNIPPET {
         return Err(format!("code is {} bytes (1..=256)", code.len()));
     }
-    Ok(Case {
+    let case = Case {
         mode,
         code,
         rflags: rflags.ok_or("no rflags=")?,
@@ -106,17 +162,22 @@ pub fn parse_case(line: &str) -> Result<Case, String> {
         gpr: gpr.ok_or("no gpr=")?,
         xmm,
         cpl,
-    })
+    };
+    Ok((case, found_on))
 }
 
 /// The cases of a corpus file's text, with their line numbers.
-pub fn parse(text: &str) -> Result<Vec<(usize, Case)>, String> {
+pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .map(|(n, l)| {
-            parse_case(l)
-                .map(|c| (n + 1, c))
+            parse_line(l)
+                .map(|(case, found_on)| Entry {
+                    line: n + 1,
+                    case,
+                    found_on,
+                })
                 .map_err(|e| format!("line {}: {e}", n + 1))
         })
         .collect()
@@ -178,5 +239,27 @@ mod tests {
         assert!(e.contains("2 values"), "{e}");
         let e = parse("# c\n\n64 code=90 rflags=0 data=zero\n").unwrap_err();
         assert!(e.starts_with("line 3: no gpr"), "{e}");
+        let e = parse_case("64 code=90 rflags=0 data=zero vendor=via").unwrap_err();
+        assert!(e.contains("not intel or amd"), "{e}");
+    }
+
+    #[test]
+    fn vendor_specific_cases_run_only_where_found() {
+        let gpr = "gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0";
+        let text = format!(
+            "64 code=90 rflags=0 data=zero {gpr}\n\
+             64 code=90 rflags=0 data=zero {gpr} vendor=amd\n\
+             64 code=90 rflags=0 data=zero {gpr} vendor=amd:1a\n"
+        );
+        let e = parse(&text).unwrap();
+        assert_eq!(e[0].found_on, None);
+        let amd = e[1].found_on.unwrap();
+        let zen5 = e[2].found_on.unwrap();
+        assert!(amd.holds_on(Some((Vendor::Amd, 0x19))));
+        assert!(!amd.holds_on(Some((Vendor::Intel, 6))));
+        assert!(!amd.holds_on(None));
+        assert!(zen5.holds_on(Some((Vendor::Amd, 0x1A))));
+        assert!(!zen5.holds_on(Some((Vendor::Amd, 0x19))));
+        assert_eq!(zen5.to_string(), "amd family 0x1a");
     }
 }
