@@ -14,6 +14,7 @@ use gantry_machine::board::{Board, BoardConfig, SerialSink};
 use gantry_machine::boot::tables::{write_gdt, write_identity_paging};
 use gantry_machine::boot::EntryState;
 use gantry_machine::console::HostConsole;
+use gantry_machine::cpu::cpuid::Vendor;
 use gantry_machine::cpu::EmuCpu;
 use gantry_machine::memory::GuestMemory;
 use iced_x86::code_asm::*;
@@ -97,8 +98,18 @@ pub fn run(
     setup: impl Fn(&mut CpuState, &mut GuestMemory),
     code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> Done {
-    let interp = run_on(mode, &setup, &code, false);
-    let jit = run_on(mode, &setup, &code, true);
+    run_as(Vendor::default(), mode, setup, code)
+}
+
+/// [`run`] on a model of `vendor`.
+pub fn run_as(
+    vendor: Vendor,
+    mode: Mode,
+    setup: impl Fn(&mut CpuState, &mut GuestMemory),
+    code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Done {
+    let interp = run_on(vendor, mode, &setup, &code, false);
+    let jit = run_on(vendor, mode, &setup, &code, true);
     assert_eq!(interp.cpu, jit.cpu, "the JIT ends in another state");
     assert_eq!(
         format!("{:?}", interp.stop),
@@ -117,6 +128,7 @@ pub fn run(
 }
 
 fn run_on(
+    vendor: Vendor,
     mode: Mode,
     setup: &impl Fn(&mut CpuState, &mut GuestMemory),
     code: &impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
@@ -198,6 +210,7 @@ fn run_on(
     )
     .unwrap();
     let mut cpu = EmuCpu::new(&entry, RAM);
+    cpu.set_vendor(vendor);
     if jit {
         cpu.enable_jit(1).unwrap();
     }
