@@ -598,8 +598,8 @@ impl Lift<'_> {
         };
         let out = self.b.select(cz, a, r);
         self.write_place(p, out);
-        // Flags computed eagerly (SHRD's OF is the sign change, which no lazy kind gives);
-        // a zero count changes nothing.
+        // Flags computed eagerly (no lazy kind gives these OF rules); a zero count changes
+        // nothing.
         let [z, s, pf] = self.zsp_bits(r);
         let f_before = self.b.rflags();
         let af = self
