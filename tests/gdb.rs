@@ -212,7 +212,8 @@ fn debug_kernel(
 
 /// The test kernel: counts three calls of `work`, prints `message`, and leaves through
 /// the debug-exit port with EAX from `compute` (exit status (EAX << 1) | 1). `start`
-/// replaces that with a jump: to `spin` (forever), `fault_test` (#UD through an IDT) or
+/// replaces that with a jump: to `spin` (forever), `halt_test` (HLT with interrupts off,
+/// at `halt_here`), `fault_test` (#UD through an IDT) or
 /// `dr_test` (the kernel's own instruction breakpoint on `work`, DR0, counted by its #DB
 /// handler, which returns with RF set).
 const KERNEL: &str = r#"
@@ -253,6 +254,11 @@ print_message:
 3:  ret
 spin:
     jmp spin
+halt_test:
+    cli
+halt_here:
+    hlt
+    jmp main
 fault_test:
     mov eax, offset ud_handler
     mov word ptr [idt + 6 * 8], ax
@@ -654,6 +660,63 @@ continue
 
 on_both_cpus!(addresses_outside_memory_give_errors_not_crashes: gdb_addresses_outside_memory_give_errors_not_crashes, gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm);
 
+/// A CPU halted with interrupts off waits under gdb instead of ending the run: gdb's
+/// Ctrl-C stops it, and moving its PC wakes it there.
+fn a_halted_cpu_waits_for_gdb(cpu: Cpu) {
+    let Debugged {
+        gdb: out,
+        status,
+        stdout,
+        stderr,
+    } = debug_kernel(
+        "gdb-halt",
+        cpu,
+        Some("halt_test"),
+        "\
+break halt_here
+continue
+stepi
+continue
+set $pc = main
+stepi
+info registers eip
+continue
+",
+        Some(Duration::from_secs(3)),
+    );
+    assert!(out.contains("Breakpoint 1, 0x"), "{out}");
+    // The step over HLT ends after it; the continue then waits until Ctrl-C.
+    assert!(out.contains("Program received signal SIGINT"), "{out}");
+    assert!(!out.contains("W03") && !stderr.contains("halted with interrupts disabled"));
+    // From main the kernel runs to its end: the step executed `mov ecx, 3`.
+    assert!(out.contains("main+5"), "{out}");
+    assert!(out.contains("exited with code 013"), "{out}");
+    assert!(stdout.contains("Hello from the test kernel"), "{stdout}");
+    assert_eq!(status, Some(11), "{stderr}");
+}
+
+#[test]
+fn gdb_a_halted_cpu_waits_for_gdb() {
+    a_halted_cpu_waits_for_gdb(Cpu::Interp);
+}
+
+#[test]
+fn gdb_a_halted_cpu_waits_for_gdb_on_kvm() {
+    let test = "gdb_a_halted_cpu_waits_for_gdb_on_kvm";
+    if !Cpu::Kvm.available(test) {
+        return;
+    }
+    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+        eprintln!(
+            "SKIP {test}: this host's KVM is software-assisted ({kind}); it ends a single \
+             step over HLT with a debug trap and no HLT exit, so the vCPU is not known to \
+             be halted and the next continue runs on"
+        );
+        return;
+    }
+    a_halted_cpu_waits_for_gdb(Cpu::Kvm);
+}
+
 fn step_of_a_faulting_instruction_ends_in_the_handler(cpu: Cpu) {
     let Debugged {
         gdb: out,
@@ -726,4 +789,74 @@ continue
     assert!(out.contains("dr6 ffff0ff1  dr7 1\n"), "{out}");
     assert!(out.contains("exited with code 013"), "{out}");
     assert_eq!(status, Some(11), "{stderr}");
+}
+
+/// Sends one packet and returns the reply's body, checking its framing and checksum, with
+/// its run-length encoding undone.
+fn exchange(s: &mut std::net::TcpStream, body: &str) -> String {
+    use std::io::{Read, Write};
+    let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    write!(s, "${body}#{sum:02x}").expect("send");
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    // Acks, then `$`, the body, `#` and two checksum digits.
+    loop {
+        s.read_exact(&mut byte).expect("reply");
+        if byte[0] == b'$' {
+            break;
+        }
+        assert_eq!(byte[0], b'+', "before the reply: {:?}", byte[0] as char);
+    }
+    loop {
+        s.read_exact(&mut byte).expect("reply");
+        if byte[0] == b'#' {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    let mut cs = [0u8; 2];
+    s.read_exact(&mut cs).expect("checksum");
+    let want = reply.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    assert_eq!(std::str::from_utf8(&cs).unwrap(), format!("{want:02x}"));
+    s.write_all(b"+").expect("ack");
+    // Run-length encoding: `X*n` is X and then (n - 29) more of it.
+    let mut out = String::new();
+    let mut it = reply.iter().copied();
+    while let Some(b) = it.next() {
+        if b == b'*' {
+            let last = out.chars().last().expect("a run follows a character");
+            let n = it.next().expect("run length") as usize - 29;
+            out.extend(std::iter::repeat_n(last, n));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// An `m` longer than the packet buffer (gdb never sends one; a raw client may) is still
+/// answered with one well-formed reply: the bytes up to the first unreadable one, or an
+/// error alone when there are none.
+#[test]
+fn gdb_an_oversize_memory_read_gets_a_well_formed_reply() {
+    let dir = common::scratch("gdb-oversize-m");
+    let elf = kernel(&dir, None);
+    let path = elf.to_str().expect("scratch path is UTF-8");
+    let server = Server::start(&["--accel", "interp", "--kernel", path, "--mem", "16M"]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    // 6 KiB of RAM below 16 MiB, then 6 KiB past its end: a short read.
+    let reply = exchange(&mut s, "mffe800,3000");
+    assert!(reply.bytes().all(|b| b.is_ascii_hexdigit()), "{reply}");
+    assert_eq!(reply.len(), 2 * 0x1800);
+    // Nothing readable: an error and nothing else.
+    let reply = exchange(&mut s, "md0000000,3000");
+    assert!(reply.starts_with('E') && reply.len() == 3, "{reply}");
+    // An ordinary read still works.
+    assert_eq!(exchange(&mut s, "m100000,4"), "02b0ad1b");
+    // `k` has no reply: the stub ends the run.
+    std::io::Write::write_all(&mut s, b"$k#6b").expect("send k");
+    let (status, _, stderr) = server.finish();
+    assert_eq!(status, Some(0), "{stderr}");
 }

@@ -409,6 +409,12 @@ impl KvmCpu {
                 return Ok(KvmStop::Slice);
             }
             if self.halted && !self.wait_in_halt(board) {
+                if until.is_some() {
+                    // Under a debugger (slices) the vCPU waits, as a halted CPU does: gdb
+                    // can interrupt it, or move RIP (which wakes it).
+                    board.wait_for_event();
+                    return Ok(KvmStop::Slice);
+                }
                 return Ok(KvmStop::Stopped(CpuStop::HaltedForever { rip: self.rip() }));
             }
             self.inject_interrupts(board)?;

@@ -363,6 +363,12 @@ impl EmuCpu {
                     if board.event_pending() {
                         continue;
                     }
+                    if self.debug.is_some() {
+                        // Under a debugger the CPU waits, as a halted CPU does: gdb can
+                        // interrupt it, or move RIP (which wakes it).
+                        board.wait_for_event();
+                        return Ok(DebugStop::Slice);
+                    }
                     return Err(CpuStop::HaltedForever {
                         rip: self.state.rip,
                     });

@@ -50,6 +50,22 @@ use regs::Layout;
 /// How long a halted guest sleeps before the stub looks at its connection again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// The stub's packet buffer (gdbstub's default, set explicitly because reads depend on it:
+/// see [`OversizeRead`]).
+const PACKET_SIZE: usize = 4096;
+
+/// gdbstub answers an `m` longer than its packet buffer in buffer-sized chunks within one
+/// reply, so an error from a later chunk would follow data already sent (a malformed
+/// reply), and data after an unreadable gap would land at the wrong addresses. gdb itself
+/// never asks for more than half a packet (the reply is hex), so a read longer than that
+/// is such a chunk; the read that starts where it ended continues the same request.
+#[derive(Clone, Copy, Debug)]
+struct OversizeRead {
+    next: u64,
+    /// An earlier chunk came up short: the later ones add nothing (a short read).
+    stopped: bool,
+}
+
 /// The machine and CPU a gdb session drives, rebuilt in place on a guest reset.
 pub struct Session {
     cfg: MachineConfig,
@@ -73,6 +89,8 @@ pub struct Session {
     /// at that instruction instead of reporting it again. None after a reset, so a
     /// breakpoint at the new entry point stops the guest.
     stopped_at: Option<u64>,
+    /// The `m` request being answered in chunks, if any.
+    oversize_read: Option<OversizeRead>,
 }
 
 impl Session {
@@ -93,6 +111,7 @@ impl Session {
             stepping: false,
             failed: None,
             stopped_at: None,
+            oversize_read: None,
         };
         s.machine.board.set_max_wait(Some(POLL));
         s.apply_debug().map_err(MachineError::Gdb)?;
@@ -304,7 +323,10 @@ fn debug_connection(
     session.stepping = false;
     session.stopped_at = Some(session.cpu.state().linear_rip());
     session.apply_debug().map_err(MachineError::Gdb)?;
-    let gdb = GdbStub::new(stream);
+    let gdb = GdbStub::builder(stream)
+        .packet_buffer_size(PACKET_SIZE)
+        .build()
+        .map_err(|e| MachineError::Gdb(format!("gdb stub: {e:?}")))?;
     match gdb.run_blocking::<EventLoop>(session) {
         Ok(DisconnectReason::Disconnect) => Ok(None),
         Ok(DisconnectReason::Kill) => Ok(Some(RunOutcome::Quit)),
@@ -457,9 +479,15 @@ impl SingleThreadBase for Session {
 
     fn write_registers(&mut self, regs: &RegBytes) -> TargetResult<(), Self> {
         let layout = self.layout;
-        let written = self
-            .cpu
-            .write_state(|s| regs::deserialize(layout, s, &regs.bytes));
+        let written = self.cpu.write_state(|s| {
+            let rip = s.rip;
+            let r = regs::deserialize(layout, s, &regs.bytes);
+            // A halted CPU that gdb moves elsewhere runs from there (as QEMU's gdbstub).
+            if s.rip != rip {
+                s.halted = false;
+            }
+            r
+        });
         match written {
             Ok(Ok(())) => {}
             Ok(Err(regs::Refused(why))) => {
@@ -477,9 +505,11 @@ impl SingleThreadBase for Session {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        let continuing = self.oversize_read.take().filter(|r| r.next == start);
+        let stopped = continuing.is_some_and(|r| r.stopped);
         // Page by page; stop at the first unmapped one (gdb then shows the error).
         let mut done = 0usize;
-        while done < data.len() {
+        while !stopped && done < data.len() {
             let linear = start.wrapping_add(done as u64);
             let Some(phys) = self.translate(linear) else {
                 break;
@@ -495,7 +525,13 @@ impl SingleThreadBase for Session {
             }
             done += n;
         }
-        if done == 0 && !data.is_empty() {
+        if data.len() > PACKET_SIZE / 2 {
+            self.oversize_read = Some(OversizeRead {
+                next: start.wrapping_add(data.len() as u64),
+                stopped: stopped || done < data.len(),
+            });
+        }
+        if done == 0 && !data.is_empty() && continuing.is_none() {
             return Err(TargetError::NonFatal);
         }
         self.cpu.hide_planted(start, &mut data[..done]);
