@@ -116,6 +116,45 @@ pub enum CmpsOrder {
     SourceFirst,
 }
 
+/// POPA/POPAD faulting on one of its reads (defined behaviour that differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PopaFault {
+    /// No register changes: all eight are read before any is written.
+    Atomic,
+    /// The registers popped before the faulting read keep their new values (ESP does
+    /// not change).
+    KeepsPopped,
+}
+
+/// How much MOVSXD with a 16-bit operand size reads from memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Movsxd16Read {
+    /// A word, as the SDM gives the form (MOVSXD r16, r/m16).
+    Word,
+    /// A doubleword, of which the low word is kept: an access that the word would not make
+    /// can fault.
+    Doubleword,
+}
+
+/// Which modes SYSCALL and SYSENTER work in (outside them they raise #UD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastCalls {
+    /// SYSCALL only in 64-bit mode; SYSENTER/SYSEXIT in every protected mode, long mode
+    /// included.
+    Intel,
+    /// SYSCALL in 64-bit and compatibility mode; SYSENTER/SYSEXIT not in long mode.
+    Amd,
+}
+
+/// SYSRET to 64-bit code with a non-canonical RCX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysretNonCanonical {
+    /// #GP(0) at CPL 0, before anything changes.
+    FaultsInRing0,
+    /// The return completes, and the fetch at RCX faults (#GP(0)) at CPL 3.
+    FaultsInRing3,
+}
+
 /// Everything the lifter and CPUID need to know of a vendor.
 impl Vendor {
     /// Parses a `--cpu` value (other than `host`, which [`Vendor::host`] answers).
@@ -168,6 +207,39 @@ impl Vendor {
             // BSF/BSR's flags, computed LZCNT's from the result and read CMPS's
             // destination first, so the generations differ and only this one is claimed.
             Vendor::Amd => &[0x1A],
+        }
+    }
+
+    pub fn popa_fault(self) -> PopaFault {
+        match self {
+            Vendor::Intel => PopaFault::Atomic,
+            Vendor::Amd => PopaFault::KeepsPopped,
+        }
+    }
+
+    pub fn movsxd16_read(self) -> Movsxd16Read {
+        match self {
+            Vendor::Intel => Movsxd16Read::Word,
+            Vendor::Amd => Movsxd16Read::Doubleword,
+        }
+    }
+
+    /// From the manuals (Intel SDM, SYSCALL/SYSENTER; AMD APM vol. 3): privileged, so
+    /// difftest (at CPL 3) does not reach them; `machine/tests/vendor_model.rs` checks
+    /// the model against the manuals.
+    pub fn fast_calls(self) -> FastCalls {
+        match self {
+            Vendor::Intel => FastCalls::Intel,
+            Vendor::Amd => FastCalls::Amd,
+        }
+    }
+
+    /// From the manuals (Intel SDM, SYSRET; AMD APM vol. 3): the difference behind
+    /// CVE-2012-0217.
+    pub fn sysret_non_canonical(self) -> SysretNonCanonical {
+        match self {
+            Vendor::Intel => SysretNonCanonical::FaultsInRing0,
+            Vendor::Amd => SysretNonCanonical::FaultsInRing3,
         }
     }
 

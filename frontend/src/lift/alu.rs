@@ -8,7 +8,9 @@ use super::{Flow, Lift};
 use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
 use crate::state::{AF, ARITH_FLAGS, CF, DF, OF, ZF};
-use crate::vendor::{BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, MulFlags, ShiftAf, ShrOf};
+use crate::vendor::{
+    BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, Movsxd16Read, MulFlags, ShiftAf, ShrOf,
+};
 
 impl Lift<'_> {
     pub(super) fn alu(&mut self) -> Option<Flow> {
@@ -32,7 +34,17 @@ impl Lift<'_> {
             M::Movzx | M::Movsx | M::Movsxd => {
                 let dty = self.op_ty(0);
                 let sty = self.op_ty(1);
-                let v = self.read_op(1, sty);
+                let wide_read = m == M::Movsxd
+                    && dty == Ty::I16
+                    && self.ins.op1_kind() == OpKind::Memory
+                    && self.mode.vendor.movsxd16_read() == Movsxd16Read::Doubleword;
+                let v = if wide_read {
+                    let a = self.mem_address();
+                    let d = self.load_operand(Ty::I32, a);
+                    self.b.trunc(Ty::I16, d)
+                } else {
+                    self.read_op(1, sty)
+                };
                 let v = if m == M::Movzx {
                     self.b.zext(dty, v)
                 } else {

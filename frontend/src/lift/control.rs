@@ -8,6 +8,7 @@ use super::operands::seg_index;
 use super::{Flow, Lift};
 use crate::ir::*;
 use crate::state::{RBP, SS};
+use crate::vendor::PopaFault;
 
 impl Lift<'_> {
     fn code_name(&self) -> String {
@@ -296,15 +297,24 @@ impl Lift<'_> {
                     ]
                 };
                 let sp = self.read_sp();
+                // A register written before a later read faults keeps its new value.
+                let at_once = self.mode.vendor.popa_fault() == PopaFault::KeepsPopped;
                 let mut loaded = Vec::new();
-                for i in 0..8u64 {
-                    let at = self.b.bin_imm(BinOp::Add, sp, i * bytes as u64);
+                for (i, r) in regs.iter().enumerate() {
+                    let at = self.b.bin_imm(BinOp::Add, sp, i as u64 * bytes as u64);
                     let a = self.linear(SS, at);
-                    loaded.push(self.load_mem(SS, Ty::from_bytes(bytes), a));
+                    let v = self.load_mem(SS, Ty::from_bytes(bytes), a);
+                    if at_once {
+                        if *r != Register::None {
+                            self.write_gpr(*r, v);
+                        }
+                    } else {
+                        loaded.push((*r, v));
+                    }
                 }
-                for (r, v) in regs.iter().zip(loaded) {
-                    if *r != Register::None {
-                        self.write_gpr(*r, v);
+                for (r, v) in loaded {
+                    if r != Register::None {
+                        self.write_gpr(r, v);
                     }
                 }
                 let nsp = self.b.bin_imm(BinOp::Add, sp, 8 * bytes as u64);

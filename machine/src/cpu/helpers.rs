@@ -10,6 +10,7 @@ use gantry_frontend::lift::{sse_operand, SseOperand};
 use gantry_frontend::sse;
 use gantry_frontend::sse_fp;
 use gantry_frontend::state::*;
+use gantry_frontend::vendor::{FastCalls, SysretNonCanonical};
 use gantry_translator::{Exception, Host};
 
 use super::access::Ctx;
@@ -975,8 +976,15 @@ impl Ctx<'_> {
         Ok(result.unwrap_or(0))
     }
 
+    /// SYSCALL and SYSRET exist in 64-bit mode, and on AMD in compatibility mode too.
+    fn syscall_mode_ok(&self, cpu: &CpuState) -> bool {
+        cpu.efer & EFER_SCE != 0
+            && cpu.long_mode()
+            && (cpu.mode64() || self.vendor.fast_calls() == FastCalls::Amd)
+    }
+
     fn syscall(&mut self, cpu: &mut CpuState, next: u64) -> Result<(), Exception> {
-        if cpu.efer & EFER_SCE == 0 || !cpu.long_mode() {
+        if !self.syscall_mode_ok(cpu) {
             // Legacy-mode SYSCALL (AMD only) is not part of this CPU model.
             return Err(UD);
         }
@@ -1009,6 +1017,7 @@ impl Ctx<'_> {
 
     /// SYSENTER: flat ring-0 CS/SS from IA32_SYSENTER_CS, RIP/RSP from the MSRs.
     fn sysenter(&mut self, cpu: &mut CpuState) -> Result<(), Exception> {
+        self.sysenter_mode_ok(cpu)?;
         let sel = (cpu.msr.sysenter_cs & 0xFFFC) as u16;
         if !cpu.protected() || sel == 0 {
             return Err(gp0());
@@ -1036,7 +1045,17 @@ impl Ctx<'_> {
     }
 
     /// SYSEXIT: back to ring 3 at RDX with RSP = RCX (64-bit with REX.W).
+    /// AMD CPUs have no SYSENTER/SYSEXIT in long mode.
+    fn sysenter_mode_ok(&self, cpu: &CpuState) -> Result<(), Exception> {
+        if cpu.long_mode() && self.vendor.fast_calls() == FastCalls::Amd {
+            Err(UD)
+        } else {
+            Ok(())
+        }
+    }
+
     fn sysexit(&mut self, cpu: &mut CpuState, bytes: u64) -> Result<(), Exception> {
+        self.sysenter_mode_ok(cpu)?;
         let base = (cpu.msr.sysenter_cs & 0xFFFC) as u16;
         if !cpu.protected() || cpu.v86() || base == 0 || cpu.cpl() != 0 {
             return Err(gp0());
@@ -1067,13 +1086,17 @@ impl Ctx<'_> {
     }
 
     fn sysret(&mut self, cpu: &mut CpuState, bytes: u64) -> Result<(), Exception> {
-        if cpu.efer & EFER_SCE == 0 || !cpu.long_mode() {
+        if !self.syscall_mode_ok(cpu) {
             return Err(UD);
         }
         require_cpl0(cpu)?;
         let base = ((cpu.msr.star >> 48) & 0xFFFF) as u16;
         let to64 = bytes == 8;
-        if to64 && !canonical(cpu.gpr[RCX]) {
+        // Otherwise the return completes and the fetch at RCX takes the #GP at CPL 3.
+        if to64
+            && !canonical(cpu.gpr[RCX])
+            && self.vendor.sysret_non_canonical() == SysretNonCanonical::FaultsInRing0
+        {
             return Err(gp0());
         }
         let (cs_sel, cs_attr, rip) = if to64 {

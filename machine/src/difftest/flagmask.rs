@@ -25,26 +25,26 @@ use crate::cpu::cpuid;
 pub struct Policy {
     /// The host's vendor and family, where it has one Gantry models.
     pub host: Option<(Vendor, Family)>,
-    pub compare_undefined: bool,
+    /// The model's vendor rules were measured on the host's generation: undefined flags
+    /// are compared and the vendor-specific forms generated.
+    pub measured: bool,
 }
 
 impl Policy {
     pub fn for_host(host: Option<(Vendor, Family)>) -> Policy {
-        let compare_undefined =
-            host.is_some_and(|(vendor, family)| vendor.measured_on().contains(&family));
-        Policy {
-            host,
-            compare_undefined,
-        }
+        let measured = host.is_some_and(|(vendor, family)| vendor.measured_on().contains(&family));
+        Policy { host, measured }
     }
 
     /// For the header: what of the flags is compared.
     pub fn describe(&self) -> String {
-        match (self.host, self.compare_undefined) {
-            (Some((v, f)), true) => format!("undefined flags compared ({v} family {f:#x})"),
+        match (self.host, self.measured) {
+            (Some((v, f)), true) => {
+                format!("undefined flags and vendor forms compared ({v} family {f:#x})")
+            }
             (Some((v, f)), false) => format!(
-                "undefined flags not compared: the {v} model's were not measured on family \
-                 {f:#x} (measured on: {})",
+                "undefined flags and vendor forms not compared: the {v} model's rules were \
+                 not measured on family {f:#x} (measured on: {})",
                 families(v)
             ),
             (None, _) => "undefined flags not compared: no model of the host's vendor".into(),
@@ -99,7 +99,7 @@ const SHIFTS: &[Mnemonic] = &[
 
 /// The undefined flags of `i` that `policy` masks (iced's bits).
 fn masked(policy: Policy, i: &Instruction) -> u32 {
-    if policy.compare_undefined {
+    if policy.measured {
         0
     } else {
         i.rflags_undefined()
