@@ -860,3 +860,28 @@ fn gdb_an_oversize_memory_read_gets_a_well_formed_reply() {
     let (status, _, stderr) = server.finish();
     assert_eq!(status, Some(0), "{stderr}");
 }
+
+/// An `M` whose length does not match its data is refused; a matching one is written.
+#[test]
+fn gdb_a_memory_write_of_the_wrong_length_is_refused() {
+    let dir = common::scratch("gdb-bad-M");
+    let elf = kernel(&dir, None);
+    let path = elf.to_str().expect("scratch path is UTF-8");
+    let server = Server::start(&["--accel", "interp", "--kernel", path, "--mem", "16M"]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for (packet, want) in [
+        ("M200000,4:abcd", "E"),
+        ("M200000,1:abcd", "E"),
+        ("M200000,2:abcd", "OK"),
+    ] {
+        let reply = exchange(&mut s, packet);
+        assert!(reply.starts_with(want), "{packet}: {reply}");
+    }
+    // Only the matching write landed.
+    assert_eq!(exchange(&mut s, "m200000,4"), "abcd0000");
+    std::io::Write::write_all(&mut s, b"$k#6b").expect("send k");
+    let (status, _, stderr) = server.finish();
+    assert_eq!(status, Some(0), "{stderr}");
+}

@@ -8,6 +8,7 @@
 //! a run are reported to gdb as the inferior exiting with Gantry's exit status.
 
 mod backend;
+mod conn;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod kvm_target;
 mod monitor;
@@ -91,6 +92,8 @@ pub struct Session {
     stopped_at: Option<u64>,
     /// The `m` request being answered in chunks, if any.
     oversize_read: Option<OversizeRead>,
+    /// What the connection saw of the packet being handled.
+    packet_check: conn::PacketCheck,
 }
 
 impl Session {
@@ -112,6 +115,7 @@ impl Session {
             failed: None,
             stopped_at: None,
             oversize_read: None,
+            packet_check: conn::PacketCheck::default(),
         };
         s.machine.board.set_max_wait(Some(POLL));
         s.apply_debug().map_err(MachineError::Gdb)?;
@@ -323,6 +327,7 @@ fn debug_connection(
     session.stepping = false;
     session.stopped_at = Some(session.cpu.state().linear_rip());
     session.apply_debug().map_err(MachineError::Gdb)?;
+    let stream = conn::CheckedStream::new(stream, session.packet_check.clone());
     let gdb = GdbStub::builder(stream)
         .packet_buffer_size(PACKET_SIZE)
         .build()
@@ -348,7 +353,7 @@ enum EventLoop {}
 
 impl BlockingEventLoop for EventLoop {
     type Target = Session;
-    type Connection = TcpStream;
+    type Connection = conn::CheckedStream;
     type StopReason = SingleThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
@@ -539,6 +544,9 @@ impl SingleThreadBase for Session {
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        if self.packet_check.bad_write_length() {
+            return Err(TargetError::NonFatal);
+        }
         let mut done = 0usize;
         while done < data.len() {
             let linear = start.wrapping_add(done as u64);
