@@ -1,7 +1,7 @@
 //! Control flow and the stack: jumps, calls, returns, loops, PUSH/POP and their variants,
 //! software interrupts, and the far transfers (through helpers, which load descriptors).
 
-use iced_x86::{Mnemonic as M, OpKind, Register};
+use iced_x86::{MemorySize, Mnemonic as M, OpKind, Register};
 
 use super::alu::cond_of;
 use super::operands::seg_index;
@@ -11,31 +11,30 @@ use crate::state::{RBP, SS};
 use crate::vendor::PopaFault;
 
 impl Lift<'_> {
-    fn code_name(&self) -> String {
-        format!("{:?}", self.ins.code())
-    }
-
-    /// Operand size in bytes encoded in a far-transfer form's name (1616, 1632, 1664).
-    fn far_bytes(&self) -> u64 {
-        let n = self.code_name();
-        if n.contains("1664") {
-            8
-        } else if n.contains("1632") {
-            4
-        } else {
-            2
-        }
-    }
-
-    /// Operand size from a w/d/q suffix (RETF, IRET, LEAVE, PUSHF, ...).
-    fn suffix_bytes(&self) -> u32 {
-        let n = self.code_name();
-        let stem = n.split('_').next().unwrap_or("").to_string();
-        match stem.chars().last() {
-            Some('q') => 8,
-            Some('d') => 4,
+    /// The form's operand size in bytes (iced's operand data: 16, 32 or 64 bits), which
+    /// sizes the offset of a far transfer and the stack slots of RETF, LEAVE, PUSHF, ...
+    fn operand_bytes(&self) -> u32 {
+        match self.ins.code().op_code().operand_size() {
+            64 => 8,
+            32 => 4,
             _ => 2,
         }
+    }
+
+    /// JMP/CALL m16:16, m16:32 or m16:64: a far pointer in memory.
+    fn far_pointer_operand(&self) -> bool {
+        matches!(
+            self.ins.memory_size(),
+            MemorySize::SegPtr16 | MemorySize::SegPtr32 | MemorySize::SegPtr64
+        )
+    }
+
+    fn far_bytes(&self) -> u64 {
+        self.operand_bytes() as u64
+    }
+
+    fn suffix_bytes(&self) -> u32 {
+        self.operand_bytes()
     }
 
     fn jump_to(&mut self, target: Val) -> Flow {
@@ -64,7 +63,7 @@ impl Lift<'_> {
                     self.jump_const(self.ins.near_branch_target())
                 }
                 OpKind::FarBranch16 | OpKind::FarBranch32 => self.far_transfer_imm(Helper::FarJmp),
-                _ if self.code_name().contains("_m16") => self.far_transfer_mem(Helper::FarJmp),
+                _ if self.far_pointer_operand() => self.far_transfer_mem(Helper::FarJmp),
                 _ => {
                     let ty = self.op_ty(0);
                     let t = self.read_op(0, ty);
@@ -103,7 +102,7 @@ impl Lift<'_> {
                     self.jump_const(self.ins.near_branch_target())
                 }
                 OpKind::FarBranch16 | OpKind::FarBranch32 => self.far_transfer_imm(Helper::FarCall),
-                _ if self.code_name().contains("_m16") => self.far_transfer_mem(Helper::FarCall),
+                _ if self.far_pointer_operand() => self.far_transfer_mem(Helper::FarCall),
                 _ => {
                     let bytes = (-self.ins.stack_pointer_increment()) as u32;
                     let ty = self.op_ty(0);
@@ -149,13 +148,11 @@ impl Lift<'_> {
                 self.jump_to_state_rip()
             }
             M::Loop | M::Loope | M::Loopne => {
-                let n = self.code_name();
-                let reg = if n.ends_with("_RCX") {
-                    Register::RCX
-                } else if n.ends_with("_ECX") {
-                    Register::ECX
-                } else {
-                    Register::CX
+                // The counter is the address size's: CX, ECX or RCX.
+                let reg = match self.ins.code().op_code().address_size() {
+                    64 => Register::RCX,
+                    32 => Register::ECX,
+                    _ => Register::CX,
                 };
                 let c = self.read_gpr(reg);
                 let c = self.b.bin_imm(BinOp::Sub, c, 1);

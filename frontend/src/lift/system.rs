@@ -99,13 +99,15 @@ impl Lift<'_> {
                 Flow::Next
             }
             M::Lgdt | M::Lidt | M::Sgdt | M::Sidt => {
-                let n = format!("{:?}", self.ins.code());
-                let bytes = if n.ends_with("_16") {
-                    2
-                } else if n.contains("1664") {
-                    8
-                } else {
-                    4
+                // The base's size: 16-bit operand size (24 bits of 4 bytes used), the
+                // 10-byte 64-bit form, or 4 bytes.
+                let bytes = match (
+                    self.ins.code().op_code().operand_size(),
+                    self.ins.memory_size().size(),
+                ) {
+                    (16, _) => 2,
+                    (_, 10) => 8,
+                    _ => 4,
                 };
                 let a = self.mem_address();
                 // The limit (2 bytes) and the base field, 4 bytes even where only 24 bits
