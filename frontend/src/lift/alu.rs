@@ -125,7 +125,7 @@ impl Lift<'_> {
                 } else {
                     Helper::Idiv(ty.bytes())
                 };
-                self.b.call(h, &[d], None);
+                self.b.call(h, &[d]);
                 if self.mode.vendor.div_flags() == DivFlags::AfSetRestCleared {
                     let one = self.b.konst(Ty::I8, 1);
                     self.update_flags(ARITH_FLAGS & !(CF | OF), &[(AF, one)]);
@@ -282,7 +282,7 @@ impl Lift<'_> {
                 } else {
                     0
                 };
-                self.b.call_k(Helper::Bcd, &[m as u64, imm], None);
+                self.b.call_k(Helper::Bcd, &[m as u64, imm]);
             }
             M::Xlatb => {
                 let aty = Ty::from_bytes(self.addr_bits() / 8);
@@ -309,7 +309,7 @@ impl Lift<'_> {
             let v = self.read_op(1, Ty::I16);
             let v = self.b.zext(Ty::I64, v);
             let seg = super::operands::seg_index(self.ins.op0_register()) as u8;
-            self.b.call(Helper::LoadSeg(seg), &[v], None);
+            self.b.call(Helper::LoadSeg(seg), &[v]);
             return true;
         }
         let ty = match self.ins.op_kind(1) {

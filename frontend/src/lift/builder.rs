@@ -201,8 +201,17 @@ impl Builder {
         self.push(Inst::Test { dst, cond });
         dst
     }
-    pub fn call(&mut self, helper: Helper, args: &[Val], ret: Option<Ty>) -> Option<Val> {
-        let dst = ret.map(|t| self.val(t));
+    /// Calls a helper for its effect.
+    pub fn call(&mut self, helper: Helper, args: &[Val]) {
+        self.call_with(helper, args, None);
+    }
+    /// Calls a helper for its result, of type `ret`.
+    pub fn call_value(&mut self, helper: Helper, args: &[Val], ret: Ty) -> Val {
+        let dst = self.val(ret);
+        self.call_with(helper, args, Some(dst));
+        dst
+    }
+    fn call_with(&mut self, helper: Helper, args: &[Val], dst: Option<Val>) {
         self.push(Inst::Call {
             dst,
             helper,
@@ -210,7 +219,6 @@ impl Builder {
         });
         // Helpers may change any state.
         self.forget();
-        dst
     }
     pub fn trap_if(&mut self, cond: Val, vector: u8, error: Option<u32>) {
         self.push(Inst::TrapIf {
@@ -221,8 +229,12 @@ impl Builder {
     }
 
     /// A helper call whose arguments are constants.
-    pub fn call_k(&mut self, helper: Helper, args: &[u64], ret: Option<Ty>) -> Option<Val> {
+    pub fn call_k(&mut self, helper: Helper, args: &[u64]) {
         let vals: Vec<Val> = args.iter().map(|a| self.konst(Ty::I64, *a)).collect();
-        self.call(helper, &vals, ret)
+        self.call(helper, &vals)
+    }
+    pub fn call_k_value(&mut self, helper: Helper, args: &[u64], ret: Ty) -> Val {
+        let vals: Vec<Val> = args.iter().map(|a| self.konst(Ty::I64, *a)).collect();
+        self.call_value(helper, &vals, ret)
     }
 }

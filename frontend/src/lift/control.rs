@@ -135,7 +135,7 @@ impl Lift<'_> {
                     0
                 };
                 let bytes = self.suffix_bytes() as u64;
-                self.b.call_k(Helper::FarRet, &[bytes, imm], None);
+                self.b.call_k(Helper::FarRet, &[bytes, imm]);
                 self.jump_to_state_rip()
             }
             M::Iret | M::Iretd | M::Iretq => {
@@ -144,7 +144,7 @@ impl Lift<'_> {
                     M::Iretd => 4,
                     _ => 8,
                 };
-                self.b.call_k(Helper::Iret, &[bytes, next], None);
+                self.b.call_k(Helper::Iret, &[bytes, next]);
                 self.jump_to_state_rip()
             }
             M::Loop | M::Loope | M::Loopne => {
@@ -212,7 +212,7 @@ impl Lift<'_> {
                 {
                     let seg = seg_index(self.ins.op0_register()) as u8;
                     let v64 = self.b.zext(Ty::I64, v);
-                    self.b.call(Helper::LoadSeg(seg), &[v64], None);
+                    self.b.call(Helper::LoadSeg(seg), &[v64]);
                     self.write_sp(nsp);
                     // POP SS inhibits interrupts for one instruction; any segment load may
                     // change what the next block's translation assumes.
@@ -320,10 +320,7 @@ impl Lift<'_> {
             }
             M::Pushf | M::Pushfd | M::Pushfq => {
                 let bytes = self.suffix_bytes();
-                let f = self
-                    .b
-                    .call_k(Helper::Pushf, &[bytes as u64], Some(Ty::I64))
-                    .expect("value");
+                let f = self.b.call_k_value(Helper::Pushf, &[bytes as u64], Ty::I64);
                 self.push(f, bytes);
                 Flow::Next
             }
@@ -332,7 +329,7 @@ impl Lift<'_> {
                 let (v, nsp) = self.peek_pop(bytes, 0);
                 let v = self.b.zext(Ty::I64, v);
                 let n = self.b.konst(Ty::I64, bytes as u64);
-                self.b.call(Helper::Popf, &[v, n], None);
+                self.b.call(Helper::Popf, &[v, n]);
                 self.write_sp(nsp);
                 self.exit_sync()
             }
@@ -420,11 +417,11 @@ impl Lift<'_> {
                     M::Int1 => 1,
                     _ => self.ins.immediate8() as u64,
                 };
-                self.b.call_k(Helper::SoftInt, &[vector, next], None);
+                self.b.call_k(Helper::SoftInt, &[vector, next]);
                 self.jump_to_state_rip()
             }
             M::Into => {
-                self.b.call_k(Helper::Into, &[next], None);
+                self.b.call_k(Helper::Into, &[next]);
                 self.jump_to_state_rip()
             }
             _ => return None,
@@ -440,7 +437,7 @@ impl Lift<'_> {
             (self.ins.far_branch16() as u64, 2)
         };
         let next = self.next_ip();
-        self.b.call_k(h, &[sel, off, bytes, next], None);
+        self.b.call_k(h, &[sel, off, bytes, next]);
         self.jump_to_state_rip()
     }
 
@@ -455,7 +452,7 @@ impl Lift<'_> {
         let off = self.b.zext(Ty::I64, off);
         let nb = self.b.konst(Ty::I64, bytes);
         let next = self.b.konst(Ty::I64, self.next_ip());
-        self.b.call(h, &[sel, off, nb, next], None);
+        self.b.call(h, &[sel, off, nb, next]);
         self.jump_to_state_rip()
     }
 }

@@ -254,7 +254,7 @@ impl Lift<'_> {
     /// #UD, counted and logged by the machine's helper.
     pub fn unimplemented(&mut self) -> Flow {
         let code = self.ins.code() as u64;
-        self.b.call_k(Helper::Unimplemented, &[code], None);
+        self.b.call_k(Helper::Unimplemented, &[code]);
         self.b.push(Inst::Raise { vector: 6 });
         Flow::End
     }

@@ -107,7 +107,7 @@ impl Lift<'_> {
             self.b.konst(Ty::I64, imm),
             self.b.konst(Ty::I64, mem_bytes),
         ];
-        self.b.call(Helper::Sse, &args, None);
+        self.b.call(Helper::Sse, &args);
         Some(Flow::Next)
     }
 }

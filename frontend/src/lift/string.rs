@@ -126,11 +126,8 @@ impl Lift<'_> {
                 let dx = self.read_gpr(Register::DX);
                 let port = self.b.zext(Ty::I64, dx);
                 let size = self.b.konst(Ty::I64, ety.bytes() as u64);
-                self.b.call(Helper::IoPermission, &[port, size], None);
-                let v = self
-                    .b
-                    .call(Helper::In(ety.bytes()), &[port], Some(Ty::I64))
-                    .expect("value");
+                self.b.call(Helper::IoPermission, &[port, size]);
+                let v = self.b.call_value(Helper::In(ety.bytes()), &[port], Ty::I64);
                 let v = self.b.trunc(ety, v);
                 self.store_mem(ES, dst, v);
                 adv_di = true;
@@ -139,10 +136,10 @@ impl Lift<'_> {
                 let dx = self.read_gpr(Register::DX);
                 let port = self.b.zext(Ty::I64, dx);
                 let size = self.b.konst(Ty::I64, ety.bytes() as u64);
-                self.b.call(Helper::IoPermission, &[port, size], None);
+                self.b.call(Helper::IoPermission, &[port, size]);
                 let v = self.load_mem(src_seg, ety, src);
                 let v = self.b.zext(Ty::I64, v);
-                self.b.call(Helper::Out(ety.bytes()), &[port, v], None);
+                self.b.call(Helper::Out(ety.bytes()), &[port, v]);
                 adv_si = true;
             }
         }

@@ -47,31 +47,28 @@ impl Lift<'_> {
                     _ => self.b.konst(Ty::I64, self.ins.immediate8() as u64),
                 };
                 let size = self.b.konst(Ty::I64, bytes);
-                self.b.call(Helper::IoPermission, &[port, size], None);
+                self.b.call(Helper::IoPermission, &[port, size]);
                 if m == M::In {
-                    let v = self
-                        .b
-                        .call(Helper::In(bytes as u8), &[port], Some(Ty::I64))
-                        .expect("value");
+                    let v = self.b.call_value(Helper::In(bytes as u8), &[port], Ty::I64);
                     self.write_gpr(data_reg, v);
                 } else {
                     let v = self.read_gpr(data_reg);
                     let v = self.b.zext(Ty::I64, v);
-                    self.b.call(Helper::Out(bytes as u8), &[port, v], None);
+                    self.b.call(Helper::Out(bytes as u8), &[port, v]);
                 }
                 Flow::Next
             }
             M::Cli => {
-                self.b.call(Helper::Cli, &[], None);
+                self.b.call(Helper::Cli, &[]);
                 Flow::Next
             }
             M::Sti => {
                 // STI's interrupt shadow and a possibly pending interrupt: back to the loop.
-                self.b.call(Helper::Sti, &[], None);
+                self.b.call(Helper::Sti, &[]);
                 self.exit_sync()
             }
             M::Hlt => {
-                self.b.call(Helper::Hlt, &[], None);
+                self.b.call(Helper::Hlt, &[]);
                 self.b.push(Inst::Exit {
                     next,
                     why: ExitWhy::Halt,
@@ -79,23 +76,23 @@ impl Lift<'_> {
                 Flow::End
             }
             M::Cpuid => {
-                self.b.call(Helper::Cpuid, &[], None);
+                self.b.call(Helper::Cpuid, &[]);
                 Flow::Next
             }
             M::Rdmsr => {
-                self.b.call(Helper::Rdmsr, &[], None);
+                self.b.call(Helper::Rdmsr, &[]);
                 Flow::Next
             }
             M::Wrmsr => {
-                self.b.call(Helper::Wrmsr, &[], None);
+                self.b.call(Helper::Wrmsr, &[]);
                 self.exit_sync()
             }
             M::Rdtsc => {
-                self.b.call(Helper::Rdtsc, &[], None);
+                self.b.call(Helper::Rdtsc, &[]);
                 Flow::Next
             }
             M::Rdtscp => {
-                self.b.call(Helper::Rdtscp, &[], None);
+                self.b.call(Helper::Rdtscp, &[]);
                 Flow::Next
             }
             M::Lgdt | M::Lidt | M::Sgdt | M::Sidt => {
@@ -121,7 +118,7 @@ impl Lift<'_> {
                     M::Sgdt => Helper::Sgdt,
                     _ => Helper::Sidt,
                 };
-                self.b.call(h, &[a, nb], None);
+                self.b.call(h, &[a, nb]);
                 Flow::Next
             }
             M::Lldt | M::Ltr | M::Lmsw => {
@@ -132,7 +129,7 @@ impl Lift<'_> {
                     M::Ltr => Helper::Ltr,
                     _ => Helper::Lmsw,
                 };
-                self.b.call(h, &[v], None);
+                self.b.call(h, &[v]);
                 if m == M::Lmsw {
                     return Some(self.exit_sync());
                 }
@@ -144,7 +141,7 @@ impl Lift<'_> {
                     M::Str => Helper::Str,
                     _ => Helper::Smsw,
                 };
-                let v = self.b.call(h, &[], Some(Ty::I64)).expect("value");
+                let v = self.b.call_value(h, &[], Ty::I64);
                 let ty = if self.ins.op0_kind() == OpKind::Memory {
                     Ty::I16
                 } else {
@@ -156,7 +153,7 @@ impl Lift<'_> {
                 Flow::Next
             }
             M::Clts => {
-                self.b.call(Helper::Clts, &[], None);
+                self.b.call(Helper::Clts, &[]);
                 Flow::Next
             }
             M::Mov => {
@@ -169,7 +166,7 @@ impl Lift<'_> {
                     } else {
                         Helper::MovToDr((r0 as u32 - Register::DR0 as u32) as u8)
                     };
-                    self.b.call(h, &[v], None);
+                    self.b.call(h, &[v]);
                     return Some(self.exit_sync());
                 }
                 if r1.is_cr() || r1.is_dr() {
@@ -178,7 +175,7 @@ impl Lift<'_> {
                     } else {
                         Helper::MovFromDr((r1 as u32 - Register::DR0 as u32) as u8)
                     };
-                    let v = self.b.call(h, &[], Some(Ty::I64)).expect("value");
+                    let v = self.b.call_value(h, &[], Ty::I64);
                     self.write_gpr(r0, v);
                     return Some(Flow::Next);
                 }
@@ -186,11 +183,11 @@ impl Lift<'_> {
             }
             M::Invlpg => {
                 let a = self.mem_address();
-                self.b.call(Helper::Invlpg, &[a], None);
+                self.b.call(Helper::Invlpg, &[a]);
                 Flow::Next
             }
             M::Wbinvd | M::Invd => {
-                self.b.call(Helper::Wbinvd, &[], None);
+                self.b.call(Helper::Wbinvd, &[]);
                 Flow::Next
             }
             M::Syscall | M::Sysret | M::Sysretq | M::Sysenter | M::Sysexit | M::Sysexitq => {
@@ -205,13 +202,13 @@ impl Lift<'_> {
                 } else {
                     4
                 };
-                self.b.call_k(h, &[next, bytes], None);
+                self.b.call_k(h, &[next, bytes]);
                 let t = self.b.get(Loc::Rip);
                 self.b.push(Inst::Jump { target: t });
                 Flow::End
             }
             M::Swapgs => {
-                self.b.call(Helper::Swapgs, &[], None);
+                self.b.call(Helper::Swapgs, &[]);
                 Flow::Next
             }
             M::Lar | M::Lsl | M::Verr | M::Verw => {
@@ -226,8 +223,7 @@ impl Lift<'_> {
                 let sel = self.b.zext(Ty::I64, sel);
                 let v = self
                     .b
-                    .call(Helper::DescriptorCheck(which), &[sel], Some(Ty::I64))
-                    .expect("value");
+                    .call_value(Helper::DescriptorCheck(which), &[sel], Ty::I64);
                 if n == 1 {
                     let zf = self.b.test(Cond::E);
                     let ty = self.op_ty(0);
@@ -287,17 +283,14 @@ impl Lift<'_> {
                 Flow::Next
             }
             M::Fninit | M::Finit => {
-                self.b.call(Helper::Fninit, &[], None);
+                self.b.call(Helper::Fninit, &[]);
                 Flow::Next
             }
             // No x87 arithmetic yet, so no x87 exception is ever pending: FNCLEX has nothing
             // to clear and WAIT nothing to report.
             M::Fnclex | M::Fclex | M::Wait => Flow::Next,
             M::Fnstsw | M::Fstsw => {
-                let v = self
-                    .b
-                    .call(Helper::Fnstsw, &[], Some(Ty::I64))
-                    .expect("value");
+                let v = self.b.call_value(Helper::Fnstsw, &[], Ty::I64);
                 let v = self.b.trunc(Ty::I16, v);
                 let p = self.place(0);
                 self.write_place(p, v);
@@ -327,11 +320,11 @@ impl Lift<'_> {
                     M::Ldmxcsr => Helper::Ldmxcsr,
                     _ => Helper::Stmxcsr,
                 };
-                self.b.call(h, &[a], None);
+                self.b.call(h, &[a]);
                 Flow::Next
             }
             M::Xgetbv => {
-                self.b.call(Helper::Xgetbv, &[], None);
+                self.b.call(Helper::Xgetbv, &[]);
                 Flow::Next
             }
             M::Nop
