@@ -266,7 +266,7 @@ pub fn rflags(st: &CpuState) -> u64 {
 
 /// Writes RFLAGS wholesale and makes it the flags' home (`cc.op = Eflags`).
 pub fn set_rflags(st: &mut CpuState, value: u64) {
-    st.rflags = value | 0x2;
+    st.rflags = value | crate::state::RFLAGS_FIXED;
     st.cc.op = CcOp::EFLAGS.encode();
 }
 

@@ -4,6 +4,12 @@
 use std::mem::offset_of;
 
 /// Segment register indices, in x86 encoding order (the `sreg` field of ModRM).
+/// RFLAGS bit 1, which always reads as 1.
+pub const RFLAGS_FIXED: u64 = 0x2;
+/// The invalid-opcode exception's vector (#UD): what an instruction Gantry does not
+/// implement raises, and what a block without a terminator (a lifter bug) ends in.
+pub const UD_VECTOR: u8 = 6;
+
 pub const ES: usize = 0;
 pub const CS: usize = 1;
 pub const SS: usize = 2;

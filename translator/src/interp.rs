@@ -4,7 +4,7 @@
 
 use gantry_frontend::flags;
 use gantry_frontend::ir::*;
-use gantry_frontend::state::CpuState;
+use gantry_frontend::state::{CpuState, UD_VECTOR};
 
 use crate::{BlockEnd, Exception, Host};
 
@@ -94,7 +94,7 @@ fn put(cpu: &mut CpuState, loc: Loc, v: u64) {
     match loc {
         Loc::Gpr(r) => cpu.gpr[r as usize & 15] = v,
         Loc::Rip => cpu.rip = v,
-        Loc::Rflags => cpu.rflags = v | 0x2,
+        Loc::Rflags => cpu.rflags = v,
         Loc::CcOp => cpu.cc.op = v as u32,
         Loc::CcDst => cpu.cc.dst = v,
         Loc::CcSrc => cpu.cc.src = v,
@@ -340,6 +340,6 @@ impl Interp {
         }
         // A lifter bug (a block without a terminator) must not run off into the void.
         cpu.rip = p.locate(p.ops.len()).1;
-        BlockEnd::Fault(Exception::new(6))
+        BlockEnd::Fault(Exception::new(UD_VECTOR))
     }
 }

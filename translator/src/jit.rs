@@ -31,7 +31,7 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use gantry_frontend::flags::{self, Cond};
 use gantry_frontend::ir::*;
-use gantry_frontend::state::{off, CpuState};
+use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
 use crate::interp::{Interp, Prepared};
 use crate::{BlockEnd, Exception, Host};
@@ -296,7 +296,7 @@ fn run_compiled(
                     vector: *vector,
                     error_code: *error,
                 },
-                _ => rt.exception.unwrap_or(Exception::new(6)),
+                _ => rt.exception.unwrap_or(Exception::new(UD_VECTOR)),
             };
             BlockEnd::Fault(e)
         }
@@ -448,10 +448,7 @@ impl Emit<'_, '_> {
                 self.def(*dst, x);
             }
             Inst::Put { loc, src } => {
-                let mut x = self.as_ty(*src, loc.ty());
-                if *loc == Loc::Rflags {
-                    x = self.b.ins().bor_imm(x, 2);
-                }
+                let x = self.as_ty(*src, loc.ty());
                 self.store_cpu(x, loc.offset());
             }
             Inst::Bin { dst, op, a, b } => {
@@ -737,7 +734,7 @@ extern "C" fn shim_helper(rt: *mut Runtime, cpu: *mut CpuState, info: u64) -> u6
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
     let Some(&h) = rt.helpers.get((info & 0xFFFF_FFFF) as usize) else {
-        return outcome(rt, Err(Exception::new(6)));
+        return outcome(rt, Err(Exception::new(UD_VECTOR)));
     };
     let n = ((info >> 32) as usize).min(MAX_ARGS);
     let args = rt.args;

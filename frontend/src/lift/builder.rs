@@ -2,6 +2,7 @@
 
 use crate::flags::{CcOp, Cond};
 use crate::ir::*;
+use crate::state::RFLAGS_FIXED;
 
 /// Builds a block's IR, with three block-local simplifications that keep the op count (the
 /// interpreter's cost) down without changing what is written to the state:
@@ -80,10 +81,13 @@ impl Builder {
         dst
     }
     pub fn put(&mut self, loc: Loc, src: Val) {
-        let src = self.resize(src, loc.ty());
+        let mut src = self.resize(src, loc.ty());
+        if loc == Loc::Rflags {
+            // Bit 1 of RFLAGS always reads as 1.
+            src = self.bin_imm(BinOp::Or, src, RFLAGS_FIXED);
+        }
         self.push(Inst::Put { loc, src });
-        // RFLAGS is stored with bit 1 forced on; let a later get read it back.
-        self.known[loc_index(loc)] = if loc == Loc::Rflags { None } else { Some(src) };
+        self.known[loc_index(loc)] = Some(src);
     }
     /// Forgets every cached value (after discarding instructions that defined them).
     pub fn reset_caches(&mut self) {

@@ -19,6 +19,7 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 pub use builder::Builder;
 
 use crate::ir::*;
+use crate::state::UD_VECTOR;
 use crate::vendor::Vendor;
 
 /// What the translation of a block depends on besides the bytes: the code-segment mode and
@@ -146,7 +147,7 @@ pub fn translate_with(
         let Some(ins) = ins else {
             // Undecodable: #UD at this instruction (as a one-instruction tail).
             b.push(Inst::Mark { rip, len: 1 });
-            b.push(Inst::Raise { vector: 6 });
+            b.push(Inst::Raise { vector: UD_VECTOR });
             count += 1;
             break;
         };
@@ -255,7 +256,7 @@ impl Lift<'_> {
     pub fn unimplemented(&mut self) -> Flow {
         let code = self.ins.code() as u64;
         self.b.call_k(Helper::Unimplemented, &[code]);
-        self.b.push(Inst::Raise { vector: 6 });
+        self.b.push(Inst::Raise { vector: UD_VECTOR });
         Flow::End
     }
 

@@ -29,6 +29,7 @@ use super::operands::Place;
 use super::{Flow, Lift};
 use crate::flags::Cond;
 use crate::ir::*;
+use crate::state::UD_VECTOR;
 
 impl Lift<'_> {
     pub(super) fn system(&mut self) -> Option<Flow> {
@@ -342,7 +343,7 @@ impl Lift<'_> {
             | M::Endbr32
             | M::Endbr64 => Flow::Next,
             M::Ud0 | M::Ud1 | M::Ud2 => {
-                self.b.push(Inst::Raise { vector: 6 });
+                self.b.push(Inst::Raise { vector: UD_VECTOR });
                 Flow::End
             }
             _ => return None,

@@ -17,9 +17,10 @@ use super::access::Ctx;
 use super::cpuid::cpuid;
 use super::interrupts::{deliver, Source};
 use super::mmu::{Access, Privilege};
+use super::paging;
 use super::segments::{self, gp};
 
-const UD: Exception = Exception::new(6);
+const UD: Exception = Exception::new(gantry_frontend::state::UD_VECTOR);
 const NM: Exception = Exception::new(7);
 const XM: Exception = Exception::new(19);
 const DE: Exception = Exception::new(0);
@@ -517,7 +518,6 @@ impl Ctx<'_> {
     }
 
     fn wrmsr(&mut self, cpu: &mut CpuState, msr: u32, v: u64) -> Result<(), Exception> {
-        let canonical = |v: u64| ((v as i64) << 16 >> 16) as u64 == v;
         match msr {
             MSR_TSC => cpu.tsc_offset = v.wrapping_sub(self.board.clock().now_ns()),
             MSR_BIOS_SIGN_ID => {}
@@ -548,7 +548,7 @@ impl Ctx<'_> {
             }
             MSR_STAR => cpu.msr.star = v,
             MSR_LSTAR | MSR_CSTAR | MSR_FS_BASE | MSR_GS_BASE | MSR_KERNEL_GS_BASE
-                if !canonical(v) =>
+                if !paging::canonical(v) =>
             {
                 return Err(gp0())
             }
@@ -1094,7 +1094,7 @@ impl Ctx<'_> {
         let to64 = bytes == 8;
         // Otherwise the return completes and the fetch at RCX takes the #GP at CPL 3.
         if to64
-            && !canonical(cpu.gpr[RCX])
+            && !paging::canonical(cpu.gpr[RCX])
             && self.vendor.sysret_non_canonical() == SysretNonCanonical::FaultsInRing0
         {
             return Err(gp0());
@@ -1121,8 +1121,4 @@ impl Ctx<'_> {
         flags::set_rflags(cpu, (cpu.gpr[11] & !(RF | VM)) | 2);
         Ok(())
     }
-}
-
-fn canonical(v: u64) -> bool {
-    ((v as i64) << 16 >> 16) as u64 == v
 }
