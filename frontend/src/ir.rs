@@ -1,5 +1,5 @@
 //! Gantry's IR: what the lifter turns a basic block of x86 into, and what the interpreter
-//! (and later the Cranelift JIT) executes.
+//! and the Cranelift JIT execute.
 //!
 //! Values are typed SSA temporaries, each defined once. Guest state is touched only by
 //! explicit `get`/`put` of named [`Loc`]ations (fields of [`crate::state::CpuState`] at

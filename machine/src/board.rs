@@ -1,6 +1,6 @@
 //! The PC board: the port and MMIO buses with the devices wired to them, the IRQ wires into
-//! the PIC, the timer queue, and the host console. Accelerators (KVM now, the emulated CPU
-//! next) drive it through port/MMIO accesses, interrupt acknowledge and [`Board::service`].
+//! the PIC, the timer queue, and the host console. Both CPUs (KVM and the emulated one)
+//! drive it through port/MMIO accesses, interrupt acknowledge and [`Board::service`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! The running computer: guest memory, the PC board and its devices, loaders, and the
-//! accelerators that execute the guest (KVM now; the emulated CPU next).
+//! two ways of executing the guest: KVM, and the emulated CPU (`cpu`: the run loop,
+//! softmmu and system semantics around the translator's interpreter and JIT).
 //!
 //! This crate owns everything about a PC except instruction semantics (in `frontend`) and
 //! their execution (in `translator`); it never reaches into a device's internals beyond the

@@ -1,6 +1,6 @@
 //! Guest physical memory: one anonymous mapping for RAM and one for the firmware ROM,
 //! arranged into the PC's regions. Everything that touches guest memory from the host side
-//! (loaders, the KVM slot table, later the softmmu) goes through [`GuestMemory`].
+//! (loaders, the KVM slot table, the softmmu) goes through [`GuestMemory`].
 
 use memmap2::{MmapMut, MmapOptions};
 

@@ -108,6 +108,9 @@ pub struct Jit {
     pub compiled: u64,
     pub refused: u64,
     pub flushes: u64,
+    /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
+    /// backend that refuses an op on some host shows up.
+    errors_seen: Vec<String>,
 }
 
 fn new_module() -> Result<JITModule, String> {
@@ -142,6 +145,7 @@ impl Jit {
             compiled: 0,
             refused: 0,
             flushes: 0,
+            errors_seen: Vec::new(),
         })
     }
 
@@ -238,10 +242,25 @@ impl Jit {
         }
         let name = format!("b{}", self.next_name);
         self.next_name += 1;
-        let id = module
+        let defined = module
             .declare_function(&name, Linkage::Local, &self.ctx.func.signature)
-            .ok()?;
-        module.define_function(id, &mut self.ctx).ok()?;
+            .and_then(|id| module.define_function(id, &mut self.ctx).map(|()| id));
+        let id = match defined {
+            Ok(id) => id,
+            Err(e) => {
+                let text = format!("{e:?}");
+                let kind = text.split(['(', ' ', '{']).next().unwrap_or("").to_string();
+                if !self.errors_seen.contains(&kind) {
+                    eprintln!(
+                        "gantry: the JIT could not compile a block ({e}); such blocks stay on \
+                         the interpreter"
+                    );
+                    self.errors_seen.push(kind);
+                }
+                module.clear_context(&mut self.ctx);
+                return None;
+            }
+        };
         self.code_bytes += self
             .ctx
             .compiled_code()

@@ -1,5 +1,6 @@
-//! Accelerators: what executes guest instructions. KVM today; the emulated CPU (interpreter,
-//! then the Cranelift JIT) plugs in beside it and drives the same [`crate::board::Board`].
+//! Accelerators: what executes guest instructions. KVM lives here; the emulated CPU
+//! (`crate::cpu`: the interpreter and the Cranelift JIT) drives the same
+//! [`crate::board::Board`] beside it.
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kvm;
