@@ -34,7 +34,7 @@ fn szp(al: u8) -> u64 {
     if al & 0x80 != 0 {
         f |= SF;
     }
-    if al.count_ones() % 2 == 0 {
+    if al.count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f

@@ -242,9 +242,11 @@ impl Jit {
         }
         let name = format!("b{}", self.next_name);
         self.next_name += 1;
-        let defined = module
-            .declare_function(&name, Linkage::Local, &self.ctx.func.signature)
-            .and_then(|id| module.define_function(id, &mut self.ctx).map(|()| id));
+        let defined = match module.declare_function(&name, Linkage::Local, &self.ctx.func.signature)
+        {
+            Ok(id) => module.define_function(id, &mut self.ctx).map(|()| id),
+            Err(e) => Err(e),
+        };
         let id = match defined {
             Ok(id) => id,
             Err(e) => {
