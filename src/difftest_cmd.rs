@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use gantry_difftest::{self as difftest, corpus, emu::EmuRunner, flagmask, gen, Mode, Runner};
 use gantry_machine::cpu::cpuid::Vendor;
-use gantry_machine::difftest::{self, corpus, emu::EmuRunner, flagmask, gen, Mode, Runner};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum ModeArg {

@@ -9,7 +9,7 @@ mod difftest_cmd;
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_machine::board::SerialSink;
 use gantry_machine::cpu::cpuid::{self, Vendor};
-use gantry_machine::vm::{self, AccelKind, BootSource, GdbConfig, MachineConfig};
+use gantry_machine::vm::{self, AccelKind, BootSource, MachineConfig};
 
 #[derive(Parser)]
 #[command(name = "gantry", version, about = "A full-system x86 PC emulator")]
@@ -285,13 +285,13 @@ fn run(args: RunArgs) -> Result<i32, String> {
         console_input,
         debugcon_port: args.debugcon,
         no_reboot: args.no_reboot,
-        gdb: args.gdb.clone().map(|addr| GdbConfig {
-            addr,
-            wait: args.gdb_wait,
-        }),
         vendor,
     };
-    let (outcome, report) = vm::run(cfg).map_err(|e| e.to_string())?;
+    let (outcome, report) = match &args.gdb {
+        Some(addr) => gantry_gdb::serve(cfg, addr, args.gdb_wait),
+        None => vm::run(cfg),
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(m) = outcome.message() {
         eprintln!("gantry: {m}");
     }

@@ -53,17 +53,9 @@ pub struct MachineConfig {
     pub console_input: bool,
     pub debugcon_port: Option<u16>,
     pub no_reboot: bool,
-    /// Serve gdb on this address; `wait`: before the first instruction.
-    pub gdb: Option<GdbConfig>,
     /// The CPU model's vendor as asked for; `None`: Intel on the emulated CPU, the host's
     /// own under KVM.
     pub vendor: Option<Vendor>,
-}
-
-#[derive(Clone, Debug)]
-pub struct GdbConfig {
-    pub addr: String,
-    pub wait: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +78,7 @@ pub enum MachineError {
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     #[error("--accel kvm needs an x86-64 Linux host")]
     KvmUnavailable,
+    /// The debugger (the `gantry-gdb` crate) failed.
     #[error("{0}")]
     Gdb(String),
     #[error("device setup: {0}")]
@@ -231,7 +224,7 @@ fn check_firmware(name: &str, image: &[u8]) -> Result<(), MachineError> {
     let len = image.len() as u64;
     let why = if len == 0 {
         Some("is empty".to_string())
-    } else if len % 0x1_0000 != 0 {
+    } else if !len.is_multiple_of(0x1_0000) {
         Some(format!("size {len} is not a multiple of 64 KiB"))
     } else if len > FIRMWARE_MAX {
         Some(format!("size {len} is larger than 16 MiB"))
@@ -253,19 +246,22 @@ pub struct RunReport {
     pub text: String,
 }
 
+/// The host side of COM1 for `cfg`, with the termination signals caught (they end the run
+/// cleanly, restoring the terminal).
+pub fn host_console(cfg: &MachineConfig) -> HostConsole {
+    crate::console::catch_termination_signals();
+    if cfg.console_input {
+        HostConsole::stdio()
+    } else {
+        HostConsole::none()
+    }
+}
+
 /// Builds the machine and runs the guest until it stops for good, restarting it on reset
 /// unless `no_reboot`. Returns the outcome and a `--stats` report.
 pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> {
     let started = Instant::now();
-    crate::console::catch_termination_signals();
-    let mut console = if cfg.console_input {
-        HostConsole::stdio()
-    } else {
-        HostConsole::none()
-    };
-    if let Some(g) = cfg.gdb.clone() {
-        return crate::gdb::serve(cfg, &g.addr, g.wait, console);
-    }
+    let mut console = host_console(&cfg);
     let mut report = RunReport::default();
     let mut resets = 0u64;
     let mut cmos = None;
@@ -289,7 +285,7 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
 }
 
 /// What a CPU stop means for the run.
-pub(crate) fn outcome_of(stop: CpuStop) -> RunOutcome {
+pub fn outcome_of(stop: CpuStop) -> RunOutcome {
     match stop {
         CpuStop::Board(BoardEvent::Quit) => RunOutcome::Quit,
         CpuStop::Board(BoardEvent::Signal(s)) => RunOutcome::Signal(s),
@@ -306,7 +302,7 @@ pub(crate) fn outcome_of(stop: CpuStop) -> RunOutcome {
 }
 
 /// The `--stats` report of a run.
-pub(crate) fn stats_text(
+pub fn stats_text(
     cfg: &MachineConfig,
     machine: &Machine,
     accel_stats: &str,

@@ -39,13 +39,13 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 
 use gantry_devices::clock::{Clock, HostClock};
 
-use crate::console::HostConsole;
-use crate::cpu::debug::{DebugStop, WatchKind, Watchpoint};
-use crate::cpu::paging::{self, PagingRegs};
-use crate::vm::{
+use backend::{Backend, DebugRequest, Ended};
+use gantry_machine::console::HostConsole;
+use gantry_machine::cpu::debug::{DebugStop, WatchKind, Watchpoint};
+use gantry_machine::cpu::paging::{self, PagingRegs};
+use gantry_machine::vm::{
     outcome_of, stats_text, AccelKind, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
 };
-use backend::{Backend, DebugRequest, Ended};
 use regs::Layout;
 
 /// How long a halted guest sleeps before the stub looks at its connection again.
@@ -228,9 +228,9 @@ fn build_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<Backend, MachineE
             &machine.memory,
             &machine.entry,
         )?))),
-        AccelKind::Interp | AccelKind::Jit => {
-            Ok(Backend::Emu(Box::new(crate::vm::emu_cpu(cfg, machine)?)))
-        }
+        AccelKind::Interp | AccelKind::Jit => Ok(Backend::Emu(Box::new(
+            gantry_machine::vm::emu_cpu(cfg, machine)?,
+        ))),
         #[allow(unreachable_patterns)]
         other => Err(MachineError::Gdb(format!(
             "--gdb: the {} backend has no debugger",
@@ -248,13 +248,14 @@ fn build_machine(
     Machine::new(cfg, clock, console, cmos)
 }
 
-/// Runs the guest with a gdb server on `addr` until the run ends.
+/// Runs the guest with a gdb server on `addr` until the run ends (`gantry run --gdb`;
+/// `wait`: `--gdb-wait`).
 pub fn serve(
     cfg: MachineConfig,
     addr: &str,
     wait: bool,
-    console: HostConsole,
 ) -> Result<(RunOutcome, RunReport), MachineError> {
+    let console = gantry_machine::vm::host_console(&cfg);
     let listener =
         TcpListener::bind(addr).map_err(|e| MachineError::Gdb(format!("--gdb {addr}: {e}")))?;
     let local = listener

@@ -5,12 +5,12 @@
 
 use gantry_frontend::state::CpuState;
 
-use crate::accel::CpuStop;
-use crate::board::Board;
-use crate::cpu::debug::{DebugStop, Watchpoint};
-use crate::cpu::EmuCpu;
-use crate::memory::GuestMemory;
-use crate::vm::MachineError;
+use gantry_machine::accel::CpuStop;
+use gantry_machine::board::Board;
+use gantry_machine::cpu::debug::{DebugStop, Watchpoint};
+use gantry_machine::cpu::EmuCpu;
+use gantry_machine::memory::GuestMemory;
+use gantry_machine::vm::MachineError;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use super::kvm_target::KvmTarget;

@@ -51,13 +51,13 @@ use super::layout::{
     SEG16_LIMIT,
 };
 use super::{has_error_code, Case, Event, Final, Mode, RunError, Runner};
-use crate::accel::CpuStop;
-use crate::board::{Board, BoardConfig, SerialSink};
-use crate::boot::EntryState;
-use crate::console::HostConsole;
-use crate::cpu::paging::{self, PagingRegs};
-use crate::cpu::{state_from_entry, EmuCpu};
-use crate::memory::GuestMemory;
+use gantry_machine::accel::CpuStop;
+use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::boot::EntryState;
+use gantry_machine::console::HostConsole;
+use gantry_machine::cpu::paging::{self, PagingRegs};
+use gantry_machine::cpu::{state_from_entry, EmuCpu};
+use gantry_machine::memory::GuestMemory;
 
 // Guest-physical layout. The first 2 MiB are the kernel's, identity-mapped supervisor-only
 // and read-only but for the kernel stack's page.
@@ -168,7 +168,7 @@ impl Sandbox {
         code[..n].copy_from_slice(&case.code[..n]);
         code[n] = end_marker(case.mode, case.cpl);
         let data = case.data.bytes();
-        let fail = |e: crate::memory::MemoryError| format!("sandbox memory: {e}");
+        let fail = |e: gantry_machine::memory::MemoryError| format!("sandbox memory: {e}");
         if case.mode == Mode::Real {
             // Nothing pages the rest of the segment out: it starts as zeros every time.
             self.mem
@@ -515,7 +515,7 @@ fn legacy_state(mut st: CpuState) -> CpuState {
 }
 
 /// Page tables, GDT, TSSs, IDTs and stubs.
-fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError> {
+fn build_kernel(mem: &mut GuestMemory) -> Result<(), gantry_machine::memory::MemoryError> {
     // Fresh guest memory is zeroed: only the entries in use are written. Directory
     // entries allow everything; the leaves decide.
     let kstack_page = (KSTACK_TOP >> 12) - 1;
@@ -597,8 +597,8 @@ fn build_kernel(mem: &mut GuestMemory) -> Result<(), crate::memory::MemoryError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::difftest::corpus::parse_case;
-    use crate::difftest::layout::data_addr;
+    use crate::corpus::parse_case;
+    use crate::layout::data_addr;
 
     /// The real-mode sandbox: INC AX, then the end marker's #BP through the IVT, with the
     /// frame (IP, CS, FLAGS) on the snippet's stack in the data pages and SP as of the

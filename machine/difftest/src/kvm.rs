@@ -10,7 +10,7 @@
 
 use super::emu::{other, Sandbox};
 use super::{Case, Final, RunError, Runner};
-use crate::accel::kvm::{self, KvmCpu};
+use gantry_machine::accel::kvm::{self, KvmCpu};
 
 pub struct KvmOracle {
     // Declared before the sandbox, whose memory the VM maps: the VM is dropped first.

@@ -17,13 +17,13 @@ use kvm_bindings::kvm_debug_exit_arch;
 use gantry_frontend::state::CpuState;
 
 use super::backend::{DebugRequest, Ended};
-use crate::accel::kvm::{GuestDebug, KvmCpu, KvmStop};
-use crate::board::Board;
-use crate::boot::EntryState;
-use crate::cpu::debug::{dr7, DebugStop, DrKind, WatchHit, WatchKind, Watchpoint};
-use crate::cpu::paging::{self, PagingRegs};
-use crate::memory::GuestMemory;
-use crate::vm::MachineError;
+use gantry_machine::accel::kvm::{GuestDebug, KvmCpu, KvmStop};
+use gantry_machine::board::Board;
+use gantry_machine::boot::EntryState;
+use gantry_machine::cpu::debug::{dr7, DebugStop, DrKind, WatchHit, WatchKind, Watchpoint};
+use gantry_machine::cpu::paging::{self, PagingRegs};
+use gantry_machine::memory::GuestMemory;
+use gantry_machine::vm::MachineError;
 
 /// How long the vCPU runs before the stub polls its connection (gdb's Ctrl-C).
 const SLICE: Duration = Duration::from_millis(10);
@@ -80,7 +80,7 @@ impl KvmTarget {
             step: false,
             resume_from: None,
             warned: false,
-            software_assisted: crate::accel::kvm::software_assisted(),
+            software_assisted: gantry_machine::accel::kvm::software_assisted(),
         })
     }
 
