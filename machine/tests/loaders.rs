@@ -71,7 +71,7 @@ fn debian_bzimage_boot_params() {
     assert_eq!(mem.read_u64(BOOT_GDT + 16).unwrap(), 0x00AF_9B00_0000_FFFF);
 
     let p = bzimage::read_boot_params(&mem).unwrap();
-    let hdr = p.hdr;
+    let hdr = p.hdr();
     let file_hdr = bzimage::parse_header(&kernel).unwrap();
     assert_eq!({ hdr.version }, { file_hdr.version });
     assert!({ hdr.version } >= 0x020C);
@@ -101,12 +101,10 @@ fn debian_bzimage_boot_params() {
 
     // E820 in the zero page matches the machine's map.
     let map = memory_map(&mem, 0);
-    assert_eq!(p.e820_entries as usize, map.len());
-    for (z, m) in p.e820_table.iter().zip(&map) {
-        assert_eq!(
-            ({ z.addr }, { z.size }, { z.r#type }),
-            (m.addr, m.size, m.kind)
-        );
+    let e820 = p.e820();
+    assert_eq!(e820.len(), map.len());
+    for (z, m) in e820.iter().zip(&map) {
+        assert_eq!((z.addr, z.size, z.kind), (m.addr, m.size, m.kind));
     }
     let ram_above_1m: u64 = map
         .iter()
@@ -116,7 +114,7 @@ fn debian_bzimage_boot_params() {
     assert_eq!(ram_above_1m, (512 << 20) - HIGH_MEMORY_START);
 
     // ACPI: the RSDP the zero page names is where OSes also search for it.
-    assert_eq!({ p.acpi_rsdp_addr }, ACPI_TABLES);
+    assert_eq!(p.acpi_rsdp_addr(), ACPI_TABLES);
     assert_eq!(read_vec(&mem, ACPI_TABLES, 8), b"RSD PTR ");
 
     // Identity paging covers the kernel, the zero page and the initrd.

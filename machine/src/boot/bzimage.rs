@@ -3,20 +3,18 @@
 //! 1 MiB, a zero page with the setup header, command line, initrd and E820 map, identity
 //! paging, and RSI pointing at the zero page.
 //!
-//! The `boot_params`/`setup_header` layouts come from linux-loader. Its `BzImage` loader is
-//! not used because it writes through vm-memory's `GuestMemory` trait, which Gantry's
-//! memmap2-backed memory does not implement; the placement below is short and checked.
-
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::ByteValued;
+//! The setup header and zero page are [`super::zero_page`]'s. linux-loader's `BzImage`
+//! loader is not used because it writes through vm-memory's `GuestMemory` trait, which
+//! Gantry's memmap2-backed memory does not implement; the placement below is short and
+//! checked.
 
 use super::tables::{write_gdt, write_identity_paging};
+use super::zero_page::{E820Entry, SetupHeader, ZeroPage, ZERO_PAGE_LEN};
 use super::{place_cmdline, place_high, EntryState, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
 
-const SETUP_HEADER_OFFSET: usize = 0x1F1;
 const HDRS: u32 = 0x5372_6448; // "HdrS"
 const BOOT_FLAG: u16 = 0xAA55;
 const LOADED_HIGH: u8 = 0x01;
@@ -30,12 +28,8 @@ pub fn is_bzimage(k: &[u8]) -> bool {
 }
 
 /// The setup header of a bzImage, checked for what the 64-bit protocol needs.
-pub fn parse_header(k: &[u8]) -> Result<setup_header, LoadError> {
-    let size = std::mem::size_of::<setup_header>();
-    let bytes = k
-        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + size)
-        .ok_or(LoadError::Truncated("the setup header is cut short"))?;
-    let hdr = *setup_header::from_slice(bytes).ok_or(LoadError::Truncated("setup header"))?;
+pub fn parse_header(k: &[u8]) -> Result<SetupHeader, LoadError> {
+    let hdr = SetupHeader::read(k).ok_or(LoadError::Truncated("the setup header is cut short"))?;
     let invalid = |why: &str| LoadError::Invalid {
         kind: "Linux bzImage",
         why: why.into(),
@@ -120,25 +114,20 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
         hdr.ramdisk_image = start as u32;
         hdr.ramdisk_size = (end - start) as u32;
     }
-    let mut params = boot_params {
-        hdr,
-        ..Default::default()
-    };
-    let map = memory_map(mem, 0);
-    if map.len() > params.e820_table.len() {
-        return Err(LoadError::Unsupported("memory map too long".into()));
-    }
-    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry {
+    let mut page = ZeroPage::new(k, &hdr);
+    let map: Vec<E820Entry> = memory_map(mem, 0)
+        .iter()
+        .map(|e| E820Entry {
             addr: e.addr,
             size: e.size,
-            r#type: e.kind,
-        };
+            kind: e.kind,
+        })
+        .collect();
+    if !page.set_e820(&map) {
+        return Err(LoadError::Unsupported("memory map too long".into()));
     }
-    params.e820_entries = map.len() as u8;
-    params.acpi_rsdp_addr = super::acpi::write_tables(mem)?;
-    mem.zero(BOOT_INFO, 0x1000)?;
-    mem.write(BOOT_INFO, params.as_slice())?;
+    page.set_acpi_rsdp_addr(super::acpi::write_tables(mem)?);
+    mem.write(BOOT_INFO, &page.0)?;
 
     let mut entry = EntryState::long_mode(KERNEL_LOAD + ENTRY_64_OFFSET);
     entry.gpr[super::entry::RSI] = BOOT_INFO;
@@ -152,8 +141,8 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
 }
 
 /// Reads back the zero page a load wrote (tests and `--stats`).
-pub fn read_boot_params(mem: &GuestMemory) -> Option<boot_params> {
-    let mut buf = vec![0u8; std::mem::size_of::<boot_params>()];
-    mem.read(BOOT_INFO, &mut buf).ok()?;
-    boot_params::from_slice(&buf).copied()
+pub fn read_boot_params(mem: &GuestMemory) -> Option<ZeroPage> {
+    let mut page = [0u8; ZERO_PAGE_LEN];
+    mem.read(BOOT_INFO, &mut page).ok()?;
+    Some(ZeroPage(page))
 }

@@ -9,6 +9,7 @@ pub mod entry;
 pub mod multiboot;
 pub mod pvh;
 pub mod tables;
+pub mod zero_page;
 
 pub use entry::{DescriptorTable, EntryState, Segment};
 
