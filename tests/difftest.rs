@@ -208,7 +208,7 @@ fn sse_cases_agree_with_kvm() {
     let path = write_file(&dir, "sse.txt", (cases.join("\n") + "\n").as_bytes());
     let out = difftest(&["--corpus", &path, "--oracle", "kvm"], cases.len() as u64);
     println!("{}", out.lines().last().unwrap_or_default());
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         eprintln!(
             "SKIP {test} (generated cases): this host's KVM is software-assisted ({kind}); \
              it answers #UD for a misaligned SSE operand, where the CPU raises #GP(0)"
@@ -255,7 +255,7 @@ fn ring0_and_legacy_protected_mode_cases_agree_with_kvm() {
     let path = write_file(&dir, "ring0.txt", (cases.join("\n") + "\n").as_bytes());
     let out = difftest(&["--corpus", &path, "--oracle", "kvm"], cases.len() as u64);
     println!("{}", out.lines().last().unwrap_or_default());
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         eprintln!(
             "SKIP {test} (generated cases): this host's KVM is software-assisted ({kind}); \
              its ring-0 answers are its instruction emulator's, and it cannot run legacy \
@@ -280,7 +280,7 @@ fn twenty_thousand_64_bit_cases_agree_with_kvm() {
     }
     let header = twenty_thousand("64", "kvm");
     assert!(header.contains("oracle KVM"), "{header}");
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         assert!(
             header.contains("software-assisted") && header.contains(kind),
             "a software-assisted KVM must be labelled: {header}"
@@ -296,7 +296,7 @@ fn compatibility_mode_under_kvm(test: &str, mode: &str) {
     if !kvm_available(test) {
         return;
     }
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         eprintln!(
             "SKIP {test}: this host's KVM is software-assisted ({kind}) and does not run \
              compatibility-mode code faithfully; the host-CPU test covers {mode}-bit code"
@@ -327,7 +327,7 @@ fn twenty_thousand_real_mode_cases_agree_with_kvm() {
     if !kvm_available(test) {
         return;
     }
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         eprintln!(
             "SKIP {test}: this host's KVM is software-assisted ({kind}); it runs real-mode \
              code in KVM's instruction emulator, which differs from the CPU"

@@ -460,7 +460,7 @@ fn gdb_watchpoint_hits_on_kvm() {
         "{}",
         d.stderr
     );
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         // Such a KVM runs ring-0 code in its own emulator, which does not raise data
         // breakpoints: Gantry says so, and the run still ends normally.
         eprintln!(
@@ -706,7 +706,7 @@ fn gdb_a_halted_cpu_waits_for_gdb_on_kvm() {
     if !Cpu::Kvm.available(test) {
         return;
     }
-    if let Some(kind) = gantry_machine::accel::kvm::software_assisted() {
+    if let Some(kind) = gantry_machine::accel::kvm_software_assisted() {
         eprintln!(
             "SKIP {test}: this host's KVM is software-assisted ({kind}); it ends a single \
              step over HLT with a debug trap and no HLT exit, so the vCPU is not known to \

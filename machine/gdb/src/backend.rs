@@ -31,6 +31,10 @@ pub struct DebugRequest {
 pub enum Ended {
     Stop(CpuStop),
     /// The backend failed (KVM refused something); the session ends with this error.
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
     Failed(MachineError),
 }
 
@@ -64,6 +68,11 @@ impl Backend {
     /// Sets breakpoints, watchpoints and stepping for the next [`Self::execute`]; an
     /// `Err` names what this backend cannot do (too many hardware slots, an address it
     /// cannot plant a breakpoint at).
+    // Off x86-64 Linux only the emulated CPU exists, which plants nothing in memory.
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(unused_variables)
+    )]
     pub fn set_debug(&mut self, mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
         match self {
             Backend::Emu(c) => {
@@ -104,6 +113,10 @@ impl Backend {
     }
 
     /// The original bytes under planted INT3s, for memory reads in `[start, start+len)`.
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(unused_variables)
+    )]
     pub fn hide_planted(&self, start: u64, data: &mut [u8]) {
         match self {
             Backend::Emu(_) => {}

@@ -9,6 +9,20 @@ pub mod kvm_state;
 
 use std::fmt;
 
+/// The kind of software-assisted KVM the host has (nested, such as kvm_pvm: its ring-0
+/// behaviour is its instruction emulator's), by module name; `None` for a hardware KVM,
+/// and where there is no KVM at all.
+pub fn kvm_software_assisted() -> Option<&'static str> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        kvm::software_assisted()
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        None
+    }
+}
+
 /// Why a run of the CPU stopped for good (resets are handled by the machine).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CpuStop {
