@@ -7,6 +7,7 @@ pub mod arith;
 pub mod bcd;
 pub mod flags;
 pub mod ir;
+pub mod ir_text;
 pub mod lift;
 pub mod sse;
 pub mod sse_fp;
