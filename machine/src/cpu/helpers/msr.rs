@@ -1,0 +1,106 @@
+//! RDMSR and WRMSR: the model-specific registers the CPU model has.
+
+use super::*;
+
+const MSR_TSC: u32 = 0x10;
+const MSR_PLATFORM_ID: u32 = 0x17;
+const MSR_APIC_BASE: u32 = 0x1B;
+const MSR_BIOS_SIGN_ID: u32 = 0x8B;
+const MSR_SYSENTER_CS: u32 = 0x174;
+const MSR_SYSENTER_ESP: u32 = 0x175;
+const MSR_SYSENTER_EIP: u32 = 0x176;
+const MSR_MISC_ENABLE: u32 = 0x1A0;
+const MSR_PAT: u32 = 0x277;
+const MSR_EFER: u32 = 0xC000_0080;
+const MSR_STAR: u32 = 0xC000_0081;
+const MSR_LSTAR: u32 = 0xC000_0082;
+const MSR_CSTAR: u32 = 0xC000_0083;
+const MSR_SFMASK: u32 = 0xC000_0084;
+const MSR_FS_BASE: u32 = 0xC000_0100;
+const MSR_GS_BASE: u32 = 0xC000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
+const MSR_TSC_AUX: u32 = 0xC000_0103;
+
+impl Ctx<'_> {
+    /// The TSC: 1 GHz of the board's clock, plus the guest's offset.
+    pub fn tsc(&self, cpu: &CpuState) -> u64 {
+        self.board.clock().now_ns().wrapping_add(cpu.tsc_offset)
+    }
+
+    pub(super) fn rdmsr(&mut self, cpu: &CpuState, msr: u32) -> Result<u64, Exception> {
+        let m = &cpu.msr;
+        Ok(match msr {
+            MSR_TSC => self.tsc(cpu),
+            MSR_PLATFORM_ID | MSR_BIOS_SIGN_ID => 0,
+            MSR_APIC_BASE => m.apic_base,
+            MSR_SYSENTER_CS => m.sysenter_cs,
+            MSR_SYSENTER_ESP => m.sysenter_esp,
+            MSR_SYSENTER_EIP => m.sysenter_eip,
+            MSR_MISC_ENABLE => m.misc_enable,
+            MSR_PAT => m.pat,
+            MSR_EFER => cpu.efer,
+            MSR_STAR => m.star,
+            MSR_LSTAR => m.lstar,
+            MSR_CSTAR => m.cstar,
+            MSR_SFMASK => m.sfmask,
+            MSR_FS_BASE => cpu.seg[FS].base,
+            MSR_GS_BASE => cpu.seg[GS].base,
+            MSR_KERNEL_GS_BASE => m.kernel_gs_base,
+            MSR_TSC_AUX => m.tsc_aux,
+            _ => {
+                self.stats.unknown_msrs += 1;
+                return Err(gp0());
+            }
+        })
+    }
+
+    pub(super) fn wrmsr(&mut self, cpu: &mut CpuState, msr: u32, v: u64) -> Result<(), Exception> {
+        match msr {
+            MSR_TSC => cpu.tsc_offset = v.wrapping_sub(self.board.clock().now_ns()),
+            MSR_BIOS_SIGN_ID => {}
+            MSR_APIC_BASE => {
+                // No local APIC: the enable bit cannot be set.
+                if v & (1 << 11) != 0 {
+                    return Err(gp0());
+                }
+                cpu.msr.apic_base = v;
+            }
+            MSR_SYSENTER_CS => cpu.msr.sysenter_cs = v & 0xFFFF,
+            MSR_SYSENTER_ESP => cpu.msr.sysenter_esp = v,
+            MSR_SYSENTER_EIP => cpu.msr.sysenter_eip = v,
+            MSR_MISC_ENABLE => cpu.msr.misc_enable = v,
+            MSR_PAT => cpu.msr.pat = v,
+            MSR_EFER => {
+                let allowed = EFER_SCE | EFER_LME | EFER_NXE;
+                if v & !(allowed | EFER_LMA) != 0 {
+                    return Err(gp0());
+                }
+                if cpu.cr0 & CR0_PG != 0 && (v ^ cpu.efer) & EFER_LME != 0 {
+                    return Err(gp0());
+                }
+                if (v ^ cpu.efer) & EFER_NXE != 0 {
+                    self.mmu.flush(false);
+                }
+                cpu.efer = (cpu.efer & EFER_LMA) | (v & allowed);
+            }
+            MSR_STAR => cpu.msr.star = v,
+            MSR_LSTAR | MSR_CSTAR | MSR_FS_BASE | MSR_GS_BASE | MSR_KERNEL_GS_BASE
+                if !paging::canonical(v) =>
+            {
+                return Err(gp0())
+            }
+            MSR_LSTAR => cpu.msr.lstar = v,
+            MSR_CSTAR => cpu.msr.cstar = v,
+            MSR_SFMASK => cpu.msr.sfmask = v & 0xFFFF_FFFF,
+            MSR_FS_BASE => cpu.seg[FS].base = v,
+            MSR_GS_BASE => cpu.seg[GS].base = v,
+            MSR_KERNEL_GS_BASE => cpu.msr.kernel_gs_base = v,
+            MSR_TSC_AUX => cpu.msr.tsc_aux = v & 0xFFFF_FFFF,
+            _ => {
+                self.stats.unknown_msrs += 1;
+                return Err(gp0());
+            }
+        }
+        Ok(())
+    }
+}
