@@ -13,7 +13,7 @@ pub mod paging;
 pub mod segments;
 mod tasks;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
@@ -21,6 +21,7 @@ use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
+use gantry_translator::cache::{BlockKey, CodeCache, JumpKey};
 use gantry_translator::interp::{Interp, Prepared};
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
@@ -60,34 +61,13 @@ impl CpuStats {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct BlockKey {
-    phys: u64,
-    rip: u64,
-    mode: Mode,
-}
-
-/// A direct-mapped cache from (CS base, RIP, mode, CPL) to block, in front of the
-/// physical-address-keyed cache (QEMU's tb_jmp_cache): a hit skips the instruction-fetch
-/// translation and the hash lookup. Emptied whenever the TLB is flushed or code is
-/// invalidated, since either can change what a linear address runs.
-const JUMP_CACHE: usize = 4096;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct JumpKey {
-    cs_base: u64,
-    rip: u64,
-    mode: Mode,
-    cpl: u8,
-}
-
 pub struct EmuCpu {
     pub state: CpuState,
     mmu: Mmu,
-    jump_cache: Vec<Option<(JumpKey, Rc<Prepared>)>>,
+    /// The translator's code cache: blocks by physical address, jump cache in front.
+    code: CodeCache,
+    /// The TLB generation the jump cache was filled under.
     jump_generation: u64,
-    cache: HashMap<BlockKey, Rc<Prepared>>,
-    page_blocks: HashMap<u64, Vec<BlockKey>>,
     interp: Interp,
     /// Tier 1, when enabled: hot blocks compiled with Cranelift.
     jit: Option<Jit>,
@@ -220,10 +200,8 @@ impl EmuCpu {
         Self {
             state: state_from_entry(entry),
             mmu: Mmu::new(ram_size),
-            jump_cache: vec![None; JUMP_CACHE],
+            code: CodeCache::default(),
             jump_generation: 0,
-            cache: HashMap::new(),
-            page_blocks: HashMap::new(),
             interp: Interp::new(),
             jit: None,
             dirty_code: Vec::new(),
@@ -262,15 +240,8 @@ impl EmuCpu {
     }
 
     fn invalidate_dirty(&mut self) {
-        self.jump_cache.iter_mut().for_each(|e| *e = None);
         for page in std::mem::take(&mut self.dirty_code) {
-            if let Some(keys) = self.page_blocks.remove(&page) {
-                for k in keys {
-                    if self.cache.remove(&k).is_some() {
-                        self.stats.invalidated_blocks += 1;
-                    }
-                }
-            }
+            self.stats.invalidated_blocks += self.code.invalidate_page(page);
             if let Some(b) = self.mmu.code_pages.get_mut(page as usize) {
                 *b = false;
             }
@@ -491,7 +462,7 @@ impl EmuCpu {
     ) -> Result<Rc<Prepared>, Exception> {
         if self.jump_generation != self.mmu.generation {
             self.jump_generation = self.mmu.generation;
-            self.jump_cache.iter_mut().for_each(|e| *e = None);
+            self.code.flush_jumps();
         }
         let cs_base = self.state.seg[st::CS].base;
         let rip = self.state.rip;
@@ -501,14 +472,11 @@ impl EmuCpu {
             mode: self.mode(),
             cpl: self.state.cpl(),
         };
-        let slot = (rip ^ (rip >> 12)) as usize % JUMP_CACHE;
-        if let Some((k, b)) = &self.jump_cache[slot] {
-            if *k == jkey {
-                return Ok(b.clone());
-            }
+        if let Some(b) = self.code.jump_lookup(&jkey) {
+            return Ok(b);
         }
         let b = self.lookup_slow(mem, board, cs_base, rip)?;
-        self.jump_cache[slot] = Some((jkey, b.clone()));
+        self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
 
@@ -525,22 +493,21 @@ impl EmuCpu {
             self.mmu
                 .translate(&mut self.state, mem, linear, Access::Exec, Privilege::User)?;
         let key = BlockKey { phys, rip, mode };
-        if let Some(b) = self.cache.get(&key) {
-            return Ok(b.clone());
+        if let Some(b) = self.code.get(&key) {
+            return Ok(b);
         }
         let limits = std::mem::take(&mut self.limits);
         let lifted = self.lift(mem, board, cs_base, rip, &limits);
         self.limits = limits;
         let (block, pages) = lifted?;
-        for p in pages {
-            if let Some(b) = self.mmu.code_pages.get_mut(p as usize) {
+        for p in &pages {
+            if let Some(b) = self.mmu.code_pages.get_mut(*p as usize) {
                 *b = true;
             }
-            self.page_blocks.entry(p).or_default().push(key);
         }
         self.stats.blocks_translated += 1;
         let block = Rc::new(Prepared::new(block));
-        self.cache.insert(key, block.clone());
+        self.code.insert(key, &pages, block.clone());
         Ok(block)
     }
 
@@ -594,9 +561,7 @@ impl EmuCpu {
 
     /// Drops every translation (the debugger changed where blocks must end).
     fn drop_translations(&mut self) {
-        self.cache.clear();
-        self.page_blocks.clear();
-        self.jump_cache.iter_mut().for_each(|e| *e = None);
+        self.code.clear();
         self.mmu.code_pages.iter_mut().for_each(|b| *b = false);
     }
 

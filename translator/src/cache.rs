@@ -1,0 +1,164 @@
+//! The code cache: translated blocks keyed by physical address, RIP and mode (a block is
+//! what the bytes at a physical address mean in one mode, so changing page tables flushes
+//! nothing), the per-page lists of the blocks whose code is on a page (a write there drops
+//! them: self-modifying code), and in front a direct-mapped jump cache keyed by linear
+//! address (QEMU's tb_jmp_cache), whose hit skips the instruction-fetch translation and the
+//! hash lookup.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use gantry_frontend::lift::Mode;
+
+use crate::interp::Prepared;
+
+/// What a translation depends on: the code's physical address, RIP (the offset in CS the
+/// block was lifted at) and the mode (code size, stack size, vendor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub phys: u64,
+    pub rip: u64,
+    pub mode: Mode,
+}
+
+/// What the jump cache is keyed by: the linear side of a lookup. Valid only while the
+/// address translation it stands for is (the owner flushes it with the TLB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JumpKey {
+    pub cs_base: u64,
+    pub rip: u64,
+    pub mode: Mode,
+    pub cpl: u8,
+}
+
+const JUMP_CACHE: usize = 4096;
+
+pub struct CodeCache {
+    jump: Vec<Option<(JumpKey, Rc<Prepared>)>>,
+    blocks: HashMap<BlockKey, Rc<Prepared>>,
+    page_blocks: HashMap<u64, Vec<BlockKey>>,
+}
+
+impl Default for CodeCache {
+    fn default() -> Self {
+        Self {
+            jump: vec![None; JUMP_CACHE],
+            blocks: HashMap::new(),
+            page_blocks: HashMap::new(),
+        }
+    }
+}
+
+fn slot(rip: u64) -> usize {
+    (rip ^ (rip >> 12)) as usize % JUMP_CACHE
+}
+
+impl CodeCache {
+    pub fn jump_lookup(&self, key: &JumpKey) -> Option<Rc<Prepared>> {
+        match &self.jump[slot(key.rip)] {
+            Some((k, b)) if k == key => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn jump_insert(&mut self, key: JumpKey, block: Rc<Prepared>) {
+        self.jump[slot(key.rip)] = Some((key, block));
+    }
+
+    /// Forgets every linear-address lookup (the TLB was flushed, or code invalidated).
+    pub fn flush_jumps(&mut self) {
+        self.jump.iter_mut().for_each(|e| *e = None);
+    }
+
+    pub fn get(&self, key: &BlockKey) -> Option<Rc<Prepared>> {
+        self.blocks.get(key).cloned()
+    }
+
+    /// Caches `block`, whose code lies on the physical pages `pages` (page numbers).
+    pub fn insert(&mut self, key: BlockKey, pages: &[u64], block: Rc<Prepared>) {
+        for p in pages {
+            self.page_blocks.entry(*p).or_default().push(key);
+        }
+        self.blocks.insert(key, block);
+    }
+
+    /// Drops the blocks with code on physical page `page` (and, if there were any, the
+    /// jump cache, which may point at them); returns how many.
+    pub fn invalidate_page(&mut self, page: u64) -> u64 {
+        let Some(keys) = self.page_blocks.remove(&page) else {
+            return 0;
+        };
+        let dropped = keys
+            .iter()
+            .filter(|k| self.blocks.remove(k).is_some())
+            .count() as u64;
+        if dropped > 0 {
+            self.flush_jumps();
+        }
+        dropped
+    }
+
+    /// Drops every translation.
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+        self.page_blocks.clear();
+        self.flush_jumps();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_frontend::ir::Block;
+    use gantry_frontend::vendor::Vendor;
+
+    fn mode() -> Mode {
+        Mode {
+            code_bits: 64,
+            stack_bits: 64,
+            mode64: true,
+            vendor: Vendor::Intel,
+        }
+    }
+
+    #[test]
+    fn a_write_to_a_code_page_drops_its_blocks_and_the_jump_cache() {
+        let mut c = CodeCache::default();
+        let b = Rc::new(Prepared::new(Block::default()));
+        let k1 = BlockKey {
+            phys: 0x1000,
+            rip: 0x1000,
+            mode: mode(),
+        };
+        let k2 = BlockKey {
+            phys: 0x2ff0,
+            rip: 0x2ff0,
+            mode: mode(),
+        };
+        c.insert(k1, &[1], b.clone());
+        c.insert(k2, &[2, 3], b.clone());
+        let j = JumpKey {
+            cs_base: 0,
+            rip: 0x1000,
+            mode: mode(),
+            cpl: 0,
+        };
+        c.jump_insert(j, b.clone());
+        assert!(c.jump_lookup(&j).is_some());
+        // Another mode is another translation.
+        let other = BlockKey {
+            mode: Mode {
+                vendor: Vendor::Amd,
+                ..mode()
+            },
+            ..k1
+        };
+        assert!(c.get(&other).is_none());
+        assert_eq!(c.invalidate_page(3), 1, "the block straddling into page 3");
+        assert!(c.get(&k2).is_none() && c.get(&k1).is_some());
+        assert!(c.jump_lookup(&j).is_none());
+        assert_eq!(c.invalidate_page(3), 0);
+        c.clear();
+        assert!(c.get(&k1).is_none());
+    }
+}
