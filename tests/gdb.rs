@@ -791,6 +791,18 @@ continue
     assert_eq!(status, Some(11), "{stderr}");
 }
 
+/// The test kernel (16 MiB of RAM) under `--gdb-wait`, and a raw protocol connection.
+fn raw_session(test: &str) -> (Server, std::net::TcpStream) {
+    let dir = common::scratch(test);
+    let elf = kernel(&dir, None);
+    let path = elf.to_str().expect("scratch path is UTF-8");
+    let server = Server::start(&["--accel", "interp", "--kernel", path, "--mem", "16M"]);
+    let s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    (server, s)
+}
+
 /// Sends one packet and returns the reply's body, checking its framing and checksum, with
 /// its run-length encoding undone.
 fn exchange(s: &mut std::net::TcpStream, body: &str) -> String {
@@ -839,13 +851,7 @@ fn exchange(s: &mut std::net::TcpStream, body: &str) -> String {
 /// error alone when there are none.
 #[test]
 fn gdb_an_oversize_memory_read_gets_a_well_formed_reply() {
-    let dir = common::scratch("gdb-oversize-m");
-    let elf = kernel(&dir, None);
-    let path = elf.to_str().expect("scratch path is UTF-8");
-    let server = Server::start(&["--accel", "interp", "--kernel", path, "--mem", "16M"]);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    let (server, mut s) = raw_session("gdb-oversize-m");
     // 6 KiB of RAM below 16 MiB, then 6 KiB past its end: a short read.
     let reply = exchange(&mut s, "mffe800,3000");
     assert!(reply.bytes().all(|b| b.is_ascii_hexdigit()), "{reply}");
@@ -864,13 +870,7 @@ fn gdb_an_oversize_memory_read_gets_a_well_formed_reply() {
 /// An `M` whose length does not match its data is refused; a matching one is written.
 #[test]
 fn gdb_a_memory_write_of_the_wrong_length_is_refused() {
-    let dir = common::scratch("gdb-bad-M");
-    let elf = kernel(&dir, None);
-    let path = elf.to_str().expect("scratch path is UTF-8");
-    let server = Server::start(&["--accel", "interp", "--kernel", path, "--mem", "16M"]);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    let (server, mut s) = raw_session("gdb-bad-M");
     for (packet, want) in [
         ("M200000,4:abcd", "E"),
         ("M200000,1:abcd", "E"),

@@ -35,7 +35,8 @@ pub enum CcKind {
     Mul,
 }
 
-const KINDS: [CcKind; 12] = [
+/// Every kind, in encoding order.
+pub const KINDS: [CcKind; 12] = [
     CcKind::Eflags,
     CcKind::Add,
     CcKind::Adc,

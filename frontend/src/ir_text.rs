@@ -5,7 +5,7 @@
 //! Helper calls are not parsed (their names are the machine's business); everything else
 //! is.
 
-use crate::flags::{CcKind, CcOp, Cond};
+use crate::flags::{self, CcOp, Cond};
 use crate::ir::*;
 
 /// Parses a block printed by `Block`'s `Display`; the error names the line.
@@ -200,20 +200,6 @@ const CMP_OPS: [CmpOp; 6] = [
     CmpOp::Slt,
     CmpOp::Sle,
 ];
-const CC_KINDS: [CcKind; 12] = [
-    CcKind::Eflags,
-    CcKind::Add,
-    CcKind::Adc,
-    CcKind::Sub,
-    CcKind::Sbb,
-    CcKind::Logic,
-    CcKind::Inc,
-    CcKind::Dec,
-    CcKind::Shl,
-    CcKind::Shr,
-    CcKind::Sar,
-    CcKind::Mul,
-];
 const EXITS: [ExitWhy; 3] = [ExitWhy::Sync, ExitWhy::Halt, ExitWhy::Continue];
 
 /// `v1, v2, ...`
@@ -339,7 +325,7 @@ fn inst_of(line: &str, b: &mut Block) -> Result<Inst, String> {
         "flags" => {
             let (kind, vals) = args.split_once(' ').ok_or("flags takes an op and values")?;
             let (k, bits) = kind.split_once('.').ok_or("flags op is kind.bits")?;
-            let kind = named(&CC_KINDS, k).ok_or("unknown flags kind")?;
+            let kind = named(&flags::KINDS, k).ok_or("unknown flags kind")?;
             let size = (num(bits)? / 8) as u8;
             match vals_of(vals, b)?[..] {
                 [dst, src, aux] => Inst::SetFlags {
