@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use gantry_frontend::lift::Mode;
 
-use crate::interp::Prepared;
+use crate::block::Prepared;
 
 /// What a translation depends on: the code's physical address, RIP (the offset in CS the
 /// block was lifted at) and the mode (code size, stack size, vendor).

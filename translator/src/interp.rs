@@ -6,66 +6,8 @@ use gantry_frontend::flags;
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{CpuState, UD_VECTOR};
 
+use crate::block::Prepared;
 use crate::{BlockEnd, Exception, Host};
-
-/// A block made ready to interpret: constants pre-placed in the initial value table, and
-/// instruction marks moved to a side table consulted only on faults, so neither costs a
-/// dispatch when the block runs.
-#[derive(Debug)]
-pub struct Prepared {
-    pub block: Block,
-    ops: Vec<Inst>,
-    init: Vec<u64>,
-    /// (index in `ops` where the instruction starts, its RIP), in order.
-    marks: Vec<(u32, u64)>,
-    /// How often the block ran, and its compiled code once it is hot.
-    pub tier: crate::jit::Tier,
-}
-
-impl Prepared {
-    pub fn new(block: Block) -> Self {
-        let mut init = vec![0u64; block.vals.len()];
-        let mut ops = Vec::with_capacity(block.insts.len());
-        let mut marks = Vec::new();
-        for i in &block.insts {
-            match i {
-                Inst::Const { dst, value } => init[dst.0 as usize] = *value,
-                Inst::Mark { rip, .. } => marks.push((ops.len() as u32, *rip)),
-                other => ops.push(other.clone()),
-            }
-        }
-        Self {
-            block,
-            ops,
-            init,
-            marks,
-            tier: Default::default(),
-        }
-    }
-
-    /// The ops that run: the block's instructions without constants and marks.
-    pub fn ops(&self) -> &[Inst] {
-        &self.ops
-    }
-
-    pub fn op(&self, at: usize) -> Option<&Inst> {
-        self.ops.get(at)
-    }
-
-    /// A value's initial content: a constant's value (0 for the others).
-    pub fn initial(&self, v: Val) -> u64 {
-        self.init[v.0 as usize]
-    }
-
-    /// The guest instruction an op belongs to: (instructions begun, its RIP).
-    pub fn locate(&self, op: usize) -> (u64, u64) {
-        let n = self.marks.partition_point(|(i, _)| *i as usize <= op);
-        let rip = n
-            .checked_sub(1)
-            .map_or(self.block.start, |k| self.marks[k].1);
-        (n as u64, rip)
-    }
-}
 
 /// Reusable scratch space, so running a block does not allocate.
 #[derive(Default)]

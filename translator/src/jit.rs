@@ -1,5 +1,5 @@
 //! Tier 1: compiles a hot block's IR to host code with Cranelift. It compiles the very ops
-//! the interpreter runs ([`crate::interp::Prepared`]), one for one, so x86 semantics stay
+//! the interpreter runs ([`crate::block::Prepared`]), one for one, so x86 semantics stay
 //! in the lifter and the JIT only lowers typed IR: values live in host registers instead
 //! of a scratch array and there is no dispatch, while guest memory, helpers, segment
 //! checks and flag evaluation go through the same [`Host`] and `flags` code as the
@@ -18,8 +18,6 @@
 //! blocks that ran `hot` times are compiled, which keeps memory and compile time to the
 //! hot code.
 
-use std::cell::{Cell, RefCell};
-
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, InstBuilder, MemFlags, Signature, Type, Value,
 };
@@ -33,7 +31,8 @@ use gantry_frontend::flags::{self, Cond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
-use crate::interp::{Interp, Prepared};
+use crate::block::{Compiled, Prepared, State};
+use crate::interp::Interp;
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
@@ -64,36 +63,6 @@ pub struct Runtime<'a> {
 
 const RT_VALUE: i32 = 0;
 const RT_ARGS: i32 = 8;
-
-/// A compiled block.
-pub struct Compiled {
-    code: unsafe extern "C" fn(*mut CpuState, *mut Runtime) -> u64,
-    helpers: Box<[Helper]>,
-    /// The code memory it lives in: stale once that was freed.
-    epoch: u64,
-}
-
-#[derive(Default)]
-enum State {
-    #[default]
-    Cold,
-    Ready(Compiled),
-    /// The compiler turned it down: it stays interpreted.
-    Refused,
-}
-
-/// Per-block JIT state, kept with the prepared block: how often it ran, and its code.
-#[derive(Default)]
-pub struct Tier {
-    runs: Cell<u32>,
-    state: RefCell<State>,
-}
-
-impl std::fmt::Debug for Tier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tier({} runs)", self.runs.get())
-    }
-}
 
 pub struct Jit {
     module: Option<JITModule>,
@@ -274,7 +243,7 @@ impl Jit {
         // pointer parameters, one i64 result) in the host's default calling convention,
         // which `extern "C"` is on the hosts Cranelift supports.
         let code = unsafe {
-            std::mem::transmute::<*const u8, unsafe extern "C" fn(*mut CpuState, *mut Runtime) -> u64>(
+            std::mem::transmute::<*const u8, unsafe extern "C" fn(*mut CpuState, *mut u8) -> u64>(
                 code,
             )
         };
@@ -303,8 +272,9 @@ fn run_compiled(
     // SAFETY: `code` was compiled from `p`'s IR by `Jit::compile`; it reads and writes
     // `CpuState` only at field offsets from `state::off` and reaches everything else
     // through the shims below, which get back these same two pointers, live and
-    // exclusive for the call.
-    let r = unsafe { (c.code)(cpu, &mut rt) };
+    // exclusive for the call (the runtime pointer is typed `*mut u8` in `Compiled`, and
+    // the shims take it back as a `Runtime`).
+    let r = unsafe { (c.code)(cpu, (&mut rt as *mut Runtime).cast::<u8>()) };
     let at = (r & 0xFFFF_FFFF) as usize;
     let (begun, rip) = p.locate(at);
     match r >> 32 {

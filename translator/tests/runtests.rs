@@ -15,7 +15,8 @@ use gantry_frontend::flags;
 use gantry_frontend::ir::Helper;
 use gantry_frontend::ir_text::parse_block;
 use gantry_frontend::state::{CpuState, ARITH_FLAGS};
-use gantry_translator::interp::{Interp, Prepared};
+use gantry_translator::block::Prepared;
+use gantry_translator::interp::Interp;
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception, Host};
 

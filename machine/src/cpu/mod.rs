@@ -21,8 +21,9 @@ use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
+use gantry_translator::block::Prepared;
 use gantry_translator::cache::{BlockKey, CodeCache, JumpKey};
-use gantry_translator::interp::{Interp, Prepared};
+use gantry_translator::interp::Interp;
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
 

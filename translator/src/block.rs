@@ -1,0 +1,100 @@
+//! A translated block as both tiers hold it: the IR made ready to interpret
+//! ([`Prepared`]) and its tier state ([`Tier`]: how often it ran, and its compiled code once
+//! hot). The code cache keeps these; the interpreter and the JIT both take them, and
+//! neither tier's module depends on the other's for it.
+
+use std::cell::{Cell, RefCell};
+
+use gantry_frontend::ir::*;
+use gantry_frontend::state::CpuState;
+
+/// A block made ready to interpret: constants pre-placed in the initial value table, and
+/// instruction marks moved to a side table consulted only on faults, so neither costs a
+/// dispatch when the block runs.
+#[derive(Debug)]
+pub struct Prepared {
+    pub block: Block,
+    pub(crate) ops: Vec<Inst>,
+    pub(crate) init: Vec<u64>,
+    /// (index in `ops` where the instruction starts, its RIP), in order.
+    pub(crate) marks: Vec<(u32, u64)>,
+    /// How often the block ran, and its compiled code once it is hot.
+    pub tier: Tier,
+}
+
+impl Prepared {
+    pub fn new(block: Block) -> Self {
+        let mut init = vec![0u64; block.vals.len()];
+        let mut ops = Vec::with_capacity(block.insts.len());
+        let mut marks = Vec::new();
+        for i in &block.insts {
+            match i {
+                Inst::Const { dst, value } => init[dst.0 as usize] = *value,
+                Inst::Mark { rip, .. } => marks.push((ops.len() as u32, *rip)),
+                other => ops.push(other.clone()),
+            }
+        }
+        Self {
+            block,
+            ops,
+            init,
+            marks,
+            tier: Default::default(),
+        }
+    }
+
+    /// The ops that run: the block's instructions without constants and marks.
+    pub fn ops(&self) -> &[Inst] {
+        &self.ops
+    }
+
+    pub fn op(&self, at: usize) -> Option<&Inst> {
+        self.ops.get(at)
+    }
+
+    /// A value's initial content: a constant's value (0 for the others).
+    pub fn initial(&self, v: Val) -> u64 {
+        self.init[v.0 as usize]
+    }
+
+    /// The guest instruction an op belongs to: (instructions begun, its RIP).
+    pub fn locate(&self, op: usize) -> (u64, u64) {
+        let n = self.marks.partition_point(|(i, _)| *i as usize <= op);
+        let rip = n
+            .checked_sub(1)
+            .map_or(self.block.start, |k| self.marks[k].1);
+        (n as u64, rip)
+    }
+}
+
+/// A compiled block.
+pub struct Compiled {
+    /// The generated function; its second argument is the JIT's `Runtime`, passed as an
+    /// untyped pointer so that this module needs nothing of the JIT's.
+    pub(crate) code: unsafe extern "C" fn(*mut CpuState, *mut u8) -> u64,
+    pub(crate) helpers: Box<[Helper]>,
+    /// The code memory it lives in: stale once that was freed.
+    pub(crate) epoch: u64,
+}
+
+#[derive(Default)]
+pub(crate) enum State {
+    #[default]
+    Cold,
+    Ready(Compiled),
+    /// The compiler turned it down: it stays interpreted.
+    Refused,
+}
+
+/// Per-block JIT state, kept with the prepared block: how often it ran, and its code.
+#[derive(Default)]
+pub struct Tier {
+    pub(crate) runs: Cell<u32>,
+    pub(crate) state: RefCell<State>,
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tier({} runs)", self.runs.get())
+    }
+}
