@@ -49,11 +49,15 @@ impl Default for CodeCache {
     }
 }
 
+#[inline]
 fn slot(rip: u64) -> usize {
     (rip ^ (rip >> 12)) as usize % JUMP_CACHE
 }
 
 impl CodeCache {
+    // Inlined across the crate boundary: the run loop looks a block up for every block it
+    // runs.
+    #[inline]
     pub fn jump_lookup(&self, key: &JumpKey) -> Option<Rc<Prepared>> {
         match &self.jump[slot(key.rip)] {
             Some((k, b)) if k == key => Some(b.clone()),
@@ -61,6 +65,7 @@ impl CodeCache {
         }
     }
 
+    #[inline]
     pub fn jump_insert(&mut self, key: JumpKey, block: Rc<Prepared>) {
         self.jump[slot(key.rip)] = Some((key, block));
     }
@@ -70,6 +75,7 @@ impl CodeCache {
         self.jump.iter_mut().for_each(|e| *e = None);
     }
 
+    #[inline]
     pub fn get(&self, key: &BlockKey) -> Option<Rc<Prepared>> {
         self.blocks.get(key).cloned()
     }
