@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 use gantry_difftest::{self as difftest, corpus, emu::EmuRunner, flagmask, gen, Mode, Runner};
-use gantry_machine::cpu::cpuid::Vendor;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum ModeArg {
@@ -53,13 +52,6 @@ pub enum BackendArg {
     Jit,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum CpuArg {
-    Host,
-    Intel,
-    Amd,
-}
-
 #[derive(clap::Args)]
 pub struct DifftestArgs {
     /// Seed of the generated cases (the same seed makes the same cases).
@@ -94,8 +86,8 @@ pub struct DifftestArgs {
     /// The CPU model tested: host (the vendor of this machine's CPU, so that its silicon
     /// is the oracle for undefined flags too), or another vendor's, to see where the two
     /// differ.
-    #[arg(long, value_enum, default_value_t = CpuArg::Host)]
-    cpu: CpuArg,
+    #[arg(long, value_enum, default_value_t = crate::CpuArg::Host)]
+    cpu: crate::CpuArg,
     /// Print at most this many mismatches in full (all are counted).
     #[arg(long, default_value_t = 10)]
     max_reports: u64,
@@ -143,11 +135,7 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
     // The model of the host's vendor, so that its silicon is the oracle for the flags
     // the manuals leave undefined too.
     let policy = flagmask::policy();
-    let vendor = match args.cpu {
-        CpuArg::Host => policy.host.map(|(v, _)| v).unwrap_or_default(),
-        CpuArg::Intel => Vendor::Intel,
-        CpuArg::Amd => Vendor::Amd,
-    };
+    let vendor = crate::choose_vendor(args.cpu)?;
     let mut gantry = EmuRunner::new(args.backend == BackendArg::Jit, vendor)
         .map_err(|e| format!("the sandbox guest: {e}"))?;
     let mut out = std::io::stdout().lock();

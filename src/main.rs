@@ -43,6 +43,7 @@ enum Accel {
     Interp,
 }
 
+/// `--cpu`, for `run` and `difftest`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum CpuArg {
     Intel,
