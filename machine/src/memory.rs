@@ -24,6 +24,14 @@ pub enum Backing {
     Rom(u64),
 }
 
+/// A page of guest memory as the host sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct HostPage {
+    pub ptr: *mut u8,
+    /// Its index among RAM's pages; `None` for ROM.
+    pub ram_page: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     pub gpa: u64,
@@ -158,6 +166,52 @@ impl GuestMemory {
             (Backing::Rom(off), Some(rom)) => rom.as_ptr().wrapping_add(off as usize) as *mut u8,
             (Backing::Rom(_), None) => std::ptr::null_mut(),
         }
+    }
+
+    /// The host address of the 4 KiB page at `gpa` if one region of RAM or ROM holds all
+    /// of it, with its index among RAM's pages (`None` for ROM). `None` for MMIO, holes
+    /// and a page split between regions: those go through [`Self::read`] and the bus.
+    pub fn host_page(&mut self, gpa: u64) -> Option<HostPage> {
+        let page = gpa & !0xFFF;
+        let r = *self.region_at(page)?;
+        if page + 0x1000 > r.end() {
+            return None;
+        }
+        let within = page - r.gpa;
+        match (r.backing, &mut self.rom) {
+            (Backing::Ram(off), _) => Some(HostPage {
+                // In bounds: the region lies within the mapping.
+                ptr: self.ram.as_mut_ptr().wrapping_add((off + within) as usize),
+                ram_page: Some((off + within) >> 12),
+            }),
+            (Backing::Rom(off), Some(rom)) => Some(HostPage {
+                ptr: rom.as_mut_ptr().wrapping_add((off + within) as usize),
+                ram_page: None,
+            }),
+            (Backing::Rom(_), None) => None,
+        }
+    }
+
+    /// The index of the RAM page at `gpa` (its offset in the RAM mapping / 4 KiB), if
+    /// `gpa` is RAM.
+    pub fn ram_page(&self, gpa: u64) -> Option<u64> {
+        let r = self.region_at(gpa)?;
+        match r.backing {
+            Backing::Ram(off) => Some((off + gpa - r.gpa) >> 12),
+            Backing::Rom(_) => None,
+        }
+    }
+
+    /// Where the mappings are, so that a holder of host addresses into them (the TLB)
+    /// can tell it still looks at this memory.
+    pub fn mapping_id(&self) -> [usize; 4] {
+        let rom = self.rom.as_ref();
+        [
+            self.ram.as_ptr() as usize,
+            self.ram.len(),
+            rom.map_or(0, |r| r.as_ptr() as usize),
+            rom.map_or(0, |r| r.len()),
+        ]
     }
 
     /// Offset into the RAM mapping of `[gpa, gpa+len)` if it lies within one RAM region.

@@ -325,7 +325,8 @@ impl EmuRunner {
             Ok(st) => st,
             Err(e) => return other(case, e),
         };
-        self.cpu.code_written(code_phys(case.mode));
+        self.cpu
+            .code_written(&self.sandbox.mem, code_phys(case.mode));
         self.cpu.load_state(st);
         let sb = &mut self.sandbox;
         let stop = self.cpu.run(&mut sb.mem, &mut sb.board);

@@ -103,9 +103,9 @@ impl Backend {
     }
 
     /// Guest memory at `phys` was written by the debugger.
-    pub fn code_written(&mut self, phys: u64) {
+    pub fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
         match self {
-            Backend::Emu(c) => c.code_written(phys),
+            Backend::Emu(c) => c.code_written(mem, phys),
             // KVM executes guest memory as it is: nothing cached.
             #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
             Backend::Kvm(_) => {}

@@ -557,7 +557,7 @@ impl SingleThreadBase for Session {
                 .memory
                 .write(phys, &data[done..done + n])
                 .map_err(|_| TargetError::NonFatal)?;
-            self.cpu.code_written(phys);
+            self.cpu.code_written(&self.machine.memory, phys);
             done += n;
         }
         Ok(())

@@ -5,6 +5,7 @@ use gantry_frontend::state::CpuState;
 use gantry_translator::Exception;
 
 use super::mmu::{Access, Mmu, Privilege};
+use super::tlb::Lookup;
 use crate::board::Board;
 use crate::memory::GuestMemory;
 
@@ -24,9 +25,29 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Reads `bytes` (1-8) at a linear address; an access that crosses a page is split, and
-    /// both pages are translated before anything is read.
+    /// Reads `bytes` (1-8) at a linear address: from host memory on a TLB hit, else by
+    /// [`Self::read_slow`].
+    #[inline]
     pub fn read(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        access: Access,
+        privilege: Privilege,
+    ) -> Result<u64, Exception> {
+        let idx = Mmu::index(cpu, privilege);
+        match self.mmu.tlb.lookup(idx, linear, bytes, access) {
+            Lookup::Host(h) => Ok(h.load(bytes)),
+            _ => self.read_slow(cpu, linear, bytes, access, privilege),
+        }
+    }
+
+    /// A read the TLB could not resolve to host memory: a miss, a watched page, MMIO, or
+    /// an access that crosses a page (split, with both pages translated before anything is
+    /// read).
+    #[inline(never)]
+    fn read_slow(
         &mut self,
         cpu: &mut CpuState,
         linear: u64,
@@ -61,7 +82,31 @@ impl Ctx<'_> {
         Ok(v)
     }
 
+    /// Writes `bytes` (1-8) at a linear address: to host memory on a TLB hit, else by
+    /// [`Self::write_slow`].
+    #[inline]
     pub fn write(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        value: u64,
+        privilege: Privilege,
+    ) -> Result<(), Exception> {
+        let idx = Mmu::index(cpu, privilege);
+        match self.mmu.tlb.lookup(idx, linear, bytes, Access::Write) {
+            Lookup::Host(h) => {
+                h.store(bytes, value);
+                Ok(())
+            }
+            _ => self.write_slow(cpu, linear, bytes, value, privilege),
+        }
+    }
+
+    /// A write the TLB could not resolve to host memory: a miss, a page with translated
+    /// code (invalidated), a watched page, ROM, MMIO, or an access that crosses a page.
+    #[inline(never)]
+    fn write_slow(
         &mut self,
         cpu: &mut CpuState,
         linear: u64,

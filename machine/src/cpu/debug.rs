@@ -108,6 +108,12 @@ impl DebugTraps {
         self.any = !self.list.is_empty() || !self.guest.is_empty();
     }
 
+    /// The linear ranges `[start, end)` any data breakpoint covers.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let all = self.list.iter().chain(self.guest.iter().map(|(_, w)| w));
+        all.map(|w| (w.addr, w.addr.wrapping_add(w.len))).collect()
+    }
+
     /// Any data breakpoint set: blocks must be one instruction long so a trap comes after
     /// the instruction that hit.
     pub fn active(&self) -> bool {

@@ -1,20 +1,22 @@
-//! The softmmu: linear -> physical translation (page walks for no paging, 32-bit 2-level
-//! with 4 MiB pages, PAE, and 4-level long mode with 2 MiB and 1 GiB pages), a TLB per
-//! access kind and privilege, and physical access to RAM, ROM and MMIO.
+//! The softmmu: the TLB ([`super::tlb`]) in front of the x86 page walk and its permission
+//! rules ([`super::paging::walk_access`]), and the physical side ([`super::phys_memory`]):
+//! RAM, ROM, MMIO and the pages that hold translated code.
+//!
+//! A fill grants each kind of access the walk allows the privilege index, so one walk
+//! serves later reads, writes and fetches of the page; a write comparator exists only
+//! once the page's dirty bit is set, so the first write to a clean page still walks (and
+//! sets it). Pages with translated code, watched pages and anything not plain memory get
+//! flags in their comparators, which send accesses to the slow path.
 
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
-use super::paging::{self, PagingRegs, WalkEnd};
+use super::paging;
+use super::phys_memory::{self, CodePages, Written};
+pub use super::tlb::Access;
+use super::tlb::{Fill, Tlb, PAGE_MASK, PAGE_SHIFT, TLB_CODE, TLB_INVALID, TLB_IO, TLB_WATCH};
 use crate::board::Board;
-use crate::memory::{Backing, GuestMemory};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read = 0,
-    Write = 1,
-    Exec = 2,
-}
+use crate::memory::GuestMemory;
 
 /// Who is asking: the guest at its CPL, or the CPU itself (descriptor tables, TSS, the
 /// interrupt stack frame), which is a supervisor access whatever the CPL.
@@ -24,25 +26,6 @@ pub enum Privilege {
     Supervisor,
 }
 
-const TLB_SIZE: usize = 256;
-const PAGE_SHIFT: u32 = 12;
-const PAGE_MASK: u64 = 0xFFF;
-
-#[derive(Clone, Copy)]
-struct TlbEntry {
-    /// Virtual page number, or u64::MAX when empty.
-    vpn: u64,
-    /// Physical page base.
-    phys: u64,
-    global: bool,
-}
-
-const EMPTY: TlbEntry = TlbEntry {
-    vpn: u64::MAX,
-    phys: 0,
-    global: false,
-};
-
 /// Counters for `--stats`.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct MmuStats {
@@ -50,32 +33,48 @@ pub struct MmuStats {
     pub page_faults: u64,
     pub tlb_flushes: u64,
     pub mmio_accesses: u64,
-    pub smc_invalidations: u64,
 }
 
 pub struct Mmu {
-    /// [access kind][user?][index]
-    tlb: Box<[[[TlbEntry; TLB_SIZE]; 2]; 3]>,
-    /// Per RAM page: holds translated code (writes must invalidate it).
-    pub code_pages: Vec<bool>,
+    pub tlb: Box<Tlb>,
+    /// RAM pages holding translated code (writes must invalidate them).
+    pub code_pages: CodePages,
     pub stats: MmuStats,
     /// Changes on every flush, so caches of translations (the CPU's jump cache) know.
     pub generation: u64,
-}
-
-/// The result of a page walk.
-struct Walk {
-    phys: u64,
-    global: bool,
+    /// The guest memory the TLB's host addresses point into ([`GuestMemory::mapping_id`]).
+    bound: [usize; 4],
+    /// Linear ranges `[start, end)` that watchpoints or guest data breakpoints cover: their
+    /// pages are filled with [`TLB_WATCH`].
+    watched: Vec<(u64, u64)>,
 }
 
 impl Mmu {
     pub fn new(ram_size: u64) -> Self {
         Self {
-            tlb: Box::new([[[EMPTY; TLB_SIZE]; 2]; 3]),
-            code_pages: vec![false; (ram_size >> PAGE_SHIFT) as usize + 1],
+            tlb: Box::default(),
+            code_pages: CodePages::new(ram_size),
             stats: MmuStats::default(),
             generation: 0,
+            bound: [0; 4],
+            watched: Vec::new(),
+        }
+    }
+
+    /// The TLB's privilege index for an access.
+    #[inline]
+    pub fn index(cpu: &CpuState, privilege: Privilege) -> usize {
+        (privilege == Privilege::User && cpu.cpl() == 3) as usize
+    }
+
+    /// Makes sure the TLB's host addresses point into `mem`, flushing it when it was
+    /// filled for other memory (the host addresses of the fast path rely on this).
+    #[inline]
+    pub fn bind(&mut self, mem: &GuestMemory) {
+        let id = mem.mapping_id();
+        if id != self.bound {
+            self.flush(false);
+            self.bound = id;
         }
     }
 
@@ -83,27 +82,29 @@ impl Mmu {
     pub fn flush(&mut self, keep_global: bool) {
         self.stats.tlb_flushes += 1;
         self.generation += 1;
-        for kind in self.tlb.iter_mut() {
-            for user in kind.iter_mut() {
-                for e in user.iter_mut() {
-                    if !(keep_global && e.global) {
-                        *e = EMPTY;
-                    }
-                }
-            }
-        }
+        self.tlb.flush(keep_global);
     }
 
     /// INVLPG: drops the page from every TLB, global or not.
     pub fn flush_page(&mut self, linear: u64) {
         self.generation += 1;
-        let vpn = linear >> PAGE_SHIFT;
-        let i = (vpn as usize) % TLB_SIZE;
-        for kind in self.tlb.iter_mut() {
-            for user in kind.iter_mut() {
-                if user[i].vpn == vpn {
-                    user[i] = EMPTY;
-                }
+        self.tlb.flush_page(linear);
+    }
+
+    /// The ranges debug traps watch; the TLB is dropped so that fills tag their pages.
+    pub fn set_watched(&mut self, ranges: Vec<(u64, u64)>) {
+        if ranges != self.watched {
+            self.watched = ranges;
+            self.flush(false);
+        }
+    }
+
+    /// Marks physical page `page` as holding translated code (or no longer).
+    pub fn set_code_page(&mut self, mem: &GuestMemory, page: u64, on: bool) {
+        if let Some(r) = mem.ram_page(page << PAGE_SHIFT) {
+            if self.code_pages.get(r) != on {
+                self.code_pages.set(r, on);
+                self.tlb.set_write_flag(page, TLB_CODE, on);
             }
         }
     }
@@ -118,113 +119,70 @@ impl Mmu {
         access: Access,
         privilege: Privilege,
     ) -> Result<u64, Exception> {
-        if cpu.cr0 & CR0_PG == 0 {
-            let a = if cpu.long_mode() {
-                linear
-            } else {
-                linear & 0xFFFF_FFFF
-            };
-            return Ok(a & cpu.a20_mask);
+        let idx = Self::index(cpu, privilege);
+        if let Some(phys) = self.tlb.phys(idx, linear, access) {
+            return Ok(phys);
         }
-        let user = privilege == Privilege::User && cpu.cpl() == 3;
-        let vpn = linear >> PAGE_SHIFT;
-        let i = (vpn as usize) % TLB_SIZE;
-        let e = self.tlb[access as usize][user as usize][i];
-        if e.vpn == vpn {
-            return Ok(e.phys | (linear & PAGE_MASK));
-        }
-        self.stats.tlb_misses += 1;
-        // Checked on a miss only: TLB tags are whole page numbers, so a non-canonical
-        // address never hits an entry. A stack access raises #SS(0) instead: the IR marks
-        // those, and the memory interface turns this #GP(0) into #SS(0) for them.
-        if cpu.long_mode() && !paging::canonical(linear) {
-            return Err(Exception::with_code(13, 0));
-        }
-        let w = self.walk(cpu, mem, linear, access, user)?;
-        let phys_page = w.phys & !PAGE_MASK & cpu.a20_mask;
-        self.tlb[access as usize][user as usize][i] = TlbEntry {
-            vpn,
-            phys: phys_page,
-            global: w.global,
-        };
-        Ok(phys_page | (linear & PAGE_MASK))
+        self.fill(cpu, mem, linear, access, idx)
     }
 
-    fn walk(
+    /// The TLB fill: walks the page tables (the identity without paging) for `access`,
+    /// enters what the walk grants, and returns the physical address.
+    #[cold]
+    fn fill(
         &mut self,
         cpu: &mut CpuState,
         mem: &mut GuestMemory,
         linear: u64,
         access: Access,
-        user: bool,
-    ) -> Result<Walk, Exception> {
-        let write = access == Access::Write;
-        let fetch = access == Access::Exec;
-        let nxe = cpu.efer & EFER_NXE != 0;
-        let mut fault = |cpu: &mut CpuState, present: bool, rsvd: bool| {
-            self.stats.page_faults += 1;
-            cpu.cr2 = linear;
-            let code = present as u32
-                | (write as u32) << 1
-                | (user as u32) << 2
-                | (rsvd as u32) << 3
-                | ((fetch && (nxe || cpu.cr4 & CR4_PAE != 0)) as u32) << 4;
-            Exception::with_code(14, code)
-        };
-        let w = paging::walk(mem, &PagingRegs::of(cpu), linear);
-        let (phys, global) = match w.end {
-            WalkEnd::NotPresent => return Err(fault(cpu, false, false)),
-            WalkEnd::Reserved => return Err(fault(cpu, true, true)),
-            WalkEnd::Mapped {
-                phys,
-                global,
-                writable,
-                user: user_ok,
-                executable,
-                ..
-            } => {
-                // Permission checks (Intel SDM vol. 3, 4.6).
-                let wp = cpu.cr0 & CR0_WP != 0;
-                let denied = (user && !user_ok)
-                    || (write && !writable && (user || wp))
-                    || (fetch && !executable);
-                if denied {
-                    return Err(fault(cpu, true, false));
-                }
-                (phys, global)
-            }
-        };
-        // Accessed bits on every level, dirty on the leaf (the last entry) for writes.
-        let entries = w.entries();
-        let leaf = entries.len().saturating_sub(1);
-        for (n, e) in entries.iter().enumerate().filter(|(_, e)| e.has_ad) {
-            let mut nv = e.value | 0x20;
-            if n == leaf && write {
-                nv |= 0x40;
-            }
-            if nv != e.value {
-                if e.wide {
-                    write_u64(mem, e.addr, nv);
-                } else {
-                    write_u32(mem, e.addr, nv as u32);
-                }
-            }
+        idx: usize,
+    ) -> Result<u64, Exception> {
+        self.stats.tlb_misses += 1;
+        // Checked on a miss only: TLB tags are whole page addresses, so a non-canonical
+        // address never hits an entry. A stack access raises #SS(0) instead: the IR marks
+        // those, and the memory interface turns this #GP(0) into #SS(0) for them.
+        if cpu.long_mode() && !paging::canonical(linear) {
+            return Err(Exception::with_code(13, 0));
         }
-        Ok(Walk {
-            phys,
-            global: global && cpu.cr4 & CR4_PGE != 0,
-        })
+        let g = paging::walk_access(cpu, mem, linear, access, idx == 1).inspect_err(|_| {
+            self.stats.page_faults += 1;
+        })?;
+        let phys_page = g.phys & !PAGE_MASK;
+        let host = mem.host_page(phys_page);
+        let page = linear & !PAGE_MASK;
+        let watched = self
+            .watched
+            .iter()
+            .any(|&(s, e)| s < page.wrapping_add(1 << PAGE_SHIFT) && e > page);
+        let watch = if watched { TLB_WATCH } else { 0 };
+        let code = match host.and_then(|h| h.ram_page) {
+            Some(r) if self.code_pages.get(r) => TLB_CODE,
+            _ => 0,
+        };
+        let rom = host.is_some_and(|h| h.ram_page.is_none());
+        let allow = |ok: bool, flags: u64| if ok { flags } else { TLB_INVALID };
+        self.tlb.fill(
+            idx,
+            linear,
+            &Fill {
+                phys: phys_page,
+                host: host.map(|h| h.ptr),
+                flags: [
+                    allow(true, watch),
+                    allow(g.write, watch | code | if rom { TLB_IO } else { 0 }),
+                    allow(g.exec, 0),
+                ],
+                global: g.global,
+            },
+        );
+        Ok(g.phys)
     }
 
     /// Reads `bytes` (1-8) at a physical address: RAM, ROM or the MMIO bus.
     pub fn phys_read(&mut self, mem: &GuestMemory, board: &mut Board, phys: u64, bytes: u8) -> u64 {
-        let mut buf = [0u8; 8];
-        let n = bytes as usize;
-        if mem.read(phys, &mut buf[..n]).is_err() {
-            self.stats.mmio_accesses += 1;
-            board.mmio_read(phys, &mut buf[..n]);
-        }
-        u64::from_le_bytes(buf)
+        let (v, mmio) = phys_memory::read(mem, board, phys, bytes);
+        self.stats.mmio_accesses += mmio as u64;
+        v
     }
 
     /// Writes at a physical address. ROM ignores writes; MMIO goes to the bus. Returns true
@@ -237,37 +195,13 @@ impl Mmu {
         bytes: u8,
         value: u64,
     ) -> bool {
-        let data = value.to_le_bytes();
-        let n = bytes as usize;
-        // RAM first: one region lookup on the common path.
-        if mem.write(phys, &data[..n]).is_ok() {
-            let page = (phys >> PAGE_SHIFT) as usize;
-            return self.code_pages.get(page).copied().unwrap_or(false);
-        }
-        match mem.region_at(phys).map(|r| r.backing) {
-            Some(Backing::Rom(_)) => false,
-            Some(Backing::Ram(_)) => {
-                // Crosses out of its RAM region: byte by byte.
-                for (i, b) in data[..n].iter().enumerate() {
-                    let _ = mem.write(phys + i as u64, &[*b]);
-                }
-                self.code_pages
-                    .get((phys >> PAGE_SHIFT) as usize)
-                    .copied()
-                    .unwrap_or(false)
-            }
-            None => {
+        match phys_memory::write(mem, board, &self.code_pages, phys, bytes, value) {
+            Written::Ram { code_page } => code_page.is_some(),
+            Written::Rom => false,
+            Written::Mmio => {
                 self.stats.mmio_accesses += 1;
-                board.mmio_write(phys, &data[..n]);
                 false
             }
         }
     }
-}
-
-fn write_u32(mem: &mut GuestMemory, a: u64, v: u32) {
-    let _ = mem.write(a, &v.to_le_bytes());
-}
-fn write_u64(mem: &mut GuestMemory, a: u64, v: u64) {
-    let _ = mem.write(a, &v.to_le_bytes());
 }

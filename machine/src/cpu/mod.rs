@@ -10,8 +10,10 @@ mod helpers;
 pub mod interrupts;
 pub mod mmu;
 pub mod paging;
+mod phys_memory;
 pub mod segments;
 mod tasks;
+pub mod tlb;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -181,7 +183,10 @@ impl CodeSource for Fetcher<'_, '_> {
 macro_rules! ctx {
     ($cpu:expr, $mem:expr, $board:expr) => {
         Ctx {
-            mmu: &mut $cpu.mmu,
+            mmu: {
+                $cpu.mmu.bind($mem);
+                &mut $cpu.mmu
+            },
             mem: $mem,
             board: $board,
             dirty_code: &mut $cpu.dirty_code,
@@ -240,12 +245,10 @@ impl EmuCpu {
         }
     }
 
-    fn invalidate_dirty(&mut self) {
+    fn invalidate_dirty(&mut self, mem: &GuestMemory) {
         for page in std::mem::take(&mut self.dirty_code) {
             self.stats.invalidated_blocks += self.code.invalidate_page(page);
-            if let Some(b) = self.mmu.code_pages.get_mut(page as usize) {
-                *b = false;
-            }
+            self.mmu.set_code_page(mem, page, false);
         }
     }
 
@@ -292,7 +295,7 @@ impl EmuCpu {
                         rip: self.state.rip,
                     });
                 }
-                self.invalidate_dirty();
+                self.invalidate_dirty(mem);
                 continue;
             }
 
@@ -324,7 +327,7 @@ impl EmuCpu {
                         });
                     }
                 }
-                self.invalidate_dirty();
+                self.invalidate_dirty(mem);
                 if stepping {
                     return Ok(DebugStop::Step);
                 }
@@ -441,10 +444,11 @@ impl EmuCpu {
             if self.traps.regs_changed {
                 self.traps.regs_changed = false;
                 self.guest_bps = GuestBreakpoints::load(&self.state.dr, &mut self.traps);
+                self.mmu.set_watched(self.traps.ranges());
                 self.refresh_limits();
             }
             if !self.dirty_code.is_empty() {
-                self.invalidate_dirty();
+                self.invalidate_dirty(mem);
             }
             if let Some(hit) = self.traps.hit.take() {
                 return Ok(DebugStop::Watch(hit));
@@ -502,9 +506,7 @@ impl EmuCpu {
         self.limits = limits;
         let (block, pages) = lifted?;
         for p in &pages {
-            if let Some(b) = self.mmu.code_pages.get_mut(*p as usize) {
-                *b = true;
-            }
+            self.mmu.set_code_page(mem, *p, true);
         }
         self.stats.blocks_translated += 1;
         let block = Rc::new(Prepared::new(block));
@@ -563,7 +565,10 @@ impl EmuCpu {
     /// Drops every translation (the debugger changed where blocks must end).
     fn drop_translations(&mut self) {
         self.code.clear();
-        self.mmu.code_pages.iter_mut().for_each(|b| *b = false);
+        self.mmu.code_pages.clear();
+        // Write comparators may still carry TLB_CODE: they take the slow path until
+        // refilled, which is correct, and this is rare (the debugger's breakpoints changed).
+        self.mmu.flush(false);
     }
 
     /// Raises #DB with these DR6 status bits (B0-B3, BS) at the current instruction
@@ -585,7 +590,7 @@ impl EmuCpu {
                 rip: self.state.rip,
             });
         }
-        self.invalidate_dirty();
+        self.invalidate_dirty(mem);
         Ok(())
     }
 
@@ -631,6 +636,7 @@ impl EmuCpu {
         bps.sort_unstable();
         bps.dedup();
         self.traps.set_watchpoints(watchpoints);
+        self.mmu.set_watched(self.traps.ranges());
         let at = self.state.linear_rip();
         let d = self.debug.get_or_insert_with(DebugCtl::default);
         d.breakpoints = bps;
@@ -652,9 +658,9 @@ impl EmuCpu {
     }
 
     /// Guest memory was changed behind the CPU's back (a debugger wrote it).
-    pub fn code_written(&mut self, phys: u64) {
+    pub fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
         self.dirty_code.push(phys >> 12);
-        self.invalidate_dirty();
+        self.invalidate_dirty(mem);
     }
 
     /// Lines for `--stats`.

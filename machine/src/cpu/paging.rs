@@ -1,10 +1,96 @@
-//! Page-table walks as pure reads of guest memory: the MMU checks permissions and sets
-//! accessed/dirty bits on top of this; the debugger uses it as is (a gdb memory read or
-//! `monitor info tlb` must not change the guest's page tables), on either backend.
+//! The x86 page walk: [`walk`] reads the page tables without changing them (the debugger
+//! uses it as is: a gdb memory read or `monitor info tlb` must not change the guest's page
+//! tables, on either backend), and [`walk_access`] adds the permission rules, the page
+//! fault's error code and the accessed/dirty bits for the softmmu's TLB fill.
 
 use gantry_frontend::state::*;
+use gantry_translator::Exception;
 
+use super::tlb::Access;
 use crate::memory::GuestMemory;
+
+/// What a walk for an access grants the TLB: the physical address, and which other kinds
+/// of access the same privilege may make to the page without walking again.
+#[derive(Clone, Copy, Debug)]
+pub struct Granted {
+    pub phys: u64,
+    pub global: bool,
+    /// Writable for this privilege, with the dirty bit set.
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// Walks the page tables for an access by the guest (`user`: at CPL 3 and not a system
+/// access) and checks it (Intel SDM vol. 3, 4.6): a page fault sets CR2 and returns #PF
+/// with its error code; otherwise sets the accessed bits on every level and, for a write,
+/// the dirty bit on the leaf.
+pub fn walk_access(
+    cpu: &mut CpuState,
+    mem: &mut GuestMemory,
+    linear: u64,
+    access: Access,
+    user: bool,
+) -> Result<Granted, Exception> {
+    let write = access == Access::Write;
+    let fetch = access == Access::Exec;
+    let nxe = cpu.efer & EFER_NXE != 0;
+    let fault = |cpu: &mut CpuState, present: bool, rsvd: bool| {
+        cpu.cr2 = linear;
+        let code = present as u32
+            | (write as u32) << 1
+            | (user as u32) << 2
+            | (rsvd as u32) << 3
+            | ((fetch && (nxe || cpu.cr4 & CR4_PAE != 0)) as u32) << 4;
+        Exception::with_code(14, code)
+    };
+    let w = walk(mem, &PagingRegs::of(cpu), linear);
+    let wp = cpu.cr0 & CR0_WP != 0;
+    let (phys, global, writable, executable) = match w.end {
+        WalkEnd::NotPresent => return Err(fault(cpu, false, false)),
+        WalkEnd::Reserved => return Err(fault(cpu, true, true)),
+        WalkEnd::Mapped {
+            phys,
+            global,
+            writable,
+            user: user_ok,
+            executable,
+            ..
+        } => {
+            let may_write = writable || (!user && !wp);
+            let denied = (user && !user_ok) || (write && !may_write) || (fetch && !executable);
+            if denied {
+                return Err(fault(cpu, true, false));
+            }
+            (phys, global, may_write, executable)
+        }
+    };
+    // Accessed bits on every level, dirty on the leaf (the last entry) for writes.
+    let entries = w.entries();
+    let leaf = entries.len().saturating_sub(1);
+    let mut dirty = entries.is_empty();
+    for (n, e) in entries.iter().enumerate().filter(|(_, e)| e.has_ad) {
+        let mut nv = e.value | 0x20;
+        if n == leaf && write {
+            nv |= 0x40;
+        }
+        if n == leaf {
+            dirty = nv & 0x40 != 0;
+        }
+        if nv != e.value {
+            let _ = if e.wide {
+                mem.write_u64(e.addr, nv)
+            } else {
+                mem.write_u32(e.addr, nv as u32)
+            };
+        }
+    }
+    Ok(Granted {
+        phys,
+        global: global && cpu.cr4 & CR4_PGE != 0,
+        write: writable && dirty,
+        exec: executable,
+    })
+}
 
 /// The registers a walk depends on.
 #[derive(Clone, Copy, Debug)]

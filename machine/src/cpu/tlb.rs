@@ -1,0 +1,319 @@
+//! The TLB: a direct-mapped cache of linear pages, one table per privilege index
+//! (supervisor, user), knowing nothing of how x86 page tables look. As QEMU's `cputlb.c`,
+//! each entry has three comparators (read, write, code): a linear page address whose low
+//! bits carry flags, and one host addend (host pointer minus linear page) for the page's
+//! RAM or ROM. An access hits the fast path only when its comparator equals the page
+//! exactly, so any flag in it (no host memory, translated code, a watched page, an
+//! invalid entry) sends the access to the slow path, which resolves it by name.
+//!
+//! The layout is `#[repr(C)]` and read by offset (`offset_of!`), so generated code can do
+//! the compare and the add inline.
+
+use std::mem::offset_of;
+
+pub const PAGE_SHIFT: u32 = 12;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+pub const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// Entries per privilege index.
+pub const TLB_SIZE: usize = 256;
+
+/// The comparator holds nothing (an empty entry, or an access the page does not allow).
+pub const TLB_INVALID: u64 = 1 << 0;
+/// Not plain host memory for this access: MMIO, a hole, or a write to ROM.
+pub const TLB_IO: u64 = 1 << 1;
+/// The page holds translated code: writes go through the slow path, which invalidates it.
+pub const TLB_CODE: u64 = 1 << 2;
+/// A debugger watchpoint or a guest data breakpoint covers part of the page.
+pub const TLB_WATCH: u64 = 1 << 3;
+/// Every flag bit; the rest of a comparator is the linear page address.
+pub const TLB_FLAGS: u64 = TLB_INVALID | TLB_IO | TLB_CODE | TLB_WATCH;
+
+/// The three kinds of access an entry answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read = 0,
+    Write = 1,
+    Exec = 2,
+}
+
+/// One TLB entry. The comparators come first, in [`Access`] order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlbEntry {
+    pub cmp: [u64; 3],
+    /// Host address of the page minus its linear address (wrapping); meaningful for a
+    /// comparator without [`TLB_IO`].
+    pub addend: u64,
+    /// The guest-physical page, for the slow path.
+    pub phys: u64,
+    /// Kept by a flush that keeps global pages (MOV CR3).
+    pub global: bool,
+}
+
+/// Byte offsets of an entry's fields, for generated code.
+pub mod layout {
+    use super::*;
+    pub const ENTRY_SIZE: usize = std::mem::size_of::<TlbEntry>();
+    pub const CMP: usize = offset_of!(TlbEntry, cmp);
+    pub const ADDEND: usize = offset_of!(TlbEntry, addend);
+    /// Where the table of privilege index `i` starts within [`Tlb`](super::Tlb).
+    pub const fn table(i: usize) -> usize {
+        offset_of!(super::Tlb, entries) + i * TLB_SIZE * ENTRY_SIZE
+    }
+}
+
+pub const EMPTY: TlbEntry = TlbEntry {
+    cmp: [TLB_INVALID; 3],
+    addend: 0,
+    phys: 0,
+    global: false,
+};
+
+/// What a fill puts in an entry: the physical page, the host page if it is memory, and
+/// the flags of each comparator (`TLB_INVALID` for an access the page does not allow).
+pub struct Fill {
+    pub phys: u64,
+    pub host: Option<*mut u8>,
+    pub flags: [u64; 3],
+    pub global: bool,
+}
+
+/// A host address the TLB resolved a guest access to: it lies in guest RAM or ROM with
+/// the access's bytes on the same page. Only [`Tlb::lookup`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostAddr(*mut u8);
+
+impl HostAddr {
+    /// Reads `bytes` (1-8), little-endian.
+    #[inline]
+    pub fn load(self, bytes: u8) -> u64 {
+        let mut buf = [0u8; 8];
+        let n = (bytes as usize).min(8);
+        // SAFETY: a `HostAddr` comes from a TLB hit: the entry's addend was made from
+        // `GuestMemory::host_page` for the mapping the TLB is bound to (`Mmu::bind` drops
+        // every entry when the CPU is handed other memory), and the hit checked that the
+        // `bytes` bytes stay within that page. Guest memory is plain bytes, so any value is
+        // valid and unaligned access is done bytewise.
+        unsafe { std::ptr::copy_nonoverlapping(self.0, buf.as_mut_ptr(), n) };
+        u64::from_le_bytes(buf)
+    }
+
+    /// Writes the low `bytes` (1-8) of `value`, little-endian. Only write comparators
+    /// without flags resolve to a `HostAddr` for a store, and those are RAM.
+    #[inline]
+    pub fn store(self, bytes: u8, value: u64) {
+        let buf = value.to_le_bytes();
+        let n = (bytes as usize).min(8);
+        // SAFETY: as in `load`; a write comparator without TLB_IO is only filled for a RAM
+        // page, whose mapping is writable, and the CPU holds the guest memory exclusively
+        // while it runs (`Ctx` borrows it mutably).
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.0, n) };
+    }
+}
+
+/// What a look-up found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Plain host memory at this address.
+    Host(HostAddr),
+    /// The page is in the TLB but its comparator carries flags: the physical address,
+    /// and the flags.
+    Flagged {
+        phys: u64,
+        flags: u64,
+    },
+    Miss,
+}
+
+#[repr(C)]
+pub struct Tlb {
+    /// `[privilege index][linear page % TLB_SIZE]`
+    entries: [[TlbEntry; TLB_SIZE]; 2],
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Self {
+            entries: [[EMPTY; TLB_SIZE]; 2],
+        }
+    }
+}
+
+#[inline]
+fn slot(linear: u64) -> usize {
+    (linear >> PAGE_SHIFT) as usize % TLB_SIZE
+}
+
+impl Tlb {
+    /// Looks `bytes` at `linear` up for `access`; an access that crosses its page is a
+    /// miss (the slow path splits it).
+    #[inline]
+    pub fn lookup(&self, idx: usize, linear: u64, bytes: u8, access: Access) -> Lookup {
+        let page = linear & !PAGE_MASK;
+        let e = &self.entries[idx & 1][slot(linear)];
+        let cmp = e.cmp[access as usize];
+        if cmp == page && (linear & PAGE_MASK) + bytes as u64 <= PAGE_SIZE {
+            return Lookup::Host(HostAddr(e.addend.wrapping_add(linear) as *mut u8));
+        }
+        if cmp & !TLB_FLAGS == page && cmp & TLB_INVALID == 0 {
+            return Lookup::Flagged {
+                phys: e.phys | (linear & PAGE_MASK),
+                flags: cmp & TLB_FLAGS,
+            };
+        }
+        Lookup::Miss
+    }
+
+    /// The physical address of `linear` if its page is in the TLB for `access`, whatever
+    /// the flags.
+    #[inline]
+    pub fn phys(&self, idx: usize, linear: u64, access: Access) -> Option<u64> {
+        let e = &self.entries[idx & 1][slot(linear)];
+        let cmp = e.cmp[access as usize];
+        (cmp & !TLB_FLAGS == linear & !PAGE_MASK && cmp & TLB_INVALID == 0)
+            .then_some(e.phys | (linear & PAGE_MASK))
+    }
+
+    pub(crate) fn fill(&mut self, idx: usize, linear: u64, f: &Fill) {
+        let page = linear & !PAGE_MASK;
+        let mut cmp = [0; 3];
+        for (c, flags) in cmp.iter_mut().zip(f.flags) {
+            let flags = if f.host.is_none() {
+                flags | TLB_IO
+            } else {
+                flags
+            };
+            *c = if flags & TLB_INVALID != 0 {
+                TLB_INVALID
+            } else {
+                page | flags
+            };
+        }
+        self.entries[idx & 1][slot(linear)] = TlbEntry {
+            cmp,
+            addend: f.host.map_or(0, |h| (h as u64).wrapping_sub(page)),
+            phys: f.phys & !PAGE_MASK,
+            global: f.global,
+        };
+    }
+
+    /// Drops all entries, or all but global ones.
+    pub fn flush(&mut self, keep_global: bool) {
+        for e in self.entries.iter_mut().flatten() {
+            if !(keep_global && e.global) {
+                *e = EMPTY;
+            }
+        }
+    }
+
+    /// Drops the entries of one linear page (INVLPG), global or not.
+    pub fn flush_page(&mut self, linear: u64) {
+        let page = linear & !PAGE_MASK;
+        for table in self.entries.iter_mut() {
+            let e = &mut table[slot(linear)];
+            if e.cmp
+                .iter()
+                .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
+            {
+                *e = EMPTY;
+            }
+        }
+    }
+
+    /// Sets or clears `flag` in the write comparators of every entry that maps physical
+    /// page `phys_page` (a page that gained or lost translated code).
+    pub fn set_write_flag(&mut self, phys_page: u64, flag: u64, on: bool) {
+        for e in self.entries.iter_mut().flatten() {
+            let w = &mut e.cmp[Access::Write as usize];
+            if e.phys == phys_page << PAGE_SHIFT && *w & TLB_INVALID == 0 {
+                if on {
+                    *w |= flag;
+                } else {
+                    *w &= !flag;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(host: Option<*mut u8>, flags: [u64; 3]) -> Fill {
+        Fill {
+            phys: 0x5000,
+            host,
+            flags,
+            global: false,
+        }
+    }
+
+    #[test]
+    fn hits_compare_the_whole_page_and_flags_divert() {
+        let mut buf = [0u8; 0x2000];
+        buf[0xff8] = 0x5a;
+        let host = buf.as_mut_ptr();
+        let mut t = Tlb::default();
+        t.fill(
+            1,
+            0x7000_1234,
+            &fill(Some(host), [0, TLB_CODE, TLB_INVALID]),
+        );
+        let Lookup::Host(h) = t.lookup(1, 0x7000_1ff8, 8, Access::Read) else {
+            panic!("no hit")
+        };
+        assert_eq!(h.load(1), 0x5a);
+        // Crossing into the next page, the other privilege index, another page: misses.
+        assert_eq!(t.lookup(1, 0x7000_1ff9, 8, Access::Read), Lookup::Miss);
+        assert_eq!(t.lookup(0, 0x7000_1000, 1, Access::Read), Lookup::Miss);
+        assert_eq!(t.lookup(1, 0x7010_1000, 1, Access::Read), Lookup::Miss);
+        assert_eq!(
+            t.lookup(1, 0x7000_1010, 4, Access::Write),
+            Lookup::Flagged {
+                phys: 0x5010,
+                flags: TLB_CODE
+            }
+        );
+        assert_eq!(t.lookup(1, 0x7000_1000, 1, Access::Exec), Lookup::Miss);
+        t.set_write_flag(5, TLB_CODE, false);
+        assert!(matches!(
+            t.lookup(1, 0x7000_1010, 4, Access::Write),
+            Lookup::Host(_)
+        ));
+        t.flush_page(0x7000_1000);
+        assert_eq!(t.lookup(1, 0x7000_1000, 1, Access::Read), Lookup::Miss);
+    }
+
+    #[test]
+    fn io_pages_never_hit_and_global_entries_survive() {
+        let mut t = Tlb::default();
+        t.fill(0, 0, &fill(None, [0; 3]));
+        assert_eq!(
+            t.lookup(0, 8, 1, Access::Read),
+            Lookup::Flagged {
+                phys: 0x5008,
+                flags: TLB_IO
+            }
+        );
+        // Linear page 0 is a real page: an empty entry must not look like it.
+        let empty = Tlb::default();
+        assert_eq!(empty.lookup(0, 0, 1, Access::Read), Lookup::Miss);
+        let mut g = fill(None, [0; 3]);
+        g.global = true;
+        t.fill(1, 0x1000, &g);
+        t.flush(true);
+        assert_eq!(t.phys(1, 0x1004, Access::Write), Some(0x5004));
+        assert_eq!(t.phys(0, 0x0, Access::Read), None);
+        t.flush(false);
+        assert_eq!(t.phys(1, 0x1004, Access::Write), None);
+    }
+
+    #[test]
+    fn layout_is_what_generated_code_reads() {
+        assert_eq!(layout::CMP, 0);
+        assert_eq!(layout::ADDEND, 24);
+        assert_eq!(layout::table(1), TLB_SIZE * layout::ENTRY_SIZE);
+    }
+}
