@@ -7,8 +7,8 @@ use std::process::ExitCode;
 mod difftest_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use gantry_machine::accel::emu::cpuid::{self, Vendor};
 use gantry_machine::board::SerialSink;
-use gantry_machine::cpu::cpuid::{self, Vendor};
 use gantry_machine::vm::{self, AccelKind, BootSource, MachineConfig};
 
 #[derive(Parser)]

@@ -8,9 +8,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
+use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::vcpu::Vcpu;
 use gantry_machine::board::Board;
-use gantry_machine::boot::EntryState;
-use gantry_machine::cpu::EmuCpu;
+use gantry_machine::boot::entry;
 use gantry_machine::memory::GuestMemory;
 use iced_x86::code_asm::*;
 
@@ -86,19 +87,18 @@ fn run_program(code: &[u8], jit: bool) -> u64 {
     mem.write(ENTRY, code).expect("load");
     mem.write(
         0x500,
-        &EntryState::protected_flat(0)
-            .gdt_image()
+        &entry::gdt_image(&entry::protected_flat(0))
             .iter()
             .flat_map(|d| d.to_le_bytes())
             .collect::<Vec<u8>>(),
     )
     .expect("gdt");
     let mut b = board();
-    let mut cpu = EmuCpu::new(&EntryState::protected_flat(ENTRY as u32), 64 << 20);
+    let mut cpu = EmuCpu::new(entry::protected_flat(ENTRY as u32), 64 << 20);
     if jit {
         cpu.enable_jit(gantry_translator::jit::HOT).expect("jit");
     }
-    black_box(cpu.run(&mut mem, &mut b));
+    black_box(cpu.run_to_end(&mut mem, &mut b));
     cpu.instructions()
 }
 

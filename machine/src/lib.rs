@@ -1,6 +1,7 @@
 //! The running computer: guest memory, the PC board and its devices, loaders, and the
-//! two ways of executing the guest: KVM, and the emulated CPU (`cpu`: the run loop,
-//! softmmu and system semantics around the translator's interpreter and JIT).
+//! two ways of executing the guest behind one vCPU interface (`accel`): KVM, and the
+//! emulated CPU (`accel::emu`: the run loop, softmmu and system semantics around the
+//! translator's interpreter and JIT).
 //!
 //! This crate owns everything about a PC except instruction semantics (in `frontend`) and
 //! their execution (in `translator`); it never reaches into a device's internals beyond the
@@ -10,7 +11,6 @@ pub mod accel;
 pub mod board;
 pub mod boot;
 pub mod console;
-pub mod cpu;
 pub mod e820;
 pub mod layout;
 pub mod memory;

@@ -1,6 +1,7 @@
 //! A Machine: memory + board + loaded guest + accelerator, and the run loop that restarts
 //! the guest on reset.
 
+use gantry_frontend::state::CpuState;
 use gantry_frontend::vendor::Vendor;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -10,9 +11,10 @@ use gantry_devices::clock::{Clock, HostClock};
 use gantry_devices::rtc::CmosState;
 use gantry_devices::signals::SystemEvent;
 
+use crate::accel::vcpu::{Ended, Vcpu, VcpuError};
 use crate::accel::CpuStop;
 use crate::board::{Board, BoardConfig, BoardEvent, SerialSink};
-use crate::boot::{self, EntryState, KernelImage, LoadError};
+use crate::boot::{self, KernelImage, LoadError};
 use crate::console::HostConsole;
 use crate::layout::FIRMWARE_MAX;
 use crate::memory::{GuestMemory, MemoryError};
@@ -78,6 +80,8 @@ pub enum MachineError {
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     #[error("--accel kvm needs an x86-64 Linux host")]
     KvmUnavailable,
+    #[error("{0}")]
+    Vcpu(#[from] VcpuError),
     /// The debugger (the `gantry-gdb` crate) failed.
     #[error("{0}")]
     Gdb(String),
@@ -134,7 +138,8 @@ impl RunOutcome {
 pub struct Machine {
     pub memory: GuestMemory,
     pub board: Board,
-    pub entry: EntryState,
+    /// The CPU state at the guest's first instruction.
+    pub entry: CpuState,
     pub format: &'static str,
     firmware_size: u64,
 }
@@ -153,7 +158,7 @@ impl Machine {
                 let mem = GuestMemory::new(cfg.ram_size, Some(image))?;
                 (
                     mem,
-                    EntryState::reset(),
+                    CpuState::reset(),
                     "firmware (reset vector)",
                     image.len() as u64,
                 )
@@ -323,41 +328,45 @@ fn run_accel(
     cfg: &MachineConfig,
     machine: &mut Machine,
 ) -> Result<(CpuStop, String), MachineError> {
+    let started = Instant::now();
+    let mut cpu = new_vcpu(cfg, machine)?;
+    let end = cpu.run_to_end(&mut machine.memory, &mut machine.board);
+    let mut text = String::new();
+    cpu.report(&mut text, started.elapsed().as_secs_f64());
+    match end {
+        Ended::Stop(stop) => Ok((stop, text.trim_end().to_string())),
+        Ended::Failed(e) => Err(e.into()),
+    }
+}
+
+/// The one place that chooses a backend: the vCPU `--accel` names, starting in the
+/// machine's entry state (main has resolved `auto`).
+pub fn new_vcpu(cfg: &MachineConfig, machine: &Machine) -> Result<Box<dyn Vcpu>, MachineError> {
     match cfg.accel {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         AccelKind::Kvm => {
-            let host = crate::cpu::cpuid::host().map(|(v, _)| v);
+            let host = crate::accel::emu::cpuid::host().map(|(v, _)| v);
             if let Some(asked) = cfg.vendor.filter(|v| Some(*v) != host) {
                 let host = host.map_or("of no vendor Gantry models".into(), |v| v.to_string());
                 return Err(MachineError::VendorUnderKvm { asked, host });
             }
-            let mut cpu = crate::accel::kvm::KvmCpu::new(&machine.memory)?;
-            cpu.set_entry_state(&machine.entry)?;
-            let stop = cpu.run(&mut machine.board)?;
-            Ok((stop, cpu.stats.to_string()))
+            Ok(Box::new(crate::accel::kvm_vcpu::KvmVcpu::new(
+                &machine.memory,
+                &machine.entry,
+            )?))
         }
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
         AccelKind::Kvm => Err(MachineError::KvmUnavailable),
         AccelKind::Interp | AccelKind::Jit => {
-            let started = Instant::now();
-            let mut cpu = emu_cpu(cfg, machine)?;
-            let stop = cpu.run(&mut machine.memory, &mut machine.board);
-            let mut text = String::new();
-            cpu.report(&mut text, started.elapsed().as_secs_f64());
-            Ok((stop, text.trim_end().to_string()))
+            let mut cpu = crate::accel::emu::EmuCpu::new(machine.entry.clone(), cfg.ram_size);
+            cpu.set_vendor(cfg.vendor.unwrap_or_default());
+            if cfg.accel == AccelKind::Jit {
+                cpu.enable_jit(gantry_translator::jit::HOT)
+                    .map_err(MachineError::JitUnavailable)?;
+            }
+            Ok(Box::new(cpu))
         }
     }
-}
-
-/// The emulated CPU for `--accel interp`, or `--accel jit` with the Cranelift tier on.
-pub fn emu_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<crate::cpu::EmuCpu, MachineError> {
-    let mut cpu = crate::cpu::EmuCpu::new(&machine.entry, cfg.ram_size);
-    cpu.set_vendor(cfg.vendor.unwrap_or_default());
-    if cfg.accel == AccelKind::Jit {
-        cpu.enable_jit(gantry_translator::jit::HOT)
-            .map_err(MachineError::JitUnavailable)?;
-    }
-    Ok(cpu)
 }
 
 /// Is KVM usable on this host? (`--accel auto`.)

@@ -1,7 +1,8 @@
 //! Loaders against real and hand-built images: Debian's stock bzImage (boot_params fields,
 //! placement, page tables), an ELF kernel with a PVH note, and a multiboot ELF.
 
-use gantry_machine::boot::entry::{BOOT_CS, EFER_LMA, RAX, RBX, RSI};
+use gantry_frontend::state::{CS, DS, EFER_LMA};
+use gantry_machine::boot::entry::{BOOT_CS, RAX, RBX, RSI};
 use gantry_machine::boot::{bzimage, load_kernel, KernelImage, LoadError};
 use gantry_machine::e820::{memory_map, E820_RAM};
 use gantry_machine::layout::*;
@@ -65,8 +66,8 @@ fn debian_bzimage_boot_params() {
     let e = &loaded.entry;
     assert_eq!(e.rip, 0x10_0200);
     assert_eq!(e.gpr[RSI], BOOT_INFO);
-    assert!(e.efer & EFER_LMA != 0 && e.cs.l && !e.cs.db);
-    assert_eq!((e.cs.selector, e.ds.selector), (BOOT_CS, 0x18));
+    assert!(e.efer & EFER_LMA != 0 && e.seg[CS].long() && !e.seg[CS].db());
+    assert_eq!((e.seg[CS].selector, e.seg[DS].selector), (BOOT_CS, 0x18));
     assert_eq!(e.cr3, BOOT_PML4);
     assert_eq!(mem.read_u64(BOOT_GDT + 16).unwrap(), 0x00AF_9B00_0000_FFFF);
 
@@ -233,7 +234,7 @@ fn pvh_elf_start_info() {
     assert_eq!(e.rip, 0x100_0040);
     assert_eq!(e.gpr[RBX], BOOT_INFO);
     assert!(
-        e.cs.db && !e.cs.l && e.cr0 & 1 == 1 && e.cr0 >> 31 == 0,
+        e.seg[CS].db() && !e.seg[CS].long() && e.cr0 & 1 == 1 && e.cr0 >> 31 == 0,
         "flat 32-bit, no paging"
     );
     assert_eq!(read_vec(&mem, 0x100_0000, 4), [0, 1, 2, 3]);

@@ -9,7 +9,7 @@ mod cpu_harness;
 
 use cpu_harness::*;
 use gantry_frontend::state::{AF, CF, OF, PF, SF, ZF};
-use gantry_machine::cpu::cpuid::Vendor;
+use gantry_machine::accel::emu::cpuid::Vendor;
 use iced_x86::code_asm::*;
 
 const ARITH: u64 = CF | PF | AF | ZF | SF | OF;

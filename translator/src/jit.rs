@@ -11,35 +11,29 @@
 //! block ended, from which the caller counts instructions and, on a fault, finds the
 //! faulting instruction's RIP (as the interpreter's `locate`).
 //!
-//! Code memory comes from cranelift-jit's JITModule, which frees only all of its code at
-//! once: when the code compiled since the last such flush passes [`CODE_BUDGET`], the
-//! module is freed and replaced, and every block compiles again when next hot (each
-//! compiled block carries the module's epoch, so stale code is never entered). Only
-//! blocks that ran `hot` times are compiled, which keeps memory and compile time to the
-//! hot code.
+//! Code memory is [`crate::code_memory`]'s, freed and refilled whole; each compiled block
+//! carries its epoch, so stale code is never entered. Only blocks that ran `hot` times are
+//! compiled, which keeps memory and compile time to the hot code.
 
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, InstBuilder, MemFlags, Signature, Type, Value,
 };
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{Linkage, Module};
 
 use gantry_frontend::flags::{self, Cond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
 use crate::block::{Compiled, Prepared, State};
+use crate::code_memory::CodeMemory;
 use crate::interp::Interp;
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
 /// snippets run once each, compiles at once).
 pub const HOT: u32 = 64;
-/// Compiled code, in bytes, after which the code memory is freed and refilled.
-const CODE_BUDGET: usize = 64 << 20;
 
 const KIND_NEXT: u64 = 0;
 const KIND_SYNC: u64 = 1;
@@ -65,57 +59,39 @@ const RT_VALUE: i32 = 0;
 const RT_ARGS: i32 = 8;
 
 pub struct Jit {
-    module: Option<JITModule>,
+    code: CodeMemory,
     ctx: Context,
     fctx: FunctionBuilderContext,
     hot: u32,
-    epoch: u64,
-    /// Bytes of code compiled into the current module.
-    code_bytes: usize,
     next_name: u64,
-    /// Blocks compiled, blocks the compiler turned down, and code-memory flushes.
+    /// Blocks compiled, and blocks the compiler turned down.
     pub compiled: u64,
     pub refused: u64,
-    pub flushes: u64,
     /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
     /// backend that refuses an op on some host shows up.
     errors_seen: Vec<String>,
 }
 
-fn new_module() -> Result<JITModule, String> {
-    let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k, v| f.set(k, v).map_err(|e| e.to_string());
-    set(&mut flags, "opt_level", "speed")?;
-    set(&mut flags, "is_pic", "false")?;
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| format!("Cranelift does not support this host: {e}"))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
-    Ok(JITModule::new(JITBuilder::with_isa(
-        isa,
-        default_libcall_names(),
-    )))
-}
-
 impl Jit {
     /// A JIT for the host CPU that compiles blocks once they ran `hot` times.
     pub fn new(hot: u32) -> Result<Self, String> {
-        let module = new_module()?;
-        let ctx = module.make_context();
+        let mut code = CodeMemory::new()?;
+        let ctx = code.module().make_context();
         Ok(Self {
-            module: Some(module),
+            code,
             ctx,
             fctx: FunctionBuilderContext::new(),
             hot,
-            epoch: 0,
-            code_bytes: 0,
             next_name: 0,
             compiled: 0,
             refused: 0,
-            flushes: 0,
             errors_seen: Vec::new(),
         })
+    }
+
+    /// How often the code memory was freed and refilled.
+    pub fn flushes(&self) -> u64 {
+        self.code.flushes
     }
 
     /// Runs a block: compiled once it is hot, interpreted until then (and for good if it
@@ -131,7 +107,7 @@ impl Jit {
         // never runs another one.
         let state = p.tier.state.borrow();
         match &*state {
-            State::Ready(c) if c.epoch == self.epoch => {
+            State::Ready(c) if c.epoch == self.code.epoch() => {
                 return run_compiled(c, p, interp, cpu, host);
             }
             State::Refused => return interp.run(p, cpu, host),
@@ -154,23 +130,6 @@ impl Jit {
         r
     }
 
-    /// Frees all compiled code when the budget is spent; blocks compile again when hot.
-    fn make_room(&mut self) -> Option<()> {
-        if self.code_bytes < CODE_BUDGET {
-            return Some(());
-        }
-        let fresh = new_module().ok()?;
-        if let Some(old) = self.module.replace(fresh) {
-            // SAFETY: every function of the old module belongs to an older epoch, which
-            // `run` never enters again.
-            unsafe { old.free_memory() };
-        }
-        self.epoch += 1;
-        self.code_bytes = 0;
-        self.flushes += 1;
-        Some(())
-    }
-
     fn compile(&mut self, p: &Prepared) -> Option<Compiled> {
         let too_many_args = p
             .ops()
@@ -179,8 +138,9 @@ impl Jit {
         if too_many_args {
             return None;
         }
-        self.make_room()?;
-        let module = self.module.as_mut()?;
+        self.code.make_room()?;
+        let epoch = self.code.epoch();
+        let module = self.code.module();
         let mut helpers = Vec::new();
         module.clear_context(&mut self.ctx);
         let ptr = types::I64;
@@ -232,13 +192,14 @@ impl Jit {
                 return None;
             }
         };
-        self.code_bytes += self
+        let bytes = self
             .ctx
             .compiled_code()
             .map_or(0, |c| c.code_buffer().len());
         module.clear_context(&mut self.ctx);
         module.finalize_definitions().ok()?;
         let code = module.get_finalized_function(id);
+        self.code.add(bytes);
         // SAFETY: the function was just compiled with exactly this signature (two
         // pointer parameters, one i64 result) in the host's default calling convention,
         // which `extern "C"` is on the hosts Cranelift supports.
@@ -250,7 +211,7 @@ impl Jit {
         Some(Compiled {
             code,
             helpers: helpers.into(),
-            epoch: self.epoch,
+            epoch,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod cache;
+pub mod code_memory;
 pub mod interp;
 pub mod jit;
 

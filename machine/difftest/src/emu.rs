@@ -51,12 +51,13 @@ use super::layout::{
     SEG16_LIMIT,
 };
 use super::{has_error_code, Case, Event, Final, Mode, RunError, Runner};
+use gantry_machine::accel::emu::paging::{self, PagingRegs};
+use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::vcpu::{Ended, Vcpu, VcpuError};
 use gantry_machine::accel::CpuStop;
 use gantry_machine::board::{Board, BoardConfig, SerialSink};
-use gantry_machine::boot::EntryState;
+use gantry_machine::boot::entry;
 use gantry_machine::console::HostConsole;
-use gantry_machine::cpu::paging::{self, PagingRegs};
-use gantry_machine::cpu::{state_from_entry, EmuCpu};
 use gantry_machine::memory::GuestMemory;
 
 // Guest-physical layout. The first 2 MiB are the kernel's, identity-mapped supervisor-only
@@ -151,7 +152,7 @@ impl Sandbox {
             HostConsole::none(),
         )
         .map_err(|e| e.to_string())?;
-        let start = user_state(state_from_entry(&EntryState::long_mode(CODE_VA)));
+        let start = user_state(entry::long_mode(CODE_VA));
         Ok(Self {
             mem,
             board,
@@ -297,6 +298,24 @@ impl Sandbox {
     }
 }
 
+/// Runs `case` in the sandbox on `vcpu` (either backend) and reports where it ended.
+pub(super) fn run_on(
+    vcpu: &mut dyn Vcpu,
+    sandbox: &mut Sandbox,
+    case: &Case,
+) -> Result<Final, VcpuError> {
+    let st = match sandbox.load(case) {
+        Ok(st) => st,
+        Err(e) => return Ok(other(case, e)),
+    };
+    vcpu.code_written(&sandbox.mem, code_phys(case.mode));
+    vcpu.set_state(st)?;
+    match vcpu.run_to_end(&mut sandbox.mem, &mut sandbox.board) {
+        Ended::Stop(stop) => Ok(sandbox.result(case, stop, vcpu.state())),
+        Ended::Failed(e) => Err(e),
+    }
+}
+
 /// Gantry's emulated CPU as a [`Runner`].
 pub struct EmuRunner {
     cpu: EmuCpu,
@@ -308,7 +327,7 @@ impl EmuRunner {
     /// compiles every block the first time it runs (each snippet runs once); the CPU is a
     /// model of `vendor`.
     pub fn new(jit: bool, vendor: Vendor) -> Result<Self, String> {
-        let mut cpu = EmuCpu::new(&EntryState::long_mode(CODE_VA), RAM);
+        let mut cpu = EmuCpu::new(entry::long_mode(CODE_VA), RAM);
         cpu.set_vendor(vendor);
         if jit {
             cpu.enable_jit(1)?;
@@ -321,16 +340,11 @@ impl EmuRunner {
 
     /// Runs `case` and reports where it ended.
     pub fn execute(&mut self, case: &Case) -> Final {
-        let st = match self.sandbox.load(case) {
-            Ok(st) => st,
-            Err(e) => return other(case, e),
-        };
-        self.cpu
-            .code_written(&self.sandbox.mem, code_phys(case.mode));
-        self.cpu.load_state(st);
-        let sb = &mut self.sandbox;
-        let stop = self.cpu.run(&mut sb.mem, &mut sb.board);
-        sb.result(case, stop, &self.cpu.state)
+        match run_on(&mut self.cpu, &mut self.sandbox, case) {
+            Ok(f) => f,
+            // The emulated CPU does not fail; were it to, the case shows why.
+            Err(e) => other(case, e.to_string()),
+        }
     }
 }
 

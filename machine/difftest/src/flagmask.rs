@@ -18,7 +18,7 @@ use iced_x86::{Instruction, Mnemonic, OpCodeOperandKind, OpKind, RflagsBits};
 
 use super::gen::decode;
 use super::Case;
-use gantry_machine::cpu::cpuid;
+use gantry_machine::accel::emu::cpuid;
 
 /// Whether undefined flags are compared on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,13 +8,15 @@
 //! emulator: the runner's name says so, and for user-level semantics the host oracle stays
 //! the reference.
 
-use super::emu::{other, Sandbox};
+use super::emu::{run_on, Sandbox};
 use super::{Case, Final, RunError, Runner};
-use gantry_machine::accel::kvm::{self, KvmCpu};
+use gantry_frontend::state::CpuState;
+use gantry_machine::accel::kvm;
+use gantry_machine::accel::kvm_vcpu::KvmVcpu;
 
 pub struct KvmOracle {
     // Declared before the sandbox, whose memory the VM maps: the VM is dropped first.
-    vcpu: KvmCpu,
+    vcpu: KvmVcpu,
     sandbox: Sandbox,
     name: String,
 }
@@ -23,7 +25,8 @@ impl KvmOracle {
     pub fn new() -> Result<Self, String> {
         kvm::probe().map_err(|e| e.to_string())?;
         let sandbox = Sandbox::new()?;
-        let vcpu = KvmCpu::new(&sandbox.mem).map_err(|e| e.to_string())?;
+        // Each case loads its own state; until then the vCPU sits at reset.
+        let vcpu = KvmVcpu::new(&sandbox.mem, &CpuState::reset()).map_err(|e| e.to_string())?;
         let name = match kvm::software_assisted() {
             Some(kind) => format!(
                 "KVM (software-assisted, {kind}: ring-0 code and exception delivery are \
@@ -45,14 +48,6 @@ impl Runner for KvmOracle {
     }
 
     fn run(&mut self, case: &Case) -> Result<Final, RunError> {
-        let st = match self.sandbox.load(case) {
-            Ok(st) => st,
-            Err(e) => return Ok(other(case, e)),
-        };
-        let fail = |e: kvm::KvmError| RunError::Oracle(e.to_string());
-        self.vcpu.set_cpu_state(&st).map_err(fail)?;
-        let stop = self.vcpu.run(&mut self.sandbox.board).map_err(fail)?;
-        let end = self.vcpu.cpu_state().map_err(fail)?;
-        Ok(self.sandbox.result(case, stop, &end))
+        run_on(&mut self.vcpu, &mut self.sandbox, case).map_err(|e| RunError::Oracle(e.to_string()))
     }
 }

@@ -29,7 +29,7 @@ use std::fmt;
 use gantry_frontend::state::FxState;
 
 /// Which vectors push an error code: the architecture's table, as the CPU delivers them.
-pub use gantry_machine::cpu::interrupts::has_error_code;
+pub use gantry_machine::accel::emu::interrupts::has_error_code;
 
 use layout::{end_rip, DATA_SIZE};
 

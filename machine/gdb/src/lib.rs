@@ -1,16 +1,14 @@
 //! The GDB remote protocol (`--gdb ADDR`, `--gdb-wait`), served with the gdbstub crate.
 //!
-//! One guest CPU (the emulated one or a KVM vCPU, see [`backend`]), one gdb at a time. Without `--gdb-wait` the guest runs at once and gdb
+//! One guest CPU (the emulated one or a KVM vCPU, behind `gantry_machine`'s `Vcpu`), one
+//! gdb at a time. Without `--gdb-wait` the guest runs at once and gdb
 //! may attach whenever it likes (the guest stops when it does, as under QEMU); with it,
 //! the guest waits for gdb before its first instruction. `detach` lets the guest run on
 //! and another gdb attach; `kill` ends Gantry. A guest reset keeps the connection, the
 //! breakpoints and the watchpoints; power-off, the debug-exit port and the other ends of
 //! a run are reported to gdb as the inferior exiting with Gantry's exit status.
 
-mod backend;
 mod conn;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod kvm_target;
 mod monitor;
 pub mod regs;
 
@@ -39,12 +37,12 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 
 use gantry_devices::clock::{Clock, HostClock};
 
-use backend::{Backend, DebugRequest, Ended};
+use gantry_machine::accel::emu::debug::{DebugStop, WatchKind, Watchpoint};
+use gantry_machine::accel::emu::paging::{self, PagingRegs};
+use gantry_machine::accel::vcpu::{DebugRequest, Ended, Vcpu};
 use gantry_machine::console::HostConsole;
-use gantry_machine::cpu::debug::{DebugStop, WatchKind, Watchpoint};
-use gantry_machine::cpu::paging::{self, PagingRegs};
 use gantry_machine::vm::{
-    outcome_of, stats_text, AccelKind, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
+    outcome_of, stats_text, Machine, MachineConfig, MachineError, RunOutcome, RunReport,
 };
 use regs::Layout;
 
@@ -71,7 +69,7 @@ struct OversizeRead {
 pub struct Session {
     cfg: MachineConfig,
     machine: Machine,
-    cpu: Backend,
+    cpu: Box<dyn Vcpu>,
     resets: u64,
     started: Instant,
     /// Breakpoints and watchpoints gdb set, as linear addresses.
@@ -99,7 +97,7 @@ pub struct Session {
 impl Session {
     fn new(cfg: MachineConfig, console: HostConsole) -> Result<Self, MachineError> {
         let machine = build_machine(&cfg, console, None)?;
-        let cpu = build_cpu(&cfg, &machine)?;
+        let cpu = gantry_machine::vm::new_vcpu(&cfg, &machine)?;
         let mut s = Self {
             cfg,
             machine,
@@ -130,7 +128,7 @@ impl Session {
         let console = self.machine.board.take_console();
         self.machine = build_machine(&self.cfg, console, Some(cmos))?;
         self.machine.board.set_max_wait(Some(POLL));
-        self.cpu = build_cpu(&self.cfg, &self.machine)?;
+        self.cpu = gantry_machine::vm::new_vcpu(&self.cfg, &self.machine)?;
         self.stopped_at = None;
         if let Err(e) = self.apply_debug() {
             // The new guest has not mapped where a breakpoint was (yet): gdb keeps it,
@@ -174,12 +172,12 @@ impl Session {
     fn run_slice(&mut self) -> Result<DebugStop, RunOutcome> {
         let stop = match self
             .cpu
-            .execute(&mut self.machine.memory, &mut self.machine.board)
+            .run(&mut self.machine.memory, &mut self.machine.board)
         {
             Ok(s) => return Ok(s),
             Err(Ended::Stop(stop)) => stop,
             Err(Ended::Failed(e)) => {
-                self.failed = Some(e);
+                self.failed = Some(e.into());
                 return Err(RunOutcome::Quit);
             }
         };
@@ -217,25 +215,6 @@ impl Session {
             &PagingRegs::of(self.cpu.state()),
             linear,
         )
-    }
-}
-
-/// The CPU `--accel` names (main refuses the others with --gdb).
-fn build_cpu(cfg: &MachineConfig, machine: &Machine) -> Result<Backend, MachineError> {
-    match cfg.accel {
-        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-        AccelKind::Kvm => Ok(Backend::Kvm(Box::new(backend::KvmTarget::new(
-            &machine.memory,
-            &machine.entry,
-        )?))),
-        AccelKind::Interp | AccelKind::Jit => Ok(Backend::Emu(Box::new(
-            gantry_machine::vm::emu_cpu(cfg, machine)?,
-        ))),
-        #[allow(unreachable_patterns)]
-        other => Err(MachineError::Gdb(format!(
-            "--gdb: the {} backend has no debugger",
-            other.name()
-        ))),
     }
 }
 
@@ -485,25 +464,19 @@ impl SingleThreadBase for Session {
 
     fn write_registers(&mut self, regs: &RegBytes) -> TargetResult<(), Self> {
         let layout = self.layout;
-        let written = self.cpu.write_state(|s| {
-            let rip = s.rip;
-            let r = regs::deserialize(layout, s, &regs.bytes);
-            // A halted CPU that gdb moves elsewhere runs from there (as QEMU's gdbstub).
-            if s.rip != rip {
-                s.halted = false;
-            }
-            r
-        });
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(regs::Refused(why))) => {
-                eprintln!("gantry: gdb register write refused: {why}");
-                return Err(TargetError::NonFatal);
-            }
-            Err(e) => {
-                eprintln!("gantry: gdb register write failed: {e}");
-                return Err(TargetError::NonFatal);
-            }
+        let mut s = self.cpu.state().clone();
+        let rip = s.rip;
+        if let Err(regs::Refused(why)) = regs::deserialize(layout, &mut s, &regs.bytes) {
+            eprintln!("gantry: gdb register write refused: {why}");
+            return Err(TargetError::NonFatal);
+        }
+        // A halted CPU that gdb moves elsewhere runs from there (as QEMU's gdbstub).
+        if s.rip != rip {
+            s.halted = false;
+        }
+        if let Err(e) = self.cpu.set_state(s) {
+            eprintln!("gantry: gdb register write failed: {e}");
+            return Err(TargetError::NonFatal);
         }
         // Nothing to flush: cached translations are keyed by CS base, RIP, mode and CPL,
         // and register writes cannot change the mode or paging (regs.rs refuses that).

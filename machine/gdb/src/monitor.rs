@@ -6,7 +6,7 @@ use gantry_frontend::flags;
 use gantry_frontend::state::{self as st, CpuState, Segment};
 
 use super::Session;
-use gantry_machine::cpu::paging::{self, PagingRegs, WalkEnd};
+use gantry_machine::accel::emu::paging::{self, PagingRegs, WalkEnd};
 
 const HELP: &str = "\
 monitor commands:

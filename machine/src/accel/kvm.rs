@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch, kvm_msr_entry,
-    kvm_segment, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP,
-    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_INJECT_BP,
+    KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
@@ -22,7 +22,6 @@ use gantry_frontend::state::{CpuState, FxState};
 
 use super::{kvm_state, CpuStop, ExitStats};
 use crate::board::{Board, BoardEvent};
-use crate::boot::{EntryState, Segment};
 use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use crate::memory::GuestMemory;
 
@@ -181,31 +180,6 @@ impl KvmCpu {
             halted: false,
             debug: GuestDebug::default(),
         })
-    }
-
-    pub fn set_entry_state(&mut self, s: &EntryState) -> Result<(), KvmError> {
-        let mut sregs = self.vcpu.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
-        sregs.cs = kvm_seg(&s.cs);
-        sregs.ds = kvm_seg(&s.ds);
-        sregs.es = kvm_seg(&s.es);
-        sregs.fs = kvm_seg(&s.fs);
-        sregs.gs = kvm_seg(&s.gs);
-        sregs.ss = kvm_seg(&s.ss);
-        sregs.tr = kvm_seg(&s.tr);
-        sregs.ldt = kvm_seg(&s.ldt);
-        sregs.gdt.base = s.gdt.base;
-        sregs.gdt.limit = s.gdt.limit;
-        sregs.idt.base = s.idt.base;
-        sregs.idt.limit = s.idt.limit;
-        sregs.cr0 = s.cr0;
-        sregs.cr3 = s.cr3;
-        sregs.cr4 = s.cr4;
-        sregs.efer = s.efer;
-        self.vcpu
-            .set_sregs(&sregs)
-            .map_err(setup("KVM_SET_SREGS"))?;
-        let regs = kvm_state::regs_of(&s.gpr, s.rip, s.rflags);
-        self.vcpu.set_regs(&regs).map_err(setup("KVM_SET_REGS"))
     }
 
     /// The vCPU's architectural state, for a debugger.
@@ -534,24 +508,6 @@ impl KvmCpu {
         }
         self.timer.arm(None);
         board.wait_for_event()
-    }
-}
-
-fn kvm_seg(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present as u8,
-        dpl: s.dpl,
-        db: s.db as u8,
-        s: s.s as u8,
-        l: s.l as u8,
-        g: s.g as u8,
-        avl: s.avl as u8,
-        unusable: (!s.present) as u8,
-        padding: 0,
     }
 }
 

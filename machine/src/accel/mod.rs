@@ -1,11 +1,16 @@
-//! Accelerators: what executes guest instructions. KVM lives here; the emulated CPU
-//! (`crate::cpu`: the interpreter and the Cranelift JIT) drives the same
-//! [`crate::board::Board`] beside it.
+//! Accelerators: what executes guest instructions, behind one [`vcpu::Vcpu`] interface:
+//! KVM (`kvm`, with its debugger support in `kvm_vcpu`), and the emulated CPU
+//! (`crate::accel::emu`: the interpreter and the Cranelift JIT). Both drive the same
+//! [`crate::board::Board`].
 
+pub mod emu;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kvm;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kvm_state;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod kvm_vcpu;
+pub mod vcpu;
 
 use std::fmt;
 

@@ -10,7 +10,7 @@
 
 use super::tables::{write_gdt, write_identity_paging};
 use super::zero_page::{E820Entry, SetupHeader, ZeroPage, ZERO_PAGE_LEN};
-use super::{place_cmdline, place_high, EntryState, KernelImage, LoadError, Loaded};
+use super::{entry, place_cmdline, place_high, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
@@ -129,12 +129,12 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     page.set_acpi_rsdp_addr(super::acpi::write_tables(mem)?);
     mem.write(BOOT_INFO, &page.0)?;
 
-    let mut entry = EntryState::long_mode(KERNEL_LOAD + ENTRY_64_OFFSET);
-    entry.gpr[super::entry::RSI] = BOOT_INFO;
-    write_gdt(mem, &entry)?;
+    let mut state = entry::long_mode(KERNEL_LOAD + ENTRY_64_OFFSET);
+    state.gpr[entry::RSI] = BOOT_INFO;
+    write_gdt(mem, &state)?;
     write_identity_paging(mem)?;
     Ok(Loaded {
-        entry,
+        entry: state,
         format: "Linux bzImage (64-bit boot protocol)",
         initrd,
     })

@@ -1,46 +1,16 @@
-//! The CPU state at a guest's first instruction, in architectural terms.
+//! The CPU states loaders start guests in, as the one register model both backends take
+//! ([`CpuState`]): the reset state is [`CpuState::reset`]; a kernel starts in flat 32-bit
+//! protected mode or in 64-bit mode on the loader's GDT and page tables.
+
+use gantry_frontend::flags;
+use gantry_frontend::state::{
+    attr, CpuState, DescriptorTable, Segment, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CS,
+    EFER_LMA, EFER_LME, SS,
+};
 
 use crate::layout::{BOOT_GDT, BOOT_PML4};
 
-/// A segment register with its hidden descriptor cache, in the field names of the SDM
-/// (the same split KVM's `kvm_segment` uses).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Segment {
-    pub selector: u16,
-    pub base: u64,
-    pub limit: u32,
-    /// Descriptor type (4 bits).
-    pub type_: u8,
-    /// S: code/data (1) or system (0).
-    pub s: bool,
-    pub dpl: u8,
-    pub present: bool,
-    pub avl: bool,
-    /// L: 64-bit code segment.
-    pub l: bool,
-    /// D/B: 32-bit default operand size / stack.
-    pub db: bool,
-    /// G: limit in 4 KiB units (the cached limit is already scaled).
-    pub g: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DescriptorTable {
-    pub base: u64,
-    pub limit: u16,
-}
-
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_ET: u64 = 1 << 4;
-pub const CR0_NE: u64 = 1 << 5;
-pub const CR0_NW: u64 = 1 << 29;
-pub const CR0_CD: u64 = 1 << 30;
-pub const CR0_PG: u64 = 1 << 31;
-pub const CR4_PAE: u64 = 1 << 5;
-pub const EFER_LME: u64 = 1 << 8;
-pub const EFER_LMA: u64 = 1 << 10;
-
-/// GPR indices in x86 encoding order (the frontend's, so `gpr` maps onto `CpuState`).
+/// GPR indices in x86 encoding order.
 pub use gantry_frontend::state::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 
 /// Selectors of the loader's GDT (Linux's boot protocol wants __BOOT_CS = 0x10 and
@@ -49,146 +19,75 @@ pub const BOOT_CS: u16 = 0x10;
 pub const BOOT_DS: u16 = 0x18;
 pub const GDT_ENTRIES: usize = 4;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EntryState {
-    pub gpr: [u64; 16],
-    pub rip: u64,
-    pub rflags: u64,
-    pub cs: Segment,
-    pub ds: Segment,
-    pub es: Segment,
-    pub fs: Segment,
-    pub gs: Segment,
-    pub ss: Segment,
-    pub tr: Segment,
-    pub ldt: Segment,
-    pub gdt: DescriptorTable,
-    pub idt: DescriptorTable,
-    pub cr0: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub efer: u64,
-}
-
-fn real_mode_data(selector: u16) -> Segment {
+/// A flat 4 GiB segment of the loader's GDT: 32-bit code or data, or 64-bit code.
+fn flat(code: bool, long: bool) -> Segment {
+    let size = if long { attr::L } else { attr::DB };
     Segment {
-        selector,
-        base: (selector as u64) << 4,
-        limit: 0xFFFF,
-        type_: 3,
-        s: true,
-        present: true,
-        ..Default::default()
-    }
-}
-
-fn flat(type_: u8, l: bool) -> Segment {
-    Segment {
-        selector: if type_ & 8 != 0 { BOOT_CS } else { BOOT_DS },
         base: 0,
         limit: 0xFFFF_FFFF,
-        type_,
-        s: true,
-        present: true,
-        l,
-        db: !l,
-        g: true,
-        ..Default::default()
+        selector: if code { BOOT_CS } else { BOOT_DS },
+        attr: attr::P | attr::S | attr::G | size | if code { 0xB } else { 0x3 },
     }
 }
 
-impl EntryState {
-    /// The state after RESET: CS:IP = F000:FFF0 with CS.base = FFFF0000, so the first
-    /// fetch is 16 bytes below 4 GiB (Intel SDM vol. 3, 9.1.4).
-    pub fn reset() -> Self {
-        let mut cs = real_mode_data(0xF000);
-        cs.base = 0xFFFF_0000;
-        cs.type_ = 0xB;
-        let mut gpr = [0u64; 16];
-        // EDX holds the processor signature after reset.
-        gpr[RDX] = 0x600;
-        Self {
-            gpr,
-            rip: 0xFFF0,
-            rflags: 0x2,
-            cs,
-            ds: real_mode_data(0),
-            es: real_mode_data(0),
-            fs: real_mode_data(0),
-            gs: real_mode_data(0),
-            ss: real_mode_data(0),
-            tr: Segment {
-                limit: 0xFFFF,
-                type_: 3, // 16-bit busy TSS
-                present: true,
-                ..Default::default()
-            },
-            ldt: Segment {
-                limit: 0xFFFF,
-                type_: 2,
-                present: true,
-                ..Default::default()
-            },
-            gdt: DescriptorTable {
-                base: 0,
-                limit: 0xFFFF,
-            },
-            idt: DescriptorTable {
-                base: 0,
-                limit: 0xFFFF,
-            },
-            cr0: CR0_ET | CR0_CD | CR0_NW,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-        }
-    }
+/// Flat 32-bit protected mode, paging off, with the loader's GDT at [`BOOT_GDT`].
+pub fn protected_flat(eip: u32) -> CpuState {
+    let mut s = CpuState::reset();
+    s.gpr = [0; 16];
+    s.rip = eip as u64;
+    flags::set_rflags(&mut s, 0x2);
+    s.seg = [flat(false, false); 6];
+    s.seg[CS] = flat(true, false);
+    s.tr.attr = attr::P | 0xB; // 32-bit busy TSS
+    s.gdtr = DescriptorTable {
+        base: BOOT_GDT,
+        limit: (GDT_ENTRIES * 8 - 1) as u32,
+    };
+    s.idtr = DescriptorTable { base: 0, limit: 0 };
+    s.cr0 = CR0_PE | CR0_ET;
+    s.cpl = 0;
+    s
+}
 
-    /// Flat 32-bit protected mode, paging off, with the loader's GDT at [`BOOT_GDT`].
-    pub fn protected_flat(eip: u32) -> Self {
-        let data = flat(3, false);
-        let mut s = Self::reset();
-        s.gpr = [0; 16];
-        s.rip = eip as u64;
-        s.cs = flat(0xB, false);
-        s.ds = data;
-        s.es = data;
-        s.fs = data;
-        s.gs = data;
-        s.ss = data;
-        s.tr.type_ = 0xB; // 32-bit busy TSS
-        s.gdt = DescriptorTable {
-            base: BOOT_GDT,
-            limit: (GDT_ENTRIES * 8 - 1) as u16,
-        };
-        s.idt = DescriptorTable { base: 0, limit: 0 };
-        s.cr0 = CR0_PE | CR0_ET;
-        s
-    }
+/// 64-bit mode with the loader's identity page tables at [`BOOT_PML4`].
+pub fn long_mode(rip: u64) -> CpuState {
+    let mut s = protected_flat(0);
+    s.rip = rip;
+    s.seg[CS] = flat(true, true);
+    s.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG;
+    s.cr3 = BOOT_PML4;
+    s.cr4 = CR4_PAE;
+    s.efer = EFER_LME | EFER_LMA;
+    s
+}
 
-    /// 64-bit mode with the loader's identity page tables at [`BOOT_PML4`].
-    pub fn long_mode(rip: u64) -> Self {
-        let mut s = Self::protected_flat(0);
-        s.rip = rip;
-        s.cs = flat(0xB, true);
-        s.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG;
-        s.cr3 = BOOT_PML4;
-        s.cr4 = CR4_PAE;
-        s.efer = EFER_LME | EFER_LMA;
-        s
-    }
+/// The GDT image matching CS and the data segments of a flat state: null, null, code,
+/// data.
+pub fn gdt_image(s: &CpuState) -> [u64; GDT_ENTRIES] {
+    let code = if s.seg[CS].long() {
+        0x00AF_9B00_0000_FFFF
+    } else {
+        0x00CF_9B00_0000_FFFF
+    };
+    debug_assert_eq!(s.seg[SS].selector, BOOT_DS);
+    [0, 0, code, 0x00CF_9300_0000_FFFF]
+}
 
-    pub fn is_long_mode(&self) -> bool {
-        self.efer & EFER_LMA != 0
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The GDT image matching `cs`/`ds` of a flat state: null, null, code, data.
-    pub fn gdt_image(&self) -> [u64; GDT_ENTRIES] {
-        let code = if self.cs.l {
-            0x00AF_9B00_0000_FFFF
-        } else {
-            0x00CF_9B00_0000_FFFF
-        };
-        [0, 0, code, 0x00CF_9300_0000_FFFF]
+    /// The flat segments are what the GDT image's descriptors load.
+    #[test]
+    fn flat_segments_match_the_gdt_image() {
+        let s = long_mode(0x1000);
+        let g = gdt_image(&s);
+        let attr_of = |d: u64| (((d >> 40) & 0xFF) | ((d >> 52) & 0xF) << 12) as u16;
+        assert_eq!(attr_of(g[2]), s.seg[CS].attr);
+        assert_eq!(attr_of(g[3]), s.seg[SS].attr);
+        assert_eq!(
+            attr_of(gdt_image(&protected_flat(0))[2]),
+            flat(true, false).attr
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Loaders: put a guest image into memory and say in which CPU state it starts.
 //!
-//! Each loader produces an [`EntryState`], a backend-neutral description of the CPU at the
-//! first instruction, which KVM (and the emulated CPU) apply exactly.
+//! Each loader produces the [`CpuState`] at the guest's first instruction, the register
+//! model both backends take (KVM converts it at its edge).
 
 pub mod acpi;
 pub mod bzimage;
@@ -11,7 +11,7 @@ pub mod pvh;
 pub mod tables;
 pub mod zero_page;
 
-pub use entry::{DescriptorTable, EntryState, Segment};
+use gantry_frontend::state::CpuState;
 
 use crate::memory::{GuestMemory, MemoryError};
 
@@ -45,7 +45,7 @@ pub struct KernelImage<'a> {
 /// What was loaded, for `--stats` and tests.
 #[derive(Clone, Debug)]
 pub struct Loaded {
-    pub entry: EntryState,
+    pub entry: CpuState,
     pub format: &'static str,
     /// Guest-physical [start, end) of the initrd/module, if any.
     pub initrd: Option<(u64, u64)>,

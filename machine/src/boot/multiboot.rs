@@ -6,7 +6,7 @@
 use goblin::elf::{program_header::PT_LOAD, Elf};
 
 use super::tables::write_gdt;
-use super::{place_cmdline, EntryState, KernelImage, LoadError, Loaded};
+use super::{place_cmdline, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
@@ -191,7 +191,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     let bytes: Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
     mem.write(BOOT_INFO, &bytes)?;
 
-    let mut state = EntryState::protected_flat(entry);
+    let mut state = super::entry::protected_flat(entry);
     state.gpr[super::entry::RAX] = BOOTLOADER_MAGIC as u64;
     state.gpr[super::entry::RBX] = BOOT_INFO;
     state.gpr[super::entry::RSP] = BOOT_STACK;

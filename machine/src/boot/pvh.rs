@@ -6,7 +6,7 @@ use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
 use goblin::elf::Elf;
 
 use super::tables::write_gdt;
-use super::{place_cmdline, place_high, EntryState, KernelImage, LoadError, Loaded};
+use super::{place_cmdline, place_high, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
@@ -134,7 +134,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     info.extend_from_slice(&0u32.to_le_bytes());
     mem.write(BOOT_INFO, &info)?;
 
-    let mut state = EntryState::protected_flat(entry);
+    let mut state = super::entry::protected_flat(entry);
     state.gpr[super::entry::RBX] = BOOT_INFO;
     write_gdt(mem, &state)?;
     Ok(Loaded {

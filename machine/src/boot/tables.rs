@@ -1,12 +1,12 @@
 //! The GDT and identity page tables loaders build for protected- and long-mode entry.
 
-use super::{EntryState, LoadError};
+use super::LoadError;
 use crate::layout::{BOOT_GDT, BOOT_PD, BOOT_PDPT, BOOT_PML4};
 use crate::memory::GuestMemory;
+use gantry_frontend::state::CpuState;
 
-pub fn write_gdt(mem: &mut GuestMemory, entry: &EntryState) -> Result<(), LoadError> {
-    let bytes: Vec<u8> = entry
-        .gdt_image()
+pub fn write_gdt(mem: &mut GuestMemory, entry: &CpuState) -> Result<(), LoadError> {
+    let bytes: Vec<u8> = super::entry::gdt_image(entry)
         .iter()
         .flat_map(|d| d.to_le_bytes())
         .collect();

@@ -9,13 +9,14 @@ use std::rc::Rc;
 
 use gantry_devices::clock::{Clock, ManualClock};
 use gantry_frontend::state::CpuState;
+use gantry_machine::accel::emu::cpuid::Vendor;
+use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::vcpu::{Ended, Vcpu};
 use gantry_machine::accel::CpuStop;
 use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::boot::entry;
 use gantry_machine::boot::tables::{write_gdt, write_identity_paging};
-use gantry_machine::boot::EntryState;
 use gantry_machine::console::HostConsole;
-use gantry_machine::cpu::cpuid::Vendor;
-use gantry_machine::cpu::EmuCpu;
 use gantry_machine::memory::GuestMemory;
 use iced_x86::code_asm::*;
 
@@ -135,37 +136,30 @@ fn run_on(
     jit: bool,
 ) -> Done {
     let mut mem = GuestMemory::new(RAM, None).unwrap();
-    let entry = match mode {
+    let start = match mode {
         Mode::Real16 => {
-            let mut e = EntryState::reset();
-            e.cs = gantry_machine::boot::Segment {
-                selector: (CODE >> 4) as u16,
-                base: CODE,
-                limit: 0xFFFF,
-                type_: 0xB,
-                s: true,
-                present: true,
-                ..Default::default()
-            };
+            let mut e = CpuState::reset();
+            e.seg[gantry_frontend::state::CS] =
+                gantry_frontend::state::Segment::real((CODE >> 4) as u16, true);
             e.rip = 0;
             e.gpr[4] = STACK;
-            e.gdt.limit = 0xFFFF;
+            e.gdtr.limit = 0xFFFF;
             e
         }
         Mode::Protected32 => {
-            let mut e = EntryState::protected_flat(CODE as u32);
+            let mut e = entry::protected_flat(CODE as u32);
             e.gpr[4] = STACK;
             e
         }
         Mode::Long64 => {
-            let mut e = EntryState::long_mode(CODE);
+            let mut e = entry::long_mode(CODE);
             e.gpr[4] = STACK;
             write_identity_paging(&mut mem).unwrap();
             e
         }
     };
     if mode != Mode::Real16 {
-        write_gdt(&mut mem, &entry).unwrap();
+        write_gdt(&mut mem, &start).unwrap();
     }
     mem.write(STUBS, &stubs(mode)).unwrap();
     // The interrupt table: IVT, 32-bit or 64-bit interrupt gates to the stubs.
@@ -209,7 +203,7 @@ fn run_on(
         HostConsole::none(),
     )
     .unwrap();
-    let mut cpu = EmuCpu::new(&entry, RAM);
+    let mut cpu = EmuCpu::new(start.clone(), RAM);
     cpu.set_vendor(vendor);
     if jit {
         cpu.enable_jit(1).unwrap();
@@ -226,7 +220,10 @@ fn run_on(
         }
     }
     setup(&mut cpu.state, &mut mem);
-    let stop = cpu.run(&mut mem, &mut board);
+    let stop = match cpu.run_to_end(&mut mem, &mut board) {
+        Ended::Stop(stop) => stop,
+        Ended::Failed(e) => panic!("the emulated CPU failed: {e}"),
+    };
     Done {
         cpu: cpu.state,
         mem,

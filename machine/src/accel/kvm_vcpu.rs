@@ -1,3 +1,6 @@
+//! A KVM vCPU as a [`Vcpu`]: the run loop in `kvm.rs` until the guest stops for good, or,
+//! once a debugger set its state, in time slices.
+//!
 //! gdb on a KVM vCPU, through KVM_SET_GUEST_DEBUG: hardware breakpoints and watchpoints
 //! use DR0-3; software breakpoints are INT3 bytes planted in guest RAM (as QEMU plants
 //! them), hidden from gdb's memory reads; a single step is KVM's trap-flag step. While
@@ -16,14 +19,12 @@ use kvm_bindings::kvm_debug_exit_arch;
 
 use gantry_frontend::state::CpuState;
 
-use super::backend::{DebugRequest, Ended};
-use gantry_machine::accel::kvm::{GuestDebug, KvmCpu, KvmStop};
-use gantry_machine::board::Board;
-use gantry_machine::boot::EntryState;
-use gantry_machine::cpu::debug::{dr7, DebugStop, DrKind, WatchHit, WatchKind, Watchpoint};
-use gantry_machine::cpu::paging::{self, PagingRegs};
-use gantry_machine::memory::GuestMemory;
-use gantry_machine::vm::MachineError;
+use super::kvm::{GuestDebug, KvmCpu, KvmError, KvmStop};
+use super::vcpu::{DebugRequest, Ended, Vcpu, VcpuError};
+use crate::accel::emu::debug::{dr7, DebugStop, DrKind, WatchHit, WatchKind, Watchpoint};
+use crate::accel::emu::paging::{self, PagingRegs};
+use crate::board::Board;
+use crate::memory::GuestMemory;
 
 /// How long the vCPU runs before the stub polls its connection (gdb's Ctrl-C).
 const SLICE: Duration = Duration::from_millis(10);
@@ -51,8 +52,10 @@ enum Slot {
     },
 }
 
-pub struct KvmTarget {
+pub struct KvmVcpu {
     cpu: KvmCpu,
+    /// A debugger set its state: run in slices and report its stops.
+    debugging: bool,
     /// The vCPU's state as of the last stop.
     state: CpuState,
     planted: Vec<Planted>,
@@ -67,44 +70,35 @@ pub struct KvmTarget {
     software_assisted: Option<&'static str>,
 }
 
-impl KvmTarget {
-    pub fn new(mem: &GuestMemory, entry: &EntryState) -> Result<Self, MachineError> {
+impl From<KvmError> for VcpuError {
+    fn from(e: KvmError) -> Self {
+        VcpuError(e.to_string())
+    }
+}
+
+impl KvmVcpu {
+    /// A vCPU of a VM over `mem`, starting in `state`.
+    pub fn new(mem: &GuestMemory, state: &CpuState) -> Result<Self, KvmError> {
         let mut cpu = KvmCpu::new(mem)?;
-        cpu.set_entry_state(entry)?;
+        cpu.set_cpu_state(state)?;
         let state = cpu.cpu_state()?;
         Ok(Self {
             cpu,
+            debugging: false,
             state,
             planted: Vec::new(),
             slots: Vec::new(),
             step: false,
             resume_from: None,
             warned: false,
-            software_assisted: gantry_machine::accel::kvm::software_assisted(),
+            software_assisted: super::kvm::software_assisted(),
         })
-    }
-
-    pub fn state(&self) -> &CpuState {
-        &self.state
-    }
-
-    pub fn write_state<E>(
-        &mut self,
-        f: impl FnOnce(&mut CpuState) -> Result<(), E>,
-    ) -> Result<Result<(), E>, MachineError> {
-        let mut s = self.state.clone();
-        if let Err(e) = f(&mut s) {
-            return Ok(Err(e));
-        }
-        self.cpu.set_cpu_state(&s)?;
-        self.state = s;
-        Ok(Ok(()))
     }
 
     /// Configures KVM for gdb's request. A software breakpoint that can go nowhere (its
     /// page is not RAM-backed and DR0-DR3 are taken) is left out and named in the `Err`;
     /// everything else, stepping included, is in effect either way.
-    pub fn set_debug(&mut self, mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
+    fn configure_debug(&mut self, mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
         let mut slots = plan_slots(&req.hw_breaks, &req.watches)?;
         let regs = PagingRegs::of(&self.state);
         let mut int3s = Vec::new();
@@ -160,7 +154,7 @@ impl KvmTarget {
 
     /// Passes the current configuration to KVM; `step` forces a single step and `skip`
     /// leaves out the breakpoint at that address (to execute it when resuming).
-    fn apply(&mut self, step: bool, skip: Option<u64>) -> Result<(), MachineError> {
+    fn apply(&mut self, step: bool, skip: Option<u64>) -> Result<(), KvmError> {
         let (dr, dr7) = debug_registers(&self.slots, skip);
         self.cpu.set_guest_debug(&GuestDebug {
             enabled: true,
@@ -177,7 +171,8 @@ impl KvmTarget {
         Ok(())
     }
 
-    pub fn execute(
+    /// One slice under a debugger: steps over a breakpoint being resumed from, then runs.
+    fn run_debugging(
         &mut self,
         mem: &mut GuestMemory,
         board: &mut Board,
@@ -192,12 +187,13 @@ impl KvmTarget {
             }
             let stepped = self
                 .apply(true, Some(at))
-                .map_err(Ended::Failed)
+                .map_err(|e| Ended::Failed(e.into()))
                 .and_then(|()| self.run(board, true));
             if let Some(p) = planted {
                 let _ = mem.write(p.phys, &[INT3]);
             }
-            self.apply(false, None).map_err(Ended::Failed)?;
+            self.apply(false, None)
+                .map_err(|e| Ended::Failed(e.into()))?;
             match stepped? {
                 DebugStop::Slice => {
                     // Kicked out before the instruction ran: step over it next time.
@@ -260,8 +256,37 @@ impl KvmTarget {
             _ => None,
         }
     }
+}
 
-    pub fn hide_planted(&self, start: u64, data: &mut [u8]) {
+impl Vcpu for KvmVcpu {
+    fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, Ended> {
+        if self.debugging {
+            return self.run_debugging(mem, board);
+        }
+        let stop = self.cpu.run(board);
+        self.refresh()?;
+        Err(stop.map_or_else(|e| Ended::Failed(e.into()), Ended::Stop))
+    }
+
+    fn state(&self) -> &CpuState {
+        &self.state
+    }
+
+    fn set_state(&mut self, state: CpuState) -> Result<(), VcpuError> {
+        self.cpu.set_cpu_state(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    fn set_debug(&mut self, mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
+        self.debugging = true;
+        self.configure_debug(mem, req)
+    }
+
+    /// KVM executes guest memory as it is: nothing is cached.
+    fn code_written(&mut self, _mem: &GuestMemory, _phys: u64) {}
+
+    fn hide_planted(&self, start: u64, data: &mut [u8]) {
         for p in &self.planted {
             let off = p.linear.wrapping_sub(start);
             if let Some(b) = usize::try_from(off).ok().and_then(|o| data.get_mut(o)) {
@@ -270,7 +295,7 @@ impl KvmTarget {
         }
     }
 
-    pub fn report(&self, out: &mut String) {
+    fn report(&self, out: &mut String, _seconds: f64) {
         let _ = writeln!(out, "{}", self.cpu.stats);
     }
 }

@@ -117,8 +117,9 @@ impl HostAddr {
 pub enum Lookup {
     /// Plain host memory at this address.
     Host(HostAddr),
-    /// The page is in the TLB but its comparator carries flags: the physical address,
-    /// and the flags.
+    /// The page is in the TLB, but the access cannot go to host memory directly: its
+    /// comparator carries flags, or the access crosses into the next page. The physical
+    /// address, and the flags.
     Flagged {
         phys: u64,
         flags: u64,
@@ -126,18 +127,36 @@ pub enum Lookup {
     Miss,
 }
 
+/// Entries a fill pushes out of the direct-mapped table, kept per privilege index and
+/// searched on a miss (QEMU's victim TLB): pages 1 MiB apart share a slot, and a copy
+/// loop between two such buffers would otherwise miss on every access.
+pub const VICTIMS: usize = 8;
+
 #[repr(C)]
 pub struct Tlb {
-    /// `[privilege index][linear page % TLB_SIZE]`
+    /// `[privilege index][linear page % TLB_SIZE]`; first, so its offsets are fixed.
     entries: [[TlbEntry; TLB_SIZE]; 2],
+    victims: [[TlbEntry; VICTIMS]; 2],
+    /// Where each index's next evicted entry goes (round robin).
+    next_victim: [usize; 2],
 }
 
 impl Default for Tlb {
     fn default() -> Self {
         Self {
             entries: [[EMPTY; TLB_SIZE]; 2],
+            victims: [[EMPTY; VICTIMS]; 2],
+            next_victim: [0; 2],
         }
     }
+}
+
+/// The entry holds `page` for some kind of access.
+#[inline]
+fn holds(e: &TlbEntry, page: u64) -> bool {
+    e.cmp
+        .iter()
+        .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
 }
 
 #[inline]
@@ -146,10 +165,21 @@ fn slot(linear: u64) -> usize {
 }
 
 impl Tlb {
-    /// Looks `bytes` at `linear` up for `access`; an access that crosses its page is a
-    /// miss (the slow path splits it).
+    /// Looks `bytes` at `linear` up for `access`, in the table and then among the
+    /// victims; an access that crosses its page is never a host address (the slow path
+    /// splits it).
     #[inline]
-    pub fn lookup(&self, idx: usize, linear: u64, bytes: u8, access: Access) -> Lookup {
+    pub fn lookup(&mut self, idx: usize, linear: u64, bytes: u8, access: Access) -> Lookup {
+        match self.lookup_table(idx, linear, bytes, access) {
+            Lookup::Miss if self.swap_in_victim(idx, linear) => {
+                self.lookup_table(idx, linear, bytes, access)
+            }
+            found => found,
+        }
+    }
+
+    #[inline]
+    fn lookup_table(&self, idx: usize, linear: u64, bytes: u8, access: Access) -> Lookup {
         let page = linear & !PAGE_MASK;
         let e = &self.entries[idx & 1][slot(linear)];
         let cmp = e.cmp[access as usize];
@@ -168,15 +198,37 @@ impl Tlb {
     /// The physical address of `linear` if its page is in the TLB for `access`, whatever
     /// the flags.
     #[inline]
-    pub fn phys(&self, idx: usize, linear: u64, access: Access) -> Option<u64> {
+    pub fn phys(&mut self, idx: usize, linear: u64, access: Access) -> Option<u64> {
+        if !holds(&self.entries[idx & 1][slot(linear)], linear & !PAGE_MASK) {
+            self.swap_in_victim(idx, linear);
+        }
         let e = &self.entries[idx & 1][slot(linear)];
         let cmp = e.cmp[access as usize];
         (cmp & !TLB_FLAGS == linear & !PAGE_MASK && cmp & TLB_INVALID == 0)
             .then_some(e.phys | (linear & PAGE_MASK))
     }
 
+    /// Moves the victim that holds `linear`'s page, if any, into the table, and the
+    /// table's entry into its place.
+    fn swap_in_victim(&mut self, idx: usize, linear: u64) -> bool {
+        let page = linear & !PAGE_MASK;
+        let i = idx & 1;
+        let Some(v) = self.victims[i].iter().position(|e| holds(e, page)) else {
+            return false;
+        };
+        std::mem::swap(&mut self.entries[i][slot(linear)], &mut self.victims[i][v]);
+        true
+    }
+
     pub(crate) fn fill(&mut self, idx: usize, linear: u64, f: &Fill) {
         let page = linear & !PAGE_MASK;
+        let i = idx & 1;
+        let old = self.entries[i][slot(linear)];
+        if old.cmp.iter().any(|c| c & TLB_INVALID == 0) && !holds(&old, page) {
+            let n = self.next_victim[i];
+            self.victims[i][n] = old;
+            self.next_victim[i] = (n + 1) % VICTIMS;
+        }
         let mut cmp = [0; 3];
         for (c, flags) in cmp.iter_mut().zip(f.flags) {
             let flags = if f.host.is_none() {
@@ -200,7 +252,8 @@ impl Tlb {
 
     /// Drops all entries, or all but global ones.
     pub fn flush(&mut self, keep_global: bool) {
-        for e in self.entries.iter_mut().flatten() {
+        let victims = self.victims.iter_mut().flatten();
+        for e in self.entries.iter_mut().flatten().chain(victims) {
             if !(keep_global && e.global) {
                 *e = EMPTY;
             }
@@ -210,12 +263,10 @@ impl Tlb {
     /// Drops the entries of one linear page (INVLPG), global or not.
     pub fn flush_page(&mut self, linear: u64) {
         let page = linear & !PAGE_MASK;
-        for table in self.entries.iter_mut() {
-            let e = &mut table[slot(linear)];
-            if e.cmp
-                .iter()
-                .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
-            {
+        let victims = self.victims.iter_mut().flatten();
+        let slots = self.entries.iter_mut().map(|t| &mut t[slot(linear)]);
+        for e in slots.chain(victims) {
+            if holds(e, page) {
                 *e = EMPTY;
             }
         }
@@ -224,7 +275,8 @@ impl Tlb {
     /// Sets or clears `flag` in the write comparators of every entry that maps physical
     /// page `phys_page` (a page that gained or lost translated code).
     pub fn set_write_flag(&mut self, phys_page: u64, flag: u64, on: bool) {
-        for e in self.entries.iter_mut().flatten() {
+        let victims = self.victims.iter_mut().flatten();
+        for e in self.entries.iter_mut().flatten().chain(victims) {
             let w = &mut e.cmp[Access::Write as usize];
             if e.phys == phys_page << PAGE_SHIFT && *w & TLB_INVALID == 0 {
                 if on {
@@ -265,8 +317,15 @@ mod tests {
             panic!("no hit")
         };
         assert_eq!(h.load(1), 0x5a);
-        // Crossing into the next page, the other privilege index, another page: misses.
-        assert_eq!(t.lookup(1, 0x7000_1ff9, 8, Access::Read), Lookup::Miss);
+        // Crossing into the next page goes the slow way; the other privilege index and
+        // another page miss.
+        assert_eq!(
+            t.lookup(1, 0x7000_1ff9, 8, Access::Read),
+            Lookup::Flagged {
+                phys: 0x5ff9,
+                flags: 0
+            }
+        );
         assert_eq!(t.lookup(0, 0x7000_1000, 1, Access::Read), Lookup::Miss);
         assert_eq!(t.lookup(1, 0x7010_1000, 1, Access::Read), Lookup::Miss);
         assert_eq!(
@@ -298,7 +357,7 @@ mod tests {
             }
         );
         // Linear page 0 is a real page: an empty entry must not look like it.
-        let empty = Tlb::default();
+        let mut empty = Tlb::default();
         assert_eq!(empty.lookup(0, 0, 1, Access::Read), Lookup::Miss);
         let mut g = fill(None, [0; 3]);
         g.global = true;
@@ -308,6 +367,29 @@ mod tests {
         assert_eq!(t.phys(0, 0x0, Access::Read), None);
         t.flush(false);
         assert_eq!(t.phys(1, 0x1004, Access::Write), None);
+    }
+
+    #[test]
+    fn a_page_pushed_out_of_its_slot_is_found_among_the_victims() {
+        let mut buf = [0u8; 0x1000];
+        let host = buf.as_mut_ptr();
+        let mut t = Tlb::default();
+        // Linear pages 0x200 and 0x300 share slot 0.
+        t.fill(0, 0x20_0000, &fill(Some(host), [0; 3]));
+        t.fill(0, 0x30_0000, &fill(Some(host), [0; 3]));
+        assert!(matches!(
+            t.lookup(0, 0x20_0010, 4, Access::Write),
+            Lookup::Host(_)
+        ));
+        assert!(matches!(
+            t.lookup(0, 0x30_0010, 4, Access::Read),
+            Lookup::Host(_)
+        ));
+        t.flush_page(0x20_0000);
+        assert_eq!(t.lookup(0, 0x20_0010, 4, Access::Read), Lookup::Miss);
+        assert_eq!(t.phys(0, 0x30_0004, Access::Exec), Some(0x5004));
+        t.flush(false);
+        assert_eq!(t.phys(0, 0x30_0004, Access::Exec), None);
     }
 
     #[test]

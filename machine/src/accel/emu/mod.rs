@@ -19,9 +19,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-use gantry_frontend::flags;
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
-use gantry_frontend::state::{self as st, CpuState, Segment as StSegment, IF, RF, TF};
+use gantry_frontend::state::{self as st, CpuState, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
 use gantry_translator::block::Prepared;
 use gantry_translator::cache::{BlockKey, CodeCache, JumpKey};
@@ -29,9 +28,9 @@ use gantry_translator::interp::Interp;
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
 
+use crate::accel::vcpu::{DebugRequest, Ended, Vcpu, VcpuError};
 use crate::accel::CpuStop;
 use crate::board::Board;
-use crate::boot::{EntryState, Segment};
 use crate::memory::GuestMemory;
 use access::Ctx;
 use debug::{DebugCtl, DebugStop, DebugTraps, GuestBreakpoints, Watchpoint, DR6_BS, SLICE_BLOCKS};
@@ -86,56 +85,6 @@ pub struct EmuCpu {
     limits: lift::Limits,
     /// The CPU model's vendor: CPUID and the undefined flags follow it.
     vendor: Vendor,
-}
-
-fn attr_of(s: &Segment) -> u16 {
-    (s.type_ as u16 & 0xF)
-        | (s.s as u16) << 4
-        | ((s.dpl as u16) & 3) << 5
-        | (s.present as u16) << 7
-        | (s.avl as u16) << 12
-        | (s.l as u16) << 13
-        | (s.db as u16) << 14
-        | (s.g as u16) << 15
-}
-
-fn seg_of(s: &Segment) -> StSegment {
-    StSegment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        attr: attr_of(s),
-    }
-}
-
-/// The architectural state a loader's entry state describes.
-pub fn state_from_entry(e: &EntryState) -> CpuState {
-    let mut c = CpuState::reset();
-    c.gpr = e.gpr;
-    c.rip = e.rip;
-    flags::set_rflags(&mut c, e.rflags);
-    for (i, s) in [&e.es, &e.cs, &e.ss, &e.ds, &e.fs, &e.gs]
-        .iter()
-        .enumerate()
-    {
-        c.seg[i] = seg_of(s);
-    }
-    c.tr = seg_of(&e.tr);
-    c.ldtr = seg_of(&e.ldt);
-    c.gdtr = st::DescriptorTable {
-        base: e.gdt.base,
-        limit: e.gdt.limit as u32,
-    };
-    c.idtr = st::DescriptorTable {
-        base: e.idt.base,
-        limit: e.idt.limit as u32,
-    };
-    c.cpl = e.cs.selector as u8 & 3;
-    c.cr0 = e.cr0;
-    c.cr3 = e.cr3;
-    c.cr4 = e.cr4;
-    c.efer = e.efer;
-    c
 }
 
 /// Code bytes for the lifter, fetched through the MMU as instruction fetches.
@@ -202,9 +151,11 @@ macro_rules! ctx {
 const SERVICE_INTERVAL: u32 = 32;
 
 impl EmuCpu {
-    pub fn new(entry: &EntryState, ram_size: u64) -> Self {
+    /// A CPU in `state` (a loader's entry state, or [`CpuState::reset`]) for a machine
+    /// with `ram_size` bytes of RAM.
+    pub fn new(state: CpuState, ram_size: u64) -> Self {
         Self {
-            state: state_from_entry(entry),
+            state,
             mmu: Mmu::new(ram_size),
             code: CodeCache::default(),
             jump_generation: 0,
@@ -252,22 +203,9 @@ impl EmuCpu {
         }
     }
 
-    /// Runs until the board asks to stop or the CPU shuts down.
-    pub fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> CpuStop {
-        loop {
-            if let Err(stop) = self.execute(mem, board) {
-                return stop;
-            }
-        }
-    }
-
     /// Runs until the CPU stops for good (`Err`) or, with a debugger attached, until
     /// something the debugger asked for happens (`Ok`).
-    pub fn execute(
-        &mut self,
-        mem: &mut GuestMemory,
-        board: &mut Board,
-    ) -> Result<DebugStop, CpuStop> {
+    fn execute(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, CpuStop> {
         let mut until_service = 0u32;
         loop {
             if until_service == 0 || self.state.halted {
@@ -625,7 +563,7 @@ impl EmuCpu {
     /// Sets the debugger's breakpoints (linear addresses) and watchpoints, and how the
     /// next [`Self::execute`] runs: one instruction (`step`) or on; when `resuming`, a
     /// breakpoint at the current instruction is executed rather than reported.
-    pub fn set_debug(
+    fn apply_debug(
         &mut self,
         breakpoints: &[u64],
         watchpoints: &[Watchpoint],
@@ -649,7 +587,7 @@ impl EmuCpu {
     /// Replaces the whole CPU state (a new difftest case, a restored snapshot). When the
     /// paging registers change, the TLB is dropped, as loading them would drop it: its
     /// entries were walked under the old ones.
-    pub fn load_state(&mut self, state: CpuState) {
+    fn load_state(&mut self, state: CpuState) {
         let paging = |s: &CpuState| (s.cr0, s.cr3, s.cr4, s.efer);
         if paging(&state) != paging(&self.state) {
             self.mmu.flush(false);
@@ -658,12 +596,11 @@ impl EmuCpu {
     }
 
     /// Guest memory was changed behind the CPU's back (a debugger wrote it).
-    pub fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
+    fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
         self.dirty_code.push(phys >> 12);
         self.invalidate_dirty(mem);
     }
 
-    /// Lines for `--stats`.
     /// Compiles blocks with Cranelift from now on (`--accel jit`), once they ran `hot`
     /// times ([`gantry_translator::jit::HOT`] for a machine).
     pub fn enable_jit(&mut self, hot: u32) -> Result<(), String> {
@@ -675,7 +612,8 @@ impl EmuCpu {
         self.jit.is_some()
     }
 
-    pub fn report(&self, out: &mut String, seconds: f64) {
+    /// Lines for `--stats`.
+    fn report(&self, out: &mut String, seconds: f64) {
         let s = &self.stats;
         let insns = self.interp.insns;
         let c = &self.state;
@@ -704,7 +642,7 @@ impl EmuCpu {
             let _ = writeln!(
                 out,
                 "jit: {} blocks compiled, {} left to the interpreter, code memory refilled {} times",
-                j.compiled, j.refused, j.flushes
+                j.compiled, j.refused, j.flushes()
             );
         }
         let m = self.mmu.stats;
@@ -729,5 +667,41 @@ impl EmuCpu {
             "unimplemented instructions (#UD): {total} [{}]",
             list.join(", ")
         );
+    }
+}
+
+impl Vcpu for EmuCpu {
+    fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, Ended> {
+        self.execute(mem, board).map_err(Ended::Stop)
+    }
+
+    fn state(&self) -> &CpuState {
+        &self.state
+    }
+
+    fn set_state(&mut self, state: CpuState) -> Result<(), VcpuError> {
+        self.load_state(state);
+        Ok(())
+    }
+
+    /// Software and hardware breakpoints are the same here: the run loop checks both at
+    /// block starts, and guest memory is never patched.
+    fn set_debug(&mut self, _mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
+        let bps: Vec<u64> = req
+            .sw_breaks
+            .iter()
+            .chain(&req.hw_breaks)
+            .copied()
+            .collect();
+        self.apply_debug(&bps, &req.watches, req.step, req.resuming);
+        Ok(())
+    }
+
+    fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
+        EmuCpu::code_written(self, mem, phys)
+    }
+
+    fn report(&self, out: &mut String, seconds: f64) {
+        EmuCpu::report(self, out, seconds)
     }
 }

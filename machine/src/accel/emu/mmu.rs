@@ -147,7 +147,8 @@ impl Mmu {
         let g = paging::walk_access(cpu, mem, linear, access, idx == 1).inspect_err(|_| {
             self.stats.page_faults += 1;
         })?;
-        let phys_page = g.phys & !PAGE_MASK;
+        let phys = g.phys & cpu.a20_mask;
+        let phys_page = phys & !PAGE_MASK;
         let host = mem.host_page(phys_page);
         let page = linear & !PAGE_MASK;
         let watched = self
@@ -175,7 +176,7 @@ impl Mmu {
                 global: g.global,
             },
         );
-        Ok(g.phys)
+        Ok(phys)
     }
 
     /// Reads `bytes` (1-8) at a physical address: RAM, ROM or the MMIO bus.
