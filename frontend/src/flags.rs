@@ -271,6 +271,13 @@ pub fn set_rflags(st: &mut CpuState, value: u64) {
     st.cc.op = CcOp::EFLAGS.encode();
 }
 
+/// Replaces the six arithmetic flags (CF, PF, AF, ZF, SF, OF) with those of `arith`,
+/// keeping the other bits of RFLAGS.
+pub fn set_arith_flags(st: &mut CpuState, arith: u64) {
+    let old = rflags(st);
+    set_rflags(st, (old & !ARITH_FLAGS) | (arith & ARITH_FLAGS));
+}
+
 /// The x86 condition codes, in the encoding of Jcc/SETcc/CMOVcc's low nibble.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cond {

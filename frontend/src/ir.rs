@@ -247,9 +247,10 @@ pub enum Helper {
     Xgetbv,
     /// (mnemonic number, immediate): DAA/DAS/AAA/AAS/AAM/AAD on AX and the flags.
     Bcd,
-    /// An SSE/SSE2 instruction: (mnemonic number, destination operand, source operand,
-    /// memory address or general-register value, immediate, memory bytes); operands as
-    /// [`crate::lift::sse_operand`] encodes them. Semantics in [`crate::sse`].
+    /// An SSE/SSE2 instruction: (operation, destination operand, source operand, memory
+    /// address or general-register value, immediate, memory bytes); the operation and the
+    /// operands as [`crate::sse_op::SseOp`] and [`crate::sse_op::SseOperand`] encode them.
+    /// Semantics in [`crate::sse_op`].
     Sse,
     /// Raises #UD for an instruction Gantry does not implement (and counts it).
     Unimplemented,

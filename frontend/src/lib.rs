@@ -11,6 +11,7 @@ pub mod ir_text;
 pub mod lift;
 pub mod sse;
 pub mod sse_fp;
+pub mod sse_op;
 pub mod state;
 pub mod vendor;
 

@@ -1,7 +1,7 @@
 //! SSE/SSE2 semantics on 128-bit values: the integer, logic and move operations of the
 //! SSE2 baseline (what a 64-bit C library's string and memory functions use). Pure
-//! functions of their operands; the machine's helper moves operands between XMM
-//! registers, general registers and memory. The scalar double-precision arithmetic, with
+//! functions of their operands; [`crate::sse_op`] says which operation an instruction is
+//! and what its operand forms do. The scalar double-precision arithmetic, with
 //! MXCSR's rounding and exception flags, is [`crate::sse_fp`].
 
 use iced_x86::Mnemonic as M;
@@ -84,58 +84,8 @@ fn unpack_high(a: &X, b: &X, w: usize) -> X {
     unpack_low(&hi_a, &hi_b, w)
 }
 
-/// The SSE/SSE2 instructions Gantry implements (the rest raise #UD, counted).
-pub fn supported(m: M) -> bool {
-    binary(m, &[0; 16], &[0; 16], 0).is_some()
-        || crate::sse_fp::binary(m, &[0; 16], &[0; 16], 0, crate::state::MXCSR_RESET).is_some()
-        || is_full_move(m)
-        || matches!(
-            m,
-            M::Movd
-                | M::Movq
-                | M::Movsd
-                | M::Movss
-                | M::Movhps
-                | M::Movlps
-                | M::Movhpd
-                | M::Movlpd
-                | M::Movhlps
-                | M::Pmovmskb
-                | M::Movmskps
-                | M::Movmskpd
-                | M::Pextrw
-                | M::Comisd
-                | M::Ucomisd
-                | M::Cvtsi2sd
-                | M::Cvttsd2si
-                | M::Cvtsd2si
-        )
-}
-
-/// Moves of all 128 bits between XMM registers and memory.
-pub fn is_full_move(m: M) -> bool {
-    matches!(
-        m,
-        M::Movdqa
-            | M::Movdqu
-            | M::Movaps
-            | M::Movups
-            | M::Movapd
-            | M::Movupd
-            | M::Movntdq
-            | M::Movntps
-            | M::Movntpd
-    )
-}
-
-/// Whether a memory operand of `bytes` bytes must be 16-byte aligned (#GP(0)
-/// otherwise): every 16-byte operand of a legacy SSE instruction except the explicitly
-/// unaligned moves.
-pub fn needs_alignment(m: M, bytes: u32) -> bool {
-    bytes == 16 && !matches!(m, M::Movdqu | M::Movups | M::Movupd)
-}
-
-/// The mnemonic with this number (helpers receive mnemonics as numbers).
+/// The mnemonic with this number (a helper argument: the BCD adjusts', an SSE lane
+/// operation's).
 pub fn mnemonic(n: u64) -> Option<M> {
     static ALL: std::sync::OnceLock<Vec<M>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| M::values().collect())
@@ -359,15 +309,16 @@ pub fn binary(m: M, dst: &X, src: &X, imm: u8) -> Option<X> {
     })
 }
 
-/// PMOVMSKB / MOVMSKPS / MOVMSKPD: the sign bits of the lanes.
-pub fn move_mask(m: M, src: &X) -> u64 {
-    match m {
-        M::Movmskps => lanes::<4>(src)
+/// PMOVMSKB / MOVMSKPS / MOVMSKPD: the sign bits of the source's `lane`-byte lanes (1, 4
+/// or 8).
+pub fn move_mask(lane: usize, src: &X) -> u64 {
+    match lane {
+        4 => lanes::<4>(src)
             .iter()
             .enumerate()
             .map(|(i, l)| (l >> 31) << i)
             .sum(),
-        M::Movmskpd => lanes::<2>(src)
+        8 => lanes::<2>(src)
             .iter()
             .enumerate()
             .map(|(i, l)| (l >> 63) << i)
@@ -393,7 +344,7 @@ mod tests {
         // PCMPEQB against zero, then PMOVMSKB: bit i set where byte i is 0.
         let s = *b"gantry\0padding!!";
         let eq = binary(M::Pcmpeqb, &s, &[0; 16], 0).unwrap();
-        assert_eq!(move_mask(M::Pmovmskb, &eq), 1 << 6);
+        assert_eq!(move_mask(1, &eq), 1 << 6);
     }
 
     #[test]

@@ -35,6 +35,20 @@ pub const DAZ: u32 = 1 << 6;
 pub const FTZ: u32 = 1 << 15;
 const RC_SHIFT: u32 = 13;
 
+/// After an instruction raised the exception flags `raised`: MXCSR with them recorded,
+/// and the exception the instruction takes before writing its result: none when MXCSR
+/// masks every flag raised, else #XM (19), or #UD (6) when the OS has not set
+/// CR4.OSXMMEXCPT (SDM vol. 1, 11.5.1).
+pub fn simd_exception(mxcsr: u32, raised: u32, osxmmexcpt: bool) -> (u32, Option<u8>) {
+    let masked = (mxcsr >> MASK_SHIFT) & FLAGS;
+    let vector = match (raised & !masked == 0, osxmmexcpt) {
+        (true, _) => None,
+        (false, true) => Some(19),
+        (false, false) => Some(crate::state::UD_VECTOR),
+    };
+    (mxcsr | raised, vector)
+}
+
 /// The QNaN an invalid operation returns: negative, payload 0 ("real indefinite").
 pub const DEFAULT_NAN: u64 = 0xFFF8_0000_0000_0000;
 const SIGN: u64 = 1 << 63;

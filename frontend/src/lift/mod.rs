@@ -12,8 +12,6 @@ mod system;
 
 pub use system::x87_implemented;
 
-pub use simd::{sse_operand, SseOperand};
-
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
 pub use builder::Builder;

@@ -1,41 +1,13 @@
-//! SSE/SSE2 instructions: operands are described to the `Sse` helper (which moves them
-//! between XMM registers, general registers and memory); the operations themselves are in
-//! [`crate::sse`].
+//! SSE/SSE2 instructions: the typed operation and its operand forms are described to the
+//! `Sse` helper (which moves values between XMM registers, general registers and memory);
+//! what they do is [`crate::sse_op`]'s.
 
 use iced_x86::{Mnemonic, OpKind};
 
 use super::operands::gpr_index;
 use super::{Flow, Lift};
 use crate::ir::*;
-
-/// How an SSE instruction's operand is passed to the helper.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SseOperand {
-    None,
-    Xmm(u8),
-    /// A general register: index and size in bytes.
-    Gpr(u8, u8),
-    Memory,
-}
-
-/// Packs an operand description into a helper argument (and back).
-pub fn sse_operand(code: u64) -> SseOperand {
-    match code >> 16 {
-        1 => SseOperand::Xmm(code as u8 & 15),
-        2 => SseOperand::Gpr(code as u8 & 15, (code >> 8) as u8),
-        3 => SseOperand::Memory,
-        _ => SseOperand::None,
-    }
-}
-
-fn encode(op: SseOperand) -> u64 {
-    match op {
-        SseOperand::None => 0,
-        SseOperand::Xmm(i) => 1 << 16 | i as u64,
-        SseOperand::Gpr(i, size) => 2 << 16 | (size as u64) << 8 | i as u64,
-        SseOperand::Memory => 3 << 16,
-    }
-}
+use crate::sse_op::{needs_alignment, SseOp, SseOperand};
 
 impl Lift<'_> {
     pub(super) fn simd(&mut self) -> Option<Flow> {
@@ -53,9 +25,9 @@ impl Lift<'_> {
             return None;
         }
         let m = i.mnemonic();
-        if !crate::sse::supported(m) {
+        let Some(op) = SseOp::of(m) else {
             return Some(self.unimplemented());
-        }
+        };
         let mut value = self.b.konst(Ty::I64, 0);
         let mut imm = 0u64;
         let mut ops = [SseOperand::None; 2];
@@ -79,7 +51,7 @@ impl Lift<'_> {
                     // Misalignment is checked before the segment's limit (as the host
                     // CPU does it: a misaligned operand past SS's limit is #GP(0), not
                     // #SS(0)).
-                    if crate::sse::needs_alignment(m, bytes) {
+                    if needs_alignment(m, bytes) {
                         let low = self.b.bin_imm(BinOp::And, value, 15);
                         let zero = self.b.konst(Ty::I64, 0);
                         let misaligned = self.b.cmp(CmpOp::Ne, low, zero);
@@ -100,9 +72,9 @@ impl Lift<'_> {
         }
         let mem_bytes = i.memory_size().size() as u64;
         let args = [
-            self.b.konst(Ty::I64, m as u64),
-            self.b.konst(Ty::I64, encode(ops[0])),
-            self.b.konst(Ty::I64, encode(ops[1])),
+            self.b.konst(Ty::I64, op.encode()),
+            self.b.konst(Ty::I64, ops[0].encode()),
+            self.b.konst(Ty::I64, ops[1].encode()),
             value,
             self.b.konst(Ty::I64, imm),
             self.b.konst(Ty::I64, mem_bytes),

@@ -221,7 +221,7 @@ fn forms(mode: Mode, set: Set) -> Vec<Code> {
                 && ((set.integer() && is_integer_form(code))
                     || (set.sse()
                         && is_sse_form(code)
-                        && gantry_frontend::sse::supported(code.mnemonic()))
+                        && gantry_frontend::sse_op::SseOp::of(code.mnemonic()).is_some())
                     || (set.x87()
                         && is_x87_form(code)
                         && gantry_frontend::lift::x87_implemented(code.mnemonic())))
@@ -236,7 +236,7 @@ pub fn unimplemented_forms(mode: Mode, set: Set) -> Option<String> {
         .filter(|&code| {
             candidate(code, mode)
                 && is_sse_form(code)
-                && !gantry_frontend::sse::supported(code.mnemonic())
+                && gantry_frontend::sse_op::SseOp::of(code.mnemonic()).is_none()
         })
         .count();
     // The arithmetic forms' stack-register operands are not ones the generators fill

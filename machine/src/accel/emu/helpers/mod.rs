@@ -1,13 +1,19 @@
-//! The helper table: what generated code calls for the instructions IR cannot express.
-//! Privilege checks and machine state live here, one instruction family a file (`msr`,
-//! `control_regs`, `descriptor_tables`, `syscall`, `sse_ops`); pure flag and arithmetic
-//! semantics stay in the frontend.
+//! The helper table: what generated code calls for the instructions IR cannot express,
+//! one instruction family a file (`msr`, `control_regs`, `descriptor_tables`, `syscall`,
+//! `sse_ops`).
+//!
+//! Where x86 semantics live: the data semantics (arithmetic, flags, BCD, the SSE
+//! operations and their operand forms, the CPU model's vendor rules) are pure functions
+//! in `gantry_frontend`, beside the lifter, so the interpreter and the JIT, which only run
+//! IR, hold none. The system semantics (privilege checks, MSRs, control registers,
+//! descriptor tables, SYSCALL/SYSENTER, interrupt and task delivery in the modules beside
+//! this one) live here in the emulated CPU: each reads and writes guest memory through the
+//! softmmu, the TSS and descriptor tables, and machine state the frontend does not have.
 
 use gantry_frontend::arith;
 use gantry_frontend::flags;
 use gantry_frontend::iced_x86;
 use gantry_frontend::ir::Helper;
-use gantry_frontend::lift::{sse_operand, SseOperand};
 use gantry_frontend::sse;
 use gantry_frontend::sse_fp;
 use gantry_frontend::state::*;
@@ -29,7 +35,6 @@ mod syscall;
 
 const UD: Exception = Exception::new(gantry_frontend::state::UD_VECTOR);
 const NM: Exception = Exception::new(7);
-const XM: Exception = Exception::new(19);
 const DE: Exception = Exception::new(0);
 
 fn gp0() -> Exception {
