@@ -26,9 +26,18 @@ if [ ! -e "$root/.gantry-$deb" ]; then
         --include=ca-certificates,qemu-user \
         --customize-hook='echo "deb http://deb.debian.org/debian trixie-backports main" > "$1/etc/apt/sources.list.d/backports.list"' \
         trixie "$root" http://deb.debian.org/debian
-    chroot "$root" sh -c "dpkg --add-architecture $deb && apt-get update -qq && \
-        apt-get install -y -qq --no-install-recommends -t trixie-backports \
-            rustc cargo rust-clippy libstd-rust-dev:$deb $gcc libc6-dev-$deb-cross"
+    chroot "$root" sh -c "dpkg --add-architecture $deb && apt-get update -qq"
+    # The target's std must be the very version of the compiler: trixie-backports has
+    # lagged for some architectures (riscv64: std 1.96.1 beside rustc 1.97.1).
+    newest() { chroot "$root" apt-cache madison "$1" | awk '/backports/ { print $3; exit }'; }
+    rustc_v=$(newest rustc)
+    std_v=$(newest "libstd-rust-dev:$deb")
+    if [ "$rustc_v" != "$std_v" ]; then
+        echo "cross.sh: trixie-backports has rustc $rustc_v but $deb's std $std_v; $arch cannot be checked with Debian's packages until they match" >&2
+        exit 2
+    fi
+    chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
+        rustc cargo rust-clippy "libstd-rust-dev:$deb" $gcc "libc6-dev-$deb-cross"
     touch "$root/.gantry-$deb"
 fi
 
