@@ -29,7 +29,7 @@ if [ ! -e "$root/.gantry-$deb" ]; then
     chroot "$root" sh -c "dpkg --add-architecture $deb && apt-get update -qq"
     # The target's std must be the very version of the compiler: trixie-backports has
     # lagged for some architectures (riscv64: std 1.96.1 beside rustc 1.97.1).
-    newest() { chroot "$root" apt-cache madison "$1" | awk '/backports/ { print $3; exit }'; }
+    newest() { chroot "$root" apt-cache madison "$1" | awk '/backports/ && v == "" { v = $3 } END { print v }'; }
     rustc_v=$(newest rustc)
     std_v=$(newest "libstd-rust-dev:$deb")
     if [ "$rustc_v" != "$std_v" ]; then
