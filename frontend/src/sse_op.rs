@@ -395,7 +395,10 @@ mod tests {
         );
         assert_eq!(w.map(|o| o.effect), Some(Effect::Gpr(3, 0xBEEF)));
         // MOVD into a general register from memory is no SSE form.
-        assert_eq!(execute(SseOp::MoveLow, Gpr(0, 4), Memory, 0, 4, &i), Option::None);
+        assert_eq!(
+            execute(SseOp::MoveLow, Gpr(0, 4), Memory, 0, 4, &i),
+            Option::None
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! compiled, which keeps memory and compile time to the hot code.
 
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, InstBuilder, MemFlags, Signature, Type, Value,
+    condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlags, Signature, Type, Value,
 };
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -29,6 +29,7 @@ use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 use crate::block::{Compiled, Prepared, State};
 use crate::code_memory::CodeMemory;
 use crate::interp::Interp;
+use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
@@ -49,14 +50,26 @@ pub struct Runtime<'a> {
     /// A shim's result, read by the generated code after a call that returned no fault.
     value: u64,
     args: [u64; MAX_ARGS],
+    /// The TLB table of the CPU's current privilege ([`Host::data_tlb`]), read by the
+    /// inline look-up of every load and store; a helper may change the privilege, so the
+    /// helper shim sets it again.
+    tlb: *const TlbEntry,
     /// The exception a shim's fault raised.
     exception: Option<Exception>,
     helpers: &'a [Helper],
     host: &'a mut dyn Host,
 }
 
-const RT_VALUE: i32 = 0;
-const RT_ARGS: i32 = 8;
+const RT_VALUE: i32 = std::mem::offset_of!(Runtime, value) as i32;
+const RT_ARGS: i32 = std::mem::offset_of!(Runtime, args) as i32;
+const RT_TLB: i32 = std::mem::offset_of!(Runtime, tlb) as i32;
+
+/// The table of a host without a TLB: every look-up misses.
+static NO_TLB: [TlbEntry; TLB_SIZE] = [tlb::EMPTY; TLB_SIZE];
+
+fn data_tlb(host: &mut dyn Host, cpu: &CpuState) -> *const TlbEntry {
+    host.data_tlb(cpu).unwrap_or(NO_TLB.as_ptr())
+}
 
 pub struct Jit {
     code: CodeMemory,
@@ -226,6 +239,7 @@ fn run_compiled(
     let mut rt = Runtime {
         value: 0,
         args: [0; MAX_ARGS],
+        tlb: data_tlb(host, cpu),
         exception: None,
         helpers: &c.helpers,
         host,
@@ -369,6 +383,48 @@ impl Emit<'_, '_> {
         self.b.ins().iconst(types::I64, v as i64)
     }
 
+    /// Guest memory as generated code reaches it on a TLB hit: any alignment, never
+    /// trapping (the TLB only hands out mapped pages), little-endian on any host.
+    fn guest_flags() -> MemFlags {
+        MemFlags::new()
+            .with_notrap()
+            .with_endianness(cranelift_codegen::ir::Endianness::Little)
+    }
+
+    /// The inline TLB look-up of `bytes` at guest linear address `a` for `access`, as
+    /// [`crate::tlb::Tlb::lookup`] does it on the table alone: continues in the block of
+    /// a hit and returns the host address, with the (cold) block a miss, a flagged page
+    /// or an access across pages goes to instead.
+    fn tlb_probe(&mut self, a: Value, bytes: u32, access: Access) -> (Value, Block) {
+        let rt = self.rt;
+        let b = &mut self.b;
+        let table = b.ins().load(types::I64, Self::flags(), rt, RT_TLB);
+        let vpn = b.ins().ushr_imm(a, PAGE_SHIFT as i64);
+        let slot = b.ins().band_imm(vpn, (TLB_SIZE - 1) as i64);
+        let at = b.ins().imul_imm(slot, tlb::layout::ENTRY_SIZE as i64);
+        let entry = b.ins().iadd(table, at);
+        let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;
+        let cmp = b.ins().load(types::I64, Self::flags(), entry, cmp_at);
+        let page = b.ins().band_imm(a, !PAGE_MASK as i64);
+        let same_page = b.ins().icmp(IntCC::Equal, cmp, page);
+        let within = b.ins().band_imm(a, PAGE_MASK as i64);
+        let fits = b.ins().icmp_imm(
+            IntCC::UnsignedLessThanOrEqual,
+            within,
+            (PAGE_SIZE - bytes as u64) as i64,
+        );
+        let hit = b.ins().band(same_page, fits);
+        let fast = b.create_block();
+        let slow = b.create_block();
+        b.ins().brif(hit, fast, &[], slow, &[]);
+        b.set_cold_block(slow);
+        b.switch_to_block(fast);
+        let addend = b
+            .ins()
+            .load(types::I64, Self::flags(), entry, tlb::layout::ADDEND as i32);
+        (b.ins().iadd(addend, a), slow)
+    }
+
     fn rt_value(&mut self, ty: Ty) -> Value {
         let rt = self.rt;
         self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
@@ -488,21 +544,42 @@ impl Emit<'_, '_> {
             Inst::Load { dst, addr, ss, rmw } => {
                 let ty = self.ty(*dst);
                 let a = self.as_ty(*addr, Ty::I64);
+                // The read half of a read-modify-write is translated for writing.
+                let access = if *rmw { Access::Write } else { Access::Read };
+                let join = self.b.create_block();
+                let x = self.b.append_block_param(join, cl_type(ty));
+                let (host, slow) = self.tlb_probe(a, ty.bytes() as u32, access);
+                let v = self.b.ins().load(cl_type(ty), Self::guest_flags(), host, 0);
+                self.b.ins().jump(join, &[v.into()]);
+                // The slow path: a miss, a flagged page or an access across pages.
+                self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_load as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at);
-                let x = self.rt_value(ty);
+                let v = self.rt_value(ty);
+                self.b.ins().jump(join, &[v.into()]);
+                self.b.switch_to_block(join);
                 self.def(*dst, x);
             }
             Inst::Store { addr, src, ss } => {
                 let ty = self.ty(*src);
                 let a = self.as_ty(*addr, Ty::I64);
+                // Both forms of the value before the branch: a value first made in one
+                // arm would not dominate the other.
+                let v = self.v(*src);
                 let x = self.as_ty(*src, Ty::I64);
+                let join = self.b.create_block();
+                let (host, slow) = self.tlb_probe(a, ty.bytes() as u32, Access::Write);
+                self.b.ins().store(Self::guest_flags(), v, host, 0);
+                self.b.ins().jump(join, &[]);
+                self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
                 self.fault_if(fault, at);
+                self.b.ins().jump(join, &[]);
+                self.b.switch_to_block(join);
             }
             Inst::SegCheck {
                 seg,
@@ -691,5 +768,6 @@ extern "C" fn shim_helper(rt: *mut Runtime, cpu: *mut CpuState, info: u64) -> u6
     let n = ((info >> 32) as usize).min(MAX_ARGS);
     let args = rt.args;
     let r = rt.host.helper(cpu, h, &args[..n]);
+    rt.tlb = data_tlb(rt.host, cpu);
     outcome(rt, r)
 }

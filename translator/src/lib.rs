@@ -7,6 +7,7 @@ pub mod cache;
 pub mod code_memory;
 pub mod interp;
 pub mod jit;
+pub mod tlb;
 
 use gantry_frontend::ir::Helper;
 use gantry_frontend::state::CpuState;
@@ -71,6 +72,14 @@ pub trait Host {
         ss: bool,
     ) -> Result<(), Exception>;
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, args: &[u64]) -> Result<u64, Exception>;
+
+    /// The TLB table that guest loads and stores go through at the CPU's current
+    /// privilege, for generated code's inline look-up: a hit there is plain host memory,
+    /// and everything else goes to [`Self::load`] and [`Self::store`]. `None` (a host
+    /// without a TLB) sends every access there.
+    fn data_tlb(&mut self, _cpu: &CpuState) -> Option<*const tlb::TlbEntry> {
+        None
+    }
 }
 
 /// How a block's execution ended.

@@ -5,9 +5,9 @@ use gantry_frontend::state::CpuState;
 use gantry_translator::Exception;
 
 use super::mmu::{Access, Mmu, Privilege};
-use super::tlb::Lookup;
 use crate::board::Board;
 use crate::memory::GuestMemory;
+use gantry_translator::tlb::Lookup;
 
 pub struct Ctx<'a> {
     pub mmu: &'a mut Mmu,

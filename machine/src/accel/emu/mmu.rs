@@ -1,4 +1,4 @@
-//! The softmmu: the TLB ([`super::tlb`]) in front of the x86 page walk and its permission
+//! The softmmu: the TLB ([`gantry_translator::tlb`]) in front of the x86 page walk and its permission
 //! rules ([`super::paging::walk_access`]), and the physical side ([`super::phys_memory`]):
 //! RAM, ROM, MMIO and the pages that hold translated code.
 //!
@@ -13,10 +13,12 @@ use gantry_translator::Exception;
 
 use super::paging;
 use super::phys_memory::{self, CodePages, Written};
-pub use super::tlb::Access;
-use super::tlb::{Fill, Tlb, PAGE_MASK, PAGE_SHIFT, TLB_CODE, TLB_INVALID, TLB_IO, TLB_WATCH};
 use crate::board::Board;
 use crate::memory::GuestMemory;
+pub use gantry_translator::tlb::Access;
+use gantry_translator::tlb::{
+    Fill, Tlb, PAGE_MASK, PAGE_SHIFT, TLB_CODE, TLB_INVALID, TLB_IO, TLB_WATCH,
+};
 
 /// Who is asking: the guest at its CPL, or the CPU itself (descriptor tables, TSS, the
 /// interrupt stack frame), which is a supervisor access whatever the CPL.
@@ -162,20 +164,20 @@ impl Mmu {
         };
         let rom = host.is_some_and(|h| h.ram_page.is_none());
         let allow = |ok: bool, flags: u64| if ok { flags } else { TLB_INVALID };
-        self.tlb.fill(
-            idx,
-            linear,
-            &Fill {
-                phys: phys_page,
-                host: host.map(|h| h.ptr),
-                flags: [
-                    allow(true, watch),
-                    allow(g.write, watch | code | if rom { TLB_IO } else { 0 }),
-                    allow(g.exec, 0),
-                ],
-                global: g.global,
-            },
-        );
+        let fill = Fill {
+            phys: phys_page,
+            host: host.map(|h| h.ptr),
+            flags: [
+                allow(true, watch),
+                allow(g.write, watch | code | if rom { TLB_IO } else { 0 }),
+                allow(g.exec, 0),
+            ],
+            global: g.global,
+        };
+        // SAFETY: the host page comes from `mem`, which the TLB is bound to (`bind` drops
+        // every entry when the CPU is handed other memory); it is a whole page of one RAM
+        // or ROM region, and ROM's write comparator carries TLB_IO.
+        unsafe { self.tlb.fill(idx, linear, &fill) };
         Ok(phys)
     }
 

@@ -13,7 +13,6 @@ pub mod paging;
 mod phys_memory;
 pub mod segments;
 mod tasks;
-pub mod tlb;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

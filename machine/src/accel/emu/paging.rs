@@ -6,8 +6,8 @@
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
-use super::tlb::Access;
 use crate::memory::GuestMemory;
+use gantry_translator::tlb::Access;
 
 /// What a walk for an access grants the TLB: the physical address, and which other kinds
 /// of access the same privilege may make to the page without walking again.

@@ -23,7 +23,7 @@ use gantry_translator::{Exception, Host};
 use super::access::Ctx;
 use super::cpuid::cpuid;
 use super::interrupts::{deliver, Source};
-use super::mmu::{Access, Privilege};
+use super::mmu::{Access, Mmu, Privilege};
 use super::paging;
 use super::segments::{self, gp};
 
@@ -89,6 +89,10 @@ impl Host for Ctx<'_> {
     ) -> Result<(), Exception> {
         self.write(cpu, addr, bytes, value, Privilege::User)
             .map_err(|e| through_ss(e, ss))
+    }
+
+    fn data_tlb(&mut self, cpu: &CpuState) -> Option<*const gantry_translator::tlb::TlbEntry> {
+        Some(self.mmu.tlb.table(Mmu::index(cpu, Privilege::User)))
     }
 
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, a: &[u64]) -> Result<u64, Exception> {

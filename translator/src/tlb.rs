@@ -1,5 +1,8 @@
-//! The TLB: a direct-mapped cache of linear pages, one table per privilege index
-//! (supervisor, user), knowing nothing of how x86 page tables look. As QEMU's `cputlb.c`,
+//! The softmmu's TLB: a direct-mapped cache of linear pages, one table per privilege index
+//! (supervisor, user), knowing nothing of how x86 page tables look (the machine's
+//! emulated CPU walks them and fills it). It lives with the translator, as QEMU's
+//! `cputlb.c` lives with TCG, because generated code reads it: the JIT emits the compare
+//! and the add of [`Tlb::lookup`] inline, with the offsets of [`layout`]. As QEMU's `cputlb.c`,
 //! each entry has three comparators (read, write, code): a linear page address whose low
 //! bits carry flags, and one host addend (host pointer minus linear page) for the page's
 //! RAM or ROM. An access hits the fast path only when its comparator equals the page
@@ -220,7 +223,14 @@ impl Tlb {
         true
     }
 
-    pub(crate) fn fill(&mut self, idx: usize, linear: u64, f: &Fill) {
+    /// Enters the page of `linear`, pushing the entry in its slot out to the victims.
+    ///
+    /// # Safety
+    /// `f.host`, when given, must point to a 4 KiB page of guest memory (writable if any
+    /// write comparator is entered without `TLB_IO`) that stays mapped until the entry is
+    /// flushed: hits hand out addresses within it, and generated code loads and stores
+    /// there.
+    pub unsafe fn fill(&mut self, idx: usize, linear: u64, f: &Fill) {
         let page = linear & !PAGE_MASK;
         let i = idx & 1;
         let old = self.entries[i][slot(linear)];
@@ -248,6 +258,12 @@ impl Tlb {
             phys: f.phys & !PAGE_MASK,
             global: f.global,
         };
+    }
+
+    /// The direct-mapped table of privilege index `idx`, for generated code's inline
+    /// look-up (a miss there goes to the slow path, which also searches the victims).
+    pub fn table(&self, idx: usize) -> *const TlbEntry {
+        self.entries[idx & 1].as_ptr()
     }
 
     /// Drops all entries, or all but global ones.
@@ -308,11 +324,14 @@ mod tests {
         buf[0xff8] = 0x5a;
         let host = buf.as_mut_ptr();
         let mut t = Tlb::default();
-        t.fill(
-            1,
-            0x7000_1234,
-            &fill(Some(host), [0, TLB_CODE, TLB_INVALID]),
-        );
+        // SAFETY: the pages are `buf`, or none, and outlive the TLB.
+        unsafe {
+            t.fill(
+                1,
+                0x7000_1234,
+                &fill(Some(host), [0, TLB_CODE, TLB_INVALID]),
+            )
+        };
         let Lookup::Host(h) = t.lookup(1, 0x7000_1ff8, 8, Access::Read) else {
             panic!("no hit")
         };
@@ -348,7 +367,8 @@ mod tests {
     #[test]
     fn io_pages_never_hit_and_global_entries_survive() {
         let mut t = Tlb::default();
-        t.fill(0, 0, &fill(None, [0; 3]));
+        // SAFETY: the pages are `buf`, or none, and outlive the TLB.
+        unsafe { t.fill(0, 0, &fill(None, [0; 3])) };
         assert_eq!(
             t.lookup(0, 8, 1, Access::Read),
             Lookup::Flagged {
@@ -361,7 +381,8 @@ mod tests {
         assert_eq!(empty.lookup(0, 0, 1, Access::Read), Lookup::Miss);
         let mut g = fill(None, [0; 3]);
         g.global = true;
-        t.fill(1, 0x1000, &g);
+        // SAFETY: the pages are `buf`, or none, and outlive the TLB.
+        unsafe { t.fill(1, 0x1000, &g) };
         t.flush(true);
         assert_eq!(t.phys(1, 0x1004, Access::Write), Some(0x5004));
         assert_eq!(t.phys(0, 0x0, Access::Read), None);
@@ -375,8 +396,10 @@ mod tests {
         let host = buf.as_mut_ptr();
         let mut t = Tlb::default();
         // Linear pages 0x200 and 0x300 share slot 0.
-        t.fill(0, 0x20_0000, &fill(Some(host), [0; 3]));
-        t.fill(0, 0x30_0000, &fill(Some(host), [0; 3]));
+        // SAFETY: the pages are `buf`, or none, and outlive the TLB.
+        unsafe { t.fill(0, 0x20_0000, &fill(Some(host), [0; 3])) };
+        // SAFETY: the pages are `buf`, or none, and outlive the TLB.
+        unsafe { t.fill(0, 0x30_0000, &fill(Some(host), [0; 3])) };
         assert!(matches!(
             t.lookup(0, 0x20_0010, 4, Access::Write),
             Lookup::Host(_)
