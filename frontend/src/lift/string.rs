@@ -158,6 +158,10 @@ impl Lift<'_> {
                 .set_flags(CcOp::new(CcKind::Sub, ety.bytes()), r, c, z);
         }
         let Some(c) = count else {
+            // OUTS, like OUT, has the run loop look before the next instruction.
+            if matches!(i.mnemonic(), M::Outsb | M::Outsw | M::Outsd) {
+                return Some(self.exit_sync());
+            }
             return Some(Flow::Next);
         };
         let c = self.b.bin_imm(BinOp::Sub, c, 1);

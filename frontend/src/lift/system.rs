@@ -57,7 +57,14 @@ impl Lift<'_> {
                     let v = self.b.zext(Ty::I64, v);
                     self.b.call(Helper::Out(bytes as u8), &[port, v]);
                 }
-                Flow::Next
+                // A write may end the run (the debug-exit port, ACPI S5, a reset), move
+                // the A20 gate or unmask an interrupt: the run loop looks before the next
+                // instruction.
+                if m == M::Out {
+                    self.exit_sync()
+                } else {
+                    Flow::Next
+                }
             }
             M::Cli => {
                 self.b.call(Helper::Cli, &[]);

@@ -345,6 +345,11 @@ impl EmuCpu {
                 }
                 Err(e) => BlockEnd::Fault(e),
             };
+            // A block that asks the loop to look again (an OUT, a mode or IF change) has the
+            // board serviced first: an OUT may have ended the run or moved the A20 gate.
+            if end == BlockEnd::Sync {
+                until_service = 0;
+            }
             // The shadow covers exactly one instruction boundary: the block ran at least
             // one instruction past it (a block ends after any instruction that sets it).
             if shadow {
