@@ -29,7 +29,7 @@ use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 use crate::block::{Compiled, Prepared, State};
 use crate::code_memory::CodeMemory;
 use crate::interp::Interp;
-use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_SIZE};
+use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_BITS, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
@@ -399,8 +399,11 @@ impl Emit<'_, '_> {
         let rt = self.rt;
         let b = &mut self.b;
         let table = b.ins().load(types::I64, Self::flags(), rt, RT_TLB);
+        // tlb::slot: the page number folded once onto itself.
         let vpn = b.ins().ushr_imm(a, PAGE_SHIFT as i64);
-        let slot = b.ins().band_imm(vpn, (TLB_SIZE - 1) as i64);
+        let high = b.ins().ushr_imm(vpn, TLB_BITS as i64);
+        let folded = b.ins().bxor(vpn, high);
+        let slot = b.ins().band_imm(folded, (TLB_SIZE - 1) as i64);
         let at = b.ins().imul_imm(slot, tlb::layout::ENTRY_SIZE as i64);
         let entry = b.ins().iadd(table, at);
         let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;

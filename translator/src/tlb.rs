@@ -18,8 +18,12 @@ pub const PAGE_SHIFT: u32 = 12;
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 pub const PAGE_MASK: u64 = PAGE_SIZE - 1;
 
-/// Entries per privilege index.
-pub const TLB_SIZE: usize = 256;
+/// Entries per privilege index: 1024, and the slot a hash of the page number (see
+/// [`slot`]), so that buffers a power of two apart (a copy between two 1 MiB-aligned
+/// buffers) do not take turns in one slot, which would send every access of generated
+/// code to the slow path.
+pub const TLB_BITS: u32 = 10;
+pub const TLB_SIZE: usize = 1 << TLB_BITS;
 
 /// The comparator holds nothing (an empty entry, or an access the page does not allow).
 pub const TLB_INVALID: u64 = 1 << 0;
@@ -137,7 +141,7 @@ pub const VICTIMS: usize = 8;
 
 #[repr(C)]
 pub struct Tlb {
-    /// `[privilege index][linear page % TLB_SIZE]`; first, so its offsets are fixed.
+    /// `[privilege index][slot(linear)]`; first, so its offsets are fixed.
     entries: [[TlbEntry; TLB_SIZE]; 2],
     victims: [[TlbEntry; VICTIMS]; 2],
     /// Where each index's next evicted entry goes (round robin).
@@ -162,9 +166,12 @@ fn holds(e: &TlbEntry, page: u64) -> bool {
         .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
 }
 
+/// The slot of `linear`'s page: the page number folded once onto itself. Generated code
+/// computes the same (`jit.rs`, `tlb_probe`).
 #[inline]
-fn slot(linear: u64) -> usize {
-    (linear >> PAGE_SHIFT) as usize % TLB_SIZE
+pub fn slot(linear: u64) -> usize {
+    let vpn = linear >> PAGE_SHIFT;
+    (vpn ^ (vpn >> TLB_BITS)) as usize & (TLB_SIZE - 1)
 }
 
 impl Tlb {
@@ -395,24 +402,27 @@ mod tests {
         let mut buf = [0u8; 0x1000];
         let host = buf.as_mut_ptr();
         let mut t = Tlb::default();
-        // Linear pages 0x200 and 0x300 share slot 0.
+        // Linear pages 0x200 and 0x601 share a slot.
+        assert_eq!(slot(0x20_0000), slot(0x60_1000));
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
         unsafe { t.fill(0, 0x20_0000, &fill(Some(host), [0; 3])) };
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
-        unsafe { t.fill(0, 0x30_0000, &fill(Some(host), [0; 3])) };
+        unsafe { t.fill(0, 0x60_1000, &fill(Some(host), [0; 3])) };
         assert!(matches!(
             t.lookup(0, 0x20_0010, 4, Access::Write),
             Lookup::Host(_)
         ));
         assert!(matches!(
-            t.lookup(0, 0x30_0010, 4, Access::Read),
+            t.lookup(0, 0x60_1010, 4, Access::Read),
             Lookup::Host(_)
         ));
         t.flush_page(0x20_0000);
         assert_eq!(t.lookup(0, 0x20_0010, 4, Access::Read), Lookup::Miss);
-        assert_eq!(t.phys(0, 0x30_0004, Access::Exec), Some(0x5004));
+        assert_eq!(t.phys(0, 0x60_1004, Access::Exec), Some(0x5004));
         t.flush(false);
-        assert_eq!(t.phys(0, 0x30_0004, Access::Exec), None);
+        assert_eq!(t.phys(0, 0x60_1004, Access::Exec), None);
+        // A copy between buffers 1 MiB apart uses two slots.
+        assert_ne!(slot(0x20_0000), slot(0x30_0000));
     }
 
     #[test]
