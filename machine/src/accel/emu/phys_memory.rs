@@ -105,6 +105,21 @@ pub fn write(
 mod tests {
     use super::*;
 
+    /// RAM above 4 GiB (where a large guest's memory continues) has code pages of its
+    /// own: they were once indexed by physical page and sized by the RAM size, so writes
+    /// there never invalidated translated code.
+    #[test]
+    fn code_pages_above_4_gib_are_their_own() {
+        use crate::layout::{FOUR_GIB, LOW_RAM_MAX};
+        let mem = GuestMemory::new(LOW_RAM_MAX + (64 << 20), None).unwrap();
+        let mut c = CodePages::new(mem.ram_size());
+        let high = mem.ram_page(FOUR_GIB + 0x5000).unwrap();
+        let low = mem.ram_page(0x5000).unwrap();
+        assert_ne!(high, low);
+        c.set(high, true);
+        assert!(c.get(high) && !c.get(low));
+    }
+
     #[test]
     fn code_pages_cover_all_of_ram() {
         let mut c = CodePages::new((5 << 30) + 4096);
