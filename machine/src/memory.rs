@@ -195,11 +195,7 @@ impl GuestMemory {
     /// The index of the RAM page at `gpa` (its offset in the RAM mapping / 4 KiB), if
     /// `gpa` is RAM.
     pub fn ram_page(&self, gpa: u64) -> Option<u64> {
-        let r = self.region_at(gpa)?;
-        match r.backing {
-            Backing::Ram(off) => Some((off + gpa - r.gpa) >> 12),
-            Backing::Rom(_) => None,
-        }
+        self.ram_offset(gpa, 1).map(|off| off as u64 >> 12)
     }
 
     /// Where the mappings are, so that a holder of host addresses into them (the TLB)

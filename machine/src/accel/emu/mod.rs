@@ -588,23 +588,6 @@ impl EmuCpu {
         self.refresh_limits();
     }
 
-    /// Replaces the whole CPU state (a new difftest case, a restored snapshot). When the
-    /// paging registers change, the TLB is dropped, as loading them would drop it: its
-    /// entries were walked under the old ones.
-    fn load_state(&mut self, state: CpuState) {
-        let paging = |s: &CpuState| (s.cr0, s.cr3, s.cr4, s.efer);
-        if paging(&state) != paging(&self.state) {
-            self.mmu.flush(false);
-        }
-        self.state = state;
-    }
-
-    /// Guest memory was changed behind the CPU's back (a debugger wrote it).
-    fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
-        self.dirty_code.push(phys >> 12);
-        self.invalidate_dirty(mem);
-    }
-
     /// Compiles blocks with Cranelift from now on (`--accel jit`), once they ran `hot`
     /// times ([`gantry_translator::jit::HOT`] for a machine).
     pub fn enable_jit(&mut self, hot: u32) -> Result<(), String> {
@@ -615,8 +598,46 @@ impl EmuCpu {
     pub fn jit_enabled(&self) -> bool {
         self.jit.is_some()
     }
+}
 
-    /// Lines for `--stats`.
+impl Vcpu for EmuCpu {
+    fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, Ended> {
+        self.execute(mem, board).map_err(Ended::Stop)
+    }
+
+    fn state(&self) -> &CpuState {
+        &self.state
+    }
+
+    /// When the paging registers change, the TLB is dropped, as loading them would drop
+    /// it: its entries were walked under the old ones.
+    fn set_state(&mut self, state: CpuState) -> Result<(), VcpuError> {
+        let paging = |s: &CpuState| (s.cr0, s.cr3, s.cr4, s.efer);
+        if paging(&state) != paging(&self.state) {
+            self.mmu.flush(false);
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    /// Software and hardware breakpoints are the same here: the run loop checks both at
+    /// block starts, and guest memory is never patched.
+    fn set_debug(&mut self, _mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
+        let bps: Vec<u64> = req
+            .sw_breaks
+            .iter()
+            .chain(&req.hw_breaks)
+            .copied()
+            .collect();
+        self.apply_debug(&bps, &req.watches, req.step, req.resuming);
+        Ok(())
+    }
+
+    fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
+        self.dirty_code.push(phys >> 12);
+        self.invalidate_dirty(mem);
+    }
+
     fn report(&self, out: &mut String, seconds: f64) {
         let s = &self.stats;
         let insns = self.interp.insns;
@@ -671,41 +692,5 @@ impl EmuCpu {
             "unimplemented instructions (#UD): {total} [{}]",
             list.join(", ")
         );
-    }
-}
-
-impl Vcpu for EmuCpu {
-    fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, Ended> {
-        self.execute(mem, board).map_err(Ended::Stop)
-    }
-
-    fn state(&self) -> &CpuState {
-        &self.state
-    }
-
-    fn set_state(&mut self, state: CpuState) -> Result<(), VcpuError> {
-        self.load_state(state);
-        Ok(())
-    }
-
-    /// Software and hardware breakpoints are the same here: the run loop checks both at
-    /// block starts, and guest memory is never patched.
-    fn set_debug(&mut self, _mem: &mut GuestMemory, req: &DebugRequest) -> Result<(), String> {
-        let bps: Vec<u64> = req
-            .sw_breaks
-            .iter()
-            .chain(&req.hw_breaks)
-            .copied()
-            .collect();
-        self.apply_debug(&bps, &req.watches, req.step, req.resuming);
-        Ok(())
-    }
-
-    fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
-        EmuCpu::code_written(self, mem, phys)
-    }
-
-    fn report(&self, out: &mut String, seconds: f64) {
-        EmuCpu::report(self, out, seconds)
     }
 }
