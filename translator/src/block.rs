@@ -6,7 +6,6 @@
 use std::cell::{Cell, RefCell};
 
 use gantry_frontend::ir::*;
-use gantry_frontend::state::CpuState;
 
 /// A block made ready to interpret: constants pre-placed in the initial value table, and
 /// instruction marks moved to a side table consulted only on faults, so neither costs a
@@ -69,12 +68,32 @@ impl Prepared {
 
 /// A compiled block.
 pub struct Compiled {
-    /// The generated function; its second argument is the JIT's `Runtime`, passed as an
-    /// untyped pointer so that this module needs nothing of the JIT's.
-    pub(crate) code: unsafe extern "C" fn(*mut CpuState, *mut u8) -> u64,
+    /// The generated function, in Cranelift's `tail` calling convention (so that a block
+    /// can end in a tail call of the next one): entered from Rust only through the code
+    /// memory's entry trampoline, [`crate::code_memory::Entry`].
+    pub(crate) code: *const u8,
+    /// The helpers its calls make: the generated code holds their addresses, and reads
+    /// them through those alone.
+    #[expect(dead_code, reason = "read by generated code, through addresses")]
     pub(crate) helpers: Box<[Helper]>,
+    /// One for each exit to a constant address, in the order of the ops; like the
+    /// helpers, reached only through the addresses the generated code holds.
+    #[expect(dead_code, reason = "read by generated code, through addresses")]
+    pub(crate) slots: Box<[ChainSlot]>,
     /// The code memory it lives in: stale once that was freed.
     pub(crate) epoch: u64,
+}
+
+/// Where an exit to a constant address keeps the code of the block found there, so that
+/// the next time the exit goes there directly: `code` holds while the jump cache's epoch
+/// is `epoch - 1` (0: empty) and the lookup's [`crate::cache::JumpKey::context`] is
+/// `context`. Generated code reads it; [`crate::jit`]'s chaining shim fills it.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct ChainSlot {
+    pub(crate) code: Cell<u64>,
+    pub(crate) epoch: Cell<u64>,
+    pub(crate) context: Cell<u64>,
 }
 
 #[derive(Default)]

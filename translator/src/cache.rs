@@ -31,10 +31,38 @@ pub struct JumpKey {
     pub cpl: u8,
 }
 
+impl JumpKey {
+    /// The key but its RIP, as one word: what a chain slot's exit, whose RIP is fixed,
+    /// looked up under. `None` for a CS base beyond 32 bits, which no descriptor loads.
+    pub fn context(&self) -> Option<u64> {
+        let m = &self.mode;
+        let base = u32::try_from(self.cs_base).ok()?;
+        Some(
+            base as u64
+                | (self.cpl as u64) << 32
+                | (m.code_bits as u64 >> 4) << 34
+                | (m.stack_bits as u64 >> 4) << 37
+                | (m.mode64 as u64) << 40
+                | (m.vendor as u64) << 41,
+        )
+    }
+}
+
+/// What the run loop's lookup of the next block found, for chaining: the block, and what
+/// the lookup held under (the jump cache's epoch, and the key's [`JumpKey::context`]).
+pub struct Found {
+    pub block: Rc<Prepared>,
+    pub jump_epoch: u64,
+    pub context: Option<u64>,
+}
+
 const JUMP_CACHE: usize = 4096;
 
 pub struct CodeCache {
     jump: Vec<Option<(JumpKey, Rc<Prepared>)>>,
+    /// How often the jump cache was emptied: what compiled code caches of it (the chain
+    /// slots of direct exits) holds only while this is unchanged.
+    jump_epoch: u64,
     blocks: HashMap<BlockKey, Rc<Prepared>>,
     page_blocks: HashMap<u64, Vec<BlockKey>>,
 }
@@ -43,6 +71,7 @@ impl Default for CodeCache {
     fn default() -> Self {
         Self {
             jump: vec![None; JUMP_CACHE],
+            jump_epoch: 0,
             blocks: HashMap::new(),
             page_blocks: HashMap::new(),
         }
@@ -73,6 +102,14 @@ impl CodeCache {
     /// Forgets every linear-address lookup (the TLB was flushed, or code invalidated).
     pub fn flush_jumps(&mut self) {
         self.jump.iter_mut().for_each(|e| *e = None);
+        self.jump_epoch += 1;
+    }
+
+    /// Changes whenever the jump cache is emptied. While it does not, every block a
+    /// lookup returned stays cached (blocks leave the cache only with a flush), and the
+    /// same lookup returns the same block.
+    pub fn jump_epoch(&self) -> u64 {
+        self.jump_epoch
     }
 
     #[inline]

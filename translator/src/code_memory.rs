@@ -5,15 +5,38 @@
 //! compile anew when next hot. (A finer scheme, freeing or patching single blocks, needs
 //! code memory of Gantry's own on top of cranelift-codegen; this one keeps to the crate.)
 
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature};
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::default_libcall_names;
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use gantry_frontend::state::CpuState;
+
+/// The way into generated code from Rust: `enter(cpu, runtime, block)` calls the block's
+/// function, which is in Cranelift's `tail` convention (Rust has no such ABI), in the
+/// host's C convention, and returns what the block (or the last block it chained into)
+/// returned.
+pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8) -> u64;
+
+/// The signature of every compiled block: `(cpu, runtime) -> exit word`, in the `tail`
+/// convention, so that a block can end in a tail call of its successor.
+pub fn block_signature() -> Signature {
+    let mut sig = Signature::new(CallConv::Tail);
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I64));
+    sig
+}
 
 /// Compiled code, in bytes, after which the code memory is freed and refilled.
 pub const CODE_BUDGET: usize = 64 << 20;
 
 pub struct CodeMemory {
     module: JITModule,
+    /// The current module's entry trampoline.
+    entry: Entry,
     epoch: u64,
     /// Bytes of code compiled into the current module.
     used: usize,
@@ -28,6 +51,8 @@ fn new_module() -> Result<JITModule, String> {
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "is_pic", "false")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
+    // Tail calls between blocks need frame pointers on some of Cranelift's backends.
+    set(&mut flags, "preserve_frame_pointers", "true")?;
     let isa = cranelift_native::builder()
         .map_err(|e| format!("Cranelift does not support this host: {e}"))?
         .finish(settings::Flags::new(flags))
@@ -38,10 +63,54 @@ fn new_module() -> Result<JITModule, String> {
     )))
 }
 
+/// Compiles the entry trampoline into `module`.
+fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
+    let mut ctx = module.make_context();
+    let call_conv = module.isa().default_call_conv();
+    ctx.func.signature = Signature::new(call_conv);
+    for _ in 0..3 {
+        ctx.func.signature.params.push(AbiParam::new(types::I64));
+    }
+    ctx.func.signature.returns.push(AbiParam::new(types::I64));
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let (cpu, rt, code) = (
+            b.block_params(entry)[0],
+            b.block_params(entry)[1],
+            b.block_params(entry)[2],
+        );
+        let sig = b.import_signature(block_signature());
+        let call = b.ins().call_indirect(sig, code, &[cpu, rt]);
+        let r = b.inst_results(call)[0];
+        b.ins().return_(&[r]);
+        b.seal_all_blocks();
+        b.finalize();
+    }
+    let id = module
+        .declare_function("enter", Linkage::Local, &ctx.func.signature)
+        .map_err(|e| e.to_string())?;
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| e.to_string())?;
+    module.finalize_definitions().map_err(|e| e.to_string())?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was just compiled with this signature (three pointer-sized
+    // integer parameters, one i64 result) in the host's default calling convention, which
+    // `extern "C"` is on the hosts Cranelift supports.
+    Ok(unsafe { std::mem::transmute::<*const u8, Entry>(code) })
+}
+
 impl CodeMemory {
     pub fn new() -> Result<Self, String> {
+        let mut module = new_module()?;
+        let entry = compile_entry(&mut module)?;
         Ok(Self {
-            module: new_module()?,
+            module,
+            entry,
             epoch: 0,
             used: 0,
             flushes: 0,
@@ -50,6 +119,11 @@ impl CodeMemory {
 
     pub fn module(&mut self) -> &mut JITModule {
         &mut self.module
+    }
+
+    /// The way into the current module's code.
+    pub fn entry(&self) -> Entry {
+        self.entry
     }
 
     /// The current epoch: code compiled now is valid while it lasts.
@@ -63,7 +137,10 @@ impl CodeMemory {
         if self.used < CODE_BUDGET {
             return Some(());
         }
-        let old = std::mem::replace(&mut self.module, new_module().ok()?);
+        let mut module = new_module().ok()?;
+        let entry = compile_entry(&mut module).ok()?;
+        self.entry = entry;
+        let old = std::mem::replace(&mut self.module, module);
         // SAFETY: every function of the old module belongs to an older epoch, which the
         // JIT never enters again (`Jit::run` compares a block's epoch with the current one).
         unsafe { old.free_memory() };

@@ -16,8 +16,9 @@
 //! compiled, which keeps memory and compile time to the hot code.
 
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlags, Signature, Type, Value,
+    condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlags, SigRef, Signature, Type, Value,
 };
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
@@ -26,8 +27,8 @@ use gantry_frontend::flags::{self, Cond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
-use crate::block::{Compiled, Prepared, State};
-use crate::code_memory::CodeMemory;
+use crate::block::{ChainSlot, Compiled, Prepared, State};
+use crate::code_memory::{block_signature, CodeMemory};
 use crate::interp::Interp;
 use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_BITS, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
@@ -44,7 +45,8 @@ const KIND_FAULT: u64 = 3;
 /// Most arguments a helper call passes (the lifter's calls use at most 4).
 const MAX_ARGS: usize = 8;
 
-/// What generated code and its shims share for one run of a block.
+/// What generated code and its shims share for one run: a block and the blocks it chains
+/// into.
 #[repr(C)]
 pub struct Runtime<'a> {
     /// A shim's result, read by the generated code after a call that returned no fault.
@@ -54,15 +56,53 @@ pub struct Runtime<'a> {
     /// inline look-up of every load and store; a helper may change the privilege, so the
     /// helper shim sets it again.
     tlb: *const TlbEntry,
-    /// The exception a shim's fault raised.
-    exception: Option<Exception>,
-    helpers: &'a [Helper],
+    /// Guest instructions the run completed, counted by the generated code at its exits.
+    insns: u64,
+    /// The exception that ended the run ([`encode`]d), written by the shim that raised it
+    /// or by the generated code of a `raise` or `trap_if`.
+    fault: u64,
+    /// How many more blocks the run may chain into before it returns to the run loop.
+    budget: u32,
+    /// The code memory's epoch: a block compiled in another one is not chained into.
+    epoch: u64,
+    /// The jump cache's epoch plus one, while the last block boundary passed the host's
+    /// checks ([`Host::next_block`]) and no call into the host came since: a chain slot
+    /// filled under the same epoch and `context` may then be followed without asking the
+    /// host again. [`UNCHECKED`] otherwise.
+    checked: u64,
+    /// The lookup's context at that boundary ([`crate::cache::JumpKey::context`]): no
+    /// host call came since, so the CPU is still in it.
+    context: u64,
     host: &'a mut dyn Host,
 }
+
+/// `Runtime::checked` when the next boundary must ask the host: matches no slot.
+const UNCHECKED: u64 = u64::MAX;
 
 const RT_VALUE: i32 = std::mem::offset_of!(Runtime, value) as i32;
 const RT_ARGS: i32 = std::mem::offset_of!(Runtime, args) as i32;
 const RT_TLB: i32 = std::mem::offset_of!(Runtime, tlb) as i32;
+const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
+const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
+const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
+const RT_CHECKED: i32 = std::mem::offset_of!(Runtime, checked) as i32;
+const RT_CONTEXT: i32 = std::mem::offset_of!(Runtime, context) as i32;
+const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
+const SLOT_EPOCH: i32 = std::mem::offset_of!(ChainSlot, epoch) as i32;
+const SLOT_CONTEXT: i32 = std::mem::offset_of!(ChainSlot, context) as i32;
+
+/// An exception as one word, for generated code to store: vector, a bit for an error
+/// code, and the code in the high half.
+fn encode(e: Exception) -> u64 {
+    e.vector as u64 | e.error_code.map_or(0, |c| 1 << 8 | (c as u64) << 32)
+}
+
+fn decode(w: u64) -> Exception {
+    Exception {
+        vector: w as u8,
+        error_code: (w & 1 << 8 != 0).then_some((w >> 32) as u32),
+    }
+}
 
 /// The table of a host without a TLB: every look-up misses.
 static NO_TLB: [TlbEntry; TLB_SIZE] = [tlb::EMPTY; TLB_SIZE];
@@ -80,6 +120,8 @@ pub struct Jit {
     /// Blocks compiled, and blocks the compiler turned down.
     pub compiled: u64,
     pub refused: u64,
+    /// Blocks entered from another block's code rather than from the run loop.
+    pub chained: u64,
     /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
     /// backend that refuses an op on some host shows up.
     errors_seen: Vec<String>,
@@ -98,6 +140,7 @@ impl Jit {
             next_name: 0,
             compiled: 0,
             refused: 0,
+            chained: 0,
             errors_seen: Vec::new(),
         })
     }
@@ -116,12 +159,26 @@ impl Jit {
         cpu: &mut CpuState,
         host: &mut dyn Host,
     ) -> BlockEnd {
+        self.run_chained(p, interp, cpu, host, &mut 0)
+    }
+
+    /// Runs a block as [`Self::run`] does, and lets compiled code go on into up to
+    /// `budget` further compiled blocks without returning ([`Host::next_block`] says
+    /// which, if any); counts the blocks it chained into off `budget`.
+    pub fn run_chained(
+        &mut self,
+        p: &Prepared,
+        interp: &mut Interp,
+        cpu: &mut CpuState,
+        host: &mut dyn Host,
+        budget: &mut u32,
+    ) -> BlockEnd {
         // The borrow lasts the run: only this function changes a block's tier, and a block
         // never runs another one.
         let state = p.tier.state.borrow();
         match &*state {
             State::Ready(c) if c.epoch == self.code.epoch() => {
-                return run_compiled(c, p, interp, cpu, host);
+                return self.run_compiled(c, interp, cpu, host, budget);
             }
             State::Refused => return interp.run(p, cpu, host),
             _ => {}
@@ -138,9 +195,51 @@ impl Jit {
             return interp.run(p, cpu, host);
         };
         self.compiled += 1;
-        let r = run_compiled(&c, p, interp, cpu, host);
+        let r = self.run_compiled(&c, interp, cpu, host, budget);
         *p.tier.state.borrow_mut() = State::Ready(c);
         r
+    }
+
+    fn run_compiled(
+        &mut self,
+        c: &Compiled,
+        interp: &mut Interp,
+        cpu: &mut CpuState,
+        host: &mut dyn Host,
+        budget: &mut u32,
+    ) -> BlockEnd {
+        let mut rt = Runtime {
+            value: 0,
+            args: [0; MAX_ARGS],
+            tlb: data_tlb(host, cpu),
+            insns: 0,
+            fault: encode(Exception::new(UD_VECTOR)),
+            budget: *budget,
+            epoch: self.code.epoch(),
+            checked: UNCHECKED,
+            context: 0,
+            host,
+        };
+        let entry = self.code.entry();
+        // SAFETY: `code` was compiled by `Jit::compile` in the current epoch (the caller
+        // checked), with the block signature `entry` calls; it reads and writes `CpuState`
+        // only at field offsets from `state::off`, `Runtime` only at the `RT_*` offsets,
+        // and reaches everything else through the shims below, which get back these same
+        // two pointers, live and exclusive for the call (the runtime pointer is typed
+        // `*mut u8` in `Entry`, and the shims take it back as a `Runtime`). A block it
+        // chains into was checked the same way by `shim_chain`, and stays cached (so its
+        // helper table and chain slots live) until the run loop drops blocks, after the
+        // run.
+        let r = unsafe { entry(cpu, (&mut rt as *mut Runtime).cast::<u8>(), c.code) };
+        self.chained += u64::from(*budget - rt.budget);
+        *budget = rt.budget;
+        interp.insns += rt.insns;
+        match r {
+            KIND_FAULT => BlockEnd::Fault(decode(rt.fault)),
+            KIND_SYNC => BlockEnd::Sync,
+            KIND_HALT => BlockEnd::Halt,
+            _ => BlockEnd::Next,
+        }
     }
 
     fn compile(&mut self, p: &Prepared) -> Option<Compiled> {
@@ -154,13 +253,37 @@ impl Jit {
         self.code.make_room()?;
         let epoch = self.code.epoch();
         let module = self.code.module();
-        let mut helpers = Vec::new();
+        // The helper table is made first: the generated code holds its address.
+        let helpers: Box<[Helper]> = p
+            .ops()
+            .iter()
+            .filter_map(|i| match i {
+                Inst::Call { helper, .. } => Some(*helper),
+                _ => None,
+            })
+            .collect();
+        // Values the block defines as constants: a jump to one is a direct exit.
+        let mut consts = vec![None; p.block.vals.len()];
+        for i in &p.block.insts {
+            if let Inst::Const { dst, value } = i {
+                consts[dst.0 as usize] = Some(*value);
+            }
+        }
+        let direct_exits = |i: &Inst| match i {
+            Inst::ExitIf { .. } => 1,
+            Inst::Exit {
+                why: ExitWhy::Continue,
+                ..
+            } => 1,
+            Inst::Branch { .. } => 2,
+            Inst::Jump { target } if consts[target.0 as usize].is_some() => 1,
+            _ => 0,
+        };
+        let slots: Box<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
+            .map(|_| ChainSlot::default())
+            .collect();
         module.clear_context(&mut self.ctx);
-        let ptr = types::I64;
-        let sig = &mut self.ctx.func.signature;
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(ptr));
-        sig.returns.push(AbiParam::new(types::I64));
+        self.ctx.func.signature = block_signature();
         let call_conv = module.isa().default_call_conv();
         {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
@@ -169,14 +292,20 @@ impl Jit {
             b.switch_to_block(entry);
             let cpu = b.block_params(entry)[0];
             let rt = b.block_params(entry)[1];
+            let block_sig = b.import_signature(block_signature());
             let mut e = Emit {
                 b,
                 p,
                 cpu,
                 rt,
                 vals: vec![None; p.block.vals.len()],
-                helpers: &mut helpers,
+                helpers: &helpers,
+                next_helper: 0,
+                consts: &consts,
+                slots: &slots,
+                next_slot: 0,
                 call_conv,
+                block_sig,
             };
             e.body();
             e.b.seal_all_blocks();
@@ -213,67 +342,12 @@ impl Jit {
         module.finalize_definitions().ok()?;
         let code = module.get_finalized_function(id);
         self.code.add(bytes);
-        // SAFETY: the function was just compiled with exactly this signature (two
-        // pointer parameters, one i64 result) in the host's default calling convention,
-        // which `extern "C"` is on the hosts Cranelift supports.
-        let code = unsafe {
-            std::mem::transmute::<*const u8, unsafe extern "C" fn(*mut CpuState, *mut u8) -> u64>(
-                code,
-            )
-        };
         Some(Compiled {
             code,
-            helpers: helpers.into(),
+            helpers,
+            slots,
             epoch,
         })
-    }
-}
-
-fn run_compiled(
-    c: &Compiled,
-    p: &Prepared,
-    interp: &mut Interp,
-    cpu: &mut CpuState,
-    host: &mut dyn Host,
-) -> BlockEnd {
-    let mut rt = Runtime {
-        value: 0,
-        args: [0; MAX_ARGS],
-        tlb: data_tlb(host, cpu),
-        exception: None,
-        helpers: &c.helpers,
-        host,
-    };
-    // SAFETY: `code` was compiled from `p`'s IR by `Jit::compile`; it reads and writes
-    // `CpuState` only at field offsets from `state::off` and reaches everything else
-    // through the shims below, which get back these same two pointers, live and
-    // exclusive for the call (the runtime pointer is typed `*mut u8` in `Compiled`, and
-    // the shims take it back as a `Runtime`).
-    let r = unsafe { (c.code)(cpu, (&mut rt as *mut Runtime).cast::<u8>()) };
-    let at = (r & 0xFFFF_FFFF) as usize;
-    let (begun, rip) = p.locate(at);
-    match r >> 32 {
-        KIND_FAULT => {
-            cpu.rip = rip;
-            interp.insns += begun.saturating_sub(1);
-            let e = match p.op(at) {
-                Some(Inst::Raise { vector }) => Exception::new(*vector),
-                Some(Inst::TrapIf { vector, error, .. }) => Exception {
-                    vector: *vector,
-                    error_code: *error,
-                },
-                _ => rt.exception.unwrap_or(Exception::new(UD_VECTOR)),
-            };
-            BlockEnd::Fault(e)
-        }
-        kind => {
-            interp.insns += begun;
-            match kind {
-                KIND_SYNC => BlockEnd::Sync,
-                KIND_HALT => BlockEnd::Halt,
-                _ => BlockEnd::Next,
-            }
-        }
     }
 }
 
@@ -292,8 +366,17 @@ struct Emit<'a, 'b> {
     cpu: Value,
     rt: Value,
     vals: Vec<Option<Value>>,
-    helpers: &'b mut Vec<Helper>,
-    call_conv: cranelift_codegen::isa::CallConv,
+    /// The block's helpers, in the order of its calls; the next call's is `next_helper`.
+    helpers: &'b [Helper],
+    next_helper: usize,
+    /// The constant each value is, if it is one.
+    consts: &'b [Option<u64>],
+    /// The chain slots of the block's direct exits, in the order of the ops.
+    slots: &'b [ChainSlot],
+    next_slot: usize,
+    call_conv: CallConv,
+    /// The signature of a block, for the tail call into the next one.
+    block_sig: SigRef,
 }
 
 impl Emit<'_, '_> {
@@ -346,23 +429,109 @@ impl Emit<'_, '_> {
         self.store_cpu(x, off::RIP);
     }
 
-    /// Returns `kind << 32 | at` from the function.
-    fn ret(&mut self, kind: u64, at: usize) {
-        let code = self
-            .b
-            .ins()
-            .iconst(types::I64, (kind << 32 | at as u64) as i64);
+    /// Adds `n` to the run's count of completed instructions.
+    fn count(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let rt = self.rt;
+        let x = self.b.ins().load(types::I64, Self::flags(), rt, RT_INSNS);
+        let x = self.b.ins().iadd_imm(x, n as i64);
+        self.b.ins().store(Self::flags(), x, rt, RT_INSNS);
+    }
+
+    /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
+    /// written).
+    fn leave(&mut self, kind: u64, at: usize) {
+        self.count(self.p.locate(at).0);
+        let code = self.b.ins().iconst(types::I64, kind as i64);
         self.b.ins().return_(&[code]);
     }
 
+    /// Ends the run with a fault at op `at`: RIP at its instruction, the instructions
+    /// before it counted, and `raise` as the run's exception unless the shim that failed
+    /// wrote one.
+    fn fault(&mut self, at: usize, raise: Option<Exception>) {
+        let (begun, rip) = self.p.locate(at);
+        self.set_rip(rip);
+        self.count(begun.saturating_sub(1));
+        if let Some(e) = raise {
+            let w = self.konst(encode(e));
+            let rt = self.rt;
+            self.b.ins().store(Self::flags(), w, rt, RT_FAULT);
+        }
+        let code = self.b.ins().iconst(types::I64, KIND_FAULT as i64);
+        self.b.ins().return_(&[code]);
+    }
+
+    /// Leaves the block for the next one after op `at` (RIP is written): a tail call of
+    /// its code when [`shim_chain`] finds it compiled and nothing needs the run loop
+    /// first, else a return to the loop. An exit to a constant address (`direct`) has a
+    /// chain slot, and goes straight to the code it holds while the slot is valid for
+    /// [`Runtime::checked`] and the budget lasts.
+    fn next(&mut self, at: usize, direct: bool) {
+        self.count(self.p.locate(at).0);
+        let (cpu, rt) = (self.cpu, self.rt);
+        let slot = if direct {
+            let slot = &self.slots[self.next_slot];
+            self.next_slot += 1;
+            let slot = self.konst(slot as *const ChainSlot as u64);
+            let checked = self.b.ins().load(types::I64, Self::flags(), rt, RT_CHECKED);
+            let epoch = self
+                .b
+                .ins()
+                .load(types::I64, Self::flags(), slot, SLOT_EPOCH);
+            let context = self.b.ins().load(types::I64, Self::flags(), rt, RT_CONTEXT);
+            let slot_context = self
+                .b
+                .ins()
+                .load(types::I64, Self::flags(), slot, SLOT_CONTEXT);
+            let budget = self.b.ins().load(types::I32, Self::flags(), rt, RT_BUDGET);
+            let valid = self.b.ins().icmp(IntCC::Equal, checked, epoch);
+            let same = self.b.ins().icmp(IntCC::Equal, context, slot_context);
+            let left = self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0);
+            let go = self.b.ins().band(valid, same);
+            let go = self.b.ins().band(go, left);
+            let straight = self.b.create_block();
+            let ask = self.b.create_block();
+            self.b.ins().brif(go, straight, &[], ask, &[]);
+            self.b.switch_to_block(straight);
+            let budget = self.b.ins().iadd_imm(budget, -1);
+            self.b.ins().store(Self::flags(), budget, rt, RT_BUDGET);
+            let code = self
+                .b
+                .ins()
+                .load(types::I64, Self::flags(), slot, SLOT_CODE);
+            self.b
+                .ins()
+                .return_call_indirect(self.block_sig, code, &[cpu, rt]);
+            self.b.switch_to_block(ask);
+            slot
+        } else {
+            self.konst(0)
+        };
+        let code = self.call(shim_chain as *const u8, &[rt, cpu, slot]);
+        let chain = self.b.create_block();
+        let back = self.b.create_block();
+        self.b.ins().brif(code, chain, &[], back, &[]);
+        self.b.switch_to_block(chain);
+        self.b
+            .ins()
+            .return_call_indirect(self.block_sig, code, &[cpu, rt]);
+        self.b.switch_to_block(back);
+        let kind = self.b.ins().iconst(types::I64, KIND_NEXT as i64);
+        self.b.ins().return_(&[kind]);
+    }
+
     /// Continues in a fresh block when `cond` is 0; otherwise the block ends with a fault
-    /// at op `at`.
-    fn fault_if(&mut self, cond: Value, at: usize) {
+    /// at op `at` ([`Self::fault`]).
+    fn fault_if(&mut self, cond: Value, at: usize, raise: Option<Exception>) {
         let fault = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(cond, fault, &[], cont, &[]);
+        self.b.set_cold_block(fault);
         self.b.switch_to_block(fault);
-        self.ret(KIND_FAULT, at);
+        self.fault(at, raise);
         self.b.switch_to_block(cont);
     }
 
@@ -442,7 +611,7 @@ impl Emit<'_, '_> {
             }
         }
         // A lifter bug (no terminator): #UD at the end, as the interpreter.
-        self.ret(KIND_FAULT, ops.len());
+        self.fault(ops.len(), Some(Exception::new(UD_VECTOR)));
     }
 
     fn inst(&mut self, at: usize, inst: &Inst) {
@@ -559,7 +728,7 @@ impl Emit<'_, '_> {
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_load as *const u8, &[rt, cpu, a, info]);
-                self.fault_if(fault, at);
+                self.fault_if(fault, at, None);
                 let v = self.rt_value(ty);
                 self.b.ins().jump(join, &[v.into()]);
                 self.b.switch_to_block(join);
@@ -580,7 +749,7 @@ impl Emit<'_, '_> {
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
-                self.fault_if(fault, at);
+                self.fault_if(fault, at, None);
                 self.b.ins().jump(join, &[]);
                 self.b.switch_to_block(join);
             }
@@ -594,7 +763,7 @@ impl Emit<'_, '_> {
                 let info = self.konst(*seg as u64 | (*bytes as u64) << 8 | (*write as u64) << 24);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
-                self.fault_if(fault, at);
+                self.fault_if(fault, at, None);
             }
             Inst::SetFlags { op, dst, src, aux } => {
                 let k = self.b.ins().iconst(types::I32, op.encode() as i64);
@@ -627,23 +796,33 @@ impl Emit<'_, '_> {
                 }
                 // The helper sees RIP at the calling instruction, as in the interpreter.
                 self.set_rip(rip_here);
-                let index = self.helpers.len() as u64;
-                self.helpers.push(*helper);
+                let which = &self.helpers[self.next_helper];
+                debug_assert_eq!(which, helper);
+                self.next_helper += 1;
+                let which = self.konst(which as *const Helper as u64);
                 let cpu = self.cpu;
-                let info = self.konst(index | (args.len() as u64) << 32);
-                let fault = self.call(shim_helper as *const u8, &[rt, cpu, info]);
-                self.fault_if(fault, at);
+                let n = self.konst(args.len() as u64);
+                let fault = self.call(shim_helper as *const u8, &[rt, cpu, which, n]);
+                self.fault_if(fault, at, None);
                 if let Some(d) = dst {
                     let x = self.rt_value(Ty::I64);
                     let x = self.cast(x, Ty::I64, self.ty(*d));
                     self.def(*d, x);
                 }
             }
-            Inst::Raise { .. } => self.ret(KIND_FAULT, at),
-            Inst::TrapIf { cond, .. } => {
+            Inst::Raise { vector } => self.fault(at, Some(Exception::new(*vector))),
+            Inst::TrapIf {
+                cond,
+                vector,
+                error,
+            } => {
                 let c = self.v(*cond);
                 let one = self.b.ins().band_imm(c, 1);
-                self.fault_if(one, at);
+                let e = Exception {
+                    vector: *vector,
+                    error_code: *error,
+                };
+                self.fault_if(one, at, Some(e));
             }
             Inst::ExitIf { cond, next } => {
                 let c = self.v(*cond);
@@ -653,13 +832,14 @@ impl Emit<'_, '_> {
                 self.b.ins().brif(c, exit, &[], cont, &[]);
                 self.b.switch_to_block(exit);
                 self.set_rip(*next);
-                self.ret(KIND_NEXT, at);
+                self.next(at, true);
                 self.b.switch_to_block(cont);
             }
             Inst::Jump { target } => {
                 let t = self.as_ty(*target, Ty::I64);
                 self.store_cpu(t, off::RIP);
-                self.ret(KIND_NEXT, at);
+                let direct = self.consts[target.0 as usize].is_some();
+                self.next(at, direct);
             }
             Inst::Branch {
                 cond,
@@ -668,20 +848,21 @@ impl Emit<'_, '_> {
             } => {
                 let c = self.v(*cond);
                 let c = self.b.ins().band_imm(c, 1);
-                let t = self.konst(*taken);
-                let n = self.konst(*not_taken);
-                let r = self.b.ins().select(c, t, n);
-                self.store_cpu(r, off::RIP);
-                self.ret(KIND_NEXT, at);
+                let (yes, no) = (self.b.create_block(), self.b.create_block());
+                self.b.ins().brif(c, yes, &[], no, &[]);
+                for (block, rip) in [(yes, *taken), (no, *not_taken)] {
+                    self.b.switch_to_block(block);
+                    self.set_rip(rip);
+                    self.next(at, true);
+                }
             }
             Inst::Exit { next, why } => {
                 self.set_rip(*next);
-                let kind = match why {
-                    ExitWhy::Continue => KIND_NEXT,
-                    ExitWhy::Sync => KIND_SYNC,
-                    ExitWhy::Halt => KIND_HALT,
-                };
-                self.ret(kind, at);
+                match why {
+                    ExitWhy::Continue => self.next(at, true),
+                    ExitWhy::Sync => self.leave(KIND_SYNC, at),
+                    ExitWhy::Halt => self.leave(KIND_HALT, at),
+                }
             }
         }
     }
@@ -711,7 +892,7 @@ fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
             0
         }
         Err(e) => {
-            rt.exception = Some(e);
+            rt.fault = encode(e);
             1
         }
     }
@@ -720,6 +901,7 @@ fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
 extern "C" fn shim_load(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
+    rt.checked = UNCHECKED;
     let r = rt
         .host
         .load(cpu, addr, info as u8, info & 0x100 != 0, info & 0x200 != 0);
@@ -735,6 +917,7 @@ extern "C" fn shim_store(
 ) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
+    rt.checked = UNCHECKED;
     let r = rt
         .host
         .store(cpu, addr, info as u8, value, info & 0x100 != 0)
@@ -762,15 +945,58 @@ extern "C" fn shim_test(cpu: *const CpuState, cond: u64) -> u64 {
     flags::cond_holds(cpu, Cond::from_nibble(cond as u8)) as u64
 }
 
-extern "C" fn shim_helper(rt: *mut Runtime, cpu: *mut CpuState, info: u64) -> u64 {
+extern "C" fn shim_helper(
+    rt: *mut Runtime,
+    cpu: *mut CpuState,
+    helper: *const Helper,
+    args: u64,
+) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    let Some(&h) = rt.helpers.get((info & 0xFFFF_FFFF) as usize) else {
-        return outcome(rt, Err(Exception::new(UD_VECTOR)));
-    };
-    let n = ((info >> 32) as usize).min(MAX_ARGS);
+    // SAFETY: `helper` points into the helper table of the compiled block making the call,
+    // which lives while its code runs (see `run_compiled`).
+    let h = unsafe { *helper };
+    rt.checked = UNCHECKED;
+    let n = (args as usize).min(MAX_ARGS);
     let args = rt.args;
     let r = rt.host.helper(cpu, h, &args[..n]);
     rt.tlb = data_tlb(rt.host, cpu);
     outcome(rt, r)
+}
+
+/// The code of the block to run next, or 0 to return to the run loop: when the budget is
+/// spent, when the host has something to do first or no block looked up by the linear
+/// address ([`Host::next_block`]), or when that block is not compiled in this epoch. A
+/// direct exit passes its chain slot, filled here for the next time.
+extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const ChainSlot) -> u64 {
+    // SAFETY: called only by generated code, with its own arguments.
+    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    rt.checked = UNCHECKED;
+    if rt.budget == 0 {
+        return 0;
+    }
+    let Some(found) = rt.host.next_block(cpu) else {
+        return 0;
+    };
+    let code = match found.block.tier.state.try_borrow().as_deref() {
+        Ok(State::Ready(c)) if c.epoch == rt.epoch => c.code as u64,
+        _ => return 0,
+    };
+    rt.budget -= 1;
+    let Some(context) = found.context else {
+        return code;
+    };
+    rt.checked = found.jump_epoch + 1;
+    rt.context = context;
+    // SAFETY: a slot pointer comes from the calling block's own `Compiled::slots`, alive
+    // while its code runs.
+    if let Some(slot) = unsafe { slot.as_ref() } {
+        // Good while the jump cache's epoch holds (until then the block stays cached and
+        // is what a lookup under the same key returns) and the exit is taken in the same
+        // context (its RIP is constant).
+        slot.code.set(code);
+        slot.epoch.set(found.jump_epoch + 1);
+        slot.context.set(context);
+    }
+    code
 }

@@ -80,6 +80,16 @@ pub trait Host {
     fn data_tlb(&mut self, _cpu: &CpuState) -> Option<*const tlb::TlbEntry> {
         None
     }
+
+    /// The block the run loop would run next at CS:RIP, when it would run it at once
+    /// (nothing to service, deliver or report first) and finds it in its jump cache:
+    /// compiled code then goes on into that block's code without returning, and may go
+    /// there again directly from the same exit while what the lookup held under holds
+    /// and no host call came in between. `None` (the default) returns to the run loop
+    /// after every block.
+    fn next_block(&mut self, _cpu: &mut CpuState) -> Option<cache::Found> {
+        None
+    }
 }
 
 /// How a block's execution ended.

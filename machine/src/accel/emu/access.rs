@@ -22,6 +22,9 @@ pub struct Ctx<'a> {
     pub task_fault: &'a mut Option<Exception>,
     /// The CPU model's vendor, for CPUID.
     pub vendor: gantry_frontend::vendor::Vendor,
+    /// Set while a block runs from the run loop: what letting it chain into the next
+    /// needs.
+    pub chain: Option<super::chain::Chain<'a>>,
 }
 
 impl Ctx<'_> {

@@ -4,6 +4,7 @@
 
 mod access;
 mod call_gates;
+mod chain;
 pub mod cpuid;
 pub mod debug;
 mod helpers;
@@ -22,7 +23,7 @@ use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
 use gantry_translator::block::Prepared;
-use gantry_translator::cache::{BlockKey, CodeCache, JumpKey};
+use gantry_translator::cache::{BlockKey, CodeCache};
 use gantry_translator::interp::Interp;
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
@@ -142,6 +143,7 @@ macro_rules! ctx {
             traps: &mut $cpu.traps,
             task_fault: &mut $cpu.task_fault,
             vendor: $cpu.vendor,
+            chain: None,
         }
     };
 }
@@ -186,13 +188,7 @@ impl EmuCpu {
     }
 
     fn mode(&self) -> Mode {
-        let c = &self.state;
-        Mode {
-            code_bits: c.code_bits(),
-            stack_bits: c.stack_bits(),
-            mode64: c.mode64(),
-            vendor: self.vendor,
-        }
+        chain::mode_of(&self.state, self.vendor)
     }
 
     fn invalidate_dirty(&mut self, mem: &GuestMemory) {
@@ -329,7 +325,8 @@ impl EmuCpu {
                 self.traps.delivered = false;
             }
             let shadow = self.state.interrupt_shadow;
-            let block = if stepping || guest_step {
+            let single = stepping || guest_step;
+            let block = if single {
                 self.lift_one_instruction(mem, board)
             } else {
                 self.lookup(mem, board)
@@ -337,11 +334,33 @@ impl EmuCpu {
             let end = match block {
                 Ok(block) => {
                     self.stats.blocks_run += 1;
+                    // Compiled code may go on into the blocks up to the next service,
+                    // unless a debugger or the guest's breakpoints need every boundary.
+                    let chaining =
+                        !single && self.debug.is_none() && self.guest_bps.exec.is_empty();
+                    let mut budget = if chaining { until_service } else { 0 };
                     let mut ctx = ctx!(self, mem, board);
-                    match &mut self.jit {
-                        Some(jit) => jit.run(&block, &mut self.interp, &mut self.state, &mut ctx),
-                        None => self.interp.run(&block, &mut self.state, &mut ctx),
+                    if chaining {
+                        ctx.chain = Some(chain::Chain {
+                            code: &self.code,
+                            jump_generation: self.jump_generation,
+                        });
                     }
+                    let end = match &mut self.jit {
+                        Some(jit) => jit.run_chained(
+                            &block,
+                            &mut self.interp,
+                            &mut self.state,
+                            &mut ctx,
+                            &mut budget,
+                        ),
+                        None => self.interp.run(&block, &mut self.state, &mut ctx),
+                    };
+                    if chaining {
+                        self.stats.blocks_run += u64::from(until_service - budget);
+                        until_service = budget;
+                    }
+                    end
                 }
                 Err(e) => BlockEnd::Fault(e),
             };
@@ -411,18 +430,11 @@ impl EmuCpu {
             self.jump_generation = self.mmu.generation;
             self.code.flush_jumps();
         }
-        let cs_base = self.state.seg[st::CS].base;
-        let rip = self.state.rip;
-        let jkey = JumpKey {
-            cs_base,
-            rip,
-            mode: self.mode(),
-            cpl: self.state.cpl(),
-        };
+        let jkey = chain::jump_key(&self.state, self.vendor);
         if let Some(b) = self.code.jump_lookup(&jkey) {
             return Ok(b);
         }
-        let b = self.lookup_slow(mem, board, cs_base, rip)?;
+        let b = self.lookup_slow(mem, board, jkey.cs_base, jkey.rip)?;
         self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
@@ -666,8 +678,12 @@ impl Vcpu for EmuCpu {
         if let Some(j) = &self.jit {
             let _ = writeln!(
                 out,
-                "jit: {} blocks compiled, {} left to the interpreter, code memory refilled {} times",
-                j.compiled, j.refused, j.flushes()
+                "jit: {} blocks compiled, {} left to the interpreter, {} entered by chaining, \
+                 code memory refilled {} times",
+                j.compiled,
+                j.refused,
+                j.chained,
+                j.flushes()
             );
         }
         let m = self.mmu.stats;

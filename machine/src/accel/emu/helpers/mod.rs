@@ -95,6 +95,10 @@ impl Host for Ctx<'_> {
         Some(self.mmu.tlb.table(Mmu::index(cpu, Privilege::User)))
     }
 
+    fn next_block(&mut self, cpu: &mut CpuState) -> Option<gantry_translator::cache::Found> {
+        super::chain::next_block(self, cpu)
+    }
+
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, a: &[u64]) -> Result<u64, Exception> {
         let arg = |i: usize| a.get(i).copied().unwrap_or(0);
         match h {
