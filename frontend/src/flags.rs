@@ -211,44 +211,81 @@ fn aux_cf(old_cf: u64) -> u64 {
     }
 }
 
-/// Whether `cond` holds, computing only what it needs for the common lazy kinds (as
-/// QEMU's gen_prepare_cc), and all six flags otherwise.
+/// A condition that, after some operations, is a plain function of the recorded result
+/// (`dst`) and source operand (`src`), both taken at the operation's size: what
+/// [`cond_holds`] computes without RFLAGS, and what generated code computes inline when the
+/// operation is in the same block ([`fast_cond`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastCond {
+    /// `dst == 0`.
+    Zero,
+    /// The sign bit of `dst`.
+    Sign,
+    /// `dst == 0` or its sign bit: ZF or SF (SF != OF with OF = 0).
+    ZeroOrSign,
+    /// After SUB/CMP, comparisons of the operands `a = dst + src` and `b = src`:
+    /// unsigned `a < b`, `a <= b`, and signed `a < b`, `a <= b`.
+    Below,
+    BelowOrEqual,
+    Less,
+    LessOrEqual,
+    /// Bit 0 of `src` (INC/DEC keep CF there).
+    SrcBit0,
+    /// Never (CF and OF after a logic operation).
+    Never,
+}
+
+/// How `cond` reads after `op`, if it is a [`FastCond`]: that condition, and whether it is
+/// negated.
+pub fn fast_cond(op: CcOp, cond: Cond) -> Option<(FastCond, bool)> {
+    use CcKind::*;
+    let neg = cond as u8 & 1 != 0;
+    let fast = match (op.kind, cond as u8 >> 1) {
+        (Add | Sub | Logic | Inc | Dec, 2) => FastCond::Zero,
+        (Add | Sub | Logic | Inc | Dec, 4) => FastCond::Sign,
+        (Sub, 1) => FastCond::Below,
+        (Sub, 3) => FastCond::BelowOrEqual,
+        (Sub, 6) => FastCond::Less,
+        (Sub, 7) => FastCond::LessOrEqual,
+        // After logic ops CF = OF = 0.
+        (Logic, 0 | 1) => FastCond::Never,
+        (Logic, 3) => FastCond::Zero,
+        (Logic, 6) => FastCond::Sign,
+        (Logic, 7) => FastCond::ZeroOrSign,
+        (Inc | Dec, 1) => FastCond::SrcBit0,
+        _ => return None,
+    };
+    Some((fast, neg))
+}
+
+impl FastCond {
+    /// The condition on a recorded result and source of `size` bytes.
+    pub fn eval(self, size: u8, dst: u64, src: u64) -> bool {
+        let m = mask(size);
+        let (d, src) = (dst & m, src & m);
+        let a = d.wrapping_add(src) & m;
+        match self {
+            FastCond::Zero => d == 0,
+            FastCond::Sign => d & sign(size) != 0,
+            FastCond::ZeroOrSign => d == 0 || d & sign(size) != 0,
+            FastCond::Below => a < src,
+            FastCond::BelowOrEqual => a <= src,
+            FastCond::Less => sext(a, size) < sext(src, size),
+            FastCond::LessOrEqual => sext(a, size) <= sext(src, size),
+            FastCond::SrcBit0 => src & 1 != 0,
+            FastCond::Never => false,
+        }
+    }
+}
+
+/// Whether `cond` holds on the CPU's flags: from the recorded operation where
+/// [`fast_cond`] says how, else from the computed RFLAGS.
 pub fn cond_holds(st: &CpuState, cond: Cond) -> bool {
     let op = CcOp::decode(st.cc.op);
-    let m = mask(op.size);
-    let d = st.cc.dst & m;
-    let src = st.cc.src & m;
-    let neg = cond as u8 & 1 != 0;
-    let base = match (op.kind, cond as u8 >> 1) {
-        // ZF
-        (CcKind::Add | CcKind::Sub | CcKind::Logic | CcKind::Inc | CcKind::Dec, 2) => d == 0,
-        // SF
-        (CcKind::Add | CcKind::Sub | CcKind::Logic | CcKind::Inc | CcKind::Dec, 4) => {
-            d & sign(op.size) != 0
-        }
-        // CF, CF|ZF after SUB/CMP: unsigned compare of the operands.
-        (CcKind::Sub, 1) => d.wrapping_add(src) & m < src,
-        (CcKind::Sub, 3) => d.wrapping_add(src) & m <= src,
-        // Signed compares after SUB/CMP.
-        (CcKind::Sub, 6) | (CcKind::Sub, 7) => {
-            let a = sext(d.wrapping_add(src) & m, op.size);
-            let b = sext(src, op.size);
-            if cond as u8 >> 1 == 6 {
-                a < b
-            } else {
-                a <= b
-            }
-        }
-        // After logic ops CF = OF = 0.
-        (CcKind::Logic, 0 | 1) => false,
-        (CcKind::Logic, 3) => d == 0,
-        (CcKind::Logic, 6) => d & sign(op.size) != 0,
-        (CcKind::Logic, 7) => d == 0 || d & sign(op.size) != 0,
-        // INC/DEC keep CF in `src`.
-        (CcKind::Inc | CcKind::Dec, 1) => src & 1 != 0,
-        _ => return cond.holds(rflags(st)),
-    };
-    base != neg
+    match fast_cond(op, cond) {
+        Some((fast, neg)) => fast.eval(op.size, st.cc.dst, st.cc.src) != neg,
+        None => cond.holds(rflags(st)),
+    }
 }
 
 fn sext(v: u64, size: u8) -> i64 {

@@ -99,6 +99,14 @@ impl Loc {
     }
 
     /// Byte offset in `CpuState`.
+    /// RFLAGS or the lazy-flag record: where the arithmetic flags are.
+    pub fn holds_flags(self) -> bool {
+        matches!(
+            self,
+            Loc::Rflags | Loc::CcOp | Loc::CcDst | Loc::CcSrc | Loc::CcAux
+        )
+    }
+
     pub fn offset(self) -> usize {
         match self {
             Loc::Gpr(r) => off::gpr(r as usize),

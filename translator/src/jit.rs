@@ -23,7 +23,7 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 
-use gantry_frontend::flags::{self, Cond};
+use gantry_frontend::flags::{self, CcOp, Cond, FastCond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
@@ -306,6 +306,8 @@ impl Jit {
                 next_slot: 0,
                 call_conv,
                 block_sig,
+                flags: None,
+                gprs: [None; 16],
             };
             e.body();
             e.b.seal_all_blocks();
@@ -377,6 +379,23 @@ struct Emit<'a, 'b> {
     call_conv: CallConv,
     /// The signature of a block, for the tail call into the next one.
     block_sig: SigRef,
+    /// The block's last flag-setting operation, while it is not stored in the CPU.
+    flags: Option<PendingFlags>,
+    /// The general registers the block wrote, while not stored in the CPU: stored only
+    /// where something outside the generated code may see them (as the flags), so a
+    /// register written by several instructions is stored once.
+    gprs: [Option<Value>; 16],
+}
+
+/// A flag-setting operation whose lazy-flag record the generated code has not stored:
+/// conditions on it are computed from its operands, and the record is stored only where
+/// something outside the generated code may see it.
+struct PendingFlags {
+    op: CcOp,
+    dst: Val,
+    src: Val,
+    /// dst, src and aux as the record holds them (i64).
+    stored: [Value; 3],
 }
 
 impl Emit<'_, '_> {
@@ -429,6 +448,89 @@ impl Emit<'_, '_> {
         self.store_cpu(x, off::RIP);
     }
 
+    /// Stores the flags of the block's last flag-setting operation, if it has not been
+    /// stored yet, into the CPU's lazy-flag state, on the path being emitted: where
+    /// something outside the generated code may see them (an exit, a fault). The main
+    /// path goes on without them stored.
+    fn store_flags(&mut self) {
+        let Some(f) = &self.flags else {
+            return;
+        };
+        let stored = f.stored;
+        let k = self.b.ins().iconst(types::I32, f.op.encode() as i64);
+        self.store_cpu(k, off::CC_OP);
+        for (x, o) in stored
+            .into_iter()
+            .zip([off::CC_DST, off::CC_SRC, off::CC_AUX])
+        {
+            self.store_cpu(x, o);
+        }
+    }
+
+    /// Stores the pending flags on the main path: what follows reads or changes the
+    /// CPU's flag state itself.
+    fn flush_flags(&mut self) {
+        self.store_flags();
+        self.flags = None;
+    }
+
+    /// `cond` computed inline (an i8, 0 or 1) from the pending flag-setting operation's
+    /// operands, where [`flags::fast_cond`] says how; `None` otherwise.
+    fn fast_test(&mut self, cond: Cond) -> Option<Value> {
+        let f = self.flags.as_ref()?;
+        let (fast, negate) = flags::fast_cond(f.op, cond)?;
+        let (dst, src) = (f.dst, f.src);
+        let ty = Ty::from_bytes(f.op.size as u32);
+        let d = self.as_ty(dst, ty);
+        let s = self.as_ty(src, ty);
+        let i = self.b.ins();
+        let r = match fast {
+            FastCond::Zero => i.icmp_imm(IntCC::Equal, d, 0),
+            FastCond::Sign => i.icmp_imm(IntCC::SignedLessThan, d, 0),
+            FastCond::ZeroOrSign => i.icmp_imm(IntCC::SignedLessThanOrEqual, d, 0),
+            FastCond::Below | FastCond::BelowOrEqual | FastCond::Less | FastCond::LessOrEqual => {
+                let a = i.iadd(d, s);
+                let cc = match fast {
+                    FastCond::Below => IntCC::UnsignedLessThan,
+                    FastCond::BelowOrEqual => IntCC::UnsignedLessThanOrEqual,
+                    FastCond::Less => IntCC::SignedLessThan,
+                    _ => IntCC::SignedLessThanOrEqual,
+                };
+                self.b.ins().icmp(cc, a, s)
+            }
+            FastCond::SrcBit0 => {
+                let bit = i.band_imm(s, 1);
+                self.cast(bit, ty, Ty::I8)
+            }
+            FastCond::Never => i.iconst(types::I8, 0),
+        };
+        Some(if negate {
+            self.b.ins().bxor_imm(r, 1)
+        } else {
+            r
+        })
+    }
+
+    /// Stores the registers the block wrote and has not stored, on the path being
+    /// emitted (as [`Self::store_flags`]).
+    fn store_gprs(&mut self) {
+        let cpu = self.cpu;
+        for (r, x) in self.gprs.iter().enumerate() {
+            if let Some(x) = *x {
+                self.b
+                    .ins()
+                    .store(Self::flags(), x, cpu, off::gpr(r) as i32);
+            }
+        }
+    }
+
+    /// Stores the pending registers on the main path (before a helper, which sees the
+    /// CPU state).
+    fn flush_gprs(&mut self) {
+        self.store_gprs();
+        self.gprs = [None; 16];
+    }
+
     /// Adds `n` to the run's count of completed instructions.
     fn count(&mut self, n: u64) {
         if n == 0 {
@@ -443,6 +545,8 @@ impl Emit<'_, '_> {
     /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
     /// written).
     fn leave(&mut self, kind: u64, at: usize) {
+        self.store_flags();
+        self.store_gprs();
         self.count(self.p.locate(at).0);
         let code = self.b.ins().iconst(types::I64, kind as i64);
         self.b.ins().return_(&[code]);
@@ -452,6 +556,10 @@ impl Emit<'_, '_> {
     /// before it counted, and `raise` as the run's exception unless the shim that failed
     /// wrote one.
     fn fault(&mut self, at: usize, raise: Option<Exception>) {
+        // The registers and flags as the faulting instruction found them: it writes its
+        // own after its accesses.
+        self.store_flags();
+        self.store_gprs();
         let (begun, rip) = self.p.locate(at);
         self.set_rip(rip);
         self.count(begun.saturating_sub(1));
@@ -470,6 +578,8 @@ impl Emit<'_, '_> {
     /// chain slot, and goes straight to the code it holds while the slot is valid for
     /// [`Runtime::checked`] and the budget lasts.
     fn next(&mut self, at: usize, direct: bool) {
+        self.store_flags();
+        self.store_gprs();
         self.count(self.p.locate(at).0);
         let (cpu, rt) = (self.cpu, self.rt);
         let slot = if direct {
@@ -619,6 +729,16 @@ impl Emit<'_, '_> {
         match inst {
             Inst::Mark { .. } | Inst::Const { .. } => {}
             Inst::Get { dst, loc } => {
+                if loc.holds_flags() {
+                    self.flush_flags();
+                }
+                if let Loc::Gpr(r) = loc {
+                    if let Some(x) = self.gprs[*r as usize & 15] {
+                        let x = self.cast(x, Ty::I64, self.ty(*dst));
+                        self.def(*dst, x);
+                        return;
+                    }
+                }
                 let cpu = self.cpu;
                 let x =
                     self.b
@@ -628,7 +748,14 @@ impl Emit<'_, '_> {
                 self.def(*dst, x);
             }
             Inst::Put { loc, src } => {
+                if loc.holds_flags() {
+                    self.flush_flags();
+                }
                 let x = self.as_ty(*src, loc.ty());
+                if let Loc::Gpr(r) = loc {
+                    self.gprs[*r as usize & 15] = Some(x);
+                    return;
+                }
                 self.store_cpu(x, loc.offset());
             }
             Inst::Bin { dst, op, a, b } => {
@@ -766,20 +893,30 @@ impl Emit<'_, '_> {
                 self.fault_if(fault, at, None);
             }
             Inst::SetFlags { op, dst, src, aux } => {
-                let k = self.b.ins().iconst(types::I32, op.encode() as i64);
-                self.store_cpu(k, off::CC_OP);
-                for (v, o) in [(dst, off::CC_DST), (src, off::CC_SRC), (aux, off::CC_AUX)] {
-                    let x = self.as_ty(*v, Ty::I64);
-                    self.store_cpu(x, o);
-                }
+                // The stored forms are made here, where they dominate every later place
+                // that may store them.
+                let stored = [*dst, *src, *aux].map(|v| self.as_ty(v, Ty::I64));
+                self.flags = Some(PendingFlags {
+                    op: *op,
+                    dst: *dst,
+                    src: *src,
+                    stored,
+                });
             }
             Inst::GetFlags { dst } => {
+                self.flush_flags();
                 let cpu = self.cpu;
                 let r = self.call(shim_rflags as *const u8, &[cpu]);
                 let r = self.cast(r, Ty::I64, self.ty(*dst));
                 self.def(*dst, r);
             }
             Inst::Test { dst, cond } => {
+                if let Some(r) = self.fast_test(*cond) {
+                    let r = self.cast(r, Ty::I8, self.ty(*dst));
+                    self.def(*dst, r);
+                    return;
+                }
+                self.flush_flags();
                 let cpu = self.cpu;
                 let c = self.konst(*cond as u64);
                 let r = self.call(shim_test as *const u8, &[cpu, c]);
@@ -787,6 +924,9 @@ impl Emit<'_, '_> {
                 self.def(*dst, r);
             }
             Inst::Call { dst, helper, args } => {
+                // A helper may read the registers and flags, and may set them.
+                self.flush_flags();
+                self.flush_gprs();
                 let rt = self.rt;
                 for (i, a) in args.iter().enumerate() {
                     let x = self.as_ty(*a, Ty::I64);
