@@ -19,6 +19,17 @@ fn write_sub(mem: &mut gantry_machine::memory::GuestMemory) {
 
 #[test]
 fn a_rewritten_successor_runs_its_new_code_at_once() {
+    rewritten_successor(false);
+}
+
+/// The same through a computed call, which chains through the JIT's table of indirect
+/// targets rather than a slot of the exit's own.
+#[test]
+fn a_rewritten_successor_reached_by_an_indirect_call_runs_its_new_code_at_once() {
+    rewritten_successor(true);
+}
+
+fn rewritten_successor(indirect: bool) {
     for mode in [Mode::Protected32, Mode::Long64] {
         let d = run(
             mode,
@@ -29,7 +40,16 @@ fn a_rewritten_successor_runs_its_new_code_at_once() {
                 a.mov(ecx, 100)?;
                 a.xor(ebx, ebx)?;
                 a.set_label(&mut top)?;
-                a.call(SUB)?;
+                if indirect {
+                    a.mov(edx, SUB as u32)?;
+                    if mode == Mode::Long64 {
+                        a.call(rdx)?;
+                    } else {
+                        a.call(edx)?;
+                    }
+                } else {
+                    a.call(SUB)?;
+                }
                 a.add(ebx, eax)?;
                 a.dec(ecx)?;
                 a.jz(done)?;
@@ -41,7 +61,7 @@ fn a_rewritten_successor_runs_its_new_code_at_once() {
                 a.nop()
             },
         );
-        assert_eq!(d.vector(), None, "{mode:?}");
-        assert_eq!(d.cpu.gpr[3], 50 + 50 * 2, "{mode:?}: EBX");
+        assert_eq!(d.vector(), None, "{mode:?} {indirect}");
+        assert_eq!(d.cpu.gpr[3], 50 + 50 * 2, "{mode:?} {indirect}: EBX");
     }
 }

@@ -84,16 +84,18 @@ pub struct Compiled {
     pub(crate) epoch: u64,
 }
 
-/// Where an exit to a constant address keeps the code of the block found there, so that
-/// the next time the exit goes there directly: `code` holds while the jump cache's epoch
-/// is `epoch - 1` (0: empty) and the lookup's [`crate::cache::JumpKey::context`] is
-/// `context`. Generated code reads it; [`crate::jit`]'s chaining shim fills it.
+/// Where an exit keeps the code of the block it found at `rip`, so that the next time
+/// it goes there directly: `code` holds while the jump cache's epoch is `epoch - 1` (0:
+/// empty) and the lookup's [`crate::cache::JumpKey::context`] is `context`. Generated
+/// code reads it; [`crate::jit`]'s chaining shim fills it. (An exit to a constant
+/// address has a slot of its own and need not compare `rip`.)
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct ChainSlot {
     pub(crate) code: Cell<u64>,
     pub(crate) epoch: Cell<u64>,
     pub(crate) context: Cell<u64>,
+    pub(crate) rip: Cell<u64>,
 }
 
 #[derive(Default)]

@@ -90,6 +90,12 @@ const RT_CONTEXT: i32 = std::mem::offset_of!(Runtime, context) as i32;
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
 const SLOT_EPOCH: i32 = std::mem::offset_of!(ChainSlot, epoch) as i32;
 const SLOT_CONTEXT: i32 = std::mem::offset_of!(ChainSlot, context) as i32;
+const SLOT_RIP: i32 = std::mem::offset_of!(ChainSlot, rip) as i32;
+
+/// Entries of the table through which exits to computed addresses (RET, indirect jumps
+/// and calls, IRET) chain: direct-mapped by address, each a chain slot that also holds
+/// the address it is for.
+const INDIRECT_TARGETS: usize = 4096;
 
 /// An exception as one word, for generated code to store: vector, a bit for an error
 /// code, and the code in the high half.
@@ -107,6 +113,12 @@ fn decode(w: u64) -> Exception {
 /// The table of a host without a TLB: every look-up misses.
 static NO_TLB: [TlbEntry; TLB_SIZE] = [tlb::EMPTY; TLB_SIZE];
 
+fn empty_targets() -> Box<[ChainSlot]> {
+    (0..INDIRECT_TARGETS)
+        .map(|_| ChainSlot::default())
+        .collect()
+}
+
 fn data_tlb(host: &mut dyn Host, cpu: &CpuState) -> *const TlbEntry {
     host.data_tlb(cpu).unwrap_or(NO_TLB.as_ptr())
 }
@@ -122,6 +134,9 @@ pub struct Jit {
     pub refused: u64,
     /// Blocks entered from another block's code rather than from the run loop.
     pub chained: u64,
+    /// The chain slots of exits to computed addresses ([`INDIRECT_TARGETS`]); the
+    /// generated code holds its address. Emptied with the code memory.
+    targets: Box<[ChainSlot]>,
     /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
     /// backend that refuses an op on some host shows up.
     errors_seen: Vec<String>,
@@ -141,6 +156,7 @@ impl Jit {
             compiled: 0,
             refused: 0,
             chained: 0,
+            targets: empty_targets(),
             errors_seen: Vec::new(),
         })
     }
@@ -243,6 +259,12 @@ impl Jit {
     }
 
     fn compile(&mut self, p: &Prepared) -> Option<Compiled> {
+        let epoch = self.code.epoch();
+        self.code.make_room()?;
+        if self.code.epoch() != epoch {
+            // The table's code pointers were into the memory just freed.
+            self.targets = empty_targets();
+        }
         let too_many_args = p
             .ops()
             .iter()
@@ -250,7 +272,6 @@ impl Jit {
         if too_many_args {
             return None;
         }
-        self.code.make_room()?;
         let epoch = self.code.epoch();
         let module = self.code.module();
         // The helper table is made first: the generated code holds its address.
@@ -304,6 +325,7 @@ impl Jit {
                 consts: &consts,
                 slots: &slots,
                 next_slot: 0,
+                targets: self.targets.as_ptr(),
                 call_conv,
                 block_sig,
                 flags: None,
@@ -376,6 +398,8 @@ struct Emit<'a, 'b> {
     /// The chain slots of the block's direct exits, in the order of the ops.
     slots: &'b [ChainSlot],
     next_slot: usize,
+    /// The JIT's table of indirect targets.
+    targets: *const ChainSlot,
     call_conv: CallConv,
     /// The signature of a block, for the tail call into the next one.
     block_sig: SigRef,
@@ -385,6 +409,14 @@ struct Emit<'a, 'b> {
     /// where something outside the generated code may see them (as the flags), so a
     /// register written by several instructions is stored once.
     gprs: [Option<Value>; 16],
+}
+
+/// Where a block's exit goes: to a constant address (with a chain slot of its own) or to
+/// a computed one (through the JIT's table of indirect targets).
+#[derive(Clone, Copy)]
+enum ExitTo {
+    Constant,
+    Computed(Value),
 }
 
 /// A flag-setting operation whose lazy-flag record the generated code has not stored:
@@ -574,52 +606,61 @@ impl Emit<'_, '_> {
 
     /// Leaves the block for the next one after op `at` (RIP is written): a tail call of
     /// its code when [`shim_chain`] finds it compiled and nothing needs the run loop
-    /// first, else a return to the loop. An exit to a constant address (`direct`) has a
-    /// chain slot, and goes straight to the code it holds while the slot is valid for
-    /// [`Runtime::checked`] and the budget lasts.
-    fn next(&mut self, at: usize, direct: bool) {
+    /// first, else a return to the loop. The exit's chain slot (its own for a constant
+    /// address, the JIT's table entry for the address otherwise) takes it there straight
+    /// while the slot is valid for [`Runtime::checked`] and the budget lasts.
+    fn next(&mut self, at: usize, exit: ExitTo) {
         self.store_flags();
         self.store_gprs();
         self.count(self.p.locate(at).0);
         let (cpu, rt) = (self.cpu, self.rt);
-        let slot = if direct {
-            let slot = &self.slots[self.next_slot];
-            self.next_slot += 1;
-            let slot = self.konst(slot as *const ChainSlot as u64);
-            let checked = self.b.ins().load(types::I64, Self::flags(), rt, RT_CHECKED);
-            let epoch = self
-                .b
-                .ins()
-                .load(types::I64, Self::flags(), slot, SLOT_EPOCH);
-            let context = self.b.ins().load(types::I64, Self::flags(), rt, RT_CONTEXT);
-            let slot_context = self
-                .b
-                .ins()
-                .load(types::I64, Self::flags(), slot, SLOT_CONTEXT);
-            let budget = self.b.ins().load(types::I32, Self::flags(), rt, RT_BUDGET);
-            let valid = self.b.ins().icmp(IntCC::Equal, checked, epoch);
-            let same = self.b.ins().icmp(IntCC::Equal, context, slot_context);
-            let left = self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0);
-            let go = self.b.ins().band(valid, same);
-            let go = self.b.ins().band(go, left);
-            let straight = self.b.create_block();
-            let ask = self.b.create_block();
-            self.b.ins().brif(go, straight, &[], ask, &[]);
-            self.b.switch_to_block(straight);
-            let budget = self.b.ins().iadd_imm(budget, -1);
-            self.b.ins().store(Self::flags(), budget, rt, RT_BUDGET);
-            let code = self
-                .b
-                .ins()
-                .load(types::I64, Self::flags(), slot, SLOT_CODE);
-            self.b
-                .ins()
-                .return_call_indirect(self.block_sig, code, &[cpu, rt]);
-            self.b.switch_to_block(ask);
-            slot
-        } else {
-            self.konst(0)
+        let (slot, target) = match exit {
+            ExitTo::Constant => {
+                let slot = &self.slots[self.next_slot];
+                self.next_slot += 1;
+                (self.konst(slot as *const ChainSlot as u64), None)
+            }
+            ExitTo::Computed(target) => {
+                // The table entry of the address: the jump cache's slot function.
+                let i = self.b.ins();
+                let high = i.ushr_imm(target, 12);
+                let folded = self.b.ins().bxor(target, high);
+                let index = self.b.ins().band_imm(folded, (INDIRECT_TARGETS - 1) as i64);
+                let at = self
+                    .b
+                    .ins()
+                    .imul_imm(index, std::mem::size_of::<ChainSlot>() as i64);
+                let base = self.konst(self.targets as u64);
+                (self.b.ins().iadd(base, at), Some(target))
+            }
         };
+        let flags = Self::flags();
+        let checked = self.b.ins().load(types::I64, flags, rt, RT_CHECKED);
+        let epoch = self.b.ins().load(types::I64, flags, slot, SLOT_EPOCH);
+        let context = self.b.ins().load(types::I64, flags, rt, RT_CONTEXT);
+        let slot_context = self.b.ins().load(types::I64, flags, slot, SLOT_CONTEXT);
+        let budget = self.b.ins().load(types::I32, flags, rt, RT_BUDGET);
+        let valid = self.b.ins().icmp(IntCC::Equal, checked, epoch);
+        let same = self.b.ins().icmp(IntCC::Equal, context, slot_context);
+        let left = self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0);
+        let go = self.b.ins().band(valid, same);
+        let mut go = self.b.ins().band(go, left);
+        if let Some(target) = target {
+            let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
+            let there = self.b.ins().icmp(IntCC::Equal, slot_rip, target);
+            go = self.b.ins().band(go, there);
+        }
+        let straight = self.b.create_block();
+        let ask = self.b.create_block();
+        self.b.ins().brif(go, straight, &[], ask, &[]);
+        self.b.switch_to_block(straight);
+        let budget = self.b.ins().iadd_imm(budget, -1);
+        self.b.ins().store(flags, budget, rt, RT_BUDGET);
+        let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
+        self.b
+            .ins()
+            .return_call_indirect(self.block_sig, code, &[cpu, rt]);
+        self.b.switch_to_block(ask);
         let code = self.call(shim_chain as *const u8, &[rt, cpu, slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
@@ -972,14 +1013,17 @@ impl Emit<'_, '_> {
                 self.b.ins().brif(c, exit, &[], cont, &[]);
                 self.b.switch_to_block(exit);
                 self.set_rip(*next);
-                self.next(at, true);
+                self.next(at, ExitTo::Constant);
                 self.b.switch_to_block(cont);
             }
             Inst::Jump { target } => {
                 let t = self.as_ty(*target, Ty::I64);
                 self.store_cpu(t, off::RIP);
-                let direct = self.consts[target.0 as usize].is_some();
-                self.next(at, direct);
+                let exit = match self.consts[target.0 as usize] {
+                    Some(_) => ExitTo::Constant,
+                    None => ExitTo::Computed(t),
+                };
+                self.next(at, exit);
             }
             Inst::Branch {
                 cond,
@@ -993,13 +1037,13 @@ impl Emit<'_, '_> {
                 for (block, rip) in [(yes, *taken), (no, *not_taken)] {
                     self.b.switch_to_block(block);
                     self.set_rip(rip);
-                    self.next(at, true);
+                    self.next(at, ExitTo::Constant);
                 }
             }
             Inst::Exit { next, why } => {
                 self.set_rip(*next);
                 match why {
-                    ExitWhy::Continue => self.next(at, true),
+                    ExitWhy::Continue => self.next(at, ExitTo::Constant),
                     ExitWhy::Sync => self.leave(KIND_SYNC, at),
                     ExitWhy::Halt => self.leave(KIND_HALT, at),
                 }
@@ -1128,8 +1172,9 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
     };
     rt.checked = found.jump_epoch + 1;
     rt.context = context;
-    // SAFETY: a slot pointer comes from the calling block's own `Compiled::slots`, alive
-    // while its code runs.
+    // SAFETY: a slot pointer is into the calling block's own `Compiled::slots`, alive
+    // while its code runs, or into the JIT's table of indirect targets, alive while any
+    // code is.
     if let Some(slot) = unsafe { slot.as_ref() } {
         // Good while the jump cache's epoch holds (until then the block stays cached and
         // is what a lookup under the same key returns) and the exit is taken in the same
@@ -1137,6 +1182,7 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
         slot.code.set(code);
         slot.epoch.set(found.jump_epoch + 1);
         slot.context.set(context);
+        slot.rip.set(cpu.rip);
     }
     code
 }
