@@ -218,9 +218,13 @@ pub fn difftest(args: DifftestArgs) -> Result<i32, String> {
             &mut out,
         )
     };
+    let unstable = match summary.oracle_unstable {
+        0 => String::new(),
+        n => format!(" ({n} answered otherwise when run again)"),
+    };
     let _ = writeln!(
         out,
-        "difftest: {} cases, {} mismatches, {} not run, {:.1} s ({:.0} cases/s)",
+        "difftest: {} cases, {} mismatches, {} not run{unstable}, {:.1} s ({:.0} cases/s)",
         summary.cases,
         summary.mismatches,
         summary.oracle_failures,
