@@ -65,3 +65,36 @@ fn rewritten_successor(indirect: bool) {
         assert_eq!(d.cpu.gpr[3], 50 + 50 * 2, "{mode:?} {indirect}: EBX");
     }
 }
+
+/// A store into a later instruction of the block being run takes effect at that
+/// instruction (the SDM's rule for self-modifying code), on both tiers: the block ends
+/// after the store's instruction and the rest is translated anew.
+#[test]
+fn a_store_into_a_later_instruction_of_the_running_block_takes_effect_at_once() {
+    const AT: u64 = CODE + 0x2000;
+    for mode in [Mode::Protected32, Mode::Long64] {
+        // mov byte [imm], 2 (absolute: SIB form in 64-bit code); mov eax, 1; ret.
+        let store: &[u8] = match mode {
+            Mode::Long64 => &[0xC6, 0x04, 0x25],
+            _ => &[0xC6, 0x05],
+        };
+        let imm = AT + store.len() as u64 + 5 + 1;
+        let mut sub = store.to_vec();
+        sub.extend_from_slice(&(imm as u32).to_le_bytes());
+        sub.push(2);
+        sub.extend_from_slice(&[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3]);
+        let d = run(
+            mode,
+            |_, mem| mem.write(AT, &sub).unwrap(),
+            |a| {
+                a.call(AT)?;
+                a.nop()
+            },
+        );
+        assert_eq!(d.vector(), None, "{mode:?}");
+        assert_eq!(
+            d.cpu.gpr[0], 2,
+            "{mode:?}: EAX from the rewritten instruction"
+        );
+    }
+}

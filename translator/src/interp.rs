@@ -154,7 +154,17 @@ impl Interp {
                 self.insns += p.locate($at).0;
             }};
         }
+        // Where the block ends early because a store wrote guest code: the next
+        // instruction's first op, and that instruction's index among the block's.
+        let mut stop = (usize::MAX, 0);
         for (at, inst) in p.ops.iter().enumerate() {
+            if at == stop.0 {
+                let (i, rip) = p.marks[stop.1];
+                debug_assert_eq!(i as usize, at);
+                cpu.rip = rip;
+                self.insns += stop.1 as u64;
+                return BlockEnd::Sync;
+            }
             match inst {
                 Inst::Mark { .. } | Inst::Const { .. } => {}
                 Inst::Get { dst, loc } => v!(dst) = get(cpu, *loc) & loc.ty().mask(),
@@ -185,6 +195,12 @@ impl Interp {
                     let value = v!(src) & ty.mask();
                     if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), value, *ss) {
                         fault!(at, e);
+                    }
+                    if stop.0 == usize::MAX && host.wrote_code() {
+                        let next = p.marks.partition_point(|(i, _)| *i as usize <= at);
+                        if let Some(&(i, _)) = p.marks.get(next) {
+                            stop = (i as usize, next);
+                        }
                     }
                 }
                 Inst::SegCheck {

@@ -75,6 +75,9 @@ pub struct Runtime<'a> {
     /// The lookup's context at that boundary ([`crate::cache::JumpKey::context`]): no
     /// host call came since, so the CPU is still in it.
     context: u64,
+    /// Set by a store that wrote guest code ([`Host::wrote_code`]): the block ends before
+    /// its next instruction.
+    code_written: u64,
     host: &'a mut dyn Host,
 }
 
@@ -89,6 +92,7 @@ const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
 const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
 const RT_CHECKED: i32 = std::mem::offset_of!(Runtime, checked) as i32;
 const RT_CONTEXT: i32 = std::mem::offset_of!(Runtime, context) as i32;
+const RT_CODE_WRITTEN: i32 = std::mem::offset_of!(Runtime, code_written) as i32;
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
 const SLOT_EPOCH: i32 = std::mem::offset_of!(ChainSlot, epoch) as i32;
 const SLOT_CONTEXT: i32 = std::mem::offset_of!(ChainSlot, context) as i32;
@@ -236,6 +240,7 @@ impl Jit {
             epoch: self.code.epoch(),
             checked: UNCHECKED,
             context: 0,
+            code_written: 0,
             host,
         };
         let entry = self.code.entry();
@@ -565,6 +570,31 @@ impl Emit<'_, '_> {
         self.gprs = [None; 16];
     }
 
+    /// At op `at`, the first of an instruction: ends the block before it (to the run
+    /// loop, which drops stale translations) when a store of the instructions before it
+    /// wrote guest code, whose bytes may be this instruction's.
+    fn end_if_code_written(&mut self, at: usize) {
+        let rt = self.rt;
+        let written = self
+            .b
+            .ins()
+            .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
+        let end = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(written, end, &[], cont, &[]);
+        self.b.set_cold_block(end);
+        self.b.switch_to_block(end);
+        self.store_flags();
+        self.store_gprs();
+        // The instructions before this one: the marks placed before op `at`.
+        let done = self.p.marks.partition_point(|(i, _)| (*i as usize) < at);
+        self.set_rip(self.p.marks[done].1);
+        self.count(done as u64);
+        let kind = self.b.ins().iconst(types::I64, KIND_SYNC as i64);
+        self.b.ins().return_(&[kind]);
+        self.b.switch_to_block(cont);
+    }
+
     /// Adds `n` to the run's count of completed instructions.
     fn count(&mut self, n: u64) {
         if n == 0 {
@@ -757,7 +787,18 @@ impl Emit<'_, '_> {
 
     fn body(&mut self) {
         let ops = self.p.ops();
+        // The first op of the instruction after the last store, where the block ends if
+        // the store wrote guest code.
+        let mut check_at = None;
         for (at, inst) in ops.iter().enumerate() {
+            if check_at == Some(at) {
+                check_at = None;
+                self.end_if_code_written(at);
+            }
+            if let Inst::Store { .. } = inst {
+                let next = self.p.marks.partition_point(|(i, _)| *i as usize <= at);
+                check_at = self.p.marks.get(next).map(|&(i, _)| i as usize);
+            }
             self.inst(at, inst);
             if inst.is_terminator() {
                 return;
@@ -1108,6 +1149,9 @@ extern "C" fn shim_store(
         .host
         .store(cpu, addr, info as u8, value, info & 0x100 != 0)
         .map(|_| 0);
+    if rt.host.wrote_code() {
+        rt.code_written = 1;
+    }
     outcome(rt, r)
 }
 

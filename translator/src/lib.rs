@@ -81,6 +81,13 @@ pub trait Host {
         None
     }
 
+    /// Whether guest code was written since the block began: a page with translated code
+    /// was stored to. The block then ends before its next instruction, whose bytes may be
+    /// the ones written (the run loop drops the stale translations and translates anew).
+    fn wrote_code(&self) -> bool {
+        false
+    }
+
     /// The block the run loop would run next at CS:RIP, when it would run it at once
     /// (nothing to service, deliver or report first) and finds it in its jump cache:
     /// compiled code then goes on into that block's code without returning, and may go

@@ -95,6 +95,10 @@ impl Host for Ctx<'_> {
         Some(self.mmu.tlb.table(Mmu::index(cpu, Privilege::User)))
     }
 
+    fn wrote_code(&self) -> bool {
+        !self.dirty_code.is_empty()
+    }
+
     fn next_block(&mut self, cpu: &mut CpuState) -> Option<gantry_translator::cache::Found> {
         super::chain::next_block(self, cpu)
     }
