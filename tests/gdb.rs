@@ -172,6 +172,9 @@ fn debug_session(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cpu {
     Interp,
+    /// The emulated CPU with its Cranelift tier: under a debugger it runs blocks one at a
+    /// time from the run loop (no chaining), compiling them once hot.
+    Jit,
     Kvm,
 }
 
@@ -179,6 +182,7 @@ impl Cpu {
     fn accel(self) -> &'static str {
         match self {
             Cpu::Interp => "interp",
+            Cpu::Jit => "jit",
             Cpu::Kvm => "kvm",
         }
     }
@@ -186,7 +190,7 @@ impl Cpu {
     /// Whether the test can run on this backend here (KVM skips, saying so, only where
     /// the host has no /dev/kvm).
     fn available(self, test: &str) -> bool {
-        self == Cpu::Interp || common::kvm_available(test)
+        self != Cpu::Kvm || common::kvm_available(test)
     }
 }
 
@@ -341,13 +345,18 @@ fn kernel(dir: &Path, start: Option<&str>) -> PathBuf {
     elf
 }
 
-/// The two tests of a scenario: on the emulated CPU, and on KVM (which says SKIP only
-/// where the host has no /dev/kvm).
-macro_rules! on_both_cpus {
-    ($scenario:ident: $interp:ident, $kvm:ident) => {
+/// The tests of a scenario: on the emulated CPU's interpreter and JIT, and on KVM (which
+/// says SKIP only where the host has no /dev/kvm).
+macro_rules! on_every_cpu {
+    ($scenario:ident: $interp:ident, $jit:ident, $kvm:ident) => {
         #[test]
         fn $interp() {
             $scenario(Cpu::Interp);
+        }
+
+        #[test]
+        fn $jit() {
+            $scenario(Cpu::Jit);
         }
 
         #[test]
@@ -410,7 +419,7 @@ continue
     assert!(stdout.contains("Jello from the test kernel"), "{stdout}");
 }
 
-on_both_cpus!(breaks_steps_and_changes_a_multiboot_kernel: gdb_breaks_steps_and_changes_a_multiboot_kernel, gdb_breaks_steps_and_changes_a_multiboot_kernel_on_kvm);
+on_every_cpu!(breaks_steps_and_changes_a_multiboot_kernel: gdb_breaks_steps_and_changes_a_multiboot_kernel, gdb_breaks_steps_and_changes_a_multiboot_kernel_on_the_jit, gdb_breaks_steps_and_changes_a_multiboot_kernel_on_kvm);
 
 const WATCH_SCRIPT: &str = "\
 watch *(int*)&counter
@@ -438,6 +447,14 @@ fn assert_watchpoint_hits(out: &str, status: Option<i32>, stderr: &str) {
 #[test]
 fn gdb_watchpoint_hits() {
     let d = debug_kernel("gdb-watch", Cpu::Interp, None, WATCH_SCRIPT, None);
+    assert_watchpoint_hits(&d.gdb, d.status, &d.stderr);
+}
+
+/// On the JIT, where the watched page's accesses would otherwise be inline TLB hits in
+/// generated code.
+#[test]
+fn gdb_watchpoint_hits_on_the_jit() {
+    let d = debug_kernel("gdb-watch", Cpu::Jit, None, WATCH_SCRIPT, None);
     assert_watchpoint_hits(&d.gdb, d.status, &d.stderr);
 }
 
@@ -515,7 +532,7 @@ kill
     assert!(out.contains("0000000000100000: 02 b0 ad 1b"), "{out}");
     // Each backend's own statistics.
     let stats = match cpu {
-        Cpu::Interp => "guest instructions:",
+        Cpu::Interp | Cpu::Jit => "guest instructions:",
         Cpu::Kvm => "exits: io",
     };
     assert!(out.contains(stats), "{out}");
@@ -524,7 +541,7 @@ kill
     assert_eq!(status, Some(0), "{stderr}");
 }
 
-on_both_cpus!(interrupts_a_spinning_guest_and_reads_the_machine: gdb_interrupts_a_spinning_guest_and_reads_the_machine, gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_kvm);
+on_every_cpu!(interrupts_a_spinning_guest_and_reads_the_machine: gdb_interrupts_a_spinning_guest_and_reads_the_machine, gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_the_jit, gdb_interrupts_a_spinning_guest_and_reads_the_machine_on_kvm);
 
 fn steps_real_mode_code_at_cs_ip(cpu: Cpu) {
     let Debugged {
@@ -569,7 +586,7 @@ kill
     assert_eq!(status, Some(0), "{stderr}");
 }
 
-on_both_cpus!(steps_real_mode_code_at_cs_ip: gdb_steps_real_mode_code_at_cs_ip, gdb_steps_real_mode_code_at_cs_ip_on_kvm);
+on_every_cpu!(steps_real_mode_code_at_cs_ip: gdb_steps_real_mode_code_at_cs_ip, gdb_steps_real_mode_code_at_cs_ip_on_the_jit, gdb_steps_real_mode_code_at_cs_ip_on_kvm);
 
 #[test]
 fn gdb_steps_the_debian_kernel_entry_and_walks_its_page_tables() {
@@ -658,7 +675,7 @@ continue
     assert_eq!(status, Some(11), "{stderr}");
 }
 
-on_both_cpus!(addresses_outside_memory_give_errors_not_crashes: gdb_addresses_outside_memory_give_errors_not_crashes, gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm);
+on_every_cpu!(addresses_outside_memory_give_errors_not_crashes: gdb_addresses_outside_memory_give_errors_not_crashes, gdb_addresses_outside_memory_give_errors_not_crashes_on_the_jit, gdb_addresses_outside_memory_give_errors_not_crashes_on_kvm);
 
 /// A CPU halted with interrupts off waits under gdb instead of ending the run: gdb's
 /// Ctrl-C stops it, and moving its PC wakes it there.
@@ -698,6 +715,11 @@ continue
 #[test]
 fn gdb_a_halted_cpu_waits_for_gdb() {
     a_halted_cpu_waits_for_gdb(Cpu::Interp);
+}
+
+#[test]
+fn gdb_a_halted_cpu_waits_for_gdb_on_the_jit() {
+    a_halted_cpu_waits_for_gdb(Cpu::Jit);
 }
 
 #[test]
@@ -742,14 +764,14 @@ continue
     // the emulated CPU stops before its first instruction, as QEMU's TCG does; KVM's
     // trap-flag step reports where the CPU's #DB comes, which may be after it.
     assert!(out.contains("in ud_handler ()"), "{out}");
-    if cpu == Cpu::Interp {
+    if cpu != Cpu::Kvm {
         assert!(out.contains("<ud_handler>:\tmov    $0x7,%eax"), "{out}");
     }
     assert!(out.contains("exited with code 017"), "{out}");
     assert_eq!(status, Some(15), "{stderr}");
 }
 
-on_both_cpus!(step_of_a_faulting_instruction_ends_in_the_handler: gdb_step_of_a_faulting_instruction_ends_in_the_handler, gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm);
+on_every_cpu!(step_of_a_faulting_instruction_ends_in_the_handler: gdb_step_of_a_faulting_instruction_ends_in_the_handler, gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_the_jit, gdb_step_of_a_faulting_instruction_ends_in_the_handler_on_kvm);
 
 #[test]
 fn gdb_breakpoints_and_the_guests_own_debug_registers_coexist() {
