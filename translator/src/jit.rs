@@ -75,6 +75,8 @@ pub struct Runtime<'a> {
     /// The lookup's context at that boundary ([`crate::cache::JumpKey::context`]): no
     /// host call came since, so the CPU is still in it.
     context: u64,
+    /// Calls of the load and store shims.
+    slow_accesses: u64,
     /// Set by a store that wrote guest code ([`Host::wrote_code`]): the block ends before
     /// its next instruction.
     code_written: u64,
@@ -140,6 +142,13 @@ pub struct Jit {
     pub refused: u64,
     /// Blocks entered from another block's code rather than from the run loop.
     pub chained: u64,
+    /// Guest instructions completed in generated code.
+    pub insns: u64,
+    /// Guest memory accesses of generated code that missed the inline TLB look-up (a
+    /// miss, a flagged page or an access across pages) and took the call out.
+    pub slow_accesses: u64,
+    /// Time spent compiling (Cranelift and the lowering to it).
+    pub compile_time: std::time::Duration,
     /// The chain slots of exits to computed addresses ([`INDIRECT_TARGETS`]); the
     /// generated code holds its address. Emptied with the code memory.
     targets: Box<[ChainSlot]>,
@@ -162,6 +171,9 @@ impl Jit {
             compiled: 0,
             refused: 0,
             chained: 0,
+            insns: 0,
+            slow_accesses: 0,
+            compile_time: std::time::Duration::ZERO,
             targets: empty_targets(),
             errors_seen: Vec::new(),
         })
@@ -211,7 +223,10 @@ impl Jit {
         if runs < self.hot {
             return interp.run(p, cpu, host);
         }
-        let Some(c) = self.compile(p) else {
+        let started = std::time::Instant::now();
+        let compiled = self.compile(p);
+        self.compile_time += started.elapsed();
+        let Some(c) = compiled else {
             self.refused += 1;
             *p.tier.state.borrow_mut() = State::Refused;
             return interp.run(p, cpu, host);
@@ -241,6 +256,7 @@ impl Jit {
             checked: UNCHECKED,
             context: 0,
             code_written: 0,
+            slow_accesses: 0,
             host,
         };
         let entry = self.code.entry();
@@ -255,6 +271,8 @@ impl Jit {
         // run.
         let r = unsafe { entry(cpu, (&mut rt as *mut Runtime).cast::<u8>(), c.code) };
         self.chained += u64::from(*budget - rt.budget);
+        self.insns += rt.insns;
+        self.slow_accesses += rt.slow_accesses;
         *budget = rt.budget;
         interp.insns += rt.insns;
         match r {
@@ -1129,6 +1147,7 @@ extern "C" fn shim_load(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
     rt.checked = UNCHECKED;
+    rt.slow_accesses += 1;
     let r = rt
         .host
         .load(cpu, addr, info as u8, info & 0x100 != 0, info & 0x200 != 0);
@@ -1145,6 +1164,7 @@ extern "C" fn shim_store(
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
     rt.checked = UNCHECKED;
+    rt.slow_accesses += 1;
     let r = rt
         .host
         .store(cpu, addr, info as u8, value, info & 0x100 != 0)

@@ -672,18 +672,32 @@ impl Vcpu for EmuCpu {
         );
         let _ = writeln!(
             out,
-            "blocks: {} translated, {} run, {} invalidated by code writes",
-            s.blocks_translated, s.blocks_run, s.invalidated_blocks
+            "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by code \
+             writes",
+            s.blocks_translated,
+            s.blocks_run,
+            insns as f64 / s.blocks_run.max(1) as f64,
+            s.invalidated_blocks
         );
         if let Some(j) = &self.jit {
+            let secs = j.compile_time.as_secs_f64();
             let _ = writeln!(
                 out,
-                "jit: {} blocks compiled, {} left to the interpreter, {} entered by chaining, \
-                 code memory refilled {} times",
+                "jit: {} blocks compiled in {secs:.2} s ({:.0} us each), {} left to the \
+                 interpreter, {} entered by chaining, code memory refilled {} times",
                 j.compiled,
+                secs * 1e6 / j.compiled.max(1) as f64,
                 j.refused,
                 j.chained,
                 j.flushes()
+            );
+            let _ = writeln!(
+                out,
+                "jit: {} instructions in generated code ({:.1}%), {} memory accesses past the \
+                 inline TLB look-up",
+                j.insns,
+                j.insns as f64 * 100.0 / insns.max(1) as f64,
+                j.slow_accesses
             );
         }
         let m = self.mmu.stats;
