@@ -611,13 +611,12 @@ pub fn run_cases(
 mod tests {
     use super::*;
 
-    /// XMM registers and MXCSR are compared like the GPRs: each difference is named.
-    #[test]
-    fn xmm_and_mxcsr_differences_are_reported() {
+    /// A 64-bit NOP case, and its final state at the end marker.
+    fn a_nop_run_to_the_marker() -> (Case, Final) {
         let case =
             corpus::parse_case("64 code=90 rflags=0 data=zero gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0")
                 .unwrap();
-        let oracle = Final {
+        let end = Final {
             gpr: [0; 16],
             rip: layout::end_rip(Mode::B64, 1),
             rflags: 0x202,
@@ -631,6 +630,13 @@ mod tests {
             },
             data: vec![0; DATA_SIZE],
         };
+        (case, end)
+    }
+
+    /// XMM registers and MXCSR are compared like the GPRs: each difference is named.
+    #[test]
+    fn xmm_and_mxcsr_differences_are_reported() {
+        let (case, oracle) = a_nop_run_to_the_marker();
         assert!(compare(&case, &oracle, &oracle.clone()).is_empty());
         let mut gantry = oracle.clone();
         gantry.xmm[3] = 1 << 127;
@@ -697,23 +703,7 @@ mod tests {
     /// no verdict.
     #[test]
     fn a_difference_counts_when_the_oracle_stands_by_it() {
-        let case =
-            corpus::parse_case("64 code=90 rflags=0 data=zero gpr=0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0")
-                .unwrap();
-        let right = Final {
-            gpr: [0; 16],
-            rip: layout::end_rip(Mode::B64, 1),
-            rflags: 0x202,
-            xmm: [0; 16],
-            mxcsr: MXCSR_START,
-            x87: [gantry_frontend::state::FCW_INIT, 0, 0],
-            event: Event::Exception {
-                vector: 3,
-                error: None,
-                address: None,
-            },
-            data: vec![0; DATA_SIZE],
-        };
+        let (case, right) = a_nop_run_to_the_marker();
         let wrong = |n: u64| Final {
             gpr: [n; 16],
             ..right.clone()
