@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
-use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::Vcpu;
 use gantry_machine::board::Board;
 use gantry_machine::boot::entry;
@@ -96,7 +96,9 @@ fn run_program(code: &[u8], jit: bool) -> u64 {
     let mut b = board();
     let mut cpu = EmuCpu::new(entry::protected_flat(ENTRY as u32), 64 << 20);
     if jit {
-        cpu.enable_jit(gantry_translator::jit::HOT).expect("jit");
+        // Compiled at once, so that what the loops measure is the generated code.
+        cpu.enable_jit(gantry_translator::jit::HOT, Compiles::Inline)
+            .expect("jit");
     }
     black_box(cpu.run_to_end(&mut mem, &mut b));
     cpu.instructions()

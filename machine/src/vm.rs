@@ -361,8 +361,11 @@ pub fn new_vcpu(cfg: &MachineConfig, machine: &Machine) -> Result<Box<dyn Vcpu>,
             let mut cpu = crate::accel::emu::EmuCpu::new(machine.entry.clone(), cfg.ram_size);
             cpu.set_vendor(cfg.vendor.unwrap_or_default());
             if cfg.accel == AccelKind::Jit {
-                cpu.enable_jit(gantry_translator::jit::HOT)
-                    .map_err(MachineError::JitUnavailable)?;
+                cpu.enable_jit(
+                    gantry_translator::jit::HOT,
+                    crate::accel::emu::Compiles::Background,
+                )
+                .map_err(MachineError::JitUnavailable)?;
             }
             Ok(Box::new(cpu))
         }

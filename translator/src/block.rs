@@ -84,6 +84,16 @@ pub struct Compiled {
     pub(crate) epoch: u64,
 }
 
+/// A block whose function the background compiler has: the parts of [`Compiled`] that
+/// exist before its code does (the function holds their addresses already).
+pub(crate) struct Pending {
+    pub(crate) helpers: Box<[Helper]>,
+    pub(crate) slots: Box<[ChainSlot]>,
+    pub(crate) epoch: u64,
+    pub(crate) id: cranelift_module::FuncId,
+    pub(crate) ticket: crate::compiler::Ticket,
+}
+
 /// Where an exit keeps the code of the block it found at `rip`, so that the next time
 /// it goes there directly: `code` holds while the jump cache's epoch is `epoch - 1` (0:
 /// empty) and the lookup's [`crate::cache::JumpKey::context`] is `context`. Generated
@@ -102,6 +112,8 @@ pub(crate) struct ChainSlot {
 pub(crate) enum State {
     #[default]
     Cold,
+    /// Being compiled in the background: interpreted until its code is ready.
+    Compiling(Pending),
     Ready(Compiled),
     /// The compiler turned it down: it stays interpreted.
     Refused,

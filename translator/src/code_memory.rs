@@ -6,7 +6,7 @@
 //! code memory of Gantry's own on top of cranelift-codegen; this one keeps to the crate.)
 
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature};
-use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -34,6 +34,7 @@ pub fn block_signature() -> Signature {
 pub const CODE_BUDGET: usize = 64 << 20;
 
 pub struct CodeMemory {
+    isa: OwnedTargetIsa,
     module: JITModule,
     /// The current module's entry trampoline.
     entry: Entry,
@@ -44,8 +45,8 @@ pub struct CodeMemory {
     pub flushes: u64,
 }
 
-/// A module for the host CPU, with the settings the JIT compiles with.
-fn new_module() -> Result<JITModule, String> {
+/// The host CPU as Cranelift's target, with the settings the JIT compiles with.
+fn host_isa() -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k, v| f.set(k, v).map_err(|e| e.to_string());
     set(&mut flags, "opt_level", "speed")?;
@@ -62,14 +63,14 @@ fn new_module() -> Result<JITModule, String> {
         "false"
     };
     set(&mut flags, "enable_verifier", verify)?;
-    let isa = cranelift_native::builder()
+    cranelift_native::builder()
         .map_err(|e| format!("Cranelift does not support this host: {e}"))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
-    Ok(JITModule::new(JITBuilder::with_isa(
-        isa,
-        default_libcall_names(),
-    )))
+        .map_err(|e| e.to_string())
+}
+
+fn new_module(isa: &OwnedTargetIsa) -> JITModule {
+    JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()))
 }
 
 /// Compiles the entry trampoline into `module`.
@@ -115,15 +116,22 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
 
 impl CodeMemory {
     pub fn new() -> Result<Self, String> {
-        let mut module = new_module()?;
+        let isa = host_isa()?;
+        let mut module = new_module(&isa);
         let entry = compile_entry(&mut module)?;
         Ok(Self {
+            isa,
             module,
             entry,
             epoch: 0,
             used: 0,
             flushes: 0,
         })
+    }
+
+    /// The target the module compiles for.
+    pub fn isa(&self) -> OwnedTargetIsa {
+        self.isa.clone()
     }
 
     pub fn module(&mut self) -> &mut JITModule {
@@ -146,7 +154,7 @@ impl CodeMemory {
         if self.used < CODE_BUDGET {
             return Some(());
         }
-        let mut module = new_module().ok()?;
+        let mut module = new_module(&self.isa);
         let entry = compile_entry(&mut module).ok()?;
         self.entry = entry;
         let old = std::mem::replace(&mut self.module, module);

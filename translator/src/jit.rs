@@ -18,8 +18,8 @@
 use cranelift_codegen::ir::{
     condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlags, SigRef, Signature, Type, Value,
 };
+use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
-use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 
@@ -27,8 +27,11 @@ use gantry_frontend::flags::{self, CcOp, Cond, FastCond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
 
-use crate::block::{ChainSlot, Compiled, Prepared, State};
+use std::time::{Duration, Instant};
+
+use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
+use crate::compiler::{Background, Compiler, Outcome};
 use crate::interp::Interp;
 use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_BITS, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
@@ -38,6 +41,15 @@ use crate::{BlockEnd, Exception, Host};
 /// costs about 1 ms a block: 64 compiled 17,400 blocks in a 46.9 s boot, 256 compiled
 /// 9,500 in 38.7-40.2 s, 1024 compiled 5,200 in 38.6 s, 4096 compiled 3,000 in 42.4 s.
 pub const HOT: u32 = 256;
+
+/// Where Cranelift's passes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compiles {
+    /// On the thread that runs the block, before it runs.
+    Inline,
+    /// On a thread of the JIT's own ([`Jit::with_background_compiles`]).
+    Background,
+}
 
 const KIND_NEXT: u64 = 0;
 const KIND_SYNC: u64 = 1;
@@ -133,13 +145,18 @@ fn data_tlb(host: &mut dyn Host, cpu: &CpuState) -> *const TlbEntry {
 
 pub struct Jit {
     code: CodeMemory,
-    ctx: Context,
+    /// Compiles on the vCPU's thread, when there is no background thread.
+    compiler: Compiler,
+    background: Option<Background>,
     fctx: FunctionBuilderContext,
     hot: u32,
     next_name: u64,
     /// Blocks compiled, and blocks the compiler turned down.
     pub compiled: u64,
     pub refused: u64,
+    /// Times a hot block found the background compiler's queue full (and stayed
+    /// interpreted for another run).
+    pub deferred: u64,
     /// Blocks entered from another block's code rather than from the run loop.
     pub chained: u64,
     /// Guest instructions completed in generated code.
@@ -147,8 +164,9 @@ pub struct Jit {
     /// Guest memory accesses of generated code that missed the inline TLB look-up (a
     /// miss, a flagged page or an access across pages) and took the call out.
     pub slow_accesses: u64,
-    /// Time spent compiling (Cranelift and the lowering to it).
-    pub compile_time: std::time::Duration,
+    /// Time the vCPU's thread spent compiling: lowering to Cranelift and installing the
+    /// code, and Cranelift's passes unless they ran in the background.
+    pub compile_time: Duration,
     /// The chain slots of exits to computed addresses ([`INDIRECT_TARGETS`]); the
     /// generated code holds its address. Emptied with the code memory.
     targets: Box<[ChainSlot]>,
@@ -158,25 +176,43 @@ pub struct Jit {
 }
 
 impl Jit {
-    /// A JIT for the host CPU that compiles blocks once they ran `hot` times.
+    /// A JIT for the host CPU that compiles blocks once they ran `hot` times, at once
+    /// and on the caller's thread: a block runs compiled from its `hot`th run on, every
+    /// time (what tests comparing the tiers need).
     pub fn new(hot: u32) -> Result<Self, String> {
-        let mut code = CodeMemory::new()?;
-        let ctx = code.module().make_context();
+        let code = CodeMemory::new()?;
         Ok(Self {
+            compiler: Compiler::new(code.isa()),
+            background: None,
             code,
-            ctx,
             fctx: FunctionBuilderContext::new(),
             hot,
             next_name: 0,
             compiled: 0,
             refused: 0,
+            deferred: 0,
             chained: 0,
             insns: 0,
             slow_accesses: 0,
-            compile_time: std::time::Duration::ZERO,
+            compile_time: Duration::ZERO,
             targets: empty_targets(),
             errors_seen: Vec::new(),
         })
+    }
+
+    /// A JIT whose compiles run on a thread of their own (if one can be started), the
+    /// block staying interpreted until its code is ready: what a machine uses, since the
+    /// guest then no longer waits for Cranelift (which timing, not instruction counts,
+    /// decides when a block turns compiled).
+    pub fn with_background_compiles(hot: u32) -> Result<Self, String> {
+        let mut jit = Self::new(hot)?;
+        jit.background = Background::spawn(jit.code.isa()).ok();
+        Ok(jit)
+    }
+
+    /// Time the background thread spent compiling.
+    pub fn background_time(&self) -> Option<Duration> {
+        self.background.as_ref().map(Background::busy)
     }
 
     /// How often the code memory was freed and refilled.
@@ -207,34 +243,45 @@ impl Jit {
         host: &mut dyn Host,
         budget: &mut u32,
     ) -> BlockEnd {
-        // The borrow lasts the run: only this function changes a block's tier, and a block
-        // never runs another one.
-        let state = p.tier.state.borrow();
-        match &*state {
-            State::Ready(c) if c.epoch == self.code.epoch() => {
-                return self.run_compiled(c, interp, cpu, host, budget);
+        {
+            // The borrow lasts the run: only this function changes a block's tier, and a
+            // block never runs another one.
+            let state = p.tier.state.borrow();
+            match &*state {
+                State::Ready(c) if c.epoch == self.code.epoch() => {
+                    return self.run_compiled(c, interp, cpu, host, budget);
+                }
+                State::Refused => return interp.run(p, cpu, host),
+                State::Compiling(job) if job.ticket.get().is_none() => {
+                    return interp.run(p, cpu, host);
+                }
+                _ => {}
             }
-            State::Refused => return interp.run(p, cpu, host),
-            _ => {}
         }
-        drop(state);
-        let runs = p.tier.runs.get().saturating_add(1);
-        p.tier.runs.set(runs);
-        if runs < self.hot {
-            return interp.run(p, cpu, host);
-        }
-        let started = std::time::Instant::now();
-        let compiled = self.compile(p);
-        self.compile_time += started.elapsed();
-        let Some(c) = compiled else {
-            self.refused += 1;
-            *p.tier.state.borrow_mut() = State::Refused;
-            return interp.run(p, cpu, host);
+        let state = std::mem::take(&mut *p.tier.state.borrow_mut());
+        let next = match state {
+            State::Compiling(job) => self.install(job),
+            // Cold, or compiled into code memory since freed.
+            _ => {
+                let runs = p.tier.runs.get().saturating_add(1);
+                p.tier.runs.set(runs);
+                if runs < self.hot {
+                    return interp.run(p, cpu, host);
+                }
+                self.start(p)
+            }
         };
-        self.compiled += 1;
-        let r = self.run_compiled(&c, interp, cpu, host, budget);
-        *p.tier.state.borrow_mut() = State::Ready(c);
-        r
+        match next {
+            State::Ready(c) => {
+                let r = self.run_compiled(&c, interp, cpu, host, budget);
+                *p.tier.state.borrow_mut() = State::Ready(c);
+                r
+            }
+            other => {
+                *p.tier.state.borrow_mut() = other;
+                interp.run(p, cpu, host)
+            }
+        }
     }
 
     fn run_compiled(
@@ -283,7 +330,90 @@ impl Jit {
         }
     }
 
-    fn compile(&mut self, p: &Prepared) -> Option<Compiled> {
+    /// Compiles a block that just got hot: at once, or on the background thread (the
+    /// block is [`State::Compiling`] until its code is installed).
+    fn start(&mut self, p: &Prepared) -> State {
+        if self.background.as_ref().is_some_and(|bg| !bg.has_room()) {
+            // Asked again on the block's next run.
+            self.deferred += 1;
+            return State::Cold;
+        }
+        let started = Instant::now();
+        let Some((func, pending)) = self.lower(p) else {
+            self.refused += 1;
+            return State::Refused;
+        };
+        let state = match &self.background {
+            Some(bg) => match bg.submit(func, pending.id) {
+                Some(ticket) => State::Compiling(Pending { ticket, ..pending }),
+                None => State::Refused,
+            },
+            None => {
+                let outcome = self.compiler.compile(func, pending.id);
+                self.place(pending, &outcome)
+            }
+        };
+        self.compile_time += started.elapsed();
+        state
+    }
+
+    /// Installs the code of a block the background thread compiled.
+    fn install(&mut self, mut job: Pending) -> State {
+        let started = Instant::now();
+        let ticket = std::mem::take(&mut job.ticket);
+        let state = match ticket.get() {
+            Some(outcome) => self.place(job, outcome),
+            None => State::Cold,
+        };
+        self.compile_time += started.elapsed();
+        state
+    }
+
+    /// Copies compiled code into code memory, unless the memory was refilled since the
+    /// block was lowered (its function holds the address of the old table of indirect
+    /// targets): then it is [`State::Cold`], and compiles again on its next run.
+    fn place(&mut self, job: Pending, outcome: &Outcome) -> State {
+        if job.epoch != self.code.epoch() {
+            return State::Cold;
+        }
+        let code = match outcome {
+            Ok(code) => code,
+            Err(refusal) => {
+                if !self.errors_seen.contains(&refusal.kind) {
+                    eprintln!(
+                        "gantry: the JIT could not compile a block ({}); such blocks stay on \
+                         the interpreter",
+                        refusal.message
+                    );
+                    self.errors_seen.push(refusal.kind.clone());
+                }
+                self.refused += 1;
+                return State::Refused;
+            }
+        };
+        let module = self.code.module();
+        let defined = module
+            .define_function_bytes(job.id, code.alignment, &code.bytes, &code.relocs)
+            .is_ok()
+            && module.finalize_definitions().is_ok();
+        if !defined {
+            self.refused += 1;
+            return State::Refused;
+        }
+        let entry = module.get_finalized_function(job.id);
+        self.code.add(code.bytes.len());
+        self.compiled += 1;
+        State::Ready(Compiled {
+            code: entry,
+            helpers: job.helpers,
+            slots: job.slots,
+            epoch: job.epoch,
+        })
+    }
+
+    /// Lowers a block to a Cranelift function, declared in the code memory; `None` if
+    /// the block cannot be compiled.
+    fn lower(&mut self, p: &Prepared) -> Option<(Function, Pending)> {
         let epoch = self.code.epoch();
         self.code.make_room()?;
         if self.code.epoch() != epoch {
@@ -328,11 +458,10 @@ impl Jit {
         let slots: Box<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
             .map(|_| ChainSlot::default())
             .collect();
-        module.clear_context(&mut self.ctx);
-        self.ctx.func.signature = block_signature();
+        let mut func = Function::with_name_signature(UserFuncName::default(), block_signature());
         let call_conv = module.isa().default_call_conv();
         {
-            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -362,41 +491,19 @@ impl Jit {
         }
         let name = format!("b{}", self.next_name);
         self.next_name += 1;
-        let defined = match module.declare_function(&name, Linkage::Local, &self.ctx.func.signature)
-        {
-            Ok(id) => module.define_function(id, &mut self.ctx).map(|()| id),
-            Err(e) => Err(e),
-        };
-        let id = match defined {
-            Ok(id) => id,
-            Err(e) => {
-                let text = format!("{e:?}");
-                let kind = text.split(['(', ' ', '{']).next().unwrap_or("").to_string();
-                if !self.errors_seen.contains(&kind) {
-                    eprintln!(
-                        "gantry: the JIT could not compile a block ({e}); such blocks stay on \
-                         the interpreter"
-                    );
-                    self.errors_seen.push(kind);
-                }
-                module.clear_context(&mut self.ctx);
-                return None;
-            }
-        };
-        let bytes = self
-            .ctx
-            .compiled_code()
-            .map_or(0, |c| c.code_buffer().len());
-        module.clear_context(&mut self.ctx);
-        module.finalize_definitions().ok()?;
-        let code = module.get_finalized_function(id);
-        self.code.add(bytes);
-        Some(Compiled {
-            code,
-            helpers,
-            slots,
-            epoch,
-        })
+        let id = module
+            .declare_function(&name, Linkage::Local, &func.signature)
+            .ok()?;
+        Some((
+            func,
+            Pending {
+                helpers,
+                slots,
+                epoch,
+                id,
+                ticket: Default::default(),
+            },
+        ))
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod block;
 pub mod cache;
 pub mod code_memory;
+mod compiler;
 pub mod interp;
 pub mod jit;
 pub mod tlb;

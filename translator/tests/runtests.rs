@@ -1,8 +1,9 @@
 //! Run tests in the style of Cranelift's `filetests/runtests`: each file in `runtests/` is
 //! an IR block in the printer's text form (see `gantry_frontend::ir_text`) with `; run:`
 //! lines giving a CPU state before and what must hold after. Every run executes on the
-//! interpreter and on the Cranelift JIT (the block compiled before its first run), so a
-//! lowering bug shows as one failing expectation naming the tier.
+//! interpreter and on the Cranelift JIT (the block compiled before its first run, and
+//! again with the compile on the JIT's background thread, the run made once its code is
+//! installed), so a lowering bug shows as one failing expectation naming the tier.
 //!
 //! `; run: rax=1 rcx=2 flags=0x0 -> rax=3 flags=0x4 rip=0x1003 end=next`: registers by
 //! name, `rip`, `flags` (the six arithmetic flags, in RFLAGS bit positions; before the
@@ -10,6 +11,7 @@
 //! and after the arrow `end=next|sync|halt|fault:VECTOR`.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use gantry_frontend::flags;
 use gantry_frontend::ir::Helper;
@@ -131,7 +133,7 @@ fn run_file(path: &Path) -> usize {
     assert!(!runs.is_empty(), "{}: no `; run:` line", path.display());
     for run in &runs {
         let (before, after) = run.split_once("->").expect("a run has `->`");
-        for tier in ["interpreter", "jit"] {
+        for tier in ["interpreter", "jit", "jit in the background"] {
             let mut cpu = CpuState::reset();
             cpu.rip = block.start;
             let mut host = FlatHost(vec![0; MEM]);
@@ -151,6 +153,24 @@ fn run_file(path: &Path) -> usize {
                     path.display()
                 );
                 end
+            } else if tier == "jit in the background" {
+                let mut jit = Jit::with_background_compiles(1).expect("the JIT on this host");
+                // Throwaway runs, interpreted while the compile thread works, until one
+                // ran the installed code.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while jit.compiled == 0 && jit.refused == 0 && Instant::now() < deadline {
+                    let mut c = cpu.clone();
+                    let mut h = FlatHost(host.0.clone());
+                    jit.run(&p, &mut Interp::new(), &mut c, &mut h);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                assert_eq!(
+                    (jit.compiled, jit.refused),
+                    (1, 0),
+                    "{}: the compile thread did not compile the block",
+                    path.display()
+                );
+                jit.run(&p, &mut interp, &mut cpu, &mut host)
             } else {
                 interp.run(&p, &mut cpu, &mut host)
             };
@@ -181,7 +201,7 @@ fn every_run_test_holds_on_both_tiers() {
     assert!(!files.is_empty());
     let runs: usize = files.iter().map(|f| run_file(f)).sum();
     println!(
-        "{} files, {runs} runs, on the interpreter and the JIT",
+        "{} files, {runs} runs, on the interpreter and the JIT (compiling at once and in the background)",
         files.len()
     );
 }

@@ -52,7 +52,7 @@ use super::layout::{
 };
 use super::{has_error_code, Case, Event, Final, Mode, RunError, Runner};
 use gantry_machine::accel::emu::paging::{self, PagingRegs};
-use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::{Ended, Vcpu, VcpuError};
 use gantry_machine::accel::CpuStop;
 use gantry_machine::board::{Board, BoardConfig, SerialSink};
@@ -330,7 +330,7 @@ impl EmuRunner {
         let mut cpu = EmuCpu::new(entry::long_mode(CODE_VA), RAM);
         cpu.set_vendor(vendor);
         if jit {
-            cpu.enable_jit(1)?;
+            cpu.enable_jit(1, Compiles::Inline)?;
         }
         Ok(Self {
             cpu,

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use gantry_devices::clock::{Clock, ManualClock};
 use gantry_frontend::state::CpuState;
 use gantry_machine::accel::emu::cpuid::Vendor;
-use gantry_machine::accel::emu::EmuCpu;
+use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::{Ended, Vcpu};
 use gantry_machine::accel::CpuStop;
 use gantry_machine::board::{Board, BoardConfig, SerialSink};
@@ -206,7 +206,7 @@ fn run_on(
     let mut cpu = EmuCpu::new(start.clone(), RAM);
     cpu.set_vendor(vendor);
     if jit {
-        cpu.enable_jit(1).unwrap();
+        cpu.enable_jit(1, Compiles::Inline).unwrap();
     }
     match mode {
         Mode::Real16 => cpu.state.idtr.limit = 0x3FF,

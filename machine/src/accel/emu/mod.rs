@@ -25,6 +25,7 @@ use gantry_frontend::vendor::Vendor;
 use gantry_translator::block::Prepared;
 use gantry_translator::cache::{BlockKey, CodeCache};
 use gantry_translator::interp::Interp;
+pub use gantry_translator::jit::Compiles;
 use gantry_translator::jit::Jit;
 use gantry_translator::{BlockEnd, Exception};
 
@@ -605,9 +606,13 @@ impl EmuCpu {
     }
 
     /// Compiles blocks with Cranelift from now on (`--accel jit`), once they ran `hot`
-    /// times ([`gantry_translator::jit::HOT`] for a machine).
-    pub fn enable_jit(&mut self, hot: u32) -> Result<(), String> {
-        self.jit = Some(Jit::new(hot)?);
+    /// times ([`gantry_translator::jit::HOT`] for a machine): at once on this thread
+    /// (the tests that compare the tiers), or on a compile thread.
+    pub fn enable_jit(&mut self, hot: u32, compiles: Compiles) -> Result<(), String> {
+        self.jit = Some(match compiles {
+            Compiles::Inline => Jit::new(hot)?,
+            Compiles::Background => Jit::with_background_compiles(hot)?,
+        });
         Ok(())
     }
 
@@ -685,12 +690,22 @@ impl Vcpu for EmuCpu {
         );
         if let Some(j) = &self.jit {
             let secs = j.compile_time.as_secs_f64();
+            let each = |s: f64| s * 1e6 / j.compiled.max(1) as f64;
+            let background = match j.background_time() {
+                Some(t) => format!(
+                    " and {:.2} s on the compile thread ({:.0} us each; its queue full {} times)",
+                    t.as_secs_f64(),
+                    each(t.as_secs_f64()),
+                    j.deferred
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "jit: {} blocks compiled in {secs:.2} s ({:.0} us each), {} left to the \
-                 interpreter, {} entered by chaining, code memory refilled {} times",
+                "jit: {} blocks compiled in {secs:.2} s on the CPU's thread ({:.0} us each){background}, \
+                 {} left to the interpreter, {} entered by chaining, code memory refilled {} times",
                 j.compiled,
-                secs * 1e6 / j.compiled.max(1) as f64,
+                each(secs),
                 j.refused,
                 j.chained,
                 j.flushes()
