@@ -161,22 +161,22 @@ impl Background {
         self.queued.load(Ordering::Acquire) < MAX_QUEUED
     }
 
-    /// Queues `func` (declared as `id`); `None` if the thread is gone.
-    pub fn submit(&self, func: Function, id: FuncId) -> Option<Ticket> {
+    /// Queues `func` (declared as `id`); gives it back if the thread is gone.
+    pub fn submit(&self, func: Function, id: FuncId) -> Result<Ticket, Box<Function>> {
         let ticket = Ticket::default();
+        let Some(jobs) = self.jobs.as_ref() else {
+            return Err(Box::new(func));
+        };
         self.queued.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             func,
             id,
             ticket: ticket.clone(),
         };
-        match self.jobs.as_ref()?.send(job) {
-            Ok(()) => Some(ticket),
-            Err(_) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                None
-            }
-        }
+        jobs.send(job).map(|()| ticket).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Box::new(e.0.func)
+        })
     }
 
     /// Time the thread spent compiling.
