@@ -15,6 +15,7 @@ use std::fmt;
 
 use crate::flags::{CcOp, Cond};
 use crate::state::off;
+use crate::vendor::FlatSegmentTop;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ty {
@@ -361,12 +362,14 @@ pub enum Inst {
     /// Outside 64-bit mode: raises #GP(0), or #SS(0) for SS, unless `bytes` bytes at
     /// linear `addr` lie within segment `seg`'s limit and its type allows the access
     /// ([`CpuState::segment_fault`](crate::state::CpuState::segment_fault)). Placed before
-    /// the access it guards, so a fault leaves the instruction's state untouched.
+    /// the access it guards, so a fault leaves the instruction's state untouched. `top`:
+    /// the CPU model's rule for an access past 4 GiB in a 4 GiB segment.
     SegCheck {
         seg: u8,
         addr: Val,
         bytes: u16,
         write: bool,
+        top: FlatSegmentTop,
     },
     /// Records a flag-setting operation lazily.
     SetFlags {
@@ -502,9 +505,15 @@ impl fmt::Display for Block {
                     addr,
                     bytes,
                     write,
+                    top,
                 } => format!(
-                    "  segcheck.{} {}, {addr}, {bytes}",
+                    "  segcheck.{}{} {}, {addr}, {bytes}",
                     if *write { "w" } else { "r" },
+                    if *top == FlatSegmentTop::Wraps {
+                        ".wrap"
+                    } else {
+                        ""
+                    },
                     SEG_NAMES[*seg as usize % 6]
                 ),
                 Inst::SetFlags { op, dst, src, aux } => format!(

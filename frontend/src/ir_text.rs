@@ -7,6 +7,7 @@
 
 use crate::flags::{self, CcOp, Cond};
 use crate::ir::*;
+use crate::vendor::FlatSegmentTop;
 
 /// Parses a block printed by `Block`'s `Display`; the error names the line.
 pub fn parse_block(text: &str) -> Result<Block, String> {
@@ -355,7 +356,12 @@ fn inst_of(line: &str, b: &mut Block) -> Result<Inst, String> {
                     seg: seg_of(seg)?,
                     addr: val_of(a, b)?,
                     bytes: num(bytes)? as u16,
-                    write: op.ends_with(".w"),
+                    write: op.split('.').nth(1) == Some("w"),
+                    top: if op.ends_with(".wrap") {
+                        FlatSegmentTop::Wraps
+                    } else {
+                        FlatSegmentTop::Faults
+                    },
                 },
                 _ => return Err("segcheck takes a segment, a value and a size".into()),
             }

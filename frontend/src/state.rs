@@ -3,6 +3,8 @@
 
 use std::mem::offset_of;
 
+use crate::vendor::FlatSegmentTop;
+
 /// Segment register indices, in x86 encoding order (the `sreg` field of ModRM).
 /// RFLAGS bit 1, which always reads as 1.
 pub const RFLAGS_FIXED: u64 = 0x2;
@@ -379,11 +381,22 @@ impl CpuState {
     /// segment `seg`'s limit and, in protected mode, its type allows the access (SDM vol. 3,
     /// 5.3 and 5.4). The offset is recovered from the linear address, which the lifter
     /// computed as base + offset wrapped to 32 bits. Real and virtual-8086 mode check the
-    /// limit alone, as the cached descriptor left it (so "unreal mode" works).
-    pub fn segment_fault(&self, seg: usize, linear: u64, bytes: u32, write: bool) -> Option<u8> {
+    /// limit alone, as the cached descriptor left it (so "unreal mode" works). `top` is
+    /// the CPU model's rule for an access past 4 GiB in a segment of limit 4 GiB - 1.
+    pub fn segment_fault(
+        &self,
+        seg: usize,
+        linear: u64,
+        bytes: u32,
+        write: bool,
+        top: FlatSegmentTop,
+    ) -> Option<u8> {
         let s = &self.seg[seg % 6];
         let offset = linear.wrapping_sub(s.base) & 0xFFFF_FFFF;
-        let last = offset + bytes.max(1) as u64 - 1;
+        let mut last = offset + bytes.max(1) as u64 - 1;
+        if top == FlatSegmentTop::Wraps && s.limit == 0xFFFF_FFFF {
+            last = offset;
+        }
         let typ = s.attr & attr::TYPE;
         let ok = if !self.protected() || self.v86() {
             last <= s.limit as u64

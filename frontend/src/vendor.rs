@@ -136,6 +136,51 @@ pub enum Movsxd16Read {
     Doubleword,
 }
 
+/// The arithmetic flags while a REPE/REPNE CMPS or SCAS is under way: what an exception
+/// in one of its elements (a page fault, say) finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepCompareFlags {
+    /// Written when the instruction completes (the count runs out or the condition
+    /// fails): an element that faults finds them as they were before the instruction.
+    AtCompletion,
+    /// Written by every element: a fault finds those of the last element completed.
+    EveryElement,
+}
+
+/// OF after RCL/RCR by a count that is a whole turn: nonzero once masked to 5 bits, but
+/// a multiple of the operand's width plus one (RCL AL, 9), so nothing rotates (OF is
+/// undefined for counts other than 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotateCarryTurnOf {
+    /// As it was: the instruction changes nothing.
+    Unchanged,
+    /// The top bit of the (unchanged) result xor CF (RCL), or its two top bits' xor (RCR),
+    /// as for a count of 1.
+    FromResult,
+}
+
+/// A data or stack access in 32-bit code whose bytes run past 4 GiB in a segment whose
+/// limit is 4 GiB - 1 (offset + size - 1 > limit; the SDM, 5.3: "may or may not cause
+/// the indicated exceptions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlatSegmentTop {
+    /// No limit fault: the access wraps past the top of the 4 GiB linear space.
+    Wraps,
+    /// #GP(0), or #SS(0) through SS.
+    Faults,
+}
+
+/// When BOUND reads its upper bound: an index below the lower bound raises #BR, and the
+/// upper bound's read may fault (#PF) instead if it comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoundReads {
+    /// The lower bound is read and checked first; the upper is read only if the index is
+    /// not below it.
+    CheckingEach,
+    /// Both bounds are read before either is checked.
+    BothFirst,
+}
+
 /// Which modes SYSCALL and SYSENTER work in (outside them they raise #UD).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastCalls {
@@ -248,6 +293,46 @@ impl Vendor {
             Vendor::Intel => CmpsOrder::DestinationFirst,
             // Family 1Ah. An AMD EPYC of an earlier family read the destination first.
             Vendor::Amd => CmpsOrder::SourceFirst,
+        }
+    }
+
+    /// Intel: measured on a Xeon of family 6 (`gantry difftest`, 16-, 32- and 64-bit
+    /// code, every element size, REPE and REPNE, faults after 1-15 elements). AMD: Gantry's
+    /// earlier behaviour, which AMD EPYCs of families 17h and 1Ah showed on the same
+    /// generated cases.
+    pub fn rep_compare_flags(self) -> RepCompareFlags {
+        match self {
+            Vendor::Intel => RepCompareFlags::AtCompletion,
+            Vendor::Amd => RepCompareFlags::EveryElement,
+        }
+    }
+
+    /// Intel: measured on a Xeon of family 6 (RCL/RCR of 8- and 16-bit operands by 9, 17
+    /// and 18, with OF clear and set). AMD: Gantry's earlier behaviour, not measured.
+    pub fn rotate_carry_turn_of(self) -> RotateCarryTurnOf {
+        match self {
+            Vendor::Intel => RotateCarryTurnOf::Unchanged,
+            Vendor::Amd => RotateCarryTurnOf::FromResult,
+        }
+    }
+
+    /// Intel: measured on a Xeon of family 6 (loads, stores, PUSH, POP, LEAVE and ENTER
+    /// running past 4 GiB in compatibility mode, each page-faulting on its first byte
+    /// instead). AMD: seen on EPYCs of families 17h and 1Ah.
+    pub fn flat_segment_top(self) -> FlatSegmentTop {
+        match self {
+            Vendor::Intel => FlatSegmentTop::Wraps,
+            Vendor::Amd => FlatSegmentTop::Faults,
+        }
+    }
+
+    /// Intel: measured on a Xeon of family 6 (bounds at the end of a page before one not
+    /// present, the index below, within and at the lower bound). AMD: Gantry's earlier
+    /// behaviour, which AMD EPYCs showed on the same generated case.
+    pub fn bound_reads(self) -> BoundReads {
+        match self {
+            Vendor::Intel => BoundReads::CheckingEach,
+            Vendor::Amd => BoundReads::BothFirst,
         }
     }
 

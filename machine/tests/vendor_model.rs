@@ -1,7 +1,8 @@
 //! Where the two vendors' models differ (`frontend/src/vendor.rs`), on known inputs. The
 //! flags the manuals leave undefined: AMD's as an AMD EPYC of family 1Ah left them
 //! (measured with `gantry difftest` and a probe of the host CPU), Intel's the model's
-//! earlier choices, not yet measured on Intel silicon. The privileged fast system calls,
+//! earlier choices, not yet measured on Intel silicon except where a case says so (RCL
+//! and RCR by a whole turn, REPE CMPS's flags at a fault: a Xeon of family 6). The privileged fast system calls,
 //! which difftest (at CPL 3) cannot reach: as each vendor's manual gives them. Each case
 //! runs on the interpreter and the JIT.
 
@@ -96,6 +97,28 @@ const CASES: &[Case] = &[
         |a| a.shr(eax, cl),
         OF | PF,
         AF | PF,
+    ),
+    (
+        "rcl 81h by 9: a whole turn",
+        0,
+        |a| {
+            a.mov(eax, 0x81)?;
+            a.mov(cl, 9)
+        },
+        |a| a.rcl(al, cl),
+        0,
+        OF,
+    ),
+    (
+        "rcr 81h by 18: two whole turns",
+        0,
+        |a| {
+            a.mov(eax, 0x81)?;
+            a.mov(cl, 18)
+        },
+        |a| a.rcr(al, cl),
+        0,
+        OF,
     ),
     (
         "lzcnt of 0",
@@ -229,5 +252,66 @@ fn cmps_with_both_operands_faulting_follows_the_vendor() {
         );
         assert_eq!(d.vector(), Some(14), "{vendor}: #PF");
         assert_eq!(d.cpu.cr2, want, "{vendor}: CR2 names the read made first");
+    }
+}
+
+/// REPE CMPSB whose source runs into a page that is not present after 8 equal elements:
+/// the Intel model (as a Xeon of family 6) writes the flags only when the instruction
+/// completes, so the #PF finds them as they were; the AMD model writes them at every
+/// element (ZF and PF of the last, equal, compare). Both have done the 8 elements.
+#[test]
+fn rep_compare_flags_at_a_fault_follow_the_vendor() {
+    const HOLE: u64 = 0x20_0000;
+    for (vendor, want) in [(Vendor::Intel, 0), (Vendor::Amd, ZF | PF)] {
+        let d = run_as(
+            vendor,
+            Mode::Long64,
+            |_, mem| {
+                // The identity map's second 2 MiB page, not present.
+                let pde = gantry_machine::layout::BOOT_PD + 8;
+                mem.write_u64(pde, 0).unwrap();
+            },
+            |a| {
+                a.mov(rsi, HOLE - 8)?;
+                a.mov(rdi, HOLE - 16)?;
+                a.mov(ecx, 100)?;
+                a.push(2)?;
+                a.popfq()?;
+                a.repe().cmpsb()
+            },
+        );
+        assert_eq!(d.vector(), Some(14), "{vendor}: #PF");
+        assert_eq!(d.cpu.cr2, HOLE, "{vendor}: at the source's ninth byte");
+        assert_eq!(d.cpu.gpr[1], 92, "{vendor}: eight elements done");
+        assert_eq!(d.cpu.gpr[6], HOLE, "{vendor}: RSI past them");
+        assert_eq!(d.flags() & ARITH, want, "{vendor}: the flags at the fault");
+    }
+}
+
+/// A load that runs past 4 GiB in 32-bit code (a flat 4 GiB segment): the Intel model
+/// (as a Xeon of family 6) raises no limit fault and the access wraps to linear 0, the
+/// AMD model (as AMD EPYCs) raises #GP(0).
+#[test]
+fn an_access_past_4_gib_follows_the_vendor() {
+    for vendor in [Vendor::Intel, Vendor::Amd] {
+        let d = run_as(
+            vendor,
+            Mode::Protected32,
+            |_, mem| {
+                mem.write(0, &[0x33, 0x44]).unwrap();
+            },
+            |a| {
+                a.mov(ebx, 0xFFFF_FFFEu32)?;
+                a.mov(eax, dword_ptr(ebx))
+            },
+        );
+        match vendor {
+            Vendor::Intel => {
+                assert_eq!(d.vector(), None, "{vendor}: no fault");
+                // The low half from the top of 4 GiB, the high half from linear 0.
+                assert_eq!(d.cpu.gpr[0] as u32 >> 16, 0x4433, "{vendor}: wrapped to 0");
+            }
+            Vendor::Amd => assert_eq!(d.vector(), Some(13), "{vendor}: #GP"),
+        }
     }
 }

@@ -208,10 +208,10 @@ impl Interp {
                     addr,
                     bytes,
                     write,
+                    top,
                 } => {
-                    if let Err(e) =
-                        crate::seg_check(cpu, *seg as usize, v!(addr), *bytes as u32, *write)
-                    {
+                    let (seg, bytes) = (*seg as usize, *bytes as u32);
+                    if let Err(e) = crate::seg_check(cpu, seg, v!(addr), bytes, *write, *top) {
                         fault!(at, e);
                     }
                 }

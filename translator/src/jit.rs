@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use gantry_frontend::flags::{self, CcOp, Cond, FastCond};
 use gantry_frontend::ir::*;
 use gantry_frontend::state::{off, CpuState, UD_VECTOR};
+use gantry_frontend::vendor::FlatSegmentTop;
 
 use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
@@ -1097,9 +1098,16 @@ impl Emit<'_, '_> {
                 addr,
                 bytes,
                 write,
+                top,
             } => {
                 let a = self.as_ty(*addr, Ty::I64);
-                let info = self.konst(*seg as u64 | (*bytes as u64) << 8 | (*write as u64) << 24);
+                let wraps = *top == FlatSegmentTop::Wraps;
+                let info = self.konst(
+                    *seg as u64
+                        | (*bytes as u64) << 8
+                        | (*write as u64) << 24
+                        | (wraps as u64) << 25,
+                );
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at, None);
@@ -1290,7 +1298,13 @@ extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, in
     let (rt, cpu) = unsafe { parts(rt, cpu) };
     let seg = (info & 0xFF) as usize;
     let bytes = ((info >> 8) & 0xFFFF) as u32;
-    let r = crate::seg_check(cpu, seg, addr, bytes, info >> 24 & 1 != 0).map(|_| 0);
+    let write = info >> 24 & 1 != 0;
+    let top = if info >> 25 & 1 != 0 {
+        FlatSegmentTop::Wraps
+    } else {
+        FlatSegmentTop::Faults
+    };
+    let r = crate::seg_check(cpu, seg, addr, bytes, write, top).map(|_| 0);
     outcome(rt, r)
 }
 

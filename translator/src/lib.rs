@@ -12,6 +12,7 @@ pub mod tlb;
 
 use gantry_frontend::ir::Helper;
 use gantry_frontend::state::CpuState;
+use gantry_frontend::vendor::FlatSegmentTop;
 
 /// An exception raised by guest code: vector and error code. (CR2 is already written by
 /// the memory system when the vector is #PF.)
@@ -44,8 +45,9 @@ pub fn seg_check(
     addr: u64,
     bytes: u32,
     write: bool,
+    top: FlatSegmentTop,
 ) -> Result<(), Exception> {
-    match cpu.segment_fault(seg, addr, bytes, write) {
+    match cpu.segment_fault(seg, addr, bytes, write, top) {
         Some(vector) => Err(Exception::with_code(vector, 0)),
         None => Ok(()),
     }

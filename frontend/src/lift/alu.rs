@@ -9,7 +9,8 @@ use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
 use crate::state::{AF, ARITH_FLAGS, CF, DF, OF, ZF};
 use crate::vendor::{
-    BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, Movsxd16Read, MulFlags, ShiftAf, ShrOf,
+    BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, Movsxd16Read, MulFlags, RotateCarryTurnOf,
+    ShiftAf, ShrOf,
 };
 
 impl Lift<'_> {
@@ -446,6 +447,8 @@ impl Lift<'_> {
         };
         let a64 = self.b.zext(Ty::I64, a);
         let f = self.b.rflags();
+        // RCL/RCR by a whole turn (the count mod w+1 is 0): whether OF stays as it was.
+        let mut turn = None;
         let (r64, cf) = match m {
             M::Rol | M::Ror => {
                 let c = self.b.bin_imm(BinOp::And, masked, w - 1);
@@ -514,6 +517,9 @@ impl Lift<'_> {
                 let cf_old = self.b.bin_imm(BinOp::And, f, CF);
                 let r = self.b.select(cz, a64, r);
                 let cf = self.b.select(cz, cf_old, cf);
+                if self.mode.vendor.rotate_carry_turn_of() == RotateCarryTurnOf::Unchanged {
+                    turn = Some(cz);
+                }
                 (r, cf)
             }
         };
@@ -534,8 +540,12 @@ impl Lift<'_> {
         let t = self.b.bin(BinOp::Or, fcleared, cf1);
         let nf = self.b.bin(BinOp::Or, t, of_sh);
         let zero = self.b.cmp_imm(CmpOp::Eq, masked, 0);
-        let nf = self.b.select(zero, f, nf);
         let out = self.b.select(zero, a, r);
+        let keep = match turn {
+            Some(cz) => self.b.bin(BinOp::Or, zero, cz),
+            None => zero,
+        };
+        let nf = self.b.select(keep, f, nf);
         self.write_place(p, out);
         self.put_eflags(nf);
     }

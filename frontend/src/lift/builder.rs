@@ -181,12 +181,20 @@ impl Builder {
     pub fn store_seg(&mut self, addr: Val, src: Val, ss: bool) {
         self.push(Inst::Store { addr, src, ss });
     }
-    pub fn seg_check(&mut self, seg: usize, addr: Val, bytes: u32, write: bool) {
+    pub fn seg_check(
+        &mut self,
+        seg: usize,
+        addr: Val,
+        bytes: u32,
+        write: bool,
+        top: crate::vendor::FlatSegmentTop,
+    ) {
         self.push(Inst::SegCheck {
             seg: seg as u8,
             addr,
             bytes: bytes as u16,
             write,
+            top,
         });
     }
     pub fn set_flags(&mut self, op: CcOp, dst: Val, src: Val, aux: Val) {

@@ -240,7 +240,8 @@ impl Lift<'_> {
                 return;
             }
         }
-        self.b.seg_check(seg, addr, bytes, write);
+        let top = self.mode.vendor.flat_segment_top();
+        self.b.seg_check(seg, addr, bytes, write, top);
         self.last_seg_check = Some((seg, addr, bytes, write));
     }
 

@@ -11,7 +11,7 @@ use super::{Flow, Lift};
 use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
 use crate::state::{DF, ES};
-use crate::vendor::CmpsOrder;
+use crate::vendor::{CmpsOrder, RepCompareFlags};
 
 fn addr_regs(bits: u32) -> (Register, Register, Register) {
     match bits {
@@ -151,6 +151,11 @@ impl Lift<'_> {
             let n = self.b.bin(BinOp::Add, di, step);
             self.write_gpr(rdi, n);
         }
+        if let (Some((a, c)), Some(n)) = (compare, count) {
+            if self.mode.vendor.rep_compare_flags() == RepCompareFlags::AtCompletion {
+                return Some(self.rep_compare_at_completion(a, c, n));
+            }
+        }
         if let Some((a, c)) = compare {
             let r = self.b.bin(BinOp::Sub, a, c);
             let z = self.b.konst(ety, 0);
@@ -182,5 +187,39 @@ impl Lift<'_> {
             not_taken: next,
         });
         Some(Flow::End)
+    }
+
+    /// The end of an element of REPE/REPNE CMPS or SCAS (comparing `a` with `c`, `count`
+    /// elements left before it) for a vendor that writes the flags only when the
+    /// instruction completes: an element that is not the last goes back to the
+    /// instruction with the flags untouched, so that a fault in a later element finds
+    /// them as they were before the instruction.
+    fn rep_compare_at_completion(&mut self, a: Val, c: Val, count: Val) -> Flow {
+        let i = self.ins;
+        let ety = self.b.ty(a);
+        let (_, _, rcx) = addr_regs(self.b.ty(count).bits());
+        let left = self.b.bin_imm(BinOp::Sub, count, 1);
+        self.write_gpr(rcx, left);
+        let more = self.b.cmp_imm(CmpOp::Ne, left, 0);
+        let while_ = if i.has_repne_prefix() {
+            CmpOp::Ne
+        } else {
+            CmpOp::Eq
+        };
+        let holds = self.b.cmp(while_, a, c);
+        let go_on = self.b.bin(BinOp::And, holds, more);
+        self.b.push(Inst::ExitIf {
+            cond: go_on,
+            next: i.ip(),
+        });
+        let r = self.b.bin(BinOp::Sub, a, c);
+        let z = self.b.konst(ety, 0);
+        self.b
+            .set_flags(CcOp::new(CcKind::Sub, ety.bytes()), r, c, z);
+        self.b.push(Inst::Exit {
+            next: self.next_ip(),
+            why: ExitWhy::Continue,
+        });
+        Flow::End
     }
 }

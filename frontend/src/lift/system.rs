@@ -30,6 +30,7 @@ use super::{Flow, Lift};
 use crate::flags::Cond;
 use crate::ir::*;
 use crate::state::UD_VECTOR;
+use crate::vendor::BoundReads;
 
 impl Lift<'_> {
     pub(super) fn system(&mut self) -> Option<Flow> {
@@ -282,9 +283,12 @@ impl Lift<'_> {
                 let idx = self.read_gpr(self.ins.op0_register());
                 let a = self.mem_address();
                 let lo = self.load_operand(ty, a);
+                let below = self.b.cmp(CmpOp::Slt, idx, lo);
+                if self.mode.vendor.bound_reads() == BoundReads::CheckingEach {
+                    self.b.trap_if(below, 5, None);
+                }
                 let ha = self.b.bin_imm(BinOp::Add, a, ty.bytes() as u64);
                 let hi = self.load_operand(ty, ha);
-                let below = self.b.cmp(CmpOp::Slt, idx, lo);
                 let above = self.b.cmp(CmpOp::Slt, hi, idx);
                 let out = self.b.bin(BinOp::Or, below, above);
                 self.b.trap_if(out, 5, None);

@@ -27,6 +27,18 @@ pub struct Ctx<'a> {
     pub chain: Option<super::chain::Chain<'a>>,
 }
 
+/// The linear address of the part of an access past the end of its first page, `first`
+/// bytes on: outside 64-bit mode linear addresses are 32 bits, so an access that runs past
+/// 4 GiB (in a 4 GiB segment, where the CPU model lets it) goes on at 0.
+fn second_page(cpu: &CpuState, linear: u64, first: u8) -> u64 {
+    let next = linear + first as u64;
+    if cpu.mode64() {
+        next
+    } else {
+        next & 0xFFFF_FFFF
+    }
+}
+
 impl Ctx<'_> {
     /// Reads `bytes` (1-8) at a linear address: from host memory on a TLB hit, else by
     /// [`Self::read_slow`].
@@ -70,9 +82,13 @@ impl Ctx<'_> {
         let p1 = self
             .mmu
             .translate(cpu, self.mem, linear, access, privilege)?;
-        let p2 = self
-            .mmu
-            .translate(cpu, self.mem, linear + first as u64, access, privilege)?;
+        let p2 = self.mmu.translate(
+            cpu,
+            self.mem,
+            second_page(cpu, linear, first),
+            access,
+            privilege,
+        )?;
         let mut v = 0u64;
         for i in 0..bytes {
             let p = if i < first {
@@ -135,7 +151,7 @@ impl Ctx<'_> {
         let p2 = self.mmu.translate(
             cpu,
             self.mem,
-            linear + first as u64,
+            second_page(cpu, linear, first),
             Access::Write,
             privilege,
         )?;

@@ -138,7 +138,7 @@ pub fn call(
         for (i, p) in params[..count].iter_mut().enumerate() {
             let sp = trunc_sp(cpu.gpr[RSP].wrapping_add((i * b as usize) as u64), bits);
             let lin = stack_linear(cpu, sp);
-            super::segments::check_stack(cpu, lin, b, false)?;
+            super::segments::check_stack(cpu, ctx, lin, b, false)?;
             *p = ctx.sys_read(cpu, lin, b)?;
         }
         let (old_ss, old_sp) = (cpu.seg[SS].selector as u64, cpu.gpr[RSP]);

@@ -234,7 +234,7 @@ pub fn push(cpu: &mut CpuState, ctx: &mut Ctx, value: u64, bytes: u8) -> Result<
     let sp = cpu.gpr[RSP].wrapping_sub(bytes as u64);
     let sp = trunc_sp(sp, sp_bits);
     let lin = stack_linear(cpu, sp);
-    check_stack(cpu, lin, bytes, true)?;
+    check_stack(cpu, ctx, lin, bytes, true)?;
     ctx.write(cpu, lin, bytes, value, super::mmu::Privilege::User)?;
     set_sp(cpu, sp, sp_bits);
     Ok(())
@@ -244,11 +244,18 @@ pub fn push(cpu: &mut CpuState, ctx: &mut Ctx, value: u64, bytes: u8) -> Result<
 /// delivery, far CALL, RET and IRET on the current stack): #SS(0), as the lifter's checks
 /// of instructions' own stack accesses. In real mode a push at SP = 1 thus faults, and
 /// delivery escalates to a double and then a triple fault, as the SDM describes.
-pub fn check_stack(cpu: &CpuState, lin: u64, bytes: u8, write: bool) -> Result<(), Exception> {
+pub fn check_stack(
+    cpu: &CpuState,
+    ctx: &Ctx,
+    lin: u64,
+    bytes: u8,
+    write: bool,
+) -> Result<(), Exception> {
     if cpu.mode64() {
         return Ok(());
     }
-    match cpu.segment_fault(SS, lin, bytes as u32, write) {
+    let top = ctx.vendor.flat_segment_top();
+    match cpu.segment_fault(SS, lin, bytes as u32, write, top) {
         Some(vector) => Err(Exception::with_code(vector, 0)),
         None => Ok(()),
     }
@@ -258,7 +265,7 @@ pub fn pop(cpu: &mut CpuState, ctx: &mut Ctx, bytes: u8) -> Result<u64, Exceptio
     let sp_bits = cpu.stack_bits();
     let sp = trunc_sp(cpu.gpr[RSP], sp_bits);
     let lin = stack_linear(cpu, sp);
-    check_stack(cpu, lin, bytes, false)?;
+    check_stack(cpu, ctx, lin, bytes, false)?;
     let v = ctx.read(
         cpu,
         lin,
@@ -289,9 +296,10 @@ pub fn push_frame(
         stack_linear(cpu, trunc_sp(sp, bits))
     };
     if !cpu.mode64() {
+        let top = ctx.vendor.flat_segment_top();
         for i in 0..values.len() {
             if cpu
-                .segment_fault(SS, slot(cpu, i), bytes as u32, true)
+                .segment_fault(SS, slot(cpu, i), bytes as u32, true, top)
                 .is_some()
             {
                 return Err(Exception::with_code(12, error));
