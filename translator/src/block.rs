@@ -12,9 +12,13 @@ use gantry_frontend::ir::*;
 /// dispatch when the block runs.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The lifted block, without its instructions (`ops`, `init` and `marks` hold them in
+    /// the form that runs): a cached block keeps only what runs.
     pub block: Block,
-    pub(crate) ops: Vec<Inst>,
-    pub(crate) init: Vec<u64>,
+    pub(crate) ops: Box<[Inst]>,
+    pub(crate) init: Box<[u64]>,
+    /// Which values are constants (their `init` is their value).
+    pub(crate) is_const: Box<[bool]>,
     /// (index in `ops` where the instruction starts, its RIP), in order.
     pub(crate) marks: Vec<(u32, u64)>,
     /// How often the block ran, and its compiled code once it is hot.
@@ -22,21 +26,30 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(block: Block) -> Self {
+    pub fn new(mut block: Block) -> Self {
         let mut init = vec![0u64; block.vals.len()];
-        let mut ops = Vec::with_capacity(block.insts.len());
+        let mut is_const = vec![false; block.vals.len()];
+        let insts = std::mem::take(&mut block.insts);
+        let mut ops = Vec::with_capacity(insts.len());
         let mut marks = Vec::new();
-        for i in &block.insts {
+        for i in insts {
             match i {
-                Inst::Const { dst, value } => init[dst.0 as usize] = *value,
-                Inst::Mark { rip, .. } => marks.push((ops.len() as u32, *rip)),
-                other => ops.push(other.clone()),
+                Inst::Const { dst, value } => {
+                    init[dst.0 as usize] = value;
+                    is_const[dst.0 as usize] = true;
+                }
+                Inst::Mark { rip, .. } => marks.push((ops.len() as u32, rip)),
+                other => ops.push(other),
             }
         }
+        // The lifter's buffers are sized for the longest blocks: keep only what is used.
+        block.vals.shrink_to_fit();
+        marks.shrink_to_fit();
         Self {
             block,
-            ops,
-            init,
+            ops: ops.into_boxed_slice(),
+            init: init.into_boxed_slice(),
+            is_const: is_const.into_boxed_slice(),
             marks,
             tier: Default::default(),
         }

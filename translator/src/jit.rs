@@ -443,12 +443,7 @@ impl Jit {
             })
             .collect();
         // Values the block defines as constants: a jump to one is a direct exit.
-        let mut consts = vec![None; p.block.vals.len()];
-        for i in &p.block.insts {
-            if let Inst::Const { dst, value } = i {
-                consts[dst.0 as usize] = Some(*value);
-            }
-        }
+        let consts = &p.is_const;
         let direct_exits = |i: &Inst| match i {
             Inst::ExitIf { .. } => 1,
             Inst::Exit {
@@ -456,7 +451,7 @@ impl Jit {
                 ..
             } => 1,
             Inst::Branch { .. } => 2,
-            Inst::Jump { target } if consts[target.0 as usize].is_some() => 1,
+            Inst::Jump { target } if consts[target.0 as usize] => 1,
             _ => 0,
         };
         let slots: Box<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
@@ -480,7 +475,7 @@ impl Jit {
                 vals: vec![None; p.block.vals.len()],
                 helpers: &helpers,
                 next_helper: 0,
-                consts: &consts,
+                consts,
                 slots: &slots,
                 next_slot: 0,
                 targets: self.targets.as_ptr(),
@@ -529,8 +524,8 @@ struct Emit<'a, 'b> {
     /// The block's helpers, in the order of its calls; the next call's is `next_helper`.
     helpers: &'b [Helper],
     next_helper: usize,
-    /// The constant each value is, if it is one.
-    consts: &'b [Option<u64>],
+    /// Which values are constants.
+    consts: &'b [bool],
     /// The chain slots of the block's direct exits, in the order of the ops.
     slots: &'b [ChainSlot],
     next_slot: usize,
@@ -1198,9 +1193,10 @@ impl Emit<'_, '_> {
             Inst::Jump { target } => {
                 let t = self.as_ty(*target, Ty::I64);
                 self.store_cpu(t, off::RIP);
-                let exit = match self.consts[target.0 as usize] {
-                    Some(_) => ExitTo::Constant,
-                    None => ExitTo::Computed(t),
+                let exit = if self.consts[target.0 as usize] {
+                    ExitTo::Constant
+                } else {
+                    ExitTo::Computed(t)
                 };
                 self.next(at, exit);
             }
