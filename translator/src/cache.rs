@@ -59,7 +59,11 @@ pub struct Found {
 const JUMP_CACHE: usize = 4096;
 
 pub struct CodeCache {
-    jump: Vec<Option<(JumpKey, Rc<Prepared>)>>,
+    /// Each entry with the epoch it was filled in: an entry of an older epoch is empty.
+    /// (Emptying 4096 entries, dropping a block reference each, at every TLB flush and
+    /// code write cost 1.4% of a Linux boot.) A stale entry keeps its block alive until
+    /// the slot is filled again, and is never returned.
+    jump: Vec<Option<(u64, JumpKey, Rc<Prepared>)>>,
     /// How often the jump cache was emptied: what compiled code caches of it (the chain
     /// slots of direct exits) holds only while this is unchanged.
     jump_epoch: u64,
@@ -89,19 +93,18 @@ impl CodeCache {
     #[inline]
     pub fn jump_lookup(&self, key: &JumpKey) -> Option<Rc<Prepared>> {
         match &self.jump[slot(key.rip)] {
-            Some((k, b)) if k == key => Some(b.clone()),
+            Some((epoch, k, b)) if *epoch == self.jump_epoch && k == key => Some(b.clone()),
             _ => None,
         }
     }
 
     #[inline]
     pub fn jump_insert(&mut self, key: JumpKey, block: Rc<Prepared>) {
-        self.jump[slot(key.rip)] = Some((key, block));
+        self.jump[slot(key.rip)] = Some((self.jump_epoch, key, block));
     }
 
     /// Forgets every linear-address lookup (the TLB was flushed, or code invalidated).
     pub fn flush_jumps(&mut self) {
-        self.jump.iter_mut().for_each(|e| *e = None);
         self.jump_epoch += 1;
     }
 
