@@ -180,6 +180,24 @@ pub enum CmpOp {
     Sle,
 }
 
+impl CmpOp {
+    /// Whether `a op b` holds for two values of type `ty`: what the interpreter computes,
+    /// and what the builder folds when both are constants.
+    pub fn holds(self, ty: Ty, a: u64, b: u64) -> bool {
+        let (a, b) = (a & ty.mask(), b & ty.mask());
+        let shift = 64 - ty.bits();
+        let signed = |v: u64| ((v << shift) as i64) >> shift;
+        match self {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Ult => a < b,
+            CmpOp::Ule => a <= b,
+            CmpOp::Slt => signed(a) < signed(b),
+            CmpOp::Sle => signed(a) <= signed(b),
+        }
+    }
+}
+
 /// Services the machine provides to generated code, by number. Arguments and result are
 /// u64; a helper may fault (the block then stops at its instruction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -111,18 +111,6 @@ pub fn un(op: UnOp, ty: Ty, a: u64) -> u64 {
     r & m
 }
 
-fn cmp(op: CmpOp, ty: Ty, a: u64, b: u64) -> bool {
-    let (a, b) = (a & ty.mask(), b & ty.mask());
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Ne => a != b,
-        CmpOp::Ult => a < b,
-        CmpOp::Ule => a <= b,
-        CmpOp::Slt => sext(a, ty) < sext(b, ty),
-        CmpOp::Sle => sext(a, ty) <= sext(b, ty),
-    }
-}
-
 impl Interp {
     pub fn new() -> Self {
         Self::default()
@@ -179,7 +167,7 @@ impl Interp {
                 }
                 Inst::Trunc { dst, a } => v!(dst) = v!(a) & block.ty(*dst).mask(),
                 Inst::Cmp { dst, op, a, b } => {
-                    v!(dst) = cmp(*op, block.ty(*a), v!(a), v!(b)) as u64;
+                    v!(dst) = op.holds(block.ty(*a), v!(a), v!(b)) as u64;
                 }
                 Inst::Select { dst, cond, a, b } => {
                     v!(dst) = if v!(cond) & 1 != 0 { v!(a) } else { v!(b) };

@@ -368,15 +368,23 @@ impl Lift<'_> {
     /// The count operand of a shift or rotate, masked as the CPU does (5 bits, 6 for
     /// 64-bit operands), as i64.
     fn shift_count(&mut self, n: u32, ty: Ty) -> Val {
+        let mask = if ty == Ty::I64 { 63 } else { 31 };
+        if self.ins.op_kind(n) == OpKind::Immediate8 {
+            return self.b.konst(Ty::I64, self.ins.immediate8() as u64 & mask);
+        }
         let c = self.read_op(n, Ty::I8);
         let c = self.b.zext(Ty::I64, c);
-        self.b
-            .bin_imm(BinOp::And, c, if ty == Ty::I64 { 63 } else { 31 })
+        self.b.bin_imm(BinOp::And, c, mask)
     }
 
     /// Flags that stay as they were when a shift count is 0: selects between the old lazy
     /// state and the new one.
     fn set_flags_unless_zero(&mut self, count: Val, op: CcOp, r: Val, src: Val, aux: Val) {
+        match self.b.const_value(count) {
+            Some(0) => return,
+            Some(_) => return self.b.set_flags(op, r, src, aux),
+            None => {}
+        }
         let zero = self.b.cmp_imm(CmpOp::Eq, count, 0);
         let old = [Loc::CcOp, Loc::CcDst, Loc::CcSrc, Loc::CcAux].map(|l| self.b.get(l));
         let newop = self.b.konst(Ty::I32, op.encode() as u64);

@@ -4,9 +4,11 @@ use crate::flags::{CcOp, Cond};
 use crate::ir::*;
 use crate::state::RFLAGS_FIXED;
 
-/// Builds a block's IR, with three block-local simplifications that keep the op count (the
+/// Builds a block's IR, with four block-local simplifications that keep the op count (the
 /// interpreter's cost) down without changing what is written to the state:
 /// - constants are shared (SSA values never change);
+/// - a comparison of two constants is a constant, and a select on a constant one of its
+///   operands (shift counts from immediates fold so);
 /// - a `get` of a location the block already read or wrote reuses that value, since nothing
 ///   but IR and helpers changes the state, and every helper call forgets what is known;
 /// - `trunc` of a `zext` gives back the original value.
@@ -156,8 +158,19 @@ impl Builder {
             self.trunc(ty, a)
         }
     }
+    /// The value `v` has if it is a constant.
+    pub fn const_value(&self, v: Val) -> Option<u64> {
+        self.consts
+            .iter()
+            .find(|(_, _, c)| *c == v)
+            .map(|(_, value, _)| *value)
+    }
     pub fn cmp(&mut self, op: CmpOp, a: Val, b: Val) -> Val {
         let b = self.resize(b, self.ty(a));
+        if let (Some(x), Some(y)) = (self.const_value(a), self.const_value(b)) {
+            let holds = op.holds(self.ty(a), x, y);
+            return self.konst(Ty::I8, holds as u64);
+        }
         let dst = self.val(Ty::I8);
         self.push(Inst::Cmp { dst, op, a, b });
         dst
@@ -169,6 +182,9 @@ impl Builder {
     pub fn select(&mut self, cond: Val, a: Val, b: Val) -> Val {
         let ty = self.ty(a);
         let b = self.resize(b, ty);
+        if let Some(c) = self.const_value(cond) {
+            return if c & 1 != 0 { a } else { b };
+        }
         let dst = self.val(ty);
         self.push(Inst::Select { dst, cond, a, b });
         dst
