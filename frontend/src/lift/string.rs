@@ -8,7 +8,7 @@ use iced_x86::{Mnemonic as M, OpKind, Register};
 
 use super::operands::seg_index;
 use super::{Flow, Lift};
-use crate::flags::{CcKind, CcOp, Cond};
+use crate::flags::{CcKind, CcOp};
 use crate::ir::*;
 use crate::state::{DF, ES};
 use crate::vendor::{CmpsOrder, RepCompareFlags};
@@ -151,18 +151,10 @@ impl Lift<'_> {
             let n = self.b.bin(BinOp::Add, di, step);
             self.write_gpr(rdi, n);
         }
-        if let (Some((a, c)), Some(n)) = (compare, count) {
-            if self.mode.vendor.rep_compare_flags() == RepCompareFlags::AtCompletion {
-                return Some(self.rep_compare_at_completion(a, c, n));
-            }
-        }
-        if let Some((a, c)) = compare {
-            let r = self.b.bin(BinOp::Sub, a, c);
-            let z = self.b.konst(ety, 0);
-            self.b
-                .set_flags(CcOp::new(CcKind::Sub, ety.bytes()), r, c, z);
-        }
         let Some(c) = count else {
+            if let Some((a, c)) = compare {
+                self.compare_flags(a, c);
+            }
             // OUTS, like OUT, has the run loop look before the next instruction.
             if matches!(i.mnemonic(), M::Outsb | M::Outsw | M::Outsd) {
                 return Some(self.exit_sync());
@@ -172,54 +164,49 @@ impl Lift<'_> {
         let c = self.b.bin_imm(BinOp::Sub, c, 1);
         self.write_gpr(rcx, c);
         let mut more = self.b.cmp_imm(CmpOp::Ne, c, 0);
-        if compare.is_some() {
-            let cond = if i.has_repne_prefix() {
-                Cond::Ne
-            } else {
-                Cond::E
-            };
-            let t = self.b.test(cond);
-            more = self.b.bin(BinOp::And, more, t);
-        }
-        self.b.push(Inst::Branch {
-            cond: more,
-            taken: this,
-            not_taken: next,
-        });
-        Some(Flow::End)
-    }
-
-    /// The end of an element of REPE/REPNE CMPS or SCAS (comparing `a` with `c`, `count`
-    /// elements left before it) for a vendor that writes the flags only when the
-    /// instruction completes: an element that is not the last goes back to the
-    /// instruction with the flags untouched, so that a fault in a later element finds
-    /// them as they were before the instruction.
-    fn rep_compare_at_completion(&mut self, a: Val, c: Val, count: Val) -> Flow {
-        let i = self.ins;
-        let ety = self.b.ty(a);
-        let (_, _, rcx) = addr_regs(self.b.ty(count).bits());
-        let left = self.b.bin_imm(BinOp::Sub, count, 1);
-        self.write_gpr(rcx, left);
-        let more = self.b.cmp_imm(CmpOp::Ne, left, 0);
+        let Some((a, c)) = compare else {
+            self.b.push(Inst::Branch {
+                cond: more,
+                taken: this,
+                not_taken: next,
+            });
+            return Some(Flow::End);
+        };
+        // REPE/REPNE: the next element runs while the count lasts and the elements compare
+        // as the prefix asks. The vendor says whether each element writes the flags or
+        // only the last: then a fault in a later element finds them as they were before
+        // the instruction.
         let while_ = if i.has_repne_prefix() {
             CmpOp::Ne
         } else {
             CmpOp::Eq
         };
         let holds = self.b.cmp(while_, a, c);
-        let go_on = self.b.bin(BinOp::And, holds, more);
+        more = self.b.bin(BinOp::And, more, holds);
+        let at_completion = self.mode.vendor.rep_compare_flags() == RepCompareFlags::AtCompletion;
+        if !at_completion {
+            self.compare_flags(a, c);
+        }
         self.b.push(Inst::ExitIf {
-            cond: go_on,
-            next: i.ip(),
+            cond: more,
+            next: this,
         });
-        let r = self.b.bin(BinOp::Sub, a, c);
-        let z = self.b.konst(ety, 0);
-        self.b
-            .set_flags(CcOp::new(CcKind::Sub, ety.bytes()), r, c, z);
+        if at_completion {
+            self.compare_flags(a, c);
+        }
         self.b.push(Inst::Exit {
-            next: self.next_ip(),
+            next,
             why: ExitWhy::Continue,
         });
-        Flow::End
+        Some(Flow::End)
+    }
+
+    /// The flags of CMPS and SCAS: those of `a - c`.
+    fn compare_flags(&mut self, a: Val, c: Val) {
+        let ty = self.b.ty(a);
+        let r = self.b.bin(BinOp::Sub, a, c);
+        let z = self.b.konst(ty, 0);
+        self.b
+            .set_flags(CcOp::new(CcKind::Sub, ty.bytes()), r, c, z);
     }
 }
