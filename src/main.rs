@@ -106,6 +106,11 @@ struct RunArgs {
     /// Print counters (exits, interrupts, POST codes, unassigned ports) when the run ends.
     #[arg(long)]
     stats: bool,
+    /// With --accel jit: write /tmp/perf-<pid>.map, naming each compiled block by its
+    /// guest address, so that `perf report` shows where in the guest the time goes (as
+    /// QEMU's -perfmap).
+    #[arg(long)]
+    perf_map: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -278,15 +283,20 @@ fn run(args: RunArgs) -> Result<i32, String> {
         ),
     };
     let console_input = matches!(args.serial, SerialArg::Stdio);
+    let accel = choose_accel(args.accel, vendor);
+    if args.perf_map && accel != AccelKind::Jit {
+        return Err("--perf-map names the JIT's code: it needs --accel jit".into());
+    }
     let cfg = MachineConfig {
         ram_size: args.mem,
         boot,
-        accel: choose_accel(args.accel, vendor),
+        accel,
         serial,
         console_input,
         debugcon_port: args.debugcon,
         no_reboot: args.no_reboot,
         vendor,
+        perf_map: args.perf_map,
     };
     let (outcome, report) = match &args.gdb {
         Some(addr) => gantry_gdb::serve(cfg, addr, args.gdb_wait),

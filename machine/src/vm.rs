@@ -58,6 +58,8 @@ pub struct MachineConfig {
     /// The CPU model's vendor as asked for; `None`: Intel on the emulated CPU, the host's
     /// own under KVM.
     pub vendor: Option<Vendor>,
+    /// With the JIT: name compiled blocks for perf in /tmp/perf-<pid>.map.
+    pub perf_map: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,6 +368,9 @@ pub fn new_vcpu(cfg: &MachineConfig, machine: &Machine) -> Result<Box<dyn Vcpu>,
                     crate::accel::emu::Compiles::Background,
                 )
                 .map_err(MachineError::JitUnavailable)?;
+                if cfg.perf_map {
+                    cpu.write_perf_map().map_err(MachineError::JitUnavailable)?;
+                }
             }
             Ok(Box::new(cpu))
         }

@@ -103,6 +103,8 @@ pub(crate) struct Pending {
     pub(crate) helpers: Box<[Helper]>,
     pub(crate) slots: Box<[ChainSlot]>,
     pub(crate) epoch: u64,
+    /// The guest address the block starts at (for the perf map).
+    pub(crate) rip: u64,
     pub(crate) id: cranelift_module::FuncId,
     pub(crate) ticket: crate::compiler::Ticket,
 }

@@ -173,6 +173,8 @@ pub struct Jit {
     /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
     /// backend that refuses an op on some host shows up.
     errors_seen: Vec<String>,
+    /// perf's map of JIT code ([`Self::write_perf_map`]), while it is written.
+    perf_map: Option<std::fs::File>,
 }
 
 impl Jit {
@@ -197,6 +199,7 @@ impl Jit {
             compile_time: Duration::ZERO,
             targets: empty_targets(),
             errors_seen: Vec::new(),
+            perf_map: None,
         })
     }
 
@@ -213,6 +216,17 @@ impl Jit {
     /// Time the background thread spent compiling.
     pub fn background_time(&self) -> Option<Duration> {
         self.background.as_ref().map(Background::busy)
+    }
+
+    /// Writes perf's map of JIT code, `/tmp/perf-<pid>.map`, from now on: a line for each
+    /// block compiled, naming it by its guest address (`guest_<rip>`), so that `perf
+    /// report` attributes the time in generated code to the guest code it runs. Code
+    /// memory refilled reuses addresses; perf takes the latest line for an address.
+    pub fn write_perf_map(&mut self) -> Result<(), String> {
+        let path = format!("/tmp/perf-{}.map", std::process::id());
+        let file = std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?;
+        self.perf_map = Some(file);
+        Ok(())
     }
 
     /// How often the code memory was freed and refilled.
@@ -406,6 +420,19 @@ impl Jit {
         }
         let entry = module.get_finalized_function(job.id);
         self.code.add(code.bytes.len());
+        if let Some(map) = &mut self.perf_map {
+            use std::io::Write;
+            let line = format!(
+                "{:x} {:x} guest_{:x}\n",
+                entry as usize,
+                code.bytes.len(),
+                job.rip
+            );
+            if map.write_all(line.as_bytes()).is_err() {
+                // A full disk ends the map, not the run.
+                self.perf_map = None;
+            }
+        }
         self.compiled += 1;
         State::Ready(Compiled {
             code: entry,
@@ -499,6 +526,7 @@ impl Jit {
                 helpers,
                 slots,
                 epoch,
+                rip: p.block.start,
                 id,
                 ticket: Default::default(),
             },

@@ -616,6 +616,14 @@ impl EmuCpu {
         Ok(())
     }
 
+    /// Names the JIT's blocks for perf from now on ([`Jit::write_perf_map`]).
+    pub fn write_perf_map(&mut self) -> Result<(), String> {
+        match &mut self.jit {
+            Some(jit) => jit.write_perf_map(),
+            None => Err("--perf-map needs --accel jit".into()),
+        }
+    }
+
     pub fn jit_enabled(&self) -> bool {
         self.jit.is_some()
     }
