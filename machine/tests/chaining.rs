@@ -98,3 +98,86 @@ fn a_store_into_a_later_instruction_of_the_running_block_takes_effect_at_once() 
         );
     }
 }
+
+/// A block that jumps to its own start goes round inside its compiled function. A lap
+/// that rewrites the block's own code must end the loop there: the next lap runs the new
+/// bytes. Here each lap stores CL over the immediate of the loop's first instruction.
+#[test]
+fn a_loop_that_rewrites_its_own_code_runs_the_new_bytes_on_the_next_lap() {
+    for mode in [Mode::Protected32, Mode::Long64] {
+        let d = run(
+            mode,
+            |_, _| {},
+            |a| {
+                let mut top = a.create_label();
+                // B9 imm32; 31 DB; then `add ebx, imm8` (83 C3 ib) at CODE + 7.
+                a.mov(ecx, 10)?;
+                a.xor(ebx, ebx)?;
+                a.set_label(&mut top)?;
+                a.add(ebx, 1)?;
+                a.mov(byte_ptr(CODE + 9), cl)?;
+                a.dec(ecx)?;
+                a.jnz(top)
+            },
+        );
+        assert_eq!(d.vector(), None, "{mode:?}");
+        assert_eq!(
+            d.bytes_at(CODE + 7, 3),
+            [0x83, 0xC3, 1],
+            "{mode:?}: the loop"
+        );
+        // Lap 1 adds 1; lap k adds the ECX lap k - 1 stored: 10, 9, ..., 2.
+        assert_eq!(d.cpu.gpr[3], 1 + (2..=10).sum::<u64>(), "{mode:?}: EBX");
+    }
+}
+
+/// A loop that runs longer than a run's budget of blocks goes back to the run loop at the
+/// end of the budget, and on where it was: the count of instructions and the registers
+/// are the interpreter's (the harness compares them), as is the lazy-flag state a helper
+/// later reads. The loop reads a register it never writes, and one a helper (CPUID)
+/// writes inside it.
+#[test]
+fn a_long_loop_in_compiled_code_counts_and_keeps_every_lap() {
+    for mode in [Mode::Protected32, Mode::Long64] {
+        let d = run(
+            mode,
+            |_, _| {},
+            |a| {
+                let mut top = a.create_label();
+                a.mov(edi, 3)?;
+                a.mov(esi, 100_000)?;
+                a.xor(ebp, ebp)?;
+                a.set_label(&mut top)?;
+                a.add(ebp, edi)?;
+                a.dec(esi)?;
+                a.jnz(top)?;
+                a.mov(esi, 300)?;
+                let mut again = a.create_label();
+                a.set_label(&mut again)?;
+                a.xor(eax, eax)?;
+                a.cpuid()?;
+                a.add(edi, eax)?;
+                a.add(edi, ebx)?;
+                a.dec(esi)?;
+                a.jnz(again)?;
+                a.pushfd_or_q(mode)
+            },
+        );
+        assert_eq!(d.vector(), None, "{mode:?}");
+        assert_eq!(d.cpu.gpr[5], 300_000, "{mode:?}: EBP");
+        assert!(d.insns > 300_000, "{mode:?}: {} instructions", d.insns);
+    }
+}
+
+trait PushFlags {
+    fn pushfd_or_q(&mut self, mode: Mode) -> Result<(), IcedError>;
+}
+
+impl PushFlags for CodeAssembler {
+    fn pushfd_or_q(&mut self, mode: Mode) -> Result<(), IcedError> {
+        match mode {
+            Mode::Long64 => self.pushfq(),
+            _ => self.pushfd(),
+        }
+    }
+}

@@ -15,8 +15,10 @@
 //! carries its epoch, so stale code is never entered. Only blocks that ran `hot` times are
 //! compiled, which keeps memory and compile time to the hot code.
 
+use cranelift_codegen::ir::condcodes::CondCode;
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlags, SigRef, Signature, Type, Value,
+    condcodes::IntCC, types, AbiParam, Block, BlockArg, InstBuilder, MemFlags, SigRef, Signature,
+    Type, Value,
 };
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -33,7 +35,7 @@ use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
 use crate::compiler::{Background, Compiler, Outcome};
 use crate::interp::Interp;
-use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, TLB_BITS, TLB_SIZE};
+use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, TLB_BITS, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
@@ -500,6 +502,7 @@ impl Jit {
                 cpu,
                 rt,
                 vals: vec![None; p.block.vals.len()],
+                bools: vec![false; p.block.vals.len()],
                 helpers: &helpers,
                 next_helper: 0,
                 consts,
@@ -510,6 +513,9 @@ impl Jit {
                 block_sig,
                 flags: None,
                 gprs: [None; 16],
+                tlb: None,
+                looped: None,
+                laps: None,
             };
             e.body();
             e.b.seal_all_blocks();
@@ -549,6 +555,8 @@ struct Emit<'a, 'b> {
     cpu: Value,
     rt: Value,
     vals: Vec<Option<Value>>,
+    /// Values known to be 0 or 1 (conditions), which a branch takes as they are.
+    bools: Vec<bool>,
     /// The block's helpers, in the order of its calls; the next call's is `next_helper`.
     helpers: &'b [Helper],
     next_helper: usize,
@@ -564,17 +572,47 @@ struct Emit<'a, 'b> {
     block_sig: SigRef,
     /// The block's last flag-setting operation, while it is not stored in the CPU.
     flags: Option<PendingFlags>,
-    /// The general registers the block wrote, while not stored in the CPU: stored only
-    /// where something outside the generated code may see them (as the flags), so a
-    /// register written by several instructions is stored once.
-    gprs: [Option<Value>; 16],
+    /// The general registers the block has in host values: read once, and those it wrote
+    /// (`dirty`) stored only where something outside the generated code may see them (as
+    /// the flags), so a register written by several instructions is stored once.
+    gprs: [Option<Gpr>; 16],
+    /// The TLB table's address, once loaded (until a helper call, which may change the
+    /// privilege and with it the table).
+    tlb: Option<Value>,
+    /// The loop of a block that jumps to its own start, once its first such exit was
+    /// emitted ([`Self::loop_back`]).
+    looped: Option<Loop>,
+    /// In a loop: the budget left and the instructions of the laps before.
+    laps: Option<Laps>,
+}
+
+#[derive(Clone, Copy)]
+struct Laps {
+    budget: Value,
+    done: Value,
+}
+
+#[derive(Clone, Copy)]
+struct Gpr {
+    value: Value,
+    dirty: bool,
+}
+
+/// A block that jumps to its own start is a loop in its function: the head, after the
+/// entry, takes the registers the block reads or writes (loaded at the entry), the
+/// budget and the instructions of the laps before as block parameters, so that going
+/// round loads and stores no register.
+struct Loop {
+    head: Block,
+    /// Per register: held at the head, and whether dirty there (the block writes it).
+    regs: [Option<bool>; 16],
 }
 
 /// Where a block's exit goes: to a constant address (with a chain slot of its own) or to
 /// a computed one (through the JIT's table of indirect targets).
 #[derive(Clone, Copy)]
 enum ExitTo {
-    Constant,
+    Constant(u64),
     Computed(Value),
 }
 
@@ -583,9 +621,7 @@ enum ExitTo {
 /// something outside the generated code may see it.
 struct PendingFlags {
     op: CcOp,
-    dst: Val,
-    src: Val,
-    /// dst, src and aux as the record holds them (i64).
+    /// dst, src and aux as the record holds them (i64, zero-extended).
     stored: [Value; 3],
 }
 
@@ -670,53 +706,57 @@ impl Emit<'_, '_> {
     fn fast_test(&mut self, cond: Cond) -> Option<Value> {
         let f = self.flags.as_ref()?;
         let (fast, negate) = flags::fast_cond(f.op, cond)?;
-        let (dst, src) = (f.dst, f.src);
+        let [dst, src, _] = f.stored;
         let ty = Ty::from_bytes(f.op.size as u32);
-        let d = self.as_ty(dst, ty);
-        let s = self.as_ty(src, ty);
+        let d = self.cast(dst, Ty::I64, ty);
+        let s = self.cast(src, Ty::I64, ty);
+        // A negated condition is the complemented comparison, which a branch on it
+        // lowers to one compare and jump.
+        let cc = |c: IntCC| if negate { c.complement() } else { c };
         let i = self.b.ins();
         let r = match fast {
-            FastCond::Zero => i.icmp_imm(IntCC::Equal, d, 0),
-            FastCond::Sign => i.icmp_imm(IntCC::SignedLessThan, d, 0),
-            FastCond::ZeroOrSign => i.icmp_imm(IntCC::SignedLessThanOrEqual, d, 0),
+            FastCond::Zero => i.icmp_imm(cc(IntCC::Equal), d, 0),
+            FastCond::Sign => i.icmp_imm(cc(IntCC::SignedLessThan), d, 0),
+            FastCond::ZeroOrSign => i.icmp_imm(cc(IntCC::SignedLessThanOrEqual), d, 0),
             FastCond::Below | FastCond::BelowOrEqual | FastCond::Less | FastCond::LessOrEqual => {
                 let a = i.iadd(d, s);
-                let cc = match fast {
+                let c = match fast {
                     FastCond::Below => IntCC::UnsignedLessThan,
                     FastCond::BelowOrEqual => IntCC::UnsignedLessThanOrEqual,
                     FastCond::Less => IntCC::SignedLessThan,
                     _ => IntCC::SignedLessThanOrEqual,
                 };
-                self.b.ins().icmp(cc, a, s)
+                self.b.ins().icmp(cc(c), a, s)
             }
             FastCond::SrcBit0 => {
                 let bit = i.band_imm(s, 1);
-                self.cast(bit, ty, Ty::I8)
+                let bit = self.cast(bit, ty, Ty::I8);
+                if negate {
+                    self.b.ins().bxor_imm(bit, 1)
+                } else {
+                    bit
+                }
             }
-            FastCond::Never => i.iconst(types::I8, 0),
+            FastCond::Never => i.iconst(types::I8, negate as i64),
         };
-        Some(if negate {
-            self.b.ins().bxor_imm(r, 1)
-        } else {
-            r
-        })
+        Some(r)
     }
 
     /// Stores the registers the block wrote and has not stored, on the path being
     /// emitted (as [`Self::store_flags`]).
     fn store_gprs(&mut self) {
         let cpu = self.cpu;
-        for (r, x) in self.gprs.iter().enumerate() {
-            if let Some(x) = *x {
+        for (r, g) in self.gprs.iter().enumerate() {
+            if let Some(Gpr { value, dirty: true }) = *g {
                 self.b
                     .ins()
-                    .store(Self::flags(), x, cpu, off::gpr(r) as i32);
+                    .store(Self::flags(), value, cpu, off::gpr(r) as i32);
             }
         }
     }
 
-    /// Stores the pending registers on the main path (before a helper, which sees the
-    /// CPU state).
+    /// Stores the pending registers on the main path and forgets them all (before a
+    /// helper, which sees the CPU state and may change it).
     fn flush_gprs(&mut self) {
         self.store_gprs();
         self.gprs = [None; 16];
@@ -747,12 +787,22 @@ impl Emit<'_, '_> {
         self.b.switch_to_block(cont);
     }
 
-    /// Adds `n` to the run's count of completed instructions.
+    /// Adds `n` to the run's count of completed instructions, on a path that leaves the
+    /// function; in the loop's body, with the instructions of the laps before, and the
+    /// budget the laps left.
     fn count(&mut self, n: u64) {
+        let rt = self.rt;
+        if let Some(l) = self.laps {
+            self.b.ins().store(Self::flags(), l.budget, rt, RT_BUDGET);
+            let x = self.b.ins().load(types::I64, Self::flags(), rt, RT_INSNS);
+            let x = self.b.ins().iadd(x, l.done);
+            let x = self.b.ins().iadd_imm(x, n as i64);
+            self.b.ins().store(Self::flags(), x, rt, RT_INSNS);
+            return;
+        }
         if n == 0 {
             return;
         }
-        let rt = self.rt;
         let x = self.b.ins().load(types::I64, Self::flags(), rt, RT_INSNS);
         let x = self.b.ins().iadd_imm(x, n as i64);
         self.b.ins().store(Self::flags(), x, rt, RT_INSNS);
@@ -794,12 +844,18 @@ impl Emit<'_, '_> {
     /// address, the JIT's table entry for the address otherwise) takes it there straight
     /// while the slot is valid for [`Runtime::checked`] and the budget lasts.
     fn next(&mut self, at: usize, exit: ExitTo) {
+        if let ExitTo::Constant(rip) = exit {
+            if rip == self.p.block.start {
+                self.loop_back(at);
+            }
+            self.set_rip(rip);
+        }
         self.store_flags();
         self.store_gprs();
         self.count(self.p.locate(at).0);
         let (cpu, rt) = (self.cpu, self.rt);
         let (slot, target) = match exit {
-            ExitTo::Constant => {
+            ExitTo::Constant(_) => {
                 let slot = &self.slots[self.next_slot];
                 self.next_slot += 1;
                 (self.konst(slot as *const ChainSlot as u64), None)
@@ -858,6 +914,130 @@ impl Emit<'_, '_> {
         self.b.ins().return_(&[kind]);
     }
 
+    /// At an exit to the block's own start (op `at`): goes round again inside the
+    /// function, into the loop's head ([`Loop`]), when the exit could chain straight:
+    /// `Runtime::checked` says the run's last boundary passed the host's checks with no
+    /// host call since (so no code was written, no TLB flushed, no mode changed, no
+    /// breakpoint set: the block is still what runs there), and the budget lasts, which
+    /// going round spends as a chain does. Otherwise the exit goes on as any other.
+    fn loop_back(&mut self, at: usize) {
+        let (Some(l), Some(laps)) = (&self.looped, self.laps) else {
+            return;
+        };
+        let (head, regs) = (l.head, l.regs);
+        let rt = self.rt;
+        let mem = Self::flags();
+        let checked = self.b.ins().load(types::I64, mem, rt, RT_CHECKED);
+        let valid = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::NotEqual, checked, UNCHECKED as i64);
+        let left = self.b.ins().icmp_imm(IntCC::NotEqual, laps.budget, 0);
+        let go = self.b.ins().band(valid, left);
+        let again = self.b.create_block();
+        let other = self.b.create_block();
+        self.b.ins().brif(go, again, &[], other, &[]);
+        self.b.switch_to_block(again);
+        // The flags go round in the CPU (the head cannot know which operation set
+        // them); the budget and the count in host values (`Self::count` settles them
+        // where the loop leaves).
+        self.store_flags();
+        let budget = self.b.ins().iadd_imm(laps.budget, -1);
+        let n = self.p.locate(at).0 as i64;
+        let done = self.b.ins().iadd_imm(laps.done, n);
+        let mut args: Vec<BlockArg> = Vec::new();
+        for (r, held) in regs.iter().enumerate() {
+            if held.is_none() {
+                continue;
+            }
+            // A register a helper call made the block forget is in the CPU.
+            let value = match self.gprs[r] {
+                Some(g) => g.value,
+                None => {
+                    let cpu = self.cpu;
+                    self.b.ins().load(types::I64, mem, cpu, off::gpr(r) as i32)
+                }
+            };
+            args.push(BlockArg::Value(value));
+        }
+        args.extend([BlockArg::Value(budget), BlockArg::Value(done)]);
+        self.b.ins().jump(head, &args);
+        self.b.switch_to_block(other);
+    }
+
+    /// For a block that jumps to its own start: loads the registers it uses and the
+    /// budget, and goes into the loop's head, where they are block parameters.
+    fn enter_loop(&mut self) {
+        let start = self.p.block.start;
+        let consts = self.consts;
+        let p = self.p;
+        let to_start = |v: &Val| consts[v.0 as usize] && p.initial(*v) == start;
+        let loops = self.p.ops().iter().any(|i| match i {
+            Inst::ExitIf { next, .. } => *next == start,
+            Inst::Exit {
+                next,
+                why: ExitWhy::Continue,
+            } => *next == start,
+            Inst::Branch {
+                taken, not_taken, ..
+            } => *taken == start || *not_taken == start,
+            Inst::Jump { target } => to_start(target),
+            _ => false,
+        });
+        if !loops {
+            return;
+        }
+        let mut regs = [None; 16];
+        for i in self.p.ops() {
+            match i {
+                Inst::Get {
+                    loc: Loc::Gpr(r), ..
+                } => {
+                    let held = &mut regs[*r as usize & 15];
+                    *held = Some(held.unwrap_or(false));
+                }
+                Inst::Put {
+                    loc: Loc::Gpr(r), ..
+                } => regs[*r as usize & 15] = Some(true),
+                _ => {}
+            }
+        }
+        let (cpu, rt) = (self.cpu, self.rt);
+        let mem = Self::flags();
+        let head = self.b.create_block();
+        let mut args: Vec<BlockArg> = Vec::new();
+        for (r, held) in regs.iter().enumerate() {
+            if held.is_some() {
+                let x = self.b.ins().load(types::I64, mem, cpu, off::gpr(r) as i32);
+                args.push(BlockArg::Value(x));
+                self.b.append_block_param(head, types::I64);
+            }
+        }
+        let budget = self.b.ins().load(types::I32, mem, rt, RT_BUDGET);
+        let done = self.b.ins().iconst(types::I64, 0);
+        args.extend([BlockArg::Value(budget), BlockArg::Value(done)]);
+        self.b.append_block_param(head, types::I32);
+        self.b.append_block_param(head, types::I64);
+        self.b.ins().jump(head, &args);
+        self.b.switch_to_block(head);
+        let mut params = self.b.block_params(head).to_vec().into_iter();
+        for (r, held) in regs.iter().enumerate() {
+            self.gprs[r] = held.and_then(|dirty| {
+                Some(Gpr {
+                    value: params.next()?,
+                    dirty,
+                })
+            });
+        }
+        self.laps = (|| {
+            Some(Laps {
+                budget: params.next()?,
+                done: params.next()?,
+            })
+        })();
+        self.looped = Some(Loop { head, regs });
+    }
+
     /// Continues in a fresh block when `cond` is 0; otherwise the block ends with a fault
     /// at op `at` ([`Self::fault`]).
     fn fault_if(&mut self, cond: Value, at: usize, raise: Option<Exception>) {
@@ -901,26 +1081,29 @@ impl Emit<'_, '_> {
     /// or an access across pages goes to instead.
     fn tlb_probe(&mut self, a: Value, bytes: u32, access: Access) -> (Value, Block) {
         let rt = self.rt;
+        let table = match self.tlb {
+            Some(t) => t,
+            None => {
+                let t = self.b.ins().load(types::I64, Self::flags(), rt, RT_TLB);
+                self.tlb = Some(t);
+                t
+            }
+        };
         let b = &mut self.b;
-        let table = b.ins().load(types::I64, Self::flags(), rt, RT_TLB);
         // tlb::slot: the page number folded once onto itself.
         let vpn = b.ins().ushr_imm(a, PAGE_SHIFT as i64);
         let high = b.ins().ushr_imm(vpn, TLB_BITS as i64);
-        let folded = b.ins().bxor(vpn, high);
+        let folded = b.ins().iadd(vpn, high);
         let slot = b.ins().band_imm(folded, (TLB_SIZE - 1) as i64);
         let at = b.ins().imul_imm(slot, tlb::layout::ENTRY_SIZE as i64);
         let entry = b.ins().iadd(table, at);
         let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;
         let cmp = b.ins().load(types::I64, Self::flags(), entry, cmp_at);
-        let page = b.ins().band_imm(a, !PAGE_MASK as i64);
-        let same_page = b.ins().icmp(IntCC::Equal, cmp, page);
-        let within = b.ins().band_imm(a, PAGE_MASK as i64);
-        let fits = b.ins().icmp_imm(
-            IntCC::UnsignedLessThanOrEqual,
-            within,
-            (PAGE_SIZE - bytes as u64) as i64,
-        );
-        let hit = b.ins().band(same_page, fits);
+        // The page of the access's last byte: the comparator's page exactly when the
+        // access fits in its first page (a page and the next never share a slot).
+        let last = b.ins().iadd_imm(a, i64::from(bytes) - 1);
+        let page = b.ins().band_imm(last, !PAGE_MASK as i64);
+        let hit = b.ins().icmp(IntCC::Equal, cmp, page);
         let fast = b.create_block();
         let slow = b.create_block();
         b.ins().brif(hit, fast, &[], slow, &[]);
@@ -932,12 +1115,27 @@ impl Emit<'_, '_> {
         (b.ins().iadd(addend, a), slow)
     }
 
+    /// A condition's low bit, which is what the IR's branches test: the condition
+    /// itself when it is 0 or 1.
+    fn low_bit(&mut self, cond: Val, c: Value) -> Value {
+        if self.bools[cond.0 as usize] {
+            c
+        } else {
+            self.b.ins().band_imm(c, 1)
+        }
+    }
+
     fn rt_value(&mut self, ty: Ty) -> Value {
         let rt = self.rt;
         self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
     }
 
     fn body(&mut self) {
+        self.enter_loop();
+        self.ops();
+    }
+
+    fn ops(&mut self) {
         let ops = self.p.ops();
         // The first op of the instruction after the last store, where the block ends if
         // the store wrote guest code.
@@ -969,8 +1167,8 @@ impl Emit<'_, '_> {
                     self.flush_flags();
                 }
                 if let Loc::Gpr(r) = loc {
-                    if let Some(x) = self.gprs[*r as usize & 15] {
-                        let x = self.cast(x, Ty::I64, self.ty(*dst));
+                    if let Some(g) = self.gprs[*r as usize & 15] {
+                        let x = self.cast(g.value, Ty::I64, self.ty(*dst));
                         self.def(*dst, x);
                         return;
                     }
@@ -980,6 +1178,13 @@ impl Emit<'_, '_> {
                     self.b
                         .ins()
                         .load(cl_type(loc.ty()), Self::flags(), cpu, loc.offset() as i32);
+                if let Loc::Gpr(r) = loc {
+                    let value = self.cast(x, loc.ty(), Ty::I64);
+                    self.gprs[*r as usize & 15] = Some(Gpr {
+                        value,
+                        dirty: false,
+                    });
+                }
                 let x = self.cast(x, loc.ty(), self.ty(*dst));
                 self.def(*dst, x);
             }
@@ -989,7 +1194,8 @@ impl Emit<'_, '_> {
                 }
                 let x = self.as_ty(*src, loc.ty());
                 if let Loc::Gpr(r) = loc {
-                    self.gprs[*r as usize & 15] = Some(x);
+                    let value = self.cast(x, loc.ty(), Ty::I64);
+                    self.gprs[*r as usize & 15] = Some(Gpr { value, dirty: true });
                     return;
                 }
                 self.store_cpu(x, loc.offset());
@@ -1067,6 +1273,7 @@ impl Emit<'_, '_> {
                 let r = self.b.ins().icmp(cc, x, y);
                 let r = self.cast(r, Ty::I8, self.ty(*dst));
                 self.def(*dst, r);
+                self.bools[dst.0 as usize] = true;
             }
             Inst::Select { dst, cond, a, b } => {
                 let ty = self.ty(*dst);
@@ -1139,12 +1346,7 @@ impl Emit<'_, '_> {
                 // The stored forms are made here, where they dominate every later place
                 // that may store them.
                 let stored = [*dst, *src, *aux].map(|v| self.as_ty(v, Ty::I64));
-                self.flags = Some(PendingFlags {
-                    op: *op,
-                    dst: *dst,
-                    src: *src,
-                    stored,
-                });
+                self.flags = Some(PendingFlags { op: *op, stored });
             }
             Inst::GetFlags { dst } => {
                 self.flush_flags();
@@ -1154,6 +1356,7 @@ impl Emit<'_, '_> {
                 self.def(*dst, r);
             }
             Inst::Test { dst, cond } => {
+                self.bools[dst.0 as usize] = true;
                 if let Some(r) = self.fast_test(*cond) {
                     let r = self.cast(r, Ty::I8, self.ty(*dst));
                     self.def(*dst, r);
@@ -1186,6 +1389,7 @@ impl Emit<'_, '_> {
                 let cpu = self.cpu;
                 let n = self.konst(args.len() as u64);
                 let fault = self.call(shim_helper as *const u8, &[rt, cpu, which, n]);
+                self.tlb = None;
                 self.fault_if(fault, at, None);
                 if let Some(d) = dst {
                     let x = self.rt_value(Ty::I64);
@@ -1200,7 +1404,7 @@ impl Emit<'_, '_> {
                 error,
             } => {
                 let c = self.v(*cond);
-                let one = self.b.ins().band_imm(c, 1);
+                let one = self.low_bit(*cond, c);
                 let e = Exception {
                     vector: *vector,
                     error_code: *error,
@@ -1209,21 +1413,20 @@ impl Emit<'_, '_> {
             }
             Inst::ExitIf { cond, next } => {
                 let c = self.v(*cond);
-                let c = self.b.ins().band_imm(c, 1);
+                let c = self.low_bit(*cond, c);
                 let exit = self.b.create_block();
                 let cont = self.b.create_block();
                 self.b.ins().brif(c, exit, &[], cont, &[]);
                 self.b.switch_to_block(exit);
-                self.set_rip(*next);
-                self.next(at, ExitTo::Constant);
+                self.next(at, ExitTo::Constant(*next));
                 self.b.switch_to_block(cont);
             }
             Inst::Jump { target } => {
-                let t = self.as_ty(*target, Ty::I64);
-                self.store_cpu(t, off::RIP);
                 let exit = if self.consts[target.0 as usize] {
-                    ExitTo::Constant
+                    ExitTo::Constant(self.p.initial(*target))
                 } else {
+                    let t = self.as_ty(*target, Ty::I64);
+                    self.store_cpu(t, off::RIP);
                     ExitTo::Computed(t)
                 };
                 self.next(at, exit);
@@ -1234,23 +1437,26 @@ impl Emit<'_, '_> {
                 not_taken,
             } => {
                 let c = self.v(*cond);
-                let c = self.b.ins().band_imm(c, 1);
+                let c = self.low_bit(*cond, c);
                 let (yes, no) = (self.b.create_block(), self.b.create_block());
                 self.b.ins().brif(c, yes, &[], no, &[]);
                 for (block, rip) in [(yes, *taken), (no, *not_taken)] {
                     self.b.switch_to_block(block);
-                    self.set_rip(rip);
-                    self.next(at, ExitTo::Constant);
+                    self.next(at, ExitTo::Constant(rip));
                 }
             }
-            Inst::Exit { next, why } => {
-                self.set_rip(*next);
-                match why {
-                    ExitWhy::Continue => self.next(at, ExitTo::Constant),
-                    ExitWhy::Sync => self.leave(KIND_SYNC, at),
-                    ExitWhy::Halt => self.leave(KIND_HALT, at),
+            Inst::Exit { next, why } => match why {
+                ExitWhy::Continue => self.next(at, ExitTo::Constant(*next)),
+                ExitWhy::Sync | ExitWhy::Halt => {
+                    self.set_rip(*next);
+                    let kind = if *why == ExitWhy::Sync {
+                        KIND_SYNC
+                    } else {
+                        KIND_HALT
+                    };
+                    self.leave(kind, at);
                 }
-            }
+            },
         }
     }
 }

@@ -166,12 +166,15 @@ fn holds(e: &TlbEntry, page: u64) -> bool {
         .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
 }
 
-/// The slot of `linear`'s page: the page number folded once onto itself. Generated code
-/// computes the same (`jit.rs`, `tlb_probe`).
+/// The slot of `linear`'s page: the page number folded once onto itself, by an add, so
+/// that a page and the next one never share a slot (their slots differ by 1 or 2). An
+/// access that crosses into the next page then can never hit its first page's slot when
+/// compared with the page of its last byte, which is how generated code checks hit and
+/// fit at once (`jit.rs`, `tlb_probe`), computing the same slot.
 #[inline]
 pub fn slot(linear: u64) -> usize {
     let vpn = linear >> PAGE_SHIFT;
-    (vpn ^ (vpn >> TLB_BITS)) as usize & (TLB_SIZE - 1)
+    (vpn.wrapping_add(vpn >> TLB_BITS)) as usize & (TLB_SIZE - 1)
 }
 
 impl Tlb {
@@ -402,27 +405,52 @@ mod tests {
         let mut buf = [0u8; 0x1000];
         let host = buf.as_mut_ptr();
         let mut t = Tlb::default();
-        // Linear pages 0x200 and 0x601 share a slot.
-        assert_eq!(slot(0x20_0000), slot(0x60_1000));
+        // Linear pages 0x200 and 0x5FF share a slot.
+        assert_eq!(slot(0x20_0000), slot(0x5F_F000));
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
         unsafe { t.fill(0, 0x20_0000, &fill(Some(host), [0; 3])) };
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
-        unsafe { t.fill(0, 0x60_1000, &fill(Some(host), [0; 3])) };
+        unsafe { t.fill(0, 0x5F_F000, &fill(Some(host), [0; 3])) };
         assert!(matches!(
             t.lookup(0, 0x20_0010, 4, Access::Write),
             Lookup::Host(_)
         ));
         assert!(matches!(
-            t.lookup(0, 0x60_1010, 4, Access::Read),
+            t.lookup(0, 0x5F_F010, 4, Access::Read),
             Lookup::Host(_)
         ));
         t.flush_page(0x20_0000);
         assert_eq!(t.lookup(0, 0x20_0010, 4, Access::Read), Lookup::Miss);
-        assert_eq!(t.phys(0, 0x60_1004, Access::Exec), Some(0x5004));
+        assert_eq!(t.phys(0, 0x5F_F004, Access::Exec), Some(0x5004));
         t.flush(false);
-        assert_eq!(t.phys(0, 0x60_1004, Access::Exec), None);
-        // A copy between buffers 1 MiB apart uses two slots.
+        assert_eq!(t.phys(0, 0x5F_F004, Access::Exec), None);
+        // Copies between buffers 1 MiB or 4 MiB apart use two slots.
         assert_ne!(slot(0x20_0000), slot(0x30_0000));
+        assert_ne!(slot(0x20_0000), slot(0x60_0000));
+    }
+
+    /// What the inline look-up's single compare relies on: the slot of a page never
+    /// holds the next page, so an access crossing into it cannot hit.
+    #[test]
+    fn a_page_and_the_next_never_share_a_slot() {
+        let edges = [
+            0u64,
+            0x3FF,
+            0x400,
+            0x7FFFF,
+            0xFFFFF,
+            0x1FF_FFFF,
+            (1 << 52) - 2,
+        ];
+        let pages = (0..0x40_0000u64).chain(edges.iter().flat_map(|&e| e.saturating_sub(4)..e + 4));
+        for vpn in pages {
+            let page = vpn << PAGE_SHIFT;
+            assert_ne!(
+                slot(page),
+                slot(page.wrapping_add(PAGE_SIZE)),
+                "page {page:#x}"
+            );
+        }
     }
 
     #[test]

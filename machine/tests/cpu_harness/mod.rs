@@ -40,6 +40,8 @@ pub struct Done {
     pub cpu: CpuState,
     pub mem: GuestMemory,
     pub stop: CpuStop,
+    /// Guest instructions the CPU completed.
+    pub insns: u64,
 }
 
 impl Done {
@@ -112,6 +114,7 @@ pub fn run_as(
     let interp = run_on(vendor, mode, &setup, &code, false);
     let jit = run_on(vendor, mode, &setup, &code, true);
     assert_eq!(interp.cpu, jit.cpu, "the JIT ends in another state");
+    assert_eq!(interp.insns, jit.insns, "the JIT counts other instructions");
     assert_eq!(
         format!("{:?}", interp.stop),
         format!("{:?}", jit.stop),
@@ -225,6 +228,7 @@ fn run_on(
         Ended::Failed(e) => panic!("the emulated CPU failed: {e}"),
     };
     Done {
+        insns: cpu.instructions(),
         cpu: cpu.state,
         mem,
         stop,
