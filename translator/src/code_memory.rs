@@ -13,6 +13,8 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use gantry_frontend::state::CpuState;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The way into generated code from Rust: `enter(cpu, runtime, block)` calls the block's
 /// function, which is in Cranelift's `tail` convention (Rust has no such ABI), in the
@@ -35,7 +37,9 @@ pub const CODE_BUDGET: usize = 64 << 20;
 
 pub struct CodeMemory {
     isa: OwnedTargetIsa,
-    module: JITModule,
+    /// Freed by `Drop` (a `JITModule` dropped keeps its memory mapped: a process that
+    /// makes many machines, as difftest and the benchmarks do, ran out of mappings).
+    module: ManuallyDrop<JITModule>,
     /// The current module's entry trampoline.
     entry: Entry,
     epoch: u64,
@@ -114,6 +118,13 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
     Ok(unsafe { std::mem::transmute::<*const u8, Entry>(code) })
 }
 
+/// Epochs are unique in the process, not per code memory: a block compiled by a JIT since
+/// dropped (its memory freed) never matches the epoch of another one that runs it.
+fn new_epoch() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl CodeMemory {
     pub fn new() -> Result<Self, String> {
         let isa = host_isa()?;
@@ -121,9 +132,9 @@ impl CodeMemory {
         let entry = compile_entry(&mut module)?;
         Ok(Self {
             isa,
-            module,
+            module: ManuallyDrop::new(module),
             entry,
-            epoch: 0,
+            epoch: new_epoch(),
             used: 0,
             flushes: 0,
         })
@@ -157,11 +168,11 @@ impl CodeMemory {
         let mut module = new_module(&self.isa);
         let entry = compile_entry(&mut module).ok()?;
         self.entry = entry;
-        let old = std::mem::replace(&mut self.module, module);
+        let old = std::mem::replace(&mut *self.module, module);
         // SAFETY: every function of the old module belongs to an older epoch, which the
         // JIT never enters again (`Jit::run` compares a block's epoch with the current one).
         unsafe { old.free_memory() };
-        self.epoch += 1;
+        self.epoch = new_epoch();
         self.used = 0;
         self.flushes += 1;
         Some(())
@@ -170,5 +181,16 @@ impl CodeMemory {
     /// Counts `bytes` of code just compiled into the module.
     pub fn add(&mut self, bytes: usize) {
         self.used += bytes;
+    }
+}
+
+impl Drop for CodeMemory {
+    fn drop(&mut self) {
+        // SAFETY: the module is taken once, here, and not used after; its code is entered
+        // only through the JIT that owns this code memory, which is being dropped, so no
+        // code of it runs or can run again.
+        let module = unsafe { ManuallyDrop::take(&mut self.module) };
+        // SAFETY: as above: nothing holds a way into its code that can still be taken.
+        unsafe { module.free_memory() };
     }
 }
