@@ -96,6 +96,15 @@ pub mod attr {
     pub const G: u16 = 1 << 15;
     /// Code segment (type bit 3 with S set).
     pub const CODE: u16 = 1 << 3;
+    /// A data segment's type bits: writable, expand-down.
+    pub const WRITABLE: u16 = 1 << 1;
+    pub const EXPAND_DOWN: u16 = 1 << 2;
+    /// A segment whose attributes masked by `FAST_MASK` are `FAST` (present, data,
+    /// writable, expand-up) allows any access whose last byte is within its limit, in
+    /// every mode ([`super::CpuState::segment_fault`]); generated code checks that much
+    /// inline and leaves every other case to `segment_fault`.
+    pub const FAST_MASK: u16 = P | CODE | WRITABLE | EXPAND_DOWN;
+    pub const FAST: u16 = P | WRITABLE;
 }
 
 /// A segment register with its hidden descriptor cache.
@@ -467,6 +476,8 @@ pub mod off {
     pub const SEG_SIZE: usize = std::mem::size_of::<Segment>();
     pub const SEG_BASE: usize = offset_of!(Segment, base);
     pub const SEG_SELECTOR: usize = offset_of!(Segment, selector);
+    pub const SEG_LIMIT: usize = offset_of!(Segment, limit);
+    pub const SEG_ATTR: usize = offset_of!(Segment, attr);
 
     pub const fn gpr(i: usize) -> usize {
         GPR + i * 8
@@ -476,6 +487,12 @@ pub mod off {
     }
     pub const fn seg_selector(s: usize) -> usize {
         SEG + s * SEG_SIZE + SEG_SELECTOR
+    }
+    pub const fn seg_limit(s: usize) -> usize {
+        SEG + s * SEG_SIZE + SEG_LIMIT
+    }
+    pub const fn seg_attr(s: usize) -> usize {
+        SEG + s * SEG_SIZE + SEG_ATTR
     }
 }
 
@@ -490,5 +507,68 @@ mod tests {
         assert_eq!(s.code_bits(), 16);
         assert_eq!(s.cpl(), 0);
         assert_eq!(off::gpr(RSP), off::GPR + 32);
+    }
+
+    /// What generated code's inline segment check relies on: an access passing it never
+    /// faults, whatever the mode, the segment or the vendor's rule.
+    #[test]
+    fn the_fast_segment_check_passes_only_accesses_that_do_not_fault() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let limits = [0, 0xFFF, 0xFFFF, 0xF_FFFF, 0xFFFF_FFFE, 0xFFFF_FFFF];
+        let mut passed = 0;
+        for _ in 0..200_000 {
+            let r = next();
+            let mut cpu = CpuState::reset();
+            cpu.cr0 = r & CR0_PE;
+            cpu.rflags |= (r >> 1) & VM;
+            let seg = (r >> 20) as usize % 6;
+            let s = &mut cpu.seg[seg];
+            s.base = if r >> 23 & 1 != 0 {
+                0
+            } else {
+                next() & 0xFFFF_FFFF
+            };
+            s.limit = if r >> 24 & 1 != 0 {
+                limits[(r >> 25) as usize % limits.len()]
+            } else {
+                next() as u32
+            };
+            s.attr = next() as u16;
+            if r >> 35 & 1 != 0 {
+                s.attr = s.attr & !attr::FAST_MASK | attr::FAST;
+            }
+            let bytes = [1, 2, 4, 8, 10, 16][(r >> 28) as usize % 6];
+            let write = r >> 31 & 1 != 0;
+            let top = if r >> 32 & 1 != 0 {
+                FlatSegmentTop::Wraps
+            } else {
+                FlatSegmentTop::Faults
+            };
+            let offset = match r >> 33 & 3 {
+                0 => next() & 0xFFFF_FFFF,
+                1 => u64::from(s.limit).saturating_sub(next() & 15),
+                _ => next() & 0xFFFF,
+            };
+            let linear = (s.base + offset) & 0xFFFF_FFFF;
+            let last = (linear.wrapping_sub(s.base) & 0xFFFF_FFFF) + bytes as u64 - 1;
+            let fast = s.attr & attr::FAST_MASK == attr::FAST && last <= u64::from(s.limit);
+            if fast {
+                passed += 1;
+                assert_eq!(
+                    cpu.segment_fault(seg, linear, bytes, write, top),
+                    None,
+                    "{:?} seg {seg} at {linear:#x}, {bytes} bytes, cr0 {:#x}",
+                    cpu.seg[seg],
+                    cpu.cr0
+                );
+            }
+        }
+        assert!(passed > 20_000, "{passed} cases passed the fast check");
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use gantry_frontend::flags::{self, CcOp, Cond, FastCond};
 use gantry_frontend::ir::*;
-use gantry_frontend::state::{off, CpuState, UD_VECTOR};
+use gantry_frontend::state::{attr, off, CpuState, UD_VECTOR};
 use gantry_frontend::vendor::FlatSegmentTop;
 
 use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
@@ -514,6 +514,7 @@ impl Jit {
                 flags: None,
                 gprs: [None; 16],
                 tlb: None,
+                segs: [None; 6],
                 looped: None,
                 laps: None,
             };
@@ -579,6 +580,8 @@ struct Emit<'a, 'b> {
     /// The TLB table's address, once loaded (until a helper call, which may change the
     /// privilege and with it the table).
     tlb: Option<Value>,
+    /// The segments' base, limit and attributes, once loaded (until a helper call).
+    segs: [Option<(Value, Value, Value)>; 6],
     /// The loop of a block that jumps to its own start, once its first such exit was
     /// emitted ([`Self::loop_back`]).
     looped: Option<Loop>,
@@ -1125,6 +1128,26 @@ impl Emit<'_, '_> {
         }
     }
 
+    /// Segment `seg`'s base, limit (i64) and attributes (i16) from the descriptor cache,
+    /// loaded once per block (until a helper call, which may load the register).
+    fn segment(&mut self, seg: usize) -> (Value, Value, Value) {
+        let seg = seg % 6;
+        if let Some(s) = self.segs[seg] {
+            return s;
+        }
+        let cpu = self.cpu;
+        let mem = Self::flags();
+        let i = self.b.ins();
+        let base = i.load(types::I64, mem, cpu, off::seg_base(seg) as i32);
+        let limit = self.b.ins().uload32(mem, cpu, off::seg_limit(seg) as i32);
+        let attrs = self
+            .b
+            .ins()
+            .load(types::I16, mem, cpu, off::seg_attr(seg) as i32);
+        self.segs[seg] = Some((base, limit, attrs));
+        (base, limit, attrs)
+    }
+
     fn rt_value(&mut self, ty: Ty) -> Value {
         let rt = self.rt;
         self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
@@ -1193,6 +1216,9 @@ impl Emit<'_, '_> {
                     self.flush_flags();
                 }
                 let x = self.as_ty(*src, loc.ty());
+                if let Loc::SegBase(_) | Loc::SegSelector(_) = loc {
+                    self.segs = [None; 6];
+                }
                 if let Loc::Gpr(r) = loc {
                     let value = self.cast(x, loc.ty(), Ty::I64);
                     self.gprs[*r as usize & 15] = Some(Gpr { value, dirty: true });
@@ -1331,6 +1357,32 @@ impl Emit<'_, '_> {
                 top,
             } => {
                 let a = self.as_ty(*addr, Ty::I64);
+                // Inline: a present, writable, expand-up data segment and the last byte
+                // within the limit pass (attr::FAST); the rest is `segment_fault`'s.
+                let (base, limit, attrs) = self.segment(*seg as usize);
+                let i = self.b.ins();
+                let offset = i.isub(a, base);
+                let offset = self.b.ins().ireduce(types::I32, offset);
+                let offset = self.b.ins().uextend(types::I64, offset);
+                let last = self
+                    .b
+                    .ins()
+                    .iadd_imm(offset, i64::from((*bytes).max(1)) - 1);
+                let within = self
+                    .b
+                    .ins()
+                    .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
+                let kind = self.b.ins().band_imm(attrs, i64::from(attr::FAST_MASK));
+                let data = self
+                    .b
+                    .ins()
+                    .icmp_imm(IntCC::Equal, kind, i64::from(attr::FAST));
+                let pass = self.b.ins().band(within, data);
+                let slow = self.b.create_block();
+                let cont = self.b.create_block();
+                self.b.ins().brif(pass, cont, &[], slow, &[]);
+                self.b.set_cold_block(slow);
+                self.b.switch_to_block(slow);
                 let wraps = *top == FlatSegmentTop::Wraps;
                 let info = self.konst(
                     *seg as u64
@@ -1341,6 +1393,8 @@ impl Emit<'_, '_> {
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at, None);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(cont);
             }
             Inst::SetFlags { op, dst, src, aux } => {
                 // The stored forms are made here, where they dominate every later place
@@ -1390,6 +1444,7 @@ impl Emit<'_, '_> {
                 let n = self.konst(args.len() as u64);
                 let fault = self.call(shim_helper as *const u8, &[rt, cpu, which, n]);
                 self.tlb = None;
+                self.segs = [None; 6];
                 self.fault_if(fault, at, None);
                 if let Some(d) = dst {
                     let x = self.rt_value(Ty::I64);
