@@ -12,7 +12,7 @@ mod system;
 
 pub use system::x87_implemented;
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 pub use builder::Builder;
 
@@ -130,6 +130,11 @@ pub fn translate_with(
         }
     };
     let start_page = linear(start) / PAGE;
+    let at_breakpoint = |ip: u64| {
+        !limits.stop_before.is_empty() && limits.stop_before.binary_search(&linear(ip)).is_ok()
+    };
+    // The instructions lifted so far, which a direct JMP is not followed back into.
+    let mut lifted = Vec::new();
     loop {
         let ins = match decode_at(src, rip, linear(rip), mode) {
             Ok(i) => i,
@@ -154,16 +159,36 @@ pub fn translate_with(
             len: ins.len() as u8,
         });
         count += 1;
-        let flow = lift_one(&mut b, &ins, mode);
+        lifted.push(rip);
         let last_byte = linear(rip + ins.len() as u64 - 1);
-        rip = ins.next_ip() & ip_mask;
+        // A direct JMP within the page goes on into its target in the same block (a
+        // superblock): the JMP itself does nothing else. Not to the block's start, which
+        // stays an exit so that the block is a loop, nor into what the block has lifted.
+        let follow = match ins.mnemonic() {
+            Mnemonic::Jmp
+                if matches!(
+                    ins.op0_kind(),
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                ) =>
+            {
+                let target = ins.near_branch_target() & ip_mask;
+                (target != start
+                    && linear(target) / PAGE == start_page
+                    && !lifted.contains(&target))
+                .then_some(target)
+            }
+            _ => None,
+        };
+        let flow = match follow {
+            Some(_) => Flow::Next,
+            None => lift_one(&mut b, &ins, mode),
+        };
+        rip = follow.unwrap_or(ins.next_ip() & ip_mask);
         if flow == Flow::End {
             break;
         }
         let crosses = linear(rip) / PAGE != start_page || last_byte / PAGE != start_page;
-        let at_breakpoint = !limits.stop_before.is_empty()
-            && limits.stop_before.binary_search(&linear(rip)).is_ok();
-        if count >= max_insns || crosses || at_breakpoint {
+        if count >= max_insns || crosses || at_breakpoint(rip) {
             b.push(Inst::Exit {
                 next: rip,
                 why: ExitWhy::Continue,
@@ -173,6 +198,8 @@ pub fn translate_with(
     }
     Ok(Block {
         start,
+        // Where lifting stopped, from the start (with JMPs followed, not the code's
+        // extent: the pages the code is on are what the fetch recorded).
         len: (rip.wrapping_sub(start)) as u32,
         guest_insns: count,
         insts: b.insts,
