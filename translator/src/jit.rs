@@ -515,6 +515,7 @@ impl Jit {
                 gprs: [None; 16],
                 tlb: None,
                 segs: [None; 6],
+                code_written: None,
                 looped: None,
                 laps: None,
             };
@@ -580,6 +581,9 @@ struct Emit<'a, 'b> {
     /// The TLB table's address, once loaded (until a helper call, which may change the
     /// privilege and with it the table).
     tlb: Option<Value>,
+    /// Whether a store since the last instruction that checked wrote guest code (its
+    /// slow path's answer, 0 on the fast path).
+    code_written: Option<Value>,
     /// The segments' base, limit and attributes, once loaded (until a helper call).
     segs: [Option<(Value, Value, Value)>; 6],
     /// The loop of a block that jumps to its own start, once its first such exit was
@@ -769,11 +773,9 @@ impl Emit<'_, '_> {
     /// loop, which drops stale translations) when a store of the instructions before it
     /// wrote guest code, whose bytes may be this instruction's.
     fn end_if_code_written(&mut self, at: usize) {
-        let rt = self.rt;
-        let written = self
-            .b
-            .ins()
-            .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
+        let Some(written) = self.code_written.take() else {
+            return;
+        };
         let end = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(written, end, &[], cont, &[]);
@@ -1337,17 +1339,30 @@ impl Emit<'_, '_> {
                 // arm would not dominate the other.
                 let v = self.v(*src);
                 let x = self.as_ty(*src, Ty::I64);
+                // Whether the store wrote guest code: only the slow path can (pages with
+                // translated code are flagged in the TLB), so the fast path says no
+                // without looking.
                 let join = self.b.create_block();
+                let wrote = self.b.append_block_param(join, types::I64);
                 let (host, slow) = self.tlb_probe(a, ty.bytes() as u32, Access::Write);
                 self.b.ins().store(Self::guest_flags(), v, host, 0);
-                self.b.ins().jump(join, &[]);
+                let no = self.b.ins().iconst(types::I64, 0);
+                self.b.ins().jump(join, &[no.into()]);
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
                 self.fault_if(fault, at, None);
-                self.b.ins().jump(join, &[]);
+                let written =
+                    self.b
+                        .ins()
+                        .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
+                self.b.ins().jump(join, &[written.into()]);
                 self.b.switch_to_block(join);
+                self.code_written = Some(match self.code_written {
+                    Some(w) => self.b.ins().bor(w, wrote),
+                    None => wrote,
+                });
             }
             Inst::SegCheck {
                 seg,
