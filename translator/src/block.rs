@@ -110,16 +110,15 @@ pub(crate) struct Pending {
 }
 
 /// Where an exit keeps the code of the block it found at `rip`, so that the next time
-/// it goes there directly: `code` holds while the jump cache's epoch is `epoch - 1` (0:
-/// empty) and the lookup's [`crate::cache::JumpKey::context`] is `context`. Generated
-/// code reads it; [`crate::jit`]'s chaining shim fills it. (An exit to a constant
-/// address has a slot of its own and need not compare `rip`.)
+/// it goes there directly: `code` holds while the run's `Runtime::checked` equals
+/// `stamp` (the jump cache's epoch and the lookup's context the slot was filled under, as
+/// one word; 0: empty). Generated code reads it; [`crate::jit`]'s chaining shim fills it.
+/// (An exit to a constant address has a slot of its own and need not compare `rip`.)
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct ChainSlot {
     pub(crate) code: Cell<u64>,
-    pub(crate) epoch: Cell<u64>,
-    pub(crate) context: Cell<u64>,
+    pub(crate) stamp: Cell<u64>,
     pub(crate) rip: Cell<u64>,
 }
 

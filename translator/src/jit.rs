@@ -81,14 +81,15 @@ pub struct Runtime<'a> {
     budget: u32,
     /// The code memory's epoch: a block compiled in another one is not chained into.
     epoch: u64,
-    /// The jump cache's epoch plus one, while the last block boundary passed the host's
-    /// checks ([`Host::next_block`]) and no call into the host came since: a chain slot
-    /// filled under the same epoch and `context` may then be followed without asking the
-    /// host again. [`UNCHECKED`] otherwise.
+    /// While the last block boundary passed the host's checks ([`Host::next_block`]) and
+    /// no call into the host came since, what that lookup held under, as one word: the
+    /// jump cache's epoch and the lookup's context ([`crate::cache::JumpKey::context`],
+    /// which the CPU is still in), numbered by [`stamp`]. A chain slot filled under
+    /// the same stamp may then be followed without asking the host again. [`UNCHECKED`]
+    /// otherwise.
     checked: u64,
-    /// The lookup's context at that boundary ([`crate::cache::JumpKey::context`]): no
-    /// host call came since, so the CPU is still in it.
-    context: u64,
+    /// The contexts numbered so far ([`stamp`]).
+    contexts: &'a mut Vec<u64>,
     /// Calls of the load and store shims.
     slow_accesses: u64,
     /// Set by a store that wrote guest code ([`Host::wrote_code`]): the block ends before
@@ -107,11 +108,9 @@ const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
 const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
 const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
 const RT_CHECKED: i32 = std::mem::offset_of!(Runtime, checked) as i32;
-const RT_CONTEXT: i32 = std::mem::offset_of!(Runtime, context) as i32;
 const RT_CODE_WRITTEN: i32 = std::mem::offset_of!(Runtime, code_written) as i32;
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
-const SLOT_EPOCH: i32 = std::mem::offset_of!(ChainSlot, epoch) as i32;
-const SLOT_CONTEXT: i32 = std::mem::offset_of!(ChainSlot, context) as i32;
+const SLOT_STAMP: i32 = std::mem::offset_of!(ChainSlot, stamp) as i32;
 const SLOT_RIP: i32 = std::mem::offset_of!(ChainSlot, rip) as i32;
 
 /// Entries of the table through which exits to computed addresses (RET, indirect jumps
@@ -177,6 +176,8 @@ pub struct Jit {
     errors_seen: Vec<String>,
     /// perf's map of JIT code ([`Self::write_perf_map`]), while it is written.
     perf_map: Option<std::fs::File>,
+    /// The lookup contexts chain slots were filled in, numbered by their place ([`stamp`]).
+    contexts: Vec<u64>,
 }
 
 impl Jit {
@@ -202,6 +203,7 @@ impl Jit {
             targets: empty_targets(),
             errors_seen: Vec::new(),
             perf_map: None,
+            contexts: Vec::new(),
         })
     }
 
@@ -317,7 +319,7 @@ impl Jit {
             budget: *budget,
             epoch: self.code.epoch(),
             checked: UNCHECKED,
-            context: 0,
+            contexts: &mut self.contexts,
             code_written: 0,
             slow_accesses: 0,
             host,
@@ -881,15 +883,11 @@ impl Emit<'_, '_> {
         };
         let flags = Self::flags();
         let checked = self.b.ins().load(types::I64, flags, rt, RT_CHECKED);
-        let epoch = self.b.ins().load(types::I64, flags, slot, SLOT_EPOCH);
-        let context = self.b.ins().load(types::I64, flags, rt, RT_CONTEXT);
-        let slot_context = self.b.ins().load(types::I64, flags, slot, SLOT_CONTEXT);
+        let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
         let budget = self.b.ins().load(types::I32, flags, rt, RT_BUDGET);
-        let valid = self.b.ins().icmp(IntCC::Equal, checked, epoch);
-        let same = self.b.ins().icmp(IntCC::Equal, context, slot_context);
+        let valid = self.b.ins().icmp(IntCC::Equal, checked, stamp);
         let left = self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0);
-        let go = self.b.ins().band(valid, same);
-        let mut go = self.b.ins().band(go, left);
+        let mut go = self.b.ins().band(valid, left);
         if let Some(target) = target {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
             let there = self.b.ins().icmp(IntCC::Equal, slot_rip, target);
@@ -1353,10 +1351,10 @@ impl Emit<'_, '_> {
                 let (cpu, rt) = (self.cpu, self.rt);
                 let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
                 self.fault_if(fault, at, None);
-                let written =
-                    self.b
-                        .ins()
-                        .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
+                let written = self
+                    .b
+                    .ins()
+                    .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
                 self.b.ins().jump(join, &[written.into()]);
                 self.b.switch_to_block(join);
                 self.code_written = Some(match self.code_written {
@@ -1638,6 +1636,28 @@ extern "C" fn shim_helper(
     outcome(rt, r)
 }
 
+/// Contexts numbered at most: a run in yet another context chains through the host.
+const MAX_CONTEXTS: usize = 0xFFFF;
+
+/// A lookup's jump-cache epoch and context ([`crate::cache::JumpKey::context`]) as one
+/// word, the epoch plus one above 16 bits and the context's number (from 1) below: what
+/// generated code compares a chain slot with in one go. `None` past [`MAX_CONTEXTS`]
+/// contexts, or an epoch too large to keep whole (2^47 jump-cache flushes).
+fn stamp(contexts: &mut Vec<u64>, jump_epoch: u64, context: u64) -> Option<u64> {
+    if jump_epoch >= 1 << 47 {
+        return None;
+    }
+    let n = match contexts.iter().position(|&c| c == context) {
+        Some(i) => i + 1,
+        None if contexts.len() < MAX_CONTEXTS => {
+            contexts.push(context);
+            contexts.len()
+        }
+        None => return None,
+    };
+    Some((jump_epoch + 1) << 16 | n as u64)
+}
+
 /// The code of the block to run next, or 0 to return to the run loop: when the budget is
 /// spent, when the host has something to do first or no block looked up by the linear
 /// address ([`Host::next_block`]), or when that block is not compiled in this epoch. A
@@ -1657,11 +1677,13 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
         _ => return 0,
     };
     rt.budget -= 1;
-    let Some(context) = found.context else {
+    let Some(stamp) = found
+        .context
+        .and_then(|c| stamp(rt.contexts, found.jump_epoch, c))
+    else {
         return code;
     };
-    rt.checked = found.jump_epoch + 1;
-    rt.context = context;
+    rt.checked = stamp;
     // SAFETY: a slot pointer is into the calling block's own `Compiled::slots`, alive
     // while its code runs, or into the JIT's table of indirect targets, alive while any
     // code is.
@@ -1670,8 +1692,7 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
         // is what a lookup under the same key returns) and the exit is taken in the same
         // context (its RIP is constant).
         slot.code.set(code);
-        slot.epoch.set(found.jump_epoch + 1);
-        slot.context.set(context);
+        slot.stamp.set(stamp);
         slot.rip.set(cpu.rip);
     }
     code
