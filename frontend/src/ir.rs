@@ -45,6 +45,10 @@ impl Ty {
             _ => Ty::I64,
         }
     }
+    /// The value with only the sign bit of this width set.
+    pub fn sign_bit(self) -> u64 {
+        1 << (self.bits() - 1)
+    }
     pub fn mask(self) -> u64 {
         match self {
             Ty::I64 => !0,

@@ -1293,3 +1293,80 @@ fn byte_swaps() {
     assert_eq!(d.cpu.gpr[1], 0x4433_2211);
     assert_eq!(d.cpu.gpr[2], 0xAABB_0000);
 }
+
+/// RFLAGS read whole (by a rotate, which keeps the flags it does not set) right after an
+/// ALU operation or a shift in the same block: the JIT computes it inline for those
+/// kinds; both tiers must give `flags::compute`'s answer, for every size.
+#[test]
+fn rflags_read_whole_after_an_alu_operation() {
+    const OPS: u64 = 17;
+    let values: [u64; 6] = [0, 1, 0x7F, 0x80, 0xFFFF_FFFF, 0x8000_0000_0000_0001];
+    let d = run64(|a| {
+        let mut at = DATA;
+        for &x in &values {
+            for &y in &values {
+                for op in 0..OPS {
+                    a.mov(rax, x)?;
+                    a.mov(rbx, y)?;
+                    match op {
+                        0 => a.add(rax, rbx)?,
+                        1 => a.sub(eax, ebx)?,
+                        2 => a.and(ax, bx)?,
+                        3 => a.cmp(al, bl)?,
+                        4 => a.xor(eax, ebx)?,
+                        5 => a.inc(eax)?,
+                        6 => a.dec(ax)?,
+                        // Shifts by CL and by an immediate lift differently (a count of
+                        // 0 keeps the flags).
+                        7 | 8 | 9 | 10 | 11 => {
+                            a.mov(ecx, [1, 5, 1, 7, 1][op as usize - 7])?;
+                            match op {
+                                7 => a.shl(eax, cl)?,
+                                8 => a.shl(rax, cl)?,
+                                9 => a.shr(al, cl)?,
+                                10 => a.shr(rax, cl)?,
+                                _ => a.sar(ax, cl)?,
+                            }
+                        }
+                        12 => a.shl(bl, 1)?,
+                        13 => a.shl(rax, 5)?,
+                        14 => a.shr(al, 1)?,
+                        15 => a.shr(rax, 7)?,
+                        _ => a.sar(ax, 1)?,
+                    }
+                    // A rotate by CL = 0 keeps every flag as the operation left them:
+                    // its lifting reads RFLAGS whole (PUSHF is a helper's).
+                    a.mov(ecx, 0)?;
+                    a.rol(rdx, cl)?;
+                    // Conditions on the flags the rotate left in RFLAGS (before PUSHF, a helper).
+                    a.seto(byte_ptr(at + 16))?;
+                    a.setb(byte_ptr(at + 17))?;
+                    a.sete(byte_ptr(at + 18))?;
+                    a.seta(byte_ptr(at + 19))?;
+                    a.sets(byte_ptr(at + 20))?;
+                    a.setnp(byte_ptr(at + 21))?;
+                    a.setl(byte_ptr(at + 22))?;
+                    a.setg(byte_ptr(at + 23))?;
+                    a.pushfq()?;
+                    a.pop(rcx)?;
+                    a.mov(qword_ptr(at), rcx)?;
+                    a.mov(qword_ptr(at + 8), rax)?;
+                    at += 32;
+                }
+            }
+        }
+        Ok(())
+    });
+    assert_eq!(d.vector(), None);
+    // 0 + 0: ZF and PF.
+    assert_eq!(d.u64_at(DATA) & (ZF | PF | CF | SF | OF), ZF | PF);
+    // 0 - 1 (32-bit; x = 0, y = 1, the second operation): CF, SF, AF, and PF (the low
+    // byte 0xFF has eight ones).
+    let at = DATA + (OPS + 1) * 32;
+    assert_eq!(
+        d.u64_at(at) & (ZF | PF | CF | SF | OF | AF),
+        CF | SF | AF | PF
+    );
+    // There: O, B, E, A, S, NP, L, G.
+    assert_eq!(d.bytes_at(at + 16, 8), [0, 1, 0, 0, 1, 0, 1, 0]);
+}

@@ -26,9 +26,9 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 use std::time::{Duration, Instant};
 
-use gantry_frontend::flags::{self, CcOp, Cond, FastCond};
+use gantry_frontend::flags::{self, CcKind, CcOp, Cond, FastCond};
 use gantry_frontend::ir::*;
-use gantry_frontend::state::{attr, off, CpuState, UD_VECTOR};
+use gantry_frontend::state::{attr, off, CpuState, AF, ARITH_FLAGS, CF, OF, PF, SF, UD_VECTOR, ZF};
 use gantry_frontend::vendor::FlatSegmentTop;
 
 use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
@@ -518,6 +518,7 @@ impl Jit {
                 tlb: None,
                 segs: [None; 6],
                 code_written: None,
+                eflags_home: false,
                 looped: None,
                 laps: None,
             };
@@ -583,6 +584,9 @@ struct Emit<'a, 'b> {
     /// The TLB table's address, once loaded (until a helper call, which may change the
     /// privilege and with it the table).
     tlb: Option<Value>,
+    /// Whether the block made RFLAGS the flags' home (put EFLAGS in `cc.op`) with no
+    /// flag-setting operation or helper call since.
+    eflags_home: bool,
     /// Whether a store since the last instruction that checked wrote guest code (its
     /// slow path's answer, 0 on the fast path).
     code_written: Option<Value>,
@@ -748,6 +752,162 @@ impl Emit<'_, '_> {
             }
             FastCond::Never => i.iconst(types::I8, negate as i64),
         };
+        Some(r)
+    }
+
+    /// RFLAGS computed inline, when the block knows how: from the pending operation
+    /// ([`Self::arith_flags`]), or read as it is when the block made RFLAGS the flags'
+    /// home (`cc.op` = EFLAGS, as a rotate or POPF leaves it).
+    fn whole_flags(&mut self) -> Option<Value> {
+        let cpu = self.cpu;
+        let arith = match self.flags {
+            Some(_) => Some(self.arith_flags()?),
+            None if self.eflags_home => None,
+            None => return None,
+        };
+        let f = self
+            .b
+            .ins()
+            .load(types::I64, Self::flags(), cpu, off::RFLAGS as i32);
+        Some(match arith {
+            Some(a) => {
+                let f = self.b.ins().band_imm(f, !ARITH_FLAGS as i64);
+                self.b.ins().bor(f, a)
+            }
+            None => f,
+        })
+    }
+
+    /// Whether `cond` holds for RFLAGS value `f` (an i8, 0 or 1), as `flags::cond_holds`.
+    fn cond_of_rflags(&mut self, f: Value, cond: Cond) -> Value {
+        let flag = |e: &mut Self, bit: u64| {
+            let x = e.b.ins().ushr_imm(f, bit.trailing_zeros() as i64);
+            e.b.ins().band_imm(x, 1)
+        };
+        let n = cond as u8;
+        let r = match n & !1 {
+            0 => flag(self, OF),
+            2 => flag(self, CF),
+            4 => flag(self, ZF),
+            6 => {
+                let (c, z) = (flag(self, CF), flag(self, ZF));
+                self.b.ins().bor(c, z)
+            }
+            8 => flag(self, SF),
+            10 => flag(self, PF),
+            _ => {
+                let (s, o) = (flag(self, SF), flag(self, OF));
+                let l = self.b.ins().bxor(s, o);
+                if n & !1 == 12 {
+                    l
+                } else {
+                    let z = flag(self, ZF);
+                    self.b.ins().bor(l, z)
+                }
+            }
+        };
+        let r = if n & 1 != 0 {
+            self.b.ins().bxor_imm(r, 1)
+        } else {
+            r
+        };
+        self.b.ins().ireduce(types::I8, r)
+    }
+
+    /// The six arithmetic flags of the pending flag-setting operation, computed inline
+    /// (an i64 in RFLAGS's layout) for the kinds that precede most reads of the whole
+    /// RFLAGS in hot code (a rotate after an ALU operation or a shift, PUSHF, LAHF): what
+    /// `flags::compute` gives for them, which the tier comparisons and difftest on the
+    /// JIT hold it to. `None` for the other kinds, which go to the shim.
+    fn arith_flags(&mut self) -> Option<Value> {
+        let f = self.flags.as_ref()?;
+        let op = f.op;
+        let [dst, src, aux] = f.stored;
+        let ty = Ty::from_bytes(op.size as u32);
+        let d = self.cast(dst, Ty::I64, ty);
+        let s = self.cast(src, Ty::I64, ty);
+        let bit = |e: &mut Self, b: Value, flag: u64| {
+            let b = e.b.ins().uextend(types::I64, b);
+            e.b.ins().ishl_imm(b, flag.trailing_zeros() as i64)
+        };
+        let zf = self.b.ins().icmp_imm(IntCC::Equal, d, 0);
+        let sf = self.b.ins().icmp_imm(IntCC::SignedLessThan, d, 0);
+        let (zf, sf) = (bit(self, zf, ZF), bit(self, sf, SF));
+        // PF: the low byte has an even number of ones.
+        let low = self.b.ins().band_imm(dst, 0xFF);
+        let ones = self.b.ins().popcnt(low);
+        let odd = self.b.ins().band_imm(ones, 1);
+        let even = self.b.ins().bxor_imm(odd, 1);
+        let pf = self.b.ins().ishl_imm(even, PF.trailing_zeros() as i64);
+        let mut r = self.b.ins().bor(zf, sf);
+        r = self.b.ins().bor(r, pf);
+        let top = |e: &mut Self, v: Value| e.b.ins().icmp_imm(IntCC::SignedLessThan, v, 0);
+        let low = |e: &mut Self, v: Value| {
+            let b = e.b.ins().band_imm(v, 1);
+            e.b.ins().ireduce(types::I8, b)
+        };
+        let none = self.b.ins().iconst(types::I8, 0);
+        // CF, OF, and AF (already in place, as an i64), per kind.
+        let (cf, of, af) = match op.kind {
+            CcKind::Logic => (none, none, None),
+            CcKind::Add | CcKind::Sub => {
+                // The first operand back from the result, then as ADD/SUB set them.
+                let (a, cf) = if op.kind == CcKind::Add {
+                    let a = self.b.ins().isub(d, s);
+                    (a, self.b.ins().icmp(IntCC::UnsignedLessThan, d, a))
+                } else {
+                    let a = self.b.ins().iadd(d, s);
+                    (a, self.b.ins().icmp(IntCC::UnsignedLessThan, a, s))
+                };
+                let i = self.b.ins();
+                let (x, y) = if op.kind == CcKind::Add {
+                    let x = i.bxor(a, d);
+                    (x, self.b.ins().bxor(s, d))
+                } else {
+                    let x = i.bxor(a, s);
+                    (x, self.b.ins().bxor(a, d))
+                };
+                let both = self.b.ins().band(x, y);
+                let of = top(self, both);
+                let carries = self.b.ins().bxor(a, s);
+                (cf, of, Some(self.b.ins().bxor(carries, d)))
+            }
+            CcKind::Inc | CcKind::Dec => {
+                // CF is the one before (in src); OF at the one result that overflows.
+                let cf = low(self, src);
+                let (a, edge) = if op.kind == CcKind::Inc {
+                    (self.b.ins().iadd_imm(d, -1), ty.sign_bit())
+                } else {
+                    (self.b.ins().iadd_imm(d, 1), ty.sign_bit() - 1)
+                };
+                let edge = self.b.ins().iconst(cl_type(ty), (edge & ty.mask()) as i64);
+                let of = self.b.ins().icmp(IntCC::Equal, d, edge);
+                let carries = self.b.ins().bxor_imm(a, 1);
+                (cf, of, Some(self.b.ins().bxor(carries, d)))
+            }
+            CcKind::Shl => {
+                let cf = top(self, s);
+                let df = top(self, d);
+                (cf, self.b.ins().bxor(cf, df), None)
+            }
+            CcKind::Shr => {
+                let a = self.cast(aux, Ty::I64, ty);
+                (low(self, src), top(self, a), None)
+            }
+            CcKind::Sar => (low(self, src), none, None),
+            _ => return None,
+        };
+        let (cf, of) = (bit(self, cf, CF), bit(self, of, OF));
+        r = self.b.ins().bor(r, cf);
+        r = self.b.ins().bor(r, of);
+        if let Some(carries) = af {
+            let af = self.b.ins().band_imm(carries, AF as i64);
+            let af = self.cast(af, ty, Ty::I64);
+            r = self.b.ins().bor(r, af);
+        }
+        if op.af_set {
+            r = self.b.ins().bor_imm(r, AF as i64);
+        }
         Some(r)
     }
 
@@ -1216,6 +1376,10 @@ impl Emit<'_, '_> {
                     self.flush_flags();
                 }
                 let x = self.as_ty(*src, loc.ty());
+                if *loc == Loc::CcOp {
+                    self.eflags_home = self.consts[src.0 as usize]
+                        && self.p.initial(*src) as u32 == CcOp::EFLAGS.encode();
+                }
                 if let Loc::SegBase(_) | Loc::SegSelector(_) = loc {
                     self.segs = [None; 6];
                 }
@@ -1414,8 +1578,14 @@ impl Emit<'_, '_> {
                 // that may store them.
                 let stored = [*dst, *src, *aux].map(|v| self.as_ty(v, Ty::I64));
                 self.flags = Some(PendingFlags { op: *op, stored });
+                self.eflags_home = false;
             }
             Inst::GetFlags { dst } => {
+                if let Some(r) = self.whole_flags() {
+                    let r = self.cast(r, Ty::I64, self.ty(*dst));
+                    self.def(*dst, r);
+                    return;
+                }
                 self.flush_flags();
                 let cpu = self.cpu;
                 let r = self.call(shim_rflags as *const u8, &[cpu]);
@@ -1425,6 +1595,12 @@ impl Emit<'_, '_> {
             Inst::Test { dst, cond } => {
                 self.bools[dst.0 as usize] = true;
                 if let Some(r) = self.fast_test(*cond) {
+                    let r = self.cast(r, Ty::I8, self.ty(*dst));
+                    self.def(*dst, r);
+                    return;
+                }
+                if let Some(f) = self.whole_flags() {
+                    let r = self.cond_of_rflags(f, *cond);
                     let r = self.cast(r, Ty::I8, self.ty(*dst));
                     self.def(*dst, r);
                     return;
@@ -1458,6 +1634,7 @@ impl Emit<'_, '_> {
                 let fault = self.call(shim_helper as *const u8, &[rt, cpu, which, n]);
                 self.tlb = None;
                 self.segs = [None; 6];
+                self.eflags_home = false;
                 self.fault_if(fault, at, None);
                 if let Some(d) = dst {
                     let x = self.rt_value(Ty::I64);
