@@ -16,18 +16,24 @@ use gantry_frontend::state::CpuState;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The way into generated code from Rust: `enter(cpu, runtime, block)` calls the block's
-/// function, which is in Cranelift's `tail` convention (Rust has no such ABI), in the
-/// host's C convention, and returns what the block (or the last block it chained into)
-/// returned.
-pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8) -> u64;
+/// The way into generated code from Rust: `enter(cpu, runtime, block, budget, insns)`
+/// calls the block's function, which is in Cranelift's `tail` convention (Rust has no
+/// such ABI), in the host's C convention, and returns what the block (or the last block
+/// it chained into) returned.
+pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8, u64, u64) -> u64;
 
-/// The signature of every compiled block: `(cpu, runtime) -> exit word`, in the `tail`
-/// convention, so that a block can end in a tail call of its successor.
+/// The signature of every compiled block: `(runtime, budget, insns) -> exit word`, in
+/// the `tail` convention, so that a block can end in a tail call of its successor. The
+/// CPU state's address is in Cranelift's pinned register (`get_pinned_reg`), which the
+/// entry trampoline sets, as QEMU keeps `env` in a fixed host register: the register
+/// allocator never spills and reloads it. The blocks the run may still chain into and
+/// the instructions it completed so far go from block to block in registers, and are
+/// stored only where the run leaves generated code.
 pub fn block_signature() -> Signature {
     let mut sig = Signature::new(CallConv::Tail);
-    sig.params.push(AbiParam::new(types::I64));
-    sig.params.push(AbiParam::new(types::I64));
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
     sig.returns.push(AbiParam::new(types::I64));
     sig
 }
@@ -58,6 +64,8 @@ fn host_isa() -> Result<OwnedTargetIsa, String> {
     set(&mut flags, "use_colocated_libcalls", "false")?;
     // Tail calls between blocks need frame pointers on some of Cranelift's backends.
     set(&mut flags, "preserve_frame_pointers", "true")?;
+    // The CPU state's address, for every block ([`block_signature`]).
+    set(&mut flags, "enable_pinned_reg", "true")?;
     // Cranelift's IR verifier cost 4% of a Linux boot (a seventh of all compile time),
     // checking the JIT's own output: on in debug builds only. What the code does is
     // checked by the suite's tier comparisons and by difftest on the JIT.
@@ -82,7 +90,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
     let mut ctx = module.make_context();
     let call_conv = module.isa().default_call_conv();
     ctx.func.signature = Signature::new(call_conv);
-    for _ in 0..3 {
+    for _ in 0..5 {
         ctx.func.signature.params.push(AbiParam::new(types::I64));
     }
     ctx.func.signature.returns.push(AbiParam::new(types::I64));
@@ -92,14 +100,17 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let (cpu, rt, code) = (
-            b.block_params(entry)[0],
-            b.block_params(entry)[1],
-            b.block_params(entry)[2],
-        );
+        let p = b.block_params(entry).to_vec();
+        let (cpu, rt, code, budget, insns) = (p[0], p[1], p[2], p[3], p[4]);
         let sig = b.import_signature(block_signature());
-        let call = b.ins().call_indirect(sig, code, &[cpu, rt]);
+        // The pinned register is callee-saved in the host's C convention, and not
+        // allocatable, so Cranelift saves it in no prologue: the caller's value is kept
+        // here.
+        let caller = b.ins().get_pinned_reg(types::I64);
+        b.ins().set_pinned_reg(cpu);
+        let call = b.ins().call_indirect(sig, code, &[rt, budget, insns]);
         let r = b.inst_results(call)[0];
+        b.ins().set_pinned_reg(caller);
         b.ins().return_(&[r]);
         b.seal_all_blocks();
         b.finalize();
@@ -112,7 +123,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         .map_err(|e| e.to_string())?;
     module.finalize_definitions().map_err(|e| e.to_string())?;
     let code = module.get_finalized_function(id);
-    // SAFETY: the function was just compiled with this signature (three pointer-sized
+    // SAFETY: the function was just compiled with this signature (five pointer-sized
     // integer parameters, one i64 result) in the host's default calling convention, which
     // `extern "C"` is on the hosts Cranelift supports.
     Ok(unsafe { std::mem::transmute::<*const u8, Entry>(code) })

@@ -72,12 +72,15 @@ pub struct Runtime<'a> {
     /// inline look-up of every load and store; a helper may change the privilege, so the
     /// helper shim sets it again.
     tlb: *const TlbEntry,
-    /// Guest instructions the run completed, counted by the generated code at its exits.
+    /// Guest instructions the run completed: generated code carries the count from block
+    /// to block in a register and stores it here where the run leaves it.
     insns: u64,
     /// The exception that ended the run ([`encode`]d), written by the shim that raised it
     /// or by the generated code of a `raise` or `trap_if`.
     fault: u64,
-    /// How many more blocks the run may chain into before it returns to the run loop.
+    /// How many more blocks the run may chain into before it returns to the run loop: in
+    /// a register while generated code runs, stored here where it calls [`shim_chain`]
+    /// (which spends from it) or leaves.
     budget: u32,
     /// The code memory's epoch: a block compiled in another one is not chained into.
     epoch: u64,
@@ -334,7 +337,15 @@ impl Jit {
         // chains into was checked the same way by `shim_chain`, and stays cached (so its
         // helper table and chain slots live) until the run loop drops blocks, after the
         // run.
-        let r = unsafe { entry(cpu, (&mut rt as *mut Runtime).cast::<u8>(), c.code) };
+        let r = unsafe {
+            entry(
+                cpu,
+                (&mut rt as *mut Runtime).cast::<u8>(),
+                c.code,
+                u64::from(*budget),
+                0,
+            )
+        };
         self.chained += u64::from(*budget - rt.budget);
         self.insns += rt.insns;
         self.slow_accesses += rt.slow_accesses;
@@ -495,13 +506,13 @@ impl Jit {
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
-            let cpu = b.block_params(entry)[0];
-            let rt = b.block_params(entry)[1];
+            let rt = b.block_params(entry)[0];
+            let budget = b.block_params(entry)[1];
+            let insns = b.block_params(entry)[2];
             let block_sig = b.import_signature(block_signature());
             let mut e = Emit {
                 b,
                 p,
-                cpu,
                 rt,
                 vals: vec![None; p.block.vals.len()],
                 bools: vec![false; p.block.vals.len()],
@@ -520,7 +531,7 @@ impl Jit {
                 code_written: None,
                 eflags_home: false,
                 looped: None,
-                laps: None,
+                run: Run { budget, insns },
             };
             e.body();
             e.b.seal_all_blocks();
@@ -557,7 +568,6 @@ fn cl_type(t: Ty) -> Type {
 struct Emit<'a, 'b> {
     b: FunctionBuilder<'a>,
     p: &'b Prepared,
-    cpu: Value,
     rt: Value,
     vals: Vec<Option<Value>>,
     /// Values known to be 0 or 1 (conditions), which a branch takes as they are.
@@ -595,14 +605,18 @@ struct Emit<'a, 'b> {
     /// The loop of a block that jumps to its own start, once its first such exit was
     /// emitted ([`Self::loop_back`]).
     looped: Option<Loop>,
-    /// In a loop: the budget left and the instructions of the laps before.
-    laps: Option<Laps>,
+    /// The run's budget and instruction count as of the block's start (or the loop's
+    /// head).
+    run: Run,
 }
 
+/// What a run carries from block to block in registers (the block signature's last two
+/// parameters): the blocks it may still chain into, and the guest instructions it
+/// completed before the block (or, in a loop, before the lap).
 #[derive(Clone, Copy)]
-struct Laps {
+struct Run {
     budget: Value,
-    done: Value,
+    insns: Value,
 }
 
 #[derive(Clone, Copy)]
@@ -643,6 +657,12 @@ impl Emit<'_, '_> {
         self.p.block.ty(v)
     }
 
+    /// The CPU state's address, from the pinned register ([`block_signature`]): read
+    /// where used, so that no value holding it lives long enough to be spilled.
+    fn cpu(&mut self) -> Value {
+        self.b.ins().get_pinned_reg(types::I64)
+    }
+
     /// An IR value; constants (kept in the prepared block's initial table) materialize
     /// where used.
     fn v(&mut self, v: Val) -> Value {
@@ -679,7 +699,7 @@ impl Emit<'_, '_> {
     }
 
     fn store_cpu(&mut self, x: Value, offset: usize) {
-        let cpu = self.cpu;
+        let cpu = self.cpu();
         self.b.ins().store(Self::flags(), x, cpu, offset as i32);
     }
 
@@ -759,7 +779,7 @@ impl Emit<'_, '_> {
     /// ([`Self::arith_flags`]), or read as it is when the block made RFLAGS the flags'
     /// home (`cc.op` = EFLAGS, as a rotate or POPF leaves it).
     fn whole_flags(&mut self) -> Option<Value> {
-        let cpu = self.cpu;
+        let cpu = self.cpu();
         let arith = match self.flags {
             Some(_) => Some(self.arith_flags()?),
             None if self.eflags_home => None,
@@ -914,7 +934,7 @@ impl Emit<'_, '_> {
     /// Stores the registers the block wrote and has not stored, on the path being
     /// emitted (as [`Self::store_flags`]).
     fn store_gprs(&mut self) {
-        let cpu = self.cpu;
+        let cpu = self.cpu();
         for (r, g) in self.gprs.iter().enumerate() {
             if let Some(Gpr { value, dirty: true }) = *g {
                 self.b
@@ -954,25 +974,15 @@ impl Emit<'_, '_> {
         self.b.switch_to_block(cont);
     }
 
-    /// Adds `n` to the run's count of completed instructions, on a path that leaves the
-    /// function; in the loop's body, with the instructions of the laps before, and the
-    /// budget the laps left.
+    /// Stores the run's budget and its count of completed instructions, with the block's
+    /// first `n` instructions (or the lap's) added, on a path that leaves generated code.
     fn count(&mut self, n: u64) {
-        let rt = self.rt;
-        if let Some(l) = self.laps {
-            self.b.ins().store(Self::flags(), l.budget, rt, RT_BUDGET);
-            let x = self.b.ins().load(types::I64, Self::flags(), rt, RT_INSNS);
-            let x = self.b.ins().iadd(x, l.done);
-            let x = self.b.ins().iadd_imm(x, n as i64);
-            self.b.ins().store(Self::flags(), x, rt, RT_INSNS);
-            return;
-        }
-        if n == 0 {
-            return;
-        }
-        let x = self.b.ins().load(types::I64, Self::flags(), rt, RT_INSNS);
-        let x = self.b.ins().iadd_imm(x, n as i64);
-        self.b.ins().store(Self::flags(), x, rt, RT_INSNS);
+        let (rt, run) = (self.rt, self.run);
+        let insns = self.b.ins().iadd_imm(run.insns, n as i64);
+        self.b.ins().store(Self::flags(), insns, rt, RT_INSNS);
+        self.b
+            .ins()
+            .istore32(Self::flags(), run.budget, rt, RT_BUDGET);
     }
 
     /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
@@ -1019,8 +1029,9 @@ impl Emit<'_, '_> {
         }
         self.store_flags();
         self.store_gprs();
-        self.count(self.p.locate(at).0);
-        let (cpu, rt) = (self.cpu, self.rt);
+        let n = self.p.locate(at).0;
+        let insns = self.b.ins().iadd_imm(self.run.insns, n as i64);
+        let (cpu, rt) = (self.cpu(), self.rt);
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
                 let slot = &self.slots[self.next_slot];
@@ -1044,34 +1055,44 @@ impl Emit<'_, '_> {
         let flags = Self::flags();
         let checked = self.b.ins().load(types::I64, flags, rt, RT_CHECKED);
         let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
-        let budget = self.b.ins().load(types::I32, flags, rt, RT_BUDGET);
-        let valid = self.b.ins().icmp(IntCC::Equal, checked, stamp);
-        let left = self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0);
-        let mut go = self.b.ins().band(valid, left);
+        let mut holds = vec![self.b.ins().icmp(IntCC::Equal, checked, stamp)];
         if let Some(target) = target {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
-            let there = self.b.ins().icmp(IntCC::Equal, slot_rip, target);
-            go = self.b.ins().band(go, there);
+            holds.push(self.b.ins().icmp(IntCC::Equal, slot_rip, target));
         }
+        let budget = self.run.budget;
+        holds.push(self.b.ins().icmp_imm(IntCC::NotEqual, budget, 0));
+        // One branch per condition, each a compare and a jump, rather than the
+        // conditions combined into one.
         let straight = self.b.create_block();
         let ask = self.b.create_block();
-        self.b.ins().brif(go, straight, &[], ask, &[]);
-        self.b.switch_to_block(straight);
+        let last = holds.len() - 1;
+        for (i, h) in holds.into_iter().enumerate() {
+            let then = if i == last {
+                straight
+            } else {
+                self.b.create_block()
+            };
+            self.b.ins().brif(h, then, &[], ask, &[]);
+            self.b.switch_to_block(then);
+        }
         let budget = self.b.ins().iadd_imm(budget, -1);
-        self.b.ins().store(flags, budget, rt, RT_BUDGET);
         let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[cpu, rt]);
+            .return_call_indirect(self.block_sig, code, &[rt, budget, insns]);
         self.b.switch_to_block(ask);
+        // The shim spends from the budget in the runtime; the run may end here.
+        self.count(n);
         let code = self.call(shim_chain as *const u8, &[rt, cpu, slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
         self.b.ins().brif(code, chain, &[], back, &[]);
         self.b.switch_to_block(chain);
+        let budget = self.b.ins().uload32(flags, rt, RT_BUDGET);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[cpu, rt]);
+            .return_call_indirect(self.block_sig, code, &[rt, budget, insns]);
         self.b.switch_to_block(back);
         let kind = self.b.ins().iconst(types::I64, KIND_NEXT as i64);
         self.b.ins().return_(&[kind]);
@@ -1084,9 +1105,10 @@ impl Emit<'_, '_> {
     /// breakpoint set: the block is still what runs there), and the budget lasts, which
     /// going round spends as a chain does. Otherwise the exit goes on as any other.
     fn loop_back(&mut self, at: usize) {
-        let (Some(l), Some(laps)) = (&self.looped, self.laps) else {
+        let Some(l) = &self.looped else {
             return;
         };
+        let run = self.run;
         let (head, regs) = (l.head, l.regs);
         let rt = self.rt;
         let mem = Self::flags();
@@ -1095,19 +1117,20 @@ impl Emit<'_, '_> {
             .b
             .ins()
             .icmp_imm(IntCC::NotEqual, checked, UNCHECKED as i64);
-        let left = self.b.ins().icmp_imm(IntCC::NotEqual, laps.budget, 0);
-        let go = self.b.ins().band(valid, left);
+        let left = self.b.ins().icmp_imm(IntCC::NotEqual, run.budget, 0);
+        let has_budget = self.b.create_block();
         let again = self.b.create_block();
         let other = self.b.create_block();
-        self.b.ins().brif(go, again, &[], other, &[]);
+        self.b.ins().brif(valid, has_budget, &[], other, &[]);
+        self.b.switch_to_block(has_budget);
+        self.b.ins().brif(left, again, &[], other, &[]);
         self.b.switch_to_block(again);
         // The flags go round in the CPU (the head cannot know which operation set
-        // them); the budget and the count in host values (`Self::count` settles them
-        // where the loop leaves).
+        // them); the budget and the count in host values, as between blocks.
         self.store_flags();
-        let budget = self.b.ins().iadd_imm(laps.budget, -1);
+        let budget = self.b.ins().iadd_imm(run.budget, -1);
         let n = self.p.locate(at).0 as i64;
-        let done = self.b.ins().iadd_imm(laps.done, n);
+        let insns = self.b.ins().iadd_imm(run.insns, n);
         let mut args: Vec<BlockArg> = Vec::new();
         for (r, held) in regs.iter().enumerate() {
             if held.is_none() {
@@ -1117,19 +1140,20 @@ impl Emit<'_, '_> {
             let value = match self.gprs[r] {
                 Some(g) => g.value,
                 None => {
-                    let cpu = self.cpu;
+                    let cpu = self.cpu();
                     self.b.ins().load(types::I64, mem, cpu, off::gpr(r) as i32)
                 }
             };
             args.push(BlockArg::Value(value));
         }
-        args.extend([BlockArg::Value(budget), BlockArg::Value(done)]);
+        args.extend([BlockArg::Value(budget), BlockArg::Value(insns)]);
         self.b.ins().jump(head, &args);
         self.b.switch_to_block(other);
     }
 
-    /// For a block that jumps to its own start: loads the registers it uses and the
-    /// budget, and goes into the loop's head, where they are block parameters.
+    /// For a block that jumps to its own start: loads the registers it uses, and goes
+    /// into the loop's head, where they and the run's budget and count are block
+    /// parameters.
     fn enter_loop(&mut self) {
         let start = self.p.block.start;
         let consts = self.consts;
@@ -1165,7 +1189,7 @@ impl Emit<'_, '_> {
                 _ => {}
             }
         }
-        let (cpu, rt) = (self.cpu, self.rt);
+        let cpu = self.cpu();
         let mem = Self::flags();
         let head = self.b.create_block();
         let mut args: Vec<BlockArg> = Vec::new();
@@ -1176,10 +1200,11 @@ impl Emit<'_, '_> {
                 self.b.append_block_param(head, types::I64);
             }
         }
-        let budget = self.b.ins().load(types::I32, mem, rt, RT_BUDGET);
-        let done = self.b.ins().iconst(types::I64, 0);
-        args.extend([BlockArg::Value(budget), BlockArg::Value(done)]);
-        self.b.append_block_param(head, types::I32);
+        args.extend([
+            BlockArg::Value(self.run.budget),
+            BlockArg::Value(self.run.insns),
+        ]);
+        self.b.append_block_param(head, types::I64);
         self.b.append_block_param(head, types::I64);
         self.b.ins().jump(head, &args);
         self.b.switch_to_block(head);
@@ -1192,12 +1217,9 @@ impl Emit<'_, '_> {
                 })
             });
         }
-        self.laps = (|| {
-            Some(Laps {
-                budget: params.next()?,
-                done: params.next()?,
-            })
-        })();
+        if let (Some(budget), Some(insns)) = (params.next(), params.next()) {
+            self.run = Run { budget, insns };
+        }
         self.looped = Some(Loop { head, regs });
     }
 
@@ -1211,6 +1233,15 @@ impl Emit<'_, '_> {
         self.b.switch_to_block(fault);
         self.fault(at, raise);
         self.b.switch_to_block(cont);
+    }
+
+    /// Marks the block being emitted cold (placed after the function's hot code): the
+    /// rest of a slow path, so that the fast path it rejoins falls through without a
+    /// jump over it.
+    fn stay_cold(&mut self) {
+        if let Some(block) = self.b.current_block() {
+            self.b.set_cold_block(block);
+        }
     }
 
     /// Calls a shim with i64 arguments; returns its i64 result.
@@ -1295,7 +1326,7 @@ impl Emit<'_, '_> {
         if let Some(s) = self.segs[seg] {
             return s;
         }
-        let cpu = self.cpu;
+        let cpu = self.cpu();
         let mem = Self::flags();
         let i = self.b.ins();
         let base = i.load(types::I64, mem, cpu, off::seg_base(seg) as i32);
@@ -1356,7 +1387,7 @@ impl Emit<'_, '_> {
                         return;
                     }
                 }
-                let cpu = self.cpu;
+                let cpu = self.cpu();
                 let x =
                     self.b
                         .ins()
@@ -1486,9 +1517,10 @@ impl Emit<'_, '_> {
                 // The slow path: a miss, a flagged page or an access across pages.
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
-                let (cpu, rt) = (self.cpu, self.rt);
+                let (cpu, rt) = (self.cpu(), self.rt);
                 let fault = self.call(shim_load as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at, None);
+                self.stay_cold();
                 let v = self.rt_value(ty);
                 self.b.ins().jump(join, &[v.into()]);
                 self.b.switch_to_block(join);
@@ -1512,9 +1544,10 @@ impl Emit<'_, '_> {
                 self.b.ins().jump(join, &[no.into()]);
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
-                let (cpu, rt) = (self.cpu, self.rt);
+                let (cpu, rt) = (self.cpu(), self.rt);
                 let fault = self.call(shim_store as *const u8, &[rt, cpu, a, x, info]);
                 self.fault_if(fault, at, None);
+                self.stay_cold();
                 let written = self
                     .b
                     .ins()
@@ -1567,7 +1600,7 @@ impl Emit<'_, '_> {
                         | (*write as u64) << 24
                         | (wraps as u64) << 25,
                 );
-                let (cpu, rt) = (self.cpu, self.rt);
+                let (cpu, rt) = (self.cpu(), self.rt);
                 let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at, None);
                 self.b.ins().jump(cont, &[]);
@@ -1587,7 +1620,7 @@ impl Emit<'_, '_> {
                     return;
                 }
                 self.flush_flags();
-                let cpu = self.cpu;
+                let cpu = self.cpu();
                 let r = self.call(shim_rflags as *const u8, &[cpu]);
                 let r = self.cast(r, Ty::I64, self.ty(*dst));
                 self.def(*dst, r);
@@ -1606,7 +1639,7 @@ impl Emit<'_, '_> {
                     return;
                 }
                 self.flush_flags();
-                let cpu = self.cpu;
+                let cpu = self.cpu();
                 let c = self.konst(*cond as u64);
                 let r = self.call(shim_test as *const u8, &[cpu, c]);
                 let r = self.cast(r, Ty::I64, self.ty(*dst));
@@ -1629,7 +1662,7 @@ impl Emit<'_, '_> {
                 debug_assert_eq!(which, helper);
                 self.next_helper += 1;
                 let which = self.konst(which as *const Helper as u64);
-                let cpu = self.cpu;
+                let cpu = self.cpu();
                 let n = self.konst(args.len() as u64);
                 let fault = self.call(shim_helper as *const u8, &[rt, cpu, which, n]);
                 self.tlb = None;
