@@ -309,7 +309,11 @@ pub enum ExitWhy {
     Continue,
 }
 
+/// An explicit one-byte tag (`repr(u8)`): without it the discriminant is packed into a
+/// niche of a field, and the interpreter's dispatch decoded it with a compare, an XOR and
+/// a conditional move before every op's jump.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Inst {
     /// Start of the guest instruction at `rip`, `len` bytes long.
     Mark {
