@@ -1318,7 +1318,7 @@ fn rflags_read_whole_after_an_alu_operation() {
                         6 => a.dec(ax)?,
                         // Shifts by CL and by an immediate lift differently (a count of
                         // 0 keeps the flags).
-                        7 | 8 | 9 | 10 | 11 => {
+                        7..=11 => {
                             a.mov(ecx, [1, 5, 1, 7, 1][op as usize - 7])?;
                             match op {
                                 7 => a.shl(eax, cl)?,
