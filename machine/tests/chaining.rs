@@ -181,3 +181,57 @@ impl PushFlags for CodeAssembler {
         }
     }
 }
+
+/// A linear code page is moved to other physical memory by a page-table write and INVLPG:
+/// the next call there runs the code now mapped, though the calling block's chain slot
+/// and the jump cache held the old page's block. An INVLPG of a data page (which leaves
+/// the jump cache and chains alone) changes nothing.
+#[test]
+fn invlpg_of_a_code_page_drops_what_ran_there_and_of_a_data_page_keeps_it() {
+    use gantry_machine::layout::BOOT_PD;
+    // Linear 6 MiB, the fourth 2 MiB page of the identity map, is given a page table:
+    // its first 4 KiB map the page holding `mov eax, 1; ret`, later the one holding
+    // `mov eax, 2; ret`.
+    const V: u64 = 0x60_0000;
+    const PT: u64 = 0x50_0000;
+    const ONE: u64 = 0x30_0000;
+    const TWO: u64 = 0x30_1000;
+    let d = run(
+        Mode::Long64,
+        |_, mem| {
+            mem.write(ONE, &[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3])
+                .unwrap();
+            mem.write(TWO, &[0xB8, 0x02, 0x00, 0x00, 0x00, 0xC3])
+                .unwrap();
+            mem.zero(PT, 0x1000).unwrap();
+            mem.write_u64(PT, ONE | 3).unwrap();
+            mem.write_u64(BOOT_PD + 3 * 8, PT | 3).unwrap();
+        },
+        |a| {
+            let mut top = a.create_label();
+            let mut other = a.create_label();
+            let mut next = a.create_label();
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut top)?;
+            a.mov(rax, V)?;
+            a.call(rax)?;
+            a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)?;
+            a.cmp(ecx, 1)?;
+            a.jne(other)?;
+            // After the second call: the page now maps TWO.
+            a.mov(rdx, TWO | 3)?;
+            a.mov(qword_ptr(PT), rdx)?;
+            a.invlpg(byte_ptr(V))?;
+            a.jmp(next)?;
+            a.set_label(&mut other)?;
+            a.invlpg(byte_ptr(DATA))?;
+            a.set_label(&mut next)?;
+            a.inc(ecx)?;
+            a.cmp(ecx, 5)?;
+            a.jne(top)
+        },
+    );
+    assert_eq!(d.vector(), None);
+    let got: Vec<u64> = (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect();
+    assert_eq!(got, [1, 1, 2, 2, 2]);
+}

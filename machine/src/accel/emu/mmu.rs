@@ -42,8 +42,13 @@ pub struct Mmu {
     /// RAM pages holding translated code (writes must invalidate them).
     pub code_pages: CodePages,
     pub stats: MmuStats,
-    /// Changes on every flush, so caches of translations (the CPU's jump cache) know.
+    /// Changes on every flush that may change where a block looked up by linear address
+    /// is, so caches of translations (the CPU's jump cache, and the chains made from it)
+    /// know.
     pub generation: u64,
+    /// The linear pages blocks were looked up at since the generation changed
+    /// ([`Self::note_code_page`]).
+    code_linear: CodeLinearPages,
     /// The guest memory the TLB's host addresses point into ([`GuestMemory::mapping_id`]).
     bound: [usize; 4],
     /// Linear ranges `[start, end)` that watchpoints or guest data breakpoints cover: their
@@ -58,6 +63,7 @@ impl Mmu {
             code_pages: CodePages::new(ram_size),
             stats: MmuStats::default(),
             generation: 0,
+            code_linear: CodeLinearPages::default(),
             bound: [0; 4],
             watched: Vec::new(),
         }
@@ -83,14 +89,32 @@ impl Mmu {
     /// Drops all entries (or all but global ones).
     pub fn flush(&mut self, keep_global: bool) {
         self.stats.tlb_flushes += 1;
-        self.generation += 1;
+        self.new_generation();
         self.tlb.flush(keep_global);
     }
 
-    /// INVLPG: drops the page from every TLB, global or not.
+    /// INVLPG: drops the page from every TLB, global or not. The generation changes only
+    /// if a block was looked up on the page, or on the one before (whose last instruction
+    /// may reach into it): most INVLPGs are of data pages, and each emptied the jump
+    /// cache and unlinked every chain (70,000 in a Linux boot).
     pub fn flush_page(&mut self, linear: u64) {
-        self.generation += 1;
+        let page = linear >> PAGE_SHIFT;
+        if self.code_linear.holds(page) || self.code_linear.holds(page.wrapping_sub(1)) {
+            self.new_generation();
+        }
         self.tlb.flush_page(linear);
+    }
+
+    fn new_generation(&mut self) {
+        self.generation += 1;
+        self.code_linear = CodeLinearPages::default();
+    }
+
+    /// Records that a block was looked up by linear address `linear` under the current
+    /// generation (and may be chained into while it lasts).
+    #[inline]
+    pub fn note_code_page(&mut self, linear: u64) {
+        self.code_linear.insert(linear >> PAGE_SHIFT);
     }
 
     /// The ranges debug traps watch; the TLB is dropped so that fills tag their pages.
@@ -206,5 +230,33 @@ impl Mmu {
                 false
             }
         }
+    }
+}
+
+/// A set of linear page numbers that may answer yes for pages never inserted (they share
+/// a bit), never no for one that was: what [`Mmu::flush_page`] asks.
+#[derive(Clone)]
+struct CodeLinearPages([u64; 64]);
+
+impl Default for CodeLinearPages {
+    fn default() -> Self {
+        Self([0; 64])
+    }
+}
+
+impl CodeLinearPages {
+    fn bit(page: u64) -> (usize, u64) {
+        let b = page as usize % (64 * 64);
+        (b / 64, 1 << (b % 64))
+    }
+
+    fn insert(&mut self, page: u64) {
+        let (w, m) = Self::bit(page);
+        self.0[w] |= m;
+    }
+
+    fn holds(&self, page: u64) -> bool {
+        let (w, m) = Self::bit(page);
+        self.0[w] & m != 0
     }
 }

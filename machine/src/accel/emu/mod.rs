@@ -49,6 +49,10 @@ pub struct CpuStats {
     pub unknown_msrs: u64,
     pub task_switches: u64,
     pub invalidated_blocks: u64,
+    /// Times the jump cache was emptied (a TLB flush that may move code, or code
+    /// invalidated), which also unlinks every chain, and look-ups it did not answer.
+    pub jump_flushes: u64,
+    pub jump_misses: u64,
     /// #UD raised for instructions Gantry does not implement, by iced-x86 code name.
     pub unimplemented: BTreeMap<String, u64>,
 }
@@ -433,13 +437,16 @@ impl EmuCpu {
     ) -> Result<Rc<Prepared>, Exception> {
         if self.jump_generation != self.mmu.generation {
             self.jump_generation = self.mmu.generation;
+            self.stats.jump_flushes += 1;
             self.code.flush_jumps();
         }
         let jkey = chain::jump_key(&self.state, self.vendor);
         if let Some(b) = self.code.jump_lookup(&jkey) {
             return Ok(b);
         }
+        self.stats.jump_misses += 1;
         let b = self.lookup_slow(mem, board, jkey.cs_base, jkey.rip)?;
+        self.mmu.note_code_page(self.state.linear_rip());
         self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
@@ -690,11 +697,14 @@ impl Vcpu for EmuCpu {
         let _ = writeln!(
             out,
             "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by code \
-             writes",
+             writes; jump cache emptied {} times (by TLB flushes that may move code), {} \
+             look-ups past it",
             s.blocks_translated,
             s.blocks_run,
             insns as f64 / s.blocks_run.max(1) as f64,
-            s.invalidated_blocks
+            s.invalidated_blocks,
+            s.jump_flushes,
+            s.jump_misses
         );
         if let Some(j) = &self.jit {
             let secs = j.compile_time.as_secs_f64();
