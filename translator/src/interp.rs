@@ -120,8 +120,14 @@ impl Interp {
     /// the state is as it was before it (the lifter orders effects for that).
     pub fn run(&mut self, p: &Prepared, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
         let block = &p.block;
-        self.vals.clear();
-        self.vals.extend_from_slice(&p.init);
+        // Values other than constants are written before they are read: the table keeps
+        // whatever an earlier block left in them.
+        if self.vals.len() < p.init.len() {
+            self.vals.resize(p.init.len(), 0);
+        }
+        for &(v, k) in p.consts.iter() {
+            self.vals[v as usize] = k;
+        }
         macro_rules! v {
             ($x:expr) => {
                 self.vals[$x.0 as usize]
