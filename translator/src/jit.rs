@@ -6,10 +6,12 @@
 //! interpreter's, by calls out of the generated code ("shims"). The CPU tests run on both
 //! tiers and compare the results.
 //!
-//! The generated function is `fn(cpu: *mut CpuState, rt: *mut Runtime) -> u64`; it writes
-//! RIP itself at every exit and returns `kind << 32 | op`, the index of the op where the
-//! block ended, from which the caller counts instructions and, on a fault, finds the
-//! faulting instruction's RIP (as the interpreter's `locate`).
+//! A block's function is `fn(rt: *mut Runtime, budget: u64, insns: u64) -> u64` in
+//! Cranelift's `tail` convention, with the `CpuState`'s address in the pinned register
+//! ([`crate::code_memory::block_signature`]). It writes RIP itself at every exit, counts
+//! the instructions it completed (and, on a fault, stores the faulting instruction's RIP
+//! and the exception), and either goes on into the next block with a tail call, passing
+//! the budget and count on, or stores them in the runtime and returns the exit's kind.
 //!
 //! Code memory is [`crate::code_memory`]'s, freed and refilled whole; each compiled block
 //! carries its epoch, so stale code is never entered. Only blocks that ran `hot` times are
