@@ -348,25 +348,41 @@ impl Cond {
         ][self as usize]
     }
 
+    /// The condition as a test of RFLAGS, the one statement of it that [`Self::holds`]
+    /// and the JIT (which lowers it to host code) both evaluate.
+    pub fn on_rflags(self) -> RflagsTest {
+        let (any, sf_ne_of) = match self as u8 >> 1 {
+            0 => (OF, false),
+            1 => (CF, false),
+            2 => (ZF, false),
+            3 => (CF | ZF, false),
+            4 => (SF, false),
+            5 => (PF, false),
+            6 => (0, true),
+            _ => (ZF, true),
+        };
+        RflagsTest {
+            any,
+            sf_ne_of,
+            negate: self as u8 & 1 != 0,
+        }
+    }
+
     /// Whether the condition holds for these RFLAGS.
     pub fn holds(self, f: u64) -> bool {
-        let cf = f & CF != 0;
-        let zf = f & ZF != 0;
-        let sf = f & SF != 0;
-        let of = f & OF != 0;
-        let pf = f & PF != 0;
-        let base = match self as u8 >> 1 {
-            0 => of,
-            1 => cf,
-            2 => zf,
-            3 => cf || zf,
-            4 => sf,
-            5 => pf,
-            6 => sf != of,
-            _ => zf || sf != of,
-        };
-        base != (self as u8 & 1 != 0)
+        let t = self.on_rflags();
+        let sf_ne_of = (f & SF != 0) != (f & OF != 0);
+        (f & t.any != 0 || t.sf_ne_of && sf_ne_of) != t.negate
     }
+}
+
+/// A condition on RFLAGS ([`Cond::on_rflags`]): it holds when a flag of `any` is set or,
+/// with `sf_ne_of`, when SF differs from OF; `negate` inverts that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RflagsTest {
+    pub any: u64,
+    pub sf_ne_of: bool,
+    pub negate: bool,
 }
 
 #[cfg(test)]

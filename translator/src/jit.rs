@@ -783,12 +783,12 @@ impl Emit<'_, '_> {
     /// ([`Self::arith_flags`]), or read as it is when the block made RFLAGS the flags'
     /// home (`cc.op` = EFLAGS, as a rotate or POPF leaves it).
     fn whole_flags(&mut self) -> Option<Value> {
-        let cpu = self.cpu();
         let arith = match self.flags {
             Some(_) => Some(self.arith_flags()?),
             None if self.eflags_home => None,
             None => return None,
         };
+        let cpu = self.cpu();
         let f = self
             .b
             .ins()
@@ -802,40 +802,32 @@ impl Emit<'_, '_> {
         })
     }
 
-    /// Whether `cond` holds for RFLAGS value `f` (an i8, 0 or 1), as `flags::cond_holds`.
+    /// Whether `cond` holds for RFLAGS value `f`, as an i8 (0 or 1): the frontend's test
+    /// of it ([`Cond::on_rflags`]) lowered.
     fn cond_of_rflags(&mut self, f: Value, cond: Cond) -> Value {
-        let flag = |e: &mut Self, bit: u64| {
-            let x = e.b.ins().ushr_imm(f, bit.trailing_zeros() as i64);
-            e.b.ins().band_imm(x, 1)
-        };
-        let n = cond as u8;
-        let r = match n & !1 {
-            0 => flag(self, OF),
-            2 => flag(self, CF),
-            4 => flag(self, ZF),
-            6 => {
-                let (c, z) = (flag(self, CF), flag(self, ZF));
-                self.b.ins().bor(c, z)
-            }
-            8 => flag(self, SF),
-            10 => flag(self, PF),
-            _ => {
-                let (s, o) = (flag(self, SF), flag(self, OF));
-                let l = self.b.ins().bxor(s, o);
-                if n & !1 == 12 {
-                    l
-                } else {
-                    let z = flag(self, ZF);
-                    self.b.ins().bor(l, z)
-                }
-            }
-        };
-        let r = if n & 1 != 0 {
+        let t = cond.on_rflags();
+        let mut r = None;
+        if t.any != 0 {
+            let set = self.b.ins().band_imm(f, t.any as i64);
+            r = Some(self.b.ins().icmp_imm(IntCC::NotEqual, set, 0));
+        }
+        if t.sf_ne_of {
+            let apart = (OF.trailing_zeros() - SF.trailing_zeros()) as i64;
+            let of_at_sf = self.b.ins().ushr_imm(f, apart);
+            let differ = self.b.ins().bxor(f, of_at_sf);
+            let differ = self.b.ins().band_imm(differ, SF as i64);
+            let l = self.b.ins().icmp_imm(IntCC::NotEqual, differ, 0);
+            r = Some(match r {
+                Some(x) => self.b.ins().bor(x, l),
+                None => l,
+            });
+        }
+        let r = r.unwrap_or_else(|| self.b.ins().iconst(types::I8, 0));
+        if t.negate {
             self.b.ins().bxor_imm(r, 1)
         } else {
             r
-        };
-        self.b.ins().ireduce(types::I8, r)
+        }
     }
 
     /// The six arithmetic flags of the pending flag-setting operation, computed inline
@@ -1603,6 +1595,7 @@ impl Emit<'_, '_> {
                 let (cpu, rt) = (self.cpu(), self.rt);
                 let fault = self.call(shim_seg_check as *const u8, &[rt, cpu, a, info]);
                 self.fault_if(fault, at, None);
+                self.stay_cold();
                 self.b.ins().jump(cont, &[]);
                 self.b.switch_to_block(cont);
             }
