@@ -194,6 +194,12 @@ impl BusDevice for I8042 {
         data[0] = match offset {
             0 => {
                 let v = self.out.pop_front().map_or(0, |(b, _)| b);
+                // Reading empties the output buffer, which drops the interrupt; the next
+                // queued byte fills it again, a new edge for the 8259 (which otherwise
+                // never sees the second byte of a multi-byte answer and Linux's ps2 code
+                // waits out its timeouts).
+                self.kbd_irq.set_level(false);
+                self.aux_irq.set_level(false);
                 self.update_irq();
                 v
             }
@@ -274,6 +280,21 @@ mod tests {
         k.write(0, &[0x07]);
         assert_eq!(inb(&mut k, 0), 0xFA);
         assert_eq!(inb(&mut k, 4) & STATUS_OBF, 0);
+    }
+
+    #[test]
+    fn each_byte_of_an_answer_raises_its_own_interrupt() {
+        let wires = IrqWires::new();
+        let signals = Rc::new(SystemSignals::default());
+        let mut k = I8042::new(wires.line(1), wires.line(12), signals);
+        wires.take_rising();
+        k.write(0, &[0xF2]);
+        assert_eq!(wires.take_rising(), 1 << 1, "the ACK's edge");
+        for (byte, edges) in [(0xFA, 1 << 1), (0xAB, 1 << 1), (0x83, 0)] {
+            assert_eq!(inb(&mut k, 0), byte);
+            assert_eq!(wires.take_rising(), edges, "after reading {byte:#x}");
+        }
+        assert_eq!(wires.levels() & (1 << 1), 0);
     }
 
     #[test]
