@@ -154,11 +154,13 @@ macro_rules! ctx {
 }
 
 /// How many blocks run between board services (timers, console) while the CPU is busy;
-/// also how far compiled blocks chain. At 7 instructions a block, 256 blocks are about
-/// 15 us of guest time at Gantry's speed: timer interrupts come that much late at most.
-/// 32 cost the Debian boot 1.24x the time of 256 (median of two interleaved pairs);
-/// 1024 gained 2% more.
-const SERVICE_INTERVAL: u32 = 256;
+/// also how far compiled blocks chain. At 7 instructions a block and about 7 ns a chained
+/// block, 2048 blocks are about 15 us: timer interrupts come that much late at most (an
+/// OUT or another exit that may raise one has the board serviced at once). Each service
+/// reads the host clock and goes back through the run loop: the Debian boot took 0.956x
+/// the time with 2048 as with 256 (median of 6 interleaved pairs); 8192 gained 2% more,
+/// within the noise, at four times the latency. 32 had cost 1.24x the time of 256.
+const SERVICE_INTERVAL: u32 = 2048;
 
 impl EmuCpu {
     /// A CPU in `state` (a loader's entry state, or [`CpuState::reset`]) for a machine
