@@ -1,5 +1,5 @@
-//! The JIT's code memory: cranelift-jit's `JITModule`, which frees only all of its code at
-//! once. When the code compiled into it passes [`CODE_BUDGET`], the module is freed and
+//! The JIT's code memory: cranelift-jit's `JITModule`, with the blocks packed into an
+//! arena of Gantry's own ([`CodeArena`]), which frees only all of its code at once. When the code compiled into it passes [`CODE_BUDGET`], the module is freed and
 //! replaced by a fresh one, and the epoch advances: each compiled block carries the epoch
 //! it was compiled in, so code of an older epoch is never entered again, and blocks
 //! compile anew when next hot. (A finer scheme, freeing or patching single blocks, needs
@@ -13,6 +13,8 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use gantry_frontend::state::CpuState;
+
+use crate::code_arena::CodeArena;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -81,8 +83,16 @@ fn host_isa() -> Result<OwnedTargetIsa, String> {
         .map_err(|e| e.to_string())
 }
 
-fn new_module(isa: &OwnedTargetIsa) -> JITModule {
-    JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()))
+/// The address space one module's code may take: the budget, and room for the blocks
+/// compiled before the budget's check next runs ([`CodeMemory::make_room`]) and for
+/// alignment. Only the pages written are backed.
+const ARENA_SIZE: usize = 2 * CODE_BUDGET;
+
+fn new_module(isa: &OwnedTargetIsa) -> Result<JITModule, String> {
+    let arena = CodeArena::new(ARENA_SIZE).map_err(|e| e.to_string())?;
+    let mut builder = JITBuilder::with_isa(isa.clone(), default_libcall_names());
+    builder.memory_provider(Box::new(arena));
+    Ok(JITModule::new(builder))
 }
 
 /// Compiles the entry trampoline into `module`.
@@ -139,7 +149,7 @@ fn new_epoch() -> u64 {
 impl CodeMemory {
     pub fn new() -> Result<Self, String> {
         let isa = host_isa()?;
-        let mut module = new_module(&isa);
+        let mut module = new_module(&isa)?;
         let entry = compile_entry(&mut module)?;
         Ok(Self {
             isa,
@@ -176,7 +186,7 @@ impl CodeMemory {
         if self.used < CODE_BUDGET {
             return Some(());
         }
-        let mut module = new_module(&self.isa);
+        let mut module = new_module(&self.isa).ok()?;
         let entry = compile_entry(&mut module).ok()?;
         self.entry = entry;
         let old = std::mem::replace(&mut *self.module, module);

@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod cache;
+mod code_arena;
 pub mod code_memory;
 mod compiler;
 pub mod interp;
