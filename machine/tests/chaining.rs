@@ -235,3 +235,69 @@ fn invlpg_of_a_code_page_drops_what_ran_there_and_of_a_data_page_keeps_it() {
     let got: Vec<u64> = (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect();
     assert_eq!(got, [1, 1, 2, 2, 2]);
 }
+
+/// A MOV CR3 drops the translations of pages that are not global, and with them the
+/// blocks looked up there (the jump cache and the chains keep a global page's): a code
+/// page's page-table entry rewritten, then CR3 reloaded, runs the code now mapped; the
+/// same with the entry global (and CR4.PGE on) keeps running the old page's code until
+/// an INVLPG, as a CPU that keeps global TLB entries across MOV CR3 does.
+#[test]
+fn mov_cr3_drops_code_on_pages_that_are_not_global_and_keeps_global_ones() {
+    assert_eq!(remapped_by_mov_cr3(false), [1, 1, 2, 2, 2]);
+    assert_eq!(remapped_by_mov_cr3(true), [1, 1, 1, 1, 2]);
+}
+
+fn remapped_by_mov_cr3(global: bool) -> Vec<u64> {
+    use gantry_machine::layout::BOOT_PD;
+    // As above: linear 6 MiB goes through a page table whose first entry maps ONE, then
+    // TWO.
+    const V: u64 = 0x60_0000;
+    const PT: u64 = 0x50_0000;
+    const ONE: u64 = 0x30_0000;
+    const TWO: u64 = 0x30_1000;
+    const PGE: u32 = 1 << 7;
+    let g = if global { 0x100 } else { 0 };
+    let d = run(
+        Mode::Long64,
+        |_, mem| {
+            mem.write(ONE, &[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3])
+                .unwrap();
+            mem.write(TWO, &[0xB8, 0x02, 0x00, 0x00, 0x00, 0xC3])
+                .unwrap();
+            mem.zero(PT, 0x1000).unwrap();
+            mem.write_u64(PT, ONE | g | 3).unwrap();
+            mem.write_u64(BOOT_PD + 3 * 8, PT | 3).unwrap();
+        },
+        |a| {
+            let mut top = a.create_label();
+            let mut reload = a.create_label();
+            let mut next = a.create_label();
+            a.mov(rax, cr4)?;
+            a.or(eax, PGE)?;
+            a.mov(cr4, rax)?;
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut top)?;
+            a.mov(rax, V)?;
+            a.call(rax)?;
+            a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)?;
+            a.cmp(ecx, 1)?;
+            a.jne(reload)?;
+            // After the second call: the entry now maps TWO.
+            a.mov(rdx, TWO | g | 3)?;
+            a.mov(qword_ptr(PT), rdx)?;
+            a.set_label(&mut reload)?;
+            a.cmp(ecx, 3)?;
+            a.jne(next)?;
+            // Before the fifth: drop the page, global or not.
+            a.invlpg(byte_ptr(V))?;
+            a.set_label(&mut next)?;
+            a.mov(rax, cr3)?;
+            a.mov(cr3, rax)?;
+            a.inc(ecx)?;
+            a.cmp(ecx, 5)?;
+            a.jne(top)
+        },
+    );
+    assert_eq!(d.vector(), None);
+    (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect()
+}

@@ -223,6 +223,13 @@ impl Tlb {
             .then_some(e.phys | (linear & PAGE_MASK))
     }
 
+    /// Whether the table holds `linear`'s page as global (kept by MOV CR3): asked right
+    /// after a translation, which leaves the page's entry in the table.
+    pub fn is_global(&self, idx: usize, linear: u64) -> bool {
+        let e = &self.entries[idx & 1][slot(linear)];
+        e.global && holds(e, linear & !PAGE_MASK)
+    }
+
     /// Moves the victim that holds `linear`'s page, if any, into the table, and the
     /// table's entry into its place.
     fn swap_in_victim(&mut self, idx: usize, linear: u64) -> bool {

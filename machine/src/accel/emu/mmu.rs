@@ -49,6 +49,8 @@ pub struct Mmu {
     /// The linear pages blocks were looked up at since the generation changed
     /// ([`Self::note_code_page`]).
     code_linear: CodeLinearPages,
+    /// Whether one of those blocks depends on a translation that is not global.
+    code_local: bool,
     /// The guest memory the TLB's host addresses point into ([`GuestMemory::mapping_id`]).
     bound: [usize; 4],
     /// Linear ranges `[start, end)` that watchpoints or guest data breakpoints cover: their
@@ -64,6 +66,7 @@ impl Mmu {
             stats: MmuStats::default(),
             generation: 0,
             code_linear: CodeLinearPages::default(),
+            code_local: false,
             bound: [0; 4],
             watched: Vec::new(),
         }
@@ -86,10 +89,16 @@ impl Mmu {
         }
     }
 
-    /// Drops all entries (or all but global ones).
+    /// Drops all entries (or all but global ones). A flush that keeps global pages
+    /// changes the generation only if a block was looked up through a translation it
+    /// drops: Linux's kernel code is global, and its CR3 writes (each text_poke switches
+    /// to a poking mm and back) emptied the jump cache and unlinked every chain about
+    /// 19,000 times in a boot that runs no user code until its end.
     pub fn flush(&mut self, keep_global: bool) {
         self.stats.tlb_flushes += 1;
-        self.new_generation();
+        if !keep_global || self.code_local {
+            self.new_generation();
+        }
         self.tlb.flush(keep_global);
     }
 
@@ -108,13 +117,21 @@ impl Mmu {
     fn new_generation(&mut self) {
         self.generation += 1;
         self.code_linear = CodeLinearPages::default();
+        self.code_local = false;
     }
 
     /// Records that a block was looked up by linear address `linear` under the current
-    /// generation (and may be chained into while it lasts).
+    /// generation (and may be chained into while it lasts), just after `linear` was
+    /// translated for it; `one_page` says the block's code lies on that page alone (a
+    /// block whose last instruction crosses into the next page depends on that page's
+    /// translation too, which is taken as not global).
     #[inline]
-    pub fn note_code_page(&mut self, linear: u64) {
+    pub fn note_code_page(&mut self, cpu: &CpuState, linear: u64, one_page: bool) {
         self.code_linear.insert(linear >> PAGE_SHIFT);
+        let idx = Self::index(cpu, Privilege::User);
+        if !one_page || !self.tlb.is_global(idx, linear) {
+            self.code_local = true;
+        }
     }
 
     /// The ranges debug traps watch; the TLB is dropped so that fills tag their pages.

@@ -448,7 +448,9 @@ impl EmuCpu {
         }
         self.stats.jump_misses += 1;
         let b = self.lookup_slow(mem, board, jkey.cs_base, jkey.rip)?;
-        self.mmu.note_code_page(self.state.linear_rip());
+        let linear = self.state.linear_rip();
+        self.mmu
+            .note_code_page(&self.state, linear, b.block.one_page);
         self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
