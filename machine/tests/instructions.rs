@@ -766,6 +766,19 @@ fn cpuid_reports_the_model() {
         a.cpuid()
     });
     assert_ne!(d.cpu.gpr[2] & (1 << 29), 0, "long mode");
+    // IA32_ARCH_CAPABILITIES, enumerated in leaf 7, says RDCL_NO: Linux then does not
+    // isolate its page tables against Meltdown.
+    let d = run64(|a| {
+        a.mov(eax, 7)?;
+        a.xor(ecx, ecx)?;
+        a.cpuid()?;
+        a.mov(r8d, edx)?;
+        a.mov(ecx, 0x10A)?;
+        a.rdmsr()
+    });
+    assert_ne!(d.cpu.gpr[8] & (1 << 29), 0, "ARCH_CAPABILITIES enumerated");
+    assert_eq!(d.cpu.gpr[0] & 1, 1, "RDCL_NO");
+    assert_eq!(d.cpu.gpr[2], 0);
 }
 
 #[test]

@@ -27,6 +27,8 @@ const SSE2: u32 = 1 << 26;
 // CPUID.1:ECX
 const CX16: u32 = 1 << 13;
 const POPCNT: u32 = 1 << 23;
+// CPUID.(7,0):EDX
+const ARCH_CAPABILITIES: u32 = 1 << 29;
 // CPUID.80000001
 const SYSCALL: u32 = 1 << 11;
 const NX: u32 = 1 << 20;
@@ -36,11 +38,11 @@ const LAHF_LM: u32 = 1 << 0;
 const ABM: u32 = 1 << 5;
 
 /// (eax, ebx, ecx, edx) for a leaf and subleaf of the `vendor`'s model.
-pub fn cpuid(vendor: Vendor, leaf: u32, _subleaf: u32) -> [u32; 4] {
+pub fn cpuid(vendor: Vendor, leaf: u32, subleaf: u32) -> [u32; 4] {
     let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let id = vendor.cpuid_vendor();
     match leaf {
-        0 => [1, w(&id[0..4]), w(&id[8..12]), w(&id[4..8])],
+        0 => [7, w(&id[0..4]), w(&id[8..12]), w(&id[4..8])],
         1 => [
             vendor.signature(),
             // CLFLUSH line size 8 (x8 = 64 bytes), one logical processor.
@@ -61,6 +63,11 @@ pub fn cpuid(vendor: Vendor, leaf: u32, _subleaf: u32) -> [u32; 4] {
                 | SSE
                 | SSE2,
         ],
+        // Leaves 2-6 (cache descriptors, cache parameters, MONITOR, power management)
+        // describe nothing: all zero. Leaf 7 has one subleaf, whose only feature is
+        // IA32_ARCH_CAPABILITIES (`helpers/msr.rs`), which says what the model is not
+        // vulnerable to.
+        7 if subleaf == 0 => [0, 0, 0, ARCH_CAPABILITIES],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         0x8000_0001 => [0, 0, LAHF_LM | ABM, SYSCALL | NX | RDTSCP | LM],
         0x8000_0002..=0x8000_0004 => {
@@ -75,9 +82,13 @@ pub fn cpuid(vendor: Vendor, leaf: u32, _subleaf: u32) -> [u32; 4] {
         }
         // 40-bit physical, 48-bit linear addresses.
         0x8000_0008 => [0x3028, 0, 0, 0],
-        // Leaves above the maximum: Intel CPUs answer as the highest basic leaf, here all
-        // zero (its values are not those of leaf 1); AMD CPUs answer zeros too.
-        _ => [0, 0, 0, 0],
+        2..=7 | 0x8000_0005..=0x8000_0007 => [0, 0, 0, 0],
+        // Leaves above the maximum: Intel CPUs answer as the highest basic leaf (with the
+        // subleaf asked), AMD CPUs with zeros.
+        _ => match vendor {
+            Vendor::Intel => cpuid(vendor, 7, subleaf),
+            Vendor::Amd => [0, 0, 0, 0],
+        },
     }
 }
 
