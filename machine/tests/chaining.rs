@@ -301,3 +301,34 @@ fn remapped_by_mov_cr3(global: bool) -> Vec<u64> {
     assert_eq!(d.vector(), None);
     (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect()
 }
+
+/// A register a loop's lap writes before it reads it goes round in the CPU, stored at the
+/// loop's back edge: a fault early in a lap (a #GP from a load at a non-canonical address
+/// the count leads to), before the lap's write, finds the value the lap before wrote. The
+/// loop is one block that jumps to its own start and calls no helper, which the JIT
+/// compiles as a loop that goes round without leaving its code.
+#[test]
+fn a_register_a_loop_writes_before_reading_is_the_last_lap_s_at_a_fault() {
+    let d = run64(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 1000)?;
+        a.xor(r8d, r8d)?;
+        a.xor(r9d, r9d)?;
+        a.mov(rdx, 0x8000_0000_0000u64)?;
+        a.set_label(&mut top)?;
+        a.mov(edi, DATA as u32)?;
+        a.cmp(ecx, 500)?;
+        a.cmove(rdi, rdx)?;
+        a.mov(rax, qword_ptr(rdi))?;
+        a.mov(r8, rcx)?;
+        a.add(r8, rax)?;
+        a.test(cl, 1)?;
+        a.cmovz(r9, rcx)?;
+        a.dec(rcx)?;
+        a.jnz(top)
+    });
+    assert_eq!(d.vector(), Some(13), "#GP");
+    assert_eq!(d.cpu.gpr[1], 500, "RCX");
+    assert_eq!(d.cpu.gpr[8], 501 + d.u64_at(DATA), "R8: the lap before's");
+    assert_eq!(d.cpu.gpr[9], 502, "R9: the last even RCX");
+}

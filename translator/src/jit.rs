@@ -628,13 +628,15 @@ struct Gpr {
 }
 
 /// A block that jumps to its own start is a loop in its function: the head, after the
-/// entry, takes the registers the block reads or writes (loaded at the entry), the
-/// budget and the instructions of the laps before as block parameters, so that going
-/// round loads and stores no register.
+/// entry, takes the registers a lap reads before it writes them (loaded at the entry),
+/// the budget and the instructions of the laps before as block parameters, so that going
+/// round loads no register; a register a lap writes first is stored at the back edge.
 struct Loop {
     head: Block,
     /// Per register: held at the head, and whether dirty there (the block writes it).
     regs: [Option<bool>; 16],
+    /// The registers a lap writes before it reads them: stored at the back edge.
+    stored: [bool; 16],
 }
 
 /// Where a block's exit goes: to a constant address (with a chain slot of its own) or to
@@ -1100,7 +1102,7 @@ impl Emit<'_, '_> {
             return;
         };
         let run = self.run;
-        let (head, regs) = (l.head, l.regs);
+        let (head, regs, stored) = (l.head, l.regs, l.stored);
         let rt = self.rt;
         let mem = Self::flags();
         let checked = self.b.ins().load(types::I64, mem, rt, RT_CHECKED);
@@ -1123,6 +1125,11 @@ impl Emit<'_, '_> {
         let budget = self.b.ins().iadd_imm(run.budget, -1);
         let n = self.p.locate(at).0 as i64;
         let insns = self.b.ins().iadd_imm(run.insns, n);
+        for (r, _) in stored.iter().enumerate().filter(|(_, s)| **s) {
+            if let Some(Gpr { value, dirty: true }) = self.gprs[r] {
+                self.store_cpu(value, off::gpr(r));
+            }
+        }
         let mut args: Vec<BlockArg> = Vec::new();
         for (r, held) in regs.iter().enumerate() {
             if held.is_none() {
@@ -1166,21 +1173,32 @@ impl Emit<'_, '_> {
         if !loops {
             return;
         }
-        let mut regs = [None; 16];
+        // Per register: whether its first access in a lap writes it, and whether the lap
+        // writes it at all. A register a lap writes before reading goes round in the CPU
+        // (stored at the back edge) rather than in a host register: the value a lap
+        // starts with is never read, and the register allocator had spilled and reloaded
+        // such loop-carried values for nothing but the exits.
+        let mut first_write = [None; 16];
+        let mut written = [false; 16];
         for i in self.p.ops() {
             match i {
                 Inst::Get {
                     loc: Loc::Gpr(r), ..
                 } => {
-                    let held = &mut regs[*r as usize & 15];
-                    *held = Some(held.unwrap_or(false));
+                    first_write[*r as usize & 15].get_or_insert(false);
                 }
                 Inst::Put {
                     loc: Loc::Gpr(r), ..
-                } => regs[*r as usize & 15] = Some(true),
+                } => {
+                    first_write[*r as usize & 15].get_or_insert(true);
+                    written[*r as usize & 15] = true;
+                }
                 _ => {}
             }
         }
+        let regs: [Option<bool>; 16] =
+            std::array::from_fn(|r| (first_write[r] == Some(false)).then_some(written[r]));
+        let stored: [bool; 16] = std::array::from_fn(|r| first_write[r] == Some(true));
         let cpu = self.cpu();
         let mem = Self::flags();
         let head = self.b.create_block();
@@ -1212,7 +1230,7 @@ impl Emit<'_, '_> {
         if let (Some(budget), Some(insns)) = (params.next(), params.next()) {
             self.run = Run { budget, insns };
         }
-        self.looped = Some(Loop { head, regs });
+        self.looped = Some(Loop { head, regs, stored });
     }
 
     /// Continues in a fresh block when `cond` is 0; otherwise the block ends with a fault
