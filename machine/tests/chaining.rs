@@ -182,40 +182,54 @@ impl PushFlags for CodeAssembler {
     }
 }
 
+/// Linear 6 MiB (`V`), the fourth 2 MiB page of the identity map, is given a page table
+/// (at `PT`): its first 4 KiB map the page holding `mov eax, 1; ret` (`ONE`), until a test
+/// points the entry at the one holding `mov eax, 2; ret` (`TWO`).
+const V: u64 = 0x60_0000;
+const PT: u64 = 0x50_0000;
+const ONE: u64 = 0x30_0000;
+const TWO: u64 = 0x30_1000;
+
+/// Sets up `V` to map `ONE`, with `pte_flags` (such as G) in its page-table entry.
+fn map_code_page(mem: &mut gantry_machine::memory::GuestMemory, pte_flags: u64) {
+    use gantry_machine::layout::BOOT_PD;
+    mem.write(ONE, &[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3])
+        .unwrap();
+    mem.write(TWO, &[0xB8, 0x02, 0x00, 0x00, 0x00, 0xC3])
+        .unwrap();
+    mem.zero(PT, 0x1000).unwrap();
+    mem.write_u64(PT, ONE | pte_flags | 3).unwrap();
+    mem.write_u64(BOOT_PD + 3 * 8, PT | 3).unwrap();
+}
+
+/// Calls `V` and records what it returned at the ECXth of the results.
+fn call_code_page(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(rax, V)?;
+    a.call(rax)?;
+    a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)
+}
+
+/// The first five results.
+fn results(d: &Done) -> Vec<u64> {
+    (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect()
+}
+
 /// A linear code page is moved to other physical memory by a page-table write and INVLPG:
 /// the next call there runs the code now mapped, though the calling block's chain slot
 /// and the jump cache held the old page's block. An INVLPG of a data page (which leaves
 /// the jump cache and chains alone) changes nothing.
 #[test]
 fn invlpg_of_a_code_page_drops_what_ran_there_and_of_a_data_page_keeps_it() {
-    use gantry_machine::layout::BOOT_PD;
-    // Linear 6 MiB, the fourth 2 MiB page of the identity map, is given a page table:
-    // its first 4 KiB map the page holding `mov eax, 1; ret`, later the one holding
-    // `mov eax, 2; ret`.
-    const V: u64 = 0x60_0000;
-    const PT: u64 = 0x50_0000;
-    const ONE: u64 = 0x30_0000;
-    const TWO: u64 = 0x30_1000;
     let d = run(
         Mode::Long64,
-        |_, mem| {
-            mem.write(ONE, &[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3])
-                .unwrap();
-            mem.write(TWO, &[0xB8, 0x02, 0x00, 0x00, 0x00, 0xC3])
-                .unwrap();
-            mem.zero(PT, 0x1000).unwrap();
-            mem.write_u64(PT, ONE | 3).unwrap();
-            mem.write_u64(BOOT_PD + 3 * 8, PT | 3).unwrap();
-        },
+        |_, mem| map_code_page(mem, 0),
         |a| {
             let mut top = a.create_label();
             let mut other = a.create_label();
             let mut next = a.create_label();
             a.xor(ecx, ecx)?;
             a.set_label(&mut top)?;
-            a.mov(rax, V)?;
-            a.call(rax)?;
-            a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)?;
+            call_code_page(a)?;
             a.cmp(ecx, 1)?;
             a.jne(other)?;
             // After the second call: the page now maps TWO.
@@ -232,8 +246,7 @@ fn invlpg_of_a_code_page_drops_what_ran_there_and_of_a_data_page_keeps_it() {
         },
     );
     assert_eq!(d.vector(), None);
-    let got: Vec<u64> = (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect();
-    assert_eq!(got, [1, 1, 2, 2, 2]);
+    assert_eq!(results(&d), [1, 1, 2, 2, 2]);
 }
 
 /// A MOV CR3 drops the translations of pages that are not global, and with them the
@@ -248,26 +261,11 @@ fn mov_cr3_drops_code_on_pages_that_are_not_global_and_keeps_global_ones() {
 }
 
 fn remapped_by_mov_cr3(global: bool) -> Vec<u64> {
-    use gantry_machine::layout::BOOT_PD;
-    // As above: linear 6 MiB goes through a page table whose first entry maps ONE, then
-    // TWO.
-    const V: u64 = 0x60_0000;
-    const PT: u64 = 0x50_0000;
-    const ONE: u64 = 0x30_0000;
-    const TWO: u64 = 0x30_1000;
     const PGE: u32 = 1 << 7;
     let g = if global { 0x100 } else { 0 };
     let d = run(
         Mode::Long64,
-        |_, mem| {
-            mem.write(ONE, &[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3])
-                .unwrap();
-            mem.write(TWO, &[0xB8, 0x02, 0x00, 0x00, 0x00, 0xC3])
-                .unwrap();
-            mem.zero(PT, 0x1000).unwrap();
-            mem.write_u64(PT, ONE | g | 3).unwrap();
-            mem.write_u64(BOOT_PD + 3 * 8, PT | 3).unwrap();
-        },
+        |_, mem| map_code_page(mem, g),
         |a| {
             let mut top = a.create_label();
             let mut reload = a.create_label();
@@ -277,9 +275,7 @@ fn remapped_by_mov_cr3(global: bool) -> Vec<u64> {
             a.mov(cr4, rax)?;
             a.xor(ecx, ecx)?;
             a.set_label(&mut top)?;
-            a.mov(rax, V)?;
-            a.call(rax)?;
-            a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)?;
+            call_code_page(a)?;
             a.cmp(ecx, 1)?;
             a.jne(reload)?;
             // After the second call: the entry now maps TWO.
@@ -299,7 +295,7 @@ fn remapped_by_mov_cr3(global: bool) -> Vec<u64> {
         },
     );
     assert_eq!(d.vector(), None);
-    (0..5).map(|i| d.u64_at(DATA + 0x100 + i * 8)).collect()
+    results(&d)
 }
 
 /// A register a loop's lap writes before it reads it goes round in the CPU, stored at the
