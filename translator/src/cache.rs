@@ -22,6 +22,15 @@ pub struct BlockKey {
     pub mode: Mode,
 }
 
+/// The bytes of one physical page a block's code was read from, `[start, end)` within
+/// it: a write to the page drops the block only if it touches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeSpan {
+    pub page: u64,
+    pub start: u16,
+    pub end: u16,
+}
+
 /// What the jump cache is keyed by: the linear side of a lookup. Valid only while the
 /// address translation it stands for is (the owner flushes it with the TLB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +81,8 @@ pub struct CodeCache {
     /// guest that made them collide would slow only itself (SipHash cost 1.5% of a
     /// Linux boot, in the lookups after each jump-cache flush).
     blocks: FxHashMap<BlockKey, Rc<Prepared>>,
-    page_blocks: FxHashMap<u64, Vec<BlockKey>>,
+    /// Per physical page, the blocks with code on it and the bytes of the page they span.
+    page_blocks: FxHashMap<u64, Vec<(BlockKey, u16, u16)>>,
 }
 
 impl Default for CodeCache {
@@ -124,28 +134,47 @@ impl CodeCache {
         self.blocks.get(key).cloned()
     }
 
-    /// Caches `block`, whose code lies on the physical pages `pages` (page numbers).
-    pub fn insert(&mut self, key: BlockKey, pages: &[u64], block: Rc<Prepared>) {
-        for p in pages {
-            self.page_blocks.entry(*p).or_default().push(key);
+    /// Caches `block`, whose code was read from `spans`.
+    pub fn insert(&mut self, key: BlockKey, spans: &[CodeSpan], block: Rc<Prepared>) {
+        for s in spans {
+            self.page_blocks
+                .entry(s.page)
+                .or_default()
+                .push((key, s.start, s.end));
         }
         self.blocks.insert(key, block);
     }
 
-    /// Drops the blocks with code on physical page `page` (and, if there were any, the
-    /// jump cache, which may point at them); returns how many.
-    pub fn invalidate_page(&mut self, page: u64) -> u64 {
-        let Some(keys) = self.page_blocks.remove(&page) else {
-            return 0;
+    /// Drops the blocks whose code spans bytes `[start, end)` of physical page `page`
+    /// (and, if there were any, the jump cache, which may point at them), as QEMU drops
+    /// only the translations a write overlaps: Linux patches its code a few bytes at a
+    /// time (jump labels, alternatives, static calls), and dropping every block of the
+    /// patched page had sent hot kernel code back through the interpreter and the
+    /// compiler. Returns how many blocks were dropped, and whether the page still holds
+    /// code of a cached block.
+    pub fn invalidate(&mut self, page: u64, start: u16, end: u16) -> (u64, bool) {
+        let Some(list) = self.page_blocks.get_mut(&page) else {
+            return (0, false);
         };
-        let dropped = keys
-            .iter()
-            .filter(|k| self.blocks.remove(k).is_some())
-            .count() as u64;
+        let mut dropped = 0;
+        let blocks = &mut self.blocks;
+        list.retain(|(key, s, e)| {
+            if *s < end && start < *e {
+                dropped += blocks.remove(key).is_some() as u64;
+                false
+            } else {
+                // An entry whose block another page's write dropped goes too.
+                blocks.contains_key(key)
+            }
+        });
+        let still = !list.is_empty();
+        if !still {
+            self.page_blocks.remove(&page);
+        }
         if dropped > 0 {
             self.flush_jumps();
         }
-        dropped
+        (dropped, still)
     }
 
     /// Drops every translation.
@@ -185,8 +214,9 @@ mod tests {
             rip: 0x2ff0,
             mode: mode(),
         };
-        c.insert(k1, &[1], b.clone());
-        c.insert(k2, &[2, 3], b.clone());
+        let span = |page, start, end| CodeSpan { page, start, end };
+        c.insert(k1, &[span(1, 0, 0x20)], b.clone());
+        c.insert(k2, &[span(2, 0xff0, 0x1000), span(3, 0, 0x8)], b.clone());
         let j = JumpKey {
             cs_base: 0,
             rip: 0x1000,
@@ -204,10 +234,29 @@ mod tests {
             ..k1
         };
         assert!(c.get(&other).is_none());
-        assert_eq!(c.invalidate_page(3), 1, "the block straddling into page 3");
+        assert_eq!(
+            c.invalidate(1, 0x20, 0x40),
+            (0, true),
+            "past the block's bytes"
+        );
+        assert!(
+            c.jump_lookup(&j).is_some(),
+            "nothing dropped, nothing flushed"
+        );
+        assert_eq!(
+            c.invalidate(3, 7, 8),
+            (1, false),
+            "the block straddling into page 3"
+        );
         assert!(c.get(&k2).is_none() && c.get(&k1).is_some());
         assert!(c.jump_lookup(&j).is_none());
-        assert_eq!(c.invalidate_page(3), 0);
+        assert_eq!(c.invalidate(3, 0, 0x1000), (0, false));
+        assert_eq!(
+            c.invalidate(2, 0, 0x1000),
+            (0, false),
+            "its entry on page 2 is gone"
+        );
+        assert_eq!(c.invalidate(1, 0x1f, 0x20), (1, false));
         c.clear();
         assert!(c.get(&k1).is_none());
     }

@@ -14,7 +14,7 @@ pub struct Ctx<'a> {
     pub mem: &'a mut GuestMemory,
     pub board: &'a mut Board,
     /// Physical pages whose translations a store invalidated (the caller drops them).
-    pub dirty_code: &'a mut Vec<u64>,
+    pub dirty_code: &'a mut Vec<(u64, u16)>,
     pub stats: &'a mut super::CpuStats,
     pub traps: &'a mut super::debug::DebugTraps,
     /// An exception a task switch raised after its commit point: it belongs to the new
@@ -140,7 +140,7 @@ impl Ctx<'_> {
                 .mmu
                 .translate(cpu, self.mem, linear, Access::Write, privilege)?;
             if self.mmu.phys_write(self.mem, self.board, p, bytes, value) {
-                self.dirty_code.push(p >> 12);
+                self.dirty_code.push((p, bytes.into()));
             }
             return Ok(());
         }
@@ -165,7 +165,7 @@ impl Ctx<'_> {
                 .mmu
                 .phys_write(self.mem, self.board, p, 1, value >> (8 * i))
             {
-                self.dirty_code.push(p >> 12);
+                self.dirty_code.push((p, 1));
             }
         }
         Ok(())

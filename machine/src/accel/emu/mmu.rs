@@ -11,6 +11,10 @@
 use gantry_frontend::state::*;
 use gantry_translator::Exception;
 
+use std::collections::HashMap;
+
+use gantry_translator::cache::CodeSpan;
+
 use super::paging;
 use super::phys_memory::{self, CodePages, Written};
 use crate::board::Board;
@@ -51,6 +55,11 @@ pub struct Mmu {
     code_linear: CodeLinearPages,
     /// Whether one of those blocks depends on a translation that is not global.
     code_local: bool,
+    /// Per physical page with translated code, the bytes its blocks were read from (a
+    /// range covering them all): writes elsewhere on the page are data, which neither
+    /// drops a block nor ends the one running. Linux's code pages take about 78,000 such
+    /// writes in a boot, against 11,000 to the code.
+    code_spans: HashMap<u64, (u16, u16)>,
     /// The guest memory the TLB's host addresses point into ([`GuestMemory::mapping_id`]).
     bound: [usize; 4],
     /// Linear ranges `[start, end)` that watchpoints or guest data breakpoints cover: their
@@ -67,6 +76,7 @@ impl Mmu {
             generation: 0,
             code_linear: CodeLinearPages::default(),
             code_local: false,
+            code_spans: HashMap::new(),
             bound: [0; 4],
             watched: Vec::new(),
         }
@@ -142,8 +152,36 @@ impl Mmu {
         }
     }
 
+    /// Forgets every page's translated code (the translations were all dropped).
+    pub fn clear_code_pages(&mut self) {
+        self.code_pages.clear();
+        self.code_spans.clear();
+    }
+
+    /// Widens what physical page `span.page` holds of translated code to `span`'s bytes
+    /// (the page is marked with [`Self::set_code_page`]).
+    pub fn note_code_span(&mut self, span: &CodeSpan) {
+        let e = self
+            .code_spans
+            .entry(span.page)
+            .or_insert((span.start, span.end));
+        *e = (e.0.min(span.start), e.1.max(span.end));
+    }
+
+    /// Whether a write of `bytes` at `phys`, on a page with translated code, may touch it
+    /// (outside the bytes blocks were read from, it is data sharing the page).
+    fn touches_code(&self, phys: u64, bytes: u8) -> bool {
+        let off = (phys & 0xFFF) as u16;
+        self.code_spans
+            .get(&(phys >> 12))
+            .is_none_or(|&(start, end)| off < end && start < off + u16::from(bytes))
+    }
+
     /// Marks physical page `page` as holding translated code (or no longer).
     pub fn set_code_page(&mut self, mem: &GuestMemory, page: u64, on: bool) {
+        if !on {
+            self.code_spans.remove(&page);
+        }
         if let Some(r) = mem.ram_page(page << PAGE_SHIFT) {
             if self.code_pages.get(r) != on {
                 self.code_pages.set(r, on);
@@ -240,7 +278,7 @@ impl Mmu {
         value: u64,
     ) -> bool {
         match phys_memory::write(mem, board, &self.code_pages, phys, bytes, value) {
-            Written::Ram { code_page } => code_page.is_some(),
+            Written::Ram { code_page } => code_page.is_some() && self.touches_code(phys, bytes),
             Written::Rom => false,
             Written::Mmio => {
                 self.stats.mmio_accesses += 1;
@@ -275,5 +313,38 @@ impl CodeLinearPages {
     fn holds(&self, page: u64) -> bool {
         let (w, m) = Self::bit(page);
         self.0[w] & m != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_touches_code_only_within_the_bytes_blocks_were_read_from() {
+        let mut m = Mmu::new(1 << 20);
+        let span = |start, end| CodeSpan {
+            page: 5,
+            start,
+            end,
+        };
+        m.note_code_span(&span(0x100, 0x120));
+        m.note_code_span(&span(0x200, 0x210));
+        assert!(!m.touches_code(0x5000 + 0xFC, 4), "just before");
+        assert!(
+            m.touches_code(0x5000 + 0xFD, 4),
+            "its last byte on the first"
+        );
+        assert!(
+            m.touches_code(0x5000 + 0x180, 1),
+            "between two blocks: covered"
+        );
+        assert!(!m.touches_code(0x5000 + 0x210, 8), "just after");
+        assert!(
+            m.touches_code(0x6000 + 0x10, 1),
+            "a page with no span known"
+        );
+        m.clear_code_pages();
+        assert!(m.touches_code(0x5000, 1), "forgotten: assumed code");
     }
 }

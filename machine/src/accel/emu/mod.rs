@@ -23,7 +23,7 @@ use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
 use gantry_frontend::state::{self as st, CpuState, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
 use gantry_translator::block::Prepared;
-use gantry_translator::cache::{BlockKey, CodeCache};
+use gantry_translator::cache::{BlockKey, CodeCache, CodeSpan};
 use gantry_translator::interp::Interp;
 pub use gantry_translator::jit::Compiles;
 use gantry_translator::jit::Jit;
@@ -49,6 +49,9 @@ pub struct CpuStats {
     pub unknown_msrs: u64,
     pub task_switches: u64,
     pub invalidated_blocks: u64,
+    /// Writes to pages with translated code, and those of them that touched none of it.
+    pub code_page_writes: u64,
+    pub code_page_writes_missed: u64,
     /// Times the jump cache was emptied (a TLB flush that may move code, or code
     /// invalidated), which also unlinks every chain, and look-ups it did not answer.
     pub jump_flushes: u64,
@@ -78,7 +81,9 @@ pub struct EmuCpu {
     interp: Interp,
     /// Tier 1, when enabled: hot blocks compiled with Cranelift.
     jit: Option<Jit>,
-    dirty_code: Vec<u64>,
+    /// Writes to pages with translated code since the run loop last looked: (physical
+    /// address, bytes).
+    dirty_code: Vec<(u64, u16)>,
     pub stats: CpuStats,
     /// Set while a debugger is attached.
     debug: Option<DebugCtl>,
@@ -96,7 +101,24 @@ pub struct EmuCpu {
 struct Fetcher<'a, 'b> {
     ctx: &'a mut Ctx<'b>,
     cpu: &'a mut CpuState,
-    pages: Vec<u64>,
+    /// The bytes read, one span per fetch (merged per page by [`merge_spans`]).
+    spans: Vec<CodeSpan>,
+}
+
+/// One span per page, covering every span read from it.
+fn merge_spans(mut spans: Vec<CodeSpan>) -> Vec<CodeSpan> {
+    spans.sort_unstable_by_key(|s| s.page);
+    let mut merged: Vec<CodeSpan> = Vec::with_capacity(spans.len().min(2));
+    for s in spans {
+        match merged.last_mut() {
+            Some(m) if m.page == s.page => {
+                m.start = m.start.min(s.start);
+                m.end = m.end.max(s.end);
+            }
+            _ => merged.push(s),
+        }
+    }
+    merged
 }
 
 impl CodeSource for Fetcher<'_, '_> {
@@ -127,7 +149,12 @@ impl CodeSource for Fetcher<'_, '_> {
                     as u8;
             }
         }
-        self.pages.push(phys >> 12);
+        let start = (phys & 0xFFF) as u16;
+        self.spans.push(CodeSpan {
+            page: phys >> 12,
+            start,
+            end: start + n as u16,
+        });
         Ok(n)
     }
 }
@@ -203,9 +230,17 @@ impl EmuCpu {
     }
 
     fn invalidate_dirty(&mut self, mem: &GuestMemory) {
-        for page in std::mem::take(&mut self.dirty_code) {
-            self.stats.invalidated_blocks += self.code.invalidate_page(page);
-            self.mmu.set_code_page(mem, page, false);
+        for (phys, len) in std::mem::take(&mut self.dirty_code) {
+            let page = phys >> 12;
+            let start = phys & 0xFFF;
+            let end = (start + u64::from(len)).min(0x1000);
+            let (dropped, still) = self.code.invalidate(page, start as u16, end as u16);
+            self.stats.invalidated_blocks += dropped;
+            self.stats.code_page_writes += 1;
+            self.stats.code_page_writes_missed += (dropped == 0) as u64;
+            if !still {
+                self.mmu.set_code_page(mem, page, false);
+            }
         }
     }
 
@@ -474,17 +509,19 @@ impl EmuCpu {
         let limits = std::mem::take(&mut self.limits);
         let lifted = self.lift(mem, board, cs_base, rip, &limits);
         self.limits = limits;
-        let (block, pages) = lifted?;
-        for p in &pages {
-            self.mmu.set_code_page(mem, *p, true);
+        let (block, spans) = lifted?;
+        for span in &spans {
+            self.mmu.set_code_page(mem, span.page, true);
+            self.mmu.note_code_span(span);
         }
         self.stats.blocks_translated += 1;
         let block = Rc::new(Prepared::new(block));
-        self.code.insert(key, &pages, block.clone());
+        self.code.insert(key, &spans, block.clone());
         Ok(block)
     }
 
-    /// Lifts the block at `cs_base:rip`; returns it with the physical pages its code is on.
+    /// Lifts the block at `cs_base:rip`; returns it with the bytes of each physical page
+    /// its code was read from.
     fn lift(
         &mut self,
         mem: &mut GuestMemory,
@@ -492,13 +529,13 @@ impl EmuCpu {
         cs_base: u64,
         rip: u64,
         limits: &lift::Limits,
-    ) -> Result<(gantry_frontend::ir::Block, Vec<u64>), Exception> {
+    ) -> Result<(gantry_frontend::ir::Block, Vec<CodeSpan>), Exception> {
         let mode = self.mode();
         let mut ctx = ctx!(self, mem, board);
         let mut fetch = Fetcher {
             ctx: &mut ctx,
             cpu: &mut self.state,
-            pages: Vec::new(),
+            spans: Vec::new(),
         };
         let cs_for_fetch = if mode.mode64 { 0 } else { cs_base };
         let block =
@@ -508,10 +545,7 @@ impl EmuCpu {
                     error_code: f.error_code,
                 }
             })?;
-        let mut pages = fetch.pages;
-        pages.sort_unstable();
-        pages.dedup();
-        Ok((block, pages))
+        Ok((block, merge_spans(fetch.spans)))
     }
 
     /// A block of just the instruction at CS:RIP, for a debugger's single step; not cached
@@ -535,7 +569,7 @@ impl EmuCpu {
     /// Drops every translation (the debugger changed where blocks must end).
     fn drop_translations(&mut self) {
         self.code.clear();
-        self.mmu.code_pages.clear();
+        self.mmu.clear_code_pages();
         // Write comparators may still carry TLB_CODE: they take the slow path until
         // refilled, which is correct, and this is rare (the debugger's breakpoints changed).
         self.mmu.flush(false);
@@ -674,7 +708,8 @@ impl Vcpu for EmuCpu {
     }
 
     fn code_written(&mut self, mem: &GuestMemory, phys: u64) {
-        self.dirty_code.push(phys >> 12);
+        // The whole page: the caller says where a write began, not how far it went.
+        self.dirty_code.push((phys & !0xFFF, 0x1000));
         self.invalidate_dirty(mem);
     }
 
@@ -700,13 +735,15 @@ impl Vcpu for EmuCpu {
         );
         let _ = writeln!(
             out,
-            "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by code \
-             writes; jump cache emptied {} times (by TLB flushes that may move code), {} \
-             look-ups past it",
+            "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by {} \
+             writes to their pages ({} of them to other bytes of the page); jump cache \
+             emptied {} times (by TLB flushes that may move code), {} look-ups past it",
             s.blocks_translated,
             s.blocks_run,
             insns as f64 / s.blocks_run.max(1) as f64,
             s.invalidated_blocks,
+            s.code_page_writes,
+            s.code_page_writes_missed,
             s.jump_flushes,
             s.jump_misses
         );
