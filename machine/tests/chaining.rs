@@ -328,3 +328,48 @@ fn a_register_a_loop_writes_before_reading_is_the_last_lap_s_at_a_fault() {
     assert_eq!(d.cpu.gpr[8], 501 + d.u64_at(DATA), "R8: the lap before's");
     assert_eq!(d.cpu.gpr[9], 502, "R9: the last even RCX");
 }
+
+/// A block whose last instruction continues on the next page is cached under its first
+/// page: when the next page is remapped (its PTE rewritten and INVLPG'd), the block is
+/// lifted again rather than run with the old page's bytes. Here `mov eax, imm32` starts 4
+/// bytes before `V + 0x1000`, its last immediate byte and a `ret` on the page after.
+#[test]
+fn a_block_across_a_page_boundary_sees_its_second_page_remapped() {
+    const P1: u64 = 0x30_2000;
+    const A: u64 = 0x30_3000;
+    const B: u64 = 0x30_4000;
+    let d = run(
+        Mode::Long64,
+        |_, mem| {
+            map_code_page(mem, 0);
+            mem.write(P1 + 0xFFC, &[0xB8, 0x01, 0x02, 0x03]).unwrap();
+            mem.write(A, &[0x04, 0xC3]).unwrap();
+            mem.write(B, &[0x05, 0xC3]).unwrap();
+            mem.write_u64(PT, P1 | 3).unwrap();
+            mem.write_u64(PT + 8, A | 3).unwrap();
+        },
+        |a| {
+            let mut top = a.create_label();
+            let mut next = a.create_label();
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut top)?;
+            a.mov(rax, V + 0xFFC)?;
+            a.call(rax)?;
+            a.mov(qword_ptr(rcx * 8 + DATA + 0x100), rax)?;
+            a.cmp(ecx, 1)?;
+            a.jne(next)?;
+            // After the second call: the page after maps B.
+            a.mov(rdx, B | 3)?;
+            a.mov(qword_ptr(PT + 8), rdx)?;
+            a.invlpg(byte_ptr(V + 0x1000))?;
+            a.set_label(&mut next)?;
+            a.inc(ecx)?;
+            a.cmp(ecx, 5)?;
+            a.jne(top)
+        },
+    );
+    assert_eq!(d.vector(), None);
+    let old = 0x0403_0201;
+    let new = 0x0503_0201;
+    assert_eq!(results(&d), [old, old, new, new, new]);
+}

@@ -27,6 +27,10 @@ pub struct Prepared {
     pub(crate) marks: Vec<(u32, u64)>,
     /// How often the block ran, and its compiled code once it is hot.
     pub tier: Tier,
+    /// The physical page (number) its last instruction continues on, for a block whose
+    /// code does not lie on its first page alone: the cache is keyed by the first page,
+    /// so a look-up also checks that the next linear page still maps here.
+    pub second_page: Option<u64>,
 }
 
 impl Prepared {
@@ -59,6 +63,7 @@ impl Prepared {
             consts: consts.into_boxed_slice(),
             marks,
             tier: Default::default(),
+            second_page: None,
         }
     }
 

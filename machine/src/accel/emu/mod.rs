@@ -504,7 +504,13 @@ impl EmuCpu {
                 .translate(&mut self.state, mem, linear, Access::Exec, Privilege::User)?;
         let key = BlockKey { phys, rip, mode };
         if let Some(b) = self.code.get(&key) {
-            return Ok(b);
+            if b.second_page
+                .is_none_or(|p| self.next_page_maps(mem, linear, p))
+            {
+                return Ok(b);
+            }
+            // The next page maps elsewhere now: the block is lifted again (replacing
+            // this one in the cache), as QEMU compares a block's second page.
         }
         let limits = std::mem::take(&mut self.limits);
         let lifted = self.lift(mem, board, cs_base, rip, &limits);
@@ -515,9 +521,25 @@ impl EmuCpu {
             self.mmu.note_code_span(span);
         }
         self.stats.blocks_translated += 1;
-        let block = Rc::new(Prepared::new(block));
+        let mut block = Prepared::new(block);
+        block.second_page = spans.iter().map(|s| s.page).find(|&p| p != phys >> 12);
+        let block = Rc::new(block);
         self.code.insert(key, &spans, block.clone());
         Ok(block)
+    }
+
+    /// Whether the linear page after `linear`'s still maps to physical page `page` (for
+    /// fetching code: a fault there says no, and the block's lifting raises it).
+    fn next_page_maps(&mut self, mem: &mut GuestMemory, linear: u64, page: u64) -> bool {
+        let next = (linear | 0xFFF).wrapping_add(1);
+        let next = if self.state.mode64() {
+            next
+        } else {
+            next & 0xFFFF_FFFF
+        };
+        self.mmu
+            .translate(&mut self.state, mem, next, Access::Exec, Privilege::User)
+            .is_ok_and(|p| p >> 12 == page)
     }
 
     /// Lifts the block at `cs_base:rip`; returns it with the bytes of each physical page
