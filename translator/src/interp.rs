@@ -119,18 +119,27 @@ impl Interp {
     /// Runs a block once from its start. On a fault, RIP is the faulting instruction's and
     /// the state is as it was before it (the lifter orders effects for that).
     pub fn run(&mut self, p: &Prepared, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
-        let block = &p.block;
         // Values other than constants are written before they are read: the table keeps
         // whatever an earlier block left in them.
         if self.vals.len() < p.init.len() {
             self.vals.resize(p.init.len(), 0);
         }
+        // Slices of the fields, so that their lengths (the bounds checks') stay in
+        // registers rather than being loaded again after every store through `self`.
+        let Self {
+            vals,
+            args: call_args,
+            insns,
+        } = self;
+        let vals = vals.as_mut_slice();
+        let tys = p.block.vals.as_slice();
+        let ty = |v: Val| tys[v.0 as usize];
         for &(v, k) in p.consts.iter() {
-            self.vals[v as usize] = k;
+            vals[v as usize] = k;
         }
         macro_rules! v {
             ($x:expr) => {
-                self.vals[$x.0 as usize]
+                vals[$x.0 as usize]
             };
         }
         // Ends the block at op `$at`: instructions begun so far complete (or, on a fault,
@@ -139,13 +148,13 @@ impl Interp {
             ($at:expr, $e:expr) => {{
                 let (begun, rip) = p.locate($at);
                 cpu.rip = rip;
-                self.insns += begun.saturating_sub(1);
+                *insns += begun.saturating_sub(1);
                 return BlockEnd::Fault($e);
             }};
         }
         macro_rules! done {
             ($at:expr) => {{
-                self.insns += p.locate($at).0;
+                *insns += p.locate($at).0;
             }};
         }
         // Where the block ends early because a store wrote guest code: the next
@@ -156,7 +165,7 @@ impl Interp {
                 let (i, rip) = p.marks[stop.1];
                 debug_assert_eq!(i as usize, at);
                 cpu.rip = rip;
-                self.insns += stop.1 as u64;
+                *insns += stop.1 as u64;
                 return BlockEnd::Sync;
             }
             match inst {
@@ -164,28 +173,28 @@ impl Interp {
                 Inst::Get { dst, loc } => v!(dst) = get(cpu, *loc) & loc.ty().mask(),
                 Inst::Put { loc, src } => put(cpu, *loc, v!(src)),
                 Inst::Bin { dst, op, a, b } => {
-                    v!(dst) = bin(*op, block.ty(*dst), v!(a), v!(b));
+                    v!(dst) = bin(*op, ty(*dst), v!(a), v!(b));
                 }
-                Inst::Un { dst, op, a } => v!(dst) = un(*op, block.ty(*dst), v!(a)),
-                Inst::Zext { dst, a } => v!(dst) = v!(a) & block.ty(*a).mask(),
+                Inst::Un { dst, op, a } => v!(dst) = un(*op, ty(*dst), v!(a)),
+                Inst::Zext { dst, a } => v!(dst) = v!(a) & ty(*a).mask(),
                 Inst::Sext { dst, a } => {
-                    v!(dst) = sext(v!(a), block.ty(*a)) as u64 & block.ty(*dst).mask();
+                    v!(dst) = sext(v!(a), ty(*a)) as u64 & ty(*dst).mask();
                 }
-                Inst::Trunc { dst, a } => v!(dst) = v!(a) & block.ty(*dst).mask(),
+                Inst::Trunc { dst, a } => v!(dst) = v!(a) & ty(*dst).mask(),
                 Inst::Cmp { dst, op, a, b } => {
-                    v!(dst) = op.holds(block.ty(*a), v!(a), v!(b)) as u64;
+                    v!(dst) = op.holds(ty(*a), v!(a), v!(b)) as u64;
                 }
                 Inst::Select { dst, cond, a, b } => {
                     v!(dst) = if v!(cond) & 1 != 0 { v!(a) } else { v!(b) };
                 }
                 Inst::Load { dst, addr, ss, rmw } => {
-                    match host.load(cpu, v!(addr), block.ty(*dst).bytes(), *ss, *rmw) {
-                        Ok(x) => v!(dst) = x & block.ty(*dst).mask(),
+                    match host.load(cpu, v!(addr), ty(*dst).bytes(), *ss, *rmw) {
+                        Ok(x) => v!(dst) = x & ty(*dst).mask(),
                         Err(e) => fault!(at, e),
                     }
                 }
                 Inst::Store { addr, src, ss } => {
-                    let ty = block.ty(*src);
+                    let ty = ty(*src);
                     let value = v!(src) & ty.mask();
                     if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), value, *ss) {
                         fault!(at, e);
@@ -220,19 +229,15 @@ impl Interp {
                     v!(dst) = flags::cond_holds(cpu, *cond) as u64;
                 }
                 Inst::Call { dst, helper, args } => {
-                    self.args.clear();
-                    for a in args {
-                        self.args.push(self.vals[a.0 as usize]);
-                    }
+                    call_args.clear();
+                    call_args.extend(args.iter().map(|a| vals[a.0 as usize]));
                     // The helper sees RIP at the calling instruction.
                     cpu.rip = p.locate(at).1;
-                    let args = std::mem::take(&mut self.args);
-                    let r = host.helper(cpu, *helper, &args);
-                    self.args = args;
+                    let r = host.helper(cpu, *helper, call_args);
                     match r {
                         Ok(x) => {
                             if let Some(d) = dst {
-                                v!(d) = x & block.ty(*d).mask();
+                                v!(d) = x & ty(*d).mask();
                             }
                         }
                         Err(e) => fault!(at, e),
