@@ -276,6 +276,7 @@ impl Jit {
                 }
                 State::Refused => return interp.run(p, cpu, host),
                 State::Compiling(job) if job.ticket.get().is_none() => {
+                    job.ticket.ran_waiting();
                     return interp.run(p, cpu, host);
                 }
                 _ => {}
