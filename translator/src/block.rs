@@ -7,21 +7,20 @@ use std::cell::{Cell, RefCell};
 
 use gantry_frontend::ir::*;
 
-/// A block made ready to interpret: constants pre-placed in the initial value table, and
-/// instruction marks moved to a side table consulted only on faults, so neither costs a
-/// dispatch when the block runs.
+/// A block made ready to interpret: constants moved to a list written into the value
+/// table before a run, and instruction marks to a side table consulted only on faults, so
+/// neither costs a dispatch when the block runs.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The lifted block, without its instructions (`ops`, `init` and `marks` hold them in
-    /// the form that runs): a cached block keeps only what runs.
+    /// The lifted block, without its instructions (`ops`, `consts` and `marks` hold them
+    /// in the form that runs): a cached block keeps only what runs.
     pub block: Block,
     pub(crate) ops: Box<[Inst]>,
-    pub(crate) init: Box<[u64]>,
-    /// Which values are constants (their `init` is their value).
-    pub(crate) is_const: Box<[bool]>,
     /// The constants as (value, content): what the interpreter writes into its value
     /// table before a run. Every other value is defined before it is used (the IR is
-    /// SSA), so the table needs no copy of `init` (which cost 2.5% of a Linux boot).
+    /// SSA), so a run needs no table of initial contents (copying one cost 2.5% of a
+    /// Linux boot, and keeping one per block, with a flag per value, about 600 bytes of
+    /// each of 60,000 blocks).
     pub(crate) consts: Box<[(u32, u64)]>,
     /// (index in `ops` where the instruction starts, its RIP), in order.
     pub(crate) marks: Vec<(u32, u64)>,
@@ -35,8 +34,6 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(mut block: Block) -> Self {
-        let mut init = vec![0u64; block.vals.len()];
-        let mut is_const = vec![false; block.vals.len()];
         let insts = std::mem::take(&mut block.insts);
         let mut ops = Vec::with_capacity(insts.len());
         let mut marks = Vec::new();
@@ -44,8 +41,6 @@ impl Prepared {
         for i in insts {
             match i {
                 Inst::Const { dst, value } => {
-                    init[dst.0 as usize] = value;
-                    is_const[dst.0 as usize] = true;
                     consts.push((dst.0, value));
                 }
                 Inst::Mark { rip, .. } => marks.push((ops.len() as u32, rip)),
@@ -58,8 +53,6 @@ impl Prepared {
         Self {
             block,
             ops: ops.into_boxed_slice(),
-            init: init.into_boxed_slice(),
-            is_const: is_const.into_boxed_slice(),
             consts: consts.into_boxed_slice(),
             marks,
             tier: Default::default(),
@@ -74,11 +67,6 @@ impl Prepared {
 
     pub fn op(&self, at: usize) -> Option<&Inst> {
         self.ops.get(at)
-    }
-
-    /// A value's initial content: a constant's value (0 for the others).
-    pub fn initial(&self, v: Val) -> u64 {
-        self.init[v.0 as usize]
     }
 
     /// The guest instruction an op belongs to: (instructions begun, its RIP).

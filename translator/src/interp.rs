@@ -121,8 +121,8 @@ impl Interp {
     pub fn run(&mut self, p: &Prepared, cpu: &mut CpuState, host: &mut dyn Host) -> BlockEnd {
         // Values other than constants are written before they are read: the table keeps
         // whatever an earlier block left in them.
-        if self.vals.len() < p.init.len() {
-            self.vals.resize(p.init.len(), 0);
+        if self.vals.len() < p.block.vals.len() {
+            self.vals.resize(p.block.vals.len(), 0);
         }
         // Slices of the fields, so that their lengths (the bounds checks') stay in
         // registers rather than being loaded again after every store through `self`.

@@ -487,8 +487,13 @@ impl Jit {
                 _ => None,
             })
             .collect();
-        // Values the block defines as constants: a jump to one is a direct exit.
-        let consts = &p.is_const;
+        // Values the block defines as constants, with their values: a jump to one is a
+        // direct exit.
+        let mut consts = vec![None; p.block.vals.len()];
+        for &(v, k) in p.consts.iter() {
+            consts[v as usize] = Some(k);
+        }
+        let consts = consts.as_slice();
         let direct_exits = |i: &Inst| match i {
             Inst::ExitIf { .. } => 1,
             Inst::Exit {
@@ -496,7 +501,7 @@ impl Jit {
                 ..
             } => 1,
             Inst::Branch { .. } => 2,
-            Inst::Jump { target } if consts[target.0 as usize] => 1,
+            Inst::Jump { target } if consts[target.0 as usize].is_some() => 1,
             _ => 0,
         };
         let slots: Box<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
@@ -578,8 +583,8 @@ struct Emit<'a, 'b> {
     /// The block's helpers, in the order of its calls; the next call's is `next_helper`.
     helpers: &'b [Helper],
     next_helper: usize,
-    /// Which values are constants.
-    consts: &'b [bool],
+    /// The values that are constants, with their values.
+    consts: &'b [Option<u64>],
     /// The chain slots of the block's direct exits, in the order of the ops.
     slots: &'b [ChainSlot],
     next_slot: usize,
@@ -675,7 +680,7 @@ impl Emit<'_, '_> {
             return x;
         }
         let ty = self.ty(v);
-        let k = self.p.initial(v) & ty.mask();
+        let k = self.consts[v.0 as usize].unwrap_or(0) & ty.mask();
         let x = self.b.ins().iconst(cl_type(ty), k as i64);
         self.vals[v.0 as usize] = Some(x);
         x
@@ -1157,8 +1162,7 @@ impl Emit<'_, '_> {
     fn enter_loop(&mut self) {
         let start = self.p.block.start;
         let consts = self.consts;
-        let p = self.p;
-        let to_start = |v: &Val| consts[v.0 as usize] && p.initial(*v) == start;
+        let to_start = |v: &Val| consts[v.0 as usize] == Some(start);
         let loops = self.p.ops().iter().any(|i| match i {
             Inst::ExitIf { next, .. } => *next == start,
             Inst::Exit {
@@ -1420,7 +1424,7 @@ impl Emit<'_, '_> {
                 let x = self.as_ty(*src, loc.ty());
                 if *loc == Loc::CcOp {
                     self.eflags_home = self.consts[src.0 as usize]
-                        && self.p.initial(*src) as u32 == CcOp::EFLAGS.encode();
+                        .is_some_and(|k| k as u32 == CcOp::EFLAGS.encode());
                 }
                 if let Loc::SegBase(_) | Loc::SegSelector(_) = loc {
                     self.segs = [None; 6];
@@ -1712,8 +1716,8 @@ impl Emit<'_, '_> {
                 self.b.switch_to_block(cont);
             }
             Inst::Jump { target } => {
-                let exit = if self.consts[target.0 as usize] {
-                    ExitTo::Constant(self.p.initial(*target))
+                let exit = if let Some(k) = self.consts[target.0 as usize] {
+                    ExitTo::Constant(k)
                 } else {
                     let t = self.as_ty(*target, Ty::I64);
                     self.store_cpu(t, off::RIP);
