@@ -465,9 +465,6 @@ pub struct Block {
     /// Bytes of guest code covered.
     pub len: u32,
     pub guest_insns: u32,
-    /// Whether every byte the lifter decoded is on the first instruction's page (a
-    /// block ends after an instruction that crosses into the next page).
-    pub one_page: bool,
     pub insts: Vec<Inst>,
     /// Type of each value.
     pub vals: Vec<Ty>,

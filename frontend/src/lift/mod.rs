@@ -135,7 +135,6 @@ pub fn translate_with(
     };
     // The instructions lifted so far, which a direct JMP is not followed back into.
     let mut lifted = Vec::new();
-    let mut one_page = true;
     loop {
         let ins = match decode_at(src, rip, linear(rip), mode) {
             Ok(i) => i,
@@ -149,8 +148,6 @@ pub fn translate_with(
             }
         };
         let Some(ins) = ins else {
-            // The decoder may have read up to 15 bytes.
-            one_page &= linear(rip + 14) / PAGE == start_page;
             // Undecodable: #UD at this instruction (as a one-instruction tail).
             b.push(Inst::Mark { rip, len: 1 });
             b.push(Inst::Raise { vector: UD_VECTOR });
@@ -164,7 +161,6 @@ pub fn translate_with(
         count += 1;
         lifted.push(rip);
         let last_byte = linear(rip + ins.len() as u64 - 1);
-        one_page &= last_byte / PAGE == start_page;
         // A direct JMP within the page goes on into its target in the same block (a
         // superblock): the JMP itself does nothing else. Not to the block's start, which
         // stays an exit so that the block is a loop, nor into what the block has lifted.
@@ -206,7 +202,6 @@ pub fn translate_with(
         // extent: the pages the code is on are what the fetch recorded).
         len: (rip.wrapping_sub(start)) as u32,
         guest_insns: count,
-        one_page,
         insts: b.insts,
         vals: b.vals,
     })

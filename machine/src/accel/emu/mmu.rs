@@ -132,8 +132,8 @@ impl Mmu {
 
     /// Records that a block was looked up by linear address `linear` under the current
     /// generation (and may be chained into while it lasts), just after `linear` was
-    /// translated for it; `one_page` says the block's code lies on that page alone (a
-    /// block whose last instruction crosses into the next page depends on that page's
+    /// translated for it; `one_page` says the block's code was read from that page alone
+    /// (a block whose last instruction crosses into the next page depends on that page's
     /// translation too, which is taken as not global).
     #[inline]
     pub fn note_code_page(&mut self, cpu: &CpuState, linear: u64, one_page: bool) {

@@ -485,7 +485,7 @@ impl EmuCpu {
         let b = self.lookup_slow(mem, board, jkey.cs_base, jkey.rip)?;
         let linear = self.state.linear_rip();
         self.mmu
-            .note_code_page(&self.state, linear, b.block.one_page);
+            .note_code_page(&self.state, linear, b.second_page.is_none());
         self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
