@@ -16,7 +16,7 @@
 
 use std::io;
 
-use cranelift_jit::{BranchProtection, JITMemoryProvider};
+use cranelift_jit::{BranchProtection, JITMemoryKind, JITMemoryProvider};
 use cranelift_module::{ModuleError, ModuleResult};
 
 pub struct CodeArena {
@@ -57,16 +57,15 @@ impl CodeArena {
     }
 }
 
+// SAFETY: the arena owns its mapping alone (`region::Allocation` is not `Send` only
+// because it holds a raw pointer); cranelift-jit asks for a provider it may move to
+// another thread with its module, and the arena's memory is plain memory that any thread
+// may use.
+unsafe impl Send for CodeArena {}
+
 impl JITMemoryProvider for CodeArena {
-    fn allocate_readexec(&mut self, size: usize, align: u64) -> io::Result<*mut u8> {
-        self.take(size, align)
-    }
-
-    fn allocate_readwrite(&mut self, size: usize, align: u64) -> io::Result<*mut u8> {
-        self.take(size, align)
-    }
-
-    fn allocate_readonly(&mut self, size: usize, align: u64) -> io::Result<*mut u8> {
+    /// Code, read-only and writable data alike, packed one after the other.
+    fn allocate(&mut self, size: usize, align: u64, _: JITMemoryKind) -> io::Result<*mut u8> {
         self.take(size, align)
     }
 
@@ -103,15 +102,21 @@ mod tests {
     #[test]
     fn blocks_are_packed_aligned_and_the_arena_says_when_it_is_full() {
         let mut a = CodeArena::new(1 << 16).expect("map");
-        let first = a.allocate_readexec(100, 16).expect("first") as usize;
-        let second = a.allocate_readexec(40, 16).expect("second") as usize;
+        let first = a
+            .allocate(100, 16, JITMemoryKind::Executable)
+            .expect("first") as usize;
+        let second = a
+            .allocate(40, 16, JITMemoryKind::Executable)
+            .expect("second") as usize;
         assert_eq!(second - first, 112, "packed, at the next 16-byte boundary");
         assert_eq!(second % 16, 0);
-        let err = a.allocate_readexec(1 << 16, 16).expect_err("too big");
+        let err = a
+            .allocate(1 << 16, 16, JITMemoryKind::Executable)
+            .expect_err("too big");
         assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
         a.finalize(BranchProtection::None).expect("finalize");
         // SAFETY: nothing points into the arena any more.
         unsafe { a.free_memory() };
-        assert!(a.allocate_readexec(1, 1).is_err());
+        assert!(a.allocate(1, 1, JITMemoryKind::Executable).is_err());
     }
 }

@@ -99,6 +99,7 @@ fn new_module(isa: &OwnedTargetIsa) -> Result<JITModule, String> {
 fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
     let mut ctx = module.make_context();
     let call_conv = module.isa().default_call_conv();
+    let frontend = module.isa().frontend_config();
     ctx.func.signature = Signature::new(call_conv);
     for _ in 0..5 {
         ctx.func.signature.params.push(AbiParam::new(types::I64));
@@ -123,7 +124,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         b.ins().set_pinned_reg(caller);
         b.ins().return_(&[r]);
         b.seal_all_blocks();
-        b.finalize();
+        b.finalize(frontend);
     }
     let id = module
         .declare_function("enter", Linkage::Local, &ctx.func.signature)

@@ -19,8 +19,8 @@
 
 use cranelift_codegen::ir::condcodes::CondCode;
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, Block, BlockArg, InstBuilder, MemFlags, SigRef, Signature,
-    Type, Value,
+    condcodes::IntCC, types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData, SigRef,
+    Signature, Type, Value,
 };
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -509,6 +509,7 @@ impl Jit {
             .collect();
         let mut func = Function::with_name_signature(UserFuncName::default(), block_signature());
         let call_conv = module.isa().default_call_conv();
+        let frontend = module.isa().frontend_config();
         {
             let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
             let entry = b.create_block();
@@ -543,7 +544,7 @@ impl Jit {
             };
             e.body();
             e.b.seal_all_blocks();
-            e.b.finalize();
+            e.b.finalize(frontend);
         }
         let name = format!("b{}", self.next_name);
         self.next_name += 1;
@@ -704,8 +705,8 @@ impl Emit<'_, '_> {
         self.vals[v.0 as usize] = Some(x);
     }
 
-    fn flags() -> MemFlags {
-        MemFlags::trusted()
+    fn flags() -> MemFlagsData {
+        MemFlagsData::trusted()
     }
 
     fn store_cpu(&mut self, x: Value, offset: usize) {
@@ -760,9 +761,9 @@ impl Emit<'_, '_> {
         let cc = |c: IntCC| if negate { c.complement() } else { c };
         let i = self.b.ins();
         let r = match fast {
-            FastCond::Zero => i.icmp_imm(cc(IntCC::Equal), d, 0),
-            FastCond::Sign => i.icmp_imm(cc(IntCC::SignedLessThan), d, 0),
-            FastCond::ZeroOrSign => i.icmp_imm(cc(IntCC::SignedLessThanOrEqual), d, 0),
+            FastCond::Zero => i.icmp_imm_s(cc(IntCC::Equal), d, 0),
+            FastCond::Sign => i.icmp_imm_s(cc(IntCC::SignedLessThan), d, 0),
+            FastCond::ZeroOrSign => i.icmp_imm_s(cc(IntCC::SignedLessThanOrEqual), d, 0),
             FastCond::Below | FastCond::BelowOrEqual | FastCond::Less | FastCond::LessOrEqual => {
                 let a = i.iadd(d, s);
                 let c = match fast {
@@ -774,10 +775,10 @@ impl Emit<'_, '_> {
                 self.b.ins().icmp(cc(c), a, s)
             }
             FastCond::SrcBit0 => {
-                let bit = i.band_imm(s, 1);
+                let bit = i.band_imm_s(s, 1);
                 let bit = self.cast(bit, ty, Ty::I8);
                 if negate {
-                    self.b.ins().bxor_imm(bit, 1)
+                    self.b.ins().bxor_imm_s(bit, 1)
                 } else {
                     bit
                 }
@@ -803,7 +804,7 @@ impl Emit<'_, '_> {
             .load(types::I64, Self::flags(), cpu, off::RFLAGS as i32);
         Some(match arith {
             Some(a) => {
-                let f = self.b.ins().band_imm(f, !ARITH_FLAGS as i64);
+                let f = self.b.ins().band_imm_s(f, !ARITH_FLAGS as i64);
                 self.b.ins().bor(f, a)
             }
             None => f,
@@ -816,15 +817,15 @@ impl Emit<'_, '_> {
         let t = cond.on_rflags();
         let mut r = None;
         if t.any != 0 {
-            let set = self.b.ins().band_imm(f, t.any as i64);
-            r = Some(self.b.ins().icmp_imm(IntCC::NotEqual, set, 0));
+            let set = self.b.ins().band_imm_s(f, t.any as i64);
+            r = Some(self.b.ins().icmp_imm_s(IntCC::NotEqual, set, 0));
         }
         if t.sf_ne_of {
             let apart = (OF.trailing_zeros() - SF.trailing_zeros()) as i64;
-            let of_at_sf = self.b.ins().ushr_imm(f, apart);
+            let of_at_sf = self.b.ins().ushr_imm_s(f, apart);
             let differ = self.b.ins().bxor(f, of_at_sf);
-            let differ = self.b.ins().band_imm(differ, SF as i64);
-            let l = self.b.ins().icmp_imm(IntCC::NotEqual, differ, 0);
+            let differ = self.b.ins().band_imm_s(differ, SF as i64);
+            let l = self.b.ins().icmp_imm_s(IntCC::NotEqual, differ, 0);
             r = Some(match r {
                 Some(x) => self.b.ins().bor(x, l),
                 None => l,
@@ -832,7 +833,7 @@ impl Emit<'_, '_> {
         }
         let r = r.unwrap_or_else(|| self.b.ins().iconst(types::I8, 0));
         if t.negate {
-            self.b.ins().bxor_imm(r, 1)
+            self.b.ins().bxor_imm_s(r, 1)
         } else {
             r
         }
@@ -852,22 +853,22 @@ impl Emit<'_, '_> {
         let s = self.cast(src, Ty::I64, ty);
         let bit = |e: &mut Self, b: Value, flag: u64| {
             let b = e.b.ins().uextend(types::I64, b);
-            e.b.ins().ishl_imm(b, flag.trailing_zeros() as i64)
+            e.b.ins().ishl_imm_s(b, flag.trailing_zeros() as i64)
         };
-        let zf = self.b.ins().icmp_imm(IntCC::Equal, d, 0);
-        let sf = self.b.ins().icmp_imm(IntCC::SignedLessThan, d, 0);
+        let zf = self.b.ins().icmp_imm_s(IntCC::Equal, d, 0);
+        let sf = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, d, 0);
         let (zf, sf) = (bit(self, zf, ZF), bit(self, sf, SF));
         // PF: the low byte has an even number of ones.
-        let low = self.b.ins().band_imm(dst, 0xFF);
+        let low = self.b.ins().band_imm_s(dst, 0xFF);
         let ones = self.b.ins().popcnt(low);
-        let odd = self.b.ins().band_imm(ones, 1);
-        let even = self.b.ins().bxor_imm(odd, 1);
-        let pf = self.b.ins().ishl_imm(even, PF.trailing_zeros() as i64);
+        let odd = self.b.ins().band_imm_s(ones, 1);
+        let even = self.b.ins().bxor_imm_s(odd, 1);
+        let pf = self.b.ins().ishl_imm_s(even, PF.trailing_zeros() as i64);
         let mut r = self.b.ins().bor(zf, sf);
         r = self.b.ins().bor(r, pf);
-        let top = |e: &mut Self, v: Value| e.b.ins().icmp_imm(IntCC::SignedLessThan, v, 0);
+        let top = |e: &mut Self, v: Value| e.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, 0);
         let low = |e: &mut Self, v: Value| {
-            let b = e.b.ins().band_imm(v, 1);
+            let b = e.b.ins().band_imm_s(v, 1);
             e.b.ins().ireduce(types::I8, b)
         };
         let none = self.b.ins().iconst(types::I8, 0);
@@ -900,13 +901,13 @@ impl Emit<'_, '_> {
                 // CF is the one before (in src); OF at the one result that overflows.
                 let cf = low(self, src);
                 let (a, edge) = if op.kind == CcKind::Inc {
-                    (self.b.ins().iadd_imm(d, -1), ty.sign_bit())
+                    (self.b.ins().iadd_imm_s(d, -1), ty.sign_bit())
                 } else {
-                    (self.b.ins().iadd_imm(d, 1), ty.sign_bit() - 1)
+                    (self.b.ins().iadd_imm_s(d, 1), ty.sign_bit() - 1)
                 };
                 let edge = self.b.ins().iconst(cl_type(ty), (edge & ty.mask()) as i64);
                 let of = self.b.ins().icmp(IntCC::Equal, d, edge);
-                let carries = self.b.ins().bxor_imm(a, 1);
+                let carries = self.b.ins().bxor_imm_s(a, 1);
                 (cf, of, Some(self.b.ins().bxor(carries, d)))
             }
             CcKind::Shl => {
@@ -925,12 +926,12 @@ impl Emit<'_, '_> {
         r = self.b.ins().bor(r, cf);
         r = self.b.ins().bor(r, of);
         if let Some(carries) = af {
-            let af = self.b.ins().band_imm(carries, AF as i64);
+            let af = self.b.ins().band_imm_s(carries, AF as i64);
             let af = self.cast(af, ty, Ty::I64);
             r = self.b.ins().bor(r, af);
         }
         if op.af_set {
-            r = self.b.ins().bor_imm(r, AF as i64);
+            r = self.b.ins().bor_imm_s(r, AF as i64);
         }
         Some(r)
     }
@@ -982,7 +983,7 @@ impl Emit<'_, '_> {
     /// first `n` instructions (or the lap's) added, on a path that leaves generated code.
     fn count(&mut self, n: u64) {
         let (rt, run) = (self.rt, self.run);
-        let insns = self.b.ins().iadd_imm(run.insns, n as i64);
+        let insns = self.b.ins().iadd_imm_s(run.insns, n as i64);
         self.b.ins().store(Self::flags(), insns, rt, RT_INSNS);
         self.b
             .ins()
@@ -1034,7 +1035,7 @@ impl Emit<'_, '_> {
         self.store_flags();
         self.store_gprs();
         let n = self.p.locate(at).0;
-        let insns = self.b.ins().iadd_imm(self.run.insns, n as i64);
+        let insns = self.b.ins().iadd_imm_s(self.run.insns, n as i64);
         let rt = self.rt;
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
@@ -1045,13 +1046,16 @@ impl Emit<'_, '_> {
             ExitTo::Computed(target) => {
                 // The table entry of the address: the jump cache's slot function.
                 let i = self.b.ins();
-                let high = i.ushr_imm(target, 12);
+                let high = i.ushr_imm_s(target, 12);
                 let folded = self.b.ins().bxor(target, high);
-                let index = self.b.ins().band_imm(folded, (INDIRECT_TARGETS - 1) as i64);
+                let index = self
+                    .b
+                    .ins()
+                    .band_imm_s(folded, (INDIRECT_TARGETS - 1) as i64);
                 let at = self
                     .b
                     .ins()
-                    .imul_imm(index, std::mem::size_of::<ChainSlot>() as i64);
+                    .imul_imm_s(index, std::mem::size_of::<ChainSlot>() as i64);
                 let base = self.konst(self.targets as u64);
                 (self.b.ins().iadd(base, at), Some(target))
             }
@@ -1062,14 +1066,14 @@ impl Emit<'_, '_> {
         // Goes straight on when all of these are 0, tested with one branch: the stamps
         // differ, the slot is another address's, the budget is spent (its decrement,
         // which the call passes on, wraps to a negative number).
-        let budget = self.b.ins().iadd_imm(self.run.budget, -1);
+        let budget = self.b.ins().iadd_imm_s(self.run.budget, -1);
         let mut fail = self.b.ins().bxor(checked, stamp);
         if let Some(target) = target {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
             let other = self.b.ins().bxor(slot_rip, target);
             fail = self.b.ins().bor(fail, other);
         }
-        let spent = self.b.ins().ushr_imm(budget, 63);
+        let spent = self.b.ins().ushr_imm_s(budget, 63);
         let fail = self.b.ins().bor(fail, spent);
         let straight = self.b.create_block();
         let ask = self.b.create_block();
@@ -1115,8 +1119,8 @@ impl Emit<'_, '_> {
         let valid = self
             .b
             .ins()
-            .icmp_imm(IntCC::NotEqual, checked, UNCHECKED as i64);
-        let left = self.b.ins().icmp_imm(IntCC::NotEqual, run.budget, 0);
+            .icmp_imm_s(IntCC::NotEqual, checked, UNCHECKED as i64);
+        let left = self.b.ins().icmp_imm_s(IntCC::NotEqual, run.budget, 0);
         // Two branches: the conditions combined into one cost `jit/integer_loop` 15%.
         let has_budget = self.b.create_block();
         let again = self.b.create_block();
@@ -1128,9 +1132,9 @@ impl Emit<'_, '_> {
         // The flags go round in the CPU (the head cannot know which operation set
         // them); the budget and the count in host values, as between blocks.
         self.store_flags();
-        let budget = self.b.ins().iadd_imm(run.budget, -1);
+        let budget = self.b.ins().iadd_imm_s(run.budget, -1);
         let n = self.p.locate(at).0 as i64;
-        let insns = self.b.ins().iadd_imm(run.insns, n);
+        let insns = self.b.ins().iadd_imm_s(run.insns, n);
         for (r, _) in stored.iter().enumerate().filter(|(_, s)| **s) {
             if let Some(Gpr { value, dirty: true }) = self.gprs[r] {
                 self.store_cpu(value, off::gpr(r));
@@ -1278,8 +1282,8 @@ impl Emit<'_, '_> {
 
     /// Guest memory as generated code reaches it on a TLB hit: any alignment, never
     /// trapping (the TLB only hands out mapped pages), little-endian on any host.
-    fn guest_flags() -> MemFlags {
-        MemFlags::new()
+    fn guest_flags() -> MemFlagsData {
+        MemFlagsData::new()
             .with_notrap()
             .with_endianness(cranelift_codegen::ir::Endianness::Little)
     }
@@ -1300,18 +1304,18 @@ impl Emit<'_, '_> {
         };
         let b = &mut self.b;
         // tlb::slot: the page number folded once onto itself.
-        let vpn = b.ins().ushr_imm(a, PAGE_SHIFT as i64);
-        let high = b.ins().ushr_imm(vpn, TLB_BITS as i64);
+        let vpn = b.ins().ushr_imm_s(a, PAGE_SHIFT as i64);
+        let high = b.ins().ushr_imm_s(vpn, TLB_BITS as i64);
         let folded = b.ins().iadd(vpn, high);
-        let slot = b.ins().band_imm(folded, (TLB_SIZE - 1) as i64);
-        let at = b.ins().imul_imm(slot, tlb::layout::ENTRY_SIZE as i64);
+        let slot = b.ins().band_imm_s(folded, (TLB_SIZE - 1) as i64);
+        let at = b.ins().imul_imm_s(slot, tlb::layout::ENTRY_SIZE as i64);
         let entry = b.ins().iadd(table, at);
         let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;
         let cmp = b.ins().load(types::I64, Self::flags(), entry, cmp_at);
         // The page of the access's last byte: the comparator's page exactly when the
         // access fits in its first page (a page and the next never share a slot).
-        let last = b.ins().iadd_imm(a, i64::from(bytes) - 1);
-        let page = b.ins().band_imm(last, !PAGE_MASK as i64);
+        let last = b.ins().iadd_imm_s(a, i64::from(bytes) - 1);
+        let page = b.ins().band_imm_s(last, !PAGE_MASK as i64);
         let hit = b.ins().icmp(IntCC::Equal, cmp, page);
         let fast = b.create_block();
         let slow = b.create_block();
@@ -1330,7 +1334,7 @@ impl Emit<'_, '_> {
         if self.bools[cond.0 as usize] {
             c
         } else {
-            self.b.ins().band_imm(c, 1)
+            self.b.ins().band_imm_s(c, 1)
         }
     }
 
@@ -1592,16 +1596,16 @@ impl Emit<'_, '_> {
                 let last = self
                     .b
                     .ins()
-                    .iadd_imm(offset, i64::from((*bytes).max(1)) - 1);
+                    .iadd_imm_s(offset, i64::from((*bytes).max(1)) - 1);
                 let within = self
                     .b
                     .ins()
                     .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
-                let kind = self.b.ins().band_imm(attrs, i64::from(attr::FAST_MASK));
+                let kind = self.b.ins().band_imm_s(attrs, i64::from(attr::FAST_MASK));
                 let data = self
                     .b
                     .ins()
-                    .icmp_imm(IntCC::Equal, kind, i64::from(attr::FAST));
+                    .icmp_imm_s(IntCC::Equal, kind, i64::from(attr::FAST));
                 let pass = self.b.ins().band(within, data);
                 let slow = self.b.create_block();
                 let cont = self.b.create_block();
