@@ -37,7 +37,7 @@ use crate::block::{ChainSlot, Compiled, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
 use crate::compiler::{Background, Compiler, Outcome};
 use crate::interp::Interp;
-use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, TLB_BITS, TLB_SIZE};
+use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
 
 /// Executions of a block before it is compiled, for a whole machine (difftest, whose
@@ -1324,12 +1324,13 @@ impl Emit<'_, '_> {
             }
         };
         let b = &mut self.b;
-        // tlb::slot: the page number folded once onto itself.
-        let vpn = b.ins().ushr_imm_s(a, PAGE_SHIFT as i64);
-        let high = b.ins().ushr_imm_s(vpn, TLB_BITS as i64);
-        let folded = b.ins().iadd(vpn, high);
-        let slot = b.ins().band_imm_s(folded, (TLB_SIZE - 1) as i64);
-        let at = b.ins().imul_imm_s(slot, tlb::layout::ENTRY_SIZE as i64);
+        // tlb::slot, times the entry's size: the page number's low bits, in place.
+        let shifted = b
+            .ins()
+            .ushr_imm_s(a, (PAGE_SHIFT - tlb::layout::ENTRY_SHIFT) as i64);
+        let at = b
+            .ins()
+            .band_imm_s(shifted, ((TLB_SIZE - 1) << tlb::layout::ENTRY_SHIFT) as i64);
         let entry = b.ins().iadd(table, at);
         let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;
         let cmp = b.ins().load(types::I64, Self::flags(), entry, cmp_at);

@@ -18,11 +18,12 @@ pub const PAGE_SHIFT: u32 = 12;
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 pub const PAGE_MASK: u64 = PAGE_SIZE - 1;
 
-/// Entries per privilege index: 1024, and the slot a hash of the page number (see
-/// [`slot`]), so that buffers a power of two apart (a copy between two 1 MiB-aligned
-/// buffers) do not take turns in one slot, which would send every access of generated
-/// code to the slow path.
-pub const TLB_BITS: u32 = 10;
+/// Entries per privilege index: 4096, indexed by the page number's low bits (see
+/// [`slot`]), so that generated code finds an entry with a shift and a mask. Pages 16 MiB
+/// apart share a slot (the victims catch a copy between two such buffers); a flush clears
+/// only the slots filled since the last one ([`Tlb::flush`]), so the table's size costs
+/// nothing there.
+pub const TLB_BITS: u32 = 12;
 pub const TLB_SIZE: usize = 1 << TLB_BITS;
 
 /// The comparator holds nothing (an empty entry, or an access the page does not allow).
@@ -64,6 +65,8 @@ pub struct TlbEntry {
 pub mod layout {
     use super::*;
     pub const ENTRY_SIZE: usize = std::mem::size_of::<TlbEntry>();
+    /// `ENTRY_SIZE` is this power of two.
+    pub const ENTRY_SHIFT: u32 = ENTRY_SIZE.trailing_zeros();
     pub const CMP: usize = offset_of!(TlbEntry, cmp);
     pub const ADDEND: usize = offset_of!(TlbEntry, addend);
     /// Where the table of privilege index `i` starts within [`Tlb`](super::Tlb).
@@ -137,7 +140,7 @@ pub enum Lookup {
 }
 
 /// Entries a fill pushes out of the direct-mapped table, kept per privilege index and
-/// searched on a miss (QEMU's victim TLB): pages 1 MiB apart share a slot, and a copy
+/// searched on a miss (QEMU's victim TLB): pages 16 MiB apart share a slot, and a copy
 /// loop between two such buffers would otherwise miss on every access.
 pub const VICTIMS: usize = 8;
 
@@ -148,6 +151,10 @@ pub struct Tlb {
     victims: [[TlbEntry; VICTIMS]; 2],
     /// Where each index's next evicted entry goes (round robin).
     next_victim: [usize; 2],
+    /// Per index, the slots that may hold an entry (each once, as `listed` marks): what
+    /// a flush empties and a code page's change of flags visits, rather than all 4096.
+    filled: [Vec<u16>; 2],
+    listed: [[u64; TLB_SIZE / 64]; 2],
 }
 
 impl Default for Tlb {
@@ -156,6 +163,8 @@ impl Default for Tlb {
             entries: [[EMPTY; TLB_SIZE]; 2],
             victims: [[EMPTY; VICTIMS]; 2],
             next_victim: [0; 2],
+            filled: [Vec::new(), Vec::new()],
+            listed: [[0; TLB_SIZE / 64]; 2],
         }
     }
 }
@@ -168,15 +177,14 @@ fn holds(e: &TlbEntry, page: u64) -> bool {
         .any(|c| c & !TLB_FLAGS == page && c & TLB_INVALID == 0)
 }
 
-/// The slot of `linear`'s page: the page number folded once onto itself, by an add, so
-/// that a page and the next one never share a slot (their slots differ by 1 or 2). An
-/// access that crosses into the next page then can never hit its first page's slot when
-/// compared with the page of its last byte, which is how generated code checks hit and
-/// fit at once (`jit.rs`, `tlb_probe`), computing the same slot.
+/// The slot of `linear`'s page: the page number's low bits, so that a page and the next
+/// one never share a slot. An access that crosses into the next page then can never hit
+/// its first page's slot when compared with the page of its last byte, which is how
+/// generated code checks hit and fit at once (`jit.rs`, `tlb_probe`), computing the same
+/// slot.
 #[inline]
 pub fn slot(linear: u64) -> usize {
-    let vpn = linear >> PAGE_SHIFT;
-    (vpn.wrapping_add(vpn >> TLB_BITS)) as usize & (TLB_SIZE - 1)
+    (linear >> PAGE_SHIFT) as usize & (TLB_SIZE - 1)
 }
 
 impl Tlb {
@@ -238,8 +246,19 @@ impl Tlb {
         let Some(v) = self.victims[i].iter().position(|e| holds(e, page)) else {
             return false;
         };
+        self.list(i, slot(linear));
         std::mem::swap(&mut self.entries[i][slot(linear)], &mut self.victims[i][v]);
         true
+    }
+
+    /// Notes that slot `s` of index `i` is about to hold an entry.
+    #[inline]
+    fn list(&mut self, i: usize, s: usize) {
+        let (word, bit) = (s / 64, 1u64 << (s % 64));
+        if self.listed[i][word] & bit == 0 {
+            self.listed[i][word] |= bit;
+            self.filled[i].push(s as u16);
+        }
     }
 
     /// Enters the page of `linear`, pushing the entry in its slot out to the victims.
@@ -271,7 +290,8 @@ impl Tlb {
                 page | flags
             };
         }
-        self.entries[idx & 1][slot(linear)] = TlbEntry {
+        self.list(i, slot(linear));
+        self.entries[i][slot(linear)] = TlbEntry {
             cmp,
             addend: f.host.map_or(0, |h| (h as u64).wrapping_sub(page)),
             phys: f.phys & !PAGE_MASK,
@@ -285,10 +305,22 @@ impl Tlb {
         self.entries[idx & 1].as_ptr()
     }
 
-    /// Drops all entries, or all but global ones.
+    /// Drops all entries, or all but global ones: the slots filled since the last flush
+    /// and the victims.
     pub fn flush(&mut self, keep_global: bool) {
-        let victims = self.victims.iter_mut().flatten();
-        for e in self.entries.iter_mut().flatten().chain(victims) {
+        for i in 0..2 {
+            let (entries, listed) = (&mut self.entries[i], &mut self.listed[i]);
+            self.filled[i].retain(|&s| {
+                let e = &mut entries[s as usize];
+                if keep_global && e.global {
+                    return true;
+                }
+                *e = EMPTY;
+                listed[s as usize / 64] &= !(1u64 << (s % 64));
+                false
+            });
+        }
+        for e in self.victims.iter_mut().flatten() {
             if !(keep_global && e.global) {
                 *e = EMPTY;
             }
@@ -310,8 +342,7 @@ impl Tlb {
     /// Sets or clears `flag` in the write comparators of every entry that maps physical
     /// page `phys_page` (a page that gained or lost translated code).
     pub fn set_write_flag(&mut self, phys_page: u64, flag: u64, on: bool) {
-        let victims = self.victims.iter_mut().flatten();
-        for e in self.entries.iter_mut().flatten().chain(victims) {
+        let update = |e: &mut TlbEntry| {
             let w = &mut e.cmp[Access::Write as usize];
             if e.phys == phys_page << PAGE_SHIFT && *w & TLB_INVALID == 0 {
                 if on {
@@ -320,7 +351,14 @@ impl Tlb {
                     *w &= !flag;
                 }
             }
+        };
+        let (filled, entries) = (&self.filled, &mut self.entries);
+        for (slots, table) in filled.iter().zip(entries.iter_mut()) {
+            for &s in slots {
+                update(&mut table[s as usize]);
+            }
         }
+        self.victims.iter_mut().flatten().for_each(update);
     }
 }
 
@@ -414,28 +452,72 @@ mod tests {
         let mut buf = [0u8; 0x1000];
         let host = buf.as_mut_ptr();
         let mut t = Tlb::default();
-        // Linear pages 0x200 and 0x5FF share a slot.
-        assert_eq!(slot(0x20_0000), slot(0x5F_F000));
+        // Linear pages 0x200 and 0x1200 (16 MiB apart) share a slot.
+        assert_eq!(slot(0x20_0000), slot(0x120_0000));
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
         unsafe { t.fill(0, 0x20_0000, &fill(Some(host), [0; 3])) };
         // SAFETY: the pages are `buf`, or none, and outlive the TLB.
-        unsafe { t.fill(0, 0x5F_F000, &fill(Some(host), [0; 3])) };
+        unsafe { t.fill(0, 0x120_0000, &fill(Some(host), [0; 3])) };
         assert!(matches!(
             t.lookup(0, 0x20_0010, 4, Access::Write),
             Lookup::Host(_)
         ));
         assert!(matches!(
-            t.lookup(0, 0x5F_F010, 4, Access::Read),
+            t.lookup(0, 0x120_0010, 4, Access::Read),
             Lookup::Host(_)
         ));
         t.flush_page(0x20_0000);
         assert_eq!(t.lookup(0, 0x20_0010, 4, Access::Read), Lookup::Miss);
-        assert_eq!(t.phys(0, 0x5F_F004, Access::Exec), Some(0x5004));
+        assert_eq!(t.phys(0, 0x120_0004, Access::Exec), Some(0x5004));
         t.flush(false);
-        assert_eq!(t.phys(0, 0x5F_F004, Access::Exec), None);
+        assert_eq!(t.phys(0, 0x120_0004, Access::Exec), None);
         // Copies between buffers 1 MiB or 4 MiB apart use two slots.
         assert_ne!(slot(0x20_0000), slot(0x30_0000));
         assert_ne!(slot(0x20_0000), slot(0x60_0000));
+    }
+
+    /// A flush visits only the slots filled since the last one: every entry, in the
+    /// table or among the victims, must still be gone after it.
+    #[test]
+    fn a_flush_empties_every_slot_it_filled() {
+        let mut buf = [0u8; 0x1000];
+        let host = buf.as_mut_ptr();
+        let mut t = Tlb::default();
+        let empty = |t: &Tlb| {
+            let victims = t.victims.iter().flatten();
+            t.entries
+                .iter()
+                .flatten()
+                .chain(victims)
+                .all(|e| e.cmp.iter().all(|c| c & TLB_INVALID != 0))
+        };
+        for round in 0..3u64 {
+            for n in 0..40u64 {
+                // Some pages 16 MiB apart, so that victims fill as well.
+                let linear = (n % 8) << 24 | (n / 8 + round) << PAGE_SHIFT;
+                let global = Fill {
+                    global: n % 5 == 0,
+                    ..fill(Some(host), [0; 3])
+                };
+                // SAFETY: the pages are `buf`, which outlives the TLB.
+                unsafe { t.fill((n & 1) as usize, linear, &global) };
+                if n % 7 == 0 {
+                    t.flush_page(linear);
+                }
+            }
+            assert!(!empty(&t));
+            t.flush(true);
+            let kept = t.entries.iter().flatten().filter(|e| e.global).count();
+            assert!(kept > 0, "global entries survive a flush that keeps them");
+            // Look-ups swap global victims back into the slots the flush emptied.
+            for n in 0..40u64 {
+                let linear = (n % 8) << 24 | (n / 8 + round) << PAGE_SHIFT;
+                t.lookup((n & 1) as usize, linear, 1, Access::Read);
+            }
+            t.flush(false);
+            assert!(empty(&t), "round {round}");
+            assert!(t.filled.iter().all(Vec::is_empty));
+        }
     }
 
     /// What the inline look-up's single compare relies on: the slot of a page never
