@@ -1952,7 +1952,8 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
     code
 }
 
-/// The shims generated code calls, each with the runtime as its first argument.
+/// The shims generated code calls, each with the runtime as its first argument (their
+/// addresses and trampolines: [`preserving`]).
 #[derive(Clone, Copy)]
 enum Shim {
     Load,
@@ -1966,15 +1967,7 @@ enum Shim {
 
 impl Shim {
     fn address(self) -> *const u8 {
-        match self {
-            Shim::Load => shim_load as *const u8,
-            Shim::Store => shim_store as *const u8,
-            Shim::SegCheck => shim_seg_check as *const u8,
-            Shim::Rflags => shim_rflags as *const u8,
-            Shim::Test => shim_test as *const u8,
-            Shim::Helper => shim_helper as *const u8,
-            Shim::Chain => shim_chain as *const u8,
-        }
+        preserving::address(self)
     }
 }
 

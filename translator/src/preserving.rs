@@ -91,56 +91,60 @@ macro_rules! trampoline {
     };
 }
 
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux"
-))]
-mod imp {
-    use super::Shim;
+/// The shims, each once: its own address (for a call in the host's convention) and,
+/// where this host has them, the trampoline into it.
+macro_rules! shims {
+    ($($variant:ident: $keep:ident => $shim:path),* $(,)?) => {
+        /// `shim`'s own address.
+        pub(super) fn address(shim: Shim) -> *const u8 {
+            match shim {
+                $(Shim::$variant => $shim as *const u8,)*
+            }
+        }
 
-    macro_rules! trampolines {
-        ($($name:ident => $shim:path),*) => {
-            $(trampoline!($name, $shim);)*
+        #[cfg(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux"
+        ))]
+        mod imp {
+            use super::Shim;
+
+            $(trampoline!($keep, $shim);)*
+
             // Declared for their addresses only: Rust never calls them (their convention
             // is not C's).
             unsafe extern "C" {
-                $(fn $name();)*
+                $(fn $keep();)*
             }
-        };
-    }
 
-    trampolines!(
-        gantry_keep_load => crate::jit::shim_load,
-        gantry_keep_store => crate::jit::shim_store,
-        gantry_keep_seg_check => crate::jit::shim_seg_check,
-        gantry_keep_rflags => crate::jit::shim_rflags,
-        gantry_keep_test => crate::jit::shim_test,
-        gantry_keep_helper => crate::jit::shim_helper,
-        gantry_keep_chain => crate::jit::shim_chain
-    );
+            pub fn trampoline(shim: Shim) -> Option<*const u8> {
+                Some(match shim {
+                    $(Shim::$variant => $keep as *const u8,)*
+                })
+            }
+        }
 
-    pub fn trampoline(shim: Shim) -> Option<*const u8> {
-        Some(match shim {
-            Shim::Load => gantry_keep_load as *const u8,
-            Shim::Store => gantry_keep_store as *const u8,
-            Shim::SegCheck => gantry_keep_seg_check as *const u8,
-            Shim::Rflags => gantry_keep_rflags as *const u8,
-            Shim::Test => gantry_keep_test as *const u8,
-            Shim::Helper => gantry_keep_helper as *const u8,
-            Shim::Chain => gantry_keep_chain as *const u8,
-        })
-    }
+        #[cfg(not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux"
+        )))]
+        mod imp {
+            pub fn trampoline(_: super::Shim) -> Option<*const u8> {
+                None
+            }
+        }
+    };
 }
 
-#[cfg(not(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux"
-)))]
-mod imp {
-    pub fn trampoline(_: super::Shim) -> Option<*const u8> {
-        None
-    }
-}
+shims!(
+    Load: gantry_keep_load => crate::jit::shim_load,
+    Store: gantry_keep_store => crate::jit::shim_store,
+    SegCheck: gantry_keep_seg_check => crate::jit::shim_seg_check,
+    Rflags: gantry_keep_rflags => crate::jit::shim_rflags,
+    Test: gantry_keep_test => crate::jit::shim_test,
+    Helper: gantry_keep_helper => crate::jit::shim_helper,
+    Chain: gantry_keep_chain => crate::jit::shim_chain,
+);
 
 /// The trampoline into `shim`, where this host has them.
 pub(super) fn trampoline(shim: Shim) -> Option<*const u8> {
