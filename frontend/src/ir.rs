@@ -17,25 +17,26 @@ use crate::flags::{CcOp, Cond};
 use crate::state::off;
 use crate::vendor::FlatSegmentTop;
 
+/// An IR value's width. The discriminant is log2 of the width in bytes, so that the
+/// widths and masks below are shifts rather than jump tables: the interpreter asks for a
+/// mask at nearly every op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Ty {
-    I8,
-    I16,
-    I32,
-    I64,
+    I8 = 0,
+    I16 = 1,
+    I32 = 2,
+    I64 = 3,
 }
 
 impl Ty {
+    #[inline]
     pub fn bytes(self) -> u8 {
-        match self {
-            Ty::I8 => 1,
-            Ty::I16 => 2,
-            Ty::I32 => 4,
-            Ty::I64 => 8,
-        }
+        1 << (self as u8)
     }
+    #[inline]
     pub fn bits(self) -> u32 {
-        self.bytes() as u32 * 8
+        8 << (self as u32)
     }
     pub fn from_bytes(n: u32) -> Ty {
         match n {
@@ -46,14 +47,13 @@ impl Ty {
         }
     }
     /// The value with only the sign bit of this width set.
+    #[inline]
     pub fn sign_bit(self) -> u64 {
         1 << (self.bits() - 1)
     }
+    #[inline]
     pub fn mask(self) -> u64 {
-        match self {
-            Ty::I64 => !0,
-            t => (1u64 << t.bits()) - 1,
-        }
+        u64::MAX >> (64 - self.bits())
     }
 }
 
