@@ -97,30 +97,51 @@ pub struct Fill {
 pub struct HostAddr(*mut u8);
 
 impl HostAddr {
-    /// Reads `bytes` (1-8), little-endian.
+    /// Reads `bytes` (1-8), little-endian. The IR's widths (1, 2, 4, 8) are one unaligned
+    /// load each; a copy of a variable length was a call to `memmove` per access.
     #[inline]
     pub fn load(self, bytes: u8) -> u64 {
-        let mut buf = [0u8; 8];
-        let n = (bytes as usize).min(8);
         // SAFETY: a `HostAddr` comes from a TLB hit: the entry's addend was made from
         // `GuestMemory::host_page` for the mapping the TLB is bound to (`Mmu::bind` drops
         // every entry when the CPU is handed other memory), and the hit checked that the
         // `bytes` bytes stay within that page. Guest memory is plain bytes, so any value is
-        // valid and unaligned access is done bytewise.
-        unsafe { std::ptr::copy_nonoverlapping(self.0, buf.as_mut_ptr(), n) };
-        u64::from_le_bytes(buf)
+        // valid, and the reads are unaligned ones.
+        unsafe {
+            match bytes {
+                1 => u64::from(*self.0),
+                2 => u64::from(u16::from_le(self.0.cast::<u16>().read_unaligned())),
+                4 => u64::from(u32::from_le(self.0.cast::<u32>().read_unaligned())),
+                8 => u64::from_le(self.0.cast::<u64>().read_unaligned()),
+                _ => {
+                    let mut buf = [0u8; 8];
+                    let n = (bytes as usize).min(8);
+                    std::ptr::copy_nonoverlapping(self.0, buf.as_mut_ptr(), n);
+                    u64::from_le_bytes(buf)
+                }
+            }
+        }
     }
 
     /// Writes the low `bytes` (1-8) of `value`, little-endian. Only write comparators
     /// without flags resolve to a `HostAddr` for a store, and those are RAM.
     #[inline]
     pub fn store(self, bytes: u8, value: u64) {
-        let buf = value.to_le_bytes();
-        let n = (bytes as usize).min(8);
         // SAFETY: as in `load`; a write comparator without TLB_IO is only filled for a RAM
         // page, whose mapping is writable, and the CPU holds the guest memory exclusively
         // while it runs (`Ctx` borrows it mutably).
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.0, n) };
+        unsafe {
+            match bytes {
+                1 => *self.0 = value as u8,
+                2 => self.0.cast::<u16>().write_unaligned((value as u16).to_le()),
+                4 => self.0.cast::<u32>().write_unaligned((value as u32).to_le()),
+                8 => self.0.cast::<u64>().write_unaligned(value.to_le()),
+                _ => {
+                    let buf = value.to_le_bytes();
+                    let n = (bytes as usize).min(8);
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), self.0, n);
+                }
+            }
+        }
     }
 }
 
