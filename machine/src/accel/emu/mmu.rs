@@ -88,6 +88,11 @@ impl Mmu {
         (privilege == Privilege::User && cpu.cpl() == 3) as usize
     }
 
+    /// Whether the TLB's host addresses are into `mem`'s mappings ([`Self::bind`]).
+    pub fn is_bound(&self, mem: &GuestMemory) -> bool {
+        mem.mapping_id() == self.bound
+    }
+
     /// Makes sure the TLB's host addresses point into `mem`, flushing it when it was
     /// filled for other memory (the host addresses of the fast path rely on this).
     #[inline]

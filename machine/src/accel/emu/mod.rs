@@ -165,7 +165,8 @@ macro_rules! ctx {
     ($cpu:expr, $mem:expr, $board:expr) => {
         Ctx {
             mmu: {
-                $cpu.mmu.bind($mem);
+                // Bound once per `execute`, whose memory every context in it is made with.
+                debug_assert!($cpu.mmu.is_bound($mem));
                 &mut $cpu.mmu
             },
             mem: $mem,
@@ -247,6 +248,9 @@ impl EmuCpu {
     /// Runs until the CPU stops for good (`Err`) or, with a debugger attached, until
     /// something the debugger asked for happens (`Ok`).
     fn execute(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<DebugStop, CpuStop> {
+        // Once here rather than in every context the loop makes (one a block): comparing
+        // the mapping's identity there cost a store-forwarding stall per interpreted block.
+        self.mmu.bind(mem);
         let mut until_service = 0u32;
         loop {
             if until_service == 0 || self.state.halted {
