@@ -146,6 +146,16 @@ pub struct Tier {
     pub(crate) state: RefCell<State>,
 }
 
+impl Tier {
+    /// Whether compiled code may go straight into this block: it has code of its own
+    /// (a chain slot is filled only with a compiled block's code).
+    pub fn may_be_chained_to(&self) -> bool {
+        self.state
+            .try_borrow()
+            .map_or(true, |s| matches!(*s, State::Ready(_)))
+    }
+}
+
 impl std::fmt::Debug for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tier({} runs)", self.runs.get())

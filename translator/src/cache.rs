@@ -66,7 +66,7 @@ pub struct Found {
     pub context: Option<u64>,
 }
 
-const JUMP_CACHE: usize = 4096;
+const JUMP_CACHE: usize = 16384;
 
 pub struct CodeCache {
     /// Each entry with the epoch it was filled in: an entry of an older epoch is empty.
@@ -145,22 +145,33 @@ impl CodeCache {
         self.blocks.insert(key, block);
     }
 
-    /// Drops the blocks whose code spans bytes `[start, end)` of physical page `page`
-    /// (and, if there were any, the jump cache, which may point at them), as QEMU drops
-    /// only the translations a write overlaps: Linux patches its code a few bytes at a
-    /// time (jump labels, alternatives, static calls), and dropping every block of the
-    /// patched page had sent hot kernel code back through the interpreter and the
-    /// compiler. Returns how many blocks were dropped, and whether the page still holds
-    /// code of a cached block.
+    /// Drops the blocks whose code spans bytes `[start, end)` of physical page `page`,
+    /// as QEMU drops only the translations a write overlaps: Linux patches its code a few
+    /// bytes at a time (jump labels, alternatives, static calls), and dropping every block
+    /// of the patched page had sent hot kernel code back through the interpreter and the
+    /// compiler. A dropped block leaves the jump cache too: its one entry, or, if compiled
+    /// code may chain into it, the whole cache (whose epoch the chain slots hold), as
+    /// QEMU unlinks the jumps into a dropped translation. Emptying the whole cache for
+    /// every dropped block had sent each of the Debian boot's 13,000 invalidations
+    /// through a refill of the jump cache and of every chain slot. Returns how many
+    /// blocks were dropped, and whether the page still holds code of a cached block.
     pub fn invalidate(&mut self, page: u64, start: u16, end: u16) -> (u64, bool) {
         let Some(list) = self.page_blocks.get_mut(&page) else {
             return (0, false);
         };
         let mut dropped = 0;
-        let blocks = &mut self.blocks;
+        let mut chained = false;
+        let (blocks, jump) = (&mut self.blocks, &mut self.jump);
         list.retain(|(key, s, e)| {
             if *s < end && start < *e {
-                dropped += blocks.remove(key).is_some() as u64;
+                if let Some(b) = blocks.remove(key) {
+                    dropped += 1;
+                    chained |= b.tier.may_be_chained_to();
+                    let entry = &mut jump[slot(key.rip)];
+                    if entry.as_ref().is_some_and(|(_, _, j)| Rc::ptr_eq(j, &b)) {
+                        *entry = None;
+                    }
+                }
                 false
             } else {
                 // An entry whose block another page's write dropped goes too.
@@ -171,7 +182,7 @@ impl CodeCache {
         if !still {
             self.page_blocks.remove(&page);
         }
-        if dropped > 0 {
+        if chained {
             self.flush_jumps();
         }
         (dropped, still)
@@ -201,9 +212,10 @@ mod tests {
     }
 
     #[test]
-    fn a_write_to_a_code_page_drops_its_blocks_and_the_jump_cache() {
+    fn a_write_to_a_code_page_drops_its_blocks_and_their_jump_cache_entries() {
         let mut c = CodeCache::default();
-        let b = Rc::new(Prepared::new(Block::default()));
+        let b1 = Rc::new(Prepared::new(Block::default()));
+        let b2 = Rc::new(Prepared::new(Block::default()));
         let k1 = BlockKey {
             phys: 0x1000,
             rip: 0x1000,
@@ -215,16 +227,18 @@ mod tests {
             mode: mode(),
         };
         let span = |page, start, end| CodeSpan { page, start, end };
-        c.insert(k1, &[span(1, 0, 0x20)], b.clone());
-        c.insert(k2, &[span(2, 0xff0, 0x1000), span(3, 0, 0x8)], b.clone());
-        let j = JumpKey {
+        c.insert(k1, &[span(1, 0, 0x20)], b1.clone());
+        c.insert(k2, &[span(2, 0xff0, 0x1000), span(3, 0, 0x8)], b2.clone());
+        let j1 = JumpKey {
             cs_base: 0,
             rip: 0x1000,
             mode: mode(),
             cpl: 0,
         };
-        c.jump_insert(j, b.clone());
-        assert!(c.jump_lookup(&j).is_some());
+        let j2 = JumpKey { rip: 0x2ff0, ..j1 };
+        c.jump_insert(j1, b1.clone());
+        c.jump_insert(j2, b2.clone());
+        assert!(c.jump_lookup(&j1).is_some() && c.jump_lookup(&j2).is_some());
         // Another mode is another translation.
         let other = BlockKey {
             mode: Mode {
@@ -240,16 +254,21 @@ mod tests {
             "past the block's bytes"
         );
         assert!(
-            c.jump_lookup(&j).is_some(),
-            "nothing dropped, nothing flushed"
+            c.jump_lookup(&j1).is_some(),
+            "nothing dropped, nothing forgotten"
         );
+        let epoch = c.jump_epoch();
         assert_eq!(
             c.invalidate(3, 7, 8),
             (1, false),
             "the block straddling into page 3"
         );
         assert!(c.get(&k2).is_none() && c.get(&k1).is_some());
-        assert!(c.jump_lookup(&j).is_none());
+        assert!(c.jump_lookup(&j2).is_none(), "the dropped block's entry");
+        assert!(
+            c.jump_lookup(&j1).is_some() && c.jump_epoch() == epoch,
+            "a block no compiled code can chain into leaves the rest of the jump cache"
+        );
         assert_eq!(c.invalidate(3, 0, 0x1000), (0, false));
         assert_eq!(
             c.invalidate(2, 0, 0x1000),
@@ -257,6 +276,7 @@ mod tests {
             "its entry on page 2 is gone"
         );
         assert_eq!(c.invalidate(1, 0x1f, 0x20), (1, false));
+        assert!(c.jump_lookup(&j1).is_none());
         c.clear();
         assert!(c.get(&k1).is_none());
     }

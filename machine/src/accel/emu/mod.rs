@@ -763,13 +763,15 @@ impl Vcpu for EmuCpu {
             out,
             "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by {} \
              writes to their pages ({} of them to other bytes of the page); jump cache \
-             emptied {} times (by TLB flushes that may move code), {} look-ups past it",
+             emptied {} times ({} by TLB flushes that may move code, the rest by dropped \
+             blocks that compiled code may chain into), {} look-ups past it",
             s.blocks_translated,
             s.blocks_run,
             insns as f64 / s.blocks_run.max(1) as f64,
             s.invalidated_blocks,
             s.code_page_writes,
             s.code_page_writes_missed,
+            self.code.jump_epoch(),
             s.jump_flushes,
             s.jump_misses
         );
