@@ -546,6 +546,7 @@ impl Jit {
                 eflags_home: false,
                 looped: None,
                 run: Run { budget, insns },
+                ask: None,
             };
             e.body();
             e.b.seal_all_blocks();
@@ -622,6 +623,8 @@ struct Emit<'a, 'b> {
     /// The run's budget and instruction count as of the block's start (or the loop's
     /// head).
     run: Run,
+    /// The exits' shared path to [`shim_chain`], once an exit needs it.
+    ask: Option<Block>,
 }
 
 /// What a run carries from block to block in registers (the block signature's last two
@@ -1081,16 +1084,47 @@ impl Emit<'_, '_> {
         let spent = self.b.ins().ushr_imm_s(budget, 63);
         let fail = self.b.ins().bor(fail, spent);
         let straight = self.b.create_block();
-        let ask = self.b.create_block();
-        self.b.ins().brif(fail, ask, &[], straight, &[]);
+        let ask = self.ask_block();
+        let args = [slot, insns, self.run.budget].map(BlockArg::Value);
+        self.b.ins().brif(fail, ask, &args, straight, &[]);
         self.b.switch_to_block(straight);
         let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
         self.b
             .ins()
             .return_call_indirect(self.block_sig, code, &[rt, budget, insns]);
+    }
+
+    /// The block every exit goes to when it cannot chain straight on: one per function,
+    /// emitted after the block's code ([`Self::emit_ask`]), so that each exit costs a
+    /// branch to it rather than a copy of it (Cranelift's time grows with the
+    /// instructions it is given).
+    fn ask_block(&mut self) -> Block {
+        if let Some(b) = self.ask {
+            return b;
+        }
+        let b = self.b.create_block();
+        for _ in 0..3 {
+            self.b.append_block_param(b, types::I64);
+        }
+        self.b.set_cold_block(b);
+        self.ask = Some(b);
+        b
+    }
+
+    /// The exits' shared path when they cannot chain straight on (parameters: the exit's
+    /// chain slot, the run's instruction count with the block's, the run's budget): asks
+    /// [`shim_chain`], which spends from the budget in the runtime and may end the run.
+    fn emit_ask(&mut self) {
+        let Some(ask) = self.ask else {
+            return;
+        };
         self.b.switch_to_block(ask);
-        // The shim spends from the budget in the runtime; the run may end here.
-        self.count(n);
+        let &[slot, insns, budget] = self.b.block_params(ask) else {
+            unreachable!("the ask block has three parameters");
+        };
+        let (rt, flags) = (self.rt, Self::flags());
+        self.b.ins().store(flags, insns, rt, RT_INSNS);
+        self.b.ins().istore32(flags, budget, rt, RT_BUDGET);
         let cpu = self.cpu();
         let code = self.call(Shim::Chain, &[rt, cpu, slot]);
         let chain = self.b.create_block();
@@ -1388,6 +1422,7 @@ impl Emit<'_, '_> {
     fn body(&mut self) {
         self.enter_loop();
         self.ops();
+        self.emit_ask();
     }
 
     fn ops(&mut self) {
