@@ -72,6 +72,9 @@ pub struct Runtime<'a> {
     /// What the shim called last returned, where the call goes through a trampoline that
     /// keeps every register ([`preserving`]).
     ret: u64,
+    /// A trampoline's arguments past the runtime and the CPU, stored by the generated
+    /// code before the call ([`Emit::call`]).
+    passed: [u64; PASSED],
     args: [u64; MAX_ARGS],
     /// The TLB table of the CPU's current privilege ([`Host::data_tlb`]), read by the
     /// inline look-up of every load and store; a helper may change the privilege, so the
@@ -111,6 +114,9 @@ const UNCHECKED: u64 = u64::MAX;
 
 const RT_VALUE: i32 = std::mem::offset_of!(Runtime, value) as i32;
 const RT_RET: usize = std::mem::offset_of!(Runtime, ret);
+pub(crate) const RT_PASSED: usize = std::mem::offset_of!(Runtime, passed);
+/// The most arguments a shim takes past the runtime and the CPU.
+pub(crate) const PASSED: usize = 3;
 const RT_ARGS: i32 = std::mem::offset_of!(Runtime, args) as i32;
 const RT_TLB: i32 = std::mem::offset_of!(Runtime, tlb) as i32;
 const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
@@ -323,6 +329,7 @@ impl Jit {
         let mut rt = Runtime {
             value: 0,
             ret: 0,
+            passed: [0; PASSED],
             args: [0; MAX_ARGS],
             tlb: data_tlb(host, cpu),
             insns: 0,
@@ -1125,8 +1132,7 @@ impl Emit<'_, '_> {
         let (rt, flags) = (self.rt, Self::flags());
         self.b.ins().store(flags, insns, rt, RT_INSNS);
         self.b.ins().istore32(flags, budget, rt, RT_BUDGET);
-        let cpu = self.cpu();
-        let code = self.call(Shim::Chain, &[rt, cpu, slot]);
+        let code = self.call(Shim::Chain, &[slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
         self.b.ins().brif(code, chain, &[], back, &[]);
@@ -1302,32 +1308,42 @@ impl Emit<'_, '_> {
         }
     }
 
-    /// Calls a shim with i64 arguments; returns its i64 result.
+    /// Calls a shim with the runtime, the CPU state and `args` (i64, at most
+    /// [`PASSED`]); returns its i64 result.
     fn call(&mut self, shim: Shim, args: &[Value]) -> Value {
-        debug_assert!(args.first() == Some(&self.rt));
+        debug_assert!(args.len() <= PASSED);
+        let rt = self.rt;
         if let Some(trampoline) = preserving::trampoline(shim) {
-            // Through a trampoline that keeps every register ([`preserving`]).
-            let mut sig = Signature::new(CallConv::PreserveAll);
-            for _ in args {
-                sig.params.push(AbiParam::new(types::I64));
+            // Through a trampoline that keeps every register ([`preserving`]), with the
+            // arguments in the runtime: the call's only register operand is the
+            // runtime's, which every block holds in that register from its entry anyway,
+            // so that no value the block keeps across its cold calls competes for the
+            // argument registers. The trampoline takes the CPU from the pinned register.
+            for (i, &a) in args.iter().enumerate() {
+                self.b
+                    .ins()
+                    .store(Self::flags(), a, rt, (RT_PASSED + 8 * i) as i32);
             }
+            let mut sig = Signature::new(CallConv::PreserveAll);
+            sig.params.push(AbiParam::new(types::I64));
             let sig = self.b.import_signature(sig);
             let callee = self.b.ins().iconst(types::I64, trampoline as i64);
-            self.b.ins().call_indirect(sig, callee, args);
-            let rt = self.rt;
+            self.b.ins().call_indirect(sig, callee, &[rt]);
             return self
                 .b
                 .ins()
                 .load(types::I64, Self::flags(), rt, RT_RET as i32);
         }
+        let cpu = self.cpu();
+        let all: Vec<Value> = [rt, cpu].into_iter().chain(args.iter().copied()).collect();
         let mut sig = Signature::new(self.call_conv);
-        for _ in args {
+        for _ in &all {
             sig.params.push(AbiParam::new(types::I64));
         }
         sig.returns.push(AbiParam::new(types::I64));
         let sig = self.b.import_signature(sig);
         let callee = self.b.ins().iconst(types::I64, shim.address() as i64);
-        let call = self.b.ins().call_indirect(sig, callee, args);
+        let call = self.b.ins().call_indirect(sig, callee, &all);
         self.b.inst_results(call)[0]
     }
 
@@ -1593,8 +1609,7 @@ impl Emit<'_, '_> {
                 // The slow path: a miss, a flagged page or an access across pages.
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
-                let (cpu, rt) = (self.cpu(), self.rt);
-                let fault = self.call(Shim::Load, &[rt, cpu, a, info]);
+                let fault = self.call(Shim::Load, &[a, info]);
                 self.fault_if(fault, at, None);
                 self.stay_cold();
                 let v = self.rt_value(ty);
@@ -1620,8 +1635,8 @@ impl Emit<'_, '_> {
                 self.b.ins().jump(join, &[no.into()]);
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
-                let (cpu, rt) = (self.cpu(), self.rt);
-                let fault = self.call(Shim::Store, &[rt, cpu, a, x, info]);
+                let rt = self.rt;
+                let fault = self.call(Shim::Store, &[a, x, info]);
                 self.fault_if(fault, at, None);
                 self.stay_cold();
                 let written = self
@@ -1676,8 +1691,7 @@ impl Emit<'_, '_> {
                         | (*write as u64) << 24
                         | (wraps as u64) << 25,
                 );
-                let (cpu, rt) = (self.cpu(), self.rt);
-                let fault = self.call(Shim::SegCheck, &[rt, cpu, a, info]);
+                let fault = self.call(Shim::SegCheck, &[a, info]);
                 self.fault_if(fault, at, None);
                 self.stay_cold();
                 self.b.ins().jump(cont, &[]);
@@ -1697,9 +1711,7 @@ impl Emit<'_, '_> {
                     return;
                 }
                 self.flush_flags();
-                let cpu = self.cpu();
-                let rt = self.rt;
-                let r = self.call(Shim::Rflags, &[rt, cpu]);
+                let r = self.call(Shim::Rflags, &[]);
                 let r = self.cast(r, Ty::I64, self.ty(*dst));
                 self.def(*dst, r);
             }
@@ -1717,10 +1729,8 @@ impl Emit<'_, '_> {
                     return;
                 }
                 self.flush_flags();
-                let cpu = self.cpu();
                 let c = self.konst(*cond as u64);
-                let rt = self.rt;
-                let r = self.call(Shim::Test, &[rt, cpu, c]);
+                let r = self.call(Shim::Test, &[c]);
                 let r = self.cast(r, Ty::I64, self.ty(*dst));
                 self.def(*dst, r);
             }
@@ -1741,9 +1751,8 @@ impl Emit<'_, '_> {
                 debug_assert_eq!(which, helper);
                 self.next_helper += 1;
                 let which = self.konst(which as *const Helper as u64);
-                let cpu = self.cpu();
                 let n = self.konst(args.len() as u64);
-                let fault = self.call(Shim::Helper, &[rt, cpu, which, n]);
+                let fault = self.call(Shim::Helper, &[which, n]);
                 self.tlb = None;
                 self.segs = [None; 6];
                 self.eflags_home = false;

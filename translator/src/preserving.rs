@@ -7,10 +7,11 @@
 //! rbp, rsp`; the Debian boot took 0.936x the time (median of 10 interleaved pairs, on
 //! x86-64).
 //!
-//! A trampoline saves the caller-saved general registers (the arguments stay where the
-//! shim's C signature wants them), calls the shim, stores its result in `Runtime::ret`
-//! (the runtime is every shim's first argument: `preserve_all` returns nothing in
-//! registers) and restores them. Vector registers are left to the shims: generated code
+//! A trampoline saves the caller-saved general registers, puts the shim's arguments where
+//! its C signature wants them (the runtime is the call's one register operand, the CPU is
+//! in Cranelift's pinned register, the rest were stored in `Runtime::passed`), calls it,
+//! stores its result in `Runtime::ret` (`preserve_all` returns nothing in registers) and
+//! restores them. Vector registers are left to the shims: generated code
 //! holds integers only. On x86-64 and aarch64 Linux hosts (the directives are ELF's);
 //! elsewhere the shims are called in the host's convention.
 
@@ -30,6 +31,12 @@ macro_rules! trampoline {
             // Entered with RSP 8 past a 16-byte boundary: nine pushes align it.
             "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
             "push r8", "push r9", "push r10", "push r11",
+            // The shim's arguments: the runtime (in RDI already), the CPU (Cranelift's
+            // pinned register), and the rest from the runtime.
+            "mov rsi, r15",
+            "mov rdx, [rdi + {passed}]",
+            "mov rcx, [rdi + {passed} + 8]",
+            "mov r8, [rdi + {passed} + 16]",
             "call {shim}",
             // The runtime: the first argument, pushed fifth.
             "mov r11, [rsp + 32]",
@@ -40,6 +47,7 @@ macro_rules! trampoline {
             ".popsection",
             shim = sym $shim,
             ret = const crate::jit::RT_RET,
+            passed = const crate::jit::RT_PASSED,
         );
     };
 }
@@ -68,6 +76,12 @@ macro_rules! trampoline {
             "stp x14, x15, [sp, #128]",
             "stp x16, x17, [sp, #144]",
             "str x18, [sp, #160]",
+            // The shim's arguments: the runtime (in x0 already), the CPU (Cranelift's
+            // pinned register), and the rest from the runtime.
+            "mov x1, x21",
+            "ldr x2, [x0, #{passed}]",
+            "ldr x3, [x0, #{passed} + 8]",
+            "ldr x4, [x0, #{passed} + 16]",
             "bl {shim}",
             // The runtime: the first argument, saved first.
             "ldr x9, [sp, #16]",
@@ -87,6 +101,7 @@ macro_rules! trampoline {
             ".popsection",
             shim = sym $shim,
             ret = const crate::jit::RT_RET,
+            passed = const crate::jit::RT_PASSED,
         );
     };
 }
