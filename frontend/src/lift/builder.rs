@@ -243,7 +243,7 @@ impl Builder {
         self.push(Inst::Call {
             dst,
             helper,
-            args: args.to_vec(),
+            args: args.into(),
         });
         // Helpers may change any state.
         self.forget();
