@@ -170,6 +170,16 @@ impl Interp {
             }
             match inst {
                 Inst::Mark { .. } | Inst::Const { .. } => {}
+                // Registers first, as arms of their own: nearly every get and put is of
+                // one, and the general case is a second dispatch on the location.
+                Inst::Get {
+                    dst,
+                    loc: Loc::Gpr(r),
+                } => v!(dst) = cpu.gpr[*r as usize & 15],
+                Inst::Put {
+                    loc: Loc::Gpr(r),
+                    src,
+                } => cpu.gpr[*r as usize & 15] = v!(src),
                 Inst::Get { dst, loc } => v!(dst) = get(cpu, *loc) & loc.ty().mask(),
                 Inst::Put { loc, src } => put(cpu, *loc, v!(src)),
                 Inst::Bin { dst, op, a, b } => {
