@@ -1103,8 +1103,8 @@ impl Emit<'_, '_> {
 
     /// The block every exit goes to when it cannot chain straight on: one per function,
     /// emitted after the block's code ([`Self::emit_ask`]), so that each exit costs a
-    /// branch to it rather than a copy of it (Cranelift's time grows with the
-    /// instructions it is given).
+    /// branch to it rather than a copy of it: about 5% fewer CLIF instructions a block,
+    /// though Cranelift's time per block measured the same either way.
     fn ask_block(&mut self) -> Block {
         if let Some(b) = self.ask {
             return b;
