@@ -297,6 +297,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         no_reboot: args.no_reboot,
         vendor,
         perf_map: args.perf_map,
+        exit_after: true,
     };
     let (outcome, report) = match &args.gdb {
         Some(addr) => gantry_gdb::serve(cfg, addr, args.gdb_wait),
