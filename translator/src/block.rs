@@ -117,7 +117,7 @@ pub(crate) struct Pending {
 
 /// Where an exit keeps the code of the block it found at `rip`, so that the next time
 /// it goes there directly: `code` holds while the run's `Runtime::checked` equals
-/// `stamp` (the jump cache's epoch and the lookup's context the slot was filled under, as
+/// `stamp` (the chain epoch and the lookup's context the slot was filled under, as
 /// one word; 0: empty). Generated code reads it; [`crate::jit`]'s chaining shim fills it.
 /// (An exit to a constant address has a slot of its own and need not compare `rip`.)
 #[repr(C)]

@@ -59,10 +59,10 @@ impl JumpKey {
 }
 
 /// What the run loop's lookup of the next block found, for chaining: the block, and what
-/// the lookup held under (the jump cache's epoch, and the key's [`JumpKey::context`]).
+/// the lookup held under (the chain epoch, and the key's [`JumpKey::context`]).
 pub struct Found {
     pub block: Rc<Prepared>,
-    pub jump_epoch: u64,
+    pub chain_epoch: u64,
     pub context: Option<u64>,
 }
 
@@ -74,9 +74,12 @@ pub struct CodeCache {
     /// code write cost 1.4% of a Linux boot.) A stale entry keeps its block alive until
     /// the slot is filled again, and is never returned.
     jump: Vec<Option<(u64, JumpKey, Rc<Prepared>)>>,
-    /// How often the jump cache was emptied: what compiled code caches of it (the chain
-    /// slots of direct exits) holds only while this is unchanged.
+    /// How often the jump cache was emptied.
     jump_epoch: u64,
+    /// How often what compiled code caches of the jump cache (the chain slots of its
+    /// exits) was invalidated: at every emptying, and when a block with code of its own
+    /// was dropped (a slot may lead to it). Slots hold only while this is unchanged.
+    chain_epoch: u64,
     /// Hashed with FxHash, not SipHash: the keys are addresses the guest chooses, and a
     /// guest that made them collide would slow only itself (SipHash cost 1.5% of a
     /// Linux boot, in the lookups after each jump-cache flush).
@@ -90,6 +93,7 @@ impl Default for CodeCache {
         Self {
             jump: vec![None; JUMP_CACHE],
             jump_epoch: 0,
+            chain_epoch: 0,
             blocks: FxHashMap::default(),
             page_blocks: FxHashMap::default(),
         }
@@ -117,16 +121,23 @@ impl CodeCache {
         self.jump[slot(key.rip)] = Some((self.jump_epoch, key, block));
     }
 
-    /// Forgets every linear-address lookup (the TLB was flushed, or code invalidated).
+    /// Forgets every linear-address lookup (the TLB was flushed, or every translation
+    /// dropped), and so every chain.
     pub fn flush_jumps(&mut self) {
         self.jump_epoch += 1;
+        self.chain_epoch += 1;
     }
 
-    /// Changes whenever the jump cache is emptied. While it does not, every block a
-    /// lookup returned stays cached (blocks leave the cache only with a flush), and the
-    /// same lookup returns the same block.
+    /// How often the jump cache was emptied.
     pub fn jump_epoch(&self) -> u64 {
         self.jump_epoch
+    }
+
+    /// Changes whenever a chain slot may have become wrong: the jump cache was emptied,
+    /// or a block with compiled code was dropped. While it does not, every compiled block
+    /// a lookup returned stays cached, and the same lookup returns the same block.
+    pub fn chain_epoch(&self) -> u64 {
+        self.chain_epoch
     }
 
     #[inline]
@@ -149,11 +160,11 @@ impl CodeCache {
     /// as QEMU drops only the translations a write overlaps: Linux patches its code a few
     /// bytes at a time (jump labels, alternatives, static calls), and dropping every block
     /// of the patched page had sent hot kernel code back through the interpreter and the
-    /// compiler. A dropped block leaves the jump cache too: its one entry, or, if compiled
-    /// code may chain into it, the whole cache (whose epoch the chain slots hold), as
-    /// QEMU unlinks the jumps into a dropped translation. Emptying the whole cache for
-    /// every dropped block had sent each of the Debian boot's 13,000 invalidations
-    /// through a refill of the jump cache and of every chain slot. Returns how many
+    /// compiler. A dropped block leaves the jump cache too (its one entry), and if
+    /// compiled code may chain into it, every chain slot is invalidated (they hold the
+    /// chain epoch), as QEMU unlinks the jumps into a dropped translation. Emptying the
+    /// whole jump cache for every dropped block had sent each of the Debian boot's 13,000
+    /// invalidations through a refill of the jump cache and of every chain slot. Returns how many
     /// blocks were dropped, and whether the page still holds code of a cached block.
     pub fn invalidate(&mut self, page: u64, start: u16, end: u16) -> (u64, bool) {
         let Some(list) = self.page_blocks.get_mut(&page) else {
@@ -188,7 +199,7 @@ impl CodeCache {
             self.page_blocks.remove(&page);
         }
         if chained {
-            self.flush_jumps();
+            self.chain_epoch += 1;
         }
         (dropped, still)
     }
@@ -262,7 +273,7 @@ mod tests {
             c.jump_lookup(&j1).is_some(),
             "nothing dropped, nothing forgotten"
         );
-        let epoch = c.jump_epoch();
+        let epochs = (c.jump_epoch(), c.chain_epoch());
         assert_eq!(
             c.invalidate(3, 7, 8),
             (1, false),
@@ -271,8 +282,9 @@ mod tests {
         assert!(c.get(&k2).is_none() && c.get(&k1).is_some());
         assert!(c.jump_lookup(&j2).is_none(), "the dropped block's entry");
         assert!(
-            c.jump_lookup(&j1).is_some() && c.jump_epoch() == epoch,
-            "a block no compiled code can chain into leaves the rest of the jump cache"
+            c.jump_lookup(&j1).is_some() && (c.jump_epoch(), c.chain_epoch()) == epochs,
+            "a block no compiled code can chain into leaves the rest of the jump cache and \
+             the chains"
         );
         assert_eq!(c.invalidate(3, 0, 0x1000), (0, false));
         assert_eq!(

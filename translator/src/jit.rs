@@ -94,7 +94,7 @@ pub struct Runtime<'a> {
     epoch: u64,
     /// While the last block boundary passed the host's checks ([`Host::next_block`]) and
     /// no call into the host came since, what that lookup held under, as one word: the
-    /// jump cache's epoch and the lookup's context ([`crate::cache::JumpKey::context`],
+    /// code cache's chain epoch and the lookup's context ([`crate::cache::JumpKey::context`],
     /// which the CPU is still in), numbered by [`stamp`]. A chain slot filled under
     /// the same stamp may then be followed without asking the host again. [`UNCHECKED`]
     /// otherwise.
@@ -1937,12 +1937,13 @@ extern "C" fn shim_helper(
 /// Contexts numbered at most: a run in yet another context chains through the host.
 const MAX_CONTEXTS: usize = 0xFFFF;
 
-/// A lookup's jump-cache epoch and context ([`crate::cache::JumpKey::context`]) as one
+/// A lookup's chain epoch ([`crate::cache::CodeCache::chain_epoch`]) and context
+/// ([`crate::cache::JumpKey::context`]) as one
 /// word, the epoch plus one above 16 bits and the context's number (from 1) below: what
 /// generated code compares a chain slot with in one go. `None` past [`MAX_CONTEXTS`]
-/// contexts, or an epoch too large to keep whole (2^47 jump-cache flushes).
-fn stamp(contexts: &mut Vec<u64>, jump_epoch: u64, context: u64) -> Option<u64> {
-    if jump_epoch >= 1 << 47 {
+/// contexts, or an epoch too large to keep whole (2^47 invalidations).
+fn stamp(contexts: &mut Vec<u64>, chain_epoch: u64, context: u64) -> Option<u64> {
+    if chain_epoch >= 1 << 47 {
         return None;
     }
     let n = match contexts.iter().position(|&c| c == context) {
@@ -1953,7 +1954,7 @@ fn stamp(contexts: &mut Vec<u64>, jump_epoch: u64, context: u64) -> Option<u64> 
         }
         None => return None,
     };
-    Some((jump_epoch + 1) << 16 | n as u64)
+    Some((chain_epoch + 1) << 16 | n as u64)
 }
 
 /// The code of the block to run next, or 0 to return to the run loop: when the budget is
@@ -1977,7 +1978,7 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
     rt.budget -= 1;
     let Some(stamp) = found
         .context
-        .and_then(|c| stamp(rt.contexts, found.jump_epoch, c))
+        .and_then(|c| stamp(rt.contexts, found.chain_epoch, c))
     else {
         return code;
     };
@@ -1986,7 +1987,7 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
     // while its code runs, or into the JIT's table of indirect targets, alive while any
     // code is.
     if let Some(slot) = unsafe { slot.as_ref() } {
-        // Good while the jump cache's epoch holds (until then the block stays cached and
+        // Good while the chain epoch holds (until then the block stays cached and
         // is what a lookup under the same key returns) and the exit is taken in the same
         // context (its RIP is constant).
         slot.code.set(code);

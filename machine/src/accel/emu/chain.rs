@@ -67,7 +67,7 @@ pub fn next_block(ctx: &mut Ctx, cpu: &mut CpuState) -> Option<Found> {
     let key = jump_key(cpu, ctx.vendor);
     Some(Found {
         block: chain.code.jump_lookup(&key)?,
-        jump_epoch: chain.code.jump_epoch(),
+        chain_epoch: chain.code.chain_epoch(),
         context: key.context(),
     })
 }

@@ -763,8 +763,9 @@ impl Vcpu for EmuCpu {
             out,
             "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by {} \
              writes to their pages ({} of them to other bytes of the page); jump cache \
-             emptied {} times ({} by TLB flushes that may move code, the rest by dropped \
-             blocks that compiled code may chain into), {} look-ups past it",
+             emptied {} times ({} by TLB flushes that may move code), chains unlinked {} \
+             times (those and dropped blocks that compiled code may chain into), {} \
+             look-ups past it",
             s.blocks_translated,
             s.blocks_run,
             insns as f64 / s.blocks_run.max(1) as f64,
@@ -773,6 +774,7 @@ impl Vcpu for EmuCpu {
             s.code_page_writes_missed,
             self.code.jump_epoch(),
             s.jump_flushes,
+            self.code.chain_epoch(),
             s.jump_misses
         );
         if let Some(j) = &self.jit {
