@@ -131,20 +131,24 @@ impl Mmu {
 
     fn new_generation(&mut self) {
         self.generation += 1;
-        self.code_linear = CodeLinearPages::default();
+        self.code_linear.clear();
         self.code_local = false;
     }
 
     /// Records that a block was looked up by linear address `linear` under the current
     /// generation (and may be chained into while it lasts), just after `linear` was
-    /// translated for it; `one_page` says the block's code was read from that page alone
-    /// (a block whose last instruction crosses into the next page depends on that page's
-    /// translation too, which is taken as not global).
+    /// translated for it; `next_page` is the linear address of the next page for a block
+    /// whose last instruction crosses into it, whose translation the block depends on
+    /// too (translated for the look-up as well). Before, such a block counted as on a
+    /// page that is not global, and one of them on the path of Linux's text_poke (which
+    /// switches CR3 twice a poke) could make every poke empty the jump cache: some
+    /// Debian boots emptied it 15,000 times instead of 150.
     #[inline]
-    pub fn note_code_page(&mut self, cpu: &CpuState, linear: u64, one_page: bool) {
+    pub fn note_code_page(&mut self, cpu: &CpuState, linear: u64, next_page: Option<u64>) {
         self.code_linear.insert(linear >> PAGE_SHIFT);
         let idx = Self::index(cpu, Privilege::User);
-        if !one_page || !self.tlb.is_global(idx, linear) {
+        let global = |l| self.tlb.is_global(idx, l);
+        if !global(linear) || next_page.is_some_and(|n| !global(n)) {
             self.code_local = true;
         }
     }
@@ -293,31 +297,26 @@ impl Mmu {
     }
 }
 
-/// A set of linear page numbers that may answer yes for pages never inserted (they share
-/// a bit), never no for one that was: what [`Mmu::flush_page`] asks.
-#[derive(Clone)]
-struct CodeLinearPages([u64; 64]);
-
-impl Default for CodeLinearPages {
-    fn default() -> Self {
-        Self([0; 64])
-    }
-}
+/// The linear page numbers blocks were looked up on since the last generation change:
+/// what [`Mmu::flush_page`] asks. Exact: a bitmap of 4,096 bits indexed by the page number
+/// modulo 4,096 (pages 16 MiB apart shared a bit) answered yes for the page Linux's
+/// text_poke maps its writes at whenever a kernel code page shared its bit, which
+/// depends on where KASLR put the two; then every poke's INVLPG emptied the jump cache,
+/// and some Debian boots emptied it 15,000 times instead of 150.
+#[derive(Clone, Default)]
+struct CodeLinearPages(rustc_hash::FxHashSet<u64>);
 
 impl CodeLinearPages {
-    fn bit(page: u64) -> (usize, u64) {
-        let b = page as usize % (64 * 64);
-        (b / 64, 1 << (b % 64))
-    }
-
     fn insert(&mut self, page: u64) {
-        let (w, m) = Self::bit(page);
-        self.0[w] |= m;
+        self.0.insert(page);
     }
 
     fn holds(&self, page: u64) -> bool {
-        let (w, m) = Self::bit(page);
-        self.0[w] & m != 0
+        self.0.contains(&page)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -351,5 +350,26 @@ mod tests {
         );
         m.clear_code_pages();
         assert!(m.touches_code(0x5000, 1), "forgotten: assumed code");
+    }
+
+    #[test]
+    fn invlpg_changes_the_generation_only_for_pages_code_was_looked_up_on() {
+        let mut m = Mmu::new(1 << 20);
+        let cpu = CpuState::default();
+        let code = 0xffff_ffff_8100_0000u64;
+        m.note_code_page(&cpu, code, None);
+        let g = m.generation;
+        // 16 MiB away: the page number modulo 4,096 is the same.
+        m.flush_page(code + (16 << 20));
+        m.flush_page(code - (16 << 20));
+        assert_eq!(m.generation, g, "data pages leave the jump cache and the chains");
+        m.flush_page(code + 0x1000);
+        assert_ne!(m.generation, g, "the page after a code page may hold its last bytes");
+        let g = m.generation;
+        m.flush_page(code);
+        assert_eq!(m.generation, g, "the change forgot the pages noted before it");
+        m.note_code_page(&cpu, code, None);
+        m.flush_page(code + 0x123);
+        assert_ne!(m.generation, g, "a code page");
     }
 }

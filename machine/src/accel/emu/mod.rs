@@ -161,6 +161,17 @@ impl CodeSource for Fetcher<'_, '_> {
 
 /// The CPU's view of the machine for one step; a macro rather than a method so that the
 /// borrows of `self`'s fields stay disjoint from `self.state`.
+/// The linear address of the page after `linear`'s (outside 64-bit mode, linear
+/// addresses wrap at 4 GiB).
+fn next_page(cpu: &CpuState, linear: u64) -> u64 {
+    let next = (linear | 0xFFF).wrapping_add(1);
+    if cpu.mode64() {
+        next
+    } else {
+        next & 0xFFFF_FFFF
+    }
+}
+
 macro_rules! ctx {
     ($cpu:expr, $mem:expr, $board:expr) => {
         Ctx {
@@ -488,8 +499,8 @@ impl EmuCpu {
         self.stats.jump_misses += 1;
         let b = self.lookup_slow(mem, board, jkey.cs_base, jkey.rip)?;
         let linear = self.state.linear_rip();
-        self.mmu
-            .note_code_page(&self.state, linear, b.second_page.is_none());
+        let next_page = b.second_page.map(|_| next_page(&self.state, linear));
+        self.mmu.note_code_page(&self.state, linear, next_page);
         self.code.jump_insert(jkey, b.clone());
         Ok(b)
     }
@@ -535,12 +546,7 @@ impl EmuCpu {
     /// Whether the linear page after `linear`'s still maps to physical page `page` (for
     /// fetching code: a fault there says no, and the block's lifting raises it).
     fn next_page_maps(&mut self, mem: &mut GuestMemory, linear: u64, page: u64) -> bool {
-        let next = (linear | 0xFFF).wrapping_add(1);
-        let next = if self.state.mode64() {
-            next
-        } else {
-            next & 0xFFFF_FFFF
-        };
+        let next = next_page(&self.state, linear);
         self.mmu
             .translate(&mut self.state, mem, next, Access::Exec, Privilege::User)
             .is_ok_and(|p| p >> 12 == page)
