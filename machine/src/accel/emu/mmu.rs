@@ -362,12 +362,21 @@ mod tests {
         // 16 MiB away: the page number modulo 4,096 is the same.
         m.flush_page(code + (16 << 20));
         m.flush_page(code - (16 << 20));
-        assert_eq!(m.generation, g, "data pages leave the jump cache and the chains");
+        assert_eq!(
+            m.generation, g,
+            "data pages leave the jump cache and the chains"
+        );
         m.flush_page(code + 0x1000);
-        assert_ne!(m.generation, g, "the page after a code page may hold its last bytes");
+        assert_ne!(
+            m.generation, g,
+            "the page after a code page may hold its last bytes"
+        );
         let g = m.generation;
         m.flush_page(code);
-        assert_eq!(m.generation, g, "the change forgot the pages noted before it");
+        assert_eq!(
+            m.generation, g,
+            "the change forgot the pages noted before it"
+        );
         m.note_code_page(&cpu, code, None);
         m.flush_page(code + 0x123);
         assert_ne!(m.generation, g, "a code page");
