@@ -159,8 +159,6 @@ impl CodeSource for Fetcher<'_, '_> {
     }
 }
 
-/// The CPU's view of the machine for one step; a macro rather than a method so that the
-/// borrows of `self`'s fields stay disjoint from `self.state`.
 /// The linear address of the page after `linear`'s (outside 64-bit mode, linear
 /// addresses wrap at 4 GiB).
 fn next_page(cpu: &CpuState, linear: u64) -> u64 {
@@ -172,6 +170,8 @@ fn next_page(cpu: &CpuState, linear: u64) -> u64 {
     }
 }
 
+/// The CPU's view of the machine for one step; a macro rather than a method so that the
+/// borrows of `self`'s fields stay disjoint from `self.state`.
 macro_rules! ctx {
     ($cpu:expr, $mem:expr, $board:expr) => {
         Ctx {
