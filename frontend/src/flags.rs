@@ -229,6 +229,9 @@ pub enum FastCond {
     BelowOrEqual,
     Less,
     LessOrEqual,
+    /// After ADD, the carry: the result below the source operand, unsigned (`dst < src`);
+    /// ADC after ADD and JC after an ADD of a pointer or counter read it.
+    Carry,
     /// Bit 0 of `src` (INC/DEC keep CF there).
     SrcBit0,
     /// Never (CF and OF after a logic operation).
@@ -247,6 +250,7 @@ pub fn fast_cond(op: CcOp, cond: Cond) -> Option<(FastCond, bool)> {
         (Sub, 3) => FastCond::BelowOrEqual,
         (Sub, 6) => FastCond::Less,
         (Sub, 7) => FastCond::LessOrEqual,
+        (Add, 1) => FastCond::Carry,
         // After logic ops CF = OF = 0.
         (Logic, 0 | 1) => FastCond::Never,
         (Logic, 3) => FastCond::Zero,
@@ -272,6 +276,7 @@ impl FastCond {
             FastCond::BelowOrEqual => a <= src,
             FastCond::Less => sext(a, size) < sext(src, size),
             FastCond::LessOrEqual => sext(a, size) <= sext(src, size),
+            FastCond::Carry => d < src,
             FastCond::SrcBit0 => src & 1 != 0,
             FastCond::Never => false,
         }

@@ -789,6 +789,7 @@ impl Emit<'_, '_> {
                 };
                 self.b.ins().icmp(cc(c), a, s)
             }
+            FastCond::Carry => i.icmp(cc(IntCC::UnsignedLessThan), d, s),
             FastCond::SrcBit0 => {
                 let bit = i.band_imm_s(s, 1);
                 let bit = self.cast(bit, ty, Ty::I8);
