@@ -172,10 +172,12 @@ pub struct Tlb {
     victims: [[TlbEntry; VICTIMS]; 2],
     /// Where each index's next evicted entry goes (round robin).
     next_victim: [usize; 2],
-    /// Per index, the slots that may hold an entry (each once, as `listed` marks): what
-    /// a flush empties and a code page's change of flags visits, rather than all 4096.
-    filled: [Vec<u16>; 2],
-    listed: [[u64; TLB_SIZE / 64]; 2],
+    /// Per kind (`[0]` non-global, `[1]` global) and index, the slots that may hold an
+    /// entry of that kind (each once, as `listed` marks): what a flush empties and a code
+    /// page's change of flags visits, rather than all 4096. Global entries have a list of
+    /// their own so that the flushes that keep them (every MOV CR3) do not walk them.
+    filled: [[Vec<u16>; 2]; 2],
+    listed: [[[u64; TLB_SIZE / 64]; 2]; 2],
 }
 
 impl Default for Tlb {
@@ -184,8 +186,8 @@ impl Default for Tlb {
             entries: [[EMPTY; TLB_SIZE]; 2],
             victims: [[EMPTY; VICTIMS]; 2],
             next_victim: [0; 2],
-            filled: [Vec::new(), Vec::new()],
-            listed: [[0; TLB_SIZE / 64]; 2],
+            filled: Default::default(),
+            listed: [[[0; TLB_SIZE / 64]; 2]; 2],
         }
     }
 }
@@ -267,18 +269,19 @@ impl Tlb {
         let Some(v) = self.victims[i].iter().position(|e| holds(e, page)) else {
             return false;
         };
-        self.list(i, slot(linear));
+        self.list(i, slot(linear), self.victims[i][v].global);
         std::mem::swap(&mut self.entries[i][slot(linear)], &mut self.victims[i][v]);
         true
     }
 
-    /// Notes that slot `s` of index `i` is about to hold an entry.
+    /// Notes that slot `s` of index `i` is about to hold an entry, global or not.
     #[inline]
-    fn list(&mut self, i: usize, s: usize) {
+    fn list(&mut self, i: usize, s: usize, global: bool) {
+        let g = global as usize;
         let (word, bit) = (s / 64, 1u64 << (s % 64));
-        if self.listed[i][word] & bit == 0 {
-            self.listed[i][word] |= bit;
-            self.filled[i].push(s as u16);
+        if self.listed[g][i][word] & bit == 0 {
+            self.listed[g][i][word] |= bit;
+            self.filled[g][i].push(s as u16);
         }
     }
 
@@ -311,7 +314,7 @@ impl Tlb {
                 page | flags
             };
         }
-        self.list(i, slot(linear));
+        self.list(i, slot(linear), f.global);
         self.entries[i][slot(linear)] = TlbEntry {
             cmp,
             addend: f.host.map_or(0, |h| (h as u64).wrapping_sub(page)),
@@ -328,23 +331,34 @@ impl Tlb {
 
     /// Drops all entries, or all but global ones: the slots filled since the last flush
     /// and the victims.
+    ///
+    /// A slot holding a global entry is on the global list (it was listed as such when the
+    /// entry came in, and only a full flush empties that list), so a flush that keeps them
+    /// walks the other list alone, leaving the global entries it meets there in place.
     pub fn flush(&mut self, keep_global: bool) {
-        for i in 0..2 {
-            let (entries, listed) = (&mut self.entries[i], &mut self.listed[i]);
-            self.filled[i].retain(|&s| {
-                let e = &mut entries[s as usize];
-                if keep_global && e.global {
-                    return true;
-                }
-                *e = EMPTY;
-                listed[s as usize / 64] &= !(1u64 << (s % 64));
-                false
-            });
+        self.empty_listed(false, keep_global);
+        if !keep_global {
+            self.empty_listed(true, false);
         }
         for e in self.victims.iter_mut().flatten() {
             if !(keep_global && e.global) {
                 *e = EMPTY;
             }
+        }
+    }
+
+    /// Empties the slots on the lists of global entries or of the others, all but the
+    /// global entries if `keep_global`, and the lists.
+    fn empty_listed(&mut self, global: bool, keep_global: bool) {
+        let g = global as usize;
+        for i in 0..2 {
+            for s in self.filled[g][i].drain(..) {
+                let e = &mut self.entries[i][s as usize];
+                if !(keep_global && e.global) {
+                    *e = EMPTY;
+                }
+            }
+            self.listed[g][i] = [0; TLB_SIZE / 64];
         }
     }
 
@@ -374,9 +388,11 @@ impl Tlb {
             }
         };
         let (filled, entries) = (&self.filled, &mut self.entries);
-        for (slots, table) in filled.iter().zip(entries.iter_mut()) {
-            for &s in slots {
-                update(&mut table[s as usize]);
+        for kind in filled {
+            for (slots, table) in kind.iter().zip(entries.iter_mut()) {
+                for &s in slots {
+                    update(&mut table[s as usize]);
+                }
             }
         }
         self.victims.iter_mut().flatten().for_each(update);
@@ -537,7 +553,7 @@ mod tests {
             }
             t.flush(false);
             assert!(empty(&t), "round {round}");
-            assert!(t.filled.iter().all(Vec::is_empty));
+            assert!(t.filled.iter().flatten().all(Vec::is_empty));
         }
     }
 
