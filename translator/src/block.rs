@@ -7,11 +7,42 @@ use std::cell::{Cell, RefCell};
 
 use gantry_frontend::ir::*;
 
-/// A block made ready to interpret: constants moved to a list written into the value
-/// table before a run, and instruction marks to a side table consulted only on faults, so
-/// neither costs a dispatch when the block runs.
+/// A block made ready to interpret ([`Ir`]) and its tier state. It derefs to its IR.
 #[derive(Debug)]
 pub struct Prepared {
+    pub ir: Ir,
+    /// How often the block ran, and its compiled code once it is hot.
+    pub tier: Tier,
+    /// The physical page (number) its last instruction continues on, for a block whose
+    /// code does not lie on its first page alone: the cache is keyed by the first page,
+    /// so a look-up also checks that the next linear page still maps here.
+    pub second_page: Option<u64>,
+}
+
+impl Prepared {
+    pub fn new(block: Block) -> Self {
+        Self {
+            ir: Ir::new(block),
+            tier: Default::default(),
+            second_page: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = Ir;
+    fn deref(&self) -> &Ir {
+        &self.ir
+    }
+}
+
+/// A block's IR in the form that runs: constants moved to a list written into the value
+/// table before a run, and instruction marks to a side table consulted only on faults, so
+/// neither costs a dispatch when the block runs. Held inside [`Prepared`] (no pointer to
+/// follow when the interpreter runs it); the JIT hands a copy to its compile thread,
+/// which lowers it to CLIF there.
+#[derive(Clone, Debug)]
+pub struct Ir {
     /// The lifted block, without its instructions (`ops`, `consts` and `marks` hold them
     /// in the form that runs): a cached block keeps only what runs.
     pub block: Block,
@@ -24,16 +55,10 @@ pub struct Prepared {
     pub(crate) consts: Box<[(u32, u64)]>,
     /// (index in `ops` where the instruction starts, its RIP), in order.
     pub(crate) marks: Vec<(u32, u64)>,
-    /// How often the block ran, and its compiled code once it is hot.
-    pub tier: Tier,
-    /// The physical page (number) its last instruction continues on, for a block whose
-    /// code does not lie on its first page alone: the cache is keyed by the first page,
-    /// so a look-up also checks that the next linear page still maps here.
-    pub second_page: Option<u64>,
 }
 
-impl Prepared {
-    pub fn new(mut block: Block) -> Self {
+impl Ir {
+    fn new(mut block: Block) -> Self {
         let insts = std::mem::take(&mut block.insts);
         let mut ops = Vec::with_capacity(insts.len());
         let mut marks = Vec::new();
@@ -55,8 +80,6 @@ impl Prepared {
             ops: ops.into_boxed_slice(),
             consts: consts.into_boxed_slice(),
             marks,
-            tier: Default::default(),
-            second_page: None,
         }
     }
 

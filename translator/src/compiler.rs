@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::Function;
-use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
+use cranelift_frontend::FunctionBuilderContext;
 use cranelift_codegen::timing;
 use cranelift_codegen::Context;
 use cranelift_module::{FuncId, ModuleReloc};
@@ -37,10 +38,16 @@ pub struct Refusal {
 
 pub type Outcome = Result<MachineCode, Refusal>;
 
-/// Compiles CLIF functions for one ISA, reusing Cranelift's context between them.
+/// What a block becomes a CLIF function from, on the thread that compiles it.
+pub trait Source: Send {
+    fn lower(&self, isa: &dyn TargetIsa, fctx: &mut FunctionBuilderContext) -> Function;
+}
+
+/// Lowers and compiles functions for one ISA, reusing Cranelift's contexts between them.
 pub struct Compiler {
     isa: OwnedTargetIsa,
     ctx: Context,
+    fctx: FunctionBuilderContext,
 }
 
 impl Compiler {
@@ -48,20 +55,21 @@ impl Compiler {
         Self {
             isa,
             ctx: Context::new(),
+            fctx: FunctionBuilderContext::new(),
         }
     }
 
-    /// Compiles `func`, which the code memory declared as `id`.
-    pub fn compile(&mut self, func: Function, id: FuncId) -> Outcome {
+    /// Lowers `source` and compiles it, as the function the code memory declared as `id`.
+    pub fn compile(&mut self, source: &dyn Source, id: FuncId) -> Outcome {
         untimed();
         self.ctx.clear();
-        self.ctx.func = func;
         let isa = &*self.isa;
-        let ctx = &mut self.ctx;
-        // A panic inside Cranelift must not take the machine down (nor, on the background
-        // thread, leave the block waiting forever): the block is refused and stays
-        // interpreted.
+        let (ctx, fctx) = (&mut self.ctx, &mut self.fctx);
+        // A panic inside the lowering or Cranelift must not take the machine down (nor, on
+        // the background thread, leave the block waiting forever): the block is refused
+        // and stays interpreted.
         let result = catch_unwind(AssertUnwindSafe(|| {
+            ctx.func = source.lower(isa, fctx);
             if let Err(e) = ctx.compile(isa, &mut ControlPlane::default()) {
                 let debug = format!("{:?}", e.inner);
                 return Err(Refusal {
@@ -92,6 +100,7 @@ impl Compiler {
         }));
         result.unwrap_or_else(|_| {
             self.ctx = Context::new();
+            self.fctx = FunctionBuilderContext::new();
             Err(Refusal {
                 kind: "panic".into(),
                 message: "Cranelift panicked".into(),
@@ -138,7 +147,7 @@ impl TicketCell {
 pub type Ticket = Arc<TicketCell>;
 
 struct Job {
-    func: Function,
+    source: Box<dyn Source>,
     id: FuncId,
     ticket: Ticket,
 }
@@ -213,7 +222,7 @@ impl Background {
                     // A job whose block was dropped meanwhile (its code rewritten) has no
                     // other holder of its ticket: skip it.
                     if Arc::strong_count(&job.ticket) > 1 {
-                        let outcome = compiler.compile(job.func, job.id);
+                        let outcome = compiler.compile(&*job.source, job.id);
                         let _ = job.ticket.outcome.set(outcome);
                     }
                     busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -234,15 +243,15 @@ impl Background {
         self.queued.load(Ordering::Acquire) < MAX_QUEUED
     }
 
-    /// Queues `func` (declared as `id`); gives it back if the thread is gone.
-    pub fn submit(&self, func: Function, id: FuncId) -> Result<Ticket, Box<Function>> {
+    /// Queues `source` (declared as `id`); gives it back if the thread is gone.
+    pub fn submit(&self, source: Box<dyn Source>, id: FuncId) -> Result<Ticket, Box<dyn Source>> {
         if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-            return Err(Box::new(func));
+            return Err(source);
         }
         let ticket = Ticket::default();
         self.queued.fetch_add(1, Ordering::AcqRel);
         let job = Job {
-            func,
+            source,
             id,
             ticket: ticket.clone(),
         };
@@ -281,8 +290,14 @@ mod tests {
         for _ in 0..waited {
             ticket.ran_waiting();
         }
+        struct Empty;
+        impl Source for Empty {
+            fn lower(&self, _: &dyn TargetIsa, _: &mut FunctionBuilderContext) -> Function {
+                Function::new()
+            }
+        }
         Job {
-            func: Function::new(),
+            source: Box::new(Empty),
             id: FuncId::from_u32(id),
             ticket,
         }
