@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::Function;
 use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
-use cranelift_frontend::FunctionBuilderContext;
 use cranelift_codegen::timing;
 use cranelift_codegen::Context;
+use cranelift_frontend::FunctionBuilderContext;
 use cranelift_module::{FuncId, ModuleReloc};
 
 /// A compiled function, ready to be copied into code memory.
