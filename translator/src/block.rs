@@ -60,9 +60,18 @@ pub struct Ir {
 impl Ir {
     fn new(mut block: Block) -> Self {
         let insts = std::mem::take(&mut block.insts);
-        let mut ops = Vec::with_capacity(insts.len());
-        let mut marks = Vec::new();
-        let mut consts = Vec::new();
+        // Sized exactly (the tables stay with the block), rather than grown.
+        let n_consts = insts
+            .iter()
+            .filter(|i| matches!(i, Inst::Const { .. }))
+            .count();
+        let n_marks = insts
+            .iter()
+            .filter(|i| matches!(i, Inst::Mark { .. }))
+            .count();
+        let mut ops = Vec::with_capacity(insts.len() - n_consts - n_marks);
+        let mut marks = Vec::with_capacity(n_marks);
+        let mut consts = Vec::with_capacity(n_consts);
         for i in insts {
             match i {
                 Inst::Const { dst, value } => {
@@ -72,9 +81,6 @@ impl Ir {
                 other => ops.push(other),
             }
         }
-        // The lifter's buffers are sized for the longest blocks: keep only what is used.
-        block.vals.shrink_to_fit();
-        marks.shrink_to_fit();
         Self {
             block,
             ops: ops.into_boxed_slice(),

@@ -92,6 +92,15 @@ impl Builder {
         self.known[loc_index(loc)] = Some(src);
     }
     /// Forgets every cached value (after discarding instructions that defined them).
+    /// Empty, for the next block, with the buffers kept.
+    pub fn clear(&mut self) {
+        self.insts.clear();
+        self.vals.clear();
+        self.consts.clear();
+        self.known = [None; LOCS];
+        self.zext_of.clear();
+    }
+
     pub fn reset_caches(&mut self) {
         self.consts.clear();
         self.known = [None; LOCS];

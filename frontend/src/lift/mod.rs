@@ -12,6 +12,8 @@ mod system;
 
 pub use system::x87_implemented;
 
+use std::cell::RefCell;
+
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 pub use builder::Builder;
@@ -124,8 +126,27 @@ pub fn translate_with(
     mode: Mode,
     limits: &Limits,
 ) -> Result<Block, FetchFault> {
+    thread_local! {
+        /// The builder's buffers, sized for the longest block, kept from one block to the
+        /// next: allocating and freeing them for each block was most of the lifter's calls
+        /// of `malloc` (a few kilobytes each, past its caches).
+        static BUILDER: RefCell<Builder> = RefCell::new(Builder::default());
+    }
+    BUILDER.with_borrow_mut(|b| {
+        b.clear();
+        lift_block(b, src, start, cs_base, mode, limits)
+    })
+}
+
+fn lift_block(
+    b: &mut Builder,
+    src: &mut dyn CodeSource,
+    start: u64,
+    cs_base: u64,
+    mode: Mode,
+    limits: &Limits,
+) -> Result<Block, FetchFault> {
     let max_insns = limits.max_insns.clamp(1, MAX_BLOCK_INSNS);
-    let mut b = Builder::default();
     let mut rip = start;
     let mut count = 0u32;
     let ip_mask = ip_mask(mode);
@@ -190,7 +211,7 @@ pub fn translate_with(
         };
         let flow = match follow {
             Some(_) => Flow::Next,
-            None => lift_one(&mut b, &ins, mode),
+            None => lift_one(b, &ins, mode),
         };
         rip = follow.unwrap_or(ins.next_ip() & ip_mask);
         if flow == Flow::End {
@@ -214,8 +235,9 @@ pub fn translate_with(
         // extent: the pages the code is on are what the fetch recorded).
         len: (rip.wrapping_sub(start)) as u32,
         guest_insns: count,
-        insts: b.insts,
-        vals: b.vals,
+        // Copies the size of the block, leaving the buffers for the next.
+        insts: b.insts.drain(..).collect(),
+        vals: b.vals.as_slice().into(),
     })
 }
 
