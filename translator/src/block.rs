@@ -55,6 +55,9 @@ pub struct Ir {
     pub(crate) consts: Box<[(u32, u64)]>,
     /// (index in `ops` where the instruction starts, its RIP), in order.
     pub(crate) marks: Vec<(u32, u64)>,
+    /// Where the last instruction starts in `ops`: an exit from there on completes every
+    /// instruction ([`Self::completed`] without a look at `marks`, another allocation).
+    last_op: u32,
 }
 
 impl Ir {
@@ -85,8 +88,18 @@ impl Ir {
             block,
             ops: ops.into_boxed_slice(),
             consts: consts.into_boxed_slice(),
+            last_op: marks.last().map_or(0, |&(i, _)| i),
             marks,
         }
+    }
+
+    /// The instructions completed by an exit at op `op`: all those begun.
+    #[inline]
+    pub fn completed(&self, op: usize) -> u64 {
+        if op >= self.last_op as usize {
+            return self.marks.len() as u64;
+        }
+        self.locate(op).0
     }
 
     /// The ops that run: the block's instructions without constants and marks.

@@ -154,7 +154,7 @@ impl Interp {
         }
         macro_rules! done {
             ($at:expr) => {{
-                *insns += p.locate($at).0;
+                *insns += p.completed($at);
             }};
         }
         // Where the block ends early because a store wrote guest code: the next
