@@ -136,6 +136,68 @@ fn a_loop_that_rewrites_its_own_code_runs_the_new_bytes_on_the_next_lap() {
 /// are the interpreter's (the harness compares them), as is the lazy-flag state a helper
 /// later reads. The loop reads a register it never writes, and one a helper (CPUID)
 /// writes inside it.
+/// A block goes on past its first conditional branch into the not-taken side, the taken
+/// side a side exit: taken, the code there sees the flags and registers as of the
+/// branch; not taken, the instructions after the branch run in the same block, and an
+/// exception among them finds those before it done.
+#[test]
+fn a_block_leaves_by_its_side_exit_or_goes_on_past_it() {
+    for mode in [Mode::Protected32, Mode::Long64] {
+        let d = run(
+            mode,
+            |_, _| {},
+            |a| {
+                let mut top = a.create_label();
+                let mut low = a.create_label();
+                let mut next = a.create_label();
+                let mut out = a.create_label();
+                a.mov(ecx, 10)?;
+                a.xor(ebx, ebx)?;
+                a.xor(edx, edx)?;
+                a.xor(esi, esi)?;
+                a.set_label(&mut top)?;
+                a.add(ebx, 3)?;
+                a.cmp(ecx, 4)?;
+                // Taken for ECX 3, 2 and 1.
+                a.jb(low)?;
+                a.add(edx, ebx)?;
+                a.adc(edx, 0)?;
+                a.set_label(&mut next)?;
+                a.dec(ecx)?;
+                a.jnz(top)?;
+                a.jmp(out)?;
+                a.set_label(&mut low)?;
+                // CF of the CMP before the side exit.
+                a.setb(al)?;
+                a.movzx(eax, al)?;
+                a.add(esi, eax)?;
+                a.jmp(next)?;
+                a.set_label(&mut out)?;
+                a.mov(edi, 7)?;
+                a.cmp(edi, 8)?;
+                a.ja(top)?;
+                a.mov(ebp, 9)?;
+                a.ud2()
+            },
+        );
+        assert_eq!(d.vector(), Some(6), "{mode:?}: #UD");
+        assert_eq!(d.cpu.gpr[3] as u32, 30, "{mode:?}: EBX, ten laps");
+        assert_eq!(
+            d.cpu.gpr[2] as u32, 84,
+            "{mode:?}: EDX, the seven laps not taken"
+        );
+        assert_eq!(
+            d.cpu.gpr[6] as u32, 3,
+            "{mode:?}: ESI, CF at the three taken"
+        );
+        assert_eq!(d.cpu.gpr[7] as u32, 7, "{mode:?}: EDI");
+        assert_eq!(
+            d.cpu.gpr[5] as u32, 9,
+            "{mode:?}: EBP, past the branch not taken"
+        );
+    }
+}
+
 #[test]
 fn a_long_loop_in_compiled_code_counts_and_keeps_every_lap() {
     for mode in [Mode::Protected32, Mode::Long64] {
