@@ -229,14 +229,16 @@ fn lift_block(
             break;
         }
     }
+    // Moved out into vectors of the block's size, leaving the buffers for the next.
+    let mut insts = Vec::with_capacity(b.insts.len());
+    insts.append(&mut b.insts);
     Ok(Block {
         start,
         // Where lifting stopped, from the start (with JMPs followed, not the code's
         // extent: the pages the code is on are what the fetch recorded).
         len: (rip.wrapping_sub(start)) as u32,
         guest_insns: count,
-        // Copies the size of the block, leaving the buffers for the next.
-        insts: b.insts.drain(..).collect(),
+        insts,
         vals: b.vals.as_slice().into(),
     })
 }
