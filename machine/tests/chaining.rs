@@ -131,11 +131,6 @@ fn a_loop_that_rewrites_its_own_code_runs_the_new_bytes_on_the_next_lap() {
     }
 }
 
-/// A loop that runs longer than a run's budget of blocks goes back to the run loop at the
-/// end of the budget, and on where it was: the count of instructions and the registers
-/// are the interpreter's (the harness compares them), as is the lazy-flag state a helper
-/// later reads. The loop reads a register it never writes, and one a helper (CPUID)
-/// writes inside it.
 /// A block goes on past its first conditional branch into the not-taken side, the taken
 /// side a side exit: taken, the code there sees the flags and registers as of the
 /// branch; not taken, the instructions after the branch run in the same block, and an
@@ -198,6 +193,11 @@ fn a_block_leaves_by_its_side_exit_or_goes_on_past_it() {
     }
 }
 
+/// A loop that runs longer than a run's budget of blocks goes back to the run loop at the
+/// end of the budget, and on where it was: the count of instructions and the registers
+/// are the interpreter's (the harness compares them), as is the lazy-flag state a helper
+/// later reads. The loop reads a register it never writes, and one a helper (CPUID)
+/// writes inside it.
 #[test]
 fn a_long_loop_in_compiled_code_counts_and_keeps_every_lap() {
     for mode in [Mode::Protected32, Mode::Long64] {
