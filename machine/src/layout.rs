@@ -20,19 +20,17 @@ pub const KVM_TSS: u64 = 0xFEFF_D000;
 /// The firmware image may be at most this large (it ends at 4 GiB).
 pub const FIRMWARE_MAX: u64 = 16 << 20;
 
-// Loader scratch area, all in conventional memory.
+// The bzImage loader's scratch area, in conventional memory (a Linux kernel loads at
+// 1 MiB or above). The multiboot and PVH loaders place theirs around the kernel's image
+// instead (`boot::placer`), which may be linked anywhere.
 /// The GDT a loader builds for protected- and long-mode entry.
 pub const BOOT_GDT: u64 = 0x500;
-/// Linux's zero page, the multiboot information, or PVH's hvm_start_info.
+/// Linux's zero page.
 pub const BOOT_INFO: u64 = 0x7000;
-/// Memory map and module lists that the boot information points at.
-pub const BOOT_TABLES: u64 = 0x8000;
 /// Identity page tables for long-mode entry: PML4, PDPT, four page directories.
 pub const BOOT_PML4: u64 = 0x9000;
 pub const BOOT_PDPT: u64 = 0xA000;
 pub const BOOT_PD: u64 = 0xB000;
-/// Stack for 32-bit entries that expect one.
-pub const BOOT_STACK: u64 = 0x8_0000;
 /// The kernel command line.
 pub const CMDLINE: u64 = 0x2_0000;
 pub const CMDLINE_MAX: usize = 0x1_0000;

@@ -232,7 +232,11 @@ fn pvh_elf_start_info() {
     assert_eq!(loaded.format, "ELF with PVH entry");
     let e = &loaded.entry;
     assert_eq!(e.rip, 0x100_0040);
-    assert_eq!(e.gpr[RBX], BOOT_INFO);
+    let info_at = e.gpr[RBX];
+    assert!(
+        (0x500..0x9_FC00).contains(&info_at),
+        "start info in conventional memory: {info_at:#x}"
+    );
     assert!(
         e.seg[CS].db() && !e.seg[CS].long() && e.cr0 & 1 == 1 && e.cr0 >> 31 == 0,
         "flat 32-bit, no paging"
@@ -244,7 +248,7 @@ fn pvh_elf_start_info() {
         "bss zeroed"
     );
 
-    let info = read_vec(&mem, BOOT_INFO, 56);
+    let info = read_vec(&mem, info_at, 56);
     let u32_at = |o: usize| u32::from_le_bytes(info[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(info[o..o + 8].try_into().unwrap());
     assert_eq!(u32_at(0), 0x336E_C578, "magic");
@@ -349,21 +353,25 @@ fn multiboot_elf_by_program_headers() {
     let e = &loaded.entry;
     assert_eq!(e.rip, 0x10_0010);
     assert_eq!(e.gpr[RAX], 0x2BAD_B002);
-    assert_eq!(e.gpr[RBX], BOOT_INFO);
-    let flags = mem.read_u32(BOOT_INFO).unwrap();
+    let info = e.gpr[RBX];
+    assert!(
+        (0x500..0x9_FC00).contains(&info),
+        "multiboot information in conventional memory: {info:#x}"
+    );
+    let flags = mem.read_u32(info).unwrap();
     assert_eq!(
         flags & 0x24D,
         0x24D,
         "mem, cmdline, mods, mmap, loader name"
     );
-    assert_eq!(mem.read_u32(BOOT_INFO + 4).unwrap(), 640);
-    assert_eq!(mem.read_u32(BOOT_INFO + 8).unwrap(), (32 << 10) - 1024);
+    assert_eq!(mem.read_u32(info + 4).unwrap(), 640);
+    assert_eq!(mem.read_u32(info + 8).unwrap(), (32 << 10) - 1024);
     assert_eq!(
-        cstr_at(&mem, mem.read_u32(BOOT_INFO + 16).unwrap() as u64),
+        cstr_at(&mem, mem.read_u32(info + 16).unwrap() as u64),
         "root=/dev/null"
     );
-    assert_eq!(mem.read_u32(BOOT_INFO + 20).unwrap(), 1);
-    let mods = mem.read_u32(BOOT_INFO + 24).unwrap() as u64;
+    assert_eq!(mem.read_u32(info + 20).unwrap(), 1);
+    let mods = mem.read_u32(info + 24).unwrap() as u64;
     let (ms, me) = (
         mem.read_u32(mods).unwrap() as u64,
         mem.read_u32(mods + 4).unwrap() as u64,
@@ -371,13 +379,13 @@ fn multiboot_elf_by_program_headers() {
     assert_eq!(ms, 0x10_2000, "page-aligned after the image and its bss");
     assert_eq!(read_vec(&mem, ms, (me - ms) as usize), b"module-0");
     assert_eq!(
-        cstr_at(&mem, mem.read_u32(BOOT_INFO + 64).unwrap() as u64),
+        cstr_at(&mem, mem.read_u32(info + 64).unwrap() as u64),
         "gantry"
     );
     // mmap: 24-byte records (size field 20) matching E820.
     let (len, at) = (
-        mem.read_u32(BOOT_INFO + 44).unwrap(),
-        mem.read_u32(BOOT_INFO + 48).unwrap() as u64,
+        mem.read_u32(info + 44).unwrap(),
+        mem.read_u32(info + 48).unwrap() as u64,
     );
     assert_eq!(len as usize, memory_map(&mem, 0).len() * 24);
     assert_eq!(mem.read_u32(at).unwrap(), 20);
@@ -420,4 +428,85 @@ fn multiboot_requiring_unknown_features_is_refused() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("requires features 0x8"), "{err}");
+}
+
+/// A multiboot kernel (address fields) of `len` bytes at `load`, its bss up to `bss_end`.
+fn multiboot_at(load: u32, len: usize, bss_end: u32) -> Vec<u8> {
+    let mut k = vec![0x90u8; len];
+    let (magic, flags) = (0x1BAD_B002u32, 0x0001_0002u32);
+    let fields = [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic.wrapping_add(flags)),
+        load,
+        load,
+        0,
+        bss_end,
+        load + 32,
+    ];
+    for (i, v) in fields.iter().enumerate() {
+        k[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    k
+}
+
+/// The multiboot loader's tables (and PVH's, through the same placer) go around the
+/// kernel's image and module, wherever the kernel is linked.
+#[test]
+fn multiboot_tables_stay_off_a_low_kernel_and_its_module() {
+    let k = multiboot_at(0x500, 0x8000, 0);
+    let mut mem = GuestMemory::new(16 << 20, None).unwrap();
+    let loaded = load_kernel(
+        &mut mem,
+        &KernelImage {
+            kernel: &k,
+            initrd: Some(&[0x5A; 0x3000]),
+            cmdline: "low",
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        read_vec(&mem, 0x500 + 32, 0x8000 - 32),
+        k[32..],
+        "the image"
+    );
+    let (ms, me) = loaded.initrd.unwrap();
+    assert_eq!((ms, me), (0x9000, 0xC000), "the module after it");
+    assert_eq!(read_vec(&mem, ms, 0x3000), vec![0x5A; 0x3000]);
+    let e = &loaded.entry;
+    let info = e.gpr[RBX];
+    let taken = [(0x500, 0x8500), (ms, me)];
+    let outside = |a: u64, len: u64| {
+        a >= 0x500 && a + len <= 0x9_FC00 && taken.iter().all(|&(s, e)| a + len <= s || a >= e)
+    };
+    assert!(outside(info, 88), "info at {info:#x}");
+    assert!(outside(e.gdtr.base, 8), "GDT at {:#x}", e.gdtr.base);
+    assert!(outside(e.gpr[4] - 16, 16), "stack at {:#x}", e.gpr[4]);
+    for (field, len) in [(16, 4), (24, 16), (48, 24), (64, 7)] {
+        let at = mem.read_u32(info + field).unwrap() as u64;
+        assert!(outside(at, len), "info field {field} points at {at:#x}");
+    }
+    assert_eq!(
+        cstr_at(&mem, mem.read_u32(info + 16).unwrap() as u64),
+        "low"
+    );
+}
+
+/// An image and bss covering all of conventional memory leave no room: a one-line error
+/// naming what did not fit.
+#[test]
+fn a_kernel_covering_conventional_memory_leaves_no_room_for_the_tables() {
+    let k = multiboot_at(0x500, 0x1000, 0x9_FC00);
+    let mut mem = GuestMemory::new(16 << 20, None).unwrap();
+    let err = load_kernel(
+        &mut mem,
+        &KernelImage {
+            kernel: &k,
+            initrd: None,
+            cmdline: "",
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, LoadError::NoRoom("the GDT")), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
 }

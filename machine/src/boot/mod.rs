@@ -7,6 +7,7 @@ pub mod acpi;
 pub mod bzimage;
 pub mod entry;
 pub mod multiboot;
+pub mod placer;
 pub mod pvh;
 pub mod tables;
 pub mod zero_page;
@@ -33,6 +34,11 @@ pub enum LoadError {
     TooBig(String),
     #[error("could not be placed: {0}")]
     Memory(#[from] MemoryError),
+    #[error(
+        "leaves no room for {0} in conventional memory (0x500-0x9FC00) around its image \
+         and modules"
+    )]
+    NoRoom(&'static str),
 }
 
 /// What a kernel loader gets from the user.
@@ -72,8 +78,15 @@ pub fn load_kernel(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, L
     Err(LoadError::UnknownFormat)
 }
 
-/// Writes the command line (NUL-terminated) where all loaders put it.
+/// Writes the command line (NUL-terminated) where the bzImage loader puts it.
 fn place_cmdline(mem: &mut GuestMemory, cmdline: &str, max: usize) -> Result<u64, LoadError> {
+    let bytes = cmdline_bytes(cmdline, max)?;
+    mem.write(crate::layout::CMDLINE, &bytes)?;
+    Ok(crate::layout::CMDLINE)
+}
+
+/// The command line as a kernel taking at most `max` bytes (its NUL included) gets it.
+fn cmdline_bytes(cmdline: &str, max: usize) -> Result<Vec<u8>, LoadError> {
     if cmdline.len() + 1 > max.min(crate::layout::CMDLINE_MAX) {
         return Err(LoadError::Unsupported(format!(
             "command line is {} bytes; this kernel takes at most {}",
@@ -88,8 +101,20 @@ fn place_cmdline(mem: &mut GuestMemory, cmdline: &str, max: usize) -> Result<u64
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
-    mem.write(crate::layout::CMDLINE, &bytes)?;
-    Ok(crate::layout::CMDLINE)
+    Ok(bytes)
+}
+
+/// Writes `bytes` where `placer` finds room for them (`align`ed), as `what`.
+fn place_bytes(
+    mem: &mut GuestMemory,
+    placer: &mut placer::Placer,
+    bytes: &[u8],
+    align: u64,
+    what: &'static str,
+) -> Result<u64, LoadError> {
+    let at = placer.place(bytes.len() as u64, align, what)?;
+    mem.write(at, bytes)?;
+    Ok(at)
 }
 
 /// Places an initrd at the highest page-aligned address that ends at or below `limit` and

@@ -5,8 +5,9 @@
 
 use goblin::elf::{program_header::PT_LOAD, Elf};
 
-use super::tables::write_gdt;
-use super::{place_cmdline, KernelImage, LoadError, Loaded};
+use super::placer::Placer;
+use super::tables::gdt_bytes;
+use super::{cmdline_bytes, place_bytes, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
@@ -24,6 +25,9 @@ const INFO_CMDLINE: u32 = 1 << 2;
 const INFO_MODS: u32 = 1 << 3;
 const INFO_MMAP: u32 = 1 << 6;
 const INFO_LOADER_NAME: u32 = 1 << 9;
+
+/// The stack the kernel is entered with, in bytes.
+const STACK: u64 = 0x1000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Header {
@@ -70,8 +74,13 @@ fn invalid(why: impl Into<String>) -> LoadError {
     }
 }
 
-/// Loads using the header's address fields; returns (entry, end of image incl. bss).
-fn load_by_addresses(mem: &mut GuestMemory, k: &[u8], h: &Header) -> Result<(u32, u64), LoadError> {
+/// Loads using the header's address fields; returns the entry and the image's range (its
+/// bss included).
+fn load_by_addresses(
+    mem: &mut GuestMemory,
+    k: &[u8],
+    h: &Header,
+) -> Result<(u32, Vec<(u64, u64)>), LoadError> {
     if h.offset + 32 > k.len() {
         return Err(LoadError::Truncated(
             "the multiboot address fields are cut short",
@@ -105,12 +114,12 @@ fn load_by_addresses(mem: &mut GuestMemory, k: &[u8], h: &Header) -> Result<(u32
         mem.zero(end, h.bss_end_addr as u64 - end)?;
         end = h.bss_end_addr as u64;
     }
-    Ok((h.entry_addr, end))
+    Ok((h.entry_addr, vec![(h.load_addr as u64, end)]))
 }
 
-fn load_elf(mem: &mut GuestMemory, k: &[u8]) -> Result<(u32, u64), LoadError> {
+fn load_elf(mem: &mut GuestMemory, k: &[u8]) -> Result<(u32, Vec<(u64, u64)>), LoadError> {
     let elf = Elf::parse(k).map_err(|e| invalid(format!("ELF: {e}")))?;
-    let end = super::pvh::load_segments(mem, k, &elf, "multiboot kernel")?;
+    let ranges = super::pvh::load_segments(mem, k, &elf, "multiboot kernel")?;
     // Entry is a virtual address; translate through the segment that holds it.
     let entry = elf
         .program_headers
@@ -120,7 +129,7 @@ fn load_elf(mem: &mut GuestMemory, k: &[u8]) -> Result<(u32, u64), LoadError> {
         .map(|p| elf.entry - p.p_vaddr + p.p_paddr)
         .ok_or_else(|| invalid("the ELF entry point is in no loadable segment"))?;
     let entry = u32::try_from(entry).map_err(|_| invalid("entry point above 4 GiB"))?;
-    Ok((entry, end))
+    Ok((entry, ranges))
 }
 
 pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadError> {
@@ -132,7 +141,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
             "multiboot header requires features {unsupported:#x} Gantry does not know"
         )));
     }
-    let (entry, image_end) = if h.flags & FLAG_ADDRESSES != 0 {
+    let (entry, image) = if h.flags & FLAG_ADDRESSES != 0 {
         load_by_addresses(mem, k, &h)?
     } else if k.starts_with(b"\x7fELF") {
         load_elf(mem, k)?
@@ -140,11 +149,16 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
         return Err(invalid("neither address fields nor an ELF image"));
     };
 
-    let cmdline = place_cmdline(mem, img.cmdline, CMDLINE_MAX)?;
+    let cmdline = cmdline_bytes(img.cmdline, CMDLINE_MAX)?;
     let mut flags = INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME;
+    let mut placer = Placer::default();
+    for &(start, end) in &image {
+        placer.reserve(start, end);
+    }
+    let image_end = image.iter().map(|&(_, e)| e).max().unwrap_or(0);
 
     // Module 0: the initrd, page-aligned after the image.
-    let mods_at = BOOT_TABLES;
+    let mut mods_at = 0;
     let mut initrd = None;
     if let Some(data) = img.initrd {
         let start = (image_end + 0xFFF) & !0xFFF;
@@ -156,17 +170,24 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
             )));
         }
         mem.write(start, data)?;
-        let mut m = Vec::new();
-        for v in [start as u32, end as u32, (BOOT_TABLES + 0x900) as u32, 0] {
-            m.extend_from_slice(&v.to_le_bytes());
-        }
-        mem.write(mods_at, &m)?;
-        mem.write(BOOT_TABLES + 0x900, b"initrd\0")?;
-        flags |= INFO_MODS;
+        placer.reserve(start, end);
         initrd = Some((start, end));
     }
 
-    let mmap_at = BOOT_TABLES + 0x100;
+    let mut state = super::entry::protected_flat(entry);
+    // The GDT first, at 0x500 unless the kernel or its module is there.
+    state.gdtr.base = place_bytes(mem, &mut placer, &gdt_bytes(&state), 8, "the GDT")?;
+    if let Some((start, end)) = initrd {
+        let name = place_bytes(mem, &mut placer, b"initrd\0", 1, "the module's name")?;
+        let mut m = Vec::new();
+        for v in [start as u32, end as u32, name as u32, 0] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        mods_at = place_bytes(mem, &mut placer, &m, 4, "the module list")?;
+        flags |= INFO_MODS;
+    }
+    let cmdline = place_bytes(mem, &mut placer, &cmdline, 1, "the command line")?;
+    let loader_name = place_bytes(mem, &mut placer, b"gantry\0", 1, "the boot loader's name")?;
     let mut mmap = Vec::new();
     for e in memory_map(mem, 0) {
         mmap.extend_from_slice(&20u32.to_le_bytes());
@@ -174,8 +195,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
         mmap.extend_from_slice(&e.size.to_le_bytes());
         mmap.extend_from_slice(&e.kind.to_le_bytes());
     }
-    mem.write(mmap_at, &mmap)?;
-    mem.write(BOOT_TABLES + 0x800, b"gantry\0")?;
+    let mmap_at = place_bytes(mem, &mut placer, &mmap, 4, "the memory map")?;
 
     let mem_upper = (mem.low_ram_end().saturating_sub(HIGH_MEMORY_START) / 1024) as u32;
     let mut info = [0u32; 22];
@@ -187,15 +207,16 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     info[6] = mods_at as u32;
     info[11] = mmap.len() as u32;
     info[12] = mmap_at as u32;
-    info[16] = (BOOT_TABLES + 0x800) as u32; // boot_loader_name
+    info[16] = loader_name as u32;
     let bytes: Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
-    mem.write(BOOT_INFO, &bytes)?;
+    let info_at = place_bytes(mem, &mut placer, &bytes, 8, "the multiboot information")?;
+    // The kernel makes its own stack (the specification leaves ESP undefined); this one
+    // is for those that push before they do.
+    let stack = placer.place(STACK, 16, "the stack")?;
 
-    let mut state = super::entry::protected_flat(entry);
     state.gpr[super::entry::RAX] = BOOTLOADER_MAGIC as u64;
-    state.gpr[super::entry::RBX] = BOOT_INFO;
-    state.gpr[super::entry::RSP] = BOOT_STACK;
-    write_gdt(mem, &state)?;
+    state.gpr[super::entry::RBX] = info_at;
+    state.gpr[super::entry::RSP] = stack + STACK;
     Ok(Loaded {
         entry: state,
         format: "multiboot",

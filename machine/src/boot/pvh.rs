@@ -5,8 +5,9 @@
 use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
 use goblin::elf::Elf;
 
-use super::tables::write_gdt;
-use super::{place_cmdline, place_high, KernelImage, LoadError, Loaded};
+use super::placer::Placer;
+use super::tables::gdt_bytes;
+use super::{cmdline_bytes, place_bytes, place_high, KernelImage, LoadError, Loaded};
 use crate::e820::memory_map;
 use crate::layout::*;
 use crate::memory::GuestMemory;
@@ -22,15 +23,14 @@ fn invalid(kind: &'static str, why: impl Into<String>) -> LoadError {
 }
 
 /// Copies every PT_LOAD segment to its physical address and zeroes its bss. Returns the
-/// highest physical address loaded.
+/// physical ranges loaded.
 pub(super) fn load_segments(
     mem: &mut GuestMemory,
     k: &[u8],
     elf: &Elf,
     kind: &'static str,
-) -> Result<u64, LoadError> {
-    let mut end = 0u64;
-    let mut any = false;
+) -> Result<Vec<(u64, u64)>, LoadError> {
+    let mut ranges = Vec::new();
     for ph in elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
         let data = k
             .get(ph.p_offset as usize..)
@@ -56,13 +56,12 @@ pub(super) fn load_segments(
             })?;
         mem.write(ph.p_paddr, data)?;
         mem.zero(ph.p_paddr + ph.p_filesz, ph.p_memsz - ph.p_filesz)?;
-        end = end.max(seg_end);
-        any = true;
+        ranges.push((ph.p_paddr, seg_end));
     }
-    if !any {
+    if ranges.is_empty() {
         return Err(invalid(kind, "no loadable segments"));
     }
-    Ok(end)
+    Ok(ranges)
 }
 
 fn pvh_entry(k: &[u8], elf: &Elf) -> Option<u64> {
@@ -93,22 +92,34 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     })?;
     let entry =
         u32::try_from(entry).map_err(|_| invalid("ELF kernel", "PVH entry point above 4 GiB"))?;
-    let end = load_segments(mem, k, &elf, "ELF kernel")?;
+    let image = load_segments(mem, k, &elf, "ELF kernel")?;
+    let end = image.iter().map(|&(_, e)| e).max().unwrap_or(0);
 
-    let cmdline = place_cmdline(mem, img.cmdline, CMDLINE_MAX)?;
-    let modlist_at = BOOT_TABLES;
-    let memmap_at = BOOT_TABLES + 0x100;
+    let cmdline = cmdline_bytes(img.cmdline, CMDLINE_MAX)?;
+    let mut placer = Placer::default();
+    for &(start, stop) in &image {
+        placer.reserve(start, stop);
+    }
     let initrd = match img.initrd {
         Some(data) => {
             let (start, stop) = place_high(mem, data, end, mem.low_ram_end())?;
+            placer.reserve(start, stop);
+            Some((start, stop))
+        }
+        None => None,
+    };
+    let mut state = super::entry::protected_flat(entry);
+    state.gdtr.base = place_bytes(mem, &mut placer, &gdt_bytes(&state), 8, "the GDT")?;
+    let cmdline = place_bytes(mem, &mut placer, &cmdline, 1, "the command line")?;
+    let modlist_at = match initrd {
+        Some((start, stop)) => {
             let mut m = Vec::new();
             for v in [start, stop - start, 0, 0] {
                 m.extend_from_slice(&v.to_le_bytes());
             }
-            mem.write(modlist_at, &m)?;
-            Some((start, stop))
+            place_bytes(mem, &mut placer, &m, 8, "the module list")?
         }
-        None => None,
+        None => 0,
     };
     let map = memory_map(mem, 0);
     let mut table = Vec::new();
@@ -118,7 +129,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
         table.extend_from_slice(&e.kind.to_le_bytes());
         table.extend_from_slice(&0u32.to_le_bytes());
     }
-    mem.write(memmap_at, &table)?;
+    let memmap_at = place_bytes(mem, &mut placer, &table, 8, "the memory map")?;
     let rsdp = super::acpi::write_tables(mem)?;
 
     let mut info = Vec::with_capacity(56);
@@ -132,11 +143,8 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     info.extend_from_slice(&memmap_at.to_le_bytes());
     info.extend_from_slice(&(map.len() as u32).to_le_bytes());
     info.extend_from_slice(&0u32.to_le_bytes());
-    mem.write(BOOT_INFO, &info)?;
-
-    let mut state = super::entry::protected_flat(entry);
-    state.gpr[super::entry::RBX] = BOOT_INFO;
-    write_gdt(mem, &state)?;
+    let info_at = place_bytes(mem, &mut placer, &info, 8, "the start info")?;
+    state.gpr[super::entry::RBX] = info_at;
     Ok(Loaded {
         entry: state,
         format: "ELF with PVH entry",

@@ -6,12 +6,16 @@ use crate::memory::GuestMemory;
 use gantry_frontend::state::CpuState;
 
 pub fn write_gdt(mem: &mut GuestMemory, entry: &CpuState) -> Result<(), LoadError> {
-    let bytes: Vec<u8> = super::entry::gdt_image(entry)
+    mem.write(BOOT_GDT, &gdt_bytes(entry))?;
+    Ok(())
+}
+
+/// The GDT `entry`'s segments come from, as the loader writes it.
+pub fn gdt_bytes(entry: &CpuState) -> Vec<u8> {
+    super::entry::gdt_image(entry)
         .iter()
         .flat_map(|d| d.to_le_bytes())
-        .collect();
-    mem.write(BOOT_GDT, &bytes)?;
-    Ok(())
+        .collect()
 }
 
 /// Identity-maps the first 4 GiB with 2 MiB pages (PML4 -> PDPT -> four PDs).
