@@ -99,18 +99,26 @@ pub const COM1: u32 = 0x3F8;
 /// A multiboot kernel with the address fields (flag 16): a 32-byte header at 1 MiB, code
 /// right after it. `body` emits 32-bit code that runs with EAX/EBX as multiboot left them.
 pub fn multiboot_kernel(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    multiboot_kernel_at(MB_LOAD, body)
+}
+
+/// [`multiboot_kernel`] linked at `load` instead of 1 MiB.
+pub fn multiboot_kernel_at(
+    load: u32,
+    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let flags: u32 = 1 << 1 | 1 << 16;
     let magic: u32 = 0x1BAD_B002;
-    let entry = MB_LOAD + MB_HEADER_LEN;
+    let entry = load + MB_HEADER_LEN;
     let mut img = Vec::new();
     for v in [
         magic,
         flags,
         0u32.wrapping_sub(magic.wrapping_add(flags)),
-        MB_LOAD, // header_addr
-        MB_LOAD, // load_addr
-        0,       // load_end_addr: the whole file
-        0,       // bss_end_addr: none
+        load, // header_addr
+        load, // load_addr
+        0,    // load_end_addr: the whole file
+        0,    // bss_end_addr: none
         entry,
     ] {
         img.extend_from_slice(&v.to_le_bytes());
