@@ -85,11 +85,34 @@ pub fn kvm_available(test: &str) -> bool {
     true
 }
 
-/// A scratch directory for one test's files.
-pub fn scratch(test: &str) -> PathBuf {
+/// A scratch directory for one test's files, removed with them when the test is done
+/// with it (the suite had left a directory in the temporary directory for every test
+/// that wrote files, run after run).
+pub fn scratch(test: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("gantry-test-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    Scratch(dir)
+}
+
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub const MB_LOAD: u32 = 0x10_0000;
