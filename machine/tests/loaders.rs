@@ -279,29 +279,11 @@ fn pvh_elf_start_info() {
 fn elf_without_pvh_note_is_refused() {
     let mut elf = pvh_elf(0x100_0040);
     elf[0x200 + 8] = 17; // another Xen note type
-    let mut mem = GuestMemory::new(64 << 20, None).unwrap();
-    let err = load_kernel(
-        &mut mem,
-        &KernelImage {
-            kernel: &elf,
-            initrd: None,
-            cmdline: "",
-        },
-    )
-    .unwrap_err();
+    let err = refusal(&elf, 64 << 20);
     assert!(err.to_string().contains("PVH entry note"), "{err}");
     // A segment that would not fit in RAM.
     let elf = pvh_elf(0x100_0040);
-    let mut small = GuestMemory::new(8 << 20, None).unwrap();
-    let err = load_kernel(
-        &mut small,
-        &KernelImage {
-            kernel: &elf,
-            initrd: None,
-            cmdline: "",
-        },
-    )
-    .unwrap_err();
+    let err = refusal(&elf, 8 << 20);
     assert!(matches!(err, LoadError::TooBig(_)), "{err}");
 }
 
@@ -397,16 +379,7 @@ fn multiboot_with_bad_checksum_is_not_multiboot() {
     k[..4].copy_from_slice(&0x1BAD_B002u32.to_le_bytes());
     k[4..8].copy_from_slice(&0x10000u32.to_le_bytes());
     k[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let mut mem = GuestMemory::new(16 << 20, None).unwrap();
-    let err = load_kernel(
-        &mut mem,
-        &KernelImage {
-            kernel: &k,
-            initrd: None,
-            cmdline: "",
-        },
-    )
-    .unwrap_err();
+    let err = refusal(&k, 16 << 20);
     assert!(matches!(err, LoadError::UnknownFormat), "{err}");
 }
 
@@ -417,16 +390,7 @@ fn multiboot_requiring_unknown_features_is_refused() {
     k[..4].copy_from_slice(&magic.to_le_bytes());
     k[4..8].copy_from_slice(&flags.to_le_bytes());
     k[8..12].copy_from_slice(&0u32.wrapping_sub(magic.wrapping_add(flags)).to_le_bytes());
-    let mut mem = GuestMemory::new(16 << 20, None).unwrap();
-    let err = load_kernel(
-        &mut mem,
-        &KernelImage {
-            kernel: &k,
-            initrd: None,
-            cmdline: "",
-        },
-    )
-    .unwrap_err();
+    let err = refusal(&k, 16 << 20);
     assert!(err.to_string().contains("requires features 0x8"), "{err}");
 }
 
@@ -497,16 +461,21 @@ fn multiboot_tables_stay_off_a_low_kernel_and_its_module() {
 #[test]
 fn a_kernel_covering_conventional_memory_leaves_no_room_for_the_tables() {
     let k = multiboot_at(0x500, 0x1000, 0x9_FC00);
-    let mut mem = GuestMemory::new(16 << 20, None).unwrap();
-    let err = load_kernel(
+    let err = refusal(&k, 16 << 20);
+    assert!(matches!(err, LoadError::NoRoom("the GDT")), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+}
+
+/// Why loading `kernel` (no initrd, an empty command line) into `ram` bytes of RAM fails.
+fn refusal(kernel: &[u8], ram: u64) -> LoadError {
+    let mut mem = GuestMemory::new(ram, None).unwrap();
+    load_kernel(
         &mut mem,
         &KernelImage {
-            kernel: &k,
+            kernel,
             initrd: None,
             cmdline: "",
         },
     )
-    .unwrap_err();
-    assert!(matches!(err, LoadError::NoRoom("the GDT")), "{err}");
-    assert!(!err.to_string().contains('\n'), "{err}");
+    .unwrap_err()
 }
