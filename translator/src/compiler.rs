@@ -1,11 +1,11 @@
-//! Cranelift's half of compiling a block: from a finished CLIF function to machine code.
-//! It needs nothing but the target ISA (no guest state, no code memory), so a machine runs
-//! it on a thread of its own ([`Background`]) while the block stays interpreted, and the
-//! JIT installs the code into its code memory the next time the block runs.
+//! The compile thread's half of compiling a block: from its [`Source`] (the JIT's copy
+//! of the block's IR) to CLIF and on to machine code. It needs nothing but the target ISA
+//! (no guest state, no code memory), so a machine runs it on a thread of its own
+//! ([`Background`]) while the block stays interpreted, and the JIT installs the code into
+//! its code memory the next time the block runs.
 //!
-//! On the Debian boot, Cranelift's passes took 8.7 of 34.5 s on the vCPU's thread (about
-//! 0.9 ms a block, regalloc2 a third of it); the lowering to CLIF and the install, which
-//! stay there, take about 60 us a block.
+//! On the Debian boot at 58e7139 a block takes the compile thread about 470 us, and the
+//! vCPU's thread, which hands it over and installs its code, about 5 us.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
