@@ -519,8 +519,8 @@ impl Jit {
             .ok()?;
         let lowering = Lowering {
             ir: p.ir.clone(),
-            helpers: helpers.as_ptr() as usize,
-            slots: slots.as_ptr() as usize,
+            helpers: (helpers.as_ptr() as usize, helpers.len()),
+            slots: (slots.as_ptr() as usize, slots.len()),
             targets: self.targets.as_ptr() as usize,
         };
         Some((
@@ -542,11 +542,13 @@ impl Jit {
 /// [`Compiled`] (the helper table and the chain slots, boxed, so their addresses hold)
 /// or in the JIT (the table of indirect targets, replaced only with a new code memory
 /// epoch, whose code never runs in another). Lowering there rather than on the CPU's
-/// thread took about 30 us a block off the CPU's thread (0.2 s of the Debian boot).
+/// thread took about 30 us a block off the CPU's thread (0.2 s of the Debian boot; its
+/// wall time stayed level, since the blocks wait for the compile thread).
 pub(crate) struct Lowering {
     ir: Ir,
-    helpers: usize,
-    slots: usize,
+    /// The helper table's and the chain slots' addresses and lengths.
+    helpers: (usize, usize),
+    slots: (usize, usize),
     targets: usize,
 }
 
@@ -599,6 +601,15 @@ impl Source for Lowering {
     }
 }
 
+/// The address of element `i` of the table at `(address, length)`, which the code will
+/// hold. A lowering that counts more exits or calls than the JIT made room for is a bug:
+/// it panics (the compiler refuses the block) rather than have the code write past the
+/// table.
+fn element<T>((address, len): (usize, usize), i: usize) -> usize {
+    assert!(i < len, "lowering wants entry {i} of a table of {len}");
+    address + i * std::mem::size_of::<T>()
+}
+
 fn cl_type(t: Ty) -> Type {
     match t {
         Ty::I8 => types::I8,
@@ -615,15 +626,15 @@ struct Emit<'a, 'b> {
     vals: Vec<Option<Value>>,
     /// Values known to be 0 or 1 (conditions), which a branch takes as they are.
     bools: Vec<bool>,
-    /// The address of the block's helper table (in the order of its calls); the next
-    /// call's is `next_helper`.
-    helpers: usize,
+    /// The address and length of the block's helper table (in the order of its calls);
+    /// the next call's is `next_helper`.
+    helpers: (usize, usize),
     next_helper: usize,
     /// The values that are constants, with their values.
     consts: &'b [Option<u64>],
-    /// The address of the chain slots of the block's direct exits, in the order of the
-    /// ops.
-    slots: usize,
+    /// The address and length of the chain slots of the block's direct exits, in the
+    /// order of the ops.
+    slots: (usize, usize),
     next_slot: usize,
     /// The address of the JIT's table of indirect targets.
     targets: usize,
@@ -1078,7 +1089,7 @@ impl Emit<'_, '_> {
         let rt = self.rt;
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
-                let slot = self.slots + self.next_slot * std::mem::size_of::<ChainSlot>();
+                let slot = element::<ChainSlot>(self.slots, self.next_slot);
                 self.next_slot += 1;
                 (self.konst(slot as u64), None)
             }
@@ -1773,7 +1784,7 @@ impl Emit<'_, '_> {
                 self.set_rip(rip_here);
                 // Its entry in the block's helper table, which lists the calls' helpers in
                 // order.
-                let which = self.helpers + self.next_helper * std::mem::size_of::<Helper>();
+                let which = element::<Helper>(self.helpers, self.next_helper);
                 self.next_helper += 1;
                 let which = self.konst(which as u64);
                 let n = self.konst(args.len() as u64);

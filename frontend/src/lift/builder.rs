@@ -91,7 +91,6 @@ impl Builder {
         self.push(Inst::Put { loc, src });
         self.known[loc_index(loc)] = Some(src);
     }
-    /// Forgets every cached value (after discarding instructions that defined them).
     /// Empty, for the next block, with the buffers kept.
     pub fn clear(&mut self) {
         self.insts.clear();
@@ -101,6 +100,7 @@ impl Builder {
         self.zext_of.clear();
     }
 
+    /// Forgets every cached value (after discarding instructions that defined them).
     pub fn reset_caches(&mut self) {
         self.consts.clear();
         self.known = [None; LOCS];
