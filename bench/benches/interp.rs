@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gantry_frontend::lift::{self, CodeSource, FetchFault, Mode};
+use gantry_frontend::lift::{self, CodeBytes, Mode};
 use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::Vcpu;
 use gantry_machine::board::Board;
@@ -127,18 +127,6 @@ fn loops(c: &mut Criterion) {
     }
 }
 
-/// Code bytes from a buffer, as the lifter sees guest memory.
-struct Bytes<'a>(&'a [u8], u64);
-
-impl CodeSource for Bytes<'_> {
-    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
-        let off = (linear - self.1) as usize;
-        let n = buf.len().min(self.0.len().saturating_sub(off));
-        buf[..n].copy_from_slice(&self.0[off..off + n]);
-        Ok(n)
-    }
-}
-
 fn decode_lift(c: &mut Criterion) {
     // A block of typical integer code: the integer loop's body, repeated.
     let mut a = CodeAssembler::new(64).expect("asm");
@@ -157,13 +145,32 @@ fn decode_lift(c: &mut Criterion) {
         mode64: true,
         vendor: gantry_frontend::vendor::Vendor::Intel,
     };
-    let n = lift::translate(&mut Bytes(&code, 0x1000), 0x1000, 0, mode)
-        .expect("lift")
-        .guest_insns;
+    let n = lift::translate(
+        &mut CodeBytes {
+            at: 0x1000,
+            bytes: &code,
+        },
+        0x1000,
+        0,
+        mode,
+    )
+    .expect("lift")
+    .guest_insns;
     let mut g = c.benchmark_group("lifter");
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("decode_and_lift_block", |b| {
-        b.iter(|| lift::translate(&mut Bytes(&code, 0x1000), 0x1000, 0, mode).expect("lift"))
+        b.iter(|| {
+            lift::translate(
+                &mut CodeBytes {
+                    at: 0x1000,
+                    bytes: &code,
+                },
+                0x1000,
+                0,
+                mode,
+            )
+            .expect("lift")
+        })
     });
     g.finish();
 }

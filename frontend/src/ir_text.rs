@@ -388,19 +388,8 @@ fn inst_of(line: &str, b: &mut Block) -> Result<Inst, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lift::{self, CodeSource, FetchFault, Mode};
+    use crate::lift::{self, CodeBytes, Mode};
     use crate::vendor::Vendor;
-
-    struct Bytes(Vec<u8>);
-
-    impl CodeSource for Bytes {
-        fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
-            let at = (linear - 0x1000) as usize;
-            let n = buf.len().min(self.0.len().saturating_sub(at));
-            buf[..n].copy_from_slice(&self.0[at..at + n]);
-            Ok(n)
-        }
-    }
 
     /// What the printer prints, the parser reads back to the same block: for lifted code
     /// of every kind the parser takes (arithmetic with flags, shifts, memory, branches).
@@ -419,7 +408,16 @@ mod tests {
             &[0x48, 0x85, 0xC0, 0x75, 0x02],       // test rax, rax; jne
             &[0x0F, 0xBC, 0xC1],                   // bsf eax, ecx
         ] {
-            let block = lift::translate(&mut Bytes(code.to_vec()), 0x1000, 0, mode).unwrap();
+            let block = lift::translate(
+                &mut CodeBytes {
+                    at: 0x1000,
+                    bytes: code,
+                },
+                0x1000,
+                0,
+                mode,
+            )
+            .unwrap();
             let text = block.to_string();
             let back = parse_block(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(back.to_string(), text);

@@ -7,27 +7,9 @@
 use std::path::Path;
 
 use gantry_frontend::iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-use gantry_frontend::lift::{translate, CodeSource, FetchFault, Mode};
+use gantry_frontend::lift::{translate, CodeBytes, Mode};
 
 const START: u64 = 0x1000;
-
-struct Bytes(Vec<u8>);
-
-impl CodeSource for Bytes {
-    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
-        let off = (linear - START) as usize;
-        let n = buf.len().min(self.0.len().saturating_sub(off));
-        if n == 0 {
-            return Err(FetchFault {
-                vector: 14,
-                error_code: Some(0x10),
-                address: linear,
-            });
-        }
-        buf[..n].copy_from_slice(&self.0[off..off + n]);
-        Ok(n)
-    }
-}
 
 fn mode(bits: u32) -> Mode {
     Mode {
@@ -71,7 +53,8 @@ fn render(bits: u32, bytes: &[u8]) -> String {
         out += &format!(";   {s}\n");
     }
     out += "\n";
-    let block = translate(&mut Bytes(bytes.to_vec()), START, 0, mode(bits)).expect("lifts");
+    let block =
+        translate(&mut CodeBytes { at: START, bytes }, START, 0, mode(bits)).expect("lifts");
     out += &block.to_string();
     out
 }

@@ -52,6 +52,29 @@ pub trait CodeSource {
     fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault>;
 }
 
+/// Code from a byte slice at linear address `at`, for tests, benchmarks and tools: a fetch
+/// past its end faults as on a page that is not present.
+pub struct CodeBytes<'a> {
+    pub at: u64,
+    pub bytes: &'a [u8],
+}
+
+impl CodeSource for CodeBytes<'_> {
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize, FetchFault> {
+        let off = linear.wrapping_sub(self.at) as usize;
+        let n = buf.len().min(self.bytes.len().saturating_sub(off));
+        if n == 0 {
+            return Err(FetchFault {
+                vector: 14,
+                error_code: Some(0x10),
+                address: linear,
+            });
+        }
+        buf[..n].copy_from_slice(&self.bytes[off..off + n]);
+        Ok(n)
+    }
+}
+
 pub const MAX_BLOCK_INSNS: u32 = 64;
 const PAGE: u64 = 4096;
 
