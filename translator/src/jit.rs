@@ -33,6 +33,7 @@ use gantry_frontend::ir::*;
 use gantry_frontend::state::{attr, off, CpuState, AF, ARITH_FLAGS, CF, OF, PF, SF, UD_VECTOR, ZF};
 use gantry_frontend::vendor::FlatSegmentTop;
 
+use crate::access_groups;
 use crate::block::{ChainSlot, Compiled, Ir, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
 use crate::compiler::{Background, Compiler, Outcome, Source};
@@ -570,6 +571,7 @@ impl Source for Lowering {
         let budget = b.block_params(entry)[1];
         let insns = b.block_params(entry)[2];
         let block_sig = b.import_signature(block_signature());
+        let groups = access_groups::find(ir, &consts);
         let mut e = Emit {
             b,
             p: ir,
@@ -593,6 +595,8 @@ impl Source for Lowering {
             looped: None,
             run: Run { budget, insns },
             ask: None,
+            group_probes: vec![None; groups.ranges.len()],
+            groups,
         };
         e.body();
         e.b.seal_all_blocks();
@@ -666,6 +670,11 @@ struct Emit<'a, 'b> {
     run: Run,
     /// The exits' shared path to [`shim_chain`], once an exit needs it.
     ask: Option<Block>,
+    /// The block's memory accesses that share a TLB look-up.
+    groups: access_groups::Groups,
+    /// Per group, whether its look-up hit and the page's addend, once its first access
+    /// made the look-up.
+    group_probes: Vec<Option<(Value, Value)>>,
 }
 
 /// What a run carries from block to block in registers (the block signature's last two
@@ -1394,11 +1403,11 @@ impl Emit<'_, '_> {
             .with_endianness(cranelift_codegen::ir::Endianness::Little)
     }
 
-    /// The inline TLB look-up of `bytes` at guest linear address `a` for `access`, as
-    /// [`crate::tlb::Tlb::lookup`] does it on the table alone: continues in the block of
-    /// a hit and returns the host address, with the (cold) block a miss, a flagged page
-    /// or an access across pages goes to instead.
-    fn tlb_probe(&mut self, a: Value, bytes: u32, access: Access) -> (Value, Block) {
+    /// The TLB entry of the bytes from `a + lo` up to `a + hi` (exclusive) for `access`,
+    /// and whether it maps them all: its comparator is the page of the last byte, which
+    /// is the first byte's page exactly when the range fits in one page (a page and the
+    /// next never share a slot).
+    fn tlb_entry(&mut self, a: Value, lo: i64, hi: i64, access: Access) -> (Value, Value) {
         let rt = self.rt;
         let table = match self.tlb {
             Some(t) => t,
@@ -1409,30 +1418,82 @@ impl Emit<'_, '_> {
             }
         };
         let b = &mut self.b;
+        let first = if lo == 0 {
+            a
+        } else {
+            b.ins().iadd_imm_s(a, lo)
+        };
         // tlb::slot, times the entry's size: the page number's low bits, in place.
         let shifted = b
             .ins()
-            .ushr_imm_s(a, (PAGE_SHIFT - tlb::layout::ENTRY_SHIFT) as i64);
+            .ushr_imm_s(first, (PAGE_SHIFT - tlb::layout::ENTRY_SHIFT) as i64);
         let at = b
             .ins()
             .band_imm_s(shifted, ((TLB_SIZE - 1) << tlb::layout::ENTRY_SHIFT) as i64);
         let entry = b.ins().iadd(table, at);
         let cmp_at = (tlb::layout::CMP + 8 * access as usize) as i32;
         let cmp = b.ins().load(types::I64, Self::flags(), entry, cmp_at);
-        // The page of the access's last byte: the comparator's page exactly when the
-        // access fits in its first page (a page and the next never share a slot).
-        let last = b.ins().iadd_imm_s(a, i64::from(bytes) - 1);
+        let last = b.ins().iadd_imm_s(a, hi - 1);
         let page = b.ins().band_imm_s(last, !PAGE_MASK as i64);
         let hit = b.ins().icmp(IntCC::Equal, cmp, page);
+        (entry, hit)
+    }
+
+    /// The TLB look-up of an access in group `g` ([`access_groups`]) at guest linear
+    /// address `a`: the group's one look-up, made at its first access for all of them,
+    /// decides. Continues in the block of a hit and returns the host address, with the
+    /// (cold) block of a miss, which takes the access's slow path.
+    fn grouped_probe(&mut self, g: usize, a: Value) -> (Value, Block) {
+        let (hit, addend) = match self.group_probes[g] {
+            Some(p) => p,
+            None => {
+                let r = self.groups.ranges[g];
+                let (entry, hit) = self.tlb_entry(a, r.lo, r.hi, r.access);
+                // Read on a miss too (the entry is there, only not this page's): the
+                // value is used only on a hit.
+                let addend =
+                    self.b
+                        .ins()
+                        .load(types::I64, Self::flags(), entry, tlb::layout::ADDEND as i32);
+                self.group_probes[g] = Some((hit, addend));
+                (hit, addend)
+            }
+        };
+        let slow = self.on_hit(hit);
+        (self.b.ins().iadd(addend, a), slow)
+    }
+
+    /// Goes on in a new block when a TLB look-up hit; returns the (cold) block of a miss.
+    fn on_hit(&mut self, hit: Value) -> Block {
+        let b = &mut self.b;
         let fast = b.create_block();
         let slow = b.create_block();
         b.ins().brif(hit, fast, &[], slow, &[]);
         b.set_cold_block(slow);
         b.switch_to_block(fast);
-        let addend = b
-            .ins()
-            .load(types::I64, Self::flags(), entry, tlb::layout::ADDEND as i32);
-        (b.ins().iadd(addend, a), slow)
+        slow
+    }
+
+    /// The look-up of the memory access at op `at`: its group's, or its own.
+    fn access_probe(&mut self, at: usize, a: Value, bytes: u32, access: Access) -> (Value, Block) {
+        match self.groups.of.get(at).copied().flatten() {
+            Some(g) => self.grouped_probe(g as usize, a),
+            None => self.tlb_probe(a, bytes, access),
+        }
+    }
+
+    /// The inline TLB look-up of `bytes` at guest linear address `a` for `access`, as
+    /// [`crate::tlb::Tlb::lookup`] does it on the table alone: continues in the block of
+    /// a hit and returns the host address, with the (cold) block a miss, a flagged page
+    /// or an access across pages goes to instead.
+    fn tlb_probe(&mut self, a: Value, bytes: u32, access: Access) -> (Value, Block) {
+        let (entry, hit) = self.tlb_entry(a, 0, i64::from(bytes), access);
+        let slow = self.on_hit(hit);
+        let addend =
+            self.b
+                .ins()
+                .load(types::I64, Self::flags(), entry, tlb::layout::ADDEND as i32);
+        (self.b.ins().iadd(addend, a), slow)
     }
 
     /// A condition's low bit, which is what the IR's branches test: the condition
@@ -1638,7 +1699,7 @@ impl Emit<'_, '_> {
                 let access = if *rmw { Access::Write } else { Access::Read };
                 let join = self.b.create_block();
                 let x = self.b.append_block_param(join, cl_type(ty));
-                let (host, slow) = self.tlb_probe(a, ty.bytes() as u32, access);
+                let (host, slow) = self.access_probe(at, a, ty.bytes() as u32, access);
                 let v = self.b.ins().load(cl_type(ty), Self::guest_flags(), host, 0);
                 self.b.ins().jump(join, &[v.into()]);
                 // The slow path: a miss, a flagged page or an access across pages.
@@ -1664,7 +1725,7 @@ impl Emit<'_, '_> {
                 // without looking.
                 let join = self.b.create_block();
                 let wrote = self.b.append_block_param(join, types::I64);
-                let (host, slow) = self.tlb_probe(a, ty.bytes() as u32, Access::Write);
+                let (host, slow) = self.access_probe(at, a, ty.bytes() as u32, Access::Write);
                 self.b.ins().store(Self::guest_flags(), v, host, 0);
                 let no = self.b.ins().iconst(types::I64, 0);
                 self.b.ins().jump(join, &[no.into()]);

@@ -2,6 +2,7 @@
 //! JIT ([`jit`]), compiles the same blocks once hot and reaches the machine through the same
 //! [`Host`] interface.
 
+mod access_groups;
 pub mod block;
 pub mod cache;
 mod code_arena;
