@@ -99,6 +99,121 @@ fn a_store_into_a_later_instruction_of_the_running_block_takes_effect_at_once() 
     }
 }
 
+/// An instruction whose store would write the running block's own later code runs again
+/// alone, from the state before it (compiled code stops before it): a read-modify-write
+/// of a later immediate adds once, and a PUSH over a later instruction moves the stack
+/// pointer once; the later instructions run as rewritten.
+#[test]
+fn an_instruction_that_rewrites_its_own_block_runs_once() {
+    const AT: u64 = CODE + 0x2000;
+    for mode in [Mode::Protected32, Mode::Long64] {
+        // add byte [imm], 5 (absolute); mov eax, 1; ret: EAX 6.
+        let add: &[u8] = match mode {
+            Mode::Long64 => &[0x80, 0x04, 0x25],
+            _ => &[0x80, 0x05],
+        };
+        let imm = AT + add.len() as u64 + 5 + 1;
+        let mut sub = add.to_vec();
+        sub.extend_from_slice(&(imm as u32).to_le_bytes());
+        sub.push(5);
+        sub.extend_from_slice(&[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3]);
+        let d = run(
+            mode,
+            |_, mem| mem.write(AT, &sub).unwrap(),
+            |a| {
+                a.call(AT)?;
+                a.nop()
+            },
+        );
+        assert_eq!(d.vector(), None, "{mode:?}");
+        assert_eq!(
+            d.cpu.gpr[0], 6,
+            "{mode:?}: EAX, the immediate added to once"
+        );
+
+        // mov edx, esp; mov esp, ebx; push eax (over what follows); mov esi, esp;
+        // mov esp, edx; then `mov ecx, 1` (64-bit) or `mov cl, 1` (32-bit) and NOPs the
+        // push rewrites to load 7; ret.
+        let (sub, pushed, width): (Vec<u8>, u64, u64) = match mode {
+            Mode::Long64 => (
+                [
+                    &[0x48, 0x89, 0xE2, 0x48, 0x89, 0xDC, 0x50][..],
+                    &[0x48, 0x89, 0xE6, 0x48, 0x89, 0xD4],
+                    &[0xB9, 0x01, 0x00, 0x00, 0x00, 0x90, 0x90, 0x90, 0xC3],
+                ]
+                .concat(),
+                u64::from_le_bytes([0xB9, 0x07, 0x00, 0x00, 0x00, 0x90, 0x90, 0x90]),
+                8,
+            ),
+            _ => (
+                [
+                    &[0x89, 0xE2, 0x89, 0xDC, 0x50][..],
+                    &[0x89, 0xE6, 0x89, 0xD4],
+                    &[0xB1, 0x01, 0x90, 0x90, 0xC3],
+                ]
+                .concat(),
+                u64::from(u32::from_le_bytes([0xB1, 0x07, 0x90, 0x90])),
+                4,
+            ),
+        };
+        // The stack's top: just past the instruction and NOPs the push overwrites.
+        let top = AT + sub.len() as u64 - 1;
+        let d = run(
+            mode,
+            |cpu, mem| {
+                mem.write(AT, &sub).unwrap();
+                cpu.gpr[0] = pushed;
+                cpu.gpr[1] = 0;
+                cpu.gpr[3] = top;
+            },
+            |a| {
+                a.call(AT)?;
+                a.nop()
+            },
+        );
+        assert_eq!(d.vector(), None, "{mode:?}");
+        assert_eq!(d.cpu.gpr[1], 7, "{mode:?}: ECX from the pushed instruction");
+        assert_eq!(d.cpu.gpr[6], top - width, "{mode:?}: ESP after one push");
+    }
+}
+
+/// Data on a page with code, between blocks: a loop's stores to it go on in compiled
+/// code (they touch no block), and a store over a later instruction of the loop's own
+/// block, on the last lap, still takes effect at that instruction.
+#[test]
+fn stores_between_blocks_on_a_code_page_run_on_and_a_store_into_a_block_still_counts() {
+    let d = run64(|a| {
+        let mut top = a.create_label();
+        let mut data = a.create_label();
+        let mut patched = a.create_label();
+        a.mov(ecx, 100)?;
+        a.xor(ebx, ebx)?;
+        a.lea(rsi, ptr(data))?;
+        a.lea(rdi, ptr(patched))?;
+        a.set_label(&mut top)?;
+        a.add(qword_ptr(rsi), rcx)?;
+        a.cmp(ecx, 1)?;
+        a.jne(patched)?;
+        // On the last lap: `mov eax, 1` below becomes `mov eax, 7`.
+        a.mov(dword_ptr(rdi + 1), 7)?;
+        a.set_label(&mut patched)?;
+        a.mov(eax, 1)?;
+        a.add(ebx, eax)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        let mut out = a.create_label();
+        a.jmp(out)?;
+        a.set_label(&mut data)?;
+        a.dq(&[0])?;
+        a.set_label(&mut out)?;
+        a.mov(r8, qword_ptr(rsi))
+    });
+    assert_eq!(d.vector(), None);
+    assert_eq!(d.cpu.gpr[8], (1..=100).sum::<u64>(), "R8: the data word");
+    // Laps 100..=2 run `mov eax, 1`, the last one the patched `mov eax, 7`.
+    assert_eq!(d.cpu.gpr[3], 99 + 7, "EBX");
+}
+
 /// A block that jumps to its own start goes round inside its compiled function. A lap
 /// that rewrites the block's own code must end the loop there: the next lap runs the new
 /// bytes. Here each lap stores CL over the immediate of the loop's first instruction.

@@ -204,6 +204,15 @@ impl CodeCache {
         (dropped, still)
     }
 
+    /// Whether bytes `start..end` of physical page `page` hold code of a cached block
+    /// (the blocks [`Self::invalidate`] would drop).
+    pub fn touches(&self, page: u64, start: u16, end: u16) -> bool {
+        self.page_blocks.get(&page).is_some_and(|list| {
+            list.iter()
+                .any(|(key, s, e)| *s < end && start < *e && self.blocks.contains_key(key))
+        })
+    }
+
     /// Drops every translation.
     pub fn clear(&mut self) {
         self.blocks.clear();

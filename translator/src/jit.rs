@@ -104,9 +104,10 @@ pub struct Runtime<'a> {
     contexts: &'a mut Vec<u64>,
     /// Calls of the load and store shims.
     slow_accesses: u64,
-    /// Set by a store that wrote guest code ([`Host::wrote_code`]): the block ends before
-    /// its next instruction.
-    code_written: u64,
+    /// Set by a store that would have written translated code
+    /// ([`Host::store_unless_code`]): the run ends before its instruction, which the run
+    /// loop runs again on the interpreter ([`BlockEnd::Retry`]).
+    retry: bool,
     host: &'a mut dyn Host,
 }
 
@@ -124,7 +125,6 @@ const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
 const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
 const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
 const RT_CHECKED: i32 = std::mem::offset_of!(Runtime, checked) as i32;
-const RT_CODE_WRITTEN: i32 = std::mem::offset_of!(Runtime, code_written) as i32;
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
 const SLOT_STAMP: i32 = std::mem::offset_of!(ChainSlot, stamp) as i32;
 const SLOT_RIP: i32 = std::mem::offset_of!(ChainSlot, rip) as i32;
@@ -337,7 +337,7 @@ impl Jit {
             epoch: self.code.epoch(),
             checked: UNCHECKED,
             contexts: &mut self.contexts,
-            code_written: 0,
+            retry: false,
             slow_accesses: 0,
             host,
         };
@@ -366,6 +366,7 @@ impl Jit {
         *budget = rt.budget;
         interp.insns += rt.insns;
         match r {
+            KIND_FAULT if rt.retry => BlockEnd::Retry,
             KIND_FAULT => BlockEnd::Fault(decode(rt.fault)),
             KIND_SYNC => BlockEnd::Sync,
             KIND_HALT => BlockEnd::Halt,
@@ -590,7 +591,6 @@ impl Source for Lowering {
             gprs: [None; 16],
             tlb: None,
             segs: [None; 6],
-            code_written: None,
             eflags_home: false,
             looped: None,
             run: Run { budget, insns },
@@ -657,9 +657,6 @@ struct Emit<'a, 'b> {
     /// Whether the block made RFLAGS the flags' home (put EFLAGS in `cc.op`) with no
     /// flag-setting operation or helper call since.
     eflags_home: bool,
-    /// Whether a store since the last instruction that checked wrote guest code (its
-    /// slow path's answer, 0 on the fast path).
-    code_written: Option<Value>,
     /// The segments' base, limit and attributes, once loaded (until a helper call).
     segs: [Option<(Value, Value, Value)>; 6],
     /// The loop of a block that jumps to its own start, once its first such exit was
@@ -1013,29 +1010,6 @@ impl Emit<'_, '_> {
     fn flush_gprs(&mut self) {
         self.store_gprs();
         self.gprs = [None; 16];
-    }
-
-    /// At op `at`, the first of an instruction: ends the block before it (to the run
-    /// loop, which drops stale translations) when a store of the instructions before it
-    /// wrote guest code, whose bytes may be this instruction's.
-    fn end_if_code_written(&mut self, at: usize) {
-        let Some(written) = self.code_written.take() else {
-            return;
-        };
-        let end = self.b.create_block();
-        let cont = self.b.create_block();
-        self.b.ins().brif(written, end, &[], cont, &[]);
-        self.b.set_cold_block(end);
-        self.b.switch_to_block(end);
-        self.store_flags();
-        self.store_gprs();
-        // The instructions before this one: the marks placed before op `at`.
-        let done = self.p.marks.partition_point(|(i, _)| (*i as usize) < at);
-        self.set_rip(self.p.marks[done].1);
-        self.count(done as u64);
-        let kind = self.b.ins().iconst(types::I64, KIND_SYNC as i64);
-        self.b.ins().return_(&[kind]);
-        self.b.switch_to_block(cont);
     }
 
     /// Stores the run's budget and its count of completed instructions, with the block's
@@ -1539,18 +1513,7 @@ impl Emit<'_, '_> {
 
     fn ops(&mut self) {
         let ops = self.p.ops();
-        // The first op of the instruction after the last store, where the block ends if
-        // the store wrote guest code.
-        let mut check_at = None;
         for (at, inst) in ops.iter().enumerate() {
-            if check_at == Some(at) {
-                check_at = None;
-                self.end_if_code_written(at);
-            }
-            if let Inst::Store { .. } = inst {
-                let next = self.p.marks.partition_point(|(i, _)| *i as usize <= at);
-                check_at = self.p.marks.get(next).map(|&(i, _)| i as usize);
-            }
             self.inst(at, inst);
             if inst.is_terminator() {
                 return;
@@ -1720,31 +1683,21 @@ impl Emit<'_, '_> {
                 // arm would not dominate the other.
                 let v = self.v(*src);
                 let x = self.as_ty(*src, Ty::I64);
-                // Whether the store wrote guest code: only the slow path can (pages with
-                // translated code are flagged in the TLB), so the fast path says no
-                // without looking.
+                // Only the slow path may reach translated code (its pages are flagged in
+                // the TLB), and there a store that would write it leaves the block as a
+                // fault before its instruction, which then runs on the interpreter
+                // ([`BlockEnd::Retry`]): no code changes under the block as it runs.
                 let join = self.b.create_block();
-                let wrote = self.b.append_block_param(join, types::I64);
                 let (host, slow) = self.access_probe(at, a, ty.bytes() as u32, Access::Write);
                 self.b.ins().store(Self::guest_flags(), v, host, 0);
-                let no = self.b.ins().iconst(types::I64, 0);
-                self.b.ins().jump(join, &[no.into()]);
+                self.b.ins().jump(join, &[]);
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
-                let rt = self.rt;
                 let fault = self.call(Shim::Store, &[a, x, info]);
                 self.fault_if(fault, at, None);
                 self.stay_cold();
-                let written = self
-                    .b
-                    .ins()
-                    .load(types::I64, Self::flags(), rt, RT_CODE_WRITTEN);
-                self.b.ins().jump(join, &[written.into()]);
+                self.b.ins().jump(join, &[]);
                 self.b.switch_to_block(join);
-                self.code_written = Some(match self.code_written {
-                    Some(w) => self.b.ins().bor(w, wrote),
-                    None => wrote,
-                });
             }
             Inst::SegCheck {
                 seg,
@@ -1978,12 +1931,12 @@ extern "C" fn shim_store(
     rt.slow_accesses += 1;
     let r = rt
         .host
-        .store(cpu, addr, info as u8, value, info & 0x100 != 0)
-        .map(|_| 0);
-    if rt.host.wrote_code() {
-        rt.code_written = 1;
+        .store_unless_code(cpu, addr, info as u8, value, info & 0x100 != 0);
+    if r == Ok(false) {
+        rt.retry = true;
+        return 1;
     }
-    outcome(rt, r)
+    outcome(rt, r.map(|_| 0))
 }
 
 extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {

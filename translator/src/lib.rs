@@ -93,6 +93,23 @@ pub trait Host {
         false
     }
 
+    /// A store as [`Self::store`], unless it would write translated code: then nothing is
+    /// written and the answer is `Ok(false)`. Compiled code's stores come here: its
+    /// instruction then runs again alone on the interpreter ([`BlockEnd::Retry`]), which
+    /// ends the block after it, so that compiled code needs no test after every store.
+    /// A host that does not track translated code (whose [`Self::wrote_code`] is always
+    /// false) never refuses.
+    fn store_unless_code(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        bytes: u8,
+        value: u64,
+        ss: bool,
+    ) -> Result<bool, Exception> {
+        self.store(cpu, addr, bytes, value, ss).map(|()| true)
+    }
+
     /// The block the run loop would run next at CS:RIP, when it would run it at once
     /// (nothing to service, deliver or report first) and finds it in its jump cache:
     /// compiled code then goes on into that block's code without returning, and may go
@@ -115,4 +132,10 @@ pub enum BlockEnd {
     Halt,
     /// An exception at the instruction whose address RIP now holds.
     Fault(Exception),
+    /// The instruction at RIP must run alone on the interpreter: compiled code stopped
+    /// before it, with the state as it found it, because its store would write translated
+    /// code ([`Host::store_unless_code`]). Its earlier accesses run again with it: loads
+    /// and stores of RAM read and write the same, and a store to code that also touches
+    /// MMIO in one instruction is not something guests do.
+    Retry,
 }

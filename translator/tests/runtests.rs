@@ -102,6 +102,7 @@ fn end_name(e: BlockEnd) -> String {
         BlockEnd::Sync => "sync".into(),
         BlockEnd::Halt => "halt".into(),
         BlockEnd::Fault(x) => format!("fault:{}", x.vector),
+        BlockEnd::Retry => "retry".into(),
     }
 }
 

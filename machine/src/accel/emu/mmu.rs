@@ -177,6 +177,12 @@ impl Mmu {
         *e = (e.0.min(span.start), e.1.max(span.end));
     }
 
+    /// Whether a write of `bytes` at `phys` (within one page) would touch translated
+    /// code: [`Self::phys_write`]'s answer, before writing.
+    pub fn writes_code(&self, mem: &GuestMemory, phys: u64, bytes: u8) -> bool {
+        mem.ram_page(phys).is_some_and(|r| self.code_pages.get(r)) && self.touches_code(phys, bytes)
+    }
+
     /// Whether a write of `bytes` at `phys`, on a page with translated code, may touch it
     /// (outside the bytes blocks were read from, it is data sharing the page).
     fn touches_code(&self, phys: u64, bytes: u8) -> bool {

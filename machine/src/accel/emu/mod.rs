@@ -52,6 +52,9 @@ pub struct CpuStats {
     /// Writes to pages with translated code, and those of them that touched none of it.
     pub code_page_writes: u64,
     pub code_page_writes_missed: u64,
+    /// Blocks run on the interpreter because compiled code stopped before a store that
+    /// would have written translated code ([`BlockEnd::Retry`]).
+    pub retries: u64,
     /// Times the jump cache was emptied (a TLB flush that may move code, or code
     /// invalidated), which also unlinks every chain, and look-ups it did not answer.
     pub jump_flushes: u64,
@@ -425,6 +428,10 @@ impl EmuCpu {
                 }
                 Err(e) => BlockEnd::Fault(e),
             };
+            let end = match end {
+                BlockEnd::Retry => self.retry_interpreted(mem, board, single),
+                end => end,
+            };
             // A block that asks the loop to look again (an OUT, a mode or IF change) has the
             // board serviced first: an OUT may have ended the run or moved the A20 gate.
             if end == BlockEnd::Sync {
@@ -578,6 +585,34 @@ impl EmuCpu {
                 }
             })?;
         Ok((block, merge_spans(fetch.spans)))
+    }
+
+    /// Runs the block at CS:RIP on the interpreter (the instruction alone when stepping):
+    /// compiled code stopped before its first instruction because its store would write
+    /// translated code ([`BlockEnd::Retry`]). The interpreter writes it and ends the block
+    /// after it, and the run loop then drops what it overwrote. The block is the one a
+    /// jump there finds, cached (retries come back to the same places: Linux's code
+    /// patching, about 9,400 times a boot), not an instruction lifted alone each time.
+    fn retry_interpreted(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        single: bool,
+    ) -> BlockEnd {
+        let block = if single {
+            self.lift_one_instruction(mem, board)
+        } else {
+            self.lookup(mem, board)
+        };
+        match block {
+            Ok(block) => {
+                self.stats.blocks_run += 1;
+                self.stats.retries += 1;
+                let mut ctx = ctx!(self, mem, board);
+                self.interp.run(&block, &mut self.state, &mut ctx)
+            }
+            Err(e) => BlockEnd::Fault(e),
+        }
     }
 
     /// A block of just the instruction at CS:RIP, for a debugger's single step; not cached
@@ -808,10 +843,12 @@ impl Vcpu for EmuCpu {
             let _ = writeln!(
                 out,
                 "jit: {} instructions in generated code ({:.1}%), {} memory accesses past the \
-                 inline TLB look-up",
+                 inline TLB look-up, {} blocks run again on the interpreter from a store that \
+                 would have written translated code",
                 j.insns,
                 j.insns as f64 * 100.0 / insns.max(1) as f64,
-                j.slow_accesses
+                j.slow_accesses,
+                s.retries
             );
         }
         let m = self.mmu.stats;

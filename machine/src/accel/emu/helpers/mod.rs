@@ -91,6 +91,18 @@ impl Host for Ctx<'_> {
             .map_err(|e| through_ss(e, ss))
     }
 
+    fn store_unless_code(
+        &mut self,
+        cpu: &mut CpuState,
+        addr: u64,
+        bytes: u8,
+        value: u64,
+        ss: bool,
+    ) -> Result<bool, Exception> {
+        self.write_unless_code(cpu, addr, bytes, value, Privilege::User)
+            .map_err(|e| through_ss(e, ss))
+    }
+
     fn data_tlb(&mut self, cpu: &CpuState) -> Option<*const gantry_translator::tlb::TlbEntry> {
         Some(self.mmu.tlb.table(Mmu::index(cpu, Privilege::User)))
     }
