@@ -131,11 +131,19 @@ fn untimed() {
 pub struct TicketCell {
     outcome: OnceLock<Outcome>,
     waited_runs: AtomicU32,
+    /// Set when the thread dropped the job instead of compiling it ([`Queue::take`]).
+    dropped: AtomicBool,
 }
 
 impl TicketCell {
     pub fn get(&self) -> Option<&Outcome> {
         self.outcome.get()
+    }
+
+    /// Whether the job was dropped from the queue uncompiled: its block hardly ran while
+    /// it waited, and starts counting its runs again.
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
     }
 
     /// The block ran once more, interpreted, while its code was not ready.
@@ -150,6 +158,21 @@ struct Job {
     source: Box<dyn Source>,
     id: FuncId,
     ticket: Ticket,
+    queued: Instant,
+}
+
+/// A queued job whose block ran fewer times than the milliseconds it waited (and at
+/// least [`STALE_AFTER`]) is dropped: a compile costs about 400 us, some 4,000 runs of a
+/// typical block interpreted, which such a block would take seconds to repay. In a Linux
+/// boot a fifth of the blocks compiled had not run at all since they were queued (their
+/// 256th run was their last), and took that share of the compile thread's time from
+/// blocks that were running.
+const STALE_AFTER: Duration = Duration::from_millis(2);
+
+fn stale(job: &Job, now: Instant) -> bool {
+    let waited = now.saturating_duration_since(job.queued);
+    waited >= STALE_AFTER
+        && u128::from(job.ticket.waited_runs.load(Ordering::Relaxed)) < waited.as_millis()
 }
 
 /// The queued jobs, which the thread takes most wanted first (the block that ran most
@@ -164,13 +187,23 @@ struct Queue {
 }
 
 impl Queue {
-    /// The next job, or `None` once `stop` is set.
-    fn take(&self, stop: &AtomicBool) -> Option<Job> {
+    /// The next job, or `None` once `stop` is set; drops the stale ones first
+    /// ([`STALE_AFTER`]), counting them off `queued`.
+    fn take(&self, stop: &AtomicBool, queued: &AtomicUsize) -> Option<Job> {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
+            let now = Instant::now();
+            jobs.retain(|j| {
+                if !stale(j, now) {
+                    return true;
+                }
+                j.ticket.dropped.store(true, Ordering::Release);
+                queued.fetch_sub(1, Ordering::Release);
+                false
+            });
             // The last of the maxima, and a removal that keeps the order: the newest
             // among equals.
             let best = jobs
@@ -217,7 +250,7 @@ impl Background {
             .name("gantry-jit".into())
             .spawn(move || {
                 let mut compiler = Compiler::new(isa);
-                while let Some(job) = rx.take(&stopped) {
+                while let Some(job) = rx.take(&stopped, &q) {
                     let started = Instant::now();
                     // A job whose block was dropped meanwhile (its code rewritten) has no
                     // other holder of its ticket: skip it.
@@ -254,6 +287,7 @@ impl Background {
             source,
             id,
             ticket: ticket.clone(),
+            queued: Instant::now(),
         };
         let mut jobs = self.jobs.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.push(job);
@@ -286,6 +320,10 @@ mod tests {
     use super::*;
 
     fn job(id: u32, waited: u32) -> Job {
+        job_queued(id, waited, Instant::now())
+    }
+
+    fn job_queued(id: u32, waited: u32, queued: Instant) -> Job {
         let ticket = Ticket::default();
         for _ in 0..waited {
             ticket.ran_waiting();
@@ -300,6 +338,7 @@ mod tests {
             source: Box::new(Empty),
             id: FuncId::from_u32(id),
             ticket,
+            queued,
         }
     }
 
@@ -311,11 +350,39 @@ mod tests {
             let mut jobs = q.jobs.lock().expect("not poisoned");
             jobs.extend([job(0, 0), job(1, 5), job(2, 0), job(3, 5), job(4, 1)]);
         }
+        let queued = AtomicUsize::new(5);
         let order: Vec<u32> = (0..5)
-            .map(|_| q.take(&stop).expect("a job").id.as_u32())
+            .map(|_| q.take(&stop, &queued).expect("a job").id.as_u32())
             .collect();
         assert_eq!(order, [3, 1, 4, 2, 0]);
         stop.store(true, Ordering::Relaxed);
-        assert!(q.take(&stop).is_none(), "stopped: no wait");
+        assert!(q.take(&stop, &queued).is_none(), "stopped: no wait");
+    }
+
+    #[test]
+    fn a_job_whose_block_ran_less_than_once_a_millisecond_of_its_wait_is_dropped() {
+        let q = Queue::default();
+        let stop = AtomicBool::new(false);
+        let now = Instant::now();
+        let ago = |ms| now.checked_sub(Duration::from_millis(ms)).expect("uptime");
+        let (idle, slow, busy, new) = (
+            job_queued(0, 0, ago(50)),
+            job_queued(1, 10, ago(50)),
+            job_queued(2, 60, ago(50)),
+            job_queued(3, 0, now),
+        );
+        let tickets = [&idle, &slow, &busy, &new].map(|j| j.ticket.clone());
+        q.jobs
+            .lock()
+            .expect("not poisoned")
+            .extend([idle, slow, busy, new]);
+        let queued = AtomicUsize::new(4);
+        let first = q.take(&stop, &queued).expect("a job").id.as_u32();
+        assert_eq!(first, 2, "the block that ran 60 times in 50 ms");
+        assert_eq!(queued.load(Ordering::Relaxed), 2, "two dropped");
+        let dropped = tickets.each_ref().map(|t| t.dropped());
+        assert_eq!(dropped, [true, true, false, false]);
+        let next = q.take(&stop, &queued).expect("a job").id.as_u32();
+        assert_eq!(next, 3, "queued just now: not yet stale");
     }
 }

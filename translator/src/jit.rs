@@ -173,6 +173,9 @@ pub struct Jit {
     /// Times a hot block found the background compiler's queue full (and stayed
     /// interpreted for another run).
     pub deferred: u64,
+    /// Queued blocks the compile thread dropped uncompiled: they hardly ran while they
+    /// waited ([`crate::compiler`]'s staleness rule).
+    pub dropped: u64,
     /// Blocks entered from another block's code rather than from the run loop.
     pub chained: u64,
     /// Guest instructions completed in generated code.
@@ -210,6 +213,7 @@ impl Jit {
             compiled: 0,
             refused: 0,
             deferred: 0,
+            dropped: 0,
             chained: 0,
             insns: 0,
             slow_accesses: 0,
@@ -284,7 +288,7 @@ impl Jit {
                     return self.run_compiled(c, interp, cpu, host, budget);
                 }
                 State::Refused => return interp.run(p, cpu, host),
-                State::Compiling(job) if job.ticket.get().is_none() => {
+                State::Compiling(job) if job.ticket.get().is_none() && !job.ticket.dropped() => {
                     job.ticket.ran_waiting();
                     return interp.run(p, cpu, host);
                 }
@@ -293,6 +297,12 @@ impl Jit {
         }
         let state = std::mem::take(&mut *p.tier.state.borrow_mut());
         let next = match state {
+            State::Compiling(job) if job.ticket.get().is_none() => {
+                // Dropped from the queue: hot again after as many runs as the first time.
+                self.dropped += 1;
+                p.tier.runs.set(0);
+                State::Cold
+            }
             State::Compiling(job) => self.install(job),
             // Cold, or compiled into code memory since freed.
             _ => {

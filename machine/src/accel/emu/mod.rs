@@ -823,10 +823,12 @@ impl Vcpu for EmuCpu {
             let each = |s: f64| s * 1e6 / j.compiled.max(1) as f64;
             let background = match j.background_time() {
                 Some(t) => format!(
-                    " and {:.2} s on the compile thread ({:.0} us each; its queue full {} times)",
+                    " and {:.2} s on the compile thread ({:.0} us each; its queue full {} times, \
+                     {} dropped from it as they stopped running)",
                     t.as_secs_f64(),
                     each(t.as_secs_f64()),
-                    j.deferred
+                    j.deferred,
+                    j.dropped
                 ),
                 None => String::new(),
             };
