@@ -157,17 +157,15 @@ impl Interp {
                 *insns += p.completed($at);
             }};
         }
-        // Where the block ends early because a store wrote guest code: the next
-        // instruction's first op, and that instruction's index among the block's.
-        let mut stop = (usize::MAX, 0);
-        for (at, inst) in p.ops.iter().enumerate() {
-            if at == stop.0 {
-                let (i, rip) = p.marks[stop.1];
-                debug_assert_eq!(i as usize, at);
-                cpu.rip = rip;
-                *insns += stop.1 as u64;
-                return BlockEnd::Sync;
-            }
+        // Where the block ends: its last op, or, once a store wrote guest code, the next
+        // instruction's first op (the loop's own bound, rather than a test of every op);
+        // and that instruction's index among the block's.
+        let ops = &p.ops[..];
+        let mut end = ops.len();
+        let mut stop_insn = 0;
+        let mut at = 0;
+        while at < end {
+            let inst = &ops[at];
             match inst {
                 Inst::Mark { .. } | Inst::Const { .. } => {}
                 // Registers first, as arms of their own: nearly every get and put is of
@@ -209,10 +207,10 @@ impl Interp {
                     if let Err(e) = host.store(cpu, v!(addr), ty.bytes(), value, *ss) {
                         fault!(at, e);
                     }
-                    if stop.0 == usize::MAX && host.wrote_code() {
+                    if end == ops.len() && host.wrote_code() {
                         let next = p.marks.partition_point(|(i, _)| *i as usize <= at);
                         if let Some(&(i, _)) = p.marks.get(next) {
-                            stop = (i as usize, next);
+                            (end, stop_insn) = (i as usize, next);
                         }
                     }
                 }
@@ -304,6 +302,12 @@ impl Interp {
                     };
                 }
             }
+            at += 1;
+        }
+        if end < ops.len() {
+            cpu.rip = p.marks[stop_insn].1;
+            *insns += stop_insn as u64;
+            return BlockEnd::Sync;
         }
         // A lifter bug (a block without a terminator) must not run off into the void.
         cpu.rip = p.locate(p.ops.len()).1;
