@@ -195,6 +195,56 @@ fn rotates_through_and_around_carry() {
     assert_eq!(arith(&d) & CF, 0);
 }
 
+/// A rotation's CF and OF are left uncomputed when the next instruction sets both
+/// without reading them and cannot fault; everywhere else they are the rotation's: after
+/// a rotation by 0 or by CL (which set nothing when the count is 0), and in the frame of a
+/// fault the next instruction takes.
+#[test]
+fn a_rotation_s_flags_are_kept_where_the_next_instruction_may_not_set_them() {
+    // After XOR ECX, ECX (ZF and PF, which a rotation keeps), ROR EAX, 1 of 1: EAX
+    // 0x8000_0000, CF 1 (the new MSB), OF 1 (the MSB XOR the bit below).
+    let ror = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        a.mov(eax, 1)?;
+        a.ror(eax, 1)
+    };
+    type Next = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let cases: [(&str, Next, u64); 6] = [
+        ("XOR after", |a| a.xor(ecx, ecx), ZF | PF),
+        ("ROL by 1 after", |a| a.rol(ecx, 1), ZF | PF),
+        (
+            "ROL by 32 (masked to 0) after",
+            |a| a.rol(ecx, 32),
+            CF | OF | ZF | PF,
+        ),
+        ("ROL by 0 after", |a| a.rol(ecx, 0), CF | OF | ZF | PF),
+        ("ROL by CL = 0 after", |a| a.rol(edx, cl), CF | OF | ZF | PF),
+        ("MOV after", |a| a.mov(ecx, 5), CF | OF | ZF | PF),
+    ];
+    for (what, next, want) in cases {
+        let d = run64(|a| {
+            a.xor(ecx, ecx)?;
+            ror(a)?;
+            next(a)
+        });
+        assert_eq!(d.cpu.gpr[0], 0x8000_0000, "{what}: EAX");
+        assert_eq!(arith(&d) & (CF | OF | ZF | PF), want, "{what}: flags");
+    }
+    // An XOR with memory after it may fault: the fault's frame has the rotation's flags.
+    let d = run(
+        Mode::Long64,
+        |cpu, mem| small_pages(cpu, mem, |i, e| if i == 0x11 { 0 } else { e }),
+        |a| {
+            a.mov(ebx, 0x1_1000)?;
+            ror(a)?;
+            a.xor(ecx, dword_ptr(rbx))
+        },
+    );
+    assert_eq!(d.vector(), Some(14), "#PF");
+    // The frame: error code, RIP, CS, RFLAGS.
+    let frame_flags = d.u64_at(d.cpu.gpr[4] + 24);
+    assert_eq!(frame_flags & (CF | OF), CF | OF, "RFLAGS in the frame");
+}
+
 #[test]
 fn double_precision_shifts() {
     let d = run64(|a| {

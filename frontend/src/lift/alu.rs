@@ -454,24 +454,23 @@ impl Lift<'_> {
             self.b.konst(Ty::I64, 1)
         };
         let a64 = self.b.zext(Ty::I64, a);
+        if matches!(m, M::Rol | M::Ror) && self.next_overwrites & (CF | OF) == CF | OF {
+            // ROL and ROR change only CF and OF, and the next instruction sets both
+            // without reading them and cannot fault first: nobody sees them, and the
+            // whole RFLAGS the update starts from (a call out of generated code, where
+            // the flags are another block's) need not be computed. SHA-256's rounds
+            // are such rotations, each followed by an XOR or another rotation.
+            let r = self.rotated(m, a64, masked, ty);
+            let r = self.b.trunc(ty, r);
+            self.write_place(p, r);
+            return;
+        }
         let f = self.b.rflags();
         // RCL/RCR by a whole turn (the count mod w+1 is 0): whether OF stays as it was.
         let mut turn = None;
         let (r64, cf) = match m {
             M::Rol | M::Ror => {
-                let c = self.b.bin_imm(BinOp::And, masked, w - 1);
-                let inv = self.b.konst(Ty::I64, w);
-                let inv = self.b.bin(BinOp::Sub, inv, c);
-                let inv = self.b.bin_imm(BinOp::And, inv, w - 1);
-                let (first, second) = if m == M::Rol {
-                    (BinOp::Shl, BinOp::Shr)
-                } else {
-                    (BinOp::Shr, BinOp::Shl)
-                };
-                let x = self.b.bin(first, a64, c);
-                let y = self.b.bin(second, a64, inv);
-                let r = self.b.bin(BinOp::Or, x, y);
-                let r = self.b.bin_imm(BinOp::And, r, ty.mask());
+                let r = self.rotated(m, a64, masked, ty);
                 let cf = if m == M::Rol {
                     self.b.bin_imm(BinOp::And, r, 1)
                 } else {
@@ -556,6 +555,25 @@ impl Lift<'_> {
         let nf = self.b.select(keep, f, nf);
         self.write_place(p, out);
         self.put_eflags(nf);
+    }
+
+    /// `a64` (zero-extended from `ty`) rotated left (ROL) or right (ROR) by the masked
+    /// count `masked`, modulo the width; zero-extended.
+    fn rotated(&mut self, m: M, a64: Val, masked: Val, ty: Ty) -> Val {
+        let w = ty.bits() as u64;
+        let c = self.b.bin_imm(BinOp::And, masked, w - 1);
+        let inv = self.b.konst(Ty::I64, w);
+        let inv = self.b.bin(BinOp::Sub, inv, c);
+        let inv = self.b.bin_imm(BinOp::And, inv, w - 1);
+        let (first, second) = if m == M::Rol {
+            (BinOp::Shl, BinOp::Shr)
+        } else {
+            (BinOp::Shr, BinOp::Shl)
+        };
+        let x = self.b.bin(first, a64, c);
+        let y = self.b.bin(second, a64, inv);
+        let r = self.b.bin(BinOp::Or, x, y);
+        self.b.bin_imm(BinOp::And, r, ty.mask())
     }
 
     /// x mod k for small values (count mod 9 or 17), by repeated subtraction in IR-free

@@ -19,7 +19,7 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpK
 pub use builder::Builder;
 
 use crate::ir::*;
-use crate::state::UD_VECTOR;
+use crate::state::{ARITH_FLAGS, CF, OF, UD_VECTOR};
 use crate::vendor::Vendor;
 
 /// What the translation of a block depends on besides the bytes: the code-segment mode and
@@ -98,6 +98,11 @@ pub(crate) struct Lift<'a> {
     /// write): the store of a read-modify-write repeats its load's check, which the IR
     /// then need not make twice (IR within an instruction is straight-line).
     pub last_seg_check: Option<(usize, Val, u32, bool)>,
+    /// The arithmetic flags (RFLAGS bits) the block's next instruction sets without
+    /// reading them first and without a way to fault before it does
+    /// ([`flags_overwritten`]): this instruction's values of them are never seen. Looked
+    /// at only for the instructions that use it (0 otherwise).
+    pub next_overwrites: u64,
 }
 
 /// How the instruction left the block.
@@ -232,9 +237,38 @@ fn lift_block(
             }
             _ => None,
         };
+        // The next instruction, for one that changes only some flags (from the whole of
+        // RFLAGS) and whose flags the next may overwrite: looked at when it will be in
+        // this block (the checks below that end a block, with this instruction counted)
+        // and decodes.
+        let next_overwrites = match ins.mnemonic() {
+            Mnemonic::Rol
+            | Mnemonic::Ror
+            | Mnemonic::Bt
+            | Mnemonic::Bts
+            | Mnemonic::Btr
+            | Mnemonic::Btc
+            | Mnemonic::Bsf
+            | Mnemonic::Bsr
+            | Mnemonic::Mul
+            | Mnemonic::Imul
+                if follow.is_none() =>
+            {
+                let next = ins.next_ip() & ip_mask;
+                let in_block = count < max_insns
+                    && linear(next) / PAGE == start_page
+                    && last_byte / PAGE == start_page
+                    && !at_breakpoint(next);
+                match decode_at(src, next, linear(next), mode) {
+                    Ok(Some(j)) if in_block => flags_overwritten(&j),
+                    _ => 0,
+                }
+            }
+            _ => 0,
+        };
         let flow = match follow {
             Some(_) => Flow::Next,
-            None => lift_one(b, &ins, mode),
+            None => lift_one(b, &ins, mode, next_overwrites),
         };
         rip = follow.unwrap_or(ins.next_ip() & ip_mask);
         if flow == Flow::End {
@@ -325,7 +359,46 @@ fn decode_at(
     }
 }
 
-fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
+/// The arithmetic flags `j` sets without reading them, when it has no memory operand and
+/// no form of it can fault (no LOCK, which is #UD without memory): those it leaves to no
+/// one else. A shift or rotation by CL, or by an immediate that masks to 0, changes no
+/// flag when its count is 0, and sets none here.
+fn flags_overwritten(j: &Instruction) -> u64 {
+    let operands_ok = (0..j.op_count()).all(|n| {
+        matches!(
+            j.op_kind(n),
+            OpKind::Register
+                | OpKind::Immediate8
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate32to64
+        )
+    });
+    if !operands_ok || j.has_lock_prefix() {
+        return 0;
+    }
+    let counted = || {
+        let mask = if j.op0_register().size() == 8 { 63 } else { 31 };
+        j.op_count() == 2 && j.op1_kind() == OpKind::Immediate8 && j.immediate8() & mask != 0
+    };
+    match j.mnemonic() {
+        Mnemonic::Add
+        | Mnemonic::Sub
+        | Mnemonic::And
+        | Mnemonic::Or
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test
+        | Mnemonic::Neg => ARITH_FLAGS,
+        Mnemonic::Rol | Mnemonic::Ror if counted() => CF | OF,
+        _ => 0,
+    }
+}
+
+fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode, next_overwrites: u64) -> Flow {
     let start = b.insts.len();
     let mut l = Lift {
         b,
@@ -333,6 +406,7 @@ fn lift_one(b: &mut Builder, ins: &Instruction, mode: Mode) -> Flow {
         mode,
         failed: false,
         last_seg_check: None,
+        next_overwrites,
     };
     let flow = l
         .alu()

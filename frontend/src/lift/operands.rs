@@ -371,8 +371,14 @@ impl Lift<'_> {
         self.b.put(Loc::CcOp, op);
     }
 
-    /// RFLAGS with the bits in `mask` replaced by the 0/1 values given (each `(bit, v)`).
+    /// RFLAGS with the bits in `mask` replaced by the 0/1 values given (each `(bit, v)`);
+    /// nothing when the next instruction sets all of them without a chance to see them
+    /// ([`Lift::next_overwrites`]): the update starts from the whole of RFLAGS, which
+    /// costs a call out of generated code where the flags are another block's.
     pub fn update_flags(&mut self, mask: u64, bits: &[(u64, Val)]) {
+        if self.next_overwrites & mask == mask {
+            return;
+        }
         let cur = self.b.rflags();
         let mut f = self.b.bin_imm(BinOp::And, cur, !mask);
         for (bit, v) in bits {
