@@ -208,7 +208,7 @@ fn a_rotation_s_flags_are_kept_where_the_next_instruction_may_not_set_them() {
         a.ror(eax, 1)
     };
     type Next = fn(&mut CodeAssembler) -> Result<(), IcedError>;
-    let cases: [(&str, Next, u64); 6] = [
+    let cases: [(&str, Next, u64); 8] = [
         ("XOR after", |a| a.xor(ecx, ecx), ZF | PF),
         ("ROL by 1 after", |a| a.rol(ecx, 1), ZF | PF),
         (
@@ -219,6 +219,22 @@ fn a_rotation_s_flags_are_kept_where_the_next_instruction_may_not_set_them() {
         ("ROL by 0 after", |a| a.rol(ecx, 0), CF | OF | ZF | PF),
         ("ROL by CL = 0 after", |a| a.rol(edx, cl), CF | OF | ZF | PF),
         ("MOV after", |a| a.mov(ecx, 5), CF | OF | ZF | PF),
+        (
+            "MOV, then XOR after",
+            |a| {
+                a.mov(edx, ecx)?;
+                a.xor(ecx, 1)
+            },
+            0,
+        ),
+        (
+            "MOV, then MOV after",
+            |a| {
+                a.mov(edx, ecx)?;
+                a.mov(ecx, 1)
+            },
+            CF | OF | ZF | PF,
+        ),
     ];
     for (what, next, want) in cases {
         let d = run64(|a| {
@@ -229,13 +245,15 @@ fn a_rotation_s_flags_are_kept_where_the_next_instruction_may_not_set_them() {
         assert_eq!(d.cpu.gpr[0], 0x8000_0000, "{what}: EAX");
         assert_eq!(arith(&d) & (CF | OF | ZF | PF), want, "{what}: flags");
     }
-    // An XOR with memory after it may fault: the fault's frame has the rotation's flags.
+    // An XOR with memory after it (past a MOV) may fault: the fault's frame has the
+    // rotation's flags.
     let d = run(
         Mode::Long64,
         |cpu, mem| small_pages(cpu, mem, |i, e| if i == 0x11 { 0 } else { e }),
         |a| {
             a.mov(ebx, 0x1_1000)?;
             ror(a)?;
+            a.mov(edx, ecx)?;
             a.xor(ecx, dword_ptr(rbx))
         },
     );

@@ -254,14 +254,25 @@ fn lift_block(
             | Mnemonic::Imul
                 if follow.is_none() =>
             {
-                let next = ins.next_ip() & ip_mask;
-                let in_block = count < max_insns
-                    && linear(next) / PAGE == start_page
-                    && last_byte / PAGE == start_page
-                    && !at_breakpoint(next);
-                match decode_at(src, next, linear(next), mode) {
-                    Ok(Some(j)) if in_block => flags_overwritten(&j),
-                    _ => 0,
+                // Past instructions that neither touch the flags nor can fault, to the
+                // first that does either: MD5's rotations are followed by a MOV, then
+                // an ADD.
+                let (mut next, mut last, mut ahead) = (ins.next_ip() & ip_mask, last_byte, 0);
+                loop {
+                    let in_block = count + ahead < max_insns
+                        && linear(next) / PAGE == start_page
+                        && last / PAGE == start_page
+                        && !at_breakpoint(next);
+                    let j = match decode_at(src, next, linear(next), mode) {
+                        Ok(Some(j)) if in_block => j,
+                        _ => break 0,
+                    };
+                    if ahead == LOOK_AHEAD || !leaves_flags(&j) {
+                        break flags_overwritten(&j);
+                    }
+                    last = linear(next + j.len() as u64 - 1);
+                    next = j.next_ip() & ip_mask;
+                    ahead += 1;
                 }
             }
             _ => 0,
@@ -356,6 +367,43 @@ fn decode_at(
             }
             _ => return Ok(None),
         }
+    }
+}
+
+/// How many instructions that leave the flags alone ([`leaves_flags`]) the look for the
+/// next one that sets them passes.
+const LOOK_AHEAD: u32 = 3;
+
+/// Whether `j` neither reads nor writes the flags and cannot fault: a MOV (or MOVZX,
+/// MOVSX) between general registers or of an immediate, an LEA (which reads no memory),
+/// NOT, BSWAP. (A MOV to a segment or control register can fault.)
+fn leaves_flags(j: &Instruction) -> bool {
+    let registers = (0..j.op_count()).all(|n| match j.op_kind(n) {
+        OpKind::Register => j.op_register(n).is_gpr(),
+        k => matches!(
+            k,
+            OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate64
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64
+        ),
+    });
+    if j.has_lock_prefix() {
+        return false;
+    }
+    match j.mnemonic() {
+        Mnemonic::Lea => true,
+        Mnemonic::Mov
+        | Mnemonic::Movzx
+        | Mnemonic::Movsx
+        | Mnemonic::Movsxd
+        | Mnemonic::Not
+        | Mnemonic::Bswap => registers,
+        _ => false,
     }
 }
 
