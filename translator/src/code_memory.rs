@@ -22,20 +22,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// calls the block's function, which is in Cranelift's `tail` convention (Rust has no
 /// such ABI), in the host's C convention, and returns what the block (or the last block
 /// it chained into) returned.
-pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8, u64, u64) -> u64;
+pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8) -> u64;
 
-/// The signature of every compiled block: `(runtime, budget, insns) -> exit word`, in
-/// the `tail` convention, so that a block can end in a tail call of its successor. The
-/// CPU state's address is in Cranelift's pinned register (`get_pinned_reg`), which the
-/// entry trampoline sets, as QEMU keeps `env` in a fixed host register: the register
+/// The signature of every compiled block: `(runtime) -> exit word`, in the `tail`
+/// convention, so that a block can end in a tail call of its successor. The CPU state's
+/// address is in Cranelift's pinned register (`get_pinned_reg`), which the entry
+/// trampoline sets, as QEMU keeps `env` in a fixed host register: the register
 /// allocator never spills and reloads it. The blocks the run may still chain into and
-/// the instructions it completed so far go from block to block in registers, and are
-/// stored only where the run leaves generated code.
+/// the instructions it completed so far are in the runtime, which each exit updates in
+/// place (they had gone from block to block as two more parameters, which every block
+/// spilled to its stack frame on entry and reloaded at its exits).
 pub fn block_signature() -> Signature {
     let mut sig = Signature::new(CallConv::Tail);
-    for _ in 0..3 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
+    sig.params.push(AbiParam::new(types::I64));
     sig.returns.push(AbiParam::new(types::I64));
     sig
 }
@@ -101,7 +100,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
     let call_conv = module.isa().default_call_conv();
     let frontend = module.isa().frontend_config();
     ctx.func.signature = Signature::new(call_conv);
-    for _ in 0..5 {
+    for _ in 0..3 {
         ctx.func.signature.params.push(AbiParam::new(types::I64));
     }
     ctx.func.signature.returns.push(AbiParam::new(types::I64));
@@ -112,14 +111,14 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let (cpu, rt, code, budget, insns) = (p[0], p[1], p[2], p[3], p[4]);
+        let (cpu, rt, code) = (p[0], p[1], p[2]);
         let sig = b.import_signature(block_signature());
         // The pinned register is callee-saved in the host's C convention, and not
         // allocatable, so Cranelift saves it in no prologue: the caller's value is kept
         // here.
         let caller = b.ins().get_pinned_reg(types::I64);
         b.ins().set_pinned_reg(cpu);
-        let call = b.ins().call_indirect(sig, code, &[rt, budget, insns]);
+        let call = b.ins().call_indirect(sig, code, &[rt]);
         let r = b.inst_results(call)[0];
         b.ins().set_pinned_reg(caller);
         b.ins().return_(&[r]);
@@ -134,7 +133,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         .map_err(|e| e.to_string())?;
     module.finalize_definitions().map_err(|e| e.to_string())?;
     let code = module.get_finalized_function(id);
-    // SAFETY: the function was just compiled with this signature (five pointer-sized
+    // SAFETY: the function was just compiled with this signature (three pointer-sized
     // integer parameters, one i64 result) in the host's default calling convention, which
     // `extern "C"` is on the hosts Cranelift supports.
     Ok(unsafe { std::mem::transmute::<*const u8, Entry>(code) })

@@ -6,12 +6,13 @@
 //! interpreter's, by calls out of the generated code ("shims"). The CPU tests run on both
 //! tiers and compare the results.
 //!
-//! A block's function is `fn(rt: *mut Runtime, budget: u64, insns: u64) -> u64` in
-//! Cranelift's `tail` convention, with the `CpuState`'s address in the pinned register
-//! ([`crate::code_memory::block_signature`]). It writes RIP itself at every exit, counts
-//! the instructions it completed (and, on a fault, stores the faulting instruction's RIP
-//! and the exception), and either goes on into the next block with a tail call, passing
-//! the budget and count on, or stores them in the runtime and returns the exit's kind.
+//! A block's function is `fn(rt: *mut Runtime) -> u64` in Cranelift's `tail` convention,
+//! with the `CpuState`'s address in the pinned register
+//! ([`crate::code_memory::block_signature`]). It writes RIP itself at every exit, adds
+//! the instructions it completed to the run's count in the runtime (and, on a fault,
+//! stores the faulting instruction's RIP and the exception), and either goes on into the
+//! next block with a tail call, spending one from the run's budget there, or returns the
+//! exit's kind.
 //!
 //! Code memory is [`crate::code_memory`]'s, freed and refilled whole; each compiled block
 //! carries its epoch, so stale code is never entered. Only blocks that ran `hot` times are
@@ -81,15 +82,16 @@ pub struct Runtime<'a> {
     /// inline look-up of every load and store; a helper may change the privilege, so the
     /// helper shim sets it again.
     tlb: *const TlbEntry,
-    /// Guest instructions the run completed: generated code carries the count from block
-    /// to block in a register and stores it here where the run leaves it.
+    /// Guest instructions the run completed: each exit of generated code adds its block's
+    /// (a block that loops in its function carries the count in a host value from lap to
+    /// lap).
     insns: u64,
     /// The exception that ended the run ([`encode`]d), written by the shim that raised it
     /// or by the generated code of a `raise` or `trap_if`.
     fault: u64,
-    /// How many more blocks the run may chain into before it returns to the run loop: in
-    /// a register while generated code runs, stored here where it calls [`shim_chain`]
-    /// (which spends from it) or leaves.
+    /// How many more blocks the run may chain into before it returns to the run loop:
+    /// an exit that goes straight on spends one, as [`shim_chain`] does (a block that
+    /// loops in its function carries it in a host value from lap to lap).
     budget: u32,
     /// The code memory's epoch: a block compiled in another one is not chained into.
     epoch: u64,
@@ -361,15 +363,7 @@ impl Jit {
         // chains into was checked the same way by `shim_chain`, and stays cached (so its
         // helper table and chain slots live) until the run loop drops blocks, after the
         // run.
-        let r = unsafe {
-            entry(
-                cpu,
-                (&mut rt as *mut Runtime).cast::<u8>(),
-                c.code,
-                u64::from(*budget),
-                0,
-            )
-        };
+        let r = unsafe { entry(cpu, (&mut rt as *mut Runtime).cast::<u8>(), c.code) };
         self.chained += u64::from(*budget - rt.budget);
         self.insns += rt.insns;
         self.slow_accesses += rt.slow_accesses;
@@ -579,8 +573,6 @@ impl Source for Lowering {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let rt = b.block_params(entry)[0];
-        let budget = b.block_params(entry)[1];
-        let insns = b.block_params(entry)[2];
         let block_sig = b.import_signature(block_signature());
         let groups = access_groups::find(ir, &consts);
         let mut e = Emit {
@@ -603,7 +595,7 @@ impl Source for Lowering {
             segs: [None; 6],
             eflags_home: false,
             looped: None,
-            run: Run { budget, insns },
+            run: None,
             ask: None,
             group_probes: vec![None; groups.ranges.len()],
             groups,
@@ -672,9 +664,9 @@ struct Emit<'a, 'b> {
     /// The loop of a block that jumps to its own start, once its first such exit was
     /// emitted ([`Self::loop_back`]).
     looped: Option<Loop>,
-    /// The run's budget and instruction count as of the block's start (or the loop's
-    /// head).
-    run: Run,
+    /// In a block that loops in its function, the run's budget and instruction count as
+    /// of the lap's start, in host values; elsewhere they are in the runtime.
+    run: Option<Run>,
     /// The exits' shared path to [`shim_chain`], once an exit needs it.
     ask: Option<Block>,
     /// The block's memory accesses that share a TLB look-up.
@@ -684,9 +676,9 @@ struct Emit<'a, 'b> {
     group_probes: Vec<Option<(Value, Value)>>,
 }
 
-/// What a run carries from block to block in registers (the block signature's last two
-/// parameters): the blocks it may still chain into, and the guest instructions it
-/// completed before the block (or, in a loop, before the lap).
+/// What a run carries from lap to lap of a block that loops in its function, in host
+/// values: the blocks it may still chain into, and the guest instructions it completed
+/// before the lap.
 #[derive(Clone, Copy)]
 struct Run {
     budget: Value,
@@ -1022,15 +1014,25 @@ impl Emit<'_, '_> {
         self.gprs = [None; 16];
     }
 
-    /// Stores the run's budget and its count of completed instructions, with the block's
-    /// first `n` instructions (or the lap's) added, on a path that leaves generated code.
+    /// Adds the block's first `n` instructions (or the lap's) to the run's count in the
+    /// runtime, and in a loop stores the budget it holds there too, on a path that leaves
+    /// the block.
     fn count(&mut self, n: u64) {
-        let (rt, run) = (self.rt, self.run);
-        let insns = self.b.ins().iadd_imm_s(run.insns, n as i64);
-        self.b.ins().store(Self::flags(), insns, rt, RT_INSNS);
-        self.b
-            .ins()
-            .istore32(Self::flags(), run.budget, rt, RT_BUDGET);
+        let rt = self.rt;
+        let mem = Self::flags();
+        match self.run {
+            Some(run) => {
+                let insns = self.b.ins().iadd_imm_s(run.insns, n as i64);
+                self.b.ins().store(mem, insns, rt, RT_INSNS);
+                self.b.ins().istore32(mem, run.budget, rt, RT_BUDGET);
+            }
+            None if n == 0 => {}
+            None => {
+                let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
+                let insns = self.b.ins().iadd_imm_s(insns, n as i64);
+                self.b.ins().store(mem, insns, rt, RT_INSNS);
+            }
+        }
     }
 
     /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
@@ -1077,8 +1079,7 @@ impl Emit<'_, '_> {
         }
         self.store_flags();
         self.store_gprs();
-        let n = self.p.locate(at).0;
-        let insns = self.b.ins().iadd_imm_s(self.run.insns, n as i64);
+        self.count(self.p.locate(at).0);
         let rt = self.rt;
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
@@ -1108,8 +1109,9 @@ impl Emit<'_, '_> {
         let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
         // Goes straight on when all of these are 0, tested with one branch: the stamps
         // differ, the slot is another address's, the budget is spent (its decrement,
-        // which the call passes on, wraps to a negative number).
-        let budget = self.b.ins().iadd_imm_s(self.run.budget, -1);
+        // stored when the exit goes straight on, wraps to a negative number).
+        let budget = self.b.ins().uload32(flags, rt, RT_BUDGET);
+        let budget = self.b.ins().iadd_imm_s(budget, -1);
         let mut fail = self.b.ins().bxor(checked, stamp);
         if let Some(target) = target {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
@@ -1120,13 +1122,13 @@ impl Emit<'_, '_> {
         let fail = self.b.ins().bor(fail, spent);
         let straight = self.b.create_block();
         let ask = self.ask_block();
-        let args = [slot, insns, self.run.budget].map(BlockArg::Value);
-        self.b.ins().brif(fail, ask, &args, straight, &[]);
+        self.b.ins().brif(fail, ask, &[slot.into()], straight, &[]);
         self.b.switch_to_block(straight);
+        self.b.ins().istore32(flags, budget, rt, RT_BUDGET);
         let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[rt, budget, insns]);
+            .return_call_indirect(self.block_sig, code, &[rt]);
     }
 
     /// The block every exit goes to when it cannot chain straight on: one per function,
@@ -1138,37 +1140,32 @@ impl Emit<'_, '_> {
             return b;
         }
         let b = self.b.create_block();
-        for _ in 0..3 {
-            self.b.append_block_param(b, types::I64);
-        }
+        self.b.append_block_param(b, types::I64);
         self.b.set_cold_block(b);
         self.ask = Some(b);
         b
     }
 
-    /// The exits' shared path when they cannot chain straight on (parameters: the exit's
-    /// chain slot, the run's instruction count with the block's, the run's budget): asks
-    /// [`shim_chain`], which spends from the budget in the runtime and may end the run.
+    /// The exits' shared path when they cannot chain straight on (parameter: the exit's
+    /// chain slot; the run's count and budget are in the runtime): asks [`shim_chain`],
+    /// which spends from the budget there and may end the run.
     fn emit_ask(&mut self) {
         let Some(ask) = self.ask else {
             return;
         };
         self.b.switch_to_block(ask);
-        let &[slot, insns, budget] = self.b.block_params(ask) else {
-            unreachable!("the ask block has three parameters");
+        let &[slot] = self.b.block_params(ask) else {
+            unreachable!("the ask block has one parameter");
         };
-        let (rt, flags) = (self.rt, Self::flags());
-        self.b.ins().store(flags, insns, rt, RT_INSNS);
-        self.b.ins().istore32(flags, budget, rt, RT_BUDGET);
+        let rt = self.rt;
         let code = self.call(Shim::Chain, &[slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
         self.b.ins().brif(code, chain, &[], back, &[]);
         self.b.switch_to_block(chain);
-        let budget = self.b.ins().uload32(flags, rt, RT_BUDGET);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[rt, budget, insns]);
+            .return_call_indirect(self.block_sig, code, &[rt]);
         self.b.switch_to_block(back);
         let kind = self.b.ins().iconst(types::I64, KIND_NEXT as i64);
         self.b.ins().return_(&[kind]);
@@ -1181,10 +1178,9 @@ impl Emit<'_, '_> {
     /// breakpoint set: the block is still what runs there), and the budget lasts, which
     /// going round spends as a chain does. Otherwise the exit goes on as any other.
     fn loop_back(&mut self, at: usize) {
-        let Some(l) = &self.looped else {
+        let (Some(l), Some(run)) = (&self.looped, self.run) else {
             return;
         };
-        let run = self.run;
         let (head, regs, stored) = (l.head, l.regs, l.stored);
         let rt = self.rt;
         let mem = Self::flags();
@@ -1292,10 +1288,11 @@ impl Emit<'_, '_> {
                 self.b.append_block_param(head, types::I64);
             }
         }
-        args.extend([
-            BlockArg::Value(self.run.budget),
-            BlockArg::Value(self.run.insns),
-        ]);
+        // The run's budget and count go round in host values, from the runtime's.
+        let rt = self.rt;
+        let budget = self.b.ins().uload32(mem, rt, RT_BUDGET);
+        let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
+        args.extend([BlockArg::Value(budget), BlockArg::Value(insns)]);
         self.b.append_block_param(head, types::I64);
         self.b.append_block_param(head, types::I64);
         self.b.ins().jump(head, &args);
@@ -1310,7 +1307,7 @@ impl Emit<'_, '_> {
             });
         }
         if let (Some(budget), Some(insns)) = (params.next(), params.next()) {
-            self.run = Run { budget, insns };
+            self.run = Some(Run { budget, insns });
         }
         self.looped = Some(Loop { head, regs, stored });
     }
