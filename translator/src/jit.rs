@@ -597,6 +597,7 @@ impl Source for Lowering {
             looped: None,
             run: None,
             ask: None,
+            exits: Vec::new(),
             group_probes: vec![None; groups.ranges.len()],
             groups,
         };
@@ -669,6 +670,8 @@ struct Emit<'a, 'b> {
     run: Option<Run>,
     /// The exits' shared path to [`shim_chain`], once an exit needs it.
     ask: Option<Block>,
+    /// The function's returns to the run loop, one per kind ([`Self::exit`]).
+    exits: Vec<(u64, Block)>,
     /// The block's memory accesses that share a TLB look-up.
     groups: access_groups::Groups,
     /// Per group, whether its look-up hit and the page's addend, once its first access
@@ -1041,8 +1044,33 @@ impl Emit<'_, '_> {
         self.store_flags();
         self.store_gprs();
         self.count(self.p.locate(at).0);
-        let code = self.b.ins().iconst(types::I64, kind as i64);
-        self.b.ins().return_(&[code]);
+        self.exit(kind);
+    }
+
+    /// Returns `kind` to the run loop, through the function's one return of it
+    /// ([`Self::emit_exits`]): a constant returned from many cold paths had been one
+    /// value, placed where all of them start (in a loop, its lap) and kept in a register
+    /// or a stack slot across the hot path.
+    fn exit(&mut self, kind: u64) {
+        let b = match self.exits.iter().find(|(k, _)| *k == kind) {
+            Some(&(_, b)) => b,
+            None => {
+                let b = self.b.create_block();
+                self.b.set_cold_block(b);
+                self.exits.push((kind, b));
+                b
+            }
+        };
+        self.b.ins().jump(b, &[]);
+    }
+
+    /// The returns [`Self::exit`] jumps to, after the block's code.
+    fn emit_exits(&mut self) {
+        for (kind, b) in std::mem::take(&mut self.exits) {
+            self.b.switch_to_block(b);
+            let code = self.b.ins().iconst(types::I64, kind as i64);
+            self.b.ins().return_(&[code]);
+        }
     }
 
     /// Ends the run with a fault at op `at`: RIP at its instruction, the instructions
@@ -1061,8 +1089,7 @@ impl Emit<'_, '_> {
             let rt = self.rt;
             self.b.ins().store(Self::flags(), w, rt, RT_FAULT);
         }
-        let code = self.b.ins().iconst(types::I64, KIND_FAULT as i64);
-        self.b.ins().return_(&[code]);
+        self.exit(KIND_FAULT);
     }
 
     /// Leaves the block for the next one after op `at` (RIP is written): a tail call of
@@ -1167,8 +1194,7 @@ impl Emit<'_, '_> {
             .ins()
             .return_call_indirect(self.block_sig, code, &[rt]);
         self.b.switch_to_block(back);
-        let kind = self.b.ins().iconst(types::I64, KIND_NEXT as i64);
-        self.b.ins().return_(&[kind]);
+        self.exit(KIND_NEXT);
     }
 
     /// At an exit to the block's own start (op `at`): goes round again inside the
@@ -1516,6 +1542,7 @@ impl Emit<'_, '_> {
         self.enter_loop();
         self.ops();
         self.emit_ask();
+        self.emit_exits();
     }
 
     fn ops(&mut self) {
