@@ -145,33 +145,17 @@ fn decode_lift(c: &mut Criterion) {
         mode64: true,
         vendor: gantry_frontend::vendor::Vendor::Intel,
     };
-    let n = lift::translate(
-        &mut CodeBytes {
+    let lift = || {
+        let mut src = CodeBytes {
             at: 0x1000,
             bytes: &code,
-        },
-        0x1000,
-        0,
-        mode,
-    )
-    .expect("lift")
-    .guest_insns;
+        };
+        lift::translate(&mut src, 0x1000, 0, mode).expect("lift")
+    };
+    let n = lift().guest_insns;
     let mut g = c.benchmark_group("lifter");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("decode_and_lift_block", |b| {
-        b.iter(|| {
-            lift::translate(
-                &mut CodeBytes {
-                    at: 0x1000,
-                    bytes: &code,
-                },
-                0x1000,
-                0,
-                mode,
-            )
-            .expect("lift")
-        })
-    });
+    g.bench_function("decode_and_lift_block", |b| b.iter(lift));
     g.finish();
 }
 

@@ -71,32 +71,39 @@ fn rewritten_successor(indirect: bool) {
 /// after the store's instruction and the rest is translated anew.
 #[test]
 fn a_store_into_a_later_instruction_of_the_running_block_takes_effect_at_once() {
-    const AT: u64 = CODE + 0x2000;
     for mode in [Mode::Protected32, Mode::Long64] {
-        // mov byte [imm], 2 (absolute: SIB form in 64-bit code); mov eax, 1; ret.
-        let store: &[u8] = match mode {
-            Mode::Long64 => &[0xC6, 0x04, 0x25],
-            _ => &[0xC6, 0x05],
-        };
-        let imm = AT + store.len() as u64 + 5 + 1;
-        let mut sub = store.to_vec();
-        sub.extend_from_slice(&(imm as u32).to_le_bytes());
-        sub.push(2);
-        sub.extend_from_slice(&[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3]);
-        let d = run(
-            mode,
-            |_, mem| mem.write(AT, &sub).unwrap(),
-            |a| {
-                a.call(AT)?;
-                a.nop()
-            },
-        );
+        // mov byte [imm], 2: EAX 2.
+        let d = run_rewriting_sub(mode, [0xC6, 0x04, 0x25], [0xC6, 0x05], 2);
         assert_eq!(d.vector(), None, "{mode:?}");
         assert_eq!(
             d.cpu.gpr[0], 2,
             "{mode:?}: EAX from the rewritten instruction"
         );
     }
+}
+
+/// Calls a subroutine at `AT`: an instruction on the byte immediate of the `mov eax, 1`
+/// after it (opcode bytes `op64` or `op32`, then the absolute address, in the SIB form in
+/// 64-bit code, then `imm`); the `mov eax, 1`; `ret`.
+fn run_rewriting_sub(mode: Mode, op64: [u8; 3], op32: [u8; 2], imm: u8) -> Done {
+    const AT: u64 = CODE + 0x2000;
+    let op: &[u8] = match mode {
+        Mode::Long64 => &op64,
+        _ => &op32,
+    };
+    let target = AT + op.len() as u64 + 5 + 1;
+    let mut sub = op.to_vec();
+    sub.extend_from_slice(&(target as u32).to_le_bytes());
+    sub.push(imm);
+    sub.extend_from_slice(&[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3]);
+    run(
+        mode,
+        |_, mem| mem.write(AT, &sub).unwrap(),
+        |a| {
+            a.call(AT)?;
+            a.nop()
+        },
+    )
 }
 
 /// An instruction whose store would write the running block's own later code runs again
@@ -107,24 +114,8 @@ fn a_store_into_a_later_instruction_of_the_running_block_takes_effect_at_once() 
 fn an_instruction_that_rewrites_its_own_block_runs_once() {
     const AT: u64 = CODE + 0x2000;
     for mode in [Mode::Protected32, Mode::Long64] {
-        // add byte [imm], 5 (absolute); mov eax, 1; ret: EAX 6.
-        let add: &[u8] = match mode {
-            Mode::Long64 => &[0x80, 0x04, 0x25],
-            _ => &[0x80, 0x05],
-        };
-        let imm = AT + add.len() as u64 + 5 + 1;
-        let mut sub = add.to_vec();
-        sub.extend_from_slice(&(imm as u32).to_le_bytes());
-        sub.push(5);
-        sub.extend_from_slice(&[0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3]);
-        let d = run(
-            mode,
-            |_, mem| mem.write(AT, &sub).unwrap(),
-            |a| {
-                a.call(AT)?;
-                a.nop()
-            },
-        );
+        // add byte [imm], 5: EAX 6.
+        let d = run_rewriting_sub(mode, [0x80, 0x04, 0x25], [0x80, 0x05], 5);
         assert_eq!(d.vector(), None, "{mode:?}");
         assert_eq!(
             d.cpu.gpr[0], 6,

@@ -27,6 +27,14 @@ pub struct Ctx<'a> {
     pub chain: Option<super::chain::Chain<'a>>,
 }
 
+/// Where a write goes in physical memory: one page, or the first page's address, the
+/// bytes that fall in it, and the next page's.
+#[derive(Clone, Copy)]
+enum WritePages {
+    One(u64),
+    Two(u64, u8, u64),
+}
+
 /// The linear address of the part of an access past the end of its first page, `first`
 /// bytes on: outside 64-bit mode linear addresses are 32 bits, so an access that runs past
 /// 4 GiB (in a 4 GiB segment, where the CPU model lets it) goes on at 0.
@@ -141,27 +149,19 @@ impl Ctx<'_> {
             h.store(bytes, value);
             return Ok(true);
         }
-        let off = linear & 0xFFF;
-        let first = (0x1000 - off).min(u64::from(bytes)) as u8;
-        let p1 = self
-            .mmu
-            .translate(cpu, self.mem, linear, Access::Write, privilege)?;
-        let mut code = self.writes_code(p1, first);
-        if first < bytes {
-            let p2 = self.mmu.translate(
-                cpu,
-                self.mem,
-                second_page(cpu, linear, first),
-                Access::Write,
-                privilege,
-            )?;
-            code |= self.writes_code(p2, bytes - first);
-        }
+        let pages = self.write_pages(cpu, linear, bytes, privilege)?;
+        let code = match pages {
+            WritePages::One(p) => self.writes_code(p, bytes),
+            WritePages::Two(p1, first, p2) => {
+                self.writes_code(p1, first) || self.writes_code(p2, bytes - first)
+            }
+        };
         if code {
             return Ok(false);
         }
-        self.write_slow(cpu, linear, bytes, value, privilege)
-            .map(|()| true)
+        self.traps.check(linear, bytes, true);
+        self.write_phys(pages, bytes, value);
+        Ok(true)
     }
 
     /// Whether a write of `bytes` at `phys` (within one page) would touch translated code:
@@ -189,20 +189,28 @@ impl Ctx<'_> {
         privilege: Privilege,
     ) -> Result<(), Exception> {
         self.traps.check(linear, bytes, true);
+        let pages = self.write_pages(cpu, linear, bytes, privilege)?;
+        self.write_phys(pages, bytes, value);
+        Ok(())
+    }
+
+    /// The physical pages a write of `bytes` at `linear` goes to, translated for writing,
+    /// the first page first.
+    fn write_pages(
+        &mut self,
+        cpu: &mut CpuState,
+        linear: u64,
+        bytes: u8,
+        privilege: Privilege,
+    ) -> Result<WritePages, Exception> {
         let off = linear & 0xFFF;
-        if off + bytes as u64 <= 0x1000 {
-            let p = self
-                .mmu
-                .translate(cpu, self.mem, linear, Access::Write, privilege)?;
-            if self.mmu.phys_write(self.mem, self.board, p, bytes, value) {
-                self.dirty_code.push((p, bytes.into()));
-            }
-            return Ok(());
-        }
-        let first = (0x1000 - off) as u8;
         let p1 = self
             .mmu
             .translate(cpu, self.mem, linear, Access::Write, privilege)?;
+        if off + u64::from(bytes) <= 0x1000 {
+            return Ok(WritePages::One(p1));
+        }
+        let first = (0x1000 - off) as u8;
         let p2 = self.mmu.translate(
             cpu,
             self.mem,
@@ -210,20 +218,34 @@ impl Ctx<'_> {
             Access::Write,
             privilege,
         )?;
-        for i in 0..bytes {
-            let p = if i < first {
-                p1 + i as u64
-            } else {
-                p2 + (i - first) as u64
-            };
-            if self
-                .mmu
-                .phys_write(self.mem, self.board, p, 1, value >> (8 * i))
-            {
-                self.dirty_code.push((p, 1));
+        Ok(WritePages::Two(p1, first, p2))
+    }
+
+    /// Writes `bytes` of `value` (little-endian) to `pages`, noting what it wrote of
+    /// translated code.
+    fn write_phys(&mut self, pages: WritePages, bytes: u8, value: u64) {
+        match pages {
+            WritePages::One(p) => {
+                if self.mmu.phys_write(self.mem, self.board, p, bytes, value) {
+                    self.dirty_code.push((p, bytes.into()));
+                }
+            }
+            WritePages::Two(p1, first, p2) => {
+                for i in 0..bytes {
+                    let p = if i < first {
+                        p1 + i as u64
+                    } else {
+                        p2 + (i - first) as u64
+                    };
+                    if self
+                        .mmu
+                        .phys_write(self.mem, self.board, p, 1, value >> (8 * i))
+                    {
+                        self.dirty_code.push((p, 1));
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     /// Translates every page of a `len`-byte write at `linear`, lowest first, without
