@@ -139,12 +139,7 @@ fn decode_lift(c: &mut Criterion) {
     }
     a.ret().expect("asm");
     let code = a.assemble(0x1000).expect("asm");
-    let mode = Mode {
-        code_bits: 64,
-        stack_bits: 64,
-        mode64: true,
-        vendor: gantry_frontend::vendor::Vendor::Intel,
-    };
+    let mode = Mode::long64(gantry_frontend::vendor::Vendor::Intel);
     let lift = || {
         let mut src = CodeBytes {
             at: 0x1000,

@@ -395,12 +395,7 @@ mod tests {
     /// of every kind the parser takes (arithmetic with flags, shifts, memory, branches).
     #[test]
     fn printed_blocks_parse_back() {
-        let mode = Mode {
-            code_bits: 64,
-            stack_bits: 64,
-            mode64: true,
-            vendor: Vendor::Intel,
-        };
+        let mode = Mode::long64(Vendor::Intel);
         for code in [
             &[0x48, 0x01, 0xC8][..],               // add rax, rcx
             &[0x48, 0xD3, 0xE0, 0x0F, 0x94, 0xC0], // shl rax, cl; sete al

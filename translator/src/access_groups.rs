@@ -153,12 +153,7 @@ mod tests {
     /// The groups of 64-bit `code` lifted as one block, as (the accesses' ranks among
     /// the block's accesses, the group's range) per group.
     fn groups_of(code: &[u8]) -> Vec<(Vec<usize>, Range)> {
-        let mode = Mode {
-            code_bits: 64,
-            stack_bits: 64,
-            mode64: true,
-            vendor: Vendor::Intel,
-        };
+        let mode = Mode::long64(Vendor::Intel);
         let block = lift::translate(
             &mut CodeBytes {
                 at: 0x1000,

@@ -228,12 +228,7 @@ mod tests {
     use gantry_frontend::vendor::Vendor;
 
     fn mode() -> Mode {
-        Mode {
-            code_bits: 64,
-            stack_bits: 64,
-            mode64: true,
-            vendor: Vendor::Intel,
-        }
+        Mode::long64(Vendor::Intel)
     }
 
     #[test]

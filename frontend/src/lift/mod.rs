@@ -36,6 +36,18 @@ pub struct Mode {
     pub vendor: Vendor,
 }
 
+impl Mode {
+    /// 64-bit mode on `vendor`'s model.
+    pub const fn long64(vendor: Vendor) -> Self {
+        Self {
+            code_bits: 64,
+            stack_bits: 64,
+            mode64: true,
+            vendor,
+        }
+    }
+}
+
 /// An x86 exception raised while translating (a fault fetching code, or #UD).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchFault {

@@ -120,13 +120,30 @@ impl Ctx<'_> {
         value: u64,
         privilege: Privilege,
     ) -> Result<(), Exception> {
+        if self.write_hit(cpu, linear, bytes, value, privilege) {
+            return Ok(());
+        }
+        self.write_slow(cpu, linear, bytes, value, privilege)
+    }
+
+    /// Writes to host memory on a TLB hit (never a page with translated code, which the
+    /// TLB flags); whether it did.
+    #[inline]
+    fn write_hit(
+        &mut self,
+        cpu: &CpuState,
+        linear: u64,
+        bytes: u8,
+        value: u64,
+        privilege: Privilege,
+    ) -> bool {
         let idx = Mmu::index(cpu, privilege);
         match self.mmu.tlb.lookup(idx, linear, bytes, Access::Write) {
             Lookup::Host(h) => {
                 h.store(bytes, value);
-                Ok(())
+                true
             }
-            _ => self.write_slow(cpu, linear, bytes, value, privilege),
+            _ => false,
         }
     }
 
@@ -143,10 +160,7 @@ impl Ctx<'_> {
         value: u64,
         privilege: Privilege,
     ) -> Result<bool, Exception> {
-        let idx = Mmu::index(cpu, privilege);
-        if let Lookup::Host(h) = self.mmu.tlb.lookup(idx, linear, bytes, Access::Write) {
-            // A page with translated code is flagged in the TLB: never a hit.
-            h.store(bytes, value);
+        if self.write_hit(cpu, linear, bytes, value, privilege) {
             return Ok(true);
         }
         let pages = self.write_pages(cpu, linear, bytes, privilege)?;
