@@ -541,3 +541,84 @@ fn a_block_across_a_page_boundary_sees_its_second_page_remapped() {
     let new = 0x0503_0201;
     assert_eq!(results(&d), [old, old, new, new, new]);
 }
+
+/// A user page at `V` whose code jumps to a supervisor page after it, with the ring-3
+/// segments and a 64-bit TSS (ring 0's stack at `RSP0`) an exception from ring 3 needs.
+const RSP0: u64 = 0x1_F000;
+const TSS64: u64 = 0x7000;
+const USER_CS: u64 = 0x28 | 3;
+const USER_SS: u64 = 0x30 | 3;
+
+fn user_page_jumping_to_a_supervisor_page(
+    cpu: &mut gantry_frontend::state::CpuState,
+    mem: &mut gantry_machine::memory::GuestMemory,
+) {
+    use gantry_machine::layout::{BOOT_GDT, BOOT_PD, BOOT_PDPT, BOOT_PML4};
+    let assemble = |at: u64, f: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+        let mut a = CodeAssembler::new(64).unwrap();
+        f(&mut a).unwrap();
+        a.assemble(at).unwrap()
+    };
+    let user = assemble(V, &|a| {
+        a.mov(eax, 1)?;
+        a.jmp(V + 0x1000)
+    });
+    let kernel = assemble(V + 0x1000, &|a| {
+        a.add(eax, 1)?;
+        a.ret()
+    });
+    mem.write(ONE, &user).unwrap();
+    mem.write(TWO, &kernel).unwrap();
+    mem.zero(PT, 0x1000).unwrap();
+    mem.write_u64(PT, ONE | 7).unwrap();
+    mem.write_u64(PT + 8, TWO | 3).unwrap();
+    mem.write_u64(BOOT_PD + 3 * 8, PT | 7).unwrap();
+    // User access needs the U bit at every level above the page too.
+    for table in [BOOT_PML4, BOOT_PDPT] {
+        let e = mem.read_u64(table).unwrap();
+        mem.write_u64(table, e | 4).unwrap();
+    }
+    // Ring-3 64-bit code and data, and an available 64-bit TSS.
+    mem.write_u64(BOOT_GDT + 0x28, 0x00AF_FB00_0000_FFFF)
+        .unwrap();
+    mem.write_u64(BOOT_GDT + 0x30, 0x00CF_F300_0000_FFFF)
+        .unwrap();
+    let tss = 0x67 | (TSS64 & 0xFF_FFFF) << 16 | 0x89u64 << 40;
+    mem.write_u64(BOOT_GDT + 0x38, tss).unwrap();
+    mem.write_u64(BOOT_GDT + 0x40, 0).unwrap();
+    cpu.gdtr.limit = 0x47;
+    mem.zero(TSS64, 0x68).unwrap();
+    mem.write_u64(TSS64 + 4, RSP0).unwrap();
+    cpu.tr = gantry_frontend::state::Segment {
+        base: TSS64,
+        limit: 0x67,
+        selector: 0x38,
+        attr: 0x8B,
+    };
+}
+
+/// A block run in ring 0 and then in ring 3 at the same address: its direct exit into a
+/// supervisor page, chained in ring 0, raises #PF in ring 3 rather than going on into
+/// the ring-0 code through the link ring 0 made.
+#[test]
+fn a_link_made_in_ring_0_is_not_followed_in_ring_3() {
+    let d = run(Mode::Long64, user_page_jumping_to_a_supervisor_page, |a| {
+        let mut top = a.create_label();
+        a.xor(ecx, ecx)?;
+        a.set_label(&mut top)?;
+        call_code_page(a)?;
+        a.inc(ecx)?;
+        a.cmp(ecx, 3)?;
+        a.jne(top)?;
+        a.push(USER_SS as i32)?;
+        a.push(0x1_8000i32)?;
+        a.push(2i32)?;
+        a.push(USER_CS as i32)?;
+        a.mov(rax, V)?;
+        a.push(rax)?;
+        a.iretq()
+    });
+    assert_eq!(results(&d)[..3], [2, 2, 2], "ring 0's calls");
+    assert_eq!(d.vector(), Some(14), "#PF");
+    assert_eq!(d.cpu.cr2, V + 0x1000, "at the supervisor page");
+}

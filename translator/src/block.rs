@@ -4,6 +4,7 @@
 //! neither tier's module depends on the other's for it.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use gantry_frontend::ir::*;
 
@@ -138,9 +139,13 @@ pub struct Compiled {
     #[expect(dead_code, reason = "read by generated code, through addresses")]
     pub(crate) helpers: Box<[Helper]>,
     /// One for each exit to a constant address, in the order of the ops; like the
-    /// helpers, reached only through the addresses the generated code holds.
+    /// helpers, reached through the addresses the generated code holds (and by
+    /// [`crate::links`], which empties them).
     #[expect(dead_code, reason = "read by generated code, through addresses")]
-    pub(crate) slots: Box<[ChainSlot]>,
+    pub(crate) slots: Rc<[ChainSlot]>,
+    /// The number of the lookup context its slots were filled in, 0 before any
+    /// ([`crate::links::Links::enter`]).
+    pub(crate) linked: Cell<u16>,
     /// The code memory it lives in: stale once that was freed.
     pub(crate) epoch: u64,
 }
@@ -149,7 +154,7 @@ pub struct Compiled {
 /// exist before its code does (the function holds their addresses already).
 pub(crate) struct Pending {
     pub(crate) helpers: Box<[Helper]>,
-    pub(crate) slots: Box<[ChainSlot]>,
+    pub(crate) slots: Rc<[ChainSlot]>,
     pub(crate) epoch: u64,
     /// The guest address the block starts at (for the perf map).
     pub(crate) rip: u64,
@@ -158,16 +163,23 @@ pub(crate) struct Pending {
 }
 
 /// Where an exit keeps the code of the block it found at `rip`, so that the next time
-/// it goes there directly: `code` holds while the run's `Runtime::checked` equals
-/// `stamp` (the chain epoch and the lookup's context the slot was filled under, as
-/// one word; 0: empty). Generated code reads it; [`crate::jit`]'s chaining shim fills it.
-/// (An exit to a constant address has a slot of its own and need not compare `rip`.)
+/// it goes there directly: `code`, 0 while the slot is empty. An exit to a constant
+/// address has a slot of its own, which holds for every run that reaches it
+/// ([`crate::links`] empties it when it may not); an entry of the table of indirect
+/// targets holds only for `rip` and the context numbered `stamp`, which the exit compares.
+/// Generated code reads it; [`crate::jit`]'s chaining shim fills it.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct ChainSlot {
     pub(crate) code: Cell<u64>,
     pub(crate) stamp: Cell<u64>,
     pub(crate) rip: Cell<u64>,
+}
+
+impl ChainSlot {
+    pub(crate) fn empty(&self) {
+        self.code.set(0);
+    }
 }
 
 #[derive(Default)]

@@ -66,6 +66,16 @@ pub struct Found {
     pub context: Option<u64>,
 }
 
+/// Where a run that may chain begins ([`crate::Host::chain_start`]): what the lookup of
+/// its first block held under, and whether that block's exits may go straight on into
+/// linked blocks, or must ask the host at the first boundary (an interrupt shadow ends
+/// there, say).
+pub struct Start {
+    pub chain_epoch: u64,
+    pub context: Option<u64>,
+    pub straight: bool,
+}
+
 const JUMP_CACHE: usize = 16384;
 
 pub struct CodeCache {

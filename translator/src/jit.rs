@@ -27,6 +27,8 @@ use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::{CallConv, TargetIsa};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use gantry_frontend::flags::{self, CcKind, CcOp, Cond, FastCond};
@@ -39,6 +41,7 @@ use crate::block::{ChainSlot, Compiled, Ir, Pending, Prepared, State};
 use crate::code_memory::{block_signature, CodeMemory};
 use crate::compiler::{Background, Compiler, Outcome, Source};
 use crate::interp::Interp;
+use crate::links::{Links, INDIRECT_TARGETS};
 use crate::tlb::{self, Access, TlbEntry, PAGE_MASK, PAGE_SHIFT, TLB_SIZE};
 use crate::{BlockEnd, Exception, Host};
 
@@ -93,17 +96,19 @@ pub struct Runtime<'a> {
     /// an exit that goes straight on spends one, as [`shim_chain`] does (a block that
     /// loops in its function carries it in a host value from lap to lap).
     budget: u32,
+    /// Not 0 when the next block boundary must ask the host ([`shim_chain`]): since the
+    /// last one that did, the host was called (and may have raised an interrupt, flushed
+    /// the TLB, written code, changed the mode...), or the run began where the run loop
+    /// has work at the first boundary. Beside the budget, so that an exit loads both as
+    /// one word ([`Emit::next`]).
+    ask: u32,
     /// The code memory's epoch: a block compiled in another one is not chained into.
     epoch: u64,
-    /// While the last block boundary passed the host's checks ([`Host::next_block`]) and
-    /// no call into the host came since, what that lookup held under, as one word: the
-    /// code cache's chain epoch and the lookup's context ([`crate::cache::JumpKey::context`],
-    /// which the CPU is still in), numbered by [`stamp`]. A chain slot filled under
-    /// the same stamp may then be followed without asking the host again. [`UNCHECKED`]
-    /// otherwise.
-    checked: u64,
-    /// The contexts numbered so far ([`stamp`]).
-    contexts: &'a mut Vec<u64>,
+    /// The number of the lookup context the running block was entered in
+    /// ([`Links::enter`]; 0: none), which the run stays in while it does not ask.
+    ctx: u64,
+    /// The chain links and what they assumed.
+    links: &'a mut Links,
     /// Calls of the load and store shims.
     slow_accesses: u64,
     /// Set by a store that would have written translated code
@@ -112,9 +117,6 @@ pub struct Runtime<'a> {
     retry: bool,
     host: &'a mut dyn Host,
 }
-
-/// `Runtime::checked` when the next boundary must ask the host: matches no slot.
-const UNCHECKED: u64 = u64::MAX;
 
 const RT_VALUE: i32 = std::mem::offset_of!(Runtime, value) as i32;
 const RT_RET: usize = std::mem::offset_of!(Runtime, ret);
@@ -126,15 +128,14 @@ const RT_TLB: i32 = std::mem::offset_of!(Runtime, tlb) as i32;
 const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
 const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
 const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
-const RT_CHECKED: i32 = std::mem::offset_of!(Runtime, checked) as i32;
+const RT_ASK: i32 = std::mem::offset_of!(Runtime, ask) as i32;
+const RT_CTX: i32 = std::mem::offset_of!(Runtime, ctx) as i32;
+// An exit reads the budget and `ask` as one little-endian word, the budget its low half.
+const _: () =
+    assert!(RT_BUDGET % 8 == 0 && RT_ASK == RT_BUDGET + 4 && cfg!(target_endian = "little"));
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
 const SLOT_STAMP: i32 = std::mem::offset_of!(ChainSlot, stamp) as i32;
 const SLOT_RIP: i32 = std::mem::offset_of!(ChainSlot, rip) as i32;
-
-/// Entries of the table through which exits to computed addresses (RET, indirect jumps
-/// and calls, IRET) chain: direct-mapped by address, each a chain slot that also holds
-/// the address it is for.
-const INDIRECT_TARGETS: usize = 4096;
 
 /// An exception as one word, for generated code to store: vector, a bit for an error
 /// code, and the code in the high half.
@@ -151,12 +152,6 @@ fn decode(w: u64) -> Exception {
 
 /// The table of a host without a TLB: every look-up misses.
 static NO_TLB: [TlbEntry; TLB_SIZE] = [tlb::EMPTY; TLB_SIZE];
-
-fn empty_targets() -> Box<[ChainSlot]> {
-    (0..INDIRECT_TARGETS)
-        .map(|_| ChainSlot::default())
-        .collect()
-}
 
 fn data_tlb(host: &mut dyn Host, cpu: &CpuState) -> *const TlbEntry {
     host.data_tlb(cpu).unwrap_or(NO_TLB.as_ptr())
@@ -188,16 +183,14 @@ pub struct Jit {
     /// Time the vCPU's thread spent compiling: lowering to Cranelift and installing the
     /// code, and Cranelift's passes unless they ran in the background.
     pub compile_time: Duration,
-    /// The chain slots of exits to computed addresses ([`INDIRECT_TARGETS`]); the
-    /// generated code holds its address. Emptied with the code memory.
-    targets: Box<[ChainSlot]>,
+    /// The chain slots' links and what they assumed, with the table of indirect
+    /// targets.
+    links: Links,
     /// The kinds of Cranelift error seen so far: the first of each is logged, so that a
     /// backend that refuses an op on some host shows up.
     errors_seen: Vec<String>,
     /// perf's map of JIT code ([`Self::write_perf_map`]), while it is written.
     perf_map: Option<std::fs::File>,
-    /// The lookup contexts chain slots were filled in, numbered by their place ([`stamp`]).
-    contexts: Vec<u64>,
 }
 
 impl Jit {
@@ -220,10 +213,9 @@ impl Jit {
             insns: 0,
             slow_accesses: 0,
             compile_time: Duration::ZERO,
-            targets: empty_targets(),
+            links: Links::new(),
             errors_seen: Vec::new(),
             perf_map: None,
-            contexts: Vec::new(),
         })
     }
 
@@ -256,6 +248,11 @@ impl Jit {
     /// How often the code memory was freed and refilled.
     pub fn flushes(&self) -> u64 {
         self.code.flushes
+    }
+
+    /// How often every chain link was dropped ([`crate::links`]).
+    pub fn link_clears(&self) -> u64 {
+        self.links.clears
     }
 
     /// Runs a block: compiled once it is hot, interpreted until then (and for good if it
@@ -337,6 +334,24 @@ impl Jit {
         host: &mut dyn Host,
         budget: &mut u32,
     ) -> BlockEnd {
+        // The block's links are checked for the context it runs in here, as the shim
+        // checks a block it chains into; its exits go straight on from the first unless
+        // the run loop has work at that boundary.
+        let start = if *budget > 0 {
+            host.chain_start(cpu)
+        } else {
+            None
+        };
+        let (ask, ctx) = match start {
+            Some(s) => match s
+                .context
+                .and_then(|k| self.links.enter(s.chain_epoch, k, &c.linked))
+            {
+                Some(n) => (u32::from(!s.straight), u64::from(n)),
+                None => (1, 0),
+            },
+            None => (1, 0),
+        };
         let mut rt = Runtime {
             value: 0,
             ret: 0,
@@ -346,9 +361,10 @@ impl Jit {
             insns: 0,
             fault: encode(Exception::new(UD_VECTOR)),
             budget: *budget,
+            ask,
             epoch: self.code.epoch(),
-            checked: UNCHECKED,
-            contexts: &mut self.contexts,
+            ctx,
+            links: &mut self.links,
             retry: false,
             slow_accesses: 0,
             host,
@@ -468,10 +484,12 @@ impl Jit {
             }
         }
         self.compiled += 1;
+        self.links.register(&job.slots);
         State::Ready(Compiled {
             code: entry,
             helpers: job.helpers,
             slots: job.slots,
+            linked: Cell::new(0),
             epoch: job.epoch,
         })
     }
@@ -483,8 +501,8 @@ impl Jit {
         let epoch = self.code.epoch();
         self.code.make_room()?;
         if self.code.epoch() != epoch {
-            // The table's code pointers were into the memory just freed.
-            self.targets = empty_targets();
+            // The slots' code pointers were into the memory just freed.
+            self.links.forget_blocks();
         }
         let too_many_args = p
             .ops()
@@ -513,7 +531,7 @@ impl Jit {
             Inst::Jump { target } if p.consts.iter().any(|&(v, _)| v == target.0) => 1,
             _ => 0,
         };
-        let slots: Box<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
+        let slots: Rc<[ChainSlot]> = (0..p.ops().iter().map(direct_exits).sum::<usize>())
             .map(|_| ChainSlot::default())
             .collect();
         let name = format!("b{}", self.next_name);
@@ -527,7 +545,7 @@ impl Jit {
             ir: p.ir.clone(),
             helpers: (helpers.as_ptr() as usize, helpers.len()),
             slots: (slots.as_ptr() as usize, slots.len()),
-            targets: self.targets.as_ptr() as usize,
+            targets: self.links.targets(),
         };
         Some((
             lowering,
@@ -1096,7 +1114,7 @@ impl Emit<'_, '_> {
     /// its code when [`shim_chain`] finds it compiled and nothing needs the run loop
     /// first, else a return to the loop. The exit's chain slot (its own for a constant
     /// address, the JIT's table entry for the address otherwise) takes it there straight
-    /// while the slot is valid for [`Runtime::checked`] and the budget lasts.
+    /// while the slot holds a link ([`crate::links`]) and the budget lasts.
     fn next(&mut self, at: usize, exit: ExitTo) {
         if let ExitTo::Constant(rip) = exit {
             if rip == self.p.block.start {
@@ -1132,27 +1150,51 @@ impl Emit<'_, '_> {
             }
         };
         let flags = Self::flags();
-        let checked = self.b.ins().load(types::I64, flags, rt, RT_CHECKED);
-        let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
-        // Goes straight on when all of these are 0, tested with one branch: the stamps
-        // differ, the slot is another address's, the budget is spent (its decrement,
-        // stored when the exit goes straight on, wraps to a negative number).
-        let budget = self.b.ins().uload32(flags, rt, RT_BUDGET);
-        let budget = self.b.ins().iadd_imm_s(budget, -1);
-        let mut fail = self.b.ins().bxor(checked, stamp);
+        let ask = self.ask_block();
+        // Goes straight on when neither the budget is spent nor the run must ask the
+        // host, and the slot holds a link (an entry of the table of indirect targets: for
+        // this address, in this context).
+        let (budget, stop) = match self.run {
+            // In a loop, the budget is the host value [`Self::count`] just stored.
+            Some(run) => {
+                let budget = self.b.ins().iadd_imm_s(run.budget, -1);
+                let spent = self.b.ins().ushr_imm_s(budget, 63);
+                let asked = self.b.ins().uload32(flags, rt, RT_ASK);
+                (budget, self.b.ins().bor(spent, asked))
+            }
+            // The budget and `ask` as one word, the budget its low half: its decrement
+            // is at least 2^31 when the budget was 0 or `ask` is not. Stored back whole
+            // (`ask` is 0 then), so that the next exit's load of it is forwarded from
+            // this store.
+            None => {
+                let word = self.b.ins().load(types::I64, flags, rt, RT_BUDGET);
+                let budget = self.b.ins().iadd_imm_s(word, -1);
+                (budget, self.b.ins().ushr_imm_s(budget, 31))
+            }
+        };
+        let linked = self.b.create_block();
+        self.b.ins().brif(stop, ask, &[slot.into()], linked, &[]);
+        self.b.switch_to_block(linked);
+        let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
+        let mut unlinked = self.b.ins().icmp_imm_s(IntCC::Equal, code, 0);
         if let Some(target) = target {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
-            let other = self.b.ins().bxor(slot_rip, target);
-            fail = self.b.ins().bor(fail, other);
+            let other = self.b.ins().icmp(IntCC::NotEqual, slot_rip, target);
+            let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
+            let ctx = self.b.ins().load(types::I64, flags, rt, RT_CTX);
+            let wrong = self.b.ins().icmp(IntCC::NotEqual, stamp, ctx);
+            unlinked = self.b.ins().bor(unlinked, other);
+            unlinked = self.b.ins().bor(unlinked, wrong);
         }
-        let spent = self.b.ins().ushr_imm_s(budget, 63);
-        let fail = self.b.ins().bor(fail, spent);
         let straight = self.b.create_block();
-        let ask = self.ask_block();
-        self.b.ins().brif(fail, ask, &[slot.into()], straight, &[]);
+        self.b
+            .ins()
+            .brif(unlinked, ask, &[slot.into()], straight, &[]);
         self.b.switch_to_block(straight);
-        self.b.ins().istore32(flags, budget, rt, RT_BUDGET);
-        let code = self.b.ins().load(types::I64, flags, slot, SLOT_CODE);
+        match self.run {
+            Some(_) => self.b.ins().istore32(flags, budget, rt, RT_BUDGET),
+            None => self.b.ins().store(flags, budget, rt, RT_BUDGET),
+        };
         self.b
             .ins()
             .return_call_indirect(self.block_sig, code, &[rt]);
@@ -1199,7 +1241,7 @@ impl Emit<'_, '_> {
 
     /// At an exit to the block's own start (op `at`): goes round again inside the
     /// function, into the loop's head ([`Loop`]), when the exit could chain straight:
-    /// `Runtime::checked` says the run's last boundary passed the host's checks with no
+    /// `Runtime::ask` is 0, so the run's last boundary passed the host's checks with no
     /// host call since (so no code was written, no TLB flushed, no mode changed, no
     /// breakpoint set: the block is still what runs there), and the budget lasts, which
     /// going round spends as a chain does. Otherwise the exit goes on as any other.
@@ -1210,11 +1252,8 @@ impl Emit<'_, '_> {
         let (head, regs, stored) = (l.head, l.regs, l.stored);
         let rt = self.rt;
         let mem = Self::flags();
-        let checked = self.b.ins().load(types::I64, mem, rt, RT_CHECKED);
-        let valid = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::NotEqual, checked, UNCHECKED as i64);
+        let ask = self.b.ins().uload32(mem, rt, RT_ASK);
+        let valid = self.b.ins().icmp_imm_s(IntCC::Equal, ask, 0);
         let left = self.b.ins().icmp_imm_s(IntCC::NotEqual, run.budget, 0);
         // Two branches: the conditions combined into one cost `jit/integer_loop` 15%.
         let has_budget = self.b.create_block();
@@ -1944,7 +1983,7 @@ fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
 extern "C" fn shim_load(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.checked = UNCHECKED;
+    rt.ask = 1;
     rt.slow_accesses += 1;
     let r = rt
         .host
@@ -1961,7 +2000,7 @@ extern "C" fn shim_store(
 ) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.checked = UNCHECKED;
+    rt.ask = 1;
     rt.slow_accesses += 1;
     let r = rt
         .host
@@ -2010,35 +2049,12 @@ extern "C" fn shim_helper(
     // SAFETY: `helper` points into the helper table of the compiled block making the call,
     // which lives while its code runs (see `run_compiled`).
     let h = unsafe { *helper };
-    rt.checked = UNCHECKED;
+    rt.ask = 1;
     let n = (args as usize).min(MAX_ARGS);
     let args = rt.args;
     let r = rt.host.helper(cpu, h, &args[..n]);
     rt.tlb = data_tlb(rt.host, cpu);
     outcome(rt, r)
-}
-
-/// Contexts numbered at most: a run in yet another context chains through the host.
-const MAX_CONTEXTS: usize = 0xFFFF;
-
-/// A lookup's chain epoch ([`crate::cache::CodeCache::chain_epoch`]) and context
-/// ([`crate::cache::JumpKey::context`]) as one
-/// word, the epoch plus one above 16 bits and the context's number (from 1) below: what
-/// generated code compares a chain slot with in one go. `None` past [`MAX_CONTEXTS`]
-/// contexts, or an epoch too large to keep whole (2^47 invalidations).
-fn stamp(contexts: &mut Vec<u64>, chain_epoch: u64, context: u64) -> Option<u64> {
-    if chain_epoch >= 1 << 47 {
-        return None;
-    }
-    let n = match contexts.iter().position(|&c| c == context) {
-        Some(i) => i + 1,
-        None if contexts.len() < MAX_CONTEXTS => {
-            contexts.push(context);
-            contexts.len()
-        }
-        None => return None,
-    };
-    Some((chain_epoch + 1) << 16 | n as u64)
 }
 
 /// The code of the block to run next, or 0 to return to the run loop: when the budget is
@@ -2048,34 +2064,41 @@ fn stamp(contexts: &mut Vec<u64>, chain_epoch: u64, context: u64) -> Option<u64>
 extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const ChainSlot) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.checked = UNCHECKED;
+    rt.ask = 1;
     if rt.budget == 0 {
         return 0;
     }
     let Some(found) = rt.host.next_block(cpu) else {
         return 0;
     };
-    let code = match found.block.tier.state.try_borrow().as_deref() {
-        Ok(State::Ready(c)) if c.epoch == rt.epoch => c.code as u64,
+    let state = found.block.tier.state.try_borrow();
+    let target = match state.as_deref() {
+        Ok(State::Ready(c)) if c.epoch == rt.epoch => c,
         _ => return 0,
     };
+    let code = target.code as u64;
     rt.budget -= 1;
-    let Some(stamp) = found
+    // The link's context: the one the exit's block was entered in, which the run is still
+    // in unless a host call in that block changed it (then the block, marked with the
+    // other, gets no link made in this one).
+    let entered = found
         .context
-        .and_then(|c| stamp(rt.contexts, found.chain_epoch, c))
-    else {
+        .and_then(|k| rt.links.enter(found.chain_epoch, k, &target.linked))
+        .map(u64::from);
+    let Some(n) = entered else {
+        // A context past the numbered ones: on, asking at every boundary.
+        rt.ctx = 0;
         return code;
     };
-    rt.checked = stamp;
+    let same = n == rt.ctx;
+    rt.ctx = n;
+    rt.ask = 0;
     // SAFETY: a slot pointer is into the calling block's own `Compiled::slots`, alive
     // while its code runs, or into the JIT's table of indirect targets, alive while any
     // code is.
-    if let Some(slot) = unsafe { slot.as_ref() } {
-        // Good while the chain epoch holds (until then the block stays cached and
-        // is what a lookup under the same key returns) and the exit is taken in the same
-        // context (its RIP is constant).
+    if let Some(slot) = unsafe { slot.as_ref() }.filter(|_| same) {
         slot.code.set(code);
-        slot.stamp.set(stamp);
+        slot.stamp.set(n);
         slot.rip.set(cpu.rip);
     }
     code

@@ -10,6 +10,7 @@ pub mod code_memory;
 mod compiler;
 pub mod interp;
 pub mod jit;
+mod links;
 pub mod tlb;
 
 use gantry_frontend::ir::Helper;
@@ -117,6 +118,13 @@ pub trait Host {
     /// and no host call came in between. `None` (the default) returns to the run loop
     /// after every block.
     fn next_block(&mut self, _cpu: &mut CpuState) -> Option<cache::Found> {
+        None
+    }
+
+    /// For a run that may chain (the budget [`jit::Jit::run_chained`] got is not 0), what
+    /// [`Self::next_block`] would have said of its first block at the boundary before it.
+    /// `None` (the default) for a host that never chains.
+    fn chain_start(&mut self, _cpu: &CpuState) -> Option<cache::Start> {
         None
     }
 }

@@ -10,7 +10,7 @@
 use gantry_frontend::lift::Mode;
 use gantry_frontend::state::{self as st, CpuState, IF, RF, TF};
 use gantry_frontend::vendor::Vendor;
-use gantry_translator::cache::{CodeCache, Found, JumpKey};
+use gantry_translator::cache::{CodeCache, Found, JumpKey, Start};
 
 use super::access::Ctx;
 
@@ -41,12 +41,11 @@ pub fn jump_key(cpu: &CpuState, vendor: Vendor) -> JumpKey {
     }
 }
 
-/// The block at CS:RIP if the run loop would run it straight away and has it in its jump
-/// cache; `None` sends the run back to the loop.
-pub fn next_block(ctx: &mut Ctx, cpu: &mut CpuState) -> Option<Found> {
-    let chain = ctx.chain.as_ref()?;
+/// Whether the run loop has anything to do at a boundary before the next block, but
+/// deliver an interrupt or take a board event ([`interrupt_or_event`]).
+fn loop_has_work(ctx: &Ctx, chain: &Chain, cpu: &CpuState) -> bool {
     let traps = &ctx.traps;
-    let loop_has_work = !ctx.dirty_code.is_empty()
+    !ctx.dirty_code.is_empty()
         || ctx.task_fault.is_some()
         || traps.hit.is_some()
         || traps.guest_hits != 0
@@ -54,20 +53,45 @@ pub fn next_block(ctx: &mut Ctx, cpu: &mut CpuState) -> Option<Found> {
         || ctx.mmu.generation != chain.jump_generation
         || cpu.halted
         // A single step or RF: the loop handles the instruction alone.
-        || cpu.rflags & (TF | RF) != 0;
-    if loop_has_work {
+        || cpu.rflags & (TF | RF) != 0
+}
+
+fn interrupt_or_event(ctx: &mut Ctx, cpu: &CpuState) -> bool {
+    cpu.rflags & IF != 0 && ctx.board.interrupt_pending() || ctx.board.event_pending()
+}
+
+/// The block at CS:RIP if the run loop would run it straight away and has it in its jump
+/// cache; `None` sends the run back to the loop.
+pub fn next_block(ctx: &mut Ctx, cpu: &mut CpuState) -> Option<Found> {
+    if loop_has_work(ctx, ctx.chain.as_ref()?, cpu) {
         return None;
     }
     // Past one boundary: a shadow the run began with (after STI or MOV SS) is over, as the
     // run loop would clear it after the first block.
     cpu.interrupt_shadow = false;
-    if cpu.rflags & IF != 0 && ctx.board.interrupt_pending() || ctx.board.event_pending() {
+    if interrupt_or_event(ctx, cpu) {
         return None;
     }
+    let chain = ctx.chain.as_ref()?;
     let key = jump_key(cpu, ctx.vendor);
     Some(Found {
         block: chain.code.jump_lookup(&key)?,
         chain_epoch: chain.code.chain_epoch(),
         context: key.context(),
+    })
+}
+
+/// Where a chaining run begins, at the block the loop looked up: its exits may go
+/// straight on unless the boundary after it must be the loop's (an interrupt shadow the
+/// run begins in ends there, and the loop then delivers what it held off).
+pub fn chain_start(ctx: &mut Ctx, cpu: &CpuState) -> Option<Start> {
+    let straight = !cpu.interrupt_shadow
+        && !loop_has_work(ctx, ctx.chain.as_ref()?, cpu)
+        && !interrupt_or_event(ctx, cpu);
+    let chain = ctx.chain.as_ref()?;
+    Some(Start {
+        chain_epoch: chain.code.chain_epoch(),
+        context: jump_key(cpu, ctx.vendor).context(),
+        straight,
     })
 }

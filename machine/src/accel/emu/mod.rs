@@ -835,11 +835,13 @@ impl Vcpu for EmuCpu {
             let _ = writeln!(
                 out,
                 "jit: {} blocks compiled in {secs:.2} s on the CPU's thread ({:.0} us each){background}, \
-                 {} left to the interpreter, {} entered by chaining, code memory refilled {} times",
+                 {} left to the interpreter, {} entered by chaining (every link dropped {} times), \
+                 code memory refilled {} times",
                 j.compiled,
                 each(secs),
                 j.refused,
                 j.chained,
+                j.link_clears(),
                 j.flushes()
             );
             let _ = writeln!(

@@ -115,6 +115,10 @@ impl Host for Ctx<'_> {
         super::chain::next_block(self, cpu)
     }
 
+    fn chain_start(&mut self, cpu: &CpuState) -> Option<gantry_translator::cache::Start> {
+        super::chain::chain_start(self, cpu)
+    }
+
     fn helper(&mut self, cpu: &mut CpuState, h: Helper, a: &[u64]) -> Result<u64, Exception> {
         let arg = |i: usize| a.get(i).copied().unwrap_or(0);
         match h {
