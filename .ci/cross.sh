@@ -67,14 +67,14 @@ in_chroot() {
 }
 echo "cross.sh: clippy and build for $target"
 in_chroot cargo clippy --offline --release --target "$target" --workspace --all-targets -- -D warnings
-in_chroot cargo build --offline --release --target "$target" -p gantry
+in_chroot cargo build --offline --profile ci --target "$target" -p gantry
 for accel in interp jit; do
     echo "cross.sh: the demo guest on $arch, --accel $accel"
-    log=$(in_chroot "qemu-$arch -L $sysroot /out/$target/release/gantry run --accel $accel" \
+    log=$(in_chroot "qemu-$arch -L $sysroot /out/$target/ci/gantry run --accel $accel" \
         </dev/null)
     echo "$log" | tail -1
     echo "$log" | grep -q "demo: all checks done, powering off"
 done
 echo "cross.sh: the CPU tests on $arch (frontend, translator, machine) under qemu-$arch"
-in_chroot cargo test --offline --release --target "$target" \
+in_chroot cargo test --offline --profile ci --target "$target" \
     -p gantry-frontend -p gantry-translator -p gantry-machine
