@@ -1377,6 +1377,21 @@ impl Emit<'_, '_> {
         self.looped = Some(Loop { head, regs, stored });
     }
 
+    /// A slow path's end: continues in `next` (with `args`) when `cond` is 0, otherwise the
+    /// block ends with a fault at op `at` ([`Self::fault`]). The branch goes straight to
+    /// where the fast path rejoins, rather than through a block of its own that
+    /// [`Self::fault_if`] would make: one CLIF block fewer a memory access, and Cranelift's
+    /// time a block about 5% less (each block compiled twice in one boot, both ways).
+    fn fault_else_to(&mut self, cond: Value, at: usize, next: Block, args: &[Value]) {
+        let fault = self.b.create_block();
+        let args: Vec<BlockArg> = args.iter().map(|&v| v.into()).collect();
+        self.b.ins().brif(cond, fault, &[], next, &args);
+        self.b.set_cold_block(fault);
+        self.b.switch_to_block(fault);
+        self.fault(at, None);
+        self.b.switch_to_block(next);
+    }
+
     /// Continues in a fresh block when `cond` is 0; otherwise the block ends with a fault
     /// at op `at` ([`Self::fault`]).
     fn fault_if(&mut self, cond: Value, at: usize, raise: Option<Exception>) {
@@ -1387,15 +1402,6 @@ impl Emit<'_, '_> {
         self.b.switch_to_block(fault);
         self.fault(at, raise);
         self.b.switch_to_block(cont);
-    }
-
-    /// Marks the block being emitted cold (placed after the function's hot code): the
-    /// rest of a slow path, so that the fast path it rejoins falls through without a
-    /// jump over it.
-    fn stay_cold(&mut self) {
-        if let Some(block) = self.b.current_block() {
-            self.b.set_cold_block(block);
-        }
     }
 
     /// Calls a shim with the runtime, the CPU state and `args` (i64, at most
@@ -1742,11 +1748,9 @@ impl Emit<'_, '_> {
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8 | (*rmw as u64) << 9);
                 let fault = self.call(Shim::Load, &[a, info]);
-                self.fault_if(fault, at, None);
-                self.stay_cold();
+                // Read before the branch: the value is only taken where there was no fault.
                 let v = self.rt_value(ty);
-                self.b.ins().jump(join, &[v.into()]);
-                self.b.switch_to_block(join);
+                self.fault_else_to(fault, at, join, &[v]);
                 self.def(*dst, x);
             }
             Inst::Store { addr, src, ss } => {
@@ -1767,10 +1771,7 @@ impl Emit<'_, '_> {
                 self.b.switch_to_block(slow);
                 let info = self.konst(ty.bytes() as u64 | (*ss as u64) << 8);
                 let fault = self.call(Shim::Store, &[a, x, info]);
-                self.fault_if(fault, at, None);
-                self.stay_cold();
-                self.b.ins().jump(join, &[]);
-                self.b.switch_to_block(join);
+                self.fault_else_to(fault, at, join, &[]);
             }
             Inst::SegCheck {
                 seg,
@@ -1814,10 +1815,7 @@ impl Emit<'_, '_> {
                         | (wraps as u64) << 25,
                 );
                 let fault = self.call(Shim::SegCheck, &[a, info]);
-                self.fault_if(fault, at, None);
-                self.stay_cold();
-                self.b.ins().jump(cont, &[]);
-                self.b.switch_to_block(cont);
+                self.fault_else_to(fault, at, cont, &[]);
             }
             Inst::SetFlags { op, dst, src, aux } => {
                 // The stored forms are made here, where they dominate every later place
