@@ -293,6 +293,32 @@ pub struct CpuState {
     /// interrupt delivery) CS is loaded before SS, and checks on the new SS must see the
     /// new CPL. Updated wherever CS is loaded.
     pub cpl: u8,
+    /// Not guest state: words a JIT's generated code shares with its calls out while it
+    /// runs, kept here so that the code reaches them and the registers through one base
+    /// (as QEMU keeps its exit request and TLB beside `env`).
+    pub jit: JitScratch,
+}
+
+/// The JIT's words in [`CpuState::jit`]: what they hold is the JIT's business, and two
+/// states compare equal whatever they hold.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct JitScratch(pub [u64; JIT_SCRATCH_WORDS]);
+
+pub const JIT_SCRATCH_WORDS: usize = 24;
+
+impl PartialEq for JitScratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for JitScratch {}
+
+impl std::fmt::Debug for JitScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JitScratch")
+    }
 }
 
 impl Default for CpuState {
@@ -357,6 +383,7 @@ impl CpuState {
             halted: false,
             interrupt_shadow: false,
             cpl: 0,
+            jit: JitScratch::default(),
         }
     }
 
@@ -478,6 +505,7 @@ pub mod off {
     pub const SEG_SELECTOR: usize = offset_of!(Segment, selector);
     pub const SEG_LIMIT: usize = offset_of!(Segment, limit);
     pub const SEG_ATTR: usize = offset_of!(Segment, attr);
+    pub const JIT: usize = offset_of!(CpuState, jit);
 
     pub const fn gpr(i: usize) -> usize {
         GPR + i * 8

@@ -18,20 +18,18 @@ use crate::code_arena::CodeArena;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The way into generated code from Rust: `enter(cpu, runtime, block, budget, insns)`
-/// calls the block's function, which is in Cranelift's `tail` convention (Rust has no
+/// The way into generated code from Rust: `enter(cpu, block)` calls the block's function, which is in Cranelift's `tail` convention (Rust has no
 /// such ABI), in the host's C convention, and returns what the block (or the last block
 /// it chained into) returned.
-pub type Entry = unsafe extern "C" fn(*mut CpuState, *mut u8, *const u8) -> u64;
+pub type Entry = unsafe extern "C" fn(*mut CpuState, *const u8) -> u64;
 
-/// The signature of every compiled block: `(runtime) -> exit word`, in the `tail`
+/// The signature of every compiled block: `(cpu) -> exit word`, in the `tail`
 /// convention, so that a block can end in a tail call of its successor. The CPU state's
-/// address is in Cranelift's pinned register (`get_pinned_reg`), which the entry
-/// trampoline sets, as QEMU keeps `env` in a fixed host register: the register
-/// allocator never spills and reloads it. The blocks the run may still chain into and
-/// the instructions it completed so far are in the runtime, which each exit updates in
-/// place (they had gone from block to block as two more parameters, which every block
-/// spilled to its stack frame on entry and reloaded at its exits).
+/// address is the one base of everything the code reaches, the run's words among them
+/// ([`crate::jit`]), as QEMU's code reaches everything from `env`. The blocks the run may
+/// still chain into and the instructions it completed so far are in those words, which
+/// each exit updates in place (they had gone from block to block as two more parameters,
+/// which every block spilled to its stack frame on entry and reloaded at its exits).
 pub fn block_signature() -> Signature {
     let mut sig = Signature::new(CallConv::Tail);
     sig.params.push(AbiParam::new(types::I64));
@@ -65,8 +63,6 @@ fn host_isa() -> Result<OwnedTargetIsa, String> {
     set(&mut flags, "use_colocated_libcalls", "false")?;
     // Tail calls between blocks need frame pointers on some of Cranelift's backends.
     set(&mut flags, "preserve_frame_pointers", "true")?;
-    // The CPU state's address, for every block ([`block_signature`]).
-    set(&mut flags, "enable_pinned_reg", "true")?;
     // Cranelift's IR verifier cost 4% of a Linux boot (a seventh of all compile time),
     // checking the JIT's own output: on in debug builds only. What the code does is
     // checked by the suite's tier comparisons and by difftest on the JIT.
@@ -100,7 +96,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
     let call_conv = module.isa().default_call_conv();
     let frontend = module.isa().frontend_config();
     ctx.func.signature = Signature::new(call_conv);
-    for _ in 0..3 {
+    for _ in 0..2 {
         ctx.func.signature.params.push(AbiParam::new(types::I64));
     }
     ctx.func.signature.returns.push(AbiParam::new(types::I64));
@@ -111,16 +107,10 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let (cpu, rt, code) = (p[0], p[1], p[2]);
+        let (cpu, code) = (p[0], p[1]);
         let sig = b.import_signature(block_signature());
-        // The pinned register is callee-saved in the host's C convention, and not
-        // allocatable, so Cranelift saves it in no prologue: the caller's value is kept
-        // here.
-        let caller = b.ins().get_pinned_reg(types::I64);
-        b.ins().set_pinned_reg(cpu);
-        let call = b.ins().call_indirect(sig, code, &[rt]);
+        let call = b.ins().call_indirect(sig, code, &[cpu]);
         let r = b.inst_results(call)[0];
-        b.ins().set_pinned_reg(caller);
         b.ins().return_(&[r]);
         b.seal_all_blocks();
         b.finalize(frontend);
@@ -133,7 +123,7 @@ fn compile_entry(module: &mut JITModule) -> Result<Entry, String> {
         .map_err(|e| e.to_string())?;
     module.finalize_definitions().map_err(|e| e.to_string())?;
     let code = module.get_finalized_function(id);
-    // SAFETY: the function was just compiled with this signature (three pointer-sized
+    // SAFETY: the function was just compiled with this signature (two pointer-sized
     // integer parameters, one i64 result) in the host's default calling convention, which
     // `extern "C"` is on the hosts Cranelift supports.
     Ok(unsafe { std::mem::transmute::<*const u8, Entry>(code) })

@@ -6,10 +6,10 @@
 //! interpreter's, by calls out of the generated code ("shims"). The CPU tests run on both
 //! tiers and compare the results.
 //!
-//! A block's function is `fn(rt: *mut Runtime) -> u64` in Cranelift's `tail` convention,
-//! with the `CpuState`'s address in the pinned register
-//! ([`crate::code_memory::block_signature`]). It writes RIP itself at every exit, adds
-//! the instructions it completed to the run's count in the runtime (and, on a fault,
+//! A block's function is `fn(cpu: *mut CpuState) -> u64` in Cranelift's `tail`
+//! convention ([`crate::code_memory::block_signature`]). It writes RIP itself at every
+//! exit, adds the instructions it completed to the run's count in the run's words of the
+//! CPU state ([`word`]) (and, on a fault,
 //! stores the faulting instruction's RIP and the exception), and either goes on into the
 //! next block with a tail call, spending one from the run's budget there, or returns the
 //! exit's kind.
@@ -68,45 +68,12 @@ const KIND_FAULT: u64 = 3;
 /// Most arguments a helper call passes (the lifter's calls use at most 4).
 const MAX_ARGS: usize = 8;
 
-/// What generated code and its shims share for one run: a block and the blocks it chains
-/// into.
-#[repr(C)]
+/// What the shims need of a run (a block and the blocks it chains into) beyond what
+/// generated code reaches: the host and the chain links. Generated code reaches the run's
+/// words ([`word`]) in the CPU state, from the same base as the registers.
 pub struct Runtime<'a> {
-    /// A shim's result, read by the generated code after a call that returned no fault.
-    value: u64,
-    /// What the shim called last returned, where the call goes through a trampoline that
-    /// keeps every register ([`preserving`]).
-    ret: u64,
-    /// A trampoline's arguments past the runtime and the CPU, stored by the generated
-    /// code before the call ([`Emit::call`]).
-    passed: [u64; PASSED],
-    args: [u64; MAX_ARGS],
-    /// The TLB table of the CPU's current privilege ([`Host::data_tlb`]), read by the
-    /// inline look-up of every load and store; a helper may change the privilege, so the
-    /// helper shim sets it again.
-    tlb: *const TlbEntry,
-    /// Guest instructions the run completed: each exit of generated code adds its block's
-    /// (a block that loops in its function carries the count in a host value from lap to
-    /// lap).
-    insns: u64,
-    /// The exception that ended the run ([`encode`]d), written by the shim that raised it
-    /// or by the generated code of a `raise` or `trap_if`.
-    fault: u64,
-    /// How many more blocks the run may chain into before it returns to the run loop:
-    /// an exit that goes straight on spends one, as [`shim_chain`] does (a block that
-    /// loops in its function carries it in a host value from lap to lap).
-    budget: u32,
-    /// Not 0 when the next block boundary must ask the host ([`shim_chain`]): since the
-    /// last one that did, the host was called (and may have raised an interrupt, flushed
-    /// the TLB, written code, changed the mode...), or the run began where the run loop
-    /// has work at the first boundary. Beside the budget, so that an exit loads both as
-    /// one word ([`Emit::next`]).
-    ask: u32,
     /// The code memory's epoch: a block compiled in another one is not chained into.
     epoch: u64,
-    /// The number of the lookup context the running block was entered in
-    /// ([`Links::enter`]; 0: none), which the run stays in while it does not ask.
-    ctx: u64,
     /// The chain links and what they assumed.
     links: &'a mut Links,
     /// Calls of the load and store shims.
@@ -118,21 +85,87 @@ pub struct Runtime<'a> {
     host: &'a mut dyn Host,
 }
 
-const RT_VALUE: i32 = std::mem::offset_of!(Runtime, value) as i32;
-const RT_RET: usize = std::mem::offset_of!(Runtime, ret);
-pub(crate) const RT_PASSED: usize = std::mem::offset_of!(Runtime, passed);
+/// The run's words in [`CpuState::jit`], which generated code and its shims share: a
+/// block's function takes the CPU state's address as its one parameter and reaches its
+/// registers and these through it, so that it holds one base for both. The run's state
+/// had been a struct of its own, passed as the parameter, with the CPU state's address
+/// in Cranelift's pinned register: every use of that took a copy of the register first
+/// (7% of the decompressor's blocks' instructions), and the register was not allocatable.
+mod word {
+    /// A shim's result, read by the generated code after a call that returned no fault.
+    pub const VALUE: usize = 0;
+    /// What the shim called last returned, where the call goes through a trampoline that
+    /// keeps every register ([`super::preserving`]).
+    pub const RET: usize = 1;
+    /// A trampoline's arguments past the runtime and the CPU, stored by the generated
+    /// code before the call ([`super::Emit::call`]).
+    pub const PASSED: usize = 2;
+    /// A helper call's arguments.
+    pub const ARGS: usize = PASSED + super::PASSED;
+    /// The TLB table of the CPU's current privilege ([`super::Host::data_tlb`]), read by
+    /// the inline look-up of every load and store; a helper may change the privilege, so
+    /// the helper shim sets it again.
+    pub const TLB: usize = ARGS + super::MAX_ARGS;
+    /// Guest instructions the run completed: each exit of generated code adds its block's
+    /// (a block that loops in its function carries the count in a host value from lap to
+    /// lap).
+    pub const INSNS: usize = TLB + 1;
+    /// The exception that ended the run ([`super::encode`]d), written by the shim that
+    /// raised it or by the generated code of a `raise` or `trap_if`.
+    pub const FAULT: usize = INSNS + 1;
+    /// In the low half, how many more blocks the run may chain into before it returns to
+    /// the run loop: an exit that goes straight on spends one, as
+    /// [`super::shim_chain`] does (a block that loops in its function carries it in a
+    /// host value from lap to lap). In the high half, `ask`: not 0 when the next block
+    /// boundary must ask the host ([`super::shim_chain`]): since the last one that did,
+    /// the host was called (and may have raised an interrupt, flushed the TLB, written
+    /// code, changed the mode...), or the run began where the run loop has work at the
+    /// first boundary. One word, so that an exit loads both at once
+    /// ([`super::Emit::next`]).
+    pub const BUDGET: usize = FAULT + 1;
+    /// The number of the lookup context the running block was entered in
+    /// ([`super::Links::enter`]; 0: none), which the run stays in while it does not ask.
+    pub const CTX: usize = BUDGET + 1;
+    /// The address of the run's [`super::Runtime`], for the shims.
+    pub const RUNTIME: usize = CTX + 1;
+}
+const _: () = assert!(word::RUNTIME < gantry_frontend::state::JIT_SCRATCH_WORDS);
+
+/// The offset of run word `w` from the CPU state's address.
+const fn rt_word(w: usize) -> usize {
+    off::JIT + 8 * w
+}
+
+const RT_VALUE: i32 = rt_word(word::VALUE) as i32;
+pub(crate) const RT_RET: usize = rt_word(word::RET);
+pub(crate) const RT_PASSED: usize = rt_word(word::PASSED);
+pub(crate) const RT_RUNTIME: usize = rt_word(word::RUNTIME);
 /// The most arguments a shim takes past the runtime and the CPU.
 pub(crate) const PASSED: usize = 3;
-const RT_ARGS: i32 = std::mem::offset_of!(Runtime, args) as i32;
-const RT_TLB: i32 = std::mem::offset_of!(Runtime, tlb) as i32;
-const RT_INSNS: i32 = std::mem::offset_of!(Runtime, insns) as i32;
-const RT_FAULT: i32 = std::mem::offset_of!(Runtime, fault) as i32;
-const RT_BUDGET: i32 = std::mem::offset_of!(Runtime, budget) as i32;
-const RT_ASK: i32 = std::mem::offset_of!(Runtime, ask) as i32;
-const RT_CTX: i32 = std::mem::offset_of!(Runtime, ctx) as i32;
+const RT_ARGS: i32 = rt_word(word::ARGS) as i32;
+const RT_TLB: i32 = rt_word(word::TLB) as i32;
+const RT_INSNS: i32 = rt_word(word::INSNS) as i32;
+const RT_FAULT: i32 = rt_word(word::FAULT) as i32;
+const RT_BUDGET: i32 = rt_word(word::BUDGET) as i32;
+const RT_ASK: i32 = RT_BUDGET + 4;
+const RT_CTX: i32 = rt_word(word::CTX) as i32;
 // An exit reads the budget and `ask` as one little-endian word, the budget its low half.
-const _: () =
-    assert!(RT_BUDGET % 8 == 0 && RT_ASK == RT_BUDGET + 4 && cfg!(target_endian = "little"));
+const _: () = assert!(cfg!(target_endian = "little"));
+
+fn budget_of(cpu: &CpuState) -> u32 {
+    cpu.jit.0[word::BUDGET] as u32
+}
+
+fn set_budget(cpu: &mut CpuState, budget: u32) {
+    let w = &mut cpu.jit.0[word::BUDGET];
+    *w = (*w & !0xFFFF_FFFF) | u64::from(budget);
+}
+
+fn set_ask(cpu: &mut CpuState, ask: bool) {
+    let w = &mut cpu.jit.0[word::BUDGET];
+    *w = (*w & 0xFFFF_FFFF) | u64::from(ask) << 32;
+}
+
 const SLOT_CODE: i32 = std::mem::offset_of!(ChainSlot, code) as i32;
 const SLOT_STAMP: i32 = std::mem::offset_of!(ChainSlot, stamp) as i32;
 const SLOT_RIP: i32 = std::mem::offset_of!(ChainSlot, rip) as i32;
@@ -352,42 +385,44 @@ impl Jit {
             },
             None => (1, 0),
         };
+        let tlb = data_tlb(host, cpu) as u64;
         let mut rt = Runtime {
-            value: 0,
-            ret: 0,
-            passed: [0; PASSED],
-            args: [0; MAX_ARGS],
-            tlb: data_tlb(host, cpu),
-            insns: 0,
-            fault: encode(Exception::new(UD_VECTOR)),
-            budget: *budget,
-            ask,
             epoch: self.code.epoch(),
-            ctx,
             links: &mut self.links,
             retry: false,
             slow_accesses: 0,
             host,
         };
+        let words = &mut cpu.jit.0;
+        words[word::TLB] = tlb;
+        words[word::INSNS] = 0;
+        words[word::FAULT] = encode(Exception::new(UD_VECTOR));
+        words[word::BUDGET] = u64::from(*budget) | u64::from(ask) << 32;
+        words[word::CTX] = ctx;
+        words[word::RUNTIME] = &mut rt as *mut Runtime as u64;
         let entry = self.code.entry();
         // SAFETY: `code` was compiled by `Jit::compile` in the current epoch (the caller
         // checked), with the block signature `entry` calls; it reads and writes `CpuState`
-        // only at field offsets from `state::off`, `Runtime` only at the `RT_*` offsets,
-        // and reaches everything else through the shims below, which get back these same
-        // two pointers, live and exclusive for the call (the runtime pointer is typed
-        // `*mut u8` in `Entry`, and the shims take it back as a `Runtime`). A block it
-        // chains into was checked the same way by `shim_chain`, and stays cached (so its
-        // helper table and chain slots live) until the run loop drops blocks, after the
-        // run.
-        let r = unsafe { entry(cpu, (&mut rt as *mut Runtime).cast::<u8>(), c.code) };
-        self.chained += u64::from(*budget - rt.budget);
-        self.insns += rt.insns;
+        // only at field offsets from `state::off` (its run words among them, at the
+        // `RT_*` offsets), and reaches everything else through the shims below, which
+        // get back the CPU state's pointer and, through its `RUNTIME` word, `rt`, both
+        // live and exclusive for the call. A block it chains into was checked the same
+        // way by `shim_chain`, and stays cached (so its helper table and chain slots live)
+        // until the run loop drops blocks, after the run.
+        let r = unsafe { entry(cpu, c.code) };
+        let words = &mut cpu.jit.0;
+        // `rt` ends here: no word keeps its address.
+        words[word::RUNTIME] = 0;
+        let (insns, fault) = (words[word::INSNS], words[word::FAULT]);
+        let left = budget_of(cpu);
+        self.chained += u64::from(*budget - left);
+        self.insns += insns;
         self.slow_accesses += rt.slow_accesses;
-        *budget = rt.budget;
-        interp.insns += rt.insns;
+        *budget = left;
+        interp.insns += insns;
         match r {
             KIND_FAULT if rt.retry => BlockEnd::Retry,
-            KIND_FAULT => BlockEnd::Fault(decode(rt.fault)),
+            KIND_FAULT => BlockEnd::Fault(decode(fault)),
             KIND_SYNC => BlockEnd::Sync,
             KIND_HALT => BlockEnd::Halt,
             _ => BlockEnd::Next,
@@ -590,13 +625,13 @@ impl Source for Lowering {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let rt = b.block_params(entry)[0];
+        let base = b.block_params(entry)[0];
         let block_sig = b.import_signature(block_signature());
         let groups = access_groups::find(ir, &consts);
         let mut e = Emit {
             b,
             p: ir,
-            rt,
+            base,
             vals: vec![None; ir.block.vals.len()],
             bools: vec![false; ir.block.vals.len()],
             helpers: self.helpers,
@@ -647,7 +682,9 @@ fn cl_type(t: Ty) -> Type {
 struct Emit<'a, 'b> {
     b: FunctionBuilder<'a>,
     p: &'b Ir,
-    rt: Value,
+    /// The function's one parameter, the CPU state's address: the base of the guest's
+    /// registers and of the run's words ([`word`]).
+    base: Value,
     vals: Vec<Option<Value>>,
     /// Values known to be 0 or 1 (conditions), which a branch takes as they are.
     bools: Vec<bool>,
@@ -746,10 +783,9 @@ impl Emit<'_, '_> {
         self.p.block.ty(v)
     }
 
-    /// The CPU state's address, from the pinned register ([`block_signature`]): read
-    /// where used, so that no value holding it lives long enough to be spilled.
+    /// The CPU state's address.
     fn cpu(&mut self) -> Value {
-        self.b.ins().get_pinned_reg(types::I64)
+        self.base
     }
 
     /// An IR value; constants (kept in the prepared block's initial table) materialize
@@ -1039,7 +1075,7 @@ impl Emit<'_, '_> {
     /// runtime, and in a loop stores the budget it holds there too, on a path that leaves
     /// the block.
     fn count(&mut self, n: u64) {
-        let rt = self.rt;
+        let rt = self.base;
         let mem = Self::flags();
         match self.run {
             Some(run) => {
@@ -1104,7 +1140,7 @@ impl Emit<'_, '_> {
         self.count(begun.saturating_sub(1));
         if let Some(e) = raise {
             let w = self.konst(encode(e));
-            let rt = self.rt;
+            let rt = self.base;
             self.b.ins().store(Self::flags(), w, rt, RT_FAULT);
         }
         self.exit(KIND_FAULT);
@@ -1125,7 +1161,7 @@ impl Emit<'_, '_> {
         self.store_flags();
         self.store_gprs();
         self.count(self.p.locate(at).0);
-        let rt = self.rt;
+        let rt = self.base;
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
                 let slot = element::<ChainSlot>(self.slots, self.next_slot);
@@ -1226,7 +1262,7 @@ impl Emit<'_, '_> {
         let &[slot] = self.b.block_params(ask) else {
             unreachable!("the ask block has one parameter");
         };
-        let rt = self.rt;
+        let rt = self.base;
         let code = self.call(Shim::Chain, &[slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
@@ -1250,7 +1286,7 @@ impl Emit<'_, '_> {
             return;
         };
         let (head, regs, stored) = (l.head, l.regs, l.stored);
-        let rt = self.rt;
+        let rt = self.base;
         let mem = Self::flags();
         let ask = self.b.ins().uload32(mem, rt, RT_ASK);
         let valid = self.b.ins().icmp_imm_s(IntCC::Equal, ask, 0);
@@ -1354,7 +1390,7 @@ impl Emit<'_, '_> {
             }
         }
         // The run's budget and count go round in host values, from the runtime's.
-        let rt = self.rt;
+        let rt = self.base;
         let budget = self.b.ins().uload32(mem, rt, RT_BUDGET);
         let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
         args.extend([BlockArg::Value(budget), BlockArg::Value(insns)]);
@@ -1408,13 +1444,14 @@ impl Emit<'_, '_> {
     /// [`PASSED`]); returns its i64 result.
     fn call(&mut self, shim: Shim, args: &[Value]) -> Value {
         debug_assert!(args.len() <= PASSED);
-        let rt = self.rt;
+        let rt = self.base;
         if let Some(trampoline) = preserving::trampoline(shim) {
             // Through a trampoline that keeps every register ([`preserving`]), with the
-            // arguments in the runtime: the call's only register operand is the
-            // runtime's, which every block holds in that register from its entry anyway,
-            // so that no value the block keeps across its cold calls competes for the
-            // argument registers. The trampoline takes the CPU from the pinned register.
+            // arguments in the run's words: the call's only register operand is the CPU
+            // state's address, which every block holds in that register from its entry
+            // anyway, so that no value the block keeps across its cold calls competes
+            // for the argument registers. The trampoline reads the runtime's address
+            // from the CPU state.
             for (i, &a) in args.iter().enumerate() {
                 self.b
                     .ins()
@@ -1431,7 +1468,14 @@ impl Emit<'_, '_> {
                 .load(types::I64, Self::flags(), rt, RT_RET as i32);
         }
         let cpu = self.cpu();
-        let all: Vec<Value> = [rt, cpu].into_iter().chain(args.iter().copied()).collect();
+        let runtime = self
+            .b
+            .ins()
+            .load(types::I64, Self::flags(), cpu, RT_RUNTIME as i32);
+        let all: Vec<Value> = [runtime, cpu]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
         let mut sig = Signature::new(self.call_conv);
         for _ in &all {
             sig.params.push(AbiParam::new(types::I64));
@@ -1460,7 +1504,7 @@ impl Emit<'_, '_> {
     /// all: the page of the last byte, which is the first byte's page exactly when the
     /// range fits in one page (a page and the next never share a slot).
     fn tlb_entry(&mut self, a: Value, lo: i64, hi: i64, access: Access) -> (Value, Value, Value) {
-        let rt = self.rt;
+        let rt = self.base;
         let table = match self.tlb {
             Some(t) => t,
             None => {
@@ -1586,7 +1630,7 @@ impl Emit<'_, '_> {
     }
 
     fn rt_value(&mut self, ty: Ty) -> Value {
-        let rt = self.rt;
+        let rt = self.base;
         self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
     }
 
@@ -1865,7 +1909,7 @@ impl Emit<'_, '_> {
                 // A helper may read the registers and flags, and may set them.
                 self.flush_flags();
                 self.flush_gprs();
-                let rt = self.rt;
+                let rt = self.base;
                 for (i, a) in args.iter().enumerate() {
                     let x = self.as_ty(*a, Ty::I64);
                     self.b
@@ -1955,14 +1999,16 @@ impl Emit<'_, '_> {
     }
 }
 
-// The shims: generated code calls these with the block's two pointers. Each returns 1 if
-// the operation faulted (the exception is left in the runtime), else 0 with any result in
-// `Runtime::value`.
+// The shims: generated code calls these. Each returns 1 if the operation faulted (the
+// exception is left in the run's `FAULT` word), else 0 with any result in the run's
+// `VALUE` word. They take the runtime and the CPU state (the trampolines
+// of [`preserving`] read the runtime's address from the CPU state's `RUNTIME` word).
 
 /// Recovers the references the generated code was given.
 ///
 /// # Safety
-/// `rt` and `cpu` must be the pointers `run_compiled` passed to the generated code.
+/// `cpu` must be the pointer `run_compiled` passed to the generated code, and `rt` the
+/// runtime its `RUNTIME` word holds.
 unsafe fn parts<'r, 'a>(
     rt: *mut Runtime<'a>,
     cpu: *mut CpuState,
@@ -1972,14 +2018,14 @@ unsafe fn parts<'r, 'a>(
     unsafe { (&mut *rt, &mut *cpu) }
 }
 
-fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
+fn outcome(cpu: &mut CpuState, r: Result<u64, Exception>) -> u64 {
     match r {
         Ok(v) => {
-            rt.value = v;
+            cpu.jit.0[word::VALUE] = v;
             0
         }
         Err(e) => {
-            rt.fault = encode(e);
+            cpu.jit.0[word::FAULT] = encode(e);
             1
         }
     }
@@ -1988,12 +2034,12 @@ fn outcome(rt: &mut Runtime, r: Result<u64, Exception>) -> u64 {
 extern "C" fn shim_load(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.ask = 1;
+    set_ask(cpu, true);
     rt.slow_accesses += 1;
     let r = rt
         .host
         .load(cpu, addr, info as u8, info & 0x100 != 0, info & 0x200 != 0);
-    outcome(rt, r)
+    outcome(cpu, r)
 }
 
 extern "C" fn shim_store(
@@ -2005,7 +2051,7 @@ extern "C" fn shim_store(
 ) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.ask = 1;
+    set_ask(cpu, true);
     rt.slow_accesses += 1;
     let r = rt
         .host
@@ -2014,12 +2060,12 @@ extern "C" fn shim_store(
         rt.retry = true;
         return 1;
     }
-    outcome(rt, r.map(|_| 0))
+    outcome(cpu, r.map(|_| 0))
 }
 
 extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, info: u64) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
-    let (rt, cpu) = unsafe { parts(rt, cpu) };
+    let (_, cpu) = unsafe { parts(rt, cpu) };
     let seg = (info & 0xFF) as usize;
     let bytes = ((info >> 8) & 0xFFFF) as u32;
     let write = info >> 24 & 1 != 0;
@@ -2029,7 +2075,7 @@ extern "C" fn shim_seg_check(rt: *mut Runtime, cpu: *mut CpuState, addr: u64, in
         FlatSegmentTop::Faults
     };
     let r = crate::seg_check(cpu, seg, addr, bytes, write, top).map(|_| 0);
-    outcome(rt, r)
+    outcome(cpu, r)
 }
 
 extern "C" fn shim_rflags(_rt: *mut Runtime, cpu: *const CpuState) -> u64 {
@@ -2054,12 +2100,13 @@ extern "C" fn shim_helper(
     // SAFETY: `helper` points into the helper table of the compiled block making the call,
     // which lives while its code runs (see `run_compiled`).
     let h = unsafe { *helper };
-    rt.ask = 1;
+    set_ask(cpu, true);
     let n = (args as usize).min(MAX_ARGS);
-    let args = rt.args;
-    let r = rt.host.helper(cpu, h, &args[..n]);
-    rt.tlb = data_tlb(rt.host, cpu);
-    outcome(rt, r)
+    let mut passed = [0; MAX_ARGS];
+    passed.copy_from_slice(&cpu.jit.0[word::ARGS..word::ARGS + MAX_ARGS]);
+    let r = rt.host.helper(cpu, h, &passed[..n]);
+    cpu.jit.0[word::TLB] = data_tlb(rt.host, cpu) as u64;
+    outcome(cpu, r)
 }
 
 /// The code of the block to run next, or 0 to return to the run loop: when the budget is
@@ -2069,8 +2116,9 @@ extern "C" fn shim_helper(
 extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const ChainSlot) -> u64 {
     // SAFETY: called only by generated code, with its own arguments.
     let (rt, cpu) = unsafe { parts(rt, cpu) };
-    rt.ask = 1;
-    if rt.budget == 0 {
+    set_ask(cpu, true);
+    let budget = budget_of(cpu);
+    if budget == 0 {
         return 0;
     }
     let Some(found) = rt.host.next_block(cpu) else {
@@ -2082,7 +2130,7 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
         _ => return 0,
     };
     let code = target.code as u64;
-    rt.budget -= 1;
+    set_budget(cpu, budget - 1);
     // The link's context: the one the exit's block was entered in, which the run is still
     // in unless a host call in that block changed it (then the block, marked with the
     // other, gets no link made in this one).
@@ -2092,12 +2140,12 @@ extern "C" fn shim_chain(rt: *mut Runtime, cpu: *mut CpuState, slot: *const Chai
         .map(u64::from);
     let Some(n) = entered else {
         // A context past the numbered ones: on, asking at every boundary.
-        rt.ctx = 0;
+        cpu.jit.0[word::CTX] = 0;
         return code;
     };
-    let same = n == rt.ctx;
-    rt.ctx = n;
-    rt.ask = 0;
+    let same = n == cpu.jit.0[word::CTX];
+    cpu.jit.0[word::CTX] = n;
+    set_ask(cpu, false);
     // SAFETY: a slot pointer is into the calling block's own `Compiled::slots`, alive
     // while its code runs, or into the JIT's table of indirect targets, alive while any
     // code is.

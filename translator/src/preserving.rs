@@ -8,10 +8,10 @@
 //! x86-64).
 //!
 //! A trampoline saves the caller-saved general registers, puts the shim's arguments where
-//! its C signature wants them (the runtime is the call's one register operand, the CPU is
-//! in Cranelift's pinned register, the rest were stored in `Runtime::passed`), calls it,
-//! stores its result in `Runtime::ret` (`preserve_all` returns nothing in registers) and
-//! restores them. Vector registers are left to the shims: generated code
+//! its C signature wants them (the CPU state's address is the call's one register
+//! operand, the runtime's is in its `RUNTIME` word, the rest were stored in its `PASSED`
+//! words), calls it, stores its result in the `RET` word (`preserve_all` returns nothing
+//! in registers) and restores them. Vector registers are left to the shims: generated code
 //! holds integers only. On x86-64 and aarch64 Linux hosts (the directives are ELF's);
 //! elsewhere the shims are called in the host's convention.
 
@@ -31,14 +31,15 @@ macro_rules! trampoline {
             // Entered with RSP 8 past a 16-byte boundary: nine pushes align it.
             "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
             "push r8", "push r9", "push r10", "push r11",
-            // The shim's arguments: the runtime (in RDI already), the CPU (Cranelift's
-            // pinned register), and the rest from the runtime.
-            "mov rsi, r15",
-            "mov rdx, [rdi + {passed}]",
-            "mov rcx, [rdi + {passed} + 8]",
-            "mov r8, [rdi + {passed} + 16]",
+            // The shim's arguments: the runtime and the CPU (in RDI), and the rest, all
+            // from the CPU state's run words.
+            "mov rsi, rdi",
+            "mov rdi, [rsi + {runtime}]",
+            "mov rdx, [rsi + {passed}]",
+            "mov rcx, [rsi + {passed} + 8]",
+            "mov r8, [rsi + {passed} + 16]",
             "call {shim}",
-            // The runtime: the first argument, pushed fifth.
+            // The CPU: the call's operand, pushed fifth.
             "mov r11, [rsp + 32]",
             "mov [r11 + {ret}], rax",
             "pop r11", "pop r10", "pop r9", "pop r8", "pop rdi",
@@ -48,6 +49,7 @@ macro_rules! trampoline {
             shim = sym $shim,
             ret = const crate::jit::RT_RET,
             passed = const crate::jit::RT_PASSED,
+            runtime = const crate::jit::RT_RUNTIME,
         );
     };
 }
@@ -76,14 +78,15 @@ macro_rules! trampoline {
             "stp x14, x15, [sp, #128]",
             "stp x16, x17, [sp, #144]",
             "str x18, [sp, #160]",
-            // The shim's arguments: the runtime (in x0 already), the CPU (Cranelift's
-            // pinned register), and the rest from the runtime.
-            "mov x1, x21",
-            "ldr x2, [x0, #{passed}]",
-            "ldr x3, [x0, #{passed} + 8]",
-            "ldr x4, [x0, #{passed} + 16]",
+            // The shim's arguments: the runtime and the CPU (in x0), and the rest, all
+            // from the CPU state's run words.
+            "mov x1, x0",
+            "ldr x0, [x1, #{runtime}]",
+            "ldr x2, [x1, #{passed}]",
+            "ldr x3, [x1, #{passed} + 8]",
+            "ldr x4, [x1, #{passed} + 16]",
             "bl {shim}",
-            // The runtime: the first argument, saved first.
+            // The CPU: the call's operand, saved first.
             "ldr x9, [sp, #16]",
             "str x0, [x9, #{ret}]",
             "ldp x0, x1, [sp, #16]",
@@ -102,6 +105,7 @@ macro_rules! trampoline {
             shim = sym $shim,
             ret = const crate::jit::RT_RET,
             passed = const crate::jit::RT_PASSED,
+            runtime = const crate::jit::RT_RUNTIME,
         );
     };
 }
