@@ -147,7 +147,6 @@ const RT_TLB: i32 = rt_word(word::TLB) as i32;
 const RT_INSNS: i32 = rt_word(word::INSNS) as i32;
 const RT_FAULT: i32 = rt_word(word::FAULT) as i32;
 const RT_BUDGET: i32 = rt_word(word::BUDGET) as i32;
-const RT_ASK: i32 = RT_BUDGET + 4;
 const RT_CTX: i32 = rt_word(word::CTX) as i32;
 // An exit reads the budget and `ask` as one little-endian word, the budget its low half.
 const _: () = assert!(cfg!(target_endian = "little"));
@@ -648,7 +647,6 @@ impl Source for Lowering {
             segs: [None; 6],
             eflags_home: false,
             looped: None,
-            run: None,
             ask: None,
             exits: Vec::new(),
             group_probes: vec![None; groups.ranges.len()],
@@ -720,9 +718,6 @@ struct Emit<'a, 'b> {
     /// The loop of a block that jumps to its own start, once its first such exit was
     /// emitted ([`Self::loop_back`]).
     looped: Option<Loop>,
-    /// In a block that loops in its function, the run's budget and instruction count as
-    /// of the lap's start, in host values; elsewhere they are in the runtime.
-    run: Option<Run>,
     /// The exits' shared path to [`shim_chain`], once an exit needs it.
     ask: Option<Block>,
     /// The function's returns to the run loop, one per kind ([`Self::exit`]).
@@ -734,15 +729,6 @@ struct Emit<'a, 'b> {
     group_probes: Vec<Option<(Value, Value)>>,
 }
 
-/// What a run carries from lap to lap of a block that loops in its function, in host
-/// values: the blocks it may still chain into, and the guest instructions it completed
-/// before the lap.
-#[derive(Clone, Copy)]
-struct Run {
-    budget: Value,
-    insns: Value,
-}
-
 #[derive(Clone, Copy)]
 struct Gpr {
     value: Value,
@@ -750,9 +736,12 @@ struct Gpr {
 }
 
 /// A block that jumps to its own start is a loop in its function: the head, after the
-/// entry, takes the registers a lap reads before it writes them (loaded at the entry),
-/// the budget and the instructions of the laps before as block parameters, so that going
-/// round loads no register; a register a lap writes first is stored at the back edge.
+/// entry, takes the registers a lap reads before it writes them (loaded at the entry) as
+/// block parameters, so that going round loads no register; a register a lap writes
+/// first is stored at the back edge. The run's budget and count stay in the run's words,
+/// which each lap updates as an exit does (as two more loop-carried values they had been
+/// spilled and reloaded by the decompressor's loops: `jit/integer_loop` and
+/// `jit/memcpy_loop` about 5-10% faster in memory).
 struct Loop {
     head: Block,
     /// Per register: held at the head, and whether dirty there (the block writes it).
@@ -1071,25 +1060,17 @@ impl Emit<'_, '_> {
         self.gprs = [None; 16];
     }
 
-    /// Adds the block's first `n` instructions (or the lap's) to the run's count in the
-    /// runtime, and in a loop stores the budget it holds there too, on a path that leaves
-    /// the block.
+    /// Adds the block's first `n` instructions (or the lap's) to the run's count, on a
+    /// path that leaves the block or goes round its loop.
     fn count(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
         let rt = self.base;
         let mem = Self::flags();
-        match self.run {
-            Some(run) => {
-                let insns = self.b.ins().iadd_imm_s(run.insns, n as i64);
-                self.b.ins().store(mem, insns, rt, RT_INSNS);
-                self.b.ins().istore32(mem, run.budget, rt, RT_BUDGET);
-            }
-            None if n == 0 => {}
-            None => {
-                let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
-                let insns = self.b.ins().iadd_imm_s(insns, n as i64);
-                self.b.ins().store(mem, insns, rt, RT_INSNS);
-            }
-        }
+        let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
+        let insns = self.b.ins().iadd_imm_s(insns, n as i64);
+        self.b.ins().store(mem, insns, rt, RT_INSNS);
     }
 
     /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
@@ -1190,24 +1171,7 @@ impl Emit<'_, '_> {
         // Goes straight on when neither the budget is spent nor the run must ask the
         // host, and the slot holds a link (an entry of the table of indirect targets: for
         // this address, in this context).
-        let (budget, stop) = match self.run {
-            // In a loop, the budget is the host value [`Self::count`] just stored.
-            Some(run) => {
-                let budget = self.b.ins().iadd_imm_s(run.budget, -1);
-                let spent = self.b.ins().ushr_imm_s(budget, 63);
-                let asked = self.b.ins().uload32(flags, rt, RT_ASK);
-                (budget, self.b.ins().bor(spent, asked))
-            }
-            // The budget and `ask` as one word, the budget its low half: its decrement
-            // is at least 2^31 when the budget was 0 or `ask` is not. Stored back whole
-            // (`ask` is 0 then), so that the next exit's load of it is forwarded from
-            // this store.
-            None => {
-                let word = self.b.ins().load(types::I64, flags, rt, RT_BUDGET);
-                let budget = self.b.ins().iadd_imm_s(word, -1);
-                (budget, self.b.ins().ushr_imm_s(budget, 31))
-            }
-        };
+        let (budget, stop) = self.spend_budget();
         let linked = self.b.create_block();
         self.b.ins().brif(stop, ask, &[slot.into()], linked, &[]);
         self.b.switch_to_block(linked);
@@ -1227,13 +1191,22 @@ impl Emit<'_, '_> {
             .ins()
             .brif(unlinked, ask, &[slot.into()], straight, &[]);
         self.b.switch_to_block(straight);
-        match self.run {
-            Some(_) => self.b.ins().istore32(flags, budget, rt, RT_BUDGET),
-            None => self.b.ins().store(flags, budget, rt, RT_BUDGET),
-        };
+        self.b.ins().store(flags, budget, rt, RT_BUDGET);
         self.b
             .ins()
             .return_call_indirect(self.block_sig, code, &[rt]);
+    }
+
+    /// The run's budget word less one, and whether a block boundary must stop there
+    /// rather than go straight on (not 0). The budget and `ask` are one word, the budget
+    /// its low half: its decrement is at least 2^31 when the budget was 0 or `ask` is
+    /// not. The caller that goes on stores it back whole (`ask` is 0 then), so that the
+    /// next boundary's load of it is forwarded from that store.
+    fn spend_budget(&mut self) -> (Value, Value) {
+        let rt = self.base;
+        let word = self.b.ins().load(types::I64, Self::flags(), rt, RT_BUDGET);
+        let budget = self.b.ins().iadd_imm_s(word, -1);
+        (budget, self.b.ins().ushr_imm_s(budget, 31))
     }
 
     /// The block every exit goes to when it cannot chain straight on: one per function,
@@ -1277,34 +1250,27 @@ impl Emit<'_, '_> {
 
     /// At an exit to the block's own start (op `at`): goes round again inside the
     /// function, into the loop's head ([`Loop`]), when the exit could chain straight:
-    /// `Runtime::ask` is 0, so the run's last boundary passed the host's checks with no
+    /// the run's `ask` is 0, so the run's last boundary passed the host's checks with no
     /// host call since (so no code was written, no TLB flushed, no mode changed, no
     /// breakpoint set: the block is still what runs there), and the budget lasts, which
     /// going round spends as a chain does. Otherwise the exit goes on as any other.
     fn loop_back(&mut self, at: usize) {
-        let (Some(l), Some(run)) = (&self.looped, self.run) else {
+        let Some(l) = &self.looped else {
             return;
         };
         let (head, regs, stored) = (l.head, l.regs, l.stored);
         let rt = self.base;
         let mem = Self::flags();
-        let ask = self.b.ins().uload32(mem, rt, RT_ASK);
-        let valid = self.b.ins().icmp_imm_s(IntCC::Equal, ask, 0);
-        let left = self.b.ins().icmp_imm_s(IntCC::NotEqual, run.budget, 0);
-        // Two branches: the conditions combined into one cost `jit/integer_loop` 15%.
-        let has_budget = self.b.create_block();
+        let (budget, stop) = self.spend_budget();
         let again = self.b.create_block();
         let other = self.b.create_block();
-        self.b.ins().brif(valid, has_budget, &[], other, &[]);
-        self.b.switch_to_block(has_budget);
-        self.b.ins().brif(left, again, &[], other, &[]);
+        self.b.ins().brif(stop, other, &[], again, &[]);
         self.b.switch_to_block(again);
         // The flags go round in the CPU (the head cannot know which operation set
-        // them); the budget and the count in host values, as between blocks.
+        // them), the budget and the count in the run's words, as between blocks.
         self.store_flags();
-        let budget = self.b.ins().iadd_imm_s(run.budget, -1);
-        let n = self.p.locate(at).0 as i64;
-        let insns = self.b.ins().iadd_imm_s(run.insns, n);
+        self.b.ins().store(mem, budget, rt, RT_BUDGET);
+        self.count(self.p.locate(at).0);
         for (r, _) in stored.iter().enumerate().filter(|(_, s)| **s) {
             if let Some(Gpr { value, dirty: true }) = self.gprs[r] {
                 self.store_cpu(value, off::gpr(r));
@@ -1325,14 +1291,12 @@ impl Emit<'_, '_> {
             };
             args.push(BlockArg::Value(value));
         }
-        args.extend([BlockArg::Value(budget), BlockArg::Value(insns)]);
         self.b.ins().jump(head, &args);
         self.b.switch_to_block(other);
     }
 
     /// For a block that jumps to its own start: loads the registers it uses, and goes
-    /// into the loop's head, where they and the run's budget and count are block
-    /// parameters.
+    /// into the loop's head, where they are block parameters.
     fn enter_loop(&mut self) {
         let start = self.p.block.start;
         let consts = self.consts;
@@ -1389,13 +1353,6 @@ impl Emit<'_, '_> {
                 self.b.append_block_param(head, types::I64);
             }
         }
-        // The run's budget and count go round in host values, from the runtime's.
-        let rt = self.base;
-        let budget = self.b.ins().uload32(mem, rt, RT_BUDGET);
-        let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
-        args.extend([BlockArg::Value(budget), BlockArg::Value(insns)]);
-        self.b.append_block_param(head, types::I64);
-        self.b.append_block_param(head, types::I64);
         self.b.ins().jump(head, &args);
         self.b.switch_to_block(head);
         let mut params = self.b.block_params(head).to_vec().into_iter();
@@ -1406,9 +1363,6 @@ impl Emit<'_, '_> {
                     dirty,
                 })
             });
-        }
-        if let (Some(budget), Some(insns)) = (params.next(), params.next()) {
-            self.run = Some(Run { budget, insns });
         }
         self.looped = Some(Loop { head, regs, stored });
     }
