@@ -146,9 +146,14 @@ impl TicketCell {
         self.dropped.load(Ordering::Acquire)
     }
 
-    /// The block ran once more, interpreted, while its code was not ready.
+    /// The block ran once more, interpreted, while its code was not ready. Only the
+    /// block's CPU thread counts, so a load and a store do (the compile thread only reads
+    /// the count): a locked add at every such run had stalled on the line the compile
+    /// thread reads.
     pub fn ran_waiting(&self) {
-        self.waited_runs.fetch_add(1, Ordering::Relaxed);
+        let n = self.waited_runs.load(Ordering::Relaxed);
+        self.waited_runs
+            .store(n.saturating_add(1), Ordering::Relaxed);
     }
 }
 
