@@ -529,6 +529,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_jit_words_are_not_compared_with_the_guest_state() {
+        let a = CpuState::reset();
+        let mut b = a.clone();
+        b.jit.0[0] = 1;
+        assert_eq!(a, b);
+        b.gpr[RAX] = 1;
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn reset_state_is_real_mode_at_the_reset_vector() {
         let s = CpuState::reset();
         assert_eq!(s.seg[CS].base + s.rip, 0xFFFF_FFF0);
