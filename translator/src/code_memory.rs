@@ -18,9 +18,10 @@ use crate::code_arena::CodeArena;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The way into generated code from Rust: `enter(cpu, block)` calls the block's function, which is in Cranelift's `tail` convention (Rust has no
-/// such ABI), in the host's C convention, and returns what the block (or the last block
-/// it chained into) returned.
+/// The way into generated code from Rust: `enter(cpu, block)` calls the block's
+/// function, which is in Cranelift's `tail` convention (Rust has no such ABI), in the
+/// host's C convention, and returns what the block (or the last block it chained into)
+/// returned.
 pub type Entry = unsafe extern "C" fn(*mut CpuState, *const u8) -> u64;
 
 /// The signature of every compiled block: `(cpu) -> exit word`, in the `tail`

@@ -1066,11 +1066,11 @@ impl Emit<'_, '_> {
         if n == 0 {
             return;
         }
-        let rt = self.base;
+        let base = self.base;
         let mem = Self::flags();
-        let insns = self.b.ins().load(types::I64, mem, rt, RT_INSNS);
+        let insns = self.b.ins().load(types::I64, mem, base, RT_INSNS);
         let insns = self.b.ins().iadd_imm_s(insns, n as i64);
-        self.b.ins().store(mem, insns, rt, RT_INSNS);
+        self.b.ins().store(mem, insns, base, RT_INSNS);
     }
 
     /// Ends the run with `kind` after op `at`, whose instruction completed (RIP is
@@ -1121,8 +1121,8 @@ impl Emit<'_, '_> {
         self.count(begun.saturating_sub(1));
         if let Some(e) = raise {
             let w = self.konst(encode(e));
-            let rt = self.base;
-            self.b.ins().store(Self::flags(), w, rt, RT_FAULT);
+            let base = self.base;
+            self.b.ins().store(Self::flags(), w, base, RT_FAULT);
         }
         self.exit(KIND_FAULT);
     }
@@ -1142,7 +1142,7 @@ impl Emit<'_, '_> {
         self.store_flags();
         self.store_gprs();
         self.count(self.p.locate(at).0);
-        let rt = self.base;
+        let base = self.base;
         let (slot, target) = match exit {
             ExitTo::Constant(_) => {
                 let slot = element::<ChainSlot>(self.slots, self.next_slot);
@@ -1162,8 +1162,8 @@ impl Emit<'_, '_> {
                     .b
                     .ins()
                     .imul_imm_s(index, std::mem::size_of::<ChainSlot>() as i64);
-                let base = self.konst(self.targets as u64);
-                (self.b.ins().iadd(base, at), Some(target))
+                let table = self.konst(self.targets as u64);
+                (self.b.ins().iadd(table, at), Some(target))
             }
         };
         let flags = Self::flags();
@@ -1181,7 +1181,7 @@ impl Emit<'_, '_> {
             let slot_rip = self.b.ins().load(types::I64, flags, slot, SLOT_RIP);
             let other = self.b.ins().icmp(IntCC::NotEqual, slot_rip, target);
             let stamp = self.b.ins().load(types::I64, flags, slot, SLOT_STAMP);
-            let ctx = self.b.ins().load(types::I64, flags, rt, RT_CTX);
+            let ctx = self.b.ins().load(types::I64, flags, base, RT_CTX);
             let wrong = self.b.ins().icmp(IntCC::NotEqual, stamp, ctx);
             unlinked = self.b.ins().bor(unlinked, other);
             unlinked = self.b.ins().bor(unlinked, wrong);
@@ -1191,10 +1191,10 @@ impl Emit<'_, '_> {
             .ins()
             .brif(unlinked, ask, &[slot.into()], straight, &[]);
         self.b.switch_to_block(straight);
-        self.b.ins().store(flags, budget, rt, RT_BUDGET);
+        self.b.ins().store(flags, budget, base, RT_BUDGET);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[rt]);
+            .return_call_indirect(self.block_sig, code, &[base]);
     }
 
     /// The run's budget word less one, and whether a block boundary must stop there
@@ -1203,8 +1203,11 @@ impl Emit<'_, '_> {
     /// not. The caller that goes on stores it back whole (`ask` is 0 then), so that the
     /// next boundary's load of it is forwarded from that store.
     fn spend_budget(&mut self) -> (Value, Value) {
-        let rt = self.base;
-        let word = self.b.ins().load(types::I64, Self::flags(), rt, RT_BUDGET);
+        let base = self.base;
+        let word = self
+            .b
+            .ins()
+            .load(types::I64, Self::flags(), base, RT_BUDGET);
         let budget = self.b.ins().iadd_imm_s(word, -1);
         (budget, self.b.ins().ushr_imm_s(budget, 31))
     }
@@ -1225,7 +1228,7 @@ impl Emit<'_, '_> {
     }
 
     /// The exits' shared path when they cannot chain straight on (parameter: the exit's
-    /// chain slot; the run's count and budget are in the runtime): asks [`shim_chain`],
+    /// chain slot; the run's count and budget are in the run's words): asks [`shim_chain`],
     /// which spends from the budget there and may end the run.
     fn emit_ask(&mut self) {
         let Some(ask) = self.ask else {
@@ -1235,7 +1238,7 @@ impl Emit<'_, '_> {
         let &[slot] = self.b.block_params(ask) else {
             unreachable!("the ask block has one parameter");
         };
-        let rt = self.base;
+        let base = self.base;
         let code = self.call(Shim::Chain, &[slot]);
         let chain = self.b.create_block();
         let back = self.b.create_block();
@@ -1243,7 +1246,7 @@ impl Emit<'_, '_> {
         self.b.switch_to_block(chain);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[rt]);
+            .return_call_indirect(self.block_sig, code, &[base]);
         self.b.switch_to_block(back);
         self.exit(KIND_NEXT);
     }
@@ -1259,7 +1262,7 @@ impl Emit<'_, '_> {
             return;
         };
         let (head, regs, stored) = (l.head, l.regs, l.stored);
-        let rt = self.base;
+        let base = self.base;
         let mem = Self::flags();
         let (budget, stop) = self.spend_budget();
         let again = self.b.create_block();
@@ -1269,7 +1272,7 @@ impl Emit<'_, '_> {
         // The flags go round in the CPU (the head cannot know which operation set
         // them), the budget and the count in the run's words, as between blocks.
         self.store_flags();
-        self.b.ins().store(mem, budget, rt, RT_BUDGET);
+        self.b.ins().store(mem, budget, base, RT_BUDGET);
         self.count(self.p.locate(at).0);
         for (r, _) in stored.iter().enumerate().filter(|(_, s)| **s) {
             if let Some(Gpr { value, dirty: true }) = self.gprs[r] {
@@ -1400,7 +1403,7 @@ impl Emit<'_, '_> {
     /// [`PASSED`]); returns its i64 result.
     fn call(&mut self, shim: Shim, args: &[Value]) -> Value {
         debug_assert!(args.len() <= PASSED);
-        let rt = self.base;
+        let base = self.base;
         if let Some(trampoline) = preserving::trampoline(shim) {
             // Through a trampoline that keeps every register ([`preserving`]), with the
             // arguments in the run's words: the call's only register operand is the CPU
@@ -1411,17 +1414,17 @@ impl Emit<'_, '_> {
             for (i, &a) in args.iter().enumerate() {
                 self.b
                     .ins()
-                    .store(Self::flags(), a, rt, (RT_PASSED + 8 * i) as i32);
+                    .store(Self::flags(), a, base, (RT_PASSED + 8 * i) as i32);
             }
             let mut sig = Signature::new(CallConv::PreserveAll);
             sig.params.push(AbiParam::new(types::I64));
             let sig = self.b.import_signature(sig);
             let callee = self.b.ins().iconst(types::I64, trampoline as i64);
-            self.b.ins().call_indirect(sig, callee, &[rt]);
+            self.b.ins().call_indirect(sig, callee, &[base]);
             return self
                 .b
                 .ins()
-                .load(types::I64, Self::flags(), rt, RT_RET as i32);
+                .load(types::I64, Self::flags(), base, RT_RET as i32);
         }
         let cpu = self.cpu();
         let runtime = self
@@ -1460,11 +1463,11 @@ impl Emit<'_, '_> {
     /// all: the page of the last byte, which is the first byte's page exactly when the
     /// range fits in one page (a page and the next never share a slot).
     fn tlb_entry(&mut self, a: Value, lo: i64, hi: i64, access: Access) -> (Value, Value, Value) {
-        let rt = self.base;
+        let base = self.base;
         let table = match self.tlb {
             Some(t) => t,
             None => {
-                let t = self.b.ins().load(types::I64, Self::flags(), rt, RT_TLB);
+                let t = self.b.ins().load(types::I64, Self::flags(), base, RT_TLB);
                 self.tlb = Some(t);
                 t
             }
@@ -1586,8 +1589,10 @@ impl Emit<'_, '_> {
     }
 
     fn rt_value(&mut self, ty: Ty) -> Value {
-        let rt = self.base;
-        self.b.ins().load(cl_type(ty), Self::flags(), rt, RT_VALUE)
+        let base = self.base;
+        self.b
+            .ins()
+            .load(cl_type(ty), Self::flags(), base, RT_VALUE)
     }
 
     fn body(&mut self) {
@@ -1865,12 +1870,12 @@ impl Emit<'_, '_> {
                 // A helper may read the registers and flags, and may set them.
                 self.flush_flags();
                 self.flush_gprs();
-                let rt = self.base;
+                let base = self.base;
                 for (i, a) in args.iter().enumerate() {
                     let x = self.as_ty(*a, Ty::I64);
                     self.b
                         .ins()
-                        .store(Self::flags(), x, rt, RT_ARGS + 8 * i as i32);
+                        .store(Self::flags(), x, base, RT_ARGS + 8 * i as i32);
                 }
                 // The helper sees RIP at the calling instruction, as in the interpreter.
                 self.set_rip(rip_here);
