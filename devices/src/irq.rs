@@ -1,17 +1,33 @@
-//! Interrupt request wires of the ISA bus. Devices drive a wire's level; the interrupt
-//! controller samples the wires, and latched rising edges are not lost between samples
-//! (a PIT pulse that rises and falls between two samples still counts, as on the 8259A's
-//! edge-triggered inputs).
+//! Interrupt request wires: the ISA bus's 16 IRQs, the I/O APIC's further inputs (GSIs
+//! 16-23), and the HPET's two legacy replacement outputs. Devices drive a wire's level;
+//! the interrupt controllers sample the wires, and latched rising edges are not lost
+//! between samples (a PIT pulse that rises and falls between two samples still counts, as
+//! on the 8259A's edge-triggered inputs).
+//!
+//! In the HPET's legacy replacement mode its timer 0 drives IRQ0 in place of the PIT and
+//! its timer 1 IRQ8 in place of the RTC, as the chipset's routing does on a PC.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 pub const ISA_IRQS: usize = 16;
+/// The I/O APIC's inputs: the ISA IRQs (IRQ0 on pin 2) and GSIs 16-23.
+pub const GSIS: usize = 24;
+/// The wires the HPET drives in legacy replacement mode (they reach the controllers as
+/// IRQ0 and IRQ8 while that mode is on, and nowhere otherwise).
+pub const HPET_LEGACY_IRQ0: u8 = 24;
+pub const HPET_LEGACY_IRQ8: u8 = 25;
+const SOURCES: u8 = 26;
 
 #[derive(Default, Debug)]
 pub struct IrqWires {
-    level: Cell<u16>,
-    rising: Cell<u16>,
+    /// The level each source drives, bit n for wire n.
+    level: Cell<u32>,
+    /// Rising edges not yet taken by the PIC, and by the I/O APIC: each input latches its
+    /// own.
+    rising: Cell<u32>,
+    rising_ioapic: Cell<u32>,
+    legacy_replacement: Cell<bool>,
     /// Bumped on every change of any wire, so a controller can skip re-sampling.
     generation: Cell<u64>,
 }
@@ -22,30 +38,55 @@ impl IrqWires {
     }
 
     pub fn line(self: &Rc<Self>, irq: u8) -> IrqLine {
-        assert!((irq as usize) < ISA_IRQS, "ISA IRQ {irq} out of range");
+        assert!(irq < SOURCES, "IRQ wire {irq} out of range");
         IrqLine {
             wires: self.clone(),
             mask: 1 << irq,
         }
     }
 
-    pub fn levels(&self) -> u16 {
-        self.level.get()
+    /// What the controllers see of the sources: IRQ0 and IRQ8 from the PIT and the RTC,
+    /// or in legacy replacement mode from the HPET's timers 0 and 1.
+    fn seen(&self, sources: u32) -> u32 {
+        const GSI_MASK: u32 = (1 << GSIS) - 1;
+        if !self.legacy_replacement.get() {
+            return sources & GSI_MASK;
+        }
+        let hpet0 = (sources >> HPET_LEGACY_IRQ0) & 1;
+        let hpet8 = (sources >> HPET_LEGACY_IRQ8) & 1;
+        (sources & GSI_MASK & !(1 | 1 << 8)) | hpet0 | hpet8 << 8
     }
 
-    /// Rising edges seen since the last call.
+    /// The levels the controllers see, bit n for IRQ/GSI n.
+    pub fn levels(&self) -> u32 {
+        self.seen(self.level.get())
+    }
+
+    /// Rising edges of the ISA IRQs seen since the PIC's last call.
     pub fn take_rising(&self) -> u16 {
-        self.rising.replace(0)
+        self.seen(self.rising.replace(0)) as u16
     }
 
-    /// True if any wire has risen since the controller last sampled.
+    /// Rising edges of the GSIs seen since the I/O APIC's last call.
+    pub fn take_rising_ioapic(&self) -> u32 {
+        self.seen(self.rising_ioapic.replace(0))
+    }
+
+    /// True if any wire has risen since a controller last sampled.
     pub fn has_news(&self) -> bool {
-        self.rising.get() != 0
+        self.rising.get() | self.rising_ioapic.get() != 0
     }
 
     /// Changes whenever any wire's level changes.
     pub fn generation(&self) -> u64 {
         self.generation.get()
+    }
+
+    /// The HPET's LEG_RT_CNF.
+    pub fn set_legacy_replacement(&self, on: bool) {
+        if self.legacy_replacement.replace(on) != on {
+            self.generation.set(self.generation.get() + 1);
+        }
     }
 }
 
@@ -53,7 +94,7 @@ impl IrqWires {
 #[derive(Clone, Debug)]
 pub struct IrqLine {
     wires: Rc<IrqWires>,
-    mask: u16,
+    mask: u32,
 }
 
 impl IrqLine {
@@ -65,6 +106,8 @@ impl IrqLine {
         if high {
             if old & self.mask == 0 {
                 self.wires.rising.set(self.wires.rising.get() | self.mask);
+                let io = &self.wires.rising_ioapic;
+                io.set(io.get() | self.mask);
             }
             self.wires.level.set(old | self.mask);
         } else {

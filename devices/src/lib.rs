@@ -1,4 +1,4 @@
-//! PC devices for Gantry: the 8259A PIC pair, 8254 PIT, 16550A UART, MC146818 RTC/CMOS,
+//! PC devices for Gantry: the 8259A PIC pair, the local APICs and the 82093AA I/O APIC, 8254 PIT, HPET, 16550A UART, MC146818 RTC/CMOS,
 //! i8042, PCI configuration mechanism #1 with an i440FX/PIIX3, the ACPI PM block, and the
 //! debug ports.
 //!
@@ -8,11 +8,15 @@
 //! [`signals::SystemSignals`]. The same objects serve the emulated CPU and KVM.
 
 pub mod acpi_pm;
+pub mod apic_bus;
 pub mod bus;
 pub mod clock;
 pub mod debug_ports;
+pub mod hpet;
 pub mod i8042;
+pub mod ioapic;
 pub mod irq;
+pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
