@@ -309,8 +309,6 @@ message: .asciz "Hello from the test kernel\n"
 /// Assembles and links the test kernel with binutils; returns the ELF (with symbols).
 fn kernel(dir: &Path, start: Option<&str>) -> PathBuf {
     let src = dir.join("kernel.S");
-    let obj = dir.join("kernel.o");
-    let elf = dir.join("kernel.elf");
     std::fs::write(
         &src,
         KERNEL.replace(
@@ -319,30 +317,7 @@ fn kernel(dir: &Path, start: Option<&str>) -> PathBuf {
         ),
     )
     .expect("write kernel source");
-    let ok = |c: &mut Command| {
-        let out = c
-            .output()
-            .expect("binutils are installed (tests/run.sh installs them)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
-    ok(Command::new("ld")
-        .args([
-            "-m",
-            "elf_i386",
-            "-Ttext=0x100000",
-            "-e",
-            "_start",
-            "--build-id=none",
-            "-o",
-        ])
-        .arg(&elf)
-        .arg(&obj));
-    elf
+    common::link_kernel(&src)
 }
 
 /// The tests of a scenario: on the emulated CPU's interpreter and JIT, and on KVM (which

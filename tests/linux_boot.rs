@@ -10,18 +10,30 @@ use std::time::Duration;
 
 use common::gantry;
 
+/// The kernel's own command line (no `nolapic noapic`): it finds the local APIC and the
+/// I/O APIC in the MADT and runs on them.
+const DEFAULTS: &str = "console=ttyS0";
+/// The 8259s only, as before the board had APICs.
+const PIC_ONLY: &str = "console=ttyS0 nolapic noapic";
+
 #[test]
 fn debian_boots_to_user_space_on_the_interpreter() {
     boots_to_user_space(
         "debian_boots_to_user_space_on_the_interpreter",
         "interp",
+        DEFAULTS,
         &[],
     );
 }
 
 #[test]
 fn debian_boots_to_user_space_on_the_jit() {
-    boots_to_user_space("debian_boots_to_user_space_on_the_jit", "jit", &[]);
+    boots_to_user_space(
+        "debian_boots_to_user_space_on_the_jit",
+        "jit",
+        DEFAULTS,
+        &[],
+    );
 }
 
 /// With 4 and 8 GiB the RAM above the 4 GiB line holds kernel code the kernel patches at
@@ -33,26 +45,27 @@ fn debian_boots_with_4_and_8_gib_on_the_jit() {
         boots_to_user_space(
             "debian_boots_with_4_and_8_gib_on_the_jit",
             "jit",
+            PIC_ONLY,
             &["--mem", mem],
         );
     }
 }
 
-fn boots_to_user_space(test: &str, accel: &str, extra: &[&str]) {
+/// The command the guest runs, and what it prints: the machine, the CPU count, how many
+/// `/proc/interrupts` lines are the I/O APIC's, whether the local APIC timer ticked, and
+/// the clocksource in use.
+const COMMAND: &str = "uname -m; grep -c processor /proc/cpuinfo; \
+    grep -c IO-APIC /proc/interrupts; grep -q 'LOC: *[1-9]' /proc/interrupts && echo ticks; \
+    cat /sys/devices/system/clocksource/clocksource0/current_clocksource";
+
+fn boots_to_user_space(test: &str, accel: &str, cmdline: &str, extra: &[&str]) {
     let Some((kernel, initrd)) = common::debian_guest(test) else {
         return;
     };
     let started = std::time::Instant::now();
+    let append = format!("{cmdline} gantry_cmd=\"{COMMAND}\"");
     let mut args = vec![
-        "run",
-        "--accel",
-        accel,
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--append",
-        "console=ttyS0 nolapic noapic gantry_cmd=\"uname -m; grep -c processor /proc/cpuinfo\"",
+        "run", "--accel", accel, "--kernel", &kernel, "--initrd", &initrd, "--append", &append,
         "--stats",
     ];
     args.extend_from_slice(extra);
@@ -69,20 +82,37 @@ fn boots_to_user_space(test: &str, accel: &str, extra: &[&str]) {
         !r.timed_out,
         "no power-off within the limit; last lines: {tail:#?}"
     );
+    // With the APICs: IRQ 0 (timer), 1 and 12 (i8042), 4 (ttyS0), 8 (rtc0) and 9 (acpi)
+    // on the I/O APIC, and the local timer ticking. Without: none, and no LOC line.
+    // The TSC: its frequency from CPUID (no calibration to fail), kept as the clocksource.
+    let apic_lines = if cmdline.contains("noapic") {
+        "x86_64\n1\n0\ntsc\n"
+    } else {
+        "x86_64\n1\n6\nticks\ntsc\n"
+    };
     for want in [
         "Linux version 6.",
         "ACPI: RSDP 0x00000000000E0000",
         "Run /init as init process",
         "GANTRY-GUEST: init started",
         "GANTRY-GUEST: running: uname -m; grep -c processor /proc/cpuinfo",
-        "x86_64\n1\nGANTRY-GUEST: command exit status 0",
+        &format!("{apic_lines}GANTRY-GUEST: command exit status 0"),
         "GANTRY-GUEST: powering off",
         "reboot: Power down",
+        "tsc: Detected 1000.000 MHz processor",
     ] {
         assert!(
             out.contains(want),
             "missing {want:?}; last lines: {tail:#?}"
         );
+    }
+    for bad in [
+        "Unable to calibrate",
+        "calibration failed",
+        "Marking TSC unstable",
+        "IO-APIC + timer doesn't work",
+    ] {
+        assert!(!out.contains(bad), "the guest says {bad:?}");
     }
     assert!(
         r.stderr.contains("unimplemented instructions (#UD): 0 []"),

@@ -18,6 +18,7 @@ pub fn quiet_board(ram_size: u64) -> Board {
             serial: SerialSink::None,
             debugcon_port: None,
             cmos: None,
+            local_apics: 0,
         },
         clock,
         HostConsole::none(),

@@ -10,11 +10,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use gantry_devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
-use gantry_devices::bus::{Bus, BusDevice, BusError, SharedDevice};
+use gantry_devices::apic_bus::{DeliveryMode, Destination, Message, Outgoing};
+use gantry_devices::bus::{Bus, BusError, SharedDevice};
 use gantry_devices::clock::Clock;
 use gantry_devices::debug_ports::{DebugCon, DebugExit, PostCodes};
+use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
+use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
+use gantry_devices::lapic::{Acknowledged, LocalApic, LAPIC_PAGE};
 use gantry_devices::pci::PciHost;
 use gantry_devices::pic::{PicPair, PicPort, PicPortKind};
 use gantry_devices::pit::{Pit, PORT61_OFFSET};
@@ -54,6 +58,9 @@ pub struct BoardConfig {
     pub debugcon_port: Option<u16>,
     /// CMOS contents from before a reset (battery-backed on a real PC).
     pub cmos: Option<CmosState>,
+    /// How many CPUs have a local APIC on this board, APIC IDs 0.. in order; with none
+    /// (KVM for now), there is no I/O APIC either and the PIC's INTR goes to the CPU.
+    pub local_apics: u32,
 }
 
 /// Why the board wants the run to end (or the machine to reset).
@@ -95,6 +102,12 @@ pub struct Board {
     int_cached: bool,
     int_valid: bool,
     int_generation: u64,
+    /// The local APICs, by CPU index, and the I/O APIC and the HPET (present with them).
+    lapics: Vec<LocalApic>,
+    ioapic: Option<Rc<RefCell<IoApic>>>,
+    hpet: Option<Rc<RefCell<Hpet>>>,
+    /// The CPU whose accesses and interrupt questions the board is answering.
+    current: usize,
 }
 
 impl Board {
@@ -162,9 +175,24 @@ impl Board {
             pio.insert(p as u64, 1, con)?;
         }
 
+        let lapics: Vec<LocalApic> = (0..cfg.local_apics)
+            .map(|id| LocalApic::new(id, id == 0, clock.clone()))
+            .collect();
+        let mut mmio = Bus::new();
+        let (ioapic, hpet) = if lapics.is_empty() {
+            (None, None)
+        } else {
+            // The I/O APIC's ID follows the local APICs' (as the MADT says).
+            let io = Rc::new(RefCell::new(IoApic::new(cfg.local_apics)));
+            mmio.insert(IOAPIC_BASE, IOAPIC_LEN, io.clone())?;
+            let hpet = Rc::new(RefCell::new(Hpet::new(clock.clone(), wires.clone())));
+            mmio.insert(HPET_BASE, HPET_LEN, hpet.clone())?;
+            (Some(io), Some(hpet))
+        };
+
         let mut board = Self {
             pio,
-            mmio: Bus::new(),
+            mmio,
             pic,
             pit,
             rtc,
@@ -182,8 +210,16 @@ impl Board {
             int_cached: false,
             int_valid: false,
             int_generation: 0,
+            lapics,
+            ioapic,
+            hpet,
+            current: 0,
         };
         board.set_cmos_memory(cfg.ram_size);
+        board
+            .rtc
+            .borrow_mut()
+            .set_cmos(0x5F, cfg.local_apics.saturating_sub(1) as u8);
         Ok(board)
     }
 
@@ -206,7 +242,6 @@ impl Board {
         rtc.set_cmos(0x5B, above_4g as u8);
         rtc.set_cmos(0x5C, (above_4g >> 8) as u8);
         rtc.set_cmos(0x5D, (above_4g >> 16) as u8);
-        rtc.set_cmos(0x5F, 0); // CPUs - 1
         rtc.set_cmos(0x14, 0x06); // equipment: FPU, VGA/EGA
     }
 
@@ -248,31 +283,137 @@ impl Board {
         }
     }
 
+    /// The current CPU's local APIC, if its register page is decoded at `addr`.
+    fn lapic_at(&mut self, addr: u64) -> Option<&mut LocalApic> {
+        let lapic = self.lapics.get_mut(self.current)?;
+        let base = lapic.mmio_base()?;
+        (addr & !(LAPIC_PAGE - 1) == base).then_some(lapic)
+    }
+
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        if let Some(lapic) = self.lapic_at(addr) {
+            lapic.mmio_read(addr & (LAPIC_PAGE - 1), data);
+            return;
+        }
         if !self.mmio.read(addr, data) {
             self.unknown_mmio += 1;
         }
     }
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        if !self.mmio.write(addr, data) {
+        if (IOAPIC_BASE..IOAPIC_BASE + IOAPIC_LEN).contains(&addr) {
+            // Unmasking an asserted level input sends it: the lines as they are now.
+            self.update_ioapic_inputs();
+        }
+        if let Some(lapic) = self.lapic_at(addr) {
+            lapic.mmio_write(addr & (LAPIC_PAGE - 1), data);
+        } else if !self.mmio.write(addr, data) {
             self.unknown_mmio += 1;
+        }
+        // An ICR or EOI write, or an I/O APIC entry unmasked, may have sent messages.
+        self.carry_messages();
+    }
+
+    /// The current CPU's local APIC, for its MSRs, CR8 and the TSC deadline; the messages
+    /// it sends are carried when `f` returns.
+    pub fn with_lapic<R>(&mut self, f: impl FnOnce(&mut LocalApic) -> R) -> Option<R> {
+        let r = f(self.lapics.get_mut(self.current)?);
+        self.carry_messages();
+        Some(r)
+    }
+
+    /// Carries what the APICs sent until none has anything left to send (an EOI to the
+    /// I/O APIC may send its pin's message again).
+    fn carry_messages(&mut self) {
+        loop {
+            let mut carried = false;
+            for from in 0..self.lapics.len() {
+                if self.lapics[from].has_outgoing() {
+                    let out: Vec<Outgoing> = self.lapics[from].drain().collect();
+                    for o in out {
+                        self.carry(Some(from), o);
+                    }
+                    carried = true;
+                }
+            }
+            if let Some(io) = self.ioapic.clone() {
+                if io.borrow().has_outgoing() {
+                    let out: Vec<Outgoing> = io.borrow_mut().drain().collect();
+                    for o in out {
+                        self.carry(None, o);
+                    }
+                    carried = true;
+                }
+            }
+            if !carried {
+                return;
+            }
         }
     }
 
-    pub fn add_mmio(
-        &mut self,
-        base: u64,
-        len: u64,
-        dev: Rc<RefCell<dyn BusDevice>>,
-    ) -> Result<(), BusError> {
-        self.mmio.insert(base, len, dev)
+    /// One message from local APIC `from` (an IPI or an EOI) or the I/O APIC (`None`).
+    fn carry(&mut self, from: Option<usize>, out: Outgoing) {
+        let m: Message = match out {
+            Outgoing::Eoi(vector) => {
+                // The I/O APIC resends a level input still asserted at the EOI: it must
+                // see the line as it is now (the handler may have quieted the device).
+                self.update_ioapic_inputs();
+                if let Some(io) = &self.ioapic {
+                    io.borrow_mut().eoi(vector);
+                }
+                return;
+            }
+            Outgoing::Interrupt(m) => m,
+        };
+        let ipi = from.is_some();
+        let is_for = |i: usize, l: &LocalApic| match m.dest {
+            Destination::ToSelf => Some(i) == from,
+            Destination::AllButSelf => Some(i) != from,
+            dest => l.is_destination(dest),
+        };
+        if m.mode == DeliveryMode::LowestPriority {
+            let target = (0..self.lapics.len())
+                .filter(|&i| is_for(i, &self.lapics[i]))
+                .min_by_key(|&i| self.lapics[i].arbitration_priority());
+            if let Some(i) = target {
+                self.lapics[i].receive(&m, ipi);
+            }
+            return;
+        }
+        for i in 0..self.lapics.len() {
+            if is_for(i, &self.lapics[i]) {
+                self.lapics[i].receive(&m, ipi);
+            }
+        }
+    }
+
+    /// Samples the IRQ wires into the I/O APIC's pins: IRQ0 on pin 2, IRQ n on pin n
+    /// (IRQ2, the cascade, is never driven; pin 0 is not connected). What it sends stays in
+    /// its outbox.
+    fn update_ioapic_inputs(&mut self) {
+        let Some(io) = &self.ioapic else {
+            return;
+        };
+        // GSIs 16-23 go to their pins as they are.
+        let pins = |gsis: u32| (gsis & !0b101) | ((gsis & 1) << 2);
+        let rising = self.wires.take_rising_ioapic();
+        io.borrow_mut()
+            .set_inputs(pins(self.wires.levels()), pins(rising));
+    }
+
+    /// [`Self::update_ioapic_inputs`], and carries what the I/O APIC sent.
+    fn sample_ioapic(&mut self) {
+        if self.ioapic.is_some() {
+            self.update_ioapic_inputs();
+            self.carry_messages();
+        }
     }
 
     /// The PIC's INT output.
-    pub fn interrupt_pending(&mut self) -> bool {
+    fn pic_interrupt(&mut self) -> bool {
         let generation = self.wires.generation();
         if !self.int_valid || generation != self.int_generation || self.wires.has_news() {
+            self.sample_ioapic();
             self.int_cached = self.pic.borrow_mut().has_interrupt();
             self.int_generation = generation;
             self.int_valid = true;
@@ -280,21 +421,42 @@ impl Board {
         self.int_cached
     }
 
-    /// The INTA cycle: the vector the CPU takes.
-    pub fn acknowledge_interrupt(&mut self) -> u8 {
-        self.int_valid = false;
-        self.pic.borrow_mut().acknowledge()
+    /// Whether the current CPU has an interrupt to take: from its local APIC, or the
+    /// PIC's INTR (through LINT0, or straight where there is no APIC).
+    pub fn interrupt_pending(&mut self) -> bool {
+        let pic = self.pic_interrupt();
+        match self.lapics.get(self.current) {
+            Some(lapic) => lapic.has_interrupt(pic),
+            None => pic,
+        }
     }
 
-    fn timed(&self) -> [Rc<RefCell<dyn Timed>>; 2] {
-        [self.pit.clone(), self.rtc.clone()]
+    /// The INTA cycle: the vector the CPU takes.
+    pub fn acknowledge_interrupt(&mut self) -> u8 {
+        let pic = self.pic_interrupt();
+        self.int_valid = false;
+        let from_lapic = self
+            .lapics
+            .get_mut(self.current)
+            .map(|l| l.acknowledge(pic));
+        match from_lapic {
+            Some(Acknowledged::Vector(v)) => v,
+            Some(Acknowledged::Pic) | None => self.pic.borrow_mut().acknowledge(),
+        }
+    }
+
+    fn timed(&self) -> impl Iterator<Item = Rc<RefCell<dyn Timed>>> {
+        let devices: [Rc<RefCell<dyn Timed>>; 2] = [self.pit.clone(), self.rtc.clone()];
+        let hpet = self.hpet.clone().map(|h| h as Rc<RefCell<dyn Timed>>);
+        devices.into_iter().chain(hpet)
     }
 
     /// The earliest device deadline on the timer queue.
     pub fn next_deadline(&self) -> Option<u64> {
+        let apics = self.lapics.iter().filter_map(|l| l.next_deadline());
         self.timed()
-            .iter()
             .filter_map(|d| d.borrow().next_deadline())
+            .chain(apics)
             .min()
     }
 
@@ -305,6 +467,11 @@ impl Board {
             let due = d.borrow().next_deadline().is_some_and(|t| t <= now);
             if due {
                 d.borrow_mut().on_timer(now);
+            }
+        }
+        for lapic in &mut self.lapics {
+            if lapic.next_deadline().is_some_and(|t| t <= now) {
+                lapic.on_timer(now);
             }
         }
         while let Some(i) = self.console.try_input() {
@@ -395,9 +562,32 @@ impl Board {
         let post = self.post.borrow();
         let _ = writeln!(
             out,
-            "interrupts acknowledged: {} (spurious {})",
+            "PIC interrupts acknowledged: {} (spurious {})",
             pic.acknowledged, pic.spurious
         );
+        for (cpu, lapic) in self.lapics.iter().enumerate() {
+            let l = lapic.stats();
+            let _ = writeln!(
+                out,
+                "cpu{cpu} local APIC: interrupts taken {} (spurious {}), timer {}, IPIs sent {} received {}, INIT/SIPI/NMI/SMI not delivered {}",
+                l.accepted, l.spurious, l.timer, l.ipis_sent, l.ipis_received, l.not_delivered
+            );
+        }
+        if let Some(io) = &self.ioapic {
+            let io = io.borrow();
+            let pins: Vec<String> = io
+                .sent()
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 0)
+                .map(|(pin, n)| format!("pin {pin}: {n}"))
+                .collect();
+            let _ = writeln!(out, "I/O APIC messages: [{}]", pins.join(", "));
+        }
+        if let Some(hpet) = &self.hpet {
+            let fired = hpet.borrow().fired();
+            let _ = writeln!(out, "HPET interrupts by timer: {fired:?}");
+        }
         let _ = writeln!(out, "serial bytes out: {}", self.uart.borrow().bytes_out());
         let codes: Vec<String> = post.recent().iter().map(|c| format!("{c:02x}")).collect();
         let _ = writeln!(

@@ -66,6 +66,17 @@ pub struct MachineConfig {
     pub exit_after: bool,
 }
 
+impl MachineConfig {
+    /// The emulated CPU has Gantry's local APIC. Under KVM the board has none yet: KVM's
+    /// vCPU runs with the PIC's INTR injected as before, and CPUID says there is no APIC.
+    pub fn local_apics(&self) -> u32 {
+        match self.accel {
+            AccelKind::Kvm => 0,
+            AccelKind::Interp | AccelKind::Jit => 1,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     #[error("{0}")]
@@ -188,6 +199,7 @@ impl Machine {
                     kernel: image,
                     initrd: initrd.as_ref().map(|(_, d)| d.as_slice()),
                     cmdline,
+                    local_apics: cfg.local_apics(),
                 };
                 let loaded = boot::load_kernel(&mut mem, &img).map_err(|e| match (&e, initrd) {
                     (LoadError::TooBig(m), Some((iname, _)))
@@ -213,6 +225,7 @@ impl Machine {
                 serial,
                 debugcon_port: cfg.debugcon_port,
                 cmos,
+                local_apics: cfg.local_apics(),
             },
             clock,
             console,

@@ -57,6 +57,7 @@ fn debian_bzimage_boot_params() {
             kernel: &kernel,
             initrd: Some(&initrd),
             cmdline,
+            local_apics: 0,
         },
     )
     .unwrap();
@@ -145,6 +146,7 @@ fn debian_bzimage_command_line_limit() {
             kernel: &kernel,
             initrd: None,
             cmdline: &long,
+            local_apics: 0,
         },
     )
     .unwrap_err();
@@ -159,6 +161,7 @@ fn debian_bzimage_command_line_limit() {
             kernel: &kernel,
             initrd: None,
             cmdline: &ok,
+            local_apics: 0,
         },
     )
     .unwrap();
@@ -226,6 +229,7 @@ fn pvh_elf_start_info() {
             kernel: &elf,
             initrd: Some(&initrd),
             cmdline: "console=ttyS0",
+            local_apics: 0,
         },
     )
     .unwrap();
@@ -328,6 +332,7 @@ fn multiboot_elf_by_program_headers() {
             kernel: &f,
             initrd: Some(b"module-0"),
             cmdline: "root=/dev/null",
+            local_apics: 0,
         },
     )
     .unwrap();
@@ -426,6 +431,7 @@ fn multiboot_tables_stay_off_a_low_kernel_and_its_module() {
             kernel: &k,
             initrd: Some(&[0x5A; 0x3000]),
             cmdline: "low",
+            local_apics: 0,
         },
     )
     .unwrap();
@@ -475,6 +481,7 @@ fn refusal(kernel: &[u8], ram: u64) -> LoadError {
             kernel,
             initrd: None,
             cmdline: "",
+            local_apics: 0,
         },
     )
     .unwrap_err()

@@ -186,6 +186,37 @@ pub fn debug_exit(a: &mut CodeAssembler, code: u32) -> Result<(), IcedError> {
     a.hlt()
 }
 
+/// Assembles a 32-bit test kernel's source (GNU as) and links it at 1 MiB with `_start` as
+/// its entry; returns the ELF (with symbols), beside the source.
+pub fn link_kernel(src: &Path) -> PathBuf {
+    let obj = src.with_extension("o");
+    let elf = src.with_extension("elf");
+    let ok = |c: &mut Command| {
+        let out = c
+            .output()
+            .expect("binutils are installed (tests/run.sh installs them)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(src));
+    ok(Command::new("ld")
+        .args([
+            "-m",
+            "elf_i386",
+            "-Ttext=0x100000",
+            "-e",
+            "_start",
+            "--build-id=none",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj));
+    elf
+}
+
 pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, data).expect("write test file");

@@ -147,6 +147,7 @@ impl Sandbox {
                 serial: SerialSink::None,
                 debugcon_port: None,
                 cmos: None,
+                local_apics: 0,
             },
             clock,
             HostConsole::none(),

@@ -1,10 +1,14 @@
 //! Minimal ACPI tables for guests booted without firmware: RSDP, RSDT, FADT (pointing at
 //! the PM block at 0x600), FACS and a DSDT holding only the \_S5 sleep package, so that a
-//! guest's `poweroff` writes SLP_EN to PM1a_CNT and the run ends.
+//! guest's `poweroff` writes SLP_EN to PM1a_CNT and the run ends; and, on a board with
+//! APICs, the MADT that describes them and the HPET table.
 
 use crate::layout::ACPI_TABLES;
 use crate::memory::{GuestMemory, MemoryError};
 use gantry_devices::acpi_pm::PM_BASE;
+use gantry_devices::hpet::{CAPABILITIES as HPET_CAPABILITIES, HPET_BASE};
+use gantry_devices::ioapic::IOAPIC_BASE;
+use gantry_devices::lapic::LAPIC_DEFAULT_BASE;
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
@@ -33,13 +37,59 @@ fn put_u32(t: &mut [u8], off: usize, v: u32) {
     t[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Writes the tables at [`ACPI_TABLES`] and returns the RSDP's address.
-pub fn write_tables(mem: &mut GuestMemory) -> Result<u64, MemoryError> {
+/// The MADT of a PC with `cpus` local APICs (IDs 0..cpus, processor UIDs the same), the
+/// I/O APIC after them (GSIs 0-23), ISA IRQ0 on GSI 2 and the SCI (IRQ 9) level-triggered
+/// active-high as on QEMU's PC, and every CPU's LINT1 wired to NMI.
+fn madt(cpus: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(LAPIC_DEFAULT_BASE as u32).to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: there are 8259s too
+    for id in 0..cpus {
+        // Processor local APIC: UID, APIC ID, enabled.
+        body.extend_from_slice(&[0, 8, id as u8, id as u8]);
+        body.extend_from_slice(&1u32.to_le_bytes());
+    }
+    // I/O APIC: ID, reserved, address, GSI base.
+    body.extend_from_slice(&[1, 12, cpus as u8, 0]);
+    body.extend_from_slice(&(IOAPIC_BASE as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    // Interrupt source overrides: bus 0 (ISA), IRQ, GSI, flags (MPS INTI).
+    for (irq, gsi, flags) in [(0u8, 2u32, 0u16), (9, 9, 0x000D)] {
+        body.extend_from_slice(&[2, 10, 0, irq]);
+        body.extend_from_slice(&gsi.to_le_bytes());
+        body.extend_from_slice(&flags.to_le_bytes());
+    }
+    // Local APIC NMI: all processors, flags, LINT1.
+    body.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+    let mut t = header(b"APIC", 36 + body.len(), 1);
+    t.extend_from_slice(&body);
+    finish(t)
+}
+
+/// The HPET table: the event timer block's ID (its capabilities' low half), its address,
+/// HPET number 0, a minimum periodic tick of 128 counts, no page protection.
+fn hpet_table() -> Vec<u8> {
+    let mut t = header(b"HPET", 56, 1);
+    t.extend_from_slice(&HPET_CAPABILITIES.to_le_bytes());
+    // Generic address: system memory, 64 bits wide, offset 0, access size undefined.
+    t.extend_from_slice(&[0, 64, 0, 0]);
+    t.extend_from_slice(&HPET_BASE.to_le_bytes());
+    t.push(0);
+    t.extend_from_slice(&128u16.to_le_bytes());
+    t.push(0);
+    finish(t)
+}
+
+/// Writes the tables at [`ACPI_TABLES`] and returns the RSDP's address. `cpus` is how many
+/// local APICs the board has (with none, there is no MADT).
+pub fn write_tables(mem: &mut GuestMemory, cpus: u32) -> Result<u64, MemoryError> {
     let rsdp_at = ACPI_TABLES;
     let rsdt_at = rsdp_at + 0x40;
     let fadt_at = rsdt_at + 0x40;
     let facs_at = fadt_at + 0x100; // 64-byte aligned
     let dsdt_at = facs_at + 0x40;
+    let hpet_at = dsdt_at + 0x40;
+    let madt_at = hpet_at + 0x40;
 
     // DSDT: Name (_S5, Package (4) {0, 0, 0, 0}) -- SLP_TYP 0 is S5 on the PM block.
     let aml = [
@@ -73,8 +123,16 @@ pub fn write_tables(mem: &mut GuestMemory) -> Result<u64, MemoryError> {
     put_u32(&mut fadt, 112, 1 | 1 << 2 | 1 << 4 | 1 << 5);
     let fadt = finish(fadt);
 
-    let mut rsdt = header(b"RSDT", 40, 1);
-    rsdt.extend_from_slice(&(fadt_at as u32).to_le_bytes());
+    let mut entries = vec![fadt_at as u32];
+    if cpus > 0 {
+        mem.write(madt_at, &madt(cpus))?;
+        mem.write(hpet_at, &hpet_table())?;
+        entries.extend([madt_at as u32, hpet_at as u32]);
+    }
+    let mut rsdt = header(b"RSDT", 36 + 4 * entries.len(), 1);
+    for e in entries {
+        rsdt.extend_from_slice(&e.to_le_bytes());
+    }
     let rsdt = finish(rsdt);
 
     let mut rsdp = Vec::with_capacity(20);
@@ -100,13 +158,21 @@ mod tests {
     #[test]
     fn tables_checksum_to_zero() {
         let mut mem = GuestMemory::new(16 << 20, None).unwrap();
-        let rsdp = write_tables(&mut mem).unwrap();
+        let rsdp = write_tables(&mut mem, 4).unwrap();
         let mut b = [0u8; 20];
         mem.read(rsdp, &mut b).unwrap();
         assert_eq!(&b[..8], b"RSD PTR ");
         assert_eq!(b.iter().fold(0u8, |a, x| a.wrapping_add(*x)), 0);
         let rsdt = u32::from_le_bytes(b[16..20].try_into().unwrap()) as u64;
-        for (addr, sig) in [(rsdt, b"RSDT"), (rsdt + 0x40, b"FACP")] {
+        assert_eq!(mem.read_u32(rsdt + 4).unwrap(), 48, "FADT, MADT, HPET");
+        let madt = mem.read_u32(rsdt + 40).unwrap() as u64;
+        let hpet = mem.read_u32(rsdt + 44).unwrap() as u64;
+        for (addr, sig) in [
+            (rsdt, b"RSDT"),
+            (rsdt + 0x40, b"FACP"),
+            (madt, b"APIC"),
+            (hpet, b"HPET"),
+        ] {
             let len = mem.read_u32(addr + 4).unwrap() as usize;
             let mut t = vec![0u8; len];
             mem.read(addr, &mut t).unwrap();

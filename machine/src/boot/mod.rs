@@ -46,6 +46,8 @@ pub struct KernelImage<'a> {
     pub kernel: &'a [u8],
     pub initrd: Option<&'a [u8]>,
     pub cmdline: &'a str,
+    /// How many local APICs the board has, for the ACPI tables (0: none).
+    pub local_apics: u32,
 }
 
 /// What was loaded, for `--stats` and tests.

@@ -201,6 +201,7 @@ fn run_on(
             serial: SerialSink::None,
             debugcon_port: None,
             cmos: None,
+            local_apics: 0,
         },
         dyn_clock,
         HostConsole::none(),

@@ -20,15 +20,20 @@ const PGE: u32 = 1 << 13;
 const CMOV: u32 = 1 << 15;
 const PAT: u32 = 1 << 16;
 const PSE36: u32 = 1 << 17;
+const APIC: u32 = 1 << 9;
 const CLFSH: u32 = 1 << 19;
 const FXSR: u32 = 1 << 24;
 const SSE: u32 = 1 << 25;
 const SSE2: u32 = 1 << 26;
 // CPUID.1:ECX
 const CX16: u32 = 1 << 13;
+const X2APIC: u32 = 1 << 21;
 const POPCNT: u32 = 1 << 23;
+const TSC_DEADLINE: u32 = 1 << 24;
 // CPUID.(7,0):EDX
 const ARCH_CAPABILITIES: u32 = 1 << 29;
+// CPUID.80000007:EDX
+const INVARIANT_TSC: u32 = 1 << 8;
 // CPUID.80000001
 const SYSCALL: u32 = 1 << 11;
 const NX: u32 = 1 << 20;
@@ -37,18 +42,33 @@ const LM: u32 = 1 << 29;
 const LAHF_LM: u32 = 1 << 0;
 const ABM: u32 = 1 << 5;
 
-/// (eax, ebx, ecx, edx) for a leaf and subleaf of the `vendor`'s model.
-pub fn cpuid(vendor: Vendor, leaf: u32, subleaf: u32) -> [u32; 4] {
+/// (eax, ebx, ecx, edx) for a leaf and subleaf of the `vendor`'s model, on a CPU whose
+/// local APIC has ID `apic` (`None`: no APIC, or disabled in IA32_APIC_BASE).
+pub fn cpuid(vendor: Vendor, apic: Option<u32>, leaf: u32, subleaf: u32) -> [u32; 4] {
     let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let id = vendor.cpuid_vendor();
+    // The Intel model states its TSC's frequency in leaves 0x15 and 0x16 (AMD's parts have
+    // no such leaves).
+    let max_leaf = match vendor {
+        Vendor::Intel => 0x16,
+        Vendor::Amd => 7,
+    };
     match leaf {
-        0 => [7, w(&id[0..4]), w(&id[8..12]), w(&id[4..8])],
+        0 => [max_leaf, w(&id[0..4]), w(&id[8..12]), w(&id[4..8])],
         1 => [
             vendor.signature(),
-            // CLFLUSH line size 8 (x8 = 64 bytes), one logical processor.
-            (8 << 8) | (1 << 16),
-            CX16 | POPCNT,
-            FPU | PSE
+            // CLFLUSH line size 8 (x8 = 64 bytes), one logical processor, the initial APIC
+            // ID.
+            (8 << 8) | (1 << 16) | (apic.unwrap_or(0) << 24),
+            CX16 | POPCNT
+                | if apic.is_some() {
+                    X2APIC | TSC_DEADLINE
+                } else {
+                    0
+                },
+            if apic.is_some() { APIC } else { 0 }
+                | FPU
+                | PSE
                 | TSC
                 | MSR
                 | PAE
@@ -68,6 +88,13 @@ pub fn cpuid(vendor: Vendor, leaf: u32, subleaf: u32) -> [u32; 4] {
         // IA32_ARCH_CAPABILITIES (`helpers/msr.rs`), which says what the model is not
         // vulnerable to.
         7 if subleaf == 0 => [0, 0, 0, ARCH_CAPABILITIES],
+        // The TSC and the local APIC's timer both count the machine's clock at 1 GHz
+        // (`helpers/msr.rs`, `gantry_devices::lapic`): a 1 GHz "crystal" with a TSC ratio
+        // of 1/1, as Linux reads them (it also takes the crystal for the APIC timer's
+        // rate). Leaf 0x16: base, maximum and bus frequencies in MHz.
+        0x15 if vendor == Vendor::Intel => [1, 1, 1_000_000_000, 0],
+        0x16 if vendor == Vendor::Intel => [1000, 1000, 1000, 0],
+        8..=0x14 if vendor == Vendor::Intel => [0, 0, 0, 0],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         0x8000_0001 => [0, 0, LAHF_LM | ABM, SYSCALL | NX | RDTSCP | LM],
         0x8000_0002..=0x8000_0004 => {
@@ -82,11 +109,13 @@ pub fn cpuid(vendor: Vendor, leaf: u32, subleaf: u32) -> [u32; 4] {
         }
         // 40-bit physical, 48-bit linear addresses.
         0x8000_0008 => [0x3028, 0, 0, 0],
-        2..=7 | 0x8000_0005..=0x8000_0007 => [0, 0, 0, 0],
+        // The TSC runs at one rate whatever the CPU's state: the machine's clock.
+        0x8000_0007 => [0, 0, 0, INVARIANT_TSC],
+        2..=7 | 0x8000_0005..=0x8000_0006 => [0, 0, 0, 0],
         // Leaves above the maximum: Intel CPUs answer as the highest basic leaf (with the
         // subleaf asked), AMD CPUs with zeros.
         _ => match vendor {
-            Vendor::Intel => cpuid(vendor, 7, subleaf),
+            Vendor::Intel => cpuid(vendor, apic, max_leaf, subleaf),
             Vendor::Amd => [0, 0, 0, 0],
         },
     }

@@ -71,6 +71,7 @@ impl Ctx<'_> {
             }
             8 => {
                 cpu.cr8 = v & 0xF;
+                self.board.with_lapic(|l| l.set_cr8(v));
                 Ok(())
             }
             _ => Err(UD),

@@ -138,7 +138,11 @@ impl Host for Ctx<'_> {
                 Ok(0)
             }
             Helper::Cpuid => {
-                let r = cpuid(self.vendor, cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32);
+                let apic = self
+                    .board
+                    .with_lapic(|l| l.hw_enabled().then_some(l.id()))
+                    .flatten();
+                let r = cpuid(self.vendor, apic, cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32);
                 for (reg, v) in [RAX, RBX, RCX, RDX].iter().zip(r) {
                     set_reg32(cpu, *reg, v);
                 }
@@ -265,7 +269,7 @@ impl Host for Ctx<'_> {
                     2 => Ok(cpu.cr2),
                     3 => Ok(cpu.cr3),
                     4 => Ok(cpu.cr4),
-                    8 => Ok(cpu.cr8),
+                    8 => Ok(self.board.with_lapic(|l| l.cr8()).unwrap_or(cpu.cr8)),
                     _ => Err(UD),
                 }
             }

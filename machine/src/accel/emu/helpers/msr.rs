@@ -1,6 +1,7 @@
 //! RDMSR and WRMSR: the model-specific registers the CPU model has.
 
 use super::*;
+use gantry_devices::lapic::{X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
 
 const MSR_TSC: u32 = 0x10;
 const MSR_PLATFORM_ID: u32 = 0x17;
@@ -12,6 +13,7 @@ const MSR_SYSENTER_ESP: u32 = 0x175;
 const MSR_SYSENTER_EIP: u32 = 0x176;
 const MSR_MISC_ENABLE: u32 = 0x1A0;
 const MSR_PAT: u32 = 0x277;
+const MSR_TSC_DEADLINE: u32 = 0x6E0;
 const MSR_EFER: u32 = 0xC000_0080;
 const MSR_STAR: u32 = 0xC000_0081;
 const MSR_LSTAR: u32 = 0xC000_0082;
@@ -54,7 +56,19 @@ impl Ctx<'_> {
             MSR_TSC => self.tsc(cpu),
             MSR_PLATFORM_ID | MSR_BIOS_SIGN_ID => 0,
             MSR_ARCH_CAPABILITIES => NOT_VULNERABLE,
-            MSR_APIC_BASE => m.apic_base,
+            MSR_APIC_BASE => self
+                .board
+                .with_lapic(|l| l.base_msr())
+                .unwrap_or(m.apic_base),
+            MSR_TSC_DEADLINE => self
+                .board
+                .with_lapic(|l| l.tsc_deadline())
+                .ok_or_else(gp0)?,
+            X2APIC_MSR_FIRST..=X2APIC_MSR_LAST => self
+                .board
+                .with_lapic(|l| l.read_msr(msr))
+                .flatten()
+                .ok_or_else(gp0)?,
             MSR_SYSENTER_CS => m.sysenter_cs,
             MSR_SYSENTER_ESP => m.sysenter_esp,
             MSR_SYSENTER_EIP => m.sysenter_eip,
@@ -81,12 +95,32 @@ impl Ctx<'_> {
             MSR_TSC => cpu.tsc_offset = v.wrapping_sub(self.board.clock().now_ns()),
             MSR_BIOS_SIGN_ID => {}
             MSR_APIC_BASE => {
-                // No local APIC: the enable bit cannot be set.
-                if v & (1 << 11) != 0 {
-                    return Err(gp0());
+                match self
+                    .board
+                    .with_lapic(|l| l.set_base_msr(v).map(|_| l.base_msr()))
+                {
+                    Some(Ok(base)) => cpu.msr.apic_base = base,
+                    Some(Err(_)) => return Err(gp0()),
+                    // No local APIC: the enable bit cannot be set.
+                    None if v & (1 << 11) != 0 => return Err(gp0()),
+                    None => cpu.msr.apic_base = v,
                 }
-                cpu.msr.apic_base = v;
+                // CPUID.1:EDX.APIC follows the enable bit, and the xAPIC page may have
+                // moved: neither is in a translation, but the TLB may hold the old page.
+                self.mmu.flush(false);
             }
+            MSR_TSC_DEADLINE => {
+                let now = self.board.clock().now_ns();
+                let at = now.saturating_add(v.saturating_sub(self.tsc(cpu)));
+                self.board
+                    .with_lapic(|l| l.set_tsc_deadline(v, at))
+                    .ok_or_else(gp0)?;
+            }
+            X2APIC_MSR_FIRST..=X2APIC_MSR_LAST => self
+                .board
+                .with_lapic(|l| l.write_msr(msr, v))
+                .and_then(Result::ok)
+                .ok_or_else(gp0)?,
             MSR_SYSENTER_CS => cpu.msr.sysenter_cs = v & 0xFFFF,
             MSR_SYSENTER_ESP => cpu.msr.sysenter_esp = v,
             MSR_SYSENTER_EIP => cpu.msr.sysenter_eip = v,
