@@ -76,6 +76,9 @@ struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (bytes without one).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     mem: u64,
+    /// How many CPUs (1 to 64). On the emulated CPU they take turns on one host thread.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    smp: u32,
     /// Raw firmware ROM mapped below 4 GiB and at 0xE0000 (the CPU starts at F000:FFF0).
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
@@ -284,11 +287,18 @@ fn run(args: RunArgs) -> Result<i32, String> {
     };
     let console_input = matches!(args.serial, SerialArg::Stdio);
     let accel = choose_accel(args.accel, vendor);
+    if args.gdb.is_some() && args.smp > 1 {
+        return Err(format!(
+            "--gdb with --smp {}: the gdbstub shows one CPU so far; use --smp 1",
+            args.smp
+        ));
+    }
     if args.perf_map && accel != AccelKind::Jit {
         return Err("--perf-map names the JIT's code: it needs --accel jit".into());
     }
     let cfg = MachineConfig {
         ram_size: args.mem,
+        cpus: args.smp,
         boot,
         accel,
         serial,

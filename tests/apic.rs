@@ -160,16 +160,19 @@ unexpected_msg: .asciz "unexpected interrupt\n"
 /// output, then Gantry's `--stats` (for failure messages), after checking it exited
 /// through the debug-exit port with 0x10.
 fn run_kernel(test: &str, accel: &str, body: &str) -> String {
+    run_kernel_with(test, accel, body, &[])
+}
+
+/// [`run_kernel`] with more options for `gantry run`.
+fn run_kernel_with(test: &str, accel: &str, body: &str, extra: &[&str]) -> String {
     let dir = common::scratch(&format!("{test}-{accel}"));
     let src = dir.join("kernel.S");
     std::fs::write(&src, format!("{PRELUDE}\n{body}")).expect("write kernel source");
     let elf = common::link_kernel(&src);
     let path = elf.to_str().expect("scratch path is UTF-8");
-    let r = common::gantry(
-        &["run", "--accel", accel, "--kernel", path, "--stats"],
-        b"",
-        Duration::from_secs(120),
-    );
+    let mut args = vec!["run", "--accel", accel, "--kernel", path, "--stats"];
+    args.extend_from_slice(extra);
+    let r = common::gantry(&args, b"", Duration::from_secs(120));
     assert!(!r.timed_out, "{test} on {accel} hung: {}", r.stdout);
     assert_eq!(
         r.status,
@@ -688,5 +691,150 @@ status_msg: .asciz "status in handler "
         );
         assert_eq!(value(&out, "timer 2 one-shot "), 1, "{accel}: {out:?}");
         assert_eq!(value(&out, "status in handler "), 4, "{accel}: {out:?}");
+    }
+}
+
+/// `--smp 4`: the bootstrap processor starts the three others with INIT and a start-up
+/// IPI to all but itself (vector 0x08: a real-mode trampoline it copied to 0x8000, which
+/// enters protected mode through the BSP's own GDT); each prints its APIC ID under a
+/// spinlock taken with XCHG and counts itself with LOCK INC. Then an IPI from CPU 0 to
+/// CPU 1, whose handler answers with one to CPU 0.
+#[test]
+fn application_processors_start_and_exchange_ipis() {
+    let body = r#"
+main:
+    mov dword ptr [APIC + 0xF0], 0x1FF
+    mov ecx, 0x51
+    mov eax, offset isr51
+    call set_gate
+    mov ecx, 0x52
+    mov eax, offset isr52
+    call set_gate
+    mov ax, ds
+    mov [tramp_ds], ax
+    mov ax, cs
+    mov [tramp_cs], ax
+    sgdt [tramp_gdtr]
+    mov esi, offset tramp_start
+    mov edi, 0x8000
+    mov ecx, offset tramp_end
+    sub ecx, esi
+    rep movsb
+    mov dword ptr [APIC + 0x310], 0
+    mov dword ptr [APIC + 0x300], 0xC4500
+    mov dword ptr [APIC + 0x300], 0xC4608
+    mov ecx, 100000000
+1:  cmp dword ptr [aps_up], 3
+    jae 2f
+    pause
+    loop 1b
+2:  call lock_take
+    mov eax, [aps_up]
+    mov esi, offset aps_msg
+    call report
+    call lock_give
+    sti
+    mov dword ptr [APIC + 0x310], 0x01000000
+    mov dword ptr [APIC + 0x300], 0x51
+    mov ecx, 100000000
+3:  cmp dword ptr [pongs], 1
+    jae 4f
+    pause
+    loop 3b
+4:  cli
+    call lock_take
+    mov eax, [pongs]
+    mov esi, offset pong_msg
+    call report
+    mov eax, 0x10
+    jmp exit
+
+/* The spinlock around COM1. Clobbers EAX. */
+lock_take:
+    mov eax, 1
+    xchg eax, [uart_lock]
+    test eax, eax
+    jz 5f
+    pause
+    jmp lock_take
+5:  ret
+lock_give:
+    mov dword ptr [uart_lock], 0
+    ret
+
+ap_main:
+    mov ds, bx
+    mov es, bx
+    mov ss, bx
+    mov eax, [APIC + 0x20]
+    shr eax, 24
+    mov ebp, eax
+    shl eax, 12
+    add eax, 0x70000
+    mov esp, eax
+    lidt [idtr]
+    mov dword ptr [APIC + 0xF0], 0x1FF
+    call lock_take
+    mov eax, ebp
+    mov esi, offset ap_msg
+    call report
+    call lock_give
+    lock inc dword ptr [aps_up]
+    sti
+6:  hlt
+    jmp 6b
+
+isr51:
+    push eax
+    mov dword ptr [APIC + 0x310], 0
+    mov dword ptr [APIC + 0x300], 0x52
+    mov dword ptr [APIC + 0xB0], 0
+    pop eax
+    iretd
+isr52:
+    lock inc dword ptr [pongs]
+    mov dword ptr [APIC + 0xB0], 0
+    iretd
+
+/* Copied to 0x8000: real mode at 0800:0000, with CS:IP's offsets from tramp_start. */
+.code16
+tramp_start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    .byte 0x66
+    lgdt [0x8000 + tramp_gdtr - tramp_start]
+    mov bx, [0x8000 + tramp_ds - tramp_start]
+    mov eax, cr0
+    or eax, 1
+    mov cr0, eax
+    .byte 0x66, 0xEA
+    .long ap_main
+tramp_cs: .word 0
+tramp_ds: .word 0
+tramp_gdtr: .word 0
+    .long 0
+tramp_end:
+.code32
+
+.section .data
+uart_lock: .long 0
+aps_up: .long 0
+pongs: .long 0
+ap_msg: .asciz "ap up, apic id "
+aps_msg: .asciz "aps up "
+pong_msg: .asciz "ipi round trips "
+"#;
+    for accel in ACCELS {
+        let out = run_kernel_with("smp", accel, body, &["--smp", "4"]);
+        let mut ids: Vec<u32> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("ap up, apic id "))
+            .map(|v| u32::from_str_radix(v, 16).unwrap_or(u32::MAX))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 3], "{accel}: {out}");
+        assert_eq!(value(&out, "aps up "), 3, "{accel}: {out}");
+        assert_eq!(value(&out, "ipi round trips "), 1, "{accel}: {out}");
     }
 }

@@ -194,6 +194,13 @@ fn bad_flags() {
     fails_with(&["run", "--mem=-5M"], &["not a size"]);
     fails_with(&["run", "--mem", "4194305"], &["multiple of 4 KiB"]);
     fails_with(&["run", "--accel", "tcg"], &["tcg"]);
+    fails_with(&["run", "--smp", "0"], &["--smp", "0"]);
+    fails_with(&["run", "--smp", "65"], &["--smp", "65"]);
+    fails_with(&["run", "--accel", "kvm", "--smp", "2"], &["--smp 2", "KVM"]);
+    fails_with(
+        &["run", "--accel", "jit", "--smp", "2", "--gdb", "1234"],
+        &["--smp 2", "gdbstub"],
+    );
     fails_with(
         &["run", "--serial", "pty"],
         &["pty", "stdio, file:PATH or none"],

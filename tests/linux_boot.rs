@@ -36,6 +36,19 @@ fn debian_boots_to_user_space_on_the_jit() {
     );
 }
 
+/// Four CPUs taking turns on the JIT's thread: the kernel starts the three application
+/// processors with INIT and start-up IPIs, and runs with IPIs (rescheduling, function
+/// calls, TLB shootdowns) between them.
+#[test]
+fn debian_boots_with_4_cpus_on_the_jit() {
+    boots_to_user_space(
+        "debian_boots_with_4_cpus_on_the_jit",
+        "jit",
+        DEFAULTS,
+        &["--smp", "4"],
+    );
+}
+
 /// With 4 and 8 GiB the RAM above the 4 GiB line holds kernel code the kernel patches at
 /// boot: its writes must drop stale translations there too (they once did not, and the
 /// kernel died executing a page it had made non-executable).
@@ -85,11 +98,16 @@ fn boots_to_user_space(test: &str, accel: &str, cmdline: &str, extra: &[&str]) {
     // With the APICs: IRQ 0 (timer), 1 and 12 (i8042), 4 (ttyS0), 8 (rtc0) and 9 (acpi)
     // on the I/O APIC, and the local timer ticking. Without: none, and no LOC line.
     // The TSC: its frequency from CPUID (no calibration to fail), kept as the clocksource.
-    let apic_lines = if cmdline.contains("noapic") {
-        "x86_64\n1\n0\ntsc\n"
-    } else {
-        "x86_64\n1\n6\nticks\ntsc\n"
+    let cpus = match extra.iter().position(|a| *a == "--smp") {
+        Some(i) => extra[i + 1],
+        None => "1",
     };
+    let apic_lines = if cmdline.contains("noapic") {
+        format!("x86_64\n{cpus}\n0\ntsc\n")
+    } else {
+        format!("x86_64\n{cpus}\n6\nticks\ntsc\n")
+    };
+    let brought_up = format!("smp: Brought up 1 node, {cpus} CPU");
     for want in [
         "Linux version 6.",
         "ACPI: RSDP 0x00000000000E0000",
@@ -100,6 +118,7 @@ fn boots_to_user_space(test: &str, accel: &str, cmdline: &str, extra: &[&str]) {
         "GANTRY-GUEST: powering off",
         "reboot: Power down",
         "tsc: Detected 1000.000 MHz processor",
+        &brought_up,
     ] {
         assert!(
             out.contains(want),

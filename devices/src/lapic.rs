@@ -110,9 +110,17 @@ pub struct LapicStats {
     pub ipis_received: u64,
     pub accepted: u64,
     pub spurious: u64,
-    /// INIT, start-up, NMI and SMI messages this APIC received (the CPU side of them is
-    /// not modelled yet).
+    /// NMI, SMI and ExtINT messages this APIC received (the CPU side of them is not
+    /// modelled yet).
     pub not_delivered: u64,
+}
+
+/// What INIT and start-up messages ask of the CPU, taken by its run loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartupSignals {
+    pub init: bool,
+    /// The last start-up IPI's vector since the CPU last looked.
+    pub sipi: Option<u8>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -171,6 +179,7 @@ pub struct LocalApic {
     lvt: [u32; 6],
     timer: Timer,
     outbox: Vec<Outgoing>,
+    startup: StartupSignals,
     stats: LapicStats,
 }
 
@@ -216,6 +225,7 @@ impl LocalApic {
             lvt: [0; 6],
             timer: Timer::default(),
             outbox: Vec::new(),
+            startup: StartupSignals::default(),
             stats: LapicStats::default(),
         };
         apic.reset_registers();
@@ -431,12 +441,28 @@ impl LocalApic {
                     self.accept(m.vector, m.level);
                 }
             }
-            DeliveryMode::Nmi
-            | DeliveryMode::Init
-            | DeliveryMode::StartUp
-            | DeliveryMode::Smi
-            | DeliveryMode::ExtInt => self.stats.not_delivered += 1,
+            DeliveryMode::Init => {
+                // INIT puts the APIC in its power-up state (but its ID and base) too.
+                self.reset_registers();
+                self.startup = StartupSignals {
+                    init: true,
+                    sipi: None,
+                };
+            }
+            DeliveryMode::StartUp => self.startup.sipi = Some(m.vector),
+            DeliveryMode::Nmi | DeliveryMode::Smi | DeliveryMode::ExtInt => {
+                self.stats.not_delivered += 1
+            }
         }
+    }
+
+    /// INIT and start-up messages received since the last call.
+    pub fn take_startup(&mut self) -> StartupSignals {
+        std::mem::take(&mut self.startup)
+    }
+
+    pub fn has_startup(&self) -> bool {
+        self.startup != StartupSignals::default()
     }
 
     /// What the APIC has sent since the last call: IPIs and EOI broadcasts.

@@ -18,7 +18,7 @@ use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
 use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
-use gantry_devices::lapic::{Acknowledged, LocalApic, LAPIC_PAGE};
+use gantry_devices::lapic::{Acknowledged, LocalApic, StartupSignals, LAPIC_PAGE};
 use gantry_devices::pci::PciHost;
 use gantry_devices::pic::{PicPair, PicPort, PicPortKind};
 use gantry_devices::pit::{Pit, PORT61_OFFSET};
@@ -421,6 +421,34 @@ impl Board {
         self.int_cached
     }
 
+    /// How many CPUs the board has local APICs for (at least one: a board without APICs
+    /// has one CPU).
+    pub fn cpus(&self) -> usize {
+        self.lapics.len().max(1)
+    }
+
+    /// Makes CPU `cpu` the one whose accesses and interrupts the board answers for.
+    pub fn set_current(&mut self, cpu: usize) {
+        self.current = cpu;
+    }
+
+    /// Whether CPU `cpu` has an interrupt to take (see [`Self::interrupt_pending`]).
+    pub fn interrupt_pending_for(&mut self, cpu: usize) -> bool {
+        let pic = self.pic_interrupt();
+        match self.lapics.get(cpu) {
+            Some(lapic) => lapic.has_interrupt(pic),
+            None => pic,
+        }
+    }
+
+    /// The INIT and start-up IPIs CPU `cpu` received since the last call.
+    pub fn take_startup(&mut self, cpu: usize) -> StartupSignals {
+        match self.lapics.get_mut(cpu) {
+            Some(l) if l.has_startup() => l.take_startup(),
+            _ => StartupSignals::default(),
+        }
+    }
+
     /// Whether the current CPU has an interrupt to take: from its local APIC, or the
     /// PIC's INTR (through LINT0, or straight where there is no APIC).
     pub fn interrupt_pending(&mut self) -> bool {
@@ -569,7 +597,7 @@ impl Board {
             let l = lapic.stats();
             let _ = writeln!(
                 out,
-                "cpu{cpu} local APIC: interrupts taken {} (spurious {}), timer {}, IPIs sent {} received {}, INIT/SIPI/NMI/SMI not delivered {}",
+                "cpu{cpu} local APIC: interrupts taken {} (spurious {}), timer {}, IPIs sent {} received {}, NMI/SMI/ExtINT messages not delivered {}",
                 l.accepted, l.spurious, l.timer, l.ipis_sent, l.ipis_received, l.not_delivered
             );
         }

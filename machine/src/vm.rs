@@ -49,6 +49,8 @@ pub enum BootSource {
 
 pub struct MachineConfig {
     pub ram_size: u64,
+    /// How many CPUs (`--smp`).
+    pub cpus: u32,
     pub boot: BootSource,
     pub accel: AccelKind,
     pub serial: SerialSink,
@@ -67,12 +69,13 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
-    /// The emulated CPU has Gantry's local APIC. Under KVM the board has none yet: KVM's
-    /// vCPU runs with the PIC's INTR injected as before, and CPUID says there is no APIC.
+    /// The emulated CPU has Gantry's local APIC, one a CPU. Under KVM the board has none
+    /// yet: KVM's vCPU runs with the PIC's INTR injected as before, and CPUID says there
+    /// is no APIC.
     pub fn local_apics(&self) -> u32 {
         match self.accel {
             AccelKind::Kvm => 0,
-            AccelKind::Interp | AccelKind::Jit => 1,
+            AccelKind::Interp | AccelKind::Jit => self.cpus,
         }
     }
 }
@@ -89,6 +92,8 @@ pub enum MachineError {
     Firmware { name: String, why: String },
     #[error("--accel jit: {0}; use --accel interp")]
     JitUnavailable(String),
+    #[error("--smp {0}: KVM runs one vCPU in Gantry so far; use --accel jit or interp for more")]
+    SmpUnderKvm(u32),
     #[error("--cpu {asked}: KVM runs the host's own CPU, which is {host}; use --cpu host or --accel interp")]
     VendorUnderKvm { asked: Vendor, host: String },
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -373,6 +378,9 @@ pub fn new_vcpu(cfg: &MachineConfig, machine: &Machine) -> Result<Box<dyn Vcpu>,
     match cfg.accel {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         AccelKind::Kvm => {
+            if cfg.cpus > 1 {
+                return Err(MachineError::SmpUnderKvm(cfg.cpus));
+            }
             let host = crate::accel::emu::cpuid::host().map(|(v, _)| v);
             if let Some(asked) = cfg.vendor.filter(|v| Some(*v) != host) {
                 let host = host.map_or("of no vendor Gantry models".into(), |v| v.to_string());
@@ -388,6 +396,9 @@ pub fn new_vcpu(cfg: &MachineConfig, machine: &Machine) -> Result<Box<dyn Vcpu>,
         AccelKind::Interp | AccelKind::Jit => {
             let mut cpu = crate::accel::emu::EmuCpu::new(machine.entry.clone(), cfg.ram_size);
             cpu.set_vendor(cfg.vendor.unwrap_or_default());
+            if cfg.cpus > 1 {
+                cpu.set_cpu_count(cfg.cpus as usize);
+            }
             if cfg.accel == AccelKind::Jit {
                 cpu.enable_jit(
                     gantry_translator::jit::HOT,

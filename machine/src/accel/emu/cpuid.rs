@@ -94,6 +94,17 @@ pub fn cpuid(vendor: Vendor, apic: Option<u32>, leaf: u32, subleaf: u32) -> [u32
         // rate). Leaf 0x16: base, maximum and bus frequencies in MHz.
         0x15 if vendor == Vendor::Intel => [1, 1, 1_000_000_000, 0],
         0x16 if vendor == Vendor::Intel => [1000, 1000, 1000, 0],
+        // The topology: one thread a core and one core a package (each CPU of `--smp` is a
+        // package of its own, as QEMU's default), the x2APIC ID in EDX. Subleaf 0 is the
+        // SMT level, 1 the core level, the rest invalid.
+        0xB if vendor == Vendor::Intel => {
+            let id = apic.unwrap_or(0);
+            match subleaf {
+                0 => [0, 1, 0x100, id],
+                1 => [0, 1, 0x201, id],
+                _ => [0, 0, subleaf & 0xFF, id],
+            }
+        }
         8..=0x14 if vendor == Vendor::Intel => [0, 0, 0, 0],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         0x8000_0001 => [0, 0, LAHF_LM | ABM, SYSCALL | NX | RDTSCP | LM],

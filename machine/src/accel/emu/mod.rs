@@ -13,6 +13,7 @@ pub mod mmu;
 pub mod paging;
 mod phys_memory;
 pub mod segments;
+mod smp;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -98,6 +99,8 @@ pub struct EmuCpu {
     limits: lift::Limits,
     /// The CPU model's vendor: CPUID and the undefined flags follow it.
     vendor: Vendor,
+    /// The machine's CPUs: `state` is the running one's, the others are parked.
+    cpus: smp::Cpus,
 }
 
 /// Code bytes for the lifter, fetched through the MMU as instruction fetches.
@@ -223,6 +226,7 @@ impl EmuCpu {
             guest_bps: GuestBreakpoints::default(),
             limits: lift::Limits::default(),
             vendor: Vendor::default(),
+            cpus: smp::Cpus::default(),
         }
     }
 
@@ -269,6 +273,7 @@ impl EmuCpu {
         loop {
             if until_service == 0 || self.state.halted {
                 board.service();
+                self.schedule(board);
                 until_service = SERVICE_INTERVAL;
                 if let Some(ev) = board.take_event() {
                     return Err(CpuStop::Board(ev));
@@ -331,7 +336,10 @@ impl EmuCpu {
                 continue;
             }
             if self.state.halted {
-                if !if_set {
+                // With other CPUs, one halted with interrupts off waits for them (an IPI,
+                // INIT or their timers), unless none of them can run either.
+                let alone = self.cpus.count() == 1 || self.all_cpus_stuck();
+                if !if_set && alone {
                     if board.event_pending() {
                         continue;
                     }
@@ -800,6 +808,15 @@ impl Vcpu for EmuCpu {
             "guest instructions: {insns} ({:.1} MIPS over the run)",
             insns as f64 / seconds.max(1e-9) / 1e6
         );
+        if self.cpus.count() > 1 {
+            let _ = writeln!(
+                out,
+                "cpus: {} on one host thread, CPU {} running at the end, {} switches",
+                self.cpus.count(),
+                self.cpus.current,
+                self.cpus.switches
+            );
+        }
         let _ = writeln!(
             out,
             "blocks: {} translated, {} run ({:.1} instructions a run), {} invalidated by {} \
