@@ -196,7 +196,10 @@ fn bad_flags() {
     fails_with(&["run", "--accel", "tcg"], &["tcg"]);
     fails_with(&["run", "--smp", "0"], &["--smp", "0"]);
     fails_with(&["run", "--smp", "65"], &["--smp", "65"]);
-    fails_with(&["run", "--accel", "kvm", "--smp", "2"], &["--smp 2", "KVM"]);
+    fails_with(
+        &["run", "--accel", "kvm", "--smp", "2"],
+        &["--smp 2", "KVM"],
+    );
     fails_with(
         &["run", "--accel", "jit", "--smp", "2", "--gdb", "1234"],
         &["--smp 2", "gdbstub"],

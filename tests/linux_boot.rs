@@ -144,3 +144,54 @@ fn boots_to_user_space(test: &str, accel: &str, cmdline: &str, extra: &[&str]) {
         "ACPI power-off ends the run with status 0"
     );
 }
+
+/// Without ACPI (`acpi=off`) the kernel finds the CPUs and the I/O APIC in the
+/// MultiProcessor Specification's tables instead. It cannot power off without ACPI: it
+/// halts every CPU with interrupts off, which ends the run (status 3).
+#[test]
+fn debian_finds_two_cpus_in_the_mp_table_without_acpi() {
+    let test = "debian_finds_two_cpus_in_the_mp_table_without_acpi";
+    let Some((kernel, initrd)) = common::debian_guest(test) else {
+        return;
+    };
+    let r = gantry(
+        &[
+            "run",
+            "--accel",
+            "jit",
+            "--smp",
+            "2",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            "console=ttyS0 acpi=off gantry_cmd=\"nproc; grep -c IO-APIC /proc/interrupts\"",
+        ],
+        b"",
+        Duration::from_secs(10 * 60),
+    );
+    let out = r.stdout.replace("\r\n", "\n");
+    let tail: Vec<&str> = out.lines().rev().take(20).collect();
+    for want in [
+        "found SMP MP-table at [mem 0x000f0000-0x000f000f]",
+        "Intel MultiProcessor Specification v1.4",
+        "Processor #1",
+        "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23",
+        // Two CPUs; the ISA interrupts Linux requested on the I/O APIC (timer, i8042
+        // twice, ttyS0, rtc0): no ACPI SCI this time.
+        "2\n5\nGANTRY-GUEST: command exit status 0",
+        "reboot: System halted",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?}; last lines: {tail:#?}"
+        );
+    }
+    assert_eq!(r.status, Some(3), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains("guest halted with interrupts disabled"),
+        "{}",
+        r.stderr
+    );
+}

@@ -126,7 +126,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
     if !page.set_e820(&map) {
         return Err(LoadError::Unsupported("memory map too long".into()));
     }
-    page.set_acpi_rsdp_addr(super::acpi::write_tables(mem, img.local_apics)?);
+    page.set_acpi_rsdp_addr(super::write_platform_tables(mem, img.local_apics)?);
     mem.write(BOOT_INFO, &page.0)?;
 
     let mut state = entry::long_mode(KERNEL_LOAD + ENTRY_64_OFFSET);

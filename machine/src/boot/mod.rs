@@ -6,6 +6,7 @@
 pub mod acpi;
 pub mod bzimage;
 pub mod entry;
+pub mod mptable;
 pub mod multiboot;
 pub mod placer;
 pub mod pvh;
@@ -78,6 +79,16 @@ pub fn load_kernel(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, L
         return pvh::load(mem, img);
     }
     Err(LoadError::UnknownFormat)
+}
+
+/// The tables that describe the board to a kernel booted without firmware: ACPI's, and
+/// on a board with APICs the MultiProcessor Specification's too. Returns the RSDP's
+/// address.
+fn write_platform_tables(mem: &mut GuestMemory, local_apics: u32) -> Result<u64, MemoryError> {
+    if local_apics > 0 {
+        mptable::write_tables(mem, local_apics)?;
+    }
+    acpi::write_tables(mem, local_apics)
 }
 
 /// Writes the command line (NUL-terminated) where the bzImage loader puts it.

@@ -130,7 +130,7 @@ pub fn load(mem: &mut GuestMemory, img: &KernelImage) -> Result<Loaded, LoadErro
         table.extend_from_slice(&0u32.to_le_bytes());
     }
     let memmap_at = place_bytes(mem, &mut placer, &table, 8, "the memory map")?;
-    let rsdp = super::acpi::write_tables(mem, img.local_apics)?;
+    let rsdp = super::write_platform_tables(mem, img.local_apics)?;
 
     let mut info = Vec::with_capacity(56);
     info.extend_from_slice(&HVM_START_MAGIC.to_le_bytes());
