@@ -54,14 +54,13 @@ fn demo_guest_reports_and_powers_off_on(accel: &str) {
         );
     }
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
-    // CPUID says there is a local APIC exactly where the board has one: on the emulated
-    // CPU, not yet under KVM.
+    // The board has a local APIC on both backends, and CPUID says so.
     let features = r
         .stdout
         .lines()
         .find(|l| l.starts_with("cpu: features"))
         .unwrap();
-    assert_eq!(features.contains(" apic"), accel != "kvm", "{features}");
+    assert!(features.contains(" apic"), "{features}");
 }
 
 /// `--cpu` changes what CPUID says: the vendor string, the signature and the brand.

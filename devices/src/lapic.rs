@@ -110,8 +110,8 @@ pub struct LapicStats {
     pub ipis_received: u64,
     pub accepted: u64,
     pub spurious: u64,
-    /// NMI, SMI and ExtINT messages this APIC received (the CPU side of them is not
-    /// modelled yet).
+    pub nmis: u64,
+    /// SMI and ExtINT messages this APIC received (the CPU side of them is not modelled).
     pub not_delivered: u64,
 }
 
@@ -180,6 +180,8 @@ pub struct LocalApic {
     timer: Timer,
     outbox: Vec<Outgoing>,
     startup: StartupSignals,
+    /// An NMI message waits for the CPU.
+    nmi: bool,
     stats: LapicStats,
 }
 
@@ -226,6 +228,7 @@ impl LocalApic {
             timer: Timer::default(),
             outbox: Vec::new(),
             startup: StartupSignals::default(),
+            nmi: false,
             stats: LapicStats::default(),
         };
         apic.reset_registers();
@@ -450,10 +453,21 @@ impl LocalApic {
                 };
             }
             DeliveryMode::StartUp => self.startup.sipi = Some(m.vector),
-            DeliveryMode::Nmi | DeliveryMode::Smi | DeliveryMode::ExtInt => {
-                self.stats.not_delivered += 1
-            }
+            DeliveryMode::Nmi => self.nmi = true,
+            DeliveryMode::Smi | DeliveryMode::ExtInt => self.stats.not_delivered += 1,
         }
+    }
+
+    /// Whether an NMI waits for the CPU (it is not masked by IF or the priorities).
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi
+    }
+
+    /// The CPU takes the NMI.
+    pub fn take_nmi(&mut self) -> bool {
+        let taken = std::mem::take(&mut self.nmi);
+        self.stats.nmis += taken as u64;
+        taken
     }
 
     /// INIT and start-up messages received since the last call.

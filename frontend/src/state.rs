@@ -11,6 +11,7 @@ pub const RFLAGS_FIXED: u64 = 0x2;
 /// The invalid-opcode exception's vector (#UD): what an instruction Gantry does not
 /// implement raises, and what a block without a terminator (a lifter bug) ends in.
 pub const UD_VECTOR: u8 = 6;
+pub const NMI_VECTOR: u8 = 2;
 
 pub const ES: usize = 0;
 pub const CS: usize = 1;
@@ -288,6 +289,8 @@ pub struct CpuState {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub interrupt_shadow: bool,
+    /// An NMI's handler runs: further NMIs wait for the next IRET.
+    pub nmi_blocked: bool,
     /// The current privilege level in protected mode. Kept explicitly (as QEMU's hflags
     /// do) rather than derived from CS or SS: during a privilege change (IRET, far RET,
     /// interrupt delivery) CS is loaded before SS, and checks on the new SS must see the
@@ -382,6 +385,7 @@ impl CpuState {
             a20_mask: !0,
             halted: false,
             interrupt_shadow: false,
+            nmi_blocked: false,
             cpl: 0,
             jit: JitScratch::default(),
         }

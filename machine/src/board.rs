@@ -441,6 +441,24 @@ impl Board {
         }
     }
 
+    /// Whether an NMI waits for CPU `cpu`.
+    pub fn nmi_pending_for(&self, cpu: usize) -> bool {
+        self.lapics.get(cpu).is_some_and(|l| l.nmi_pending())
+    }
+
+    /// Whether an NMI waits for the current CPU (neither IF nor the priorities hold it
+    /// back; only a running NMI handler does).
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending_for(self.current)
+    }
+
+    /// The current CPU takes the NMI waiting for it, if one is.
+    pub fn take_nmi(&mut self) -> bool {
+        self.lapics
+            .get_mut(self.current)
+            .is_some_and(|l| l.take_nmi())
+    }
+
     /// The INIT and start-up IPIs CPU `cpu` received since the last call.
     pub fn take_startup(&mut self, cpu: usize) -> StartupSignals {
         match self.lapics.get_mut(cpu) {
@@ -597,8 +615,8 @@ impl Board {
             let l = lapic.stats();
             let _ = writeln!(
                 out,
-                "cpu{cpu} local APIC: interrupts taken {} (spurious {}), timer {}, IPIs sent {} received {}, NMI/SMI/ExtINT messages not delivered {}",
-                l.accepted, l.spurious, l.timer, l.ipis_sent, l.ipis_received, l.not_delivered
+                "cpu{cpu} local APIC: interrupts taken {} (spurious {}), NMIs {}, timer {}, IPIs sent {} received {}, SMI/ExtINT messages not delivered {}",
+                l.accepted, l.spurious, l.nmis, l.timer, l.ipis_sent, l.ipis_received, l.not_delivered
             );
         }
         if let Some(io) = &self.ioapic {

@@ -69,14 +69,10 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
-    /// The emulated CPU has Gantry's local APIC, one a CPU. Under KVM the board has none
-    /// yet: KVM's vCPU runs with the PIC's INTR injected as before, and CPUID says there
-    /// is no APIC.
+    /// Gantry's local APIC, one a CPU, on both backends (see `accel/kvm.rs` for why not
+    /// KVM's in-kernel one).
     pub fn local_apics(&self) -> u32 {
-        match self.accel {
-            AccelKind::Kvm => 0,
-            AccelKind::Interp | AccelKind::Jit => self.cpus,
-        }
+        self.cpus
     }
 }
 

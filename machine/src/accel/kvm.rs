@@ -1,8 +1,16 @@
-//! The KVM backend: one vCPU, no in-kernel irqchip, so the board's PIC, PIT and UART serve
-//! it exactly as they serve the emulated CPU. Port and MMIO exits go to the board's buses;
-//! interrupts are injected with KVM_INTERRUPT when the vCPU can take them (asking for an
-//! interrupt-window exit otherwise); HLT sleeps in the board until the next device event;
-//! a POSIX timer signal kicks KVM_RUN out at the next device deadline.
+//! The KVM backend: one vCPU, no in-kernel irqchip, so the board's interrupt controllers
+//! and timers (PIC, local APIC, I/O APIC, HPET, PIT) serve it exactly as they serve the
+//! emulated CPU. Port and MMIO exits go to the board's buses (the local APIC's page among
+//! them), and KVM hands the APIC's MSRs (IA32_APIC_BASE and the x2APIC range) to
+//! userspace through an MSR filter; interrupts are injected with KVM_INTERRUPT when the
+//! vCPU can take them (asking for an interrupt-window exit otherwise); HLT sleeps in the
+//! board until the next device event; a POSIX timer signal kicks KVM_RUN out at the next
+//! device deadline.
+//!
+//! Gantry's own APIC rather than KVM's in-kernel one: the devices then behave the same on
+//! both backends (one model to test, and the emulated CPU's tests are its tests), and KVM's
+//! in-kernel irqchip would take the PIC and the I/O APIC too. The price is an exit for
+//! each APIC access, which KVM's would save.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -10,12 +18,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_debug_exit_arch, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch, kvm_msr_entry,
-    kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_INJECT_BP,
-    KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    kvm_debug_exit_arch, kvm_enable_cap, kvm_fpu, kvm_guest_debug, kvm_guest_debug_arch,
+    kvm_msr_entry, kvm_userspace_memory_region, CpuId, Msrs, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_MSR_EXIT_REASON_FILTER,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuExit, VcpuFd, VmFd,
+};
 
 use gantry_devices::signals::SystemEvent;
 use gantry_frontend::state::{CpuState, FxState};
@@ -46,10 +57,48 @@ fn setup(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_AE86;
 const MSR_IA32_APICBASE: u32 = 0x1B;
 
-// CPUID.1 bits for devices this board does not have.
+// CPUID.1's local APIC bits.
 const CPUID1_EDX_APIC: u32 = 1 << 9;
 const CPUID1_ECX_X2APIC: u32 = 1 << 21;
 const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// IA32_APIC_BASE of the bootstrap processor at power-up: enabled, at 0xFEE00000.
+const APIC_BASE_BSP: u64 = 0xFEE0_0900;
+
+/// Asks KVM to hand the local APIC's MSRs to userspace: IA32_APIC_BASE and the x2APIC
+/// range. False where this KVM cannot (the guest then sees no x2APIC, and KVM keeps
+/// IA32_APIC_BASE itself).
+fn apic_msr_exits(kvm: &Kvm, vm: &VmFd) -> bool {
+    if !kvm.check_extension(Cap::X86UserSpaceMsr) {
+        return false;
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [KVM_MSR_EXIT_REASON_FILTER as u64, 0, 0, 0],
+        ..Default::default()
+    };
+    if vm.enable_cap(&cap).is_err() {
+        return false;
+    }
+    // A clear bit denies the access to the guest, which KVM then turns into an exit.
+    let both = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
+    let denied = [0u8; 32];
+    let ranges = [
+        MsrFilterRange {
+            flags: both,
+            base: MSR_IA32_APICBASE,
+            msr_count: 1,
+            bitmap: &denied[..1],
+        },
+        MsrFilterRange {
+            flags: both,
+            base: gantry_devices::lapic::X2APIC_MSR_FIRST,
+            msr_count: 256,
+            bitmap: &denied,
+        },
+    ];
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+        .is_ok()
+}
 
 pub struct KvmCpu {
     // Declared first so it is dropped first: its signal handler writes into the vCPU's
@@ -142,11 +191,12 @@ impl KvmCpu {
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
         }
+        let msr_exits = apic_msr_exits(&kvm, &vm);
         let vcpu = vm.create_vcpu(0).map_err(setup("KVM_CREATE_VCPU"))?;
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
-        filter_cpuid(&mut cpuid);
+        filter_cpuid(&mut cpuid, msr_exits);
         vcpu.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
         let fpu = kvm_fpu {
             fcw: gantry_frontend::state::FCW_INIT,
@@ -158,11 +208,10 @@ impl KvmCpu {
             what: "timer signal",
             err: e.to_string(),
         })?;
-        // KVM derives CPUID.1:EDX.APIC from the APIC base MSR's enable bit; there is no
-        // local APIC on this board, so disable it there too.
+        // KVM derives CPUID.1:EDX.APIC from its copy of the APIC base MSR's enable bit.
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
             index: MSR_IA32_APICBASE,
-            data: 0,
+            data: APIC_BASE_BSP,
             ..Default::default()
         }])
         .map_err(|e| KvmError::Setup {
@@ -302,6 +351,12 @@ impl KvmCpu {
         // A debugger's single step executes one instruction: interrupts wait (as on the
         // emulated CPU and in QEMU's default step mode) unless the vCPU is halted.
         let held = self.debug.step && !self.halted;
+        if !held && board.take_nmi() {
+            // KVM queues it and keeps the NMI blocking until the handler's IRET.
+            self.vcpu.nmi().map_err(setup("KVM_NMI"))?;
+            self.stats.injected += 1;
+            self.halted = false;
+        }
         let pending = board.interrupt_pending() && !held;
         let run = self.vcpu.get_kvm_run();
         if pending && run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
@@ -424,6 +479,21 @@ impl KvmCpu {
                     board.mmio_write(addr, data);
                     Next::Continue
                 }
+                Ok(VcpuExit::X86Rdmsr(exit)) => {
+                    self.stats.msr += 1;
+                    match read_apic_msr(board, exit.index) {
+                        Some(v) => *exit.data = v,
+                        None => *exit.error = 1,
+                    }
+                    Next::Continue
+                }
+                Ok(VcpuExit::X86Wrmsr(exit)) => {
+                    self.stats.msr += 1;
+                    if write_apic_msr(board, exit.index, exit.data).is_none() {
+                        *exit.error = 1;
+                    }
+                    Next::Continue
+                }
                 Ok(VcpuExit::Hlt) => Next::Halt,
                 Ok(VcpuExit::IrqWindowOpen) => {
                     self.stats.irq_window += 1;
@@ -494,10 +564,10 @@ impl KvmCpu {
 
     /// HLT: sleeps in the board until something could wake the CPU (the caller injects
     /// the interrupt, which ends the halt). Returns false if nothing ever can: IF is clear
-    /// (only an NMI would wake it, and this board raises none), or no timer, input or
-    /// request is left. Bochs stops there too.
+    /// and no NMI waits (only one would wake it, and with one vCPU nothing sends one
+    /// later), or no timer, input or request is left. Bochs stops there too.
     fn wait_in_halt(&mut self, board: &mut Board) -> bool {
-        if board.event_pending() {
+        if board.event_pending() || board.nmi_pending() {
             return true;
         }
         if self.vcpu.get_kvm_run().if_flag == 0 {
@@ -511,13 +581,18 @@ impl KvmCpu {
     }
 }
 
-/// Gantry's board has no local APIC: do not advertise one. The brand string, which KVM
-/// leaves to userspace, is the host's (the guest runs on the host's CPU).
-fn filter_cpuid(cpuid: &mut CpuId) {
+/// The local APIC is the board's: CPUID says there is one, in x2APIC mode too where its
+/// MSRs reach Gantry (`msr_exits`), without the TSC-deadline timer (the guest's TSC is
+/// KVM's, which the board's clock does not know). The brand string, which KVM leaves to
+/// userspace, is the host's (the guest runs on the host's CPU).
+fn filter_cpuid(cpuid: &mut CpuId, msr_exits: bool) {
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
-            e.edx &= !CPUID1_EDX_APIC;
-            e.ecx &= !(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE);
+            e.edx |= CPUID1_EDX_APIC;
+            e.ecx &= !CPUID1_ECX_TSC_DEADLINE;
+            if !msr_exits {
+                e.ecx &= !CPUID1_ECX_X2APIC;
+            }
         }
     }
     for leaf in 0x8000_0002..=0x8000_0004u32 {
@@ -538,6 +613,26 @@ fn filter_cpuid(cpuid: &mut CpuId) {
             }
         }
     }
+}
+
+/// RDMSR of an APIC MSR KVM handed over; `None` raises #GP.
+fn read_apic_msr(board: &mut Board, msr: u32) -> Option<u64> {
+    board
+        .with_lapic(|l| match msr {
+            MSR_IA32_APICBASE => Some(l.base_msr()),
+            _ => l.read_msr(msr),
+        })
+        .flatten()
+}
+
+/// WRMSR of an APIC MSR KVM handed over; `None` raises #GP.
+fn write_apic_msr(board: &mut Board, msr: u32, v: u64) -> Option<()> {
+    board
+        .with_lapic(|l| match msr {
+            MSR_IA32_APICBASE => l.set_base_msr(v).ok(),
+            _ => l.write_msr(msr, v).ok(),
+        })
+        .flatten()
 }
 
 /// What to do after an exit, once the exit's borrow of the vCPU has ended.

@@ -44,6 +44,8 @@ pub enum CpuStop {
 pub struct ExitStats {
     pub io: u64,
     pub mmio: u64,
+    /// The local APIC's MSRs, handed over by KVM.
+    pub msr: u64,
     pub hlt: u64,
     pub irq_window: u64,
     pub interrupted: u64,
@@ -55,8 +57,14 @@ impl fmt::Display for ExitStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "exits: io {} mmio {} hlt {} irq-window {} kicked (timer or console) {} other {}",
-            self.io, self.mmio, self.hlt, self.irq_window, self.interrupted, self.other
+            "exits: io {} mmio {} apic-msr {} hlt {} irq-window {} kicked (timer or console) {} other {}",
+            self.io,
+            self.mmio,
+            self.msr,
+            self.hlt,
+            self.irq_window,
+            self.interrupted,
+            self.other
         )?;
         write!(f, "interrupts injected: {}", self.injected)
     }

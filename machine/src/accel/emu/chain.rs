@@ -57,7 +57,9 @@ fn loop_has_work(ctx: &Ctx, chain: &Chain, cpu: &CpuState) -> bool {
 }
 
 fn interrupt_or_event(ctx: &mut Ctx, cpu: &CpuState) -> bool {
-    cpu.rflags & IF != 0 && ctx.board.interrupt_pending() || ctx.board.event_pending()
+    cpu.rflags & IF != 0 && ctx.board.interrupt_pending()
+        || !cpu.nmi_blocked && ctx.board.nmi_pending()
+        || ctx.board.event_pending()
 }
 
 /// The block at CS:RIP if the run loop would run it straight away and has it in its jump

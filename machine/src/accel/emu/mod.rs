@@ -304,6 +304,38 @@ impl EmuCpu {
             // A debugger's single step executes one instruction: interrupts are held
             // off (as QEMU's default step mode) unless the CPU is halted waiting for one.
             let stepping = self.debug.as_ref().is_some_and(|d| d.step);
+            // An NMI: neither IF nor an interrupt shadow holds it back (the shadow of
+            // MOV SS would, which this model does not tell apart), only a handler of one
+            // that has not yet returned with IRET.
+            if !self.state.nmi_blocked
+                && (!stepping || self.state.halted)
+                && board.nmi_pending()
+                && board.take_nmi()
+            {
+                self.stats.interrupts += 1;
+                self.state.nmi_blocked = true;
+                let ret = self.state.rip;
+                let mut ctx = ctx!(self, mem, board);
+                if let Err(e) = deliver(
+                    &mut self.state,
+                    &mut ctx,
+                    st::NMI_VECTOR,
+                    None,
+                    Source::External,
+                    ret,
+                ) {
+                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                        return Err(CpuStop::TripleFault {
+                            rip: self.state.rip,
+                        });
+                    }
+                }
+                self.invalidate_dirty(mem);
+                if stepping {
+                    return Ok(DebugStop::Step);
+                }
+                continue;
+            }
             // IF is never lazy: RFLAGS holds it.
             let if_set = self.state.rflags & IF != 0;
             if if_set

@@ -84,12 +84,15 @@ impl EmuCpu {
             return false;
         }
         let s = self.cpu_state(i);
-        let (halted, if_set) = (s.halted, s.rflags & IF != 0);
-        !halted || (if_set && board.interrupt_pending_for(i))
+        let (halted, if_set, nmi_ok) = (s.halted, s.rflags & IF != 0, !s.nmi_blocked);
+        !halted
+            || (if_set && board.interrupt_pending_for(i))
+            || (nmi_ok && board.nmi_pending_for(i))
     }
 
     /// Whether no CPU can ever run again on its own: each is waiting for a start-up IPI
-    /// or halted with interrupts disabled (nothing in this model sends NMIs).
+    /// or halted with interrupts disabled (an NMI would come from another CPU, which is
+    /// stuck too).
     pub(super) fn all_cpus_stuck(&mut self) -> bool {
         (0..self.cpus.count()).all(|i| {
             self.cpus.slots.get(i).is_some_and(|s| s.waiting_for_sipi) || {

@@ -191,7 +191,11 @@ impl Host for Ctx<'_> {
                 segments::far_call(cpu, self, arg(0) as u16, arg(1), arg(2), arg(3)).map(|_| 0)
             }
             Helper::FarRet => segments::far_ret(cpu, self, arg(0), arg(1)).map(|_| 0),
-            Helper::Iret => segments::iret(cpu, self, arg(0), arg(1)).map(|_| 0),
+            Helper::Iret => segments::iret(cpu, self, arg(0), arg(1)).map(|_| {
+                // IRET ends the NMI handler's blocking (any IRET, as on hardware).
+                cpu.nmi_blocked = false;
+                0
+            }),
             Helper::SoftInt => {
                 let v = arg(0) as u8;
                 if cpu.v86() && (flags::rflags(cpu) & IOPL) >> 12 < 3 && v != 3 {
