@@ -273,6 +273,10 @@ pub enum Helper {
     Stmxcsr,
     Fninit,
     Fnstsw,
+    /// EMMS: every x87 register empty.
+    Emms,
+    /// (linear address) FILD of an integer of this many bytes.
+    Fild(u8),
     Fnstcw,
     Fldcw,
     Xgetbv,

@@ -14,5 +14,6 @@ pub mod sse_fp;
 pub mod sse_op;
 pub mod state;
 pub mod vendor;
+pub mod x87;
 
 pub use iced_x86;

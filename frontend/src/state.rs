@@ -167,6 +167,9 @@ pub struct Msrs {
     pub misc_enable: u64,
     pub apic_base: u64,
     pub mtrr_def_type: u64,
+    /// The AMD model's HWCR and NB_CFG (0xC0010015, 0xC001001F).
+    pub amd_hwcr: u64,
+    pub amd_nb_cfg: u64,
     pub mtrr_fixed: [u64; 11],
     pub mtrr_var: [u64; 16],
 }

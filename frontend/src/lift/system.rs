@@ -5,8 +5,8 @@
 
 use iced_x86::{Mnemonic as M, OpKind, Register};
 
-/// The x87 instructions the lifter implements: control and status, no arithmetic yet
-/// (the rest raise #UD, counted). The WAIT forms (FINIT, FCLEX, FSTCW, FSTSW) are the
+/// The x87 instructions the lifter implements: control and status, FILD and EMMS, no
+/// arithmetic yet (the rest raise #UD, counted). The WAIT forms (FINIT, FCLEX, FSTCW, FSTSW) are the
 /// no-wait ones after a WAIT, which has nothing to report while no x87 exception can be
 /// pending.
 pub fn x87_implemented(m: M) -> bool {
@@ -22,6 +22,8 @@ pub fn x87_implemented(m: M) -> bool {
             | M::Fnstcw
             | M::Fstcw
             | M::Fldcw
+            | M::Fild
+            | M::Emms
     )
 }
 
@@ -296,6 +298,17 @@ impl Lift<'_> {
             }
             M::Fninit | M::Finit => {
                 self.b.call(Helper::Fninit, &[]);
+                Flow::Next
+            }
+            M::Emms => {
+                self.b.call(Helper::Emms, &[]);
+                Flow::Next
+            }
+            M::Fild => {
+                let a = self.mem_address();
+                let bytes = self.ins.memory_size().size() as u32;
+                self.check_operand(a, bytes, false);
+                self.b.call(Helper::Fild(bytes as u8), &[a]);
                 Flow::Next
             }
             // No x87 arithmetic yet, so no x87 exception is ever pending: FNCLEX has nothing

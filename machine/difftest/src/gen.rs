@@ -49,7 +49,8 @@ pub enum Set {
     /// on XMM registers, general registers and memory.
     Sse,
     /// The x87 instructions Gantry's CPU implements
-    /// ([`gantry_frontend::lift::x87_implemented`]): control and status, no arithmetic.
+    /// ([`gantry_frontend::lift::x87_implemented`]): control and status, FILD, no
+    /// arithmetic.
     X87,
     /// All of them, mixed in the same snippets.
     All,

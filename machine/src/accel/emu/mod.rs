@@ -312,25 +312,8 @@ impl EmuCpu {
                 && board.nmi_pending()
                 && board.take_nmi()
             {
-                self.stats.interrupts += 1;
                 self.state.nmi_blocked = true;
-                let ret = self.state.rip;
-                let mut ctx = ctx!(self, mem, board);
-                if let Err(e) = deliver(
-                    &mut self.state,
-                    &mut ctx,
-                    st::NMI_VECTOR,
-                    None,
-                    Source::External,
-                    ret,
-                ) {
-                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
-                        return Err(CpuStop::TripleFault {
-                            rip: self.state.rip,
-                        });
-                    }
-                }
-                self.invalidate_dirty(mem);
+                self.take_external(mem, board, st::NMI_VECTOR)?;
                 if stepping {
                     return Ok(DebugStop::Step);
                 }
@@ -344,24 +327,7 @@ impl EmuCpu {
                 && board.interrupt_pending()
             {
                 let vector = board.acknowledge_interrupt();
-                self.stats.interrupts += 1;
-                let ret = self.state.rip;
-                let mut ctx = ctx!(self, mem, board);
-                if let Err(e) = deliver(
-                    &mut self.state,
-                    &mut ctx,
-                    vector,
-                    None,
-                    Source::External,
-                    ret,
-                ) {
-                    if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
-                        return Err(CpuStop::TripleFault {
-                            rip: self.state.rip,
-                        });
-                    }
-                }
-                self.invalidate_dirty(mem);
+                self.take_external(mem, board, vector)?;
                 if stepping {
                     return Ok(DebugStop::Step);
                 }
@@ -526,6 +492,36 @@ impl EmuCpu {
                 return Ok(DebugStop::Step);
             }
         }
+    }
+
+    /// Delivers an interrupt from outside the CPU (the APIC's or the PIC's vector, or an
+    /// NMI) at the current instruction boundary; a fault in its delivery is raised as an
+    /// exception, and a triple fault ends the run.
+    fn take_external(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        vector: u8,
+    ) -> Result<(), CpuStop> {
+        self.stats.interrupts += 1;
+        let ret = self.state.rip;
+        let mut ctx = ctx!(self, mem, board);
+        if let Err(e) = deliver(
+            &mut self.state,
+            &mut ctx,
+            vector,
+            None,
+            Source::External,
+            ret,
+        ) {
+            if raise(&mut self.state, &mut ctx, e, ret) == Delivery::TripleFault {
+                return Err(CpuStop::TripleFault {
+                    rip: self.state.rip,
+                });
+            }
+        }
+        self.invalidate_dirty(mem);
+        Ok(())
     }
 
     /// The block at CS:RIP, lifted on first use.

@@ -365,6 +365,22 @@ impl Host for Ctx<'_> {
                 cpu.fx.bytes[FxState::FTW] = 0; // abridged tag word: all empty
                 Ok(0)
             }
+            Helper::Emms => {
+                self.fpu_available(cpu, false)?;
+                cpu.fx.bytes[FxState::FTW] = 0;
+                Ok(0)
+            }
+            Helper::Fild(bytes) => {
+                self.fpu_available(cpu, false)?;
+                let raw = self.read(cpu, arg(0), bytes, Access::Read, Privilege::User)?;
+                let v = match bytes {
+                    2 => raw as i16 as i64,
+                    4 => raw as i32 as i64,
+                    _ => raw as i64,
+                };
+                gantry_frontend::x87::push(&mut cpu.fx, gantry_frontend::x87::extended_from_i64(v));
+                Ok(0)
+            }
             Helper::Fnstsw => {
                 self.fpu_available(cpu, false)?;
                 Ok(fx_get16(cpu, FxState::FSW) as u64)

@@ -2,6 +2,7 @@
 
 use super::*;
 use gantry_devices::lapic::{X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
+use gantry_frontend::vendor::Vendor;
 
 const MSR_TSC: u32 = 0x10;
 const MSR_PLATFORM_ID: u32 = 0x17;
@@ -23,6 +24,11 @@ const MSR_FS_BASE: u32 = 0xC000_0100;
 const MSR_GS_BASE: u32 = 0xC000_0101;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 const MSR_TSC_AUX: u32 = 0xC000_0103;
+const MSR_AMD_HWCR: u32 = 0xC001_0015;
+const MSR_AMD_NB_CFG: u32 = 0xC001_001F;
+/// HWCR.TscFreqSel: the TSC counts at the P0 frequency (read-only on Zen; Linux warns of
+/// a firmware bug without it).
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
 
 /// IA32_ARCH_CAPABILITIES (read-only): the emulated CPU executes nothing speculatively and
 /// has no fill, store or load-port buffers to sample, so it is not vulnerable to the
@@ -83,6 +89,8 @@ impl Ctx<'_> {
             MSR_GS_BASE => cpu.seg[GS].base,
             MSR_KERNEL_GS_BASE => m.kernel_gs_base,
             MSR_TSC_AUX => m.tsc_aux,
+            MSR_AMD_HWCR if self.vendor == Vendor::Amd => m.amd_hwcr | HWCR_TSC_FREQ_SEL,
+            MSR_AMD_NB_CFG if self.vendor == Vendor::Amd => m.amd_nb_cfg,
             _ => {
                 self.stats.unknown_msrs += 1;
                 return Err(gp0());
@@ -152,6 +160,11 @@ impl Ctx<'_> {
             MSR_GS_BASE => cpu.seg[GS].base = v,
             MSR_KERNEL_GS_BASE => cpu.msr.kernel_gs_base = v,
             MSR_TSC_AUX => cpu.msr.tsc_aux = v & 0xFFFF_FFFF,
+            // Configuration bits the model has no behaviour behind (Linux sets NB_CFG's
+            // EnableCf8ExtCfg for extended PCI configuration through 0xCF8, which the
+            // board does not decode): kept, so they read back.
+            MSR_AMD_HWCR if self.vendor == Vendor::Amd => cpu.msr.amd_hwcr = v & !HWCR_TSC_FREQ_SEL,
+            MSR_AMD_NB_CFG if self.vendor == Vendor::Amd => cpu.msr.amd_nb_cfg = v,
             _ => {
                 self.stats.unknown_msrs += 1;
                 return Err(gp0());
