@@ -59,7 +59,8 @@ pub struct BoardConfig {
     /// CMOS contents from before a reset (battery-backed on a real PC).
     pub cmos: Option<CmosState>,
     /// How many CPUs have a local APIC on this board, APIC IDs 0.. in order; with none
-    /// (KVM for now), there is no I/O APIC either and the PIC's INTR goes to the CPU.
+    /// (the instruction tests' bare board), there is no I/O APIC or HPET either and the
+    /// PIC's INTR goes to the CPU.
     pub local_apics: u32,
 }
 
@@ -419,12 +420,6 @@ impl Board {
             self.int_valid = true;
         }
         self.int_cached
-    }
-
-    /// How many CPUs the board has local APICs for (at least one: a board without APICs
-    /// has one CPU).
-    pub fn cpus(&self) -> usize {
-        self.lapics.len().max(1)
     }
 
     /// Makes CPU `cpu` the one whose accesses and interrupts the board answers for.
