@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Fetches Debian's stock x86-64 kernel (the package linux-image-amd64 depends on) and
 # busybox-static with `apt-get download`, and builds an initramfs around busybox whose
-# /init prints marker lines, runs gantry_cmd from the kernel command line, and powers off.
+# /init prints marker lines, runs gantry_cmd from the kernel command line, and powers off;
+# and a second one that also carries the disk drivers from the same kernel package (IDE,
+# SCSI disk, ext4, in an order they load in), which its /init loads first, as an installed
+# system's initramfs would.
 #
-# Output (reused when present): roms/guests/{vmlinuz,initramfs.cpio.gz,VERSIONS}.
+# Output (reused when present): roms/guests/{vmlinuz,initramfs.cpio.gz,
+# initramfs-disk.cpio.gz,VERSIONS}.
 # Usage: roms/fetch-debian-guest.sh [--force]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/guests"
-if [[ "${1:-}" != "--force" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz" ]]; then
+if [[ "${1:-}" != "--force" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz"
+      && -s "$out/initramfs-disk.cpio.gz" ]]; then
     echo "debian guest: reusing $out ($(tr '\n' ' ' < "$out/VERSIONS"))"
     exit 0
 fi
@@ -40,14 +45,26 @@ vmlinuz=$(ls k/boot/vmlinuz-* | head -n 1)
 [[ -s b/bin/busybox ]] || { echo "fetch-debian-guest: busybox-static has no /bin/busybox" >&2; exit 1; }
 
 mkdir -p "$out"
-python3 "$here/initramfs/mkcpio.py" "$out/initramfs.cpio.gz.tmp" \
-    dir dev node dev/console 5 1 node dev/null 1 3 \
-    dir bin file bin/busybox b/bin/busybox 755 link bin/sh busybox \
-    dir proc dir sys dir tmp dir etc \
-    file init "$here/initramfs/init" 755
+base=(dir dev node dev/console 5 1 node dev/null 1 3
+    dir bin file bin/busybox b/bin/busybox 755 link bin/sh busybox
+    dir proc dir sys dir tmp dir etc dir mnt
+    file init "$here/initramfs/init" 755)
+python3 "$here/initramfs/mkcpio.py" "$out/initramfs.cpio.gz.tmp" "${base[@]}"
+tree=$(ls -d k/lib/modules/*/kernel | head -n 1)
+modules=()
+: > order
+while read -r rel; do
+    name=$(basename "$rel")
+    modules+=(file "lib/modules/$name" "$tree/$rel" 644)
+    echo "$name" >> order
+done < <(python3 "$here/initramfs/modules.py" "$tree" \
+    ata_piix sd_mod crct10dif_generic crc64_rocksoft_generic crc32c_generic ext4)
+python3 "$here/initramfs/mkcpio.py" "$out/initramfs-disk.cpio.gz.tmp" "${base[@]}" \
+    dir lib dir lib/modules "${modules[@]}" file lib/modules/order order 644
 cp "$vmlinuz" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+mv "$out/initramfs-disk.cpio.gz.tmp" "$out/initramfs-disk.cpio.gz"
 {
     echo "kernel=$pkg $(dpkg-deb -f "$pkg"_*.deb Version)"
     echo "busybox=$(dpkg-deb -f busybox-static_*.deb Version)"

@@ -9,6 +9,7 @@ mod difftest_cmd;
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_machine::accel::emu::cpuid::{self, Vendor};
 use gantry_machine::board::SerialSink;
+use gantry_machine::drives::DriveSpec;
 use gantry_machine::vm::{self, AccelKind, BootSource, MachineConfig};
 
 #[derive(Parser)]
@@ -76,6 +77,20 @@ struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (bytes without one).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     mem: u64,
+    /// A disk, in QEMU's words: file=PATH[,if=ide][,format=raw][,readonly=on]
+    /// [,cache=writeback|none|unsafe][,index=N] (repeatable).
+    #[arg(long, value_name = "SPEC", value_parser = parse_drive)]
+    drive: Vec<DriveSpec>,
+    /// The guest's disk writes go to a temporary overlay, dropped at exit (the images are
+    /// only read).
+    #[arg(long)]
+    snapshot: bool,
+    /// The primary IDE master's image (--drive file=PATH,index=0).
+    #[arg(long, value_name = "FILE")]
+    hda: Option<PathBuf>,
+    /// The primary IDE slave's image (--drive file=PATH,index=1).
+    #[arg(long, value_name = "FILE")]
+    hdb: Option<PathBuf>,
     /// How many CPUs (1 to 64). On the emulated CPU they take turns on one host thread.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     smp: u32,
@@ -125,6 +140,10 @@ enum SerialArg {
 
 const MIN_MEM: u64 = 2 << 20;
 const MAX_MEM: u64 = 1 << 40;
+
+fn parse_drive(s: &str) -> Result<DriveSpec, String> {
+    DriveSpec::parse(s)
+}
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -296,8 +315,16 @@ fn run(args: RunArgs) -> Result<i32, String> {
     if args.perf_map && accel != AccelKind::Jit {
         return Err("--perf-map names the JIT's code: it needs --accel jit".into());
     }
+    let mut drives = args.drive.clone();
+    for (path, index) in [(&args.hda, 0), (&args.hdb, 1)] {
+        if let Some(p) = path {
+            drives.push(DriveSpec::ide(p.clone(), Some(index)));
+        }
+    }
     let cfg = MachineConfig {
         ram_size: args.mem,
+        drives,
+        snapshot: args.snapshot,
         cpus: args.smp,
         boot,
         accel,

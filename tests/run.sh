@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash roms/fetch-debian-guest.sh
-# The gdbstub tests drive stock gdb against kernels linked with binutils.
+# The gdbstub tests drive stock gdb against kernels linked with binutils; the disk tests
+# make ext4 images with e2fsprogs.
 missing=()
 command -v gdb >/dev/null || missing+=(gdb)
 command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
+command -v mke2fs >/dev/null && command -v debugfs >/dev/null || missing+=(e2fsprogs)
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]} for the gdb tests"
+    echo "installing ${missing[*]} for the gdb and disk tests"
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing[@]}"

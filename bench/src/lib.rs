@@ -19,6 +19,7 @@ pub fn quiet_board(ram_size: u64) -> Board {
             debugcon_port: None,
             cmos: None,
             local_apics: 0,
+            ide: Default::default(),
         },
         clock,
         HostConsole::none(),

@@ -9,11 +9,13 @@
 
 pub mod acpi_pm;
 pub mod apic_bus;
+pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod debug_ports;
 pub mod hpet;
 pub mod i8042;
+pub mod ide;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;

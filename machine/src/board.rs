@@ -16,6 +16,7 @@ use gantry_devices::clock::Clock;
 use gantry_devices::debug_ports::{DebugCon, DebugExit, PostCodes};
 use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
+use gantry_devices::ide::{self, Drive, IdeChannel};
 use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
 use gantry_devices::lapic::{Acknowledged, LocalApic, StartupSignals, LAPIC_PAGE};
@@ -58,6 +59,9 @@ pub struct BoardConfig {
     pub debugcon_port: Option<u16>,
     /// CMOS contents from before a reset (battery-backed on a real PC).
     pub cmos: Option<CmosState>,
+    /// The disks on the IDE channels: primary master and slave, secondary master and
+    /// slave.
+    pub ide: crate::drives::IdeImages,
     /// How many CPUs have a local APIC on this board, APIC IDs 0.. in order; with none
     /// (the instruction tests' bare board), there is no I/O APIC or HPET either and the
     /// PIC's INTR goes to the CPU.
@@ -109,6 +113,8 @@ pub struct Board {
     hpet: Option<Rc<RefCell<Hpet>>>,
     /// The CPU whose accesses and interrupt questions the board is answering.
     current: usize,
+    /// The PIIX3's IDE channels, primary and secondary.
+    ide: [Rc<RefCell<IdeChannel>>; 2],
 }
 
 impl Board {
@@ -155,11 +161,32 @@ impl Board {
             1,
             Rc::new(RefCell::new(SystemControlA::new(signals.clone()))),
         )?;
-        pio.insert(
-            0xCF8,
-            8,
-            Rc::new(RefCell::new(PciHost::new(signals.clone()))),
-        )?;
+        let mut pci = PciHost::new(signals.clone());
+        pci.add_piix3_ide();
+        pio.insert(0xCF8, 8, Rc::new(RefCell::new(pci)))?;
+        let [d0, d1, d2, d3] = cfg.ide.clone();
+        let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
+            image.map(|i| Drive::new(i, &format!("QM{n:05}")))
+        };
+        let ide = [
+            Rc::new(RefCell::new(IdeChannel::new(
+                drive(d0, 1),
+                drive(d1, 2),
+                wires.line(14),
+            ))),
+            Rc::new(RefCell::new(IdeChannel::new(
+                drive(d2, 3),
+                drive(d3, 4),
+                wires.line(15),
+            ))),
+        ];
+        for (channel, command, control) in [
+            (&ide[0], ide::PRIMARY_COMMAND, ide::PRIMARY_CONTROL),
+            (&ide[1], ide::SECONDARY_COMMAND, ide::SECONDARY_CONTROL),
+        ] {
+            pio.insert(command as u64, 8, channel.clone())?;
+            pio.insert_at(control as u64, 1, channel.clone(), ide::CONTROL_OFFSET)?;
+        }
         pio.insert(
             PM_BASE as u64,
             PM_LEN as u64,
@@ -215,6 +242,7 @@ impl Board {
             ioapic,
             hpet,
             current: 0,
+            ide,
         };
         board.set_cmos_memory(cfg.ram_size);
         board
@@ -628,6 +656,16 @@ impl Board {
         if let Some(hpet) = &self.hpet {
             let fired = hpet.borrow().fired();
             let _ = writeln!(out, "HPET interrupts by timer: {fired:?}");
+        }
+        for (name, channel) in ["primary", "secondary"].iter().zip(&self.ide) {
+            let s = channel.borrow().stats();
+            if s.commands != 0 {
+                let _ = writeln!(
+                    out,
+                    "IDE {name}: {} commands, {} sectors read, {} written, {} flushes, {} errors",
+                    s.commands, s.sectors_read, s.sectors_written, s.flushes, s.errors
+                );
+            }
         }
         let _ = writeln!(out, "serial bytes out: {}", self.uart.borrow().bytes_out());
         let codes: Vec<String> = post.recent().iter().map(|c| format!("{c:02x}")).collect();

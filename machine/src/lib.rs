@@ -11,6 +11,7 @@ pub mod accel;
 pub mod board;
 pub mod boot;
 pub mod console;
+pub mod drives;
 pub mod e820;
 pub mod layout;
 pub mod memory;

@@ -49,6 +49,10 @@ pub enum BootSource {
 
 pub struct MachineConfig {
     pub ram_size: u64,
+    /// The disk drives (`--drive`, `--hda`, `--hdb`).
+    pub drives: Vec<crate::drives::DriveSpec>,
+    /// `--snapshot`: the guest's disk writes are dropped at exit.
+    pub snapshot: bool,
     /// How many CPUs (`--smp`).
     pub cpus: u32,
     pub boot: BootSource,
@@ -100,6 +104,8 @@ pub enum MachineError {
     KvmUnavailable,
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
+    #[error("{0}")]
+    Drive(#[from] crate::drives::DriveError),
     /// The debugger (the `gantry-gdb` crate) failed.
     #[error("{0}")]
     Gdb(String),
@@ -169,6 +175,7 @@ impl Machine {
         clock: Rc<dyn Clock>,
         console: HostConsole,
         cmos: Option<CmosState>,
+        ide: crate::drives::IdeImages,
     ) -> Result<Self, MachineError> {
         let (memory, entry, format, firmware_size) = match &cfg.boot {
             BootSource::Firmware { name, image } => {
@@ -226,6 +233,7 @@ impl Machine {
                 serial,
                 debugcon_port: cfg.debugcon_port,
                 cmos,
+                ide,
                 local_apics: cfg.local_apics(),
             },
             clock,
@@ -290,13 +298,21 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
     let mut report = RunReport::default();
     let mut resets = 0u64;
     let mut cmos = None;
+    // Opened once for the whole run: a reset keeps the images and their locks.
+    let drives = crate::drives::open_all(&cfg.drives, cfg.snapshot)?;
     loop {
         let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-        let mut machine = Machine::new(&cfg, clock, console, cmos.take())?;
-        let (stop, accel_stats, cpu) = run_accel(&cfg, &mut machine)?;
+        let ide = crate::drives::ide_images(&drives);
+        let mut machine = Machine::new(&cfg, clock, console, cmos.take(), ide)?;
+        let run = run_accel(&cfg, &mut machine);
         machine.board.flush();
+        // However the run ended (power-off, quit, a signal, an error), what the guest
+        // wrote reaches the host's disk before Gantry exits.
+        flush_drives(&drives);
+        let (stop, accel_stats, cpu) = run?;
         let outcome = outcome_of(stop);
         report.text = stats_text(&cfg, &machine, &accel_stats, resets, started);
+        report.text.push_str(&drives_text(&drives, cfg.snapshot));
         cmos = Some(machine.board.save_cmos());
         console = machine.board.into_console();
         match outcome {
@@ -314,6 +330,40 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
             }
         }
     }
+}
+
+/// Flushes every image, saying (on stderr) which could not be.
+pub fn flush_drives(drives: &[crate::drives::OpenDrive]) {
+    for d in drives {
+        if let Err(e) = d.image.borrow_mut().flush() {
+            eprintln!(
+                "gantry: drive {}: flushing it failed: {e}",
+                d.spec.path.display()
+            );
+        }
+    }
+}
+
+/// The drives' lines for `--stats`.
+fn drives_text(drives: &[crate::drives::OpenDrive], snapshot: bool) -> String {
+    let mut text = String::new();
+    for d in drives {
+        let _ = writeln!(
+            text,
+            "drive {}: {} IDE position {}, {} bytes{}{}",
+            d.spec.path.display(),
+            d.format,
+            d.spec.index.unwrap_or_default(),
+            d.image.borrow().size(),
+            if d.spec.read_only { ", read-only" } else { "" },
+            if snapshot {
+                ", --snapshot: writes dropped"
+            } else {
+                ""
+            }
+        );
+    }
+    text
 }
 
 /// What a CPU stop means for the run.

@@ -148,6 +148,7 @@ impl Sandbox {
                 debugcon_port: None,
                 cmos: None,
                 local_apics: 0,
+                ide: Default::default(),
             },
             clock,
             HostConsole::none(),

@@ -92,11 +92,21 @@ pub struct Session {
     oversize_read: Option<OversizeRead>,
     /// What the connection saw of the packet being handled.
     packet_check: conn::PacketCheck,
+    /// The disk images, open for the whole session (resets keep them).
+    drives: Vec<gantry_machine::drives::OpenDrive>,
+}
+
+impl Drop for Session {
+    /// However the session ends, what the guest wrote reaches the host's disk.
+    fn drop(&mut self) {
+        gantry_machine::vm::flush_drives(&self.drives);
+    }
 }
 
 impl Session {
     fn new(cfg: MachineConfig, console: HostConsole) -> Result<Self, MachineError> {
-        let machine = build_machine(&cfg, console, None)?;
+        let drives = gantry_machine::drives::open_all(&cfg.drives, cfg.snapshot)?;
+        let machine = build_machine(&cfg, console, None, &drives)?;
         let cpu = gantry_machine::vm::new_vcpu(&cfg, &machine)?;
         let mut s = Self {
             cfg,
@@ -114,6 +124,7 @@ impl Session {
             stopped_at: None,
             oversize_read: None,
             packet_check: conn::PacketCheck::default(),
+            drives,
         };
         s.machine.board.set_max_wait(Some(POLL));
         s.apply_debug().map_err(MachineError::Gdb)?;
@@ -126,7 +137,7 @@ impl Session {
         self.machine.board.flush();
         let cmos = self.machine.board.save_cmos();
         let console = self.machine.board.take_console();
-        self.machine = build_machine(&self.cfg, console, Some(cmos))?;
+        self.machine = build_machine(&self.cfg, console, Some(cmos), &self.drives)?;
         self.machine.board.set_max_wait(Some(POLL));
         self.cpu = gantry_machine::vm::new_vcpu(&self.cfg, &self.machine)?;
         self.stopped_at = None;
@@ -222,9 +233,11 @@ fn build_machine(
     cfg: &MachineConfig,
     console: HostConsole,
     cmos: Option<gantry_devices::rtc::CmosState>,
+    drives: &[gantry_machine::drives::OpenDrive],
 ) -> Result<Machine, MachineError> {
     let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-    Machine::new(cfg, clock, console, cmos)
+    let ide = gantry_machine::drives::ide_images(drives);
+    Machine::new(cfg, clock, console, cmos, ide)
 }
 
 /// Runs the guest with a gdb server on `addr` until the run ends (`gantry run --gdb`;

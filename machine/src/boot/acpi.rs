@@ -3,7 +3,7 @@
 //! guest's `poweroff` writes SLP_EN to PM1a_CNT and the run ends; and, on a board with
 //! APICs, the MADT that describes them and the HPET table.
 
-use crate::layout::ACPI_TABLES;
+use crate::layout::{ACPI_TABLES, LOW_RAM_MAX};
 use crate::memory::{GuestMemory, MemoryError};
 use gantry_devices::acpi_pm::PM_BASE;
 use gantry_devices::hpet::{CAPABILITIES as HPET_CAPABILITIES, HPET_BASE};
@@ -80,6 +80,42 @@ fn hpet_table() -> Vec<u8> {
     finish(t)
 }
 
+/// The DSDT's definitions: the \_S5 sleep package (SLP_TYP 0 is S5 on the PM block), and
+/// the PCI host bridge (PNP0A03) with the windows its buses decode, through which an OS
+/// finds the PCI devices when it takes the platform from ACPI: buses 0-255, the I/O ports
+/// but the configuration mechanism's, the legacy VGA window and the PCI hole between low
+/// RAM's top and the I/O APIC.
+fn dsdt_body() -> Vec<u8> {
+    use super::aml::*;
+    let crs = [
+        word_space(2, 0, 0xFF),
+        word_space(1, 0, 0x0CF7),
+        word_space(1, 0x0D00, 0xFFFF),
+        dword_memory(0xA_0000, 0xB_FFFF),
+        dword_memory(LOW_RAM_MAX as u32, IOAPIC_BASE as u32 - 1),
+        end_tag(),
+    ]
+    .concat();
+    [
+        name(
+            "_S5_",
+            package(&[integer(0), integer(0), integer(0), integer(0)]),
+        ),
+        scope(
+            "\\_SB_",
+            &[device(
+                "PCI0",
+                &[
+                    name("_HID", eisa_id("PNP0A03")),
+                    name("_UID", integer(0)),
+                    name("_CRS", buffer(&crs)),
+                ],
+            )],
+        ),
+    ]
+    .concat()
+}
+
 /// Writes the tables at [`ACPI_TABLES`] and returns the RSDP's address. `cpus` is how many
 /// local APICs the board has (with none, there is no MADT).
 pub fn write_tables(mem: &mut GuestMemory, cpus: u32) -> Result<u64, MemoryError> {
@@ -87,14 +123,12 @@ pub fn write_tables(mem: &mut GuestMemory, cpus: u32) -> Result<u64, MemoryError
     let rsdt_at = rsdp_at + 0x40;
     let fadt_at = rsdt_at + 0x40;
     let facs_at = fadt_at + 0x100; // 64-byte aligned
-    let dsdt_at = facs_at + 0x40;
-    let hpet_at = dsdt_at + 0x40;
+    let hpet_at = facs_at + 0x40;
     let madt_at = hpet_at + 0x40;
+    // The MADT of 64 CPUs takes 594 bytes.
+    let dsdt_at = madt_at + 0x300;
 
-    // DSDT: Name (_S5, Package (4) {0, 0, 0, 0}) -- SLP_TYP 0 is S5 on the PM block.
-    let aml = [
-        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
-    ];
+    let aml = dsdt_body();
     let mut dsdt = header(b"DSDT", 36 + aml.len(), 1);
     dsdt.extend_from_slice(&aml);
     let dsdt = finish(dsdt);

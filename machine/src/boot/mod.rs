@@ -4,6 +4,7 @@
 //! model both backends take (KVM converts it at its edge).
 
 pub mod acpi;
+pub mod aml;
 pub mod bzimage;
 pub mod entry;
 pub mod mptable;

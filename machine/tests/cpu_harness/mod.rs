@@ -202,6 +202,7 @@ fn run_on(
             debugcon_port: None,
             cmos: None,
             local_apics: 0,
+            ide: Default::default(),
         },
         dyn_clock,
         HostConsole::none(),
