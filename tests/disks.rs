@@ -150,15 +150,42 @@ fn debian_mounts_an_ext4_image_on_ide_and_writes_to_it() {
     );
 }
 
+/// A qcow2 version 3 header (64 KiB clusters, 16 MiB, one L1 entry at `l1`, the refcount
+/// table at 0x10000) with an optional backing file name, in a file of 0x40000 bytes.
+fn qcow2_header(l1: u64, backing: Option<&str>) -> Vec<u8> {
+    let mut h = vec![0u8; 0x40000];
+    h[0..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    if let Some(b) = backing {
+        h[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(b.len() as u32).to_be_bytes());
+        h[0x200..0x200 + b.len()].copy_from_slice(b.as_bytes());
+    }
+    h[20..24].copy_from_slice(&16u32.to_be_bytes());
+    h[24..32].copy_from_slice(&(16u64 << 20).to_be_bytes());
+    h[36..40].copy_from_slice(&1u32.to_be_bytes());
+    h[40..48].copy_from_slice(&l1.to_be_bytes());
+    h[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+    h[56..60].copy_from_slice(&1u32.to_be_bytes());
+    h[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount order: 16-bit
+    h[100..104].copy_from_slice(&104u32.to_be_bytes()); // header length
+    h
+}
+
 /// Bad drives are one-line errors with exit status 2: a missing file, a directory, a file
-/// shorter than a sector, a qcow2 image (not read yet), options Gantry does not know.
+/// shorter than a sector, a qcow2 image whose L1 table lies past its end, one whose backing
+/// file is missing, a raw file called qcow2, options Gantry does not know.
 #[test]
 fn bad_drives_are_refused_in_one_line() {
     let dir = scratch("bad_drives");
     let tiny = write_file(&dir, "tiny.img", &[0u8; 100]);
-    let mut qcow2 = b"QFI\xfb\x00\x00\x00\x03".to_vec();
-    qcow2.resize(4096, 0);
-    let qcow2 = write_file(&dir, "q.qcow2", &qcow2);
+    let qcow2 = write_file(&dir, "q.qcow2", &qcow2_header(0x7FFF_0000, None));
+    let backed = write_file(
+        &dir,
+        "backed.qcow2",
+        &qcow2_header(0x30000, Some("/nonexistent/base.img")),
+    );
+    let tiny_raw = write_file(&dir, "raw.img", &[0u8; 4096]);
     let dirpath = dir.to_str().unwrap_or_default().to_string();
     for (args, needles) in [
         (
@@ -170,7 +197,18 @@ fn bad_drives_are_refused_in_one_line() {
             vec!["--hda", &tiny],
             vec!["smaller than one 512-byte sector"],
         ),
-        (vec!["--hda", &qcow2], vec!["qcow2", "qemu-img convert"]),
+        (
+            vec!["--hda", &qcow2],
+            vec!["qcow2", "L1 table", "past the end"],
+        ),
+        (
+            vec!["--hda", &backed],
+            vec!["qcow2", "/nonexistent/base.img"],
+        ),
+        (
+            vec!["--drive", &format!("file={tiny_raw},format=qcow2")],
+            vec!["not a qcow2 image"],
+        ),
         (vec!["--drive", "file=x,if=scsi"], vec!["if=scsi"]),
         (vec!["--drive", "if=ide"], vec!["file=PATH"]),
     ] {
@@ -239,4 +277,124 @@ fn an_image_in_use_is_locked() {
     let lines = r.stderr_lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("in use by another process"), "{lines:?}");
+}
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (Debian's qemu-utils) is installed")
+}
+
+/// qcow2 through imago: an image converted with qemu-img is read and written by the guest
+/// and passes `qemu-img check` after it; an overlay made by `qemu-img create -b` reads its
+/// base's data and writes only into itself; a truncated image is refused at start.
+#[test]
+fn debian_uses_qcow2_images_and_their_backing_files() {
+    let test = "debian_uses_qcow2_images_and_their_backing_files";
+    let Some((kernel, _)) = debian_guest(test) else {
+        return;
+    };
+    let initrd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/roms/guests/initramfs-disk.cpio.gz"
+    );
+    let dir = scratch(test);
+    let raw = dir.join("base.img");
+    let md5 = make_image(&dir, &raw, "16M");
+    let (raw_s, qcow2) = (
+        raw.to_str().unwrap_or_default(),
+        dir.join("disk.qcow2")
+            .to_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let out = qemu_img(&["convert", "-f", "raw", "-O", "qcow2", raw_s, &qcow2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = boot_with_disk(
+        &kernel,
+        initrd,
+        &["--drive", &format!("file={qcow2},if=ide")],
+        "mount /dev/sda /mnt && md5sum /mnt/blob && \
+         dd if=/dev/zero of=/mnt/grown bs=1k count=2048 2>/dev/null && \
+         echo written-to-qcow2 > /mnt/new && sync && umount /mnt",
+    );
+    assert!(
+        r.stdout.contains(&format!("{md5}  /mnt/blob")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("qcow2 IDE position 0"), "{}", r.stderr);
+    let check = qemu_img(&["check", &qcow2]);
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let back = dir.join("back.img");
+    let back_s = back.to_str().unwrap_or_default();
+    let out = qemu_img(&["convert", "-O", "raw", &qcow2, back_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /new", back_s])
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written-to-qcow2\n");
+
+    // An overlay on the raw base: the base is only read.
+    let overlay = dir.join("overlay.qcow2");
+    let overlay_s = overlay.to_str().unwrap_or_default();
+    let out = qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", raw_s, "-F", "raw", overlay_s,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base_before = std::fs::read(&raw).expect("read the base");
+    let r = boot_with_disk(
+        &kernel,
+        initrd,
+        &["--hda", overlay_s],
+        "mount /dev/sda /mnt && md5sum /mnt/blob && echo in-the-overlay > /mnt/ov && \
+         sync && umount /mnt",
+    );
+    assert!(
+        r.stdout.contains(&format!("{md5}  /mnt/blob")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        std::fs::read(&raw).expect("read the base") == base_before,
+        "the overlay's writes reached the base"
+    );
+    let check = qemu_img(&["check", overlay_s]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // The converted image cut short: refused in one line.
+    let bytes = std::fs::read(&qcow2).expect("read the image");
+    let cut = write_file(&dir, "cut.qcow2", &bytes[..bytes.len() / 2]);
+    let r = gantry(
+        &["run", "--accel", "interp", "--hda", &cut],
+        b"",
+        Duration::from_secs(30),
+    );
+    let lines = r.stderr_lines();
+    assert_eq!(r.status, Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("truncated"), "{lines:?}");
 }

@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash roms/fetch-debian-guest.sh
 # The gdbstub tests drive stock gdb against kernels linked with binutils; the disk tests
-# make ext4 images with e2fsprogs.
+# make ext4 images with e2fsprogs and qcow2 images with qemu-utils.
 missing=()
 command -v gdb >/dev/null || missing+=(gdb)
 command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
 command -v mke2fs >/dev/null && command -v debugfs >/dev/null || missing+=(e2fsprogs)
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} for the gdb and disk tests"
     sudo_cmd=()

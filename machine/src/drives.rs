@@ -22,6 +22,7 @@ pub enum Interface {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Raw,
+    Qcow2,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,12 +73,8 @@ impl DriveSpec {
                 "format" => {
                     spec.format = Some(match value {
                         "raw" => Format::Raw,
-                        "qcow2" => {
-                            return Err("format=qcow2: qcow2 images are not supported yet; \
-                                        convert with qemu-img convert -O raw"
-                                .into())
-                        }
-                        _ => return Err(format!("format={value}: the formats are raw")),
+                        "qcow2" => Format::Qcow2,
+                        _ => return Err(format!("format={value}: the formats are raw and qcow2")),
                     })
                 }
                 "readonly" => {
@@ -239,28 +236,174 @@ fn open(spec: DriveSpec, snapshot: bool) -> Result<OpenDrive, DriveError> {
         .map_err(|e| fail(e.to_string()))?;
     let probed_qcow2 = magic == *b"QFI\xfb";
     let format = match spec.format {
-        Some(Format::Raw) => "raw",
-        None if probed_qcow2 => {
-            return Err(fail(
-                "is a qcow2 image, which Gantry does not read yet; convert it with \
-                 qemu-img convert -O raw"
-                    .into(),
-            ))
+        Some(Format::Qcow2) if !probed_qcow2 => {
+            return Err(fail("is not a qcow2 image (no QFI magic)".into()))
         }
-        None => "raw",
+        Some(f) => f,
+        None if probed_qcow2 => Format::Qcow2,
+        None => Format::Raw,
     };
-    let raw = RawImage::new(file, read_only, spec.cache).map_err(|e| fail(e.to_string()))?;
+    let image: Box<dyn Image> = match format {
+        Format::Raw => {
+            Box::new(RawImage::new(file, read_only, spec.cache).map_err(|e| fail(e.to_string()))?)
+        }
+        // imago opens the file (and any backing files, read-only) itself; `file` stays
+        // open beside it for the lock.
+        Format::Qcow2 => {
+            check_qcow2_header(&file, meta.len()).map_err(|why| fail(format!("qcow2: {why}")))?;
+            Box::new(
+                Qcow2Image::open(&spec.path, file, read_only, spec.cache)
+                    .map_err(|e| fail(format!("qcow2: {e}")))?,
+            )
+        }
+    };
     let image: Box<dyn Image> = if snapshot && !spec.read_only {
         let overlay = anonymous_file().map_err(|e| fail(format!("--snapshot overlay: {e}")))?;
-        Box::new(SnapshotImage::new(Box::new(raw), overlay).map_err(|e| fail(e.to_string()))?)
+        Box::new(SnapshotImage::new(image, overlay).map_err(|e| fail(e.to_string()))?)
     } else {
-        Box::new(raw)
+        image
+    };
+    let format = match format {
+        Format::Raw => "raw",
+        Format::Qcow2 => "qcow2",
     };
     Ok(OpenDrive {
         spec,
         image: Rc::new(RefCell::new(image)),
         format,
     })
+}
+
+/// What a qcow2 header must say for its tables to lie in the file (imago reads them only
+/// when the guest needs them; a corrupt image is an error at start, not a guest I/O
+/// error later): version 2 or 3, a cluster size of 512 bytes to 2 MiB, the L1 and refcount
+/// tables inside the file.
+fn check_qcow2_header(file: &std::fs::File, len: u64) -> Result<(), String> {
+    let mut h = [0u8; 72];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut h, 0)
+        .map_err(|_| "the header is truncated".to_string())?;
+    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let be64 = |o: usize| u64::from(be32(o)) << 32 | u64::from(be32(o + 4));
+    let version = be32(4);
+    if !(2..=3).contains(&version) {
+        return Err(format!("version {version} (Gantry reads 2 and 3)"));
+    }
+    let cluster_bits = be32(20);
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(format!("cluster size 2^{cluster_bits} is out of range"));
+    }
+    let cluster = 1u64 << cluster_bits;
+    let inside = |offset: u64, bytes: u64| offset.checked_add(bytes).is_some_and(|end| end <= len);
+    let (l1_size, l1_offset) = (u64::from(be32(36)), be64(40));
+    if !inside(l1_offset, l1_size * 8) {
+        return Err(format!(
+            "the L1 table ({l1_size} entries at {l1_offset:#x}) lies past the end of the file \
+             ({len} bytes)"
+        ));
+    }
+    let (refcount_offset, refcount_clusters) = (be64(48), u64::from(be32(56)));
+    if !inside(refcount_offset, refcount_clusters * cluster) {
+        return Err(format!(
+            "the refcount table at {refcount_offset:#x} lies past the end of the file ({len} bytes)"
+        ));
+    }
+    // Every L2 table and every (uncompressed) data cluster they map must lie in the file:
+    // a truncated image fails here rather than as guest I/O errors.
+    const OFFSET: u64 = 0x00FF_FFFF_FFFF_FE00;
+    const COMPRESSED: u64 = 1 << 62;
+    let read_table = |offset: u64, entries: u64| -> Result<Vec<u64>, String> {
+        let mut bytes = vec![0u8; (entries * 8) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, offset)
+            .map_err(|e| format!("reading a table at {offset:#x}: {e}"))?;
+        Ok(bytes
+            .chunks(8)
+            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    };
+    for l1 in read_table(l1_offset, l1_size)? {
+        let l2_offset = l1 & OFFSET;
+        if l2_offset == 0 {
+            continue;
+        }
+        if !inside(l2_offset, cluster) {
+            return Err(format!(
+                "an L2 table at {l2_offset:#x} lies past the end of the file ({len} bytes): \
+                 the image is truncated"
+            ));
+        }
+        for l2 in read_table(l2_offset, cluster / 8)? {
+            let data = l2 & OFFSET;
+            if l2 & COMPRESSED == 0 && data != 0 && !inside(data, cluster) {
+                return Err(format!(
+                    "a data cluster at {data:#x} lies past the end of the file ({len} bytes): \
+                     the image is truncated"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A qcow2 image (versions 2 and 3: clusters allocated as the guest writes, L1/L2 tables
+/// and refcounts, backing files, zero and compressed clusters) through imago, the
+/// maintained Rust implementation.
+struct Qcow2Image {
+    access: imago::FormatAccess<imago::file::File>,
+    /// Holds the image's lock (imago's own descriptor takes none).
+    _locked: std::fs::File,
+    read_only: bool,
+    cache: Cache,
+}
+
+impl Qcow2Image {
+    fn open(
+        path: &std::path::Path,
+        locked: std::fs::File,
+        read_only: bool,
+        cache: Cache,
+    ) -> std::io::Result<Self> {
+        use imago::FormatDriverBuilder;
+        let qcow2 = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
+            .write(!read_only)
+            .open(imago::PermissiveImplicitOpenGate::default())?;
+        Ok(Self {
+            access: imago::FormatAccess::new(qcow2),
+            _locked: locked,
+            read_only,
+            cache,
+        })
+    }
+}
+
+impl Image for Qcow2Image {
+    fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.access.read(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.access.write(buf, offset)
+    }
+
+    /// The metadata imago caches (L2 tables, refcounts) is written out at every flush,
+    /// and synced unless `cache=unsafe`.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.access.flush()?;
+        if self.cache != Cache::Unsafe {
+            self.access.sync()?;
+        }
+        Ok(())
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
 }
 
 /// The IDE positions' images.
