@@ -1451,3 +1451,51 @@ fn rflags_read_whole_after_an_alu_operation() {
     // There: O, B, E, A, S, NP, L, G.
     assert_eq!(d.bytes_at(at + 16, 8), [0, 1, 0, 0, 1, 0, 1, 0]);
 }
+
+/// LDS/LES/LFS/LGS/LSS load a far pointer: the offset into the register, the selector
+/// after it into the segment register (checked as MOV Sreg checks it, and first: a faulting
+/// load leaves the register as it was).
+#[test]
+fn far_pointer_loads() {
+    let d = run(
+        Mode::Real16,
+        |_, mem| {
+            // DS is 0 in the harness's real mode: the pointer 1234:5678 at 0x100.
+            mem.write(0x100, &[0x78, 0x56, 0x34, 0x12]).unwrap();
+        },
+        |a| {
+            a.les(di, ptr(0x100))?;
+            a.hlt()
+        },
+    );
+    assert_eq!(d.cpu.gpr[7] & 0xFFFF, 0x5678);
+    assert_eq!(d.cpu.seg[0].selector, 0x1234);
+    assert_eq!(d.cpu.seg[0].base, 0x12340);
+
+    let d = run(
+        Mode::Protected32,
+        |_, mem| {
+            // 0x18:DATA+0x800, 0x0000:0xABCD, 0x0000:0x1111.
+            let mut far = Vec::new();
+            far.extend_from_slice(&(DATA as u32 + 0x800).to_le_bytes());
+            far.extend_from_slice(&0x18u16.to_le_bytes());
+            far.extend_from_slice(&0xABCDu32.to_le_bytes());
+            far.extend_from_slice(&0u16.to_le_bytes());
+            far.extend_from_slice(&0x1111u32.to_le_bytes());
+            far.extend_from_slice(&0u16.to_le_bytes());
+            mem.write(DATA, &far).unwrap();
+        },
+        |a| {
+            a.lss(esp, ptr(DATA))?;
+            a.lfs(edx, ptr(DATA + 6))?;
+            a.mov(ebx, 0x7777)?;
+            a.lss(ebx, ptr(DATA + 12))?;
+            a.hlt()
+        },
+    );
+    assert_eq!(d.cpu.seg[2].selector, 0x18);
+    assert_eq!(d.cpu.seg[4].selector, 0, "a null selector is fine for FS");
+    assert_eq!(d.cpu.gpr[2], 0xABCD);
+    assert_eq!(d.vector(), Some(13), "a null SS is #GP(0)");
+    assert_eq!(d.cpu.gpr[3], 0x7777, "the faulting load left EBX alone");
+}

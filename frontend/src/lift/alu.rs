@@ -7,7 +7,7 @@ use super::operands::{reg_ty, Place};
 use super::{Flow, Lift};
 use crate::flags::{CcKind, CcOp, Cond};
 use crate::ir::*;
-use crate::state::{AF, ARITH_FLAGS, CF, DF, OF, ZF};
+use crate::state::{AF, ARITH_FLAGS, CF, DF, DS, ES, FS, GS, OF, SS, ZF};
 use crate::vendor::{
     BitScanFlags, CountFlags, DivFlags, DoubleShiftOf, Movsxd16Read, MulFlags, RotateCarryTurnOf,
     ShiftAf, ShrOf,
@@ -31,6 +31,32 @@ impl Lift<'_> {
                     // A segment load: CS/SS/mode assumptions, and MOV SS's interrupt shadow.
                     return Some(self.exit_sync());
                 }
+            }
+            M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => {
+                // A far pointer: the offset, then the selector after it. The segment is
+                // loaded (which may fault) before the register is written.
+                let dst = self.ins.op0_register();
+                let ty = super::operands::reg_ty(dst);
+                let seg = super::operands::seg_index(self.ins.memory_segment());
+                let ea = self.effective_address();
+                let addr = self.linear(seg, ea);
+                let offset = self.load_operand(ty, addr);
+                // The selector's offset wraps as the operand's does (at 64 KiB in 16-bit
+                // addressing).
+                let ea = self.b.bin_imm(BinOp::Add, ea, ty.bytes() as u64);
+                let addr = self.linear(seg, ea);
+                let selector = self.load_operand(Ty::I16, addr);
+                let selector = self.b.zext(Ty::I64, selector);
+                let target = match m {
+                    M::Lds => DS,
+                    M::Les => ES,
+                    M::Lfs => FS,
+                    M::Lgs => GS,
+                    _ => SS,
+                };
+                self.b.call(Helper::LoadSeg(target as u8), &[selector]);
+                self.write_gpr(dst, offset);
+                return Some(self.exit_sync());
             }
             M::Movzx | M::Movsx | M::Movsxd => {
                 let dty = self.op_ty(0);
