@@ -13,6 +13,17 @@ use common::*;
 
 const T: Duration = Duration::from_secs(10 * 60);
 
+/// Debian's kernel, the disk initramfs beside it, and a scratch directory (None: the
+/// guest is not fetched, which `debian_guest` says).
+fn disk_guest(test: &str) -> Option<(String, &'static str, Scratch)> {
+    let (kernel, _) = debian_guest(test)?;
+    let initrd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/roms/guests/initramfs-disk.cpio.gz"
+    );
+    Some((kernel, initrd, scratch(test)))
+}
+
 /// Waits for /dev/sda (libata probes the disk after its module loads), then `then`.
 fn with_disk(then: &str) -> String {
     format!(
@@ -72,15 +83,11 @@ fn boot_with_disk(kernel: &str, initrd: &str, drive: &[&str], command: &str) -> 
 /// boot with `--snapshot` writes and leaves the image unchanged.
 #[test]
 fn debian_mounts_an_ext4_image_on_ide_and_writes_to_it() {
-    let test = "debian_mounts_an_ext4_image_on_ide_and_writes_to_it";
-    let Some((kernel, _)) = debian_guest(test) else {
+    let Some((kernel, initrd, dir)) =
+        disk_guest("debian_mounts_an_ext4_image_on_ide_and_writes_to_it")
+    else {
         return;
     };
-    let initrd = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/roms/guests/initramfs-disk.cpio.gz"
-    );
-    let dir = scratch(test);
     let image = dir.join("disk.img");
     let md5 = make_image(&dir, &image, "16M");
     let image_arg = format!("file={},if=ide,format=raw", image.display());
@@ -291,15 +298,11 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
 /// base's data and writes only into itself; a truncated image is refused at start.
 #[test]
 fn debian_uses_qcow2_images_and_their_backing_files() {
-    let test = "debian_uses_qcow2_images_and_their_backing_files";
-    let Some((kernel, _)) = debian_guest(test) else {
+    let Some((kernel, initrd, dir)) =
+        disk_guest("debian_uses_qcow2_images_and_their_backing_files")
+    else {
         return;
     };
-    let initrd = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/roms/guests/initramfs-disk.cpio.gz"
-    );
-    let dir = scratch(test);
     let raw = dir.join("base.img");
     let md5 = make_image(&dir, &raw, "16M");
     let (raw_s, qcow2) = (

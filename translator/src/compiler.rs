@@ -373,8 +373,12 @@ mod tests {
         let (idle, slow, busy, new) = (
             job_queued(0, 0, ago(50)),
             job_queued(1, 10, ago(50)),
-            job_queued(2, 60, ago(50)),
-            job_queued(3, 0, now),
+            // Far more runs than milliseconds, however slow the host.
+            job_queued(2, 60_000, ago(50)),
+            // Queued "just now" as the second take sees it: a time ahead of the test's
+            // clock, so that a slow host (user-mode QEMU runs these tests for aarch64, and
+            // once took longer than STALE_AFTER between the two takes) cannot make it stale.
+            job_queued(3, 0, now + Duration::from_secs(60)),
         );
         let tickets = [&idle, &slow, &busy, &new].map(|j| j.ticket.clone());
         q.jobs
@@ -383,7 +387,7 @@ mod tests {
             .extend([idle, slow, busy, new]);
         let queued = AtomicUsize::new(4);
         let first = q.take(&stop, &queued).expect("a job").id.as_u32();
-        assert_eq!(first, 2, "the block that ran 60 times in 50 ms");
+        assert_eq!(first, 2, "the block that ran 60,000 times in 50 ms");
         assert_eq!(queued.load(Ordering::Relaxed), 2, "two dropped");
         let dropped = tickets.each_ref().map(|t| t.dropped());
         assert_eq!(dropped, [true, true, false, false]);
