@@ -3,7 +3,9 @@
 //! initrd and command line, in turn (Gantry, QEMU, Gantry, ...), and prints a table of
 //! median wall times and their ratio. With `--workloads` it also runs commands inside the
 //! guest (through the initramfs's `gantry_cmd`), timed by the guest itself, beside the same
-//! commands run natively on this host.
+//! commands run natively on this host. With `--disks` it times the guest's sequential
+//! writes and reads of a raw image on its IDE disk (the disk initramfs loads the drivers),
+//! beside the host's own `dd` on the same file.
 //!
 //! `cargo run --release -p gantry-bench --bin gantry-bench -- --help`
 
@@ -33,10 +35,36 @@ struct Args {
     /// Also time workloads inside the guest, and natively on this host.
     #[arg(long)]
     workloads: bool,
+    /// Also time the guest's disk throughput (IDE, a raw image), and the host's.
+    #[arg(long)]
+    disks: bool,
+    #[arg(long, default_value = "roms/guests/initramfs-disk.cpio.gz")]
+    disk_initrd: PathBuf,
 }
 
-/// The kernel command line both emulators get (Gantry has no APIC yet, so neither uses one).
+/// The kernel command line both emulators get: the 8259s only, as for the figures before
+/// Gantry had APICs, so that figures compare across versions (README has the APIC boot
+/// beside it: the same time within the noise).
 const CMDLINE: &str = "console=ttyS0 nolapic noapic";
+
+/// Disk workloads on /dev/sda, an image of [`DISK_MIB`] MiB: a name, what prepares the
+/// run (libata finds the disk after its module loads), and the timed command; then the
+/// host's own command on the image file.
+const DISK_MIB: u64 = 64;
+const DISK_WORKLOADS: [(&str, &str, &str, &str); 2] = [
+    (
+        "IDE write 16 MiB (dd, fsync)",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b /dev/sda ] && break; sleep 0.2; done",
+        "dd if=/dev/zero of=/dev/sda bs=1048576 count=16 conv=fsync",
+        "dd if=/dev/zero of=IMAGE bs=1048576 count=16 conv=fsync,notrunc 2>/dev/null",
+    ),
+    (
+        "IDE read 16 MiB (dd)",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b /dev/sda ] && break; sleep 0.2; done",
+        "dd if=/dev/sda of=/dev/null bs=1048576 count=16",
+        "dd if=IMAGE of=/dev/null bs=1048576 count=16 iflag=direct 2>/dev/null",
+    ),
+];
 
 /// In-guest workloads: a name, and a shell command that prepares its input and then runs
 /// the timed command under `time` (busybox's applet in the guest, which prints `real`).
@@ -105,6 +133,7 @@ fn run(args: &Args) -> Result<(), String> {
         qemu,
         kernel: &args.kernel,
         initrd: &args.initrd,
+        drive: None,
     };
     let mut rows = vec![(
         "boot to power-off".to_string(),
@@ -119,15 +148,44 @@ fn run(args: &Args) -> Result<(), String> {
             rows.push((name.to_string(), times, Some(native)));
         }
     }
+    if args.disks {
+        if !args.disk_initrd.is_file() {
+            return Err(format!(
+                "{} is missing: run roms/fetch-debian-guest.sh first",
+                args.disk_initrd.display()
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("gantry-bench-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let image = dir.join("disk.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(DISK_MIB << 20).map_err(|e| e.to_string())?;
+        let disk_guest = Guest {
+            initrd: &args.disk_initrd,
+            drive: Some(&image),
+            ..guest
+        };
+        for (name, prepare, timed, host) in DISK_WORKLOADS {
+            let cmd = format!("{prepare}; time {timed}");
+            let times = disk_guest.compare(Some(&cmd), args.runs)?;
+            let host = host.replace("IMAGE", &image.to_string_lossy());
+            let native = native("true", &host, args.runs)?;
+            rows.push((name.to_string(), times, Some(native)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     print_table(&rows, qemu.is_some());
     Ok(())
 }
 
+#[derive(Clone, Copy)]
 struct Guest<'a> {
     gantry: &'a Path,
     qemu: Option<&'a str>,
     kernel: &'a Path,
     initrd: &'a Path,
+    /// A raw image for the primary IDE master.
+    drive: Option<&'a Path>,
 }
 
 /// Median seconds on Gantry and (if present) QEMU.
@@ -161,6 +219,10 @@ impl Guest<'_> {
         .arg("--initrd")
         .arg(self.initrd)
         .args(["--append", append]);
+        if let Some(d) = self.drive {
+            c.arg("--drive")
+                .arg(format!("file={},if=ide,format=raw", d.display()));
+        }
         c
     }
 
@@ -181,6 +243,10 @@ impl Guest<'_> {
         .arg("-initrd")
         .arg(self.initrd)
         .args(["-append", append]);
+        if let Some(d) = self.drive {
+            c.arg("-drive")
+                .arg(format!("file={},if=ide,format=raw", d.display()));
+        }
         c
     }
 
