@@ -40,6 +40,26 @@ set_gate:
     mov word ptr [edx + 6], ax
     ret
 
+/* Installs HANDLER as the gate for VECTOR. Clobbers EAX, ECX, EDX. */
+.macro gate vector, handler
+    mov ecx, \vector
+    mov eax, offset \handler
+    call set_gate
+.endm
+
+/* A handler that logs CHAR and signals its EOI. */
+.macro log_isr name, char
+\name:
+    push eax
+    push edx
+    mov al, \char
+    call log
+    mov dword ptr [APIC + 0xB0], 0
+    pop edx
+    pop eax
+    iretd
+.endm
+
 unexpected:
     mov esi, offset unexpected_msg
     call puts
@@ -232,9 +252,7 @@ fn the_apic_timer_counts_in_each_mode() {
     let body = r#"
 main:
     mov dword ptr [APIC + 0xF0], 0x1FF
-    mov ecx, 0x40
-    mov eax, offset timer_isr
-    call set_gate
+    gate 0x40, timer_isr
     mov dword ptr [APIC + 0x3E0], 0xB
     mov dword ptr [APIC + 0x320], 0x20040
     sti
@@ -331,18 +349,10 @@ fn task_priority_and_nested_eoi_order() {
     let body = r#"
 main:
     mov dword ptr [APIC + 0xF0], 0x1FF
-    mov ecx, 0x46
-    mov eax, offset isr46
-    call set_gate
-    mov ecx, 0x45
-    mov eax, offset isr45
-    call set_gate
-    mov ecx, 0x50
-    mov eax, offset isr50
-    call set_gate
-    mov ecx, 0x70
-    mov eax, offset isr70
-    call set_gate
+    gate 0x46, isr46
+    gate 0x45, isr45
+    gate 0x50, isr50
+    gate 0x70, isr70
     mov dword ptr [APIC + 0x80], 0x50
     sti
     mov eax, 0x46
@@ -372,33 +382,9 @@ main:
     call print_log
     mov eax, 0x10
     jmp exit
-isr46:
-    push eax
-    push edx
-    mov al, '6'
-    call log
-    mov dword ptr [APIC + 0xB0], 0
-    pop edx
-    pop eax
-    iretd
-isr45:
-    push eax
-    push edx
-    mov al, '4'
-    call log
-    mov dword ptr [APIC + 0xB0], 0
-    pop edx
-    pop eax
-    iretd
-isr70:
-    push eax
-    push edx
-    mov al, '7'
-    call log
-    mov dword ptr [APIC + 0xB0], 0
-    pop edx
-    pop eax
-    iretd
+    log_isr isr46, '6'
+    log_isr isr45, '4'
+    log_isr isr70, '7'
 isr50:
     push eax
     push ecx
@@ -446,12 +432,8 @@ fn x2apic_msrs_and_their_faults() {
     const TEST: &str = "x2apic_msrs_and_their_faults";
     let body = r#"
 main:
-    mov ecx, 13
-    mov eax, offset gp_isr
-    call set_gate
-    mov ecx, 0x66
-    mov eax, offset isr66
-    call set_gate
+    gate 13, gp_isr
+    gate 0x66, isr66
     mov ecx, 0x802
     rdmsr
     mov eax, [gp_count]
@@ -559,12 +541,8 @@ fn the_ioapic_routes_the_pit_and_a_level_triggered_uart() {
     let body = r#"
 main:
     call apic_only
-    mov ecx, 0x30
-    mov eax, offset isr30
-    call set_gate
-    mov ecx, 0x34
-    mov eax, offset isr34
-    call set_gate
+    gate 0x30, isr30
+    gate 0x34, isr34
     mov ecx, 2
     mov eax, 0x30
     call route_pin
@@ -658,12 +636,8 @@ fn hpet_timers_in_legacy_replacement_and_on_a_gsi() {
 .set HPET, 0xFED00000
 main:
     call apic_only
-    mov ecx, 0x30
-    mov eax, offset isr30
-    call set_gate
-    mov ecx, 0x38
-    mov eax, offset isr38
-    call set_gate
+    gate 0x30, isr30
+    gate 0x38, isr38
     mov ecx, 2
     mov eax, 0x30
     call route_pin
@@ -752,12 +726,8 @@ fn application_processors_start_and_exchange_ipis() {
     let body = r#"
 main:
     mov dword ptr [APIC + 0xF0], 0x1FF
-    mov ecx, 0x51
-    mov eax, offset isr51
-    call set_gate
-    mov ecx, 0x52
-    mov eax, offset isr52
-    call set_gate
+    gate 0x51, isr51
+    gate 0x52, isr52
     mov ax, ds
     mov [tramp_ds], ax
     mov ax, cs
@@ -898,9 +868,7 @@ fn nmis_ignore_if_and_wait_for_iret() {
     let body = r#"
 main:
     mov dword ptr [APIC + 0xF0], 0x1FF
-    mov ecx, 2
-    mov eax, offset nmi_isr
-    call set_gate
+    gate 2, nmi_isr
     cli
     mov eax, 0x400
     call self_ipi

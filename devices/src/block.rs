@@ -22,7 +22,6 @@ pub trait Image {
     /// Makes the writes so far durable on the host (unless the image is opened so that
     /// they need not be: `cache=unsafe`).
     fn flush(&mut self) -> io::Result<()>;
-    fn read_only(&self) -> bool;
 }
 
 /// How writes reach the host's disk.
@@ -93,16 +92,11 @@ impl Image for RawImage {
         }
         self.file.sync_data()
     }
-
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
 }
 
 /// An image in memory, for device tests.
 pub struct MemImage {
     pub bytes: Vec<u8>,
-    pub flushes: u64,
 }
 
 impl Image for MemImage {
@@ -129,12 +123,7 @@ impl Image for MemImage {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.flushes += 1;
         Ok(())
-    }
-
-    fn read_only(&self) -> bool {
-        false
     }
 }
 
@@ -210,10 +199,6 @@ impl Image for SnapshotImage {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-
-    fn read_only(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
@@ -224,7 +209,6 @@ mod tests {
     fn a_snapshot_reads_its_writes_and_leaves_the_base_alone() {
         let base = MemImage {
             bytes: (0..4096u32).map(|i| (i / 512) as u8).collect(),
-            flushes: 0,
         };
         let overlay = tempfile_for_test();
         let mut snap = SnapshotImage::new(Box::new(base), overlay).unwrap();

@@ -61,8 +61,9 @@ impl Drive {
         }
     }
 
-    /// Writes what the guest wrote through to the host (at power-off and exit).
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    /// Writes what the guest wrote through to the host (FLUSH CACHE, and every write
+    /// while the guest has turned the write cache off).
+    fn flush(&mut self) -> std::io::Result<()> {
         self.image.borrow_mut().flush()
     }
 
@@ -202,17 +203,6 @@ impl IdeChannel {
 
     pub fn stats(&self) -> IdeStats {
         self.stats
-    }
-
-    /// Flushes every drive's image; the first error, if any.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        let mut result = Ok(());
-        for d in self.drives.iter_mut().flatten() {
-            if let Err(e) = d.flush() {
-                result = result.and(Err(e));
-            }
-        }
-        result
     }
 
     fn empty(&self) -> bool {
@@ -644,7 +634,7 @@ mod tests {
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = (i / 512) as u8;
         }
-        let image: Box<dyn crate::block::Image> = Box::new(MemImage { bytes, flushes: 0 });
+        let image: Box<dyn crate::block::Image> = Box::new(MemImage { bytes });
         let drive = Drive::new(Rc::new(std::cell::RefCell::new(image)), "GANTRY0001");
         (IdeChannel::new(Some(drive), None, wires.line(14)), wires)
     }
@@ -720,6 +710,9 @@ mod tests {
         }
         assert_eq!(inb(&mut c, 7), DRDY | DSC);
         assert_eq!(c.stats().sectors_written, 3);
+        out(&mut c, 7, 0xE7);
+        assert_eq!(inb(&mut c, 7), DRDY | DSC, "FLUSH CACHE");
+        assert_eq!(c.stats().flushes, 1);
         out(&mut c, 2, 1);
         out(&mut c, 3, 12);
         out(&mut c, 7, 0x20);

@@ -400,10 +400,6 @@ impl Image for Qcow2Image {
         }
         Ok(())
     }
-
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
 }
 
 /// The IDE positions' images.

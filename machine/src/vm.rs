@@ -53,7 +53,8 @@ pub struct MachineConfig {
     pub drives: Vec<crate::drives::DriveSpec>,
     /// `--snapshot`: the guest's disk writes are dropped at exit.
     pub snapshot: bool,
-    /// How many CPUs (`--smp`).
+    /// How many CPUs (`--smp`), each with Gantry's local APIC on both backends (see
+    /// `accel/kvm.rs` for why not KVM's in-kernel one).
     pub cpus: u32,
     pub boot: BootSource,
     pub accel: AccelKind,
@@ -70,14 +71,6 @@ pub struct MachineConfig {
     /// instead of freed (its translations, tens of thousands of blocks after a Linux
     /// boot, took 80 ms to free), as QEMU leaves its translation cache to the exit.
     pub exit_after: bool,
-}
-
-impl MachineConfig {
-    /// Gantry's local APIC, one a CPU, on both backends (see `accel/kvm.rs` for why not
-    /// KVM's in-kernel one).
-    pub fn local_apics(&self) -> u32 {
-        self.cpus
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +200,7 @@ impl Machine {
                     kernel: image,
                     initrd: initrd.as_ref().map(|(_, d)| d.as_slice()),
                     cmdline,
-                    local_apics: cfg.local_apics(),
+                    local_apics: cfg.cpus,
                 };
                 let loaded = boot::load_kernel(&mut mem, &img).map_err(|e| match (&e, initrd) {
                     (LoadError::TooBig(m), Some((iname, _)))
@@ -234,7 +227,7 @@ impl Machine {
                 debugcon_port: cfg.debugcon_port,
                 cmos,
                 ide,
-                local_apics: cfg.local_apics(),
+                local_apics: cfg.cpus,
             },
             clock,
             console,

@@ -113,9 +113,9 @@ impl Ctx<'_> {
                     None if v & (1 << 11) != 0 => return Err(gp0()),
                     None => cpu.msr.apic_base = v,
                 }
-                // CPUID.1:EDX.APIC follows the enable bit, and the xAPIC page may have
-                // moved: neither is in a translation, but the TLB may hold the old page.
-                self.mmu.flush(false);
+                // Nothing cached depends on it: accesses to the xAPIC page take the TLB's
+                // slow path to the board, which asks the APIC where its page is, and
+                // CPUID asks it each time.
             }
             MSR_TSC_DEADLINE => {
                 let now = self.board.clock().now_ns();
