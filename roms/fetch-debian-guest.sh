@@ -3,17 +3,21 @@
 # busybox-static with `apt-get download`, and builds an initramfs around busybox whose
 # /init prints marker lines, runs gantry_cmd from the kernel command line, and powers off;
 # and a second one that also carries the disk drivers from the same kernel package (IDE,
-# SCSI disk, ext4, in an order they load in), which its /init loads first, as an installed
-# system's initramfs would.
+# SCSI disk, virtio-blk, ext4, in an order they load in), which its /init loads first, as
+# an installed system's initramfs would, before it mounts a root= disk and switches to it;
+# and busybox itself, for the tests' root file systems.
 #
-# Output (reused when present): roms/guests/{vmlinuz,initramfs.cpio.gz,
-# initramfs-disk.cpio.gz,VERSIONS}.
+# Output (reused when present and of this layout): roms/guests/{vmlinuz,initramfs.cpio.gz,
+# initramfs-disk.cpio.gz,busybox,VERSIONS}.
 # Usage: roms/fetch-debian-guest.sh [--force]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/guests"
+# Bumped whenever what this script builds changes, so that an older build is redone.
+layout=2
 if [[ "${1:-}" != "--force" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz"
-      && -s "$out/initramfs-disk.cpio.gz" ]]; then
+      && -s "$out/initramfs-disk.cpio.gz" && -s "$out/busybox" ]] \
+      && grep -qx "layout=$layout" "$out/VERSIONS" 2>/dev/null; then
     echo "debian guest: reusing $out ($(tr '\n' ' ' < "$out/VERSIONS"))"
     exit 0
 fi
@@ -58,9 +62,12 @@ while read -r rel; do
     modules+=(file "lib/modules/$name" "$tree/$rel" 644)
     echo "$name" >> order
 done < <(python3 "$here/initramfs/modules.py" "$tree" \
-    ata_piix sd_mod crct10dif_generic crc64_rocksoft_generic crc32c_generic ext4)
+    ata_piix sd_mod virtio_pci virtio_blk crct10dif_generic crc64_rocksoft_generic \
+    crc32c_generic ext4)
 python3 "$here/initramfs/mkcpio.py" "$out/initramfs-disk.cpio.gz.tmp" "${base[@]}" \
     dir lib dir lib/modules "${modules[@]}" file lib/modules/order order 644
+cp b/bin/busybox "$out/busybox.tmp"
+mv "$out/busybox.tmp" "$out/busybox"
 cp "$vmlinuz" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
@@ -68,5 +75,6 @@ mv "$out/initramfs-disk.cpio.gz.tmp" "$out/initramfs-disk.cpio.gz"
 {
     echo "kernel=$pkg $(dpkg-deb -f "$pkg"_*.deb Version)"
     echo "busybox=$(dpkg-deb -f busybox-static_*.deb Version)"
+    echo "layout=$layout"
 } > "$out/VERSIONS"
 echo "debian guest: $(tr '\n' ' ' < "$out/VERSIONS")-> $out"

@@ -77,7 +77,7 @@ struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (bytes without one).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     mem: u64,
-    /// A disk, in QEMU's words: file=PATH[,if=ide][,format=raw][,readonly=on]
+    /// A disk, in QEMU's words: file=PATH[,if=ide|virtio][,format=raw|qcow2][,readonly=on]
     /// [,cache=writeback|none|unsafe][,index=N] (repeatable).
     #[arg(long, value_name = "SPEC", value_parser = parse_drive)]
     drive: Vec<DriveSpec>,

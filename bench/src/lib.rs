@@ -6,23 +6,11 @@
 use std::rc::Rc;
 
 use gantry_devices::clock::{Clock, HostClock};
-use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::board::{Board, BoardConfig};
 use gantry_machine::console::HostConsole;
 
 /// A PC board with no console and serial output discarded, as the benchmarks use it.
 pub fn quiet_board(ram_size: u64) -> Board {
     let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-    Board::new(
-        BoardConfig {
-            ram_size,
-            serial: SerialSink::None,
-            debugcon_port: None,
-            cmos: None,
-            local_apics: 0,
-            ide: Default::default(),
-        },
-        clock,
-        HostConsole::none(),
-    )
-    .expect("board")
+    Board::new(BoardConfig::bare(ram_size), clock, HostConsole::none()).expect("board")
 }

@@ -22,6 +22,28 @@ pub trait Image {
     /// Makes the writes so far durable on the host (unless the image is opened so that
     /// they need not be: `cache=unsafe`).
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Makes `len` bytes at `offset` read as zeros: by writing zeros, unless the format
+    /// has something better.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range overflows"))?;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.write_at(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The guest no longer needs `len` bytes at `offset`, which may then read as anything.
+    /// A hint: an image that cannot free space keeps the data, which is correct.
+    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How writes reach the host's disk.
@@ -91,6 +113,67 @@ impl Image for RawImage {
             return Ok(());
         }
         self.file.sync_data()
+    }
+
+    /// A hole reads as zeros: punching one frees the space too. Where the host's file
+    /// system cannot, zeros are written.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable(offset, len)?;
+        if punch_hole(&self.file, offset, len).is_ok() {
+            return Ok(());
+        }
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable(offset, len)?;
+        // A file system without holes keeps the data: discard is a hint.
+        let _ = punch_hole(&self.file, offset, len);
+        Ok(())
+    }
+}
+
+impl RawImage {
+    fn writable(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the disk is read-only",
+            ));
+        }
+        self.check(offset, usize::try_from(len).unwrap_or(usize::MAX))
+    }
+}
+
+/// Deallocates `len` bytes at `offset` of `file`, keeping its size.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: fallocate on a descriptor this File owns; it touches no memory of ours.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            l,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -17,9 +17,12 @@ pub const GSIS: usize = 24;
 /// IRQ0 and IRQ8 while that mode is on, and nowhere otherwise).
 pub const HPET_LEGACY_IRQ0: u8 = 24;
 pub const HPET_LEGACY_IRQ8: u8 = 25;
-const SOURCES: u8 = 26;
+/// The PIIX3's PIRQA-D, on which PCI functions raise INTx: each reaches the ISA IRQ its
+/// route register names, or nothing while routing is disabled (bit 7).
+pub const PIRQ_BASE: u8 = 26;
+const SOURCES: u8 = 30;
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct IrqWires {
     /// The level each source drives, bit n for wire n.
     level: Cell<u32>,
@@ -28,13 +31,25 @@ pub struct IrqWires {
     rising: Cell<u32>,
     rising_ioapic: Cell<u32>,
     legacy_replacement: Cell<bool>,
+    /// The PIRQ route registers.
+    pirq_route: Cell<[u8; 4]>,
+    /// Per PIRQ, the functions asserting it (a bit each): the lines are shared, wired-OR.
+    pirq_sources: [Cell<u32>; 4],
     /// Bumped on every change of any wire, so a controller can skip re-sampling.
     generation: Cell<u64>,
 }
 
 impl IrqWires {
     pub fn new() -> Rc<Self> {
-        Rc::new(Self::default())
+        Rc::new(Self {
+            level: Cell::default(),
+            rising: Cell::default(),
+            rising_ioapic: Cell::default(),
+            legacy_replacement: Cell::default(),
+            pirq_route: Cell::new([0x80; 4]),
+            pirq_sources: Default::default(),
+            generation: Cell::default(),
+        })
     }
 
     pub fn line(self: &Rc<Self>, irq: u8) -> IrqLine {
@@ -49,6 +64,13 @@ impl IrqWires {
     /// or in legacy replacement mode from the HPET's timers 0 and 1.
     fn seen(&self, sources: u32) -> u32 {
         const GSI_MASK: u32 = (1 << GSIS) - 1;
+        let mut pci = 0;
+        for (i, route) in self.pirq_route.get().iter().enumerate() {
+            if sources >> (PIRQ_BASE as usize + i) & 1 != 0 && *route & 0x80 == 0 {
+                pci |= 1 << (route & 0x0F);
+            }
+        }
+        let sources = sources | pci;
         if !self.legacy_replacement.get() {
             return sources & GSI_MASK;
         }
@@ -80,6 +102,26 @@ impl IrqWires {
     /// Changes whenever any wire's level changes.
     pub fn generation(&self) -> u64 {
         self.generation.get()
+    }
+
+    /// A PIRQ line (0-3) for the INTx output of a PCI function, which asserts it with
+    /// `bit` among the others sharing it.
+    pub fn pirq_line(self: &Rc<Self>, pirq: u8, bit: u32) -> SharedIrqLine {
+        SharedIrqLine {
+            line: self.line(PIRQ_BASE + (pirq & 3)),
+            pirq: (pirq & 3) as usize,
+            bit: 1 << bit,
+        }
+    }
+
+    /// PIRQ route register `pirq` (PIIX3 configuration 0x60-0x63) now holds `route`.
+    pub fn set_pirq_route(&self, pirq: u8, route: u8) {
+        let mut r = self.pirq_route.get();
+        if r[pirq as usize & 3] != route {
+            r[pirq as usize & 3] = route;
+            self.pirq_route.set(r);
+            self.generation.set(self.generation.get() + 1);
+        }
     }
 
     /// The HPET's LEG_RT_CNF.
@@ -124,5 +166,27 @@ impl IrqLine {
 
     pub fn is_high(&self) -> bool {
         self.wires.level.get() & self.mask != 0
+    }
+}
+
+/// A PCI function's INTx output on a PIRQ line it may share: the line is high while any
+/// of its functions asserts it.
+#[derive(Clone, Debug)]
+pub struct SharedIrqLine {
+    line: IrqLine,
+    pirq: usize,
+    bit: u32,
+}
+
+impl SharedIrqLine {
+    pub fn set_level(&self, high: bool) {
+        let sources = &self.line.wires.pirq_sources[self.pirq];
+        let v = if high {
+            sources.get() | self.bit
+        } else {
+            sources.get() & !self.bit
+        };
+        sources.set(v);
+        self.line.set_level(v != 0);
     }
 }

@@ -13,12 +13,14 @@ pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod debug_ports;
+pub mod dma;
 pub mod hpet;
 pub mod i8042;
 pub mod ide;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;
+pub mod msix;
 pub mod pci;
 pub mod pic;
 pub mod pit;
@@ -26,6 +28,7 @@ pub mod rtc;
 pub mod signals;
 pub mod system_control;
 pub mod uart;
+pub mod virtio;
 
 /// A device with time-driven behaviour (PIT, RTC). The board keeps these on its timer queue:
 /// it asks each for its next deadline and calls [`Timed::on_timer`] once the clock passes it.

@@ -14,19 +14,22 @@ use gantry_devices::apic_bus::{DeliveryMode, Destination, Message, Outgoing};
 use gantry_devices::bus::{Bus, BusError, SharedDevice};
 use gantry_devices::clock::Clock;
 use gantry_devices::debug_ports::{DebugCon, DebugExit, PostCodes};
+use gantry_devices::dma::{DmaLog, DmaMemory};
 use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
 use gantry_devices::ide::{self, Drive, IdeChannel};
 use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
 use gantry_devices::lapic::{Acknowledged, LocalApic, StartupSignals, LAPIC_PAGE};
-use gantry_devices::pci::PciHost;
+use gantry_devices::msix::MsiOutbox;
+use gantry_devices::pci::{BarKind, PciHost};
 use gantry_devices::pic::{PicPair, PicPort, PicPortKind};
 use gantry_devices::pit::{Pit, PORT61_OFFSET};
 use gantry_devices::rtc::{CmosState, Rtc};
 use gantry_devices::signals::{SystemEvent, SystemSignals};
 use gantry_devices::system_control::SystemControlA;
 use gantry_devices::uart::Uart;
+use gantry_devices::virtio::{blk::Blk, VirtioPci};
 use gantry_devices::Timed;
 
 use crate::console::{ConsoleInput, HostConsole, Wait};
@@ -66,7 +69,38 @@ pub struct BoardConfig {
     /// (the instruction tests' bare board), there is no I/O APIC or HPET either and the
     /// PIC's INTR goes to the CPU.
     pub local_apics: u32,
+    /// The virtio-blk disks, each a PCI function of its own.
+    pub virtio: Vec<crate::drives::VirtioDisk>,
+    /// Guest RAM for the devices that reach it (bus masters), and the log of what they
+    /// wrote there; needed with any virtio disk.
+    pub dma: Option<(Rc<DmaMemory>, Rc<DmaLog>)>,
+    /// Firmware runs first (`--bios`) and sets up PCI itself; otherwise the board places
+    /// the BARs and routes the interrupts as firmware would, before the kernel starts.
+    pub firmware: bool,
 }
+
+impl BoardConfig {
+    /// A board with no disks, no console and no local APICs (the CPU tests' and the
+    /// benchmarks').
+    pub fn bare(ram_size: u64) -> Self {
+        Self {
+            ram_size,
+            serial: SerialSink::None,
+            debugcon_port: None,
+            cmos: None,
+            ide: Default::default(),
+            local_apics: 0,
+            virtio: Vec::new(),
+            dma: None,
+            firmware: false,
+        }
+    }
+}
+
+/// Where firmware places PCI memory BARs (in the hole below the I/O APIC; the DSDT's
+/// window covers it) and I/O BARs.
+const PCI_MEMORY_BASE: u32 = 0xFE00_0000;
+const PCI_IO_BASE: u32 = 0xC000;
 
 /// Why the board wants the run to end (or the machine to reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +149,11 @@ pub struct Board {
     current: usize,
     /// The PIIX3's IDE channels, primary and secondary.
     ide: [Rc<RefCell<IdeChannel>>; 2],
+    pci: Rc<RefCell<PciHost>>,
+    virtio: Vec<Rc<RefCell<VirtioPci<Blk>>>>,
+    /// MSI-X messages the PCI functions sent.
+    msi: Rc<MsiOutbox>,
+    dma_log: Option<Rc<DmaLog>>,
 }
 
 impl Board {
@@ -161,9 +200,34 @@ impl Board {
             1,
             Rc::new(RefCell::new(SystemControlA::new(signals.clone()))),
         )?;
-        let mut pci = PciHost::new(signals.clone());
+        let mut pci = PciHost::new(signals.clone(), wires.clone());
         pci.add_piix3_ide();
-        pio.insert(0xCF8, 8, Rc::new(RefCell::new(pci)))?;
+        let msi = MsiOutbox::new();
+        let mut virtio = Vec::new();
+        if let Some((mem, _)) = &cfg.dma {
+            for disk in &cfg.virtio {
+                let slot = crate::drives::FIRST_VIRTIO_SLOT + disk.position as u8;
+                let blk = Blk::new(
+                    disk.image.clone(),
+                    disk.read_only,
+                    &format!("GANTRY-VD{}", disk.position),
+                );
+                let intx = pci.intx_line(slot, 1);
+                let f = Rc::new(RefCell::new(VirtioPci::new(
+                    blk,
+                    mem.clone(),
+                    intx,
+                    msi.clone(),
+                )));
+                pci.add(slot, 0, f.clone());
+                virtio.push(f);
+            }
+        }
+        if !cfg.firmware {
+            pci.assign_resources(PCI_MEMORY_BASE, PCI_IO_BASE);
+        }
+        let pci = Rc::new(RefCell::new(pci));
+        pio.insert(0xCF8, 8, pci.clone())?;
         let [d0, d1, d2, d3] = cfg.ide.clone();
         let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
             image.map(|i| Drive::new(i, &format!("QM{n:05}")))
@@ -243,6 +307,10 @@ impl Board {
             hpet,
             current: 0,
             ide,
+            pci,
+            virtio,
+            msi,
+            dma_log: cfg.dma.map(|(_, log)| log),
         };
         board.set_cmos_memory(cfg.ram_size);
         board
@@ -300,7 +368,7 @@ impl Board {
 
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
         self.int_valid = false;
-        if !self.pio.read(port as u64, data) {
+        if !self.pio.read(port as u64, data) && !self.bar_read(BarKind::Io, port.into(), data) {
             self.unknown_ports.entry(port).or_default().reads += 1;
         }
     }
@@ -308,8 +376,42 @@ impl Board {
     pub fn pio_write(&mut self, port: u16, data: &[u8]) {
         self.int_valid = false;
         if !self.pio.write(port as u64, data) {
-            self.unknown_ports.entry(port).or_default().writes += 1;
+            if self.bar_write(BarKind::Io, port.into(), data) {
+                self.carry_messages();
+            } else {
+                self.unknown_ports.entry(port).or_default().writes += 1;
+            }
         }
+    }
+
+    /// A read a PCI function's BAR decodes; false if none does.
+    fn bar_read(&mut self, kind: BarKind, addr: u64, data: &mut [u8]) -> bool {
+        let found = self.pci.borrow().bar_at(kind, addr);
+        match found {
+            Some((f, bar, offset)) => {
+                f.borrow_mut().bar_read(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn bar_write(&mut self, kind: BarKind, addr: u64, data: &[u8]) -> bool {
+        let found = self.pci.borrow().bar_at(kind, addr);
+        match found {
+            Some((f, bar, offset)) => {
+                f.borrow_mut().bar_write(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The guest-physical ranges devices wrote since the last call (the emulated CPU drops
+    /// what it translated from them), if any.
+    pub fn take_dma_writes(&self) -> Option<Vec<(u64, u64)>> {
+        let log = self.dma_log.as_ref()?;
+        (!log.is_empty()).then(|| log.take())
     }
 
     /// The current CPU's local APIC, if its register page is decoded at `addr`.
@@ -324,7 +426,7 @@ impl Board {
             lapic.mmio_read(addr & (LAPIC_PAGE - 1), data);
             return;
         }
-        if !self.mmio.read(addr, data) {
+        if !self.mmio.read(addr, data) && !self.bar_read(BarKind::Memory, addr, data) {
             self.unknown_mmio += 1;
         }
     }
@@ -336,7 +438,7 @@ impl Board {
         }
         if let Some(lapic) = self.lapic_at(addr) {
             lapic.mmio_write(addr & (LAPIC_PAGE - 1), data);
-        } else if !self.mmio.write(addr, data) {
+        } else if !self.mmio.write(addr, data) && !self.bar_write(BarKind::Memory, addr, data) {
             self.unknown_mmio += 1;
         }
         // An ICR or EOI write, or an I/O APIC entry unmasked, may have sent messages.
@@ -364,6 +466,12 @@ impl Board {
                     }
                     carried = true;
                 }
+            }
+            if !self.msi.is_empty() {
+                for m in self.msi.take() {
+                    self.carry(None, Outgoing::Interrupt(m));
+                }
+                carried = true;
             }
             if let Some(io) = self.ioapic.clone() {
                 if io.borrow().has_outgoing() {
@@ -666,6 +774,24 @@ impl Board {
                     s.commands, s.sectors_read, s.sectors_written, s.flushes, s.errors
                 );
             }
+        }
+        for (i, v) in self.virtio.iter().enumerate() {
+            let v = v.borrow();
+            let (t, b) = (v.stats, v.device.stats);
+            let _ = writeln!(
+                out,
+                "virtio-blk {i}: {} notifications, {} requests (reads {}, {} bytes; writes {}, {} bytes; flushes {}, discards {}, write-zeroes {}; errors {}, unsupported {}, malformed {}), {} interrupts ({} by MSI-X)",
+                t.notifications, t.chains, b.reads, b.read_bytes, b.writes, b.written_bytes,
+                b.flushes, b.discards, b.write_zeroes, b.errors, b.unsupported, b.malformed,
+                t.interrupts, v.msi_sent()
+            );
+        }
+        if self.msi.stray() != 0 {
+            let _ = writeln!(
+                out,
+                "MSI writes outside the APIC window: {}",
+                self.msi.stray()
+            );
         }
         let _ = writeln!(out, "serial bytes out: {}", self.uart.borrow().bytes_out());
         let codes: Vec<String> = post.recent().iter().map(|c| format!("{c:02x}")).collect();

@@ -1,4 +1,4 @@
-//! Disk drives as a user gives them, in QEMU's words: `--drive file=PATH[,if=ide]
+//! Disk drives as a user gives them, in QEMU's words: `--drive file=PATH[,if=ide|virtio]
 //! [,format=raw][,readonly=on][,cache=writeback|none|unsafe][,index=N]`, `--hda`, `--hdb`;
 //! and their images opened once for the whole run (across guest resets), each locked as
 //! QEMU locks it, so that two processes never write one image.
@@ -13,10 +13,30 @@ use gantry_devices::block::{Cache, Image, RawImage, SharedImage, SnapshotImage};
 
 /// The IDE positions: primary master and slave, secondary master and slave.
 pub const IDE_SLOTS: usize = 4;
+/// virtio-blk drives: one PCI slot each, from [`FIRST_VIRTIO_SLOT`] on.
+pub const VIRTIO_SLOTS: usize = 8;
+pub const FIRST_VIRTIO_SLOT: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interface {
     Ide,
+    Virtio,
+}
+
+impl Interface {
+    pub fn positions(self) -> usize {
+        match self {
+            Interface::Ide => IDE_SLOTS,
+            Interface::Virtio => VIRTIO_SLOTS,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::Ide => "IDE",
+            Interface::Virtio => "virtio",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +84,8 @@ impl DriveSpec {
                 "if" => {
                     spec.interface = match value {
                         "ide" => Interface::Ide,
-                        "virtio" => {
-                            return Err("if=virtio: virtio-blk is not built yet; use if=ide".into())
-                        }
-                        _ => return Err(format!("if={value}: the interfaces are ide")),
+                        "virtio" => Interface::Virtio,
+                        _ => return Err(format!("if={value}: the interfaces are ide and virtio")),
                     }
                 }
                 "format" => {
@@ -95,13 +113,18 @@ impl DriveSpec {
                 "index" => {
                     let i: usize = value
                         .parse()
-                        .ok()
-                        .filter(|i| *i < IDE_SLOTS)
-                        .ok_or_else(|| format!("index={value}: 0 to {}", IDE_SLOTS - 1))?;
+                        .map_err(|_| format!("index={value}: not a number"))?;
                     spec.index = Some(i);
                 }
                 _ => return Err(format!("'{key}' is not a drive option")),
             }
+        }
+        let last = spec.interface.positions() - 1;
+        if let Some(i) = spec.index.filter(|i| *i > last) {
+            return Err(format!(
+                "index={i}: 0 to {last} for if={}",
+                spec.interface.name().to_lowercase()
+            ));
         }
         spec.path = file.ok_or("no file=PATH")?;
         Ok(spec)
@@ -133,10 +156,18 @@ fn split_options(s: &str) -> Vec<String> {
 pub enum DriveError {
     #[error("drive {path}: {why}")]
     Open { path: String, why: String },
-    #[error("drive {path}: IDE position {index} is taken by another drive")]
-    Taken { path: String, index: usize },
-    #[error("drive {path}: no free IDE position (there are {IDE_SLOTS})")]
-    Full { path: String },
+    #[error("drive {path}: {interface} position {index} is taken by another drive")]
+    Taken {
+        path: String,
+        interface: &'static str,
+        index: usize,
+    },
+    #[error("drive {path}: no free {interface} position (there are {count})")]
+    Full {
+        path: String,
+        interface: &'static str,
+        count: usize,
+    },
 }
 
 /// A drive's image, opened, and where it sits.
@@ -152,27 +183,37 @@ pub type IdeImages = [Option<SharedImage>; IDE_SLOTS];
 /// Opens every drive and gives each its position; with `snapshot` (`--snapshot`), each
 /// image is only read, and the guest's writes go to a temporary overlay dropped at exit.
 pub fn open_all(specs: &[DriveSpec], snapshot: bool) -> Result<Vec<OpenDrive>, DriveError> {
-    let mut taken = [false; IDE_SLOTS];
+    let mut taken_ide = [false; IDE_SLOTS];
+    let mut taken_virtio = [false; VIRTIO_SLOTS];
     let mut placed: Vec<DriveSpec> = Vec::new();
     // Explicit positions first, then the others in order into the free ones.
     for s in specs.iter().filter(|s| s.index.is_some()) {
         let i = s.index.unwrap_or_default();
-        if std::mem::replace(&mut taken[i], true) {
+        let taken: &mut [bool] = match s.interface {
+            Interface::Ide => &mut taken_ide,
+            Interface::Virtio => &mut taken_virtio,
+        };
+        let slot = taken.get_mut(i);
+        if slot.is_none_or(|t| std::mem::replace(t, true)) {
             return Err(DriveError::Taken {
                 path: s.path.display().to_string(),
+                interface: s.interface.name(),
                 index: i,
             });
         }
         placed.push(s.clone());
     }
     for s in specs.iter().filter(|s| s.index.is_none()) {
-        let i = taken
-            .iter()
-            .position(|t| !t)
-            .ok_or_else(|| DriveError::Full {
-                path: s.path.display().to_string(),
-            })?;
-        taken[i] = true;
+        let t: &mut [bool] = match s.interface {
+            Interface::Ide => &mut taken_ide,
+            Interface::Virtio => &mut taken_virtio,
+        };
+        let i = t.iter().position(|t| !t).ok_or_else(|| DriveError::Full {
+            path: s.path.display().to_string(),
+            interface: s.interface.name(),
+            count: s.interface.positions(),
+        })?;
+        t[i] = true;
         placed.push(DriveSpec {
             index: Some(i),
             ..s.clone()
@@ -388,6 +429,15 @@ impl Image for Qcow2Image {
         self.access.write(buf, offset)
     }
 
+    /// imago marks the clusters zero (or frees them) rather than writing zeros.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.access.write_zeroes(offset, len)
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.access.discard_to_any(offset, len)
+    }
+
     /// The metadata imago caches (L2 tables, refcounts) is written out at every flush,
     /// and synced unless `cache=unsafe`.
     fn flush(&mut self) -> std::io::Result<()> {
@@ -400,6 +450,30 @@ impl Image for Qcow2Image {
         }
         Ok(())
     }
+}
+
+/// The virtio-blk drives: position, image and whether it is read-only.
+pub fn virtio_images(drives: &[OpenDrive]) -> Vec<VirtioDisk> {
+    let mut out: Vec<VirtioDisk> = drives
+        .iter()
+        .filter(|d| d.spec.interface == Interface::Virtio)
+        .map(|d| VirtioDisk {
+            position: d.spec.index.unwrap_or_default(),
+            image: d.image.clone(),
+            read_only: d.spec.read_only,
+        })
+        .collect();
+    out.sort_by_key(|d| d.position);
+    out
+}
+
+/// A virtio-blk drive as the board plugs it in: at PCI slot
+/// [`FIRST_VIRTIO_SLOT`] + `position`.
+#[derive(Clone)]
+pub struct VirtioDisk {
+    pub position: usize,
+    pub image: SharedImage,
+    pub read_only: bool,
 }
 
 /// The IDE positions' images.
@@ -430,6 +504,8 @@ mod tests {
             "file=x,if=scsi",
             "file=x,format=vmdk",
             "file=x,index=4",
+            "file=x,if=virtio,index=8",
+            "file=x,index=two",
             "file=x,bogus=1",
             "file=x,cache=directsync",
             "file=x,readonly",

@@ -14,6 +14,8 @@ pub enum MemoryError {
     NotRam { gpa: u64, len: u64 },
     #[error("guest range {gpa:#x}+{len:#x} is not backed by memory")]
     Unbacked { gpa: u64, len: u64 },
+    #[error("guest RAM for devices: {0}")]
+    Dma(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +192,37 @@ impl GuestMemory {
             }),
             (Backing::Rom(_), None) => None,
         }
+    }
+
+    /// Guest RAM as devices reach it (vm-memory regions over this very mapping), their
+    /// writes logged to `log`. The regions do not own the mapping: whoever holds the
+    /// result must not outlive `self` (the board, which holds it, is dropped before the
+    /// memory in [`crate::vm::Machine`]).
+    pub fn dma_memory(
+        &self,
+        log: std::rc::Rc<gantry_devices::dma::DmaLog>,
+    ) -> Result<gantry_devices::dma::DmaMemory, MemoryError> {
+        use gantry_devices::dma::{DmaMemory, WriteLog};
+        use vm_memory::mmap::MmapRegionBuilder;
+        use vm_memory::{GuestAddress, GuestRegionMmap};
+        let mut regions = Vec::new();
+        for r in self.regions.iter().filter(|r| !r.is_rom()) {
+            let bitmap = WriteLog::new(log.clone(), r.gpa);
+            // SAFETY: `host_address` points into the RAM mapping, which holds the whole
+            // region (`r.len` bytes from there) and stays mapped as long as `self`; the
+            // caller keeps the result no longer (see above). Access is single-threaded:
+            // devices run on the CPU's thread, between guest instructions or KVM exits.
+            let mapping = unsafe {
+                MmapRegionBuilder::new_with_bitmap(r.len as usize, bitmap)
+                    .with_raw_mmap_pointer(self.host_address(r))
+                    .build()
+            }
+            .map_err(|e| MemoryError::Dma(e.to_string()))?;
+            let region = GuestRegionMmap::new(mapping, GuestAddress(r.gpa))
+                .ok_or_else(|| MemoryError::Dma(format!("region at {:#x} overflows", r.gpa)))?;
+            regions.push(region);
+        }
+        DmaMemory::from_regions(regions).map_err(|e| MemoryError::Dma(e.to_string()))
     }
 
     /// The index of the RAM page at `gpa` (its offset in the RAM mapping / 4 KiB), if

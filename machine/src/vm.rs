@@ -153,8 +153,10 @@ impl RunOutcome {
 }
 
 pub struct Machine {
-    pub memory: GuestMemory,
+    /// Before `memory`, so dropped first: its devices reach guest RAM through regions
+    /// that do not own the mapping (`GuestMemory::dma_memory`).
     pub board: Board,
+    pub memory: GuestMemory,
     /// The CPU state at the guest's first instruction.
     pub entry: CpuState,
     pub format: &'static str,
@@ -168,7 +170,7 @@ impl Machine {
         clock: Rc<dyn Clock>,
         console: HostConsole,
         cmos: Option<CmosState>,
-        ide: crate::drives::IdeImages,
+        drives: &[crate::drives::OpenDrive],
     ) -> Result<Self, MachineError> {
         let (memory, entry, format, firmware_size) = match &cfg.boot {
             BootSource::Firmware { name, image } => {
@@ -220,14 +222,26 @@ impl Machine {
             }
         };
         let serial = cfg.serial.try_clone().map_err(MachineError::Serial)?;
+        let virtio = crate::drives::virtio_images(drives);
+        let dma = if virtio.is_empty() {
+            None
+        } else {
+            // The emulated CPU drops translations of what devices overwrite; KVM caches
+            // nothing.
+            let log = gantry_devices::dma::DmaLog::new(cfg.accel != AccelKind::Kvm);
+            Some((Rc::new(memory.dma_memory(log.clone())?), log))
+        };
         let board = Board::new(
             BoardConfig {
                 ram_size: cfg.ram_size,
                 serial,
                 debugcon_port: cfg.debugcon_port,
                 cmos,
-                ide,
+                ide: crate::drives::ide_images(drives),
                 local_apics: cfg.cpus,
+                virtio,
+                dma,
+                firmware: matches!(cfg.boot, BootSource::Firmware { .. }),
             },
             clock,
             console,
@@ -295,8 +309,7 @@ pub fn run(cfg: MachineConfig) -> Result<(RunOutcome, RunReport), MachineError> 
     let drives = crate::drives::open_all(&cfg.drives, cfg.snapshot)?;
     loop {
         let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-        let ide = crate::drives::ide_images(&drives);
-        let mut machine = Machine::new(&cfg, clock, console, cmos.take(), ide)?;
+        let mut machine = Machine::new(&cfg, clock, console, cmos.take(), &drives)?;
         let run = run_accel(&cfg, &mut machine);
         machine.board.flush();
         // However the run ended (power-off, quit, a signal, an error), what the guest
@@ -343,9 +356,10 @@ fn drives_text(drives: &[crate::drives::OpenDrive], snapshot: bool) -> String {
     for d in drives {
         let _ = writeln!(
             text,
-            "drive {}: {} IDE position {}, {} bytes{}{}",
+            "drive {}: {} {} position {}, {} bytes{}{}",
             d.spec.path.display(),
             d.format,
+            d.spec.interface.name(),
             d.spec.index.unwrap_or_default(),
             d.image.borrow().size(),
             if d.spec.read_only { ", read-only" } else { "" },

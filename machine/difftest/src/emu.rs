@@ -55,7 +55,7 @@ use gantry_machine::accel::emu::paging::{self, PagingRegs};
 use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::{Ended, Vcpu, VcpuError};
 use gantry_machine::accel::CpuStop;
-use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::board::{Board, BoardConfig};
 use gantry_machine::boot::entry;
 use gantry_machine::console::HostConsole;
 use gantry_machine::memory::GuestMemory;
@@ -141,19 +141,8 @@ impl Sandbox {
         let mut mem = GuestMemory::new(RAM, None).map_err(|e| e.to_string())?;
         build_kernel(&mut mem).map_err(|e| e.to_string())?;
         let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(0));
-        let board = Board::new(
-            BoardConfig {
-                ram_size: RAM,
-                serial: SerialSink::None,
-                debugcon_port: None,
-                cmos: None,
-                local_apics: 0,
-                ide: Default::default(),
-            },
-            clock,
-            HostConsole::none(),
-        )
-        .map_err(|e| e.to_string())?;
+        let board = Board::new(BoardConfig::bare(RAM), clock, HostConsole::none())
+            .map_err(|e| e.to_string())?;
         let start = user_state(entry::long_mode(CODE_VA));
         Ok(Self {
             mem,

@@ -236,8 +236,7 @@ fn build_machine(
     drives: &[gantry_machine::drives::OpenDrive],
 ) -> Result<Machine, MachineError> {
     let clock: Rc<dyn Clock> = Rc::new(HostClock::new());
-    let ide = gantry_machine::drives::ide_images(drives);
-    Machine::new(cfg, clock, console, cmos, ide)
+    Machine::new(cfg, clock, console, cmos, drives)
 }
 
 /// Runs the guest with a gdb server on `addr` until the run ends (`gantry run --gdb`;

@@ -84,9 +84,10 @@ fn hpet_table() -> Vec<u8> {
 /// the PCI host bridge (PNP0A03) with the windows its buses decode, through which an OS
 /// finds the PCI devices when it takes the platform from ACPI: buses 0-255, the I/O ports
 /// but the configuration mechanism's, the legacy VGA window and the PCI hole between low
-/// RAM's top and the I/O APIC.
+/// RAM's top and the I/O APIC, and how its slots' interrupt pins are routed (`_PRT`).
 fn dsdt_body() -> Vec<u8> {
     use super::aml::*;
+    use gantry_devices::pci::PciHost;
     let crs = [
         word_space(2, 0, 0xFF),
         word_space(1, 0, 0x0CF7),
@@ -96,6 +97,22 @@ fn dsdt_body() -> Vec<u8> {
         end_tag(),
     ]
     .concat();
+    // Every slot's INTA#-INTD# (the address is the slot in the high word, any function)
+    // on the ISA IRQ its PIRQ line is routed to: the board routes them before the kernel
+    // starts, as firmware does, so the table can name the IRQs themselves (GSIs, which
+    // an OS then drives level-triggered, active-low, as PCI's interrupts are).
+    let prt: Vec<Vec<u8>> = (1..32u8)
+        .flat_map(|slot| {
+            (0..4u8).map(move |pin| {
+                package(&[
+                    integer(u64::from(slot) << 16 | 0xFFFF),
+                    integer(pin.into()),
+                    integer(0),
+                    integer(PciHost::routed_irq(slot, pin + 1).into()),
+                ])
+            })
+        })
+        .collect();
     [
         name(
             "_S5_",
@@ -109,6 +126,7 @@ fn dsdt_body() -> Vec<u8> {
                     name("_HID", eisa_id("PNP0A03")),
                     name("_UID", integer(0)),
                     name("_CRS", buffer(&crs)),
+                    name("_PRT", package(&prt)),
                 ],
             )],
         ),

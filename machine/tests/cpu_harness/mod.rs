@@ -13,7 +13,7 @@ use gantry_machine::accel::emu::cpuid::Vendor;
 use gantry_machine::accel::emu::{Compiles, EmuCpu};
 use gantry_machine::accel::vcpu::{Ended, Vcpu};
 use gantry_machine::accel::CpuStop;
-use gantry_machine::board::{Board, BoardConfig, SerialSink};
+use gantry_machine::board::{Board, BoardConfig};
 use gantry_machine::boot::entry;
 use gantry_machine::boot::tables::{write_gdt, write_identity_paging};
 use gantry_machine::console::HostConsole;
@@ -195,19 +195,7 @@ fn run_on(
 
     let clock = Rc::new(ManualClock::new(0));
     let dyn_clock: Rc<dyn Clock> = clock;
-    let mut board = Board::new(
-        BoardConfig {
-            ram_size: RAM,
-            serial: SerialSink::None,
-            debugcon_port: None,
-            cmos: None,
-            local_apics: 0,
-            ide: Default::default(),
-        },
-        dyn_clock,
-        HostConsole::none(),
-    )
-    .unwrap();
+    let mut board = Board::new(BoardConfig::bare(RAM), dyn_clock, HostConsole::none()).unwrap();
     let mut cpu = EmuCpu::new(start.clone(), RAM);
     cpu.set_vendor(vendor);
     if jit {

@@ -235,6 +235,25 @@ impl Ctx<'_> {
         Ok(WritePages::Two(p1, first, p2))
     }
 
+    /// Notes what devices wrote of translated code since the last call (a device writes
+    /// guest memory only when the CPU touches its registers: after a port or MMIO write).
+    pub fn note_device_writes(&mut self) {
+        let Some(ranges) = self.board.take_dma_writes() else {
+            return;
+        };
+        for (gpa, len) in ranges {
+            let end = gpa.saturating_add(len);
+            let mut at = gpa;
+            while at < end {
+                let span = (end - at).min(0x1000 - (at & 0xFFF)) as u16;
+                if self.mmu.writes_code_span(self.mem, at, span) {
+                    self.dirty_code.push((at, span));
+                }
+                at += u64::from(span);
+            }
+        }
+    }
+
     /// Writes `bytes` of `value` (little-endian) to `pages`, noting what it wrote of
     /// translated code.
     fn write_phys(&mut self, pages: WritePages, bytes: u8, value: u64) {
@@ -243,6 +262,7 @@ impl Ctx<'_> {
                 if self.mmu.phys_write(self.mem, self.board, p, bytes, value) {
                     self.dirty_code.push((p, bytes.into()));
                 }
+                self.note_device_writes();
             }
             WritePages::Two(p1, first, p2) => {
                 for i in 0..bytes {

@@ -180,16 +180,22 @@ impl Mmu {
     /// Whether a write of `bytes` at `phys` (within one page) would touch translated
     /// code: [`Self::phys_write`]'s answer, before writing.
     pub fn writes_code(&self, mem: &GuestMemory, phys: u64, bytes: u8) -> bool {
-        mem.ram_page(phys).is_some_and(|r| self.code_pages.get(r)) && self.touches_code(phys, bytes)
+        self.writes_code_span(mem, phys, bytes.into())
+    }
+
+    /// [`Self::writes_code`] for `len` bytes (up to the end of the page): a device's
+    /// write to guest memory.
+    pub fn writes_code_span(&self, mem: &GuestMemory, phys: u64, len: u16) -> bool {
+        mem.ram_page(phys).is_some_and(|r| self.code_pages.get(r)) && self.touches_code(phys, len)
     }
 
     /// Whether a write of `bytes` at `phys`, on a page with translated code, may touch it
     /// (outside the bytes blocks were read from, it is data sharing the page).
-    fn touches_code(&self, phys: u64, bytes: u8) -> bool {
+    fn touches_code(&self, phys: u64, len: u16) -> bool {
         let off = (phys & 0xFFF) as u16;
         self.code_spans
             .get(&(phys >> 12))
-            .is_none_or(|&(start, end)| off < end && start < off + u16::from(bytes))
+            .is_none_or(|&(start, end)| off < end && start < off + len)
     }
 
     /// Marks physical page `page` as holding translated code (or no longer).
@@ -293,7 +299,9 @@ impl Mmu {
         value: u64,
     ) -> bool {
         match phys_memory::write(mem, board, &self.code_pages, phys, bytes, value) {
-            Written::Ram { code_page } => code_page.is_some() && self.touches_code(phys, bytes),
+            Written::Ram { code_page } => {
+                code_page.is_some() && self.touches_code(phys, bytes.into())
+            }
             Written::Rom => false,
             Written::Mmio => {
                 self.stats.mmio_accesses += 1;

@@ -135,6 +135,7 @@ impl Host for Ctx<'_> {
                 self.stats.io += 1;
                 let d = (arg(1) as u32).to_le_bytes();
                 self.board.pio_write(arg(0) as u16, &d[..bytes as usize]);
+                self.note_device_writes();
                 Ok(0)
             }
             Helper::Cpuid => {
