@@ -30,7 +30,7 @@ struct RunOnly {
 enum Command {
     /// Boot a guest: a kernel (bzImage, multiboot, ELF with PVH note) or a firmware ROM.
     /// With neither, the embedded demo guest.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare the emulated CPU with the host CPU on random instruction streams.
     Difftest(difftest_cmd::DifftestArgs),
 }
@@ -97,6 +97,11 @@ struct RunArgs {
     /// Raw firmware ROM mapped below 4 GiB and at 0xE0000 (the CPU starts at F000:FFF0).
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
+    /// The BIOS's boot order, QEMU's letters: c the first hard disk, a floppy, d CD-ROM,
+    /// n network.
+    #[arg(long, value_name = "ORDER", default_value = gantry_machine::board::DEFAULT_BOOT_ORDER,
+          value_parser = parse_boot_order)]
+    boot: String,
     /// Which CPU runs the guest.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
@@ -140,6 +145,10 @@ enum SerialArg {
 
 const MIN_MEM: u64 = 2 << 20;
 const MAX_MEM: u64 = 1 << 40;
+
+fn parse_boot_order(s: &str) -> Result<String, String> {
+    gantry_machine::board::check_boot_order(s).map(|()| s.to_string())
+}
 
 fn parse_drive(s: &str) -> Result<DriveSpec, String> {
     DriveSpec::parse(s)
@@ -325,6 +334,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         ram_size: args.mem,
         drives,
         snapshot: args.snapshot,
+        boot_order: args.boot.clone(),
         cpus: args.smp,
         boot,
         accel,
@@ -372,7 +382,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Run(a)) => run(a),
+        Some(Command::Run(a)) => run(*a),
         Some(Command::Difftest(a)) => difftest_cmd::difftest(a),
         None => run(RunOnly::parse_from(["gantry"]).args),
     };

@@ -14,6 +14,7 @@ pub mod bus;
 pub mod clock;
 pub mod debug_ports;
 pub mod dma;
+pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;
 pub mod ide;

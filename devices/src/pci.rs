@@ -234,15 +234,17 @@ pub struct PciHost {
     wires: Rc<IrqWires>,
     /// Bits handed to INTx sources so far (each asserts its PIRQ with a bit of its own).
     intx_sources: u32,
+    /// The host bridge's PAM registers were written since [`PciHost::take_pam`].
+    pam_written: bool,
 }
 
 impl PciHost {
     pub fn new(signals: Rc<SystemSignals>, wires: Rc<IrqWires>) -> Self {
         // i440FX: vendor 8086, device 1237, host bridge (06/00), revision 02.
         let mut host = ConfigSpace::new(0x8086, 0x1237, 0x0600_0002, 0x00);
-        // PAM0-6 (0x59-0x5F) and SMRAM (0x72) hold what the BIOS writes; shadowing of
-        // the ROM area is not modelled: the ROM mirror stays read-only.
-        host.set_writable(0x59, 7);
+        // PAM0-6 (0x59-0x5F): the machine applies them to the BIOS area (shadow RAM);
+        // SMRAM (0x72) holds what the BIOS writes (there is no SMM).
+        host.set_writable(PAM0, 7);
         host.set_writable(0x72, 1);
         // PIIX3 function 0: vendor 8086, device 7000, ISA bridge (06/01), multi-function.
         let mut isa = ConfigSpace::new(0x8086, 0x7000, 0x0601_0000, 0x80);
@@ -281,6 +283,7 @@ impl PciHost {
             signals,
             wires,
             intx_sources: 0,
+            pam_written: false,
         }
     }
 
@@ -398,6 +401,9 @@ impl PciHost {
         let mut f = slot.function.borrow_mut();
         f.config_mut().write(reg, data);
         f.config_written(reg, data.len());
+        if (dev, func) == (0, 0) && reg < PAM0 + 7 && reg + data.len() > PAM0 {
+            self.pam_written = true;
+        }
         if (dev, func) == (1, 0) {
             let c = f.config();
             for pirq in 0..4u8 {
@@ -424,6 +430,23 @@ impl PciHost {
             .iter()
             .find(|s| s.dev == dev && s.func == func)
             .map(|s| &s.function)
+    }
+}
+
+/// The i440FX's PAM0-PAM6: what 0xC0000-0xFFFFF shows (ROM or shadow RAM).
+const PAM0: usize = 0x59;
+
+impl PciHost {
+    /// PAM0-PAM6 if the guest wrote them since the last call: the machine then remaps the
+    /// BIOS area.
+    pub fn take_pam(&mut self) -> Option<[u8; 7]> {
+        if !std::mem::take(&mut self.pam_written) {
+            return None;
+        }
+        let f = self.function(0, 0)?.borrow();
+        let mut pam = [0u8; 7];
+        f.config().read(PAM0, &mut pam);
+        Some(pam)
     }
 }
 

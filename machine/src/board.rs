@@ -15,6 +15,7 @@ use gantry_devices::bus::{Bus, BusError, SharedDevice};
 use gantry_devices::clock::Clock;
 use gantry_devices::debug_ports::{DebugCon, DebugExit, PostCodes};
 use gantry_devices::dma::{DmaLog, DmaMemory};
+use gantry_devices::fw_cfg::{self, FwCfg};
 use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
 use gantry_devices::ide::{self, Drive, IdeChannel};
@@ -77,6 +78,9 @@ pub struct BoardConfig {
     /// Firmware runs first (`--bios`) and sets up PCI itself; otherwise the board places
     /// the BARs and routes the interrupts as firmware would, before the kernel starts.
     pub firmware: bool,
+    /// The BIOS's boot order, QEMU's `-boot` letters (c: the first hard disk, a: floppy,
+    /// d: CD-ROM, n: network), kept in CMOS where SeaBIOS reads it.
+    pub boot_order: String,
 }
 
 impl BoardConfig {
@@ -93,8 +97,41 @@ impl BoardConfig {
             virtio: Vec::new(),
             dma: None,
             firmware: false,
+            boot_order: DEFAULT_BOOT_ORDER.to_string(),
         }
     }
+}
+
+/// QEMU's default: the hard disk, then floppy, then CD-ROM.
+pub const DEFAULT_BOOT_ORDER: &str = "cad";
+
+/// Checks a `--boot` order: up to three of QEMU's letters, none twice.
+pub fn check_boot_order(order: &str) -> Result<(), String> {
+    let mut seen = String::new();
+    for c in order.chars() {
+        if boot_device(c).is_none() {
+            return Err(format!("'{c}' is not a boot device (a, c, d, n)"));
+        }
+        if seen.contains(c) {
+            return Err(format!("'{c}' appears twice"));
+        }
+        seen.push(c);
+    }
+    if order.is_empty() || order.len() > 3 {
+        return Err("one to three devices".into());
+    }
+    Ok(())
+}
+
+/// The Bochs BIOS's CMOS code for a boot device (SeaBIOS reads the same).
+fn boot_device(c: char) -> Option<u8> {
+    Some(match c {
+        'a' => 1,
+        'c' => 2,
+        'd' => 3,
+        'n' => 4,
+        _ => return None,
+    })
 }
 
 /// Where firmware places PCI memory BARs (in the hole below the I/O APIC; the DSDT's
@@ -153,7 +190,44 @@ pub struct Board {
     virtio: Vec<Rc<RefCell<VirtioPci<Blk>>>>,
     /// MSI-X messages the PCI functions sent.
     msi: Rc<MsiOutbox>,
+    fw_cfg: Rc<RefCell<FwCfg>>,
     dma_log: Option<Rc<DmaLog>>,
+    /// PAM registers written and not yet applied to guest memory.
+    pam: Option<[u8; 7]>,
+}
+
+/// What the firmware reads from fw_cfg: RAM size and map (etc/e820: RAM below the PCI
+/// hole from 0, the rest above 4 GiB, as QEMU gives it), CPU counts, no boot menu, and
+/// its serial console on COM1 (there is no VGA: SeaBIOS then writes what it would show
+/// on the screen, and what boot loaders print through it, to the serial port).
+fn fw_cfg_items(cfg: &BoardConfig) -> FwCfg {
+    let mut f = FwCfg::new(cfg.dma.as_ref().map(|(m, _)| m.clone()));
+    f.add(fw_cfg::RAM_SIZE, cfg.ram_size.to_le_bytes().to_vec());
+    let cpus = cfg.local_apics.max(1) as u16;
+    f.add(fw_cfg::NB_CPUS, cpus.to_le_bytes().to_vec());
+    f.add(fw_cfg::MAX_CPUS, cpus.to_le_bytes().to_vec());
+    let mut e820 = Vec::new();
+    let mut entry = |addr: u64, len: u64| {
+        e820.extend_from_slice(&addr.to_le_bytes());
+        e820.extend_from_slice(&len.to_le_bytes());
+        e820.extend_from_slice(&1u32.to_le_bytes()); // RAM
+    };
+    entry(0, cfg.ram_size.min(LOW_RAM_MAX));
+    if cfg.ram_size > LOW_RAM_MAX {
+        entry(FOUR_GIB, cfg.ram_size - LOW_RAM_MAX);
+    }
+    f.add_file("etc/e820", e820);
+    f.add_file("etc/show-boot-menu", 0u16.to_le_bytes().to_vec());
+    f.add_file("etc/sercon-port", COM1_BASE.to_le_bytes().to_vec());
+    if cfg.firmware {
+        // Booted directly, the loader writes the tables itself.
+        use crate::boot::acpi;
+        let (rsdp, tables, loader) = acpi::table_loader(cfg.local_apics);
+        f.add_file(acpi::RSDP_FILE, rsdp);
+        f.add_file(acpi::TABLES_FILE, tables);
+        f.add_file(acpi::LOADER_FILE, loader);
+    }
+    f
 }
 
 impl Board {
@@ -164,6 +238,7 @@ impl Board {
     ) -> Result<Self, BusError> {
         let wires = IrqWires::new();
         let signals = Rc::new(SystemSignals::default());
+        let fw_cfg = Rc::new(RefCell::new(fw_cfg_items(&cfg)));
         let pic = Rc::new(RefCell::new(PicPair::new(wires.clone())));
         let pit = Rc::new(RefCell::new(Pit::new(clock.clone(), wires.line(0))));
         let rtc = Rc::new(RefCell::new(Rtc::new(clock.clone(), wires.line(8))));
@@ -228,6 +303,7 @@ impl Board {
         }
         let pci = Rc::new(RefCell::new(pci));
         pio.insert(0xCF8, 8, pci.clone())?;
+        pio.insert(fw_cfg::PORT.into(), fw_cfg::PORT_LEN, fw_cfg.clone())?;
         let [d0, d1, d2, d3] = cfg.ide.clone();
         let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
             image.map(|i| Drive::new(i, &format!("QM{n:05}")))
@@ -310,9 +386,12 @@ impl Board {
             pci,
             virtio,
             msi,
+            fw_cfg,
             dma_log: cfg.dma.map(|(_, log)| log),
+            pam: None,
         };
         board.set_cmos_memory(cfg.ram_size);
+        board.set_cmos_boot_order(&cfg.boot_order);
         board
             .rtc
             .borrow_mut()
@@ -340,6 +419,21 @@ impl Board {
         rtc.set_cmos(0x5C, (above_4g >> 8) as u8);
         rtc.set_cmos(0x5D, (above_4g >> 16) as u8);
         rtc.set_cmos(0x14, 0x06); // equipment: FPU, VGA/EGA
+    }
+
+    /// The boot order as QEMU keeps it for the BIOS: the first two devices in 0x3D, the
+    /// third in 0x38's high nibble (its low bit clear: the boot sector's signature is
+    /// checked).
+    fn set_cmos_boot_order(&mut self, order: &str) {
+        let mut codes = order.chars().filter_map(boot_device);
+        let (a, b, c) = (
+            codes.next().unwrap_or(0),
+            codes.next().unwrap_or(0),
+            codes.next().unwrap_or(0),
+        );
+        let mut rtc = self.rtc.borrow_mut();
+        rtc.set_cmos(0x3D, b << 4 | a);
+        rtc.set_cmos(0x38, c << 4);
     }
 
     /// See [`HostConsole::set_waker`].
@@ -375,6 +469,13 @@ impl Board {
 
     pub fn pio_write(&mut self, port: u16, data: &[u8]) {
         self.int_valid = false;
+        if port & !7 == 0xCF8 {
+            self.pio.write(port as u64, data);
+            if let Some(pam) = self.pci.borrow_mut().take_pam() {
+                self.pam = Some(pam);
+            }
+            return;
+        }
         if !self.pio.write(port as u64, data) {
             if self.bar_write(BarKind::Io, port.into(), data) {
                 self.carry_messages();
@@ -405,6 +506,14 @@ impl Board {
             }
             None => false,
         }
+    }
+
+    /// The host bridge's PAM registers, if the guest wrote them since the last call: the
+    /// CPU's side applies them to guest memory ([`GuestMemory::set_pam`]).
+    ///
+    /// [`GuestMemory::set_pam`]: crate::memory::GuestMemory::set_pam
+    pub fn take_pam_change(&mut self) -> Option<[u8; 7]> {
+        self.pam.take()
     }
 
     /// The guest-physical ranges devices wrote since the last call (the emulated CPU drops
@@ -786,6 +895,14 @@ impl Board {
                 t.interrupts, v.msi_sent()
             );
         }
+        let fw = self.fw_cfg.borrow().stats;
+        if fw.selects != 0 {
+            let _ = writeln!(
+                out,
+                "fw_cfg: {} selects, {} bytes through the port, {} DMA transfers ({} bytes, {} errors)",
+                fw.selects, fw.port_bytes, fw.dma_transfers, fw.dma_bytes, fw.dma_errors
+            );
+        }
         if self.msi.stray() != 0 {
             let _ = writeln!(
                 out,
@@ -855,5 +972,41 @@ impl<W: Write> Write for ReportFirstError<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         let r = self.inner.flush();
         self.check(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_devices::clock::ManualClock;
+
+    fn cmos(board: &mut Board, index: u8) -> u8 {
+        board.pio_write(0x70, &[index]);
+        let mut v = [0u8];
+        board.pio_read(0x71, &mut v);
+        v[0]
+    }
+
+    /// The boot order where SeaBIOS (and the Bochs BIOS before it) reads it: the first two
+    /// devices in CMOS 0x3D, the third in 0x38's high nibble.
+    #[test]
+    fn the_boot_order_is_in_cmos() {
+        for (order, b3d, b38) in [("cad", 0x12, 0x30), ("dc", 0x23, 0x00), ("n", 0x04, 0x00)] {
+            let cfg = BoardConfig {
+                boot_order: order.into(),
+                ..BoardConfig::bare(16 << 20)
+            };
+            let mut b =
+                Board::new(cfg, Rc::new(ManualClock::new(0)), HostConsole::none()).expect("board");
+            assert_eq!(
+                (cmos(&mut b, 0x3D), cmos(&mut b, 0x38)),
+                (b3d, b38),
+                "{order}"
+            );
+        }
+        assert!(check_boot_order("cx").is_err());
+        assert!(check_boot_order("cc").is_err());
+        assert!(check_boot_order("").is_err());
+        assert!(check_boot_order("acdn").is_err());
     }
 }

@@ -24,6 +24,9 @@ pub enum Backing {
     Ram(u64),
     /// Offset into the ROM mapping; guest writes are discarded.
     Rom(u64),
+    /// Offset into the RAM mapping, read-only: the BIOS area's shadow RAM once firmware
+    /// has write-protected it (guest writes are discarded).
+    ShadowRo(u64),
 }
 
 /// A page of guest memory as the host sees it.
@@ -45,8 +48,9 @@ impl Region {
     pub fn end(&self) -> u64 {
         self.gpa + self.len
     }
+    /// Read-only to the guest: ROM, or shadow RAM write-protected.
     pub fn is_rom(&self) -> bool {
-        matches!(self.backing, Backing::Rom(_))
+        matches!(self.backing, Backing::Rom(_) | Backing::ShadowRo(_))
     }
 }
 
@@ -55,6 +59,112 @@ pub struct GuestMemory {
     rom: Option<MmapMut>,
     ram_size: u64,
     regions: Vec<Region>,
+    /// With firmware: what the chipset's PAM registers make of 0xC0000-0xFFFFF.
+    shadow: [Shadow; PAM_SEGMENTS],
+}
+
+/// What one segment of 0xC0000-0xFFFFF shows, as the i440FX's PAM registers say (a
+/// register's nibble per segment: bit 0 reads from RAM, bit 1 writes to RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shadow {
+    /// Reads and writes go to the bus: the firmware ROM's mirror where there is one.
+    Pci,
+    /// Reads come from the shadow RAM, writes are dropped.
+    ReadOnly,
+    /// Reads come from the bus, writes go to RAM. Modelled as [`Shadow::Pci`] (writes
+    /// dropped): no firmware Gantry runs uses this mode.
+    WriteOnly,
+    ReadWrite,
+}
+
+/// The PAM segments: twelve of 16 KiB from 0xC0000 (PAM1-6, two each), then 0xF0000-
+/// 0xFFFFF (PAM0's high nibble).
+pub const PAM_SEGMENTS: usize = 13;
+const SHADOW_START: u64 = 0xC_0000;
+
+fn pam_segment(i: usize) -> (u64, u64) {
+    if i < 12 {
+        (SHADOW_START + i as u64 * 0x4000, 0x4000)
+    } else {
+        (0xF_0000, 0x1_0000)
+    }
+}
+
+/// The segments' modes from PAM0-PAM6 (configuration bytes 0x59-0x5F of the host bridge).
+pub fn decode_pam(pam: [u8; 7]) -> [Shadow; PAM_SEGMENTS] {
+    let mode = |nibble: u8| match nibble & 3 {
+        0 => Shadow::Pci,
+        1 => Shadow::ReadOnly,
+        2 => Shadow::WriteOnly,
+        _ => Shadow::ReadWrite,
+    };
+    let mut out = [Shadow::Pci; PAM_SEGMENTS];
+    for (i, seg) in out.iter_mut().take(12).enumerate() {
+        let reg = pam[1 + i / 2];
+        *seg = mode(if i % 2 == 0 { reg } else { reg >> 4 });
+    }
+    out[12] = mode(pam[0] >> 4);
+    out
+}
+
+/// The regions of a PC with `ram_size` bytes of RAM and a firmware ROM of `rom_len` bytes
+/// (0: none) whose BIOS area shows what `shadow` says.
+fn layout(ram_size: u64, rom_len: u64, shadow: &[Shadow; PAM_SEGMENTS]) -> Vec<Region> {
+    let mut regions = vec![Region {
+        gpa: 0,
+        len: ram_size.min(CONVENTIONAL_END),
+        backing: Backing::Ram(0),
+    }];
+    let mirror = rom_len.min(ISA_ROM_WINDOW);
+    if mirror == 0 && ram_size > ISA_ROM_END {
+        // Without firmware, the BIOS area 0xE0000-0xFFFFF is RAM, where loaders put the
+        // tables a BIOS would provide (ACPI).
+        regions.push(Region {
+            gpa: ISA_ROM_END - ISA_ROM_WINDOW,
+            len: ISA_ROM_WINDOW,
+            backing: Backing::Ram(ISA_ROM_END - ISA_ROM_WINDOW),
+        });
+    }
+    if mirror > 0 {
+        // The RAM mapping holds 0xC0000-0xFFFFF at the same offsets, for shadowing.
+        let has_shadow_ram = ram_size > ISA_ROM_END;
+        for (i, mode) in shadow.iter().enumerate() {
+            let (gpa, len) = pam_segment(i);
+            let backing = match mode {
+                Shadow::ReadWrite if has_shadow_ram => Some(Backing::Ram(gpa)),
+                Shadow::ReadOnly if has_shadow_ram => Some(Backing::ShadowRo(gpa)),
+                _ if gpa >= ISA_ROM_END - mirror => {
+                    Some(Backing::Rom(rom_len - (ISA_ROM_END - gpa)))
+                }
+                _ => None,
+            };
+            if let Some(backing) = backing {
+                regions.push(Region { gpa, len, backing });
+            }
+        }
+        regions.push(Region {
+            gpa: FOUR_GIB - rom_len,
+            len: rom_len,
+            backing: Backing::Rom(0),
+        });
+    }
+    if ram_size > ISA_ROM_END {
+        let low_end = ram_size.min(LOW_RAM_MAX);
+        regions.push(Region {
+            gpa: HIGH_MEMORY_START,
+            len: low_end - HIGH_MEMORY_START,
+            backing: Backing::Ram(HIGH_MEMORY_START),
+        });
+        if ram_size > LOW_RAM_MAX {
+            regions.push(Region {
+                gpa: FOUR_GIB,
+                len: ram_size - LOW_RAM_MAX,
+                backing: Backing::Ram(LOW_RAM_MAX),
+            });
+        }
+    }
+    regions.sort_by_key(|r| r.gpa);
+    regions
 }
 
 impl GuestMemory {
@@ -83,57 +193,15 @@ impl GuestMemory {
             }
             None => None,
         };
-        let mut regions = Vec::new();
-        let conventional = ram_size.min(CONVENTIONAL_END);
-        regions.push(Region {
-            gpa: 0,
-            len: conventional,
-            backing: Backing::Ram(0),
-        });
-        // Without firmware, the BIOS area 0xE0000-0xFFFFF is RAM, where loaders put the
-        // tables a BIOS would provide (ACPI).
         let rom_len = rom.as_ref().map_or(0, |r| r.len() as u64);
-        let mirror = rom_len.min(ISA_ROM_WINDOW);
-        if ram_size > ISA_ROM_END {
-            if mirror == 0 {
-                regions.push(Region {
-                    gpa: ISA_ROM_END - ISA_ROM_WINDOW,
-                    len: ISA_ROM_WINDOW,
-                    backing: Backing::Ram(ISA_ROM_END - ISA_ROM_WINDOW),
-                });
-            }
-            let low_end = ram_size.min(LOW_RAM_MAX);
-            regions.push(Region {
-                gpa: HIGH_MEMORY_START,
-                len: low_end - HIGH_MEMORY_START,
-                backing: Backing::Ram(HIGH_MEMORY_START),
-            });
-            if ram_size > LOW_RAM_MAX {
-                regions.push(Region {
-                    gpa: FOUR_GIB,
-                    len: ram_size - LOW_RAM_MAX,
-                    backing: Backing::Ram(LOW_RAM_MAX),
-                });
-            }
-        }
-        if mirror > 0 {
-            regions.push(Region {
-                gpa: ISA_ROM_END - mirror,
-                len: mirror,
-                backing: Backing::Rom(rom_len - mirror),
-            });
-            regions.push(Region {
-                gpa: FOUR_GIB - rom_len,
-                len: rom_len,
-                backing: Backing::Rom(0),
-            });
-        }
-        regions.sort_by_key(|r| r.gpa);
+        let shadow = [Shadow::Pci; PAM_SEGMENTS];
+        let regions = layout(ram_size, rom_len, &shadow);
         Ok(Self {
             ram,
             rom,
             ram_size,
             regions,
+            shadow,
         })
     }
 
@@ -155,6 +223,20 @@ impl GuestMemory {
         &self.regions
     }
 
+    /// Applies the host bridge's PAM registers to the BIOS area (with firmware; without,
+    /// the area stays RAM). Returns whether the map changed: whoever caches host
+    /// addresses or translations of guest memory must then drop them.
+    pub fn set_pam(&mut self, pam: [u8; 7]) -> bool {
+        let shadow = decode_pam(pam);
+        if shadow == self.shadow || self.rom.is_none() {
+            return false;
+        }
+        self.shadow = shadow;
+        let rom_len = self.rom.as_ref().map_or(0, |r| r.len() as u64);
+        self.regions = layout(self.ram_size, rom_len, &shadow);
+        true
+    }
+
     pub fn region_at(&self, gpa: u64) -> Option<&Region> {
         let i = self.regions.partition_point(|r| r.gpa <= gpa);
         let r = self.regions.get(i.checked_sub(1)?)?;
@@ -164,7 +246,9 @@ impl GuestMemory {
     /// Host address of a region's first byte, for registering it with an accelerator.
     pub fn host_address(&self, region: &Region) -> *mut u8 {
         match (region.backing, &self.rom) {
-            (Backing::Ram(off), _) => self.ram.as_ptr().wrapping_add(off as usize) as *mut u8,
+            (Backing::Ram(off) | Backing::ShadowRo(off), _) => {
+                self.ram.as_ptr().wrapping_add(off as usize) as *mut u8
+            }
             (Backing::Rom(off), Some(rom)) => rom.as_ptr().wrapping_add(off as usize) as *mut u8,
             (Backing::Rom(_), None) => std::ptr::null_mut(),
         }
@@ -190,6 +274,11 @@ impl GuestMemory {
                 ptr: rom.as_mut_ptr().wrapping_add((off + within) as usize),
                 ram_page: None,
             }),
+            // Read like ROM (no RAM page: writes never reach it through the TLB).
+            (Backing::ShadowRo(off), _) => Some(HostPage {
+                ptr: self.ram.as_mut_ptr().wrapping_add((off + within) as usize),
+                ram_page: None,
+            }),
             (Backing::Rom(_), None) => None,
         }
     }
@@ -206,7 +295,23 @@ impl GuestMemory {
         use vm_memory::mmap::MmapRegionBuilder;
         use vm_memory::{GuestAddress, GuestRegionMmap};
         let mut regions = Vec::new();
-        for r in self.regions.iter().filter(|r| !r.is_rom()) {
+        // With firmware the BIOS area's shadow RAM is reached whatever the PAM registers
+        // say (firmware has fw_cfg's DMA write its tables there once it made it writable).
+        let shadow = (self.rom.is_some() && self.ram_size > ISA_ROM_END).then_some(Region {
+            gpa: SHADOW_START,
+            len: ISA_ROM_END - SHADOW_START,
+            backing: Backing::Ram(SHADOW_START),
+        });
+        let mut ram: Vec<Region> = self
+            .regions
+            .iter()
+            .filter(|r| matches!(r.backing, Backing::Ram(_)))
+            .filter(|r| shadow.is_none() || !(SHADOW_START..ISA_ROM_END).contains(&r.gpa))
+            .copied()
+            .chain(shadow)
+            .collect();
+        ram.sort_by_key(|r| r.gpa);
+        for r in &ram {
             let bitmap = WriteLog::new(log.clone(), r.gpa);
             // SAFETY: `host_address` points into the RAM mapping, which holds the whole
             // region (`r.len` bytes from there) and stays mapped as long as `self`; the
@@ -284,7 +389,7 @@ impl GuestMemory {
         }
         let within = (gpa - r.gpa) as usize;
         let src: &[u8] = match (r.backing, &self.rom) {
-            (Backing::Ram(off), _) => &self.ram[off as usize + within..],
+            (Backing::Ram(off) | Backing::ShadowRo(off), _) => &self.ram[off as usize + within..],
             (Backing::Rom(off), Some(rom)) => &rom[off as usize + within..],
             (Backing::Rom(_), None) => return Err(unbacked),
         };

@@ -53,6 +53,8 @@ pub struct MachineConfig {
     pub drives: Vec<crate::drives::DriveSpec>,
     /// `--snapshot`: the guest's disk writes are dropped at exit.
     pub snapshot: bool,
+    /// `--boot`: the BIOS's boot order in QEMU's letters.
+    pub boot_order: String,
     /// How many CPUs (`--smp`), each with Gantry's local APIC on both backends (see
     /// `accel/kvm.rs` for why not KVM's in-kernel one).
     pub cpus: u32,
@@ -223,14 +225,10 @@ impl Machine {
         };
         let serial = cfg.serial.try_clone().map_err(MachineError::Serial)?;
         let virtio = crate::drives::virtio_images(drives);
-        let dma = if virtio.is_empty() {
-            None
-        } else {
-            // The emulated CPU drops translations of what devices overwrite; KVM caches
-            // nothing.
-            let log = gantry_devices::dma::DmaLog::new(cfg.accel != AccelKind::Kvm);
-            Some((Rc::new(memory.dma_memory(log.clone())?), log))
-        };
+        // The emulated CPU drops translations of what devices overwrite; KVM caches
+        // nothing.
+        let log = gantry_devices::dma::DmaLog::new(cfg.accel != AccelKind::Kvm);
+        let dma = Some((Rc::new(memory.dma_memory(log.clone())?), log));
         let board = Board::new(
             BoardConfig {
                 ram_size: cfg.ram_size,
@@ -242,6 +240,7 @@ impl Machine {
                 virtio,
                 dma,
                 firmware: matches!(cfg.boot, BootSource::Firmware { .. }),
+                boot_order: cfg.boot_order.clone(),
             },
             clock,
             console,

@@ -223,6 +223,30 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Debian's SeaBIOS (`bios.bin` or `bios-256k.bin`) and the Debian tools a firmware test
+/// names, if installed. Missing: a failure in CI (whose test command installs them
+/// first), else a SKIP line.
+pub fn seabios(test: &str, image: &str, tools: &[&str]) -> Option<String> {
+    let bios = format!("/usr/share/seabios/{image}");
+    let missing: Vec<&str> = std::iter::once(bios.as_str())
+        .filter(|b| !Path::new(b).exists())
+        .chain(tools.iter().copied().filter(|t| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t} || test -e {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        }))
+        .collect();
+    if missing.is_empty() {
+        return Some(bios);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {missing:?} missing (CI's tests/run.sh installs them)");
+    }
+    eprintln!("SKIP {test}: {missing:?} missing (tests/run.sh installs them)");
+    None
+}
+
 /// Debian's kernel and the busybox initramfs (roms/fetch-debian-guest.sh), if fetched.
 /// Missing: a failure in CI (whose test command fetches them first), else a SKIP line.
 pub fn debian_guest(test: &str) -> Option<(String, String)> {

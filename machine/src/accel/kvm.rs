@@ -105,7 +105,10 @@ pub struct KvmCpu {
     // kvm_run mapping, which must outlive the timer.
     timer: KickTimer,
     vcpu: VcpuFd,
-    _vm: VmFd,
+    vm: VmFd,
+    /// How many memory slots are registered (the regions of guest memory, in order).
+    slots: u32,
+    readonly_ok: bool,
     _kvm: Kvm,
     pub stats: ExitStats,
     /// The vCPU executed HLT and waits for an interrupt; it is not entered again until
@@ -164,7 +167,49 @@ pub fn software_assisted() -> Option<&'static str> {
     (!flags.is_empty() && !has("vmx") && !has("svm")).then_some("without VMX/SVM")
 }
 
+/// Registers `mem`'s regions as KVM memory slots 0.. (ROM read-only where KVM can), and
+/// deletes slots `count..previous` left from an earlier map; returns the count.
+fn set_memory_slots(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    previous: u32,
+    readonly_ok: bool,
+) -> Result<u32, KvmError> {
+    let set = |slot: u32, flags: u32, gpa: u64, size: u64, host: u64| {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps
+        // alive for as long as this VM (the Machine owns both and drops the CPU first); a
+        // size of 0 deletes the slot.
+        unsafe { vm.set_user_memory_region(region) }.map_err(setup("KVM_SET_USER_MEMORY_REGION"))
+    };
+    // A slot's range cannot change in place: the old ones go first.
+    for slot in 0..previous {
+        set(slot, 0, 0, 0, 0)?;
+    }
+    for (slot, r) in mem.regions().iter().enumerate() {
+        let flags = if r.is_rom() && readonly_ok {
+            KVM_MEM_READONLY
+        } else {
+            0
+        };
+        set(slot as u32, flags, r.gpa, r.len, mem.host_address(r) as u64)?;
+    }
+    Ok(mem.regions().len() as u32)
+}
+
 impl KvmCpu {
+    /// Registers guest memory again after its map changed (the BIOS area's shadow RAM).
+    fn map_memory(&mut self, mem: &GuestMemory) -> Result<(), KvmError> {
+        self.slots = set_memory_slots(&self.vm, mem, self.slots, self.readonly_ok)?;
+        Ok(())
+    }
+
     pub fn new(mem: &GuestMemory) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(|e| KvmError::Open(e.to_string()))?;
         let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
@@ -173,24 +218,7 @@ impl KvmCpu {
         vm.set_tss_address(KVM_TSS as usize)
             .map_err(setup("KVM_SET_TSS_ADDR"))?;
         let readonly_ok = kvm.check_extension(Cap::ReadonlyMem);
-        for (slot, r) in mem.regions().iter().enumerate() {
-            let flags = if r.is_rom() && readonly_ok {
-                KVM_MEM_READONLY
-            } else {
-                0
-            };
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags,
-                guest_phys_addr: r.gpa,
-                memory_size: r.len,
-                userspace_addr: mem.host_address(r) as u64,
-            };
-            // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps
-            // alive for as long as this VM (the Machine owns both and drops the CPU first).
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        let slots = set_memory_slots(&vm, mem, 0, readonly_ok)?;
         let msr_exits = apic_msr_exits(&kvm, &vm);
         let vcpu = vm.create_vcpu(0).map_err(setup("KVM_CREATE_VCPU"))?;
         let mut cpuid = kvm
@@ -223,7 +251,9 @@ impl KvmCpu {
         Ok(Self {
             timer,
             vcpu,
-            _vm: vm,
+            vm,
+            slots,
+            readonly_ok,
             _kvm: kvm,
             stats: ExitStats::default(),
             halted: false,
@@ -386,8 +416,8 @@ impl KvmCpu {
     }
 
     /// Runs until the board asks to stop, the CPU shuts down, or KVM fails.
-    pub fn run(&mut self, board: &mut Board) -> Result<CpuStop, KvmError> {
-        match self.run_with_waker(board, None)? {
+    pub fn run(&mut self, mem: &mut GuestMemory, board: &mut Board) -> Result<CpuStop, KvmError> {
+        match self.run_with_waker(mem, board, None)? {
             KvmStop::Stopped(stop) => Ok(stop),
             other => Err(self.exit_error(format!("debug exit {other:?} without a debugger"))),
         }
@@ -397,14 +427,16 @@ impl KvmCpu {
     /// `slice` has passed (so it can poll its connection).
     pub fn run_debug(
         &mut self,
+        mem: &mut GuestMemory,
         board: &mut Board,
         slice: std::time::Duration,
     ) -> Result<KvmStop, KvmError> {
-        self.run_with_waker(board, Some(Instant::now() + slice))
+        self.run_with_waker(mem, board, Some(Instant::now() + slice))
     }
 
     fn run_with_waker(
         &mut self,
+        mem: &mut GuestMemory,
         board: &mut Board,
         until: Option<Instant>,
     ) -> Result<KvmStop, KvmError> {
@@ -421,13 +453,18 @@ impl KvmCpu {
                 libc::pthread_kill(this_thread as libc::pthread_t, libc::SIGRTMIN());
             }
         })));
-        let stop = self.run_loop(board, until);
+        let stop = self.run_loop(mem, board, until);
         board.set_console_waker(None);
         self.timer.arm(None);
         stop
     }
 
-    fn run_loop(&mut self, board: &mut Board, until: Option<Instant>) -> Result<KvmStop, KvmError> {
+    fn run_loop(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        until: Option<Instant>,
+    ) -> Result<KvmStop, KvmError> {
         loop {
             board.service();
             if let Some(ev) = board.take_event() {
@@ -458,15 +495,32 @@ impl KvmCpu {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
             });
+            // The exit's access width: a string instruction's exit (REP INSW, as IDE
+            // drivers read sectors) hands over count accesses at once, which the devices
+            // must see one by one.
+            let run: *const kvm_bindings::kvm_run = self.vcpu.get_kvm_run();
+            // SAFETY: `run` points at the vCPU's kvm_run mapping, alive as long as the vCPU;
+            // it is read only for an I/O exit, when `io` is the union member KVM filled,
+            // and the fields read lie apart from the data area the exit's slice covers.
+            let io_size = || usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1);
             let next = match self.vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.stats.io += 1;
-                    board.pio_read(port, data);
+                    for access in data.chunks_mut(io_size()) {
+                        board.pio_read(port, access);
+                    }
                     Next::Continue
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.stats.io += 1;
-                    board.pio_write(port, data);
+                    for access in data.chunks(io_size()) {
+                        board.pio_write(port, access);
+                    }
+                    if let Some(pam) = board.take_pam_change() {
+                        if mem.set_pam(pam) {
+                            self.map_memory(mem)?;
+                        }
+                    }
                     Next::Continue
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {

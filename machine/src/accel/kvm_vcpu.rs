@@ -188,7 +188,7 @@ impl KvmVcpu {
             let stepped = self
                 .apply(true, Some(at))
                 .map_err(|e| Ended::Failed(e.into()))
-                .and_then(|()| self.run(board, true));
+                .and_then(|()| self.run(mem, board, true));
             if let Some(p) = planted {
                 let _ = mem.write(p.phys, &[INT3]);
             }
@@ -206,7 +206,7 @@ impl KvmVcpu {
                 other => return Ok(other),
             }
         }
-        self.run(board, self.step)
+        self.run(mem, board, self.step)
     }
 
     fn breakpoint_at(&self, linear: u64) -> bool {
@@ -215,9 +215,14 @@ impl KvmVcpu {
 
     /// One KVM_RUN slice, its exit turned into what gdb needs to hear; `stepping` while
     /// KVM single-steps.
-    fn run(&mut self, board: &mut Board, stepping: bool) -> Result<DebugStop, Ended> {
+    fn run(
+        &mut self,
+        mem: &mut GuestMemory,
+        board: &mut Board,
+        stepping: bool,
+    ) -> Result<DebugStop, Ended> {
         loop {
-            let stop = self.cpu.run_debug(board, SLICE);
+            let stop = self.cpu.run_debug(mem, board, SLICE);
             self.refresh()?;
             let exit = match stop.map_err(|e| Ended::Failed(e.into()))? {
                 KvmStop::Stopped(s) => return Err(Ended::Stop(s)),
@@ -263,7 +268,7 @@ impl Vcpu for KvmVcpu {
         if self.debugging {
             return self.run_debugging(mem, board);
         }
-        let stop = self.cpu.run(board);
+        let stop = self.cpu.run(mem, board);
         self.refresh()?;
         Err(stop.map_or_else(|e| Ended::Failed(e.into()), Ended::Stop))
     }

@@ -235,6 +235,21 @@ impl Ctx<'_> {
         Ok(WritePages::Two(p1, first, p2))
     }
 
+    /// After a port write: applies the BIOS area's new map if the chipset's PAM registers
+    /// changed it, dropping the TLB (it holds host addresses of the old map) and what was
+    /// translated from the area (the same addresses now read other bytes).
+    pub fn apply_memory_map(&mut self) {
+        let Some(pam) = self.board.take_pam_change() else {
+            return;
+        };
+        if self.mem.set_pam(pam) {
+            self.mmu.flush(false);
+            for page in (0xC_0000..0x10_0000u64).step_by(0x1000) {
+                self.dirty_code.push((page, 0x1000));
+            }
+        }
+    }
+
     /// Notes what devices wrote of translated code since the last call (a device writes
     /// guest memory only when the CPU touches its registers: after a port or MMIO write).
     pub fn note_device_writes(&mut self) {

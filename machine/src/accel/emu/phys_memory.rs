@@ -84,7 +84,7 @@ pub fn write(
         };
     }
     match mem.region_at(phys).map(|r| r.backing) {
-        Some(Backing::Rom(_)) => Written::Rom,
+        Some(Backing::Rom(_) | Backing::ShadowRo(_)) => Written::Rom,
         Some(Backing::Ram(_)) => {
             // Crosses out of its RAM region: byte by byte.
             for (i, b) in data[..n].iter().enumerate() {

@@ -136,6 +136,7 @@ impl Host for Ctx<'_> {
                 let d = (arg(1) as u32).to_le_bytes();
                 self.board.pio_write(arg(0) as u16, &d[..bytes as usize]);
                 self.note_device_writes();
+                self.apply_memory_map();
                 Ok(0)
             }
             Helper::Cpuid => {
