@@ -5,12 +5,24 @@
 //! software reset and its signatures. The task file is shared by the two drives, as on the
 //! cable; the selected one answers, and an absent one reads status 0, as QEMU's.
 //!
-//! Not yet: bus-master DMA (IDENTIFY offers none, so Linux's ata_piix uses PIO) and
-//! ATAPI; a channel's absent drive is no device at all.
+//! Bus-master DMA (the PIIX's, as in Intel's 82371 datasheet): READ/WRITE DMA (EXT) move
+//! their sectors through the physical region descriptor table the driver points the
+//! channel's bus-master registers at (BAR 4 of the IDE function, [`Piix3Ide`]), once both
+//! the command and the start bit are given, whichever comes first. Multiword DMA modes
+//! 0-2, as the PIIX3 does (no Ultra DMA).
+//!
+//! Not yet: ATAPI; a channel's absent drive is no device at all.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{SharedImage, SECTOR};
 use crate::bus::BusDevice;
+use crate::dma::DmaMemory;
 use crate::irq::IrqLine;
+use crate::pci::{BarKind, ConfigSpace, PciFunction};
 
 pub const PRIMARY_COMMAND: u16 = 0x1F0;
 pub const PRIMARY_CONTROL: u16 = 0x3F6;
@@ -47,6 +59,8 @@ pub struct Drive {
     multiple: u16,
     write_cache: bool,
     serial: String,
+    /// The multiword DMA mode SET FEATURES selected.
+    mwdma: Option<u8>,
 }
 
 impl Drive {
@@ -58,6 +72,7 @@ impl Drive {
             multiple: MAX_MULTIPLE,
             write_cache: true,
             serial: serial.to_string(),
+            mwdma: None,
         }
     }
 
@@ -79,7 +94,7 @@ impl Drive {
         put_string(&mut w[23..27], env!("CARGO_PKG_VERSION"));
         put_string(&mut w[27..47], "GANTRY HARDDISK");
         w[47] = 0x8000 | MAX_MULTIPLE;
-        w[49] = 1 << 9; // LBA; no DMA
+        w[49] = 1 << 9 | 1 << 8; // LBA, DMA
         w[53] = 0x0006; // words 64-70 and 88 valid
         w[54] = cylinders;
         w[55] = HEADS as u16;
@@ -94,6 +109,8 @@ impl Drive {
         };
         w[60] = lba28 as u16;
         w[61] = (lba28 >> 16) as u16;
+        // Multiword DMA modes 0-2, and the one selected.
+        w[63] = 0x0007 | self.mwdma.map_or(0, |m| 0x100 << m);
         w[64] = 0x0003; // PIO modes 3 and 4
         w[65] = 120;
         w[66] = 120;
@@ -153,6 +170,37 @@ pub struct IdeStats {
     pub sectors_written: u64,
     pub flushes: u64,
     pub errors: u64,
+    /// Bus-master transfers, and those that failed (a PRD table too short, guest memory
+    /// that is not RAM).
+    pub dma_transfers: u64,
+    pub dma_errors: u64,
+}
+
+/// The bus-master registers' bits (82371 datasheet, BMICx and BMISx).
+const BM_START: u8 = 0x01;
+/// Set: the controller writes memory (an ATA read).
+const BM_TO_MEMORY: u8 = 0x08;
+const BM_ACTIVE: u8 = 0x01;
+const BM_ERROR: u8 = 0x02;
+const BM_INTERRUPT: u8 = 0x04;
+/// The drive-capable bits software sets, kept as written.
+const BM_CAPABLE: u8 = 0x60;
+/// A PRD entry's end-of-table flag, in its last byte.
+const PRD_EOT: u16 = 0x8000;
+
+/// A DMA command waiting for the start bit, or the start bit waiting for a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DmaCommand {
+    lba: u64,
+    count: u64,
+    to_memory: bool,
+}
+
+#[derive(Default)]
+struct BusMaster {
+    command: u8,
+    status: u8,
+    prd_table: u32,
 }
 
 pub struct IdeChannel {
@@ -174,6 +222,10 @@ pub struct IdeChannel {
     intrq: bool,
     irq: IrqLine,
     stats: IdeStats,
+    bm: BusMaster,
+    dma: Option<DmaCommand>,
+    /// Guest memory for bus-master transfers (none: DMA commands are refused).
+    mem: Option<Rc<DmaMemory>>,
 }
 
 impl IdeChannel {
@@ -196,9 +248,18 @@ impl IdeChannel {
             intrq: false,
             irq,
             stats: IdeStats::default(),
+            bm: BusMaster::default(),
+            dma: None,
+            mem: None,
         };
         c.reset();
         c
+    }
+
+    /// Lets the channel master the bus: READ/WRITE DMA reach guest memory through `mem`.
+    pub fn with_dma(mut self, mem: Rc<DmaMemory>) -> Self {
+        self.mem = Some(mem);
+        self
     }
 
     pub fn stats(&self) -> IdeStats {
@@ -229,12 +290,18 @@ impl IdeChannel {
             0
         };
         self.transfer = Transfer::None;
+        self.dma = None;
         self.buffer.clear();
         self.pos = 0;
         self.set_intrq(false);
     }
 
     fn set_intrq(&mut self, on: bool) {
+        // The bus master notes every interrupt the drive raises (drivers ask it whose
+        // interrupt it was).
+        if on && !self.intrq {
+            self.bm.status |= BM_INTERRUPT;
+        }
         self.intrq = on;
         self.irq
             .set_level(on && self.control & CONTROL_NIEN == 0 && !self.empty());
@@ -304,6 +371,7 @@ impl IdeChannel {
         self.error = error;
         self.status = DRDY | DSC | ERR;
         self.transfer = Transfer::None;
+        self.dma = None;
         self.set_intrq(true);
     }
 
@@ -367,6 +435,27 @@ impl IdeChannel {
                     self.status = DRDY | DSC | DRQ;
                 }
             }
+            0xC8 | 0x25 | 0xCA | 0x35 => {
+                let (lba, count) = if matches!(cmd, 0x25 | 0x35) {
+                    (self.lba48(), self.count48())
+                } else {
+                    (self.lba28(), self.count28())
+                };
+                if self.mem.is_none() {
+                    return self.abort(ABRT);
+                }
+                if lba.checked_add(count).is_none_or(|end| end > sectors) {
+                    return self.abort(IDNF | ABRT);
+                }
+                self.dma = Some(DmaCommand {
+                    lba,
+                    count,
+                    to_memory: matches!(cmd, 0xC8 | 0x25),
+                });
+                // Busy with the transfer until the bus master has run it.
+                self.status = DRDY | DSC | DRQ;
+                self.run_dma();
+            }
             0xC6 => {
                 let n = u16::from(self.count[0]);
                 if n == 0 || n > MAX_MULTIPLE || !n.is_power_of_two() {
@@ -392,9 +481,18 @@ impl IdeChannel {
                     }
                     self.done();
                 }
-                // Transfer mode: PIO modes only (IDENTIFY offers no DMA).
-                0x03 if self.count[0] & 0xF8 <= 0x08 => self.done(),
-                0x03 => self.abort(ABRT),
+                // Transfer mode: PIO (default, or flow-control modes 0-4) or multiword
+                // DMA 0-2.
+                0x03 => match self.count[0] {
+                    0x00..=0x01 | 0x08..=0x0C => self.done(),
+                    m @ 0x20..=0x22 => {
+                        if let Some(d) = self.drive() {
+                            d.mwdma = Some(m & 7);
+                        }
+                        self.done();
+                    }
+                    _ => self.abort(ABRT),
+                },
                 // Features Gantry has nothing behind (read look-ahead, defaults on reset).
                 0x55 | 0xAA | 0x66 | 0xCC => self.done(),
                 _ => self.abort(ABRT),
@@ -549,6 +647,130 @@ impl IdeChannel {
         }
     }
 
+    /// Runs the pending DMA command once the bus master has been started: the sectors
+    /// go between the image and the buffers the PRD table lists, in order. At the end
+    /// the drive interrupts; the bus master stays active if the table held more room than
+    /// the transfer needed, and reports an error if it held less, as the PIIX does.
+    fn run_dma(&mut self) {
+        if self.bm.command & BM_START == 0 {
+            return;
+        }
+        let (Some(cmd), Some(mem)) = (self.dma, self.mem.clone()) else {
+            return;
+        };
+        if cmd.to_memory != (self.bm.command & BM_TO_MEMORY != 0) {
+            // The direction the driver set disagrees with the command: nothing moves.
+            return self.dma_failed();
+        }
+        self.dma = None;
+        self.stats.dma_transfers += 1;
+        let Some(drive) = self.drives[self.selected].as_ref() else {
+            return;
+        };
+        let image = drive.image.clone();
+        let write_through = !drive.write_cache;
+        let mut offset = cmd.lba * SECTOR;
+        let mut left = cmd.count * SECTOR;
+        let mut entry = u64::from(self.bm.prd_table);
+        let mut table_end = false;
+        while left > 0 && !table_end {
+            let mut prd = [0u8; 8];
+            if mem.read_slice(&mut prd, GuestAddress(entry)).is_err() {
+                return self.dma_failed();
+            }
+            let addr = u32::from_le_bytes([prd[0], prd[1], prd[2], prd[3]]) & !1;
+            let count = u16::from_le_bytes([prd[4], prd[5]]);
+            let flags = u16::from_le_bytes([prd[6], prd[7]]);
+            table_end = flags & PRD_EOT != 0;
+            entry += 8;
+            let room = if count == 0 {
+                0x1_0000
+            } else {
+                u64::from(count & !1)
+            };
+            let n = room.min(left) as usize;
+            let mut buf = vec![0u8; n];
+            let moved = if cmd.to_memory {
+                image.borrow_mut().read_at(offset, &mut buf).is_ok()
+                    && mem.write_slice(&buf, GuestAddress(addr.into())).is_ok()
+            } else {
+                mem.read_slice(&mut buf, GuestAddress(addr.into())).is_ok()
+                    && image.borrow_mut().write_at(offset, &buf).is_ok()
+            };
+            if !moved {
+                return self.dma_failed();
+            }
+            offset += n as u64;
+            left -= n as u64;
+        }
+        let sectors = cmd.count - left / SECTOR;
+        if cmd.to_memory {
+            self.stats.sectors_read += sectors;
+        } else {
+            self.stats.sectors_written += sectors;
+            if write_through && image.borrow_mut().flush().is_err() {
+                return self.dma_failed();
+            }
+        }
+        if left > 0 {
+            // The table ran out first.
+            return self.dma_failed();
+        }
+        if table_end {
+            self.bm.status &= !BM_ACTIVE;
+        }
+        self.done();
+    }
+
+    fn dma_failed(&mut self) {
+        self.stats.dma_errors += 1;
+        self.bm.status = (self.bm.status & !BM_ACTIVE) | BM_ERROR;
+        self.abort(ABRT);
+    }
+
+    /// The channel's bus-master registers (8 bytes of BAR 4): command, status, and the
+    /// PRD table's address.
+    fn bm_read(&self, offset: u64, data: &mut [u8]) {
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = match offset + i as u64 {
+                0 => self.bm.command,
+                2 => self.bm.status,
+                o @ 4..=7 => (self.bm.prd_table >> (8 * (o - 4))) as u8,
+                _ => 0,
+            };
+        }
+    }
+
+    fn bm_write(&mut self, offset: u64, data: &[u8]) {
+        for (i, v) in data.iter().enumerate() {
+            match offset + i as u64 {
+                0 => {
+                    let was = self.bm.command;
+                    self.bm.command = v & (BM_START | BM_TO_MEMORY);
+                    if v & BM_START != 0 && was & BM_START == 0 {
+                        self.bm.status |= BM_ACTIVE;
+                    } else if v & BM_START == 0 {
+                        // Stopping aborts what was not transferred.
+                        self.bm.status &= !BM_ACTIVE;
+                    }
+                }
+                2 => {
+                    // Error and interrupt are cleared by writing ones.
+                    let clear = v & (BM_ERROR | BM_INTERRUPT);
+                    self.bm.status = (self.bm.status & !clear & !BM_CAPABLE) | (v & BM_CAPABLE);
+                }
+                o @ 4..=7 => {
+                    let shift = 8 * (o - 4);
+                    self.bm.prd_table =
+                        (self.bm.prd_table & !(0xFF << shift)) | (u32::from(*v) << shift);
+                    self.bm.prd_table &= !3;
+                }
+                _ => {}
+            }
+        }
+        self.run_dma();
+    }
+
     fn write_control(&mut self, v: u8) {
         let was = self.control;
         self.control = v;
@@ -618,6 +840,54 @@ impl BusDevice for IdeChannel {
 
     fn wide_access(&self) -> bool {
         true
+    }
+}
+
+/// The PIIX3's IDE function (00:01.1, 8086:7010): both channels in legacy mode (their
+/// ports and IRQs 14/15 are the ISA days', on the board's port bus), and the bus-master
+/// registers in BAR 4, 16 I/O ports: the primary channel's, then the secondary's.
+pub struct Piix3Ide {
+    config: ConfigSpace,
+    channels: [Rc<RefCell<IdeChannel>>; 2],
+}
+
+impl Piix3Ide {
+    pub fn new(channels: [Rc<RefCell<IdeChannel>>; 2]) -> Self {
+        // Mass storage, IDE, prog-if 0x80: legacy mode, bus-master capable.
+        let mut config = ConfigSpace::new(0x8086, 0x7010, 0x0101_8000, 0x00);
+        config.set(0x41, 0x80); // IDETIM primary: IDE decode enable
+        config.set(0x43, 0x80); // IDETIM secondary
+        config.set_writable(0x40, 8);
+        config.add_bar(4, BarKind::Io, 16);
+        Self { config, channels }
+    }
+}
+
+impl PciFunction for Piix3Ide {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match (bar, self.channels.get((offset / 8) as usize)) {
+            (4, Some(c)) => c.borrow().bm_read(offset % 8, data),
+            _ => data.fill(0xFF),
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if let (4, Some(c)) = (bar, self.channels.get((offset / 8) as usize)) {
+            let mut data = data.to_vec();
+            if offset.is_multiple_of(8) && !self.config.bus_master() {
+                // Only a bus master may reach memory: the start bit does not take.
+                data[0] &= !BM_START;
+            }
+            c.borrow_mut().bm_write(offset % 8, &data);
+        }
     }
 }
 
@@ -730,5 +1000,105 @@ mod tests {
         assert_eq!(inb(&mut c, 1), IDNF | ABRT);
         out(&mut c, 6, 0xF0);
         assert_eq!(inb(&mut c, 7), 0);
+    }
+
+    /// Guest memory of `len` bytes at 0 for bus-master tests, over `backing`.
+    fn dma_memory(backing: &mut Vec<u8>, len: usize) -> Rc<DmaMemory> {
+        use crate::dma::{DmaLog, WriteLog};
+        backing.resize(len + 0x1000, 0);
+        let skip = backing.as_ptr().align_offset(0x1000);
+        let ptr = backing[skip..].as_mut_ptr();
+        // SAFETY: `len` bytes from `ptr` lie in `backing`, which the test keeps alive (and
+        // does not move) as long as the memory.
+        let region = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+                len,
+                WriteLog::new(DmaLog::new(false), 0),
+            )
+            .with_raw_mmap_pointer(ptr)
+            .build()
+        }
+        .unwrap();
+        Rc::new(
+            DmaMemory::from_regions(vec![vm_memory::GuestRegionMmap::new(
+                region,
+                GuestAddress(0),
+            )
+            .unwrap()])
+            .unwrap(),
+        )
+    }
+
+    fn prd(mem: &DmaMemory, at: u64, entries: &[(u32, u16, bool)]) {
+        for (i, (addr, count, last)) in entries.iter().enumerate() {
+            let flags: u16 = if *last { PRD_EOT } else { 0 };
+            let e = [
+                addr.to_le_bytes().to_vec(),
+                count.to_le_bytes().to_vec(),
+                flags.to_le_bytes().to_vec(),
+            ]
+            .concat();
+            mem.write_slice(&e, GuestAddress(at + 8 * i as u64))
+                .unwrap();
+        }
+    }
+
+    /// READ DMA through a two-entry PRD table, WRITE DMA back from memory, and a table
+    /// too short for the transfer: the bus master's status bits and the drive's.
+    #[test]
+    fn bus_master_dma_moves_sectors_through_the_prd_table() {
+        let mut backing = Vec::new();
+        let mem = dma_memory(&mut backing, 0x10000);
+        let (c, wires) = channel(16);
+        let mut c = c.with_dma(mem.clone());
+        let ata = |c: &mut IdeChannel, cmd: u8, lba: u8, count: u8| {
+            out(c, 6, 0xE0);
+            out(c, 2, count);
+            out(c, 3, lba);
+            out(c, 4, 0);
+            out(c, 5, 0);
+            out(c, 7, cmd);
+        };
+        // Sectors 3-5 (1,536 bytes) into 0x2000 (1,024) and 0x5000 (512).
+        prd(&mem, 0x1000, &[(0x2000, 1024, false), (0x5000, 512, true)]);
+        c.bm_write(4, &0x1000u32.to_le_bytes());
+        ata(&mut c, 0xC8, 3, 3);
+        assert_eq!(
+            inb(&mut c, CONTROL_OFFSET) & DRQ,
+            DRQ,
+            "waits for the start bit"
+        );
+        c.bm_write(0, &[BM_START | BM_TO_MEMORY]);
+        let mut got = [0u8; 1];
+        for (addr, sector) in [(0x2000u64, 3u8), (0x2200, 4), (0x5000, 5), (0x51FF, 5)] {
+            mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
+            assert_eq!(got[0], sector, "at {addr:#x}");
+        }
+        let mut st = [0u8];
+        c.bm_read(2, &mut st);
+        assert_eq!(st[0] & (BM_ACTIVE | BM_ERROR | BM_INTERRUPT), BM_INTERRUPT);
+        assert_eq!(wires.levels() & 1 << 14, 1 << 14);
+        assert_eq!(inb(&mut c, 7), DRDY | DSC);
+        c.bm_write(2, &[BM_INTERRUPT]);
+        c.bm_write(0, &[0]);
+
+        // Write 0xAB from 0x8000 to sector 9, then read it back by PIO.
+        mem.write_slice(&[0xAB; 512], GuestAddress(0x8000)).unwrap();
+        prd(&mem, 0x1000, &[(0x8000, 512, true)]);
+        ata(&mut c, 0xCA, 9, 1);
+        c.bm_write(0, &[BM_START]);
+        assert_eq!(c.stats().sectors_written, 1);
+        c.bm_write(0, &[0]);
+        ata(&mut c, 0x20, 9, 1);
+        assert!(read_sector(&mut c).iter().all(|b| *b == 0xAB));
+
+        // Two sectors, a table with room for one: an error, not a crash.
+        prd(&mem, 0x1000, &[(0x2000, 512, true)]);
+        c.bm_write(0, &[BM_START | BM_TO_MEMORY]);
+        ata(&mut c, 0xC8, 0, 2);
+        c.bm_read(2, &mut st);
+        assert_eq!(st[0] & BM_ERROR, BM_ERROR);
+        assert_eq!(inb(&mut c, 7) & ERR, ERR);
+        assert_eq!(c.stats().dma_errors, 1);
     }
 }

@@ -287,17 +287,6 @@ impl PciHost {
         }
     }
 
-    /// The PIIX3's IDE function (00:01.1, 8086:7010): both channels in legacy mode (the
-    /// ports and IRQs 14/15 of the ISA days), bus-master capable in its class code, but
-    /// with no bus-master BAR yet, so drivers use PIO; IDETIM says both channels decode.
-    pub fn add_piix3_ide(&mut self) {
-        let mut ide = ConfigSpace::new(0x8086, 0x7010, 0x0101_8000, 0x00);
-        ide.set(0x41, 0x80); // IDETIM primary: IDE decode enable
-        ide.set(0x43, 0x80); // IDETIM secondary
-        ide.set_writable(0x40, 8);
-        self.add(1, 1, Rc::new(RefCell::new(Plain(ide))));
-    }
-
     /// Plugs `function` in at `dev`.`func`.
     pub fn add(&mut self, dev: u8, func: u8, function: SharedFunction) {
         self.functions.push(Slot {

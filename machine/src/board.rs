@@ -18,7 +18,7 @@ use gantry_devices::dma::{DmaLog, DmaMemory};
 use gantry_devices::fw_cfg::{self, FwCfg};
 use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
-use gantry_devices::ide::{self, Drive, IdeChannel};
+use gantry_devices::ide::{self, Drive, IdeChannel, Piix3Ide};
 use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
 use gantry_devices::lapic::{Acknowledged, LocalApic, StartupSignals, LAPIC_PAGE};
@@ -276,7 +276,23 @@ impl Board {
             Rc::new(RefCell::new(SystemControlA::new(signals.clone()))),
         )?;
         let mut pci = PciHost::new(signals.clone(), wires.clone());
-        pci.add_piix3_ide();
+        let [d0, d1, d2, d3] = cfg.ide.clone();
+        let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
+            image.map(|i| Drive::new(i, &format!("QM{n:05}")))
+        };
+        let channel = |master, slave, irq| {
+            let c = IdeChannel::new(master, slave, wires.line(irq));
+            let c = match &cfg.dma {
+                Some((mem, _)) => c.with_dma(mem.clone()),
+                None => c,
+            };
+            Rc::new(RefCell::new(c))
+        };
+        let ide = [
+            channel(drive(d0, 1), drive(d1, 2), 14),
+            channel(drive(d2, 3), drive(d3, 4), 15),
+        ];
+        pci.add(1, 1, Rc::new(RefCell::new(Piix3Ide::new(ide.clone()))));
         let msi = MsiOutbox::new();
         let mut virtio = Vec::new();
         if let Some((mem, _)) = &cfg.dma {
@@ -304,22 +320,6 @@ impl Board {
         let pci = Rc::new(RefCell::new(pci));
         pio.insert(0xCF8, 8, pci.clone())?;
         pio.insert(fw_cfg::PORT.into(), fw_cfg::PORT_LEN, fw_cfg.clone())?;
-        let [d0, d1, d2, d3] = cfg.ide.clone();
-        let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
-            image.map(|i| Drive::new(i, &format!("QM{n:05}")))
-        };
-        let ide = [
-            Rc::new(RefCell::new(IdeChannel::new(
-                drive(d0, 1),
-                drive(d1, 2),
-                wires.line(14),
-            ))),
-            Rc::new(RefCell::new(IdeChannel::new(
-                drive(d2, 3),
-                drive(d3, 4),
-                wires.line(15),
-            ))),
-        ];
         for (channel, command, control) in [
             (&ide[0], ide::PRIMARY_COMMAND, ide::PRIMARY_CONTROL),
             (&ide[1], ide::SECONDARY_COMMAND, ide::SECONDARY_CONTROL),
@@ -879,8 +879,9 @@ impl Board {
             if s.commands != 0 {
                 let _ = writeln!(
                     out,
-                    "IDE {name}: {} commands, {} sectors read, {} written, {} flushes, {} errors",
-                    s.commands, s.sectors_read, s.sectors_written, s.flushes, s.errors
+                    "IDE {name}: {} commands, {} sectors read, {} written, {} flushes, {} errors, {} bus-master transfers ({} failed)",
+                    s.commands, s.sectors_read, s.sectors_written, s.flushes, s.errors,
+                    s.dma_transfers, s.dma_errors
                 );
             }
         }

@@ -164,7 +164,25 @@ fn layout(ram_size: u64, rom_len: u64, shadow: &[Shadow; PAM_SEGMENTS]) -> Vec<R
         }
     }
     regions.sort_by_key(|r| r.gpa);
-    regions
+    // One region for neighbours that continue each other's backing (the PAM segments
+    // showing one ROM mirror or one stretch of shadow RAM): fewer KVM memory slots.
+    let mut merged: Vec<Region> = Vec::with_capacity(regions.len());
+    for r in regions {
+        if let Some(last) = merged.last_mut() {
+            let continues = match (last.backing, r.backing) {
+                (Backing::Ram(a), Backing::Ram(b))
+                | (Backing::Rom(a), Backing::Rom(b))
+                | (Backing::ShadowRo(a), Backing::ShadowRo(b)) => a + last.len == b,
+                _ => false,
+            };
+            if continues && last.end() == r.gpa {
+                last.len += r.len;
+                continue;
+            }
+        }
+        merged.push(r);
+    }
+    merged
 }
 
 impl GuestMemory {
@@ -447,6 +465,43 @@ mod tests {
         m.read(0xFFFF_FFFF, &mut b).unwrap();
         assert_eq!(b[0], 0x3F);
         assert!(m.read(0xA_0000, &mut b).is_err(), "legacy hole");
+    }
+
+    /// The PAM registers as SeaBIOS sets them: shadow RAM read-write over the whole BIOS
+    /// area (the C and D segments appear), then the F segment read-only.
+    #[test]
+    fn pam_registers_map_shadow_ram() {
+        let rom: Vec<u8> = (0..0x4_0000u32).map(|i| (i >> 12) as u8).collect();
+        let mut m = GuestMemory::new(64 << 20, Some(&rom)).unwrap();
+        let mut b = [0u8; 1];
+        assert!(m.read(0xC_0000, &mut b).is_err(), "nothing at C0000 yet");
+        assert!(!m.set_pam([0; 7]), "power-up state: no change");
+        assert!(m.set_pam([0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]));
+        let shadow = m.region_at(0xC_0000).copied().unwrap();
+        // (One region with the RAM above 1 MiB, which it continues.)
+        assert_eq!(
+            (shadow.gpa, shadow.end(), shadow.is_rom()),
+            (0xC_0000, 64 << 20, false)
+        );
+        m.write(0xF_FFF0, &[0xEA]).unwrap();
+        m.read(0xF_FFF0, &mut b).unwrap();
+        assert_eq!(b[0], 0xEA, "RAM now");
+        // F segment read-only: RAM still read, writes refused.
+        assert!(m.set_pam([0x10, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]));
+        m.read(0xF_FFF0, &mut b).unwrap();
+        assert_eq!(b[0], 0xEA);
+        assert!(m.write(0xF_FFF0, &[0]).is_err());
+        assert!(m.region_at(0xF_0000).unwrap().is_rom());
+        // Back to the ROM's mirror.
+        assert!(m.set_pam([0; 7]));
+        m.read(0xF_FFF0, &mut b).unwrap();
+        assert_eq!(b[0], 0x3F);
+        let modes = decode_pam([0x10, 0x31, 0, 0, 0, 0, 0x02]);
+        assert_eq!(modes[0], Shadow::ReadOnly);
+        assert_eq!(modes[1], Shadow::ReadWrite);
+        assert_eq!(modes[11], Shadow::Pci);
+        assert_eq!(modes[10], Shadow::WriteOnly);
+        assert_eq!(modes[12], Shadow::ReadOnly);
     }
 
     #[test]
