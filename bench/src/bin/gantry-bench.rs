@@ -4,8 +4,8 @@
 //! median wall times and their ratio. With `--workloads` it also runs commands inside the
 //! guest (through the initramfs's `gantry_cmd`), timed by the guest itself, beside the same
 //! commands run natively on this host. With `--disks` it times the guest's sequential
-//! writes and reads of a raw image on its IDE disk (the disk initramfs loads the drivers),
-//! beside the host's own `dd` on the same file.
+//! writes and reads of a raw image on its IDE disk and on a virtio-blk disk (the disk
+//! initramfs loads the drivers), beside the host's own `dd` on the same file.
 //!
 //! `cargo run --release -p gantry-bench --bin gantry-bench -- --help`
 
@@ -35,7 +35,8 @@ struct Args {
     /// Also time workloads inside the guest, and natively on this host.
     #[arg(long)]
     workloads: bool,
-    /// Also time the guest's disk throughput (IDE, a raw image), and the host's.
+    /// Also time the guest's disk throughput (IDE and virtio-blk, a raw image), and the
+    /// host's.
     #[arg(long)]
     disks: bool,
     #[arg(long, default_value = "roms/guests/initramfs-disk.cpio.gz")]
@@ -47,24 +48,24 @@ struct Args {
 /// beside it: the same time within the noise).
 const CMDLINE: &str = "console=ttyS0 nolapic noapic";
 
-/// Disk workloads on /dev/sda, an image of [`DISK_MIB`] MiB: a name, what prepares the
-/// run (libata finds the disk after its module loads), and the timed command; then the
+/// Disk workloads on an image of [`DISK_MIB`] MiB: a name, the interface the disk is on
+/// (`if=` for both emulators) and its device in the guest, whether it writes, and the
 /// host's own command on the image file.
 const DISK_MIB: u64 = 64;
-const DISK_WORKLOADS: [(&str, &str, &str, &str); 2] = [
+const DISK_WORKLOADS: [(&str, &str, &str, bool); 4] = [
+    ("IDE write 16 MiB (dd, fsync)", "ide", "/dev/sda", true),
+    ("IDE read 16 MiB (dd)", "ide", "/dev/sda", false),
     (
-        "IDE write 16 MiB (dd, fsync)",
-        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b /dev/sda ] && break; sleep 0.2; done",
-        "dd if=/dev/zero of=/dev/sda bs=1048576 count=16 conv=fsync",
-        "dd if=/dev/zero of=IMAGE bs=1048576 count=16 conv=fsync,notrunc 2>/dev/null",
+        "virtio write 16 MiB (dd, fsync)",
+        "virtio",
+        "/dev/vda",
+        true,
     ),
-    (
-        "IDE read 16 MiB (dd)",
-        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b /dev/sda ] && break; sleep 0.2; done",
-        "dd if=/dev/sda of=/dev/null bs=1048576 count=16",
-        "dd if=IMAGE of=/dev/null bs=1048576 count=16 iflag=direct 2>/dev/null",
-    ),
+    ("virtio read 16 MiB (dd)", "virtio", "/dev/vda", false),
 ];
+const HOST_WRITE: &str =
+    "dd if=/dev/zero of=IMAGE bs=1048576 count=16 conv=fsync,notrunc 2>/dev/null";
+const HOST_READ: &str = "dd if=IMAGE of=/dev/null bs=1048576 count=16 iflag=direct 2>/dev/null";
 
 /// In-guest workloads: a name, and a shell command that prepares its input and then runs
 /// the timed command under `time` (busybox's applet in the guest, which prints `real`).
@@ -160,14 +161,24 @@ fn run(args: &Args) -> Result<(), String> {
         let image = dir.join("disk.img");
         let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
         file.set_len(DISK_MIB << 20).map_err(|e| e.to_string())?;
-        let disk_guest = Guest {
-            initrd: &args.disk_initrd,
-            drive: Some(&image),
-            ..guest
-        };
-        for (name, prepare, timed, host) in DISK_WORKLOADS {
+        for (name, interface, dev, write) in DISK_WORKLOADS {
+            let disk_guest = Guest {
+                initrd: &args.disk_initrd,
+                drive: Some((&image, interface)),
+                ..guest
+            };
+            // The driver finds the disk after its module loads.
+            let prepare = format!(
+                "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b {dev} ] && break; sleep 0.2; done"
+            );
+            let timed = if write {
+                format!("dd if=/dev/zero of={dev} bs=1048576 count=16 conv=fsync")
+            } else {
+                format!("dd if={dev} of=/dev/null bs=1048576 count=16")
+            };
             let cmd = format!("{prepare}; time {timed}");
             let times = disk_guest.compare(Some(&cmd), args.runs)?;
+            let host = if write { HOST_WRITE } else { HOST_READ };
             let host = host.replace("IMAGE", &image.to_string_lossy());
             let native = native("true", &host, args.runs)?;
             rows.push((name.to_string(), times, Some(native)));
@@ -184,8 +195,8 @@ struct Guest<'a> {
     qemu: Option<&'a str>,
     kernel: &'a Path,
     initrd: &'a Path,
-    /// A raw image for the primary IDE master.
-    drive: Option<&'a Path>,
+    /// A raw image and the interface it is on (`ide`: the primary master; `virtio`).
+    drive: Option<(&'a Path, &'a str)>,
 }
 
 /// Median seconds on Gantry and (if present) QEMU.
@@ -219,9 +230,9 @@ impl Guest<'_> {
         .arg("--initrd")
         .arg(self.initrd)
         .args(["--append", append]);
-        if let Some(d) = self.drive {
+        if let Some((d, interface)) = self.drive {
             c.arg("--drive")
-                .arg(format!("file={},if=ide,format=raw", d.display()));
+                .arg(format!("file={},if={interface},format=raw", d.display()));
         }
         c
     }
@@ -243,9 +254,9 @@ impl Guest<'_> {
         .arg("-initrd")
         .arg(self.initrd)
         .args(["-append", append]);
-        if let Some(d) = self.drive {
+        if let Some((d, interface)) = self.drive {
             c.arg("-drive")
-                .arg(format!("file={},if=ide,format=raw", d.display()));
+                .arg(format!("file={},if={interface},format=raw", d.display()));
         }
         c
     }
