@@ -3,7 +3,7 @@
 # busybox-static with `apt-get download`, and builds an initramfs around busybox whose
 # /init prints marker lines, runs gantry_cmd from the kernel command line, and powers off;
 # and a second one that also carries the disk drivers from the same kernel package (IDE,
-# SCSI disk, virtio-blk, ext4, in an order they load in), which its /init loads first, as
+# SCSI disk and CD-ROM, virtio-blk, ext4, in an order they load in), which its /init loads first, as
 # an installed system's initramfs would, before it mounts a root= disk and switches to it;
 # and busybox itself, for the tests' root file systems.
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/guests"
 # Bumped whenever what this script builds changes, so that an older build is redone.
-layout=2
+layout=3
 if [[ "${1:-}" != "--force" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz"
       && -s "$out/initramfs-disk.cpio.gz" && -s "$out/busybox" ]] \
       && grep -qx "layout=$layout" "$out/VERSIONS" 2>/dev/null; then
@@ -62,7 +62,7 @@ while read -r rel; do
     modules+=(file "lib/modules/$name" "$tree/$rel" 644)
     echo "$name" >> order
 done < <(python3 "$here/initramfs/modules.py" "$tree" \
-    ata_piix sd_mod virtio_pci virtio_blk crct10dif_generic crc64_rocksoft_generic \
+    ata_piix sd_mod sr_mod virtio_pci virtio_blk crct10dif_generic crc64_rocksoft_generic \
     crc32c_generic ext4)
 python3 "$here/initramfs/mkcpio.py" "$out/initramfs-disk.cpio.gz.tmp" "${base[@]}" \
     dir lib dir lib/modules "${modules[@]}" file lib/modules/order order 644

@@ -11,7 +11,10 @@
 //! the command and the start bit are given, whichever comes first. Multiword DMA modes
 //! 0-2, as the PIIX3 does (no Ultra DMA).
 //!
-//! Not yet: ATAPI; a channel's absent drive is no device at all.
+//! An empty ATAPI CD-ROM drive ([`Device::EmptyCdrom`]) answers the PACKET commands a
+//! driver probes with (IDENTIFY PACKET DEVICE, INQUIRY, TEST UNIT READY, REQUEST SENSE,
+//! GET CONFIGURATION, ...) by PIO, and every medium access with "medium not present".
+//! A channel's absent drive is no device at all.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -134,6 +137,104 @@ impl Drive {
     }
 }
 
+/// What sits at a position on the cable.
+pub enum Device {
+    Disk(Drive),
+    /// An ATAPI CD/DVD-ROM drive with no disc in it, as QEMU's PC has on the secondary
+    /// master unless told otherwise: drivers find the drive, and every medium access is
+    /// answered "medium not present".
+    EmptyCdrom,
+}
+
+/// ATAPI's interrupt reason bits, in the sector count register.
+const REASON_COMMAND: u8 = 0x01;
+const REASON_TO_HOST: u8 = 0x02;
+/// SCSI sense keys and codes an empty drive answers with.
+const SENSE_NOT_READY: u8 = 0x02;
+const SENSE_ILLEGAL_REQUEST: u8 = 0x05;
+const ASC_MEDIUM_NOT_PRESENT: u8 = 0x3A;
+const ASC_INVALID_OPCODE: u8 = 0x20;
+const ASC_INVALID_FIELD: u8 = 0x24;
+
+/// IDENTIFY PACKET DEVICE of the empty CD-ROM drive.
+fn identify_packet() -> [u8; 512] {
+    let mut w = [0u16; 256];
+    // ATAPI, CD-ROM (5), removable, DRQ within 50 us of PACKET, 12-byte packets.
+    w[0] = 0x85C0;
+    put_string(&mut w[10..20], "GANTRYCD0001");
+    put_string(&mut w[23..27], env!("CARGO_PKG_VERSION"));
+    put_string(&mut w[27..47], "GANTRY DVD-ROM");
+    w[49] = 1 << 9; // LBA; PIO packets only
+    w[53] = 0x0002; // words 64-70 valid
+    w[64] = 0x0003; // PIO modes 3 and 4
+    w[65] = 120;
+    w[66] = 120;
+    w[67] = 120;
+    w[68] = 120;
+    w[80] = 0x00F0; // ATA/ATAPI-4 to -7
+    w[82] = 1 << 4 | 1 << 14; // PACKET feature set
+    w[85] = 1 << 4 | 1 << 14;
+    let mut out = [0u8; 512];
+    for (i, word) in w.iter().enumerate() {
+        out[2 * i..2 * i + 2].copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// What an empty drive answers a SCSI command (MMC) with: data, or a check condition's
+/// sense key, ASC and ASCQ.
+fn empty_cdrom_reply(cdb: &[u8; 12], sense: (u8, u8, u8)) -> Result<Vec<u8>, (u8, u8, u8)> {
+    let be16 = |i: usize| usize::from(u16::from_be_bytes([cdb[i], cdb[i + 1]]));
+    let not_ready = (SENSE_NOT_READY, ASC_MEDIUM_NOT_PRESENT, 0);
+    let reply = match cdb[0] {
+        // TEST UNIT READY, READ CAPACITY, READ(10)/(12), READ TOC, READ SUB-CHANNEL, READ
+        // DISC INFORMATION, READ CD, SEEK: no medium.
+        0x00 | 0x25 | 0x28 | 0xA8 | 0x43 | 0x42 | 0x51 | 0xBE | 0x2B => return Err(not_ready),
+        // REQUEST SENSE: the last check condition's, in fixed format.
+        0x03 => {
+            let mut r = vec![0u8; 18];
+            r[0] = 0x70;
+            r[2] = sense.0;
+            r[7] = 10;
+            r[12] = sense.1;
+            r[13] = sense.2;
+            r.truncate(usize::from(cdb[4]));
+            return Ok(r);
+        }
+        // INQUIRY (standard data only).
+        0x12 if cdb[1] & 1 == 0 => {
+            let mut r = vec![0u8; 36];
+            r[0] = 0x05; // CD/DVD device
+            r[1] = 0x80; // removable
+            r[2] = 0x05; // SPC-3
+            r[3] = 0x32; // ATAPI, response format 2
+            r[4] = 31;
+            r[8..16].copy_from_slice(b"GANTRY  ");
+            r[16..32].copy_from_slice(b"DVD-ROM         ");
+            let mut rev = [b' '; 4];
+            for (d, s) in rev.iter_mut().zip(env!("CARGO_PKG_VERSION").bytes()) {
+                *d = s;
+            }
+            r[32..36].copy_from_slice(&rev);
+            r.truncate(be16(3));
+            return Ok(r);
+        }
+        0x12 => return Err((SENSE_ILLEGAL_REQUEST, ASC_INVALID_FIELD, 0)),
+        // START STOP UNIT (eject included: nothing to eject), PREVENT ALLOW MEDIUM
+        // REMOVAL.
+        0x1B | 0x1E => Vec::new(),
+        // GET CONFIGURATION: the feature header alone, current profile 0 (no medium).
+        0x46 => {
+            let mut r = vec![0u8; 8];
+            r[3] = 4;
+            r.truncate(be16(7));
+            return Ok(r);
+        }
+        _ => return Err((SENSE_ILLEGAL_REQUEST, ASC_INVALID_OPCODE, 0)),
+    };
+    Ok(reply)
+}
+
 /// ATA strings: space-padded, two characters a word, the first in the high byte.
 fn put_string(words: &mut [u16], s: &str) {
     let mut bytes = s.bytes().chain(std::iter::repeat(b' '));
@@ -160,6 +261,10 @@ enum Transfer {
         remaining: u64,
         block: u64,
     },
+    /// ATAPI: the 12-byte command packet is being written.
+    Packet,
+    /// ATAPI: the packet's reply is being read.
+    PacketIn,
 }
 
 /// Counters for `--stats`.
@@ -204,7 +309,9 @@ struct BusMaster {
 }
 
 pub struct IdeChannel {
-    drives: [Option<Drive>; 2],
+    drives: [Option<Device>; 2],
+    /// The empty CD-ROM drive's sense data, for REQUEST SENSE.
+    sense: (u8, u8, u8),
     selected: usize,
     // The task file: the latest value written and, for LBA48, the one before it.
     features: [u8; 2],
@@ -229,9 +336,10 @@ pub struct IdeChannel {
 }
 
 impl IdeChannel {
-    pub fn new(master: Option<Drive>, slave: Option<Drive>, irq: IrqLine) -> Self {
+    pub fn new(master: Option<Device>, slave: Option<Device>, irq: IrqLine) -> Self {
         let mut c = Self {
             drives: [master, slave],
+            sense: (0, 0, 0),
             selected: 0,
             features: [0; 2],
             count: [0; 2],
@@ -270,8 +378,27 @@ impl IdeChannel {
         self.drives.iter().all(Option::is_none)
     }
 
+    /// The selected hard disk, if a hard disk is selected.
     fn drive(&mut self) -> Option<&mut Drive> {
-        self.drives[self.selected].as_mut()
+        match self.drives[self.selected].as_mut() {
+            Some(Device::Disk(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn atapi_selected(&self) -> bool {
+        matches!(self.drives[self.selected], Some(Device::EmptyCdrom))
+    }
+
+    /// A device's signature in the task file: ATA's, or ATAPI's (LBA mid/high 14h/EBh).
+    fn set_signature(&mut self, atapi: bool) {
+        self.count = [1, 0];
+        self.lba_low = [1, 0];
+        (self.lba_mid, self.lba_high) = if atapi {
+            ([0x14, 0], [0xEB, 0])
+        } else {
+            ([0; 2], [0; 2])
+        };
     }
 
     /// Power-up and software reset: the signature of an ATA device in the task file,
@@ -279,12 +406,11 @@ impl IdeChannel {
     fn reset(&mut self) {
         self.selected = 0;
         self.device = 0;
-        self.count = [1, 0];
-        self.lba_low = [1, 0];
-        self.lba_mid = [0; 2];
-        self.lba_high = [0; 2];
+        let atapi = matches!(self.drives[0], Some(Device::EmptyCdrom));
+        self.set_signature(atapi);
         self.error = 1;
-        self.status = if self.drives[0].is_some() {
+        // An ATAPI device leaves DRDY clear after reset (QEMU's does too).
+        self.status = if self.drives[0].is_some() && !atapi {
             DRDY | DSC
         } else {
             0
@@ -382,6 +508,9 @@ impl IdeChannel {
     }
 
     fn command(&mut self, cmd: u8) {
+        if self.atapi_selected() {
+            return self.atapi_command(cmd);
+        }
         let Some(drive) = self.drive() else {
             return;
         };
@@ -536,6 +665,100 @@ impl IdeChannel {
         }
     }
 
+    /// A command to the empty CD-ROM drive: the PACKET command set's own commands; ATA's
+    /// IDENTIFY DEVICE is aborted with the ATAPI signature, as a driver probing the drive
+    /// expects.
+    fn atapi_command(&mut self, cmd: u8) {
+        self.stats.commands += 1;
+        self.error = 0;
+        match cmd {
+            0xA1 => {
+                self.buffer = identify_packet().to_vec();
+                self.pos = 0;
+                self.transfer = Transfer::In {
+                    lba: 0,
+                    remaining: 0,
+                    block: 1,
+                };
+                self.status = DRDY | DSC | DRQ;
+                self.set_intrq(true);
+            }
+            0xA0 => {
+                if self.features[0] & 1 != 0 {
+                    // DMA packets: IDENTIFY PACKET DEVICE offers none.
+                    return self.abort(ABRT);
+                }
+                self.buffer = Vec::with_capacity(12);
+                self.pos = 0;
+                self.transfer = Transfer::Packet;
+                self.count[0] = REASON_COMMAND;
+                self.status = DRDY | DSC | DRQ;
+            }
+            0x08 => {
+                // DEVICE RESET.
+                self.set_signature(true);
+                self.status = 0;
+                self.transfer = Transfer::None;
+            }
+            0x90 => {
+                self.reset();
+                self.set_intrq(true);
+            }
+            0xEC => {
+                self.set_signature(true);
+                self.abort(ABRT);
+            }
+            0xEF | 0xE0..=0xE6 | 0x00 => self.done(),
+            _ => self.abort(ABRT),
+        }
+    }
+
+    /// The command packet is in: answers it.
+    fn run_packet(&mut self) {
+        let mut cdb = [0u8; 12];
+        cdb.copy_from_slice(&self.buffer[..12]);
+        match empty_cdrom_reply(&cdb, self.sense) {
+            Ok(reply) if !reply.is_empty() => {
+                if cdb[0] == 0x03 {
+                    self.sense = (0, 0, 0);
+                }
+                // The byte count the driver allows per DRQ block (0 means the most).
+                let limit = match u16::from_le_bytes([self.lba_mid[0], self.lba_high[0]]) {
+                    0 => 0xFFFE,
+                    n => usize::from(n & !1),
+                };
+                let mut reply = reply;
+                reply.truncate(limit.max(2));
+                let n = reply.len() as u16;
+                self.lba_mid[0] = n as u8;
+                self.lba_high[0] = (n >> 8) as u8;
+                self.buffer = reply;
+                self.pos = 0;
+                self.transfer = Transfer::PacketIn;
+                self.count[0] = REASON_TO_HOST;
+                self.status = DRDY | DSC | DRQ;
+                self.set_intrq(true);
+            }
+            Ok(_) => self.packet_done(),
+            Err((key, asc, ascq)) => {
+                self.sense = (key, asc, ascq);
+                self.transfer = Transfer::None;
+                self.error = key << 4 | ABRT;
+                self.count[0] = REASON_TO_HOST | REASON_COMMAND;
+                self.status = DRDY | DSC | ERR;
+                self.set_intrq(true);
+            }
+        }
+    }
+
+    /// A packet command ends: status phase.
+    fn packet_done(&mut self) {
+        self.transfer = Transfer::None;
+        self.count[0] = REASON_TO_HOST | REASON_COMMAND;
+        self.status = DRDY | DSC;
+        self.set_intrq(true);
+    }
+
     /// Reads the next block of a PIO-in command into the buffer, or ends it.
     fn next_in_block(&mut self) {
         let Transfer::In {
@@ -620,19 +843,34 @@ impl IdeChannel {
     fn read_data(&mut self, out: &mut [u8]) {
         for b in out.iter_mut() {
             *b = match self.transfer {
-                Transfer::In { .. } if self.pos < self.buffer.len() => {
+                Transfer::In { .. } | Transfer::PacketIn if self.pos < self.buffer.len() => {
                     self.pos += 1;
                     self.buffer[self.pos - 1]
                 }
                 _ => 0xFF,
             };
         }
-        if matches!(self.transfer, Transfer::In { .. }) && self.pos >= self.buffer.len() {
-            self.next_in_block();
+        if self.pos >= self.buffer.len() {
+            match self.transfer {
+                Transfer::In { .. } => self.next_in_block(),
+                Transfer::PacketIn => self.packet_done(),
+                _ => {}
+            }
         }
     }
 
     fn write_data(&mut self, data: &[u8]) {
+        if self.transfer == Transfer::Packet {
+            for b in data {
+                if self.buffer.len() < 12 {
+                    self.buffer.push(*b);
+                }
+            }
+            if self.buffer.len() == 12 {
+                self.run_packet();
+            }
+            return;
+        }
         if !matches!(self.transfer, Transfer::Out { .. }) {
             return;
         }
@@ -664,7 +902,7 @@ impl IdeChannel {
         }
         self.dma = None;
         self.stats.dma_transfers += 1;
-        let Some(drive) = self.drives[self.selected].as_ref() else {
+        let Some(drive) = self.drive() else {
             return;
         };
         let image = drive.image.clone();
@@ -906,7 +1144,10 @@ mod tests {
         }
         let image: Box<dyn crate::block::Image> = Box::new(MemImage { bytes });
         let drive = Drive::new(Rc::new(std::cell::RefCell::new(image)), "GANTRY0001");
-        (IdeChannel::new(Some(drive), None, wires.line(14)), wires)
+        (
+            IdeChannel::new(Some(Device::Disk(drive)), None, wires.line(14)),
+            wires,
+        )
     }
 
     fn out(c: &mut IdeChannel, reg: u64, v: u8) {
@@ -1100,5 +1341,72 @@ mod tests {
         assert_eq!(st[0] & BM_ERROR, BM_ERROR);
         assert_eq!(inb(&mut c, 7) & ERR, ERR);
         assert_eq!(c.stats().dma_errors, 1);
+    }
+
+    /// Sends a 12-byte packet with PIO, the byte count limit 0x100; returns what the drive
+    /// answered (the data it offered) and the final status.
+    fn packet(c: &mut IdeChannel, cdb: [u8; 12]) -> (Vec<u8>, u8) {
+        out(c, 1, 0);
+        out(c, 4, 0x00);
+        out(c, 5, 0x01);
+        out(c, 7, 0xA0);
+        assert_eq!(inb(c, 2) & 3, REASON_COMMAND, "waits for the packet");
+        for pair in cdb.chunks(2) {
+            c.write(0, pair);
+        }
+        let mut data = Vec::new();
+        if inb(c, CONTROL_OFFSET) & DRQ != 0 {
+            let n = usize::from(inb(c, 4)) | usize::from(inb(c, 5)) << 8;
+            for _ in 0..n / 2 {
+                let mut w = [0u8; 2];
+                c.read(0, &mut w);
+                data.extend_from_slice(&w);
+            }
+        }
+        assert_eq!(
+            inb(c, 2) & 3,
+            REASON_TO_HOST | REASON_COMMAND,
+            "status phase"
+        );
+        (data, inb(c, 7))
+    }
+
+    /// The empty CD-ROM drive as a driver probes it: the ATAPI signature, IDENTIFY DEVICE
+    /// refused, IDENTIFY PACKET DEVICE, INQUIRY, then TEST UNIT READY failing with "medium
+    /// not present", which REQUEST SENSE then reports.
+    #[test]
+    fn the_empty_cdrom_drive_says_no_medium() {
+        let wires = IrqWires::new();
+        let mut c = IdeChannel::new(Some(Device::EmptyCdrom), None, wires.line(15));
+        assert_eq!((inb(&mut c, 4), inb(&mut c, 5)), (0x14, 0xEB));
+        out(&mut c, 6, 0xA0);
+        out(&mut c, 7, 0xEC);
+        assert_eq!(inb(&mut c, 7) & ERR, ERR);
+        assert_eq!(
+            (inb(&mut c, 4), inb(&mut c, 5)),
+            (0x14, 0xEB),
+            "signature kept"
+        );
+        out(&mut c, 7, 0xA1);
+        let id = read_sector(&mut c);
+        assert_eq!(u16::from_le_bytes([id[0], id[1]]), 0x85C0);
+
+        let (inquiry, status) = packet(&mut c, [0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(status & ERR, 0);
+        assert_eq!(inquiry.len(), 36);
+        assert_eq!(inquiry[0], 5, "CD/DVD");
+        assert_eq!(&inquiry[8..14], b"GANTRY");
+
+        let (none, status) = packet(&mut c, [0; 12]);
+        assert!(none.is_empty());
+        assert_eq!(status & ERR, ERR);
+        assert_eq!(inb(&mut c, 1), SENSE_NOT_READY << 4 | ABRT);
+        let (sense, _) = packet(&mut c, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            (sense[2], sense[12]),
+            (SENSE_NOT_READY, ASC_MEDIUM_NOT_PRESENT)
+        );
+        let (_, status) = packet(&mut c, [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(status & ERR, ERR, "READ(10) without a medium");
     }
 }

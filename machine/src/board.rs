@@ -18,7 +18,7 @@ use gantry_devices::dma::{DmaLog, DmaMemory};
 use gantry_devices::fw_cfg::{self, FwCfg};
 use gantry_devices::hpet::{Hpet, HPET_BASE, HPET_LEN};
 use gantry_devices::i8042::I8042;
-use gantry_devices::ide::{self, Drive, IdeChannel, Piix3Ide};
+use gantry_devices::ide::{self, Device, Drive, IdeChannel, Piix3Ide};
 use gantry_devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_LEN};
 use gantry_devices::irq::IrqWires;
 use gantry_devices::lapic::{Acknowledged, LocalApic, StartupSignals, LAPIC_PAGE};
@@ -78,6 +78,9 @@ pub struct BoardConfig {
     /// Firmware runs first (`--bios`) and sets up PCI itself; otherwise the board places
     /// the BARs and routes the interrupts as firmware would, before the kernel starts.
     pub firmware: bool,
+    /// An empty ATAPI CD-ROM drive on the secondary master (where no disk is), as on
+    /// QEMU's PC.
+    pub empty_cdrom: bool,
     /// The BIOS's boot order, QEMU's `-boot` letters (c: the first hard disk, a: floppy,
     /// d: CD-ROM, n: network), kept in CMOS where SeaBIOS reads it.
     pub boot_order: String,
@@ -97,6 +100,7 @@ impl BoardConfig {
             virtio: Vec::new(),
             dma: None,
             firmware: false,
+            empty_cdrom: false,
             boot_order: DEFAULT_BOOT_ORDER.to_string(),
         }
     }
@@ -278,7 +282,12 @@ impl Board {
         let mut pci = PciHost::new(signals.clone(), wires.clone());
         let [d0, d1, d2, d3] = cfg.ide.clone();
         let drive = |image: Option<gantry_devices::block::SharedImage>, n: u32| {
-            image.map(|i| Drive::new(i, &format!("QM{n:05}")))
+            image.map(|i| Device::Disk(Drive::new(i, &format!("QM{n:05}"))))
+        };
+        // The secondary master is an empty CD-ROM drive unless a disk took its place.
+        let cdrom = match drive(d2, 3) {
+            None if cfg.empty_cdrom => Some(Device::EmptyCdrom),
+            d => d,
         };
         let channel = |master, slave, irq| {
             let c = IdeChannel::new(master, slave, wires.line(irq));
@@ -290,7 +299,7 @@ impl Board {
         };
         let ide = [
             channel(drive(d0, 1), drive(d1, 2), 14),
-            channel(drive(d2, 3), drive(d3, 4), 15),
+            channel(cdrom, drive(d3, 4), 15),
         ];
         pci.add(1, 1, Rc::new(RefCell::new(Piix3Ide::new(ide.clone()))));
         let msi = MsiOutbox::new();

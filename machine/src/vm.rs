@@ -241,6 +241,7 @@ impl Machine {
                 dma,
                 firmware: matches!(cfg.boot, BootSource::Firmware { .. }),
                 boot_order: cfg.boot_order.clone(),
+                empty_cdrom: true,
             },
             clock,
             console,
