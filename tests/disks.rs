@@ -72,6 +72,16 @@ fn make_image_with(dir: &Path, image: &Path, size: &str, options: &[&str]) -> St
         .to_string()
 }
 
+/// A file's contents read out of an ext4 image by the host (debugfs, e2fsprogs).
+fn debugfs_cat(image: &Path, path: &str) -> String {
+    let cat = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&cat.stdout).into_owned()
+}
+
 fn boot_with_disk(kernel: &str, initrd: &str, drive: &[&str], command: &str) -> Run {
     boot_with(kernel, initrd, drive, "/dev/sda", "", command)
 }
@@ -103,8 +113,9 @@ fn boot_with(
 
 /// The root-on-disk round trip on the primary IDE master (by bus-master DMA): the guest
 /// mounts the image, checks the blob's md5, writes a file and syncs; the host then finds
-/// the file in the image (debugfs), and a second boot reads it back. `--stats` names the drive. A third
-/// boot with `--snapshot` writes and leaves the image unchanged.
+/// the file in the image (debugfs), and a second boot reads it back. `--stats` names the
+/// drive. A third boot with `--snapshot` writes and leaves the image unchanged. The empty
+/// CD-ROM drive is found on the secondary master and has no medium.
 #[test]
 fn debian_mounts_an_ext4_image_on_ide_and_writes_to_it() {
     let Some((kernel, initrd, dir)) =
@@ -159,15 +170,7 @@ fn debian_mounts_an_ext4_image_on_ide_and_writes_to_it() {
     assert!(transfers > 10, "{ide}");
 
     // The host sees what the guest wrote.
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /new"])
-        .arg(&image)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "written-by-the-guest\n"
-    );
+    assert_eq!(debugfs_cat(&image, "/new"), "written-by-the-guest\n");
 
     // And a second boot, through --hda.
     let r = boot_with_disk(
@@ -341,8 +344,9 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
 }
 
 /// qcow2 through imago: an image converted with qemu-img is read and written by the guest
-/// and passes `qemu-img check` after it; an overlay made by `qemu-img create -b` reads its
-/// base's data and writes only into itself; a truncated image is refused at start.
+/// and passes `qemu-img check` after it; one converted with compression is read; an
+/// overlay made by `qemu-img create -b` reads its base's data and writes only into itself;
+/// a truncated image is refused at start.
 #[test]
 fn debian_uses_qcow2_images_and_their_backing_files() {
     let Some((kernel, initrd, dir)) =
@@ -394,11 +398,48 @@ fn debian_uses_qcow2_images_and_their_backing_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /new", back_s])
-        .output()
-        .expect("debugfs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written-to-qcow2\n");
+    assert_eq!(debugfs_cat(Path::new(back_s), "/new"), "written-to-qcow2\n");
+
+    // Compressed clusters (qemu-img convert -c) are read.
+    let compressed = dir.join("compressed.qcow2");
+    let compressed_s = compressed.to_str().unwrap_or_default();
+    let out = qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw_s,
+        compressed_s,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = qemu_img(&["check", compressed_s]);
+    let report = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        report.contains("compressed clusters") && !report.contains(" 0.00% compressed"),
+        "no compressed cluster to read: {report}"
+    );
+    let r = boot_with(
+        &kernel,
+        initrd,
+        &[
+            "--drive",
+            &format!("file={compressed_s},if=virtio,readonly=on"),
+        ],
+        "/dev/vda",
+        "",
+        "mount -o ro /dev/vda /mnt && md5sum /mnt/blob && umount /mnt",
+    );
+    assert!(
+        r.stdout.contains(&format!("{md5}  /mnt/blob")),
+        "{}",
+        r.stdout
+    );
 
     // An overlay on the raw base: the base is only read.
     let overlay = dir.join("overlay.qcow2");
@@ -511,15 +552,7 @@ fn debian_uses_virtio_blk_disks() {
         after < before + (1 << 20),
         "the trimmed 4 MiB still take space: {before} bytes before, {after} after"
     );
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /new"])
-        .arg(&image)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "written-over-virtio\n"
-    );
+    assert_eq!(debugfs_cat(&image, "/new"), "written-over-virtio\n");
 
     // INTx: the PIIX3 routes the slot's INTA# to IRQ 10 or 11, which the I/O APIC takes
     // level-triggered as the DSDT's _PRT says.
@@ -651,11 +684,10 @@ fn debian_boots_with_its_root_on_a_qcow2_virtio_disk() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /from-init", back_s])
-        .output()
-        .expect("debugfs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "root-was-written\n");
+    assert_eq!(
+        debugfs_cat(Path::new(back_s), "/from-init"),
+        "root-was-written\n"
+    );
 }
 
 /// However a run ends while the guest writes, a qcow2 image Gantry wrote stays

@@ -162,12 +162,22 @@ impl FwCfg {
         let ok = if control & DMA_READ != 0 {
             let avail = self.remaining();
             let n = avail.len().min(length);
-            // Past the item's end the guest reads zeros.
-            let mut data = avail[..n].to_vec();
-            data.resize(length, 0);
+            let data = avail[..n].to_vec();
             self.offset += n;
             self.stats.dma_bytes += length as u64;
-            mem.write_slice(&data, GuestAddress(address)).is_ok()
+            // Past the item's end the guest reads zeros, written a page at a time (the
+            // length is the guest's, up to 4 GiB).
+            let mut ok = mem.write_slice(&data, GuestAddress(address)).is_ok();
+            let zeros = [0u8; 4096];
+            let mut at = n;
+            while ok && at < length {
+                let k = (length - at).min(zeros.len());
+                ok = mem
+                    .write_slice(&zeros[..k], GuestAddress(address.wrapping_add(at as u64)))
+                    .is_ok();
+                at += k;
+            }
+            ok
         } else if control & DMA_SKIP != 0 {
             self.offset = self.offset.saturating_add(length);
             true

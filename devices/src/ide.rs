@@ -519,17 +519,7 @@ impl IdeChannel {
         self.stats.commands += 1;
         self.error = 0;
         match cmd {
-            0xEC => {
-                self.buffer = identify.map_or_else(Vec::new, |d| d.to_vec());
-                self.pos = 0;
-                self.transfer = Transfer::In {
-                    lba: 0,
-                    remaining: 0,
-                    block: 1,
-                };
-                self.status = DRDY | DSC | DRQ;
-                self.set_intrq(true);
-            }
+            0xEC => self.send_block(identify.map_or_else(Vec::new, |d| d.to_vec())),
             0x20 | 0x21 | 0x24 | 0xC4 | 0x29 | 0x30 | 0x31 | 0x34 | 0xC5 | 0x39 => {
                 let ext = matches!(cmd, 0x24 | 0x29 | 0x34 | 0x39);
                 let (lba, count) = if ext {
@@ -665,6 +655,19 @@ impl IdeChannel {
         }
     }
 
+    /// A PIO-in command of one block the drive has at hand (the IDENTIFY data).
+    fn send_block(&mut self, data: Vec<u8>) {
+        self.buffer = data;
+        self.pos = 0;
+        self.transfer = Transfer::In {
+            lba: 0,
+            remaining: 0,
+            block: 1,
+        };
+        self.status = DRDY | DSC | DRQ;
+        self.set_intrq(true);
+    }
+
     /// A command to the empty CD-ROM drive: the PACKET command set's own commands; ATA's
     /// IDENTIFY DEVICE is aborted with the ATAPI signature, as a driver probing the drive
     /// expects.
@@ -672,17 +675,7 @@ impl IdeChannel {
         self.stats.commands += 1;
         self.error = 0;
         match cmd {
-            0xA1 => {
-                self.buffer = identify_packet().to_vec();
-                self.pos = 0;
-                self.transfer = Transfer::In {
-                    lba: 0,
-                    remaining: 0,
-                    block: 1,
-                };
-                self.status = DRDY | DSC | DRQ;
-                self.set_intrq(true);
-            }
+            0xA1 => self.send_block(identify_packet().to_vec()),
             0xA0 => {
                 if self.features[0] & 1 != 0 {
                     // DMA packets: IDENTIFY PACKET DEVICE offers none.
@@ -911,7 +904,13 @@ impl IdeChannel {
         let mut left = cmd.count * SECTOR;
         let mut entry = u64::from(self.bm.prd_table);
         let mut table_end = false;
+        // A table lies within one 64 KiB page: at most this many entries.
+        let mut entries_left = 0x1_0000 / 8;
         while left > 0 && !table_end {
+            if entries_left == 0 {
+                return self.dma_failed();
+            }
+            entries_left -= 1;
             let mut prd = [0u8; 8];
             if mem.read_slice(&mut prd, GuestAddress(entry)).is_err() {
                 return self.dma_failed();

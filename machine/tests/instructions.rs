@@ -1499,3 +1499,75 @@ fn far_pointer_loads() {
     assert_eq!(d.vector(), Some(13), "a null SS is #GP(0)");
     assert_eq!(d.cpu.gpr[3], 0x7777, "the faulting load left EBX alone");
 }
+
+/// REP INSW with a 32-bit address size in real mode (ES:EDI, ECX), ES loaded before each
+/// run, into a new buffer each time, as SeaBIOS's ATA driver reads sectors: both tiers
+/// must fill every buffer (an unassigned port reads all ones) and nothing past it.
+#[test]
+fn a32_rep_insw_in_real_mode_follows_es() {
+    let d = run(
+        Mode::Real16,
+        |_, _| {},
+        |a| {
+            let mut next = a.create_label();
+            a.mov(si, 20)?;
+            a.mov(ax, 0x8000)?;
+            a.set_label(&mut next)?;
+            a.mov(es, ax)?;
+            a.xor(edi, edi)?;
+            a.mov(ecx, 4)?;
+            a.mov(dx, 0x2F0)?;
+            a.db(&[0x67, 0xF3, 0x6D])?; // a32 rep insw
+            a.add(ax, 0x10)?;
+            a.dec(si)?;
+            a.jnz(next)?;
+            a.hlt()
+        },
+    );
+    for k in 0..20u64 {
+        let at = 0x8_0000 + k * 0x100;
+        assert_eq!(d.bytes_at(at, 8), vec![0xFF; 8], "buffer {k}");
+        assert_eq!(d.bytes_at(at + 8, 8), vec![0; 8], "past buffer {k}");
+    }
+}
+
+/// INSB over bytes the CPU has run, from a port whose read has an effect (the i8042's
+/// output buffer, which a read empties): the store writes translated code, and compiled
+/// code, which stops before such a store and leaves the instruction to the interpreter,
+/// must not have read the port already (it read it twice, and the byte was lost: a word
+/// of every IDE sector the syslinux MBR read over its own first copy at 0x7C00).
+#[test]
+fn ins_over_code_it_ran_reads_the_port_once() {
+    let d = run(
+        Mode::Real16,
+        |_, _| {},
+        |a| {
+            let mut routine = a.create_label();
+            let mut over = a.create_label();
+            a.jmp(over)?;
+            a.set_label(&mut routine)?;
+            a.ret()?;
+            a.db(&[0x90; 13])?;
+            a.set_label(&mut over)?;
+            a.call(routine)?;
+            // The i8042's "write keyboard output buffer": 0xA5 waits at port 0x60.
+            a.mov(al, 0xD2)?;
+            a.out(0x64, al)?;
+            a.mov(al, 0xA5)?;
+            a.out(0x60, al)?;
+            a.mov(ax, cs)?;
+            a.mov(es, ax)?;
+            a.xor(di, di)?;
+            a.mov(dx, 0x60)?;
+            a.insb()?; // over the JMP at 0
+            a.mov(bx, 0x1234)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(
+        d.bytes_at(d.cpu.seg[1].base, 1),
+        vec![0xA5],
+        "the byte the port held"
+    );
+    assert_eq!(d.cpu.gpr[3] & 0xFFFF, 0x1234);
+}

@@ -321,6 +321,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             if queue.disable_notification(&*mem).is_err() {
                 break;
             }
+            let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
                 let head = chain.head_index();
                 let len = self.device.handle(index, chain, &mem);
@@ -330,10 +331,17 @@ impl<D: VirtioDevice> VirtioPci<D> {
                     return;
                 }
                 used_any = true;
+                popped = true;
             }
-            // More may have come while notifications were off.
+            // More may have come while notifications were off. An available index that
+            // says so but yields no chain (more than a ring ahead) is the driver's error:
+            // the device stops rather than spin.
             match queue.enable_notification(&*mem) {
-                Ok(true) => continue,
+                Ok(true) if popped => continue,
+                Ok(true) => {
+                    self.status |= STATUS_NEEDS_RESET;
+                    break;
+                }
                 _ => break,
             }
         }

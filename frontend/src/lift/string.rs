@@ -127,6 +127,13 @@ impl Lift<'_> {
                 let port = self.b.zext(Ty::I64, dx);
                 let size = self.b.konst(Ty::I64, ety.bytes() as u64);
                 self.b.call(Helper::IoPermission, &[port, size]);
+                // A dummy store first, as QEMU does: a fault on the destination, or compiled
+                // code's stop before a store to translated code (which runs the instruction
+                // again on the interpreter), then comes before the port is read, so the
+                // read happens once. (Reading twice lost a word of every IDE sector read
+                // into a page holding translated code.)
+                let zero = self.b.konst(ety, 0);
+                self.store_mem(ES, dst, zero);
                 let v = self.b.call_value(Helper::In(ety.bytes()), &[port], Ty::I64);
                 let v = self.b.trunc(ety, v);
                 self.store_mem(ES, dst, v);
