@@ -197,6 +197,11 @@ pub trait PciFunction {
     /// After the guest wrote `len` bytes of configuration space at `offset` (a device
     /// with a capability whose register acts on a write looks here).
     fn config_written(&mut self, _offset: usize, _len: usize) {}
+    /// Reads configuration space; a function whose registers there act on a read (a
+    /// window into a BAR) overrides it.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
     fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
         data.fill(0xFF);
     }
@@ -453,9 +458,8 @@ impl BusDevice for PciHost {
                 .and_then(|(d, f, reg)| Some((self.function(d, f)?, reg)))
             {
                 Some((function, reg)) => function
-                    .borrow()
-                    .config()
-                    .read(reg + (offset as usize - 4), data),
+                    .borrow_mut()
+                    .config_read(reg + (offset as usize - 4), data),
                 None => data.fill(0xFF),
             },
             _ => data.fill(0xFF),

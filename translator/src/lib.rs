@@ -144,6 +144,7 @@ pub enum BlockEnd {
     /// before it, with the state as it found it, because its store would write translated
     /// code ([`Host::store_unless_code`]). Its earlier accesses run again with it: loads
     /// and stores of RAM read and write the same, and a store to code that also touches
-    /// MMIO in one instruction is not something guests do.
+    /// MMIO in one instruction is not something guests do. A port read is not repeatable:
+    /// INS stores to its destination before it reads the port, so that it stops first.
     Retry,
 }

@@ -46,6 +46,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 const CAP_VENDOR: u8 = 0x09;
 
 /// The memory devices reach guest RAM through.
@@ -91,6 +92,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     isr: u8,
     intx: SharedIrqLine,
     msix: MsiX,
+    /// Where the configuration access window's capability is.
+    pci_cfg: usize,
     pub stats: TransportStats,
 }
 
@@ -126,6 +129,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 &NOTIFY_MULTIPLIER.to_le_bytes(),
             ),
         );
+        // The configuration access window: BAR, offset and length, then the data, all
+        // the driver's to write (firmware that cannot reach the BAR itself uses it).
+        let pci_cfg = config.add_capability(CAP_VENDOR, &cap(CAP_PCI_CFG, 0, 0, &[0; 4]));
+        config.set_writable(pci_cfg + 4, 1);
+        config.set_writable(pci_cfg + 8, 12);
         let vectors = device.queue_count() as u16 + 1;
         let msix = MsiX::new(&mut config, vectors, 1, MSIX_TABLE, MSIX_PBA, msi);
         let queues = (0..device.queue_count())
@@ -148,6 +156,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             isr: 0,
             intx,
             msix,
+            pci_cfg,
             stats: TransportStats::default(),
         }
     }
@@ -368,6 +377,29 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 }
 
+impl<D: VirtioDevice> VirtioPci<D> {
+    /// If an access at `offset` of `len` bytes touches the configuration window's data,
+    /// the BAR access it stands for: BAR, offset in it, and length (1, 2 or 4).
+    fn window(&self, offset: usize, len: usize) -> Option<(usize, u64, usize)> {
+        let data = self.pci_cfg + 16;
+        if offset >= data + 4 || offset + len <= data {
+            return None;
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([
+                self.config.get(at),
+                self.config.get(at + 1),
+                self.config.get(at + 2),
+                self.config.get(at + 3),
+            ])
+        };
+        let bar = usize::from(self.config.get(self.pci_cfg + 4));
+        let length = word(self.pci_cfg + 12) as usize;
+        (bar <= 5 && matches!(length, 1 | 2 | 4))
+            .then(|| (bar, u64::from(word(self.pci_cfg + 8)), length))
+    }
+}
+
 impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
     fn config(&self) -> &ConfigSpace {
         &self.config
@@ -377,8 +409,25 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
         &mut self.config
     }
 
-    fn config_written(&mut self, _offset: usize, _len: usize) {
+    fn config_written(&mut self, offset: usize, len: usize) {
         self.msix.config_written(&mut self.config);
+        if let Some((bar, at, data)) = self.window(offset, len) {
+            let bytes: Vec<u8> = (0..data)
+                .map(|i| self.config.get(self.pci_cfg + 16 + i))
+                .collect();
+            self.bar_write(bar, at, &bytes);
+        }
+    }
+
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if let Some((bar, at, n)) = self.window(offset, data.len()) {
+            let mut bytes = vec![0u8; n];
+            self.bar_read(bar, at, &mut bytes);
+            for (i, b) in bytes.iter().enumerate() {
+                self.config.set(self.pci_cfg + 16 + i, *b);
+            }
+        }
+        self.config.read(offset, data);
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -417,5 +466,80 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::MemImage;
+    use crate::dma::{DmaLog, WriteLog};
+    use crate::irq::IrqWires;
+    use std::cell::RefCell;
+    use vm_memory::GuestAddress;
+
+    fn blk(backing: &mut Vec<u8>) -> VirtioPci<blk::Blk> {
+        backing.resize(0x2000, 0);
+        let skip = backing.as_ptr().align_offset(0x1000);
+        // SAFETY: 0x1000 bytes from there lie in `backing`, which the test keeps alive and
+        // does not move while the device holds the memory.
+        let region = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+                0x1000,
+                WriteLog::new(DmaLog::new(false), 0),
+            )
+            .with_raw_mmap_pointer(backing[skip..].as_mut_ptr())
+            .build()
+        }
+        .unwrap();
+        let mem = DmaMemory::from_regions(vec![vm_memory::GuestRegionMmap::new(
+            region,
+            GuestAddress(0),
+        )
+        .unwrap()])
+        .unwrap();
+        let image: Box<dyn crate::block::Image> = Box::new(MemImage {
+            bytes: vec![0; 8 * 512],
+        });
+        let device = blk::Blk::new(Rc::new(RefCell::new(image)), false, "T");
+        let wires = IrqWires::new();
+        VirtioPci::new(
+            device,
+            Rc::new(mem),
+            wires.pirq_line(0, 0),
+            MsiOutbox::new(),
+        )
+    }
+
+    /// The configuration access window (VIRTIO_PCI_CAP_PCI_CFG): BAR 0's registers read
+    /// and written through configuration space, as firmware that cannot reach the BAR
+    /// does.
+    #[test]
+    fn the_pci_configuration_window_reaches_bar_0() {
+        let mut backing = Vec::new();
+        let mut v = blk(&mut backing);
+        // Find the window's capability in the list.
+        let mut cap = usize::from(v.config().get(0x34));
+        while v.config().get(cap + 3) != CAP_PCI_CFG {
+            cap = usize::from(v.config().get(cap + 1));
+            assert_ne!(cap, 0, "no PCI_CFG capability");
+        }
+        let set = |v: &mut VirtioPci<blk::Blk>, offset: u32, len: u32| {
+            v.config_mut().write(cap + 4, &[0]);
+            v.config_mut().write(cap + 8, &offset.to_le_bytes());
+            v.config_mut().write(cap + 12, &len.to_le_bytes());
+        };
+        // The capacity, from the device configuration.
+        set(&mut v, DEVICE as u32, 4);
+        let mut d = [0u8; 4];
+        v.config_read(cap + 16, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 8, "sectors");
+        // Device status written through the window, read back from the BAR.
+        set(&mut v, 0x14, 1);
+        v.config_mut().write(cap + 16, &[1]);
+        v.config_written(cap + 16, 1);
+        let mut s = [0u8];
+        v.bar_read(0, 0x14, &mut s);
+        assert_eq!(s[0], 1, "ACKNOWLEDGE");
     }
 }
