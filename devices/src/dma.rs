@@ -97,40 +97,51 @@ impl Bitmap for WriteLog {
     }
 }
 
+/// Guest memory of `len` bytes at guest-physical `base` over `backing` (resized to hold
+/// it page-aligned), for device tests; writes are logged to `log`.
+#[cfg(test)]
+pub(crate) fn test_memory(
+    backing: &mut Vec<u8>,
+    len: usize,
+    base: u64,
+    log: Rc<DmaLog>,
+) -> DmaMemory {
+    backing.resize(len + 0x1000, 0);
+    let skip = backing.as_ptr().align_offset(0x1000);
+    let ptr = backing[skip..].as_mut_ptr();
+    // SAFETY: `len` bytes from `ptr` lie in `backing`, which the caller keeps alive (and
+    // does not move) as long as the memory.
+    let region = unsafe {
+        vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(len, WriteLog::new(log, base))
+            .with_raw_mmap_pointer(ptr)
+            .build()
+    }
+    .expect("a test region");
+    DmaMemory::from_regions(vec![vm_memory::GuestRegionMmap::new(
+        region,
+        vm_memory::GuestAddress(base),
+    )
+    .expect("in range")])
+    .expect("one region")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestRegionMmap};
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn writes_are_logged_in_guest_physical_addresses() {
         let log = DmaLog::new(true);
-        // vm-memory wants a page-aligned start.
-        let mut backing = vec![0u8; 0x5000];
-        let skip = backing.as_ptr().align_offset(0x1000);
-        let page = &mut backing[skip..skip + 0x4000];
-        // SAFETY: `page` is 0x4000 bytes of `backing`, which outlives the region (both end
-        // with this test).
-        let region = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-                0x4000,
-                WriteLog::new(log.clone(), 0x10_0000),
-            )
-            .with_raw_mmap_pointer(page.as_mut_ptr())
-            .build()
-        }
-        .unwrap();
-        let mem =
-            DmaMemory::from_regions(vec![
-                GuestRegionMmap::new(region, GuestAddress(0x10_0000)).unwrap()
-            ])
-            .unwrap();
+        let mut backing = Vec::new();
+        let mem = test_memory(&mut backing, 0x4000, 0x10_0000, log.clone());
         mem.write_slice(&[1, 2, 3], GuestAddress(0x10_1000))
             .unwrap();
         mem.write_slice(&[4], GuestAddress(0x10_1003)).unwrap();
         mem.write_obj(7u32, GuestAddress(0x10_2000)).unwrap();
         assert_eq!(log.take(), vec![(0x10_1000, 4), (0x10_2000, 4)]);
         assert!(log.is_empty());
+        let skip = backing.as_ptr().align_offset(0x1000);
         assert_eq!(backing[skip + 0x1001], 2);
     }
 }

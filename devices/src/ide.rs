@@ -1244,29 +1244,8 @@ mod tests {
 
     /// Guest memory of `len` bytes at 0 for bus-master tests, over `backing`.
     fn dma_memory(backing: &mut Vec<u8>, len: usize) -> Rc<DmaMemory> {
-        use crate::dma::{DmaLog, WriteLog};
-        backing.resize(len + 0x1000, 0);
-        let skip = backing.as_ptr().align_offset(0x1000);
-        let ptr = backing[skip..].as_mut_ptr();
-        // SAFETY: `len` bytes from `ptr` lie in `backing`, which the test keeps alive (and
-        // does not move) as long as the memory.
-        let region = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-                len,
-                WriteLog::new(DmaLog::new(false), 0),
-            )
-            .with_raw_mmap_pointer(ptr)
-            .build()
-        }
-        .unwrap();
-        Rc::new(
-            DmaMemory::from_regions(vec![vm_memory::GuestRegionMmap::new(
-                region,
-                GuestAddress(0),
-            )
-            .unwrap()])
-            .unwrap(),
-        )
+        let log = crate::dma::DmaLog::new(false);
+        Rc::new(crate::dma::test_memory(backing, len, 0, log))
     }
 
     fn prd(mem: &DmaMemory, at: u64, entries: &[(u32, u16, bool)]) {

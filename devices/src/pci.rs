@@ -16,8 +16,10 @@ pub struct ConfigSpace {
     bytes: [u8; 256],
     wmask: [u8; 256],
     bars: [Option<Bar>; 6],
-    /// The capabilities' offsets and body lengths.
-    cap_lens: Vec<(usize, usize)>,
+    /// Where the next capability goes, and the last one's next pointer (0x34 while there
+    /// is none).
+    cap_free: usize,
+    cap_link: usize,
 }
 
 impl ConfigSpace {
@@ -26,7 +28,8 @@ impl ConfigSpace {
             bytes: [0; 256],
             wmask: [0; 256],
             bars: [None; 6],
-            cap_lens: Vec::new(),
+            cap_free: FIRST_CAPABILITY,
+            cap_link: CAPABILITIES_POINTER,
         };
         c.bytes[0..2].copy_from_slice(&vendor.to_le_bytes());
         c.bytes[2..4].copy_from_slice(&device.to_le_bytes());
@@ -152,28 +155,16 @@ impl ConfigSpace {
     /// Appends a capability with ID `id` and the bytes after its ID and next pointer;
     /// returns its offset.
     pub fn add_capability(&mut self, id: u8, body: &[u8]) -> usize {
-        let mut at = FIRST_CAPABILITY;
-        let mut link = CAPABILITIES_POINTER;
-        while self.bytes[link] != 0 {
-            let cap = self.bytes[link] as usize;
-            at = (cap + 2 + self.cap_len(cap)).next_multiple_of(4);
-            link = cap + 1;
-        }
+        let at = self.cap_free;
         assert!(at + 2 + body.len() <= 256, "capabilities overflow");
-        self.bytes[link] = at as u8;
+        self.bytes[self.cap_link] = at as u8;
         self.bytes[at] = id;
         self.bytes[at + 1] = 0;
         self.bytes[at + 2..at + 2 + body.len()].copy_from_slice(body);
-        self.cap_lens.push((at, body.len()));
+        self.cap_link = at + 1;
+        self.cap_free = (at + 2 + body.len()).next_multiple_of(4);
         self.bytes[6] |= STATUS_CAPABILITIES;
         at
-    }
-
-    fn cap_len(&self, at: usize) -> usize {
-        self.cap_lens
-            .iter()
-            .find(|(a, _)| *a == at)
-            .map_or(0, |(_, l)| *l)
     }
 
     pub fn get(&self, offset: usize) -> u8 {
@@ -355,19 +346,6 @@ impl PciHost {
     /// of a directly booted kernel.
     pub fn routed_irq(dev: u8, pin: u8) -> u8 {
         PIRQ_ISA_IRQS[Self::pirq_of(dev, pin) as usize]
-    }
-
-    /// The slots holding functions that raise INTx, with their pins.
-    pub fn intx_pins(&self) -> Vec<(u8, u8)> {
-        let mut v: Vec<(u8, u8)> = self
-            .functions
-            .iter()
-            .map(|s| (s.dev, s.function.borrow().config().interrupt_pin()))
-            .filter(|(_, pin)| *pin != 0)
-            .collect();
-        v.sort();
-        v.dedup();
-        v
     }
 
     /// The function whose BAR of `kind` decodes `addr`, with the BAR and the offset in it.

@@ -473,31 +473,12 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
 mod tests {
     use super::*;
     use crate::block::MemImage;
-    use crate::dma::{DmaLog, WriteLog};
+    use crate::dma::DmaLog;
     use crate::irq::IrqWires;
     use std::cell::RefCell;
-    use vm_memory::GuestAddress;
 
     fn blk(backing: &mut Vec<u8>) -> VirtioPci<blk::Blk> {
-        backing.resize(0x2000, 0);
-        let skip = backing.as_ptr().align_offset(0x1000);
-        // SAFETY: 0x1000 bytes from there lie in `backing`, which the test keeps alive and
-        // does not move while the device holds the memory.
-        let region = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-                0x1000,
-                WriteLog::new(DmaLog::new(false), 0),
-            )
-            .with_raw_mmap_pointer(backing[skip..].as_mut_ptr())
-            .build()
-        }
-        .unwrap();
-        let mem = DmaMemory::from_regions(vec![vm_memory::GuestRegionMmap::new(
-            region,
-            GuestAddress(0),
-        )
-        .unwrap()])
-        .unwrap();
+        let mem = crate::dma::test_memory(backing, 0x1000, 0, DmaLog::new(false));
         let image: Box<dyn crate::block::Image> = Box::new(MemImage {
             bytes: vec![0; 8 * 512],
         });
